@@ -1,0 +1,42 @@
+"""Exception types raised by pytorch_utils.
+
+Every error a user can trigger with bad input is one of these, so notebooks and the CLI can catch
+``PytorchUtilsError`` and print one clear line instead of a traceback. Each subclass also derives from the
+built-in exception a caller would expect (``ValueError``, ``FileNotFoundError``, ...), so ``except ValueError``
+keeps working.
+"""
+
+
+class PytorchUtilsError(Exception):
+    """Base class of every error raised on purpose by pytorch_utils."""
+
+
+class UnknownNameError(PytorchUtilsError, KeyError):
+    """A model, recipe, dataset, scheduler or preset name that is not registered."""
+
+    def __str__(self):  # KeyError would otherwise wrap the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+class DatasetError(PytorchUtilsError, ValueError):
+    """A dataset that is missing, empty, laid out wrongly or holds unusable images/labels."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
+    """A dataset path that does not exist."""
+
+
+class ConfigError(PytorchUtilsError, ValueError):
+    """Arguments that do not fit together (sizes, ranges, class counts, devices)."""
+
+
+class InputShapeError(ConfigError):
+    """An input tensor whose shape the model cannot take."""
+
+
+class NonFiniteLossError(PytorchUtilsError, FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class CheckpointError(PytorchUtilsError, RuntimeError):
+    """A checkpoint that is missing, corrupt, or belongs to a different model."""

@@ -1,0 +1,119 @@
+"""Small shared helpers: seeding, device choice, RNG state capture, model unwrapping."""
+import os
+import random
+import warnings
+from typing import Any, Dict, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from pytorch_utils.errors import ConfigError
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> int:
+    """Seed python, numpy and torch (CPU and every CUDA device) for a reproducible run.
+
+    Args:
+        seed: the seed.
+        deterministic: also ask cuDNN/torch for deterministic kernels (slower on GPU).
+    Returns:
+        the seed, so it can be logged.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return seed
+
+
+def resolve_device(device: Union[str, torch.device, None] = None, fallback: bool = True) -> torch.device:
+    """Turn ``None``/"auto"/"cuda"/"cpu"/"mps" into a torch.device that exists on this machine.
+
+    Args:
+        device: the request; None or "auto" picks CUDA, then MPS, then CPU.
+        fallback: when the requested accelerator is missing, warn and use the CPU (True) or raise (False).
+    Raises:
+        ConfigError: an accelerator was requested, is missing, and ``fallback`` is False.
+    """
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    missing = (dev.type == "cuda" and not torch.cuda.is_available()) or (
+        dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    )
+    if missing:
+        msg = (f"device {str(dev)!r} was requested but this machine has no {dev.type.upper()} "
+               "(in Colab: Runtime > Change runtime type > GPU)")
+        if not fallback:
+            raise ConfigError(msg + "; pass device='cpu' or allow the CPU fallback")
+        warnings.warn(msg + "; falling back to the CPU", RuntimeWarning, stacklevel=2)
+        return torch.device("cpu")
+    return dev
+
+
+def get_rng_state() -> Dict[str, Any]:
+    """The RNG states of python, numpy, torch CPU and all CUDA devices (for exact resume)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore RNG states captured by :func:`get_rng_state`."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu() if hasattr(state["torch"], "cpu") else state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module under DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a parameter-free module)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def amp_dtype_for(amp: Optional[str], device: torch.device) -> Optional[torch.dtype]:
+    """Map an ``amp`` option to an autocast dtype for ``device``.
+
+    Args:
+        amp: None/"none"/"off" (fp32), "bf16", "fp16", or "auto" (bf16 on CUDA when supported, else fp16 on CUDA,
+            fp32 elsewhere: CPU autocast is slower than fp32 for these small convnets).
+    Raises:
+        ConfigError: an unknown option, or fp16 requested on the CPU (no GradScaler there).
+    """
+    if amp in (None, False, "none", "off", "fp32"):
+        return None
+    if amp == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        if device.type == "cpu":
+            raise ConfigError("amp='fp16' needs a GPU; use amp='bf16' or amp=None on the CPU")
+        return torch.float16
+    raise ConfigError(f"unknown amp option {amp!r}; use one of None, 'auto', 'bf16', 'fp16'")

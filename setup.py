@@ -1,0 +1,35 @@
+"""Packaging for pytorch_utils (``pip install git+<repo>`` or ``pip install -e .``)."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "pytorch_utils" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="pytorch_utils",
+    version=VERSION,
+    description="Training utilities, models, recipes and plots for CIFAR-10/100 course notebooks",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["pytorch_utils", "pytorch_utils.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch",
+        "torchvision",
+        "albumentations>=2",
+        "torchsummary",
+        "torch-lr-finder>=0.2.2",
+        "grad-cam>=1.5",
+        "matplotlib",
+        "seaborn",
+        "tqdm",
+        "numpy",
+    ],
+    extras_require={
+        "test": ["pytest", "nbval", "ipykernel"],
+        "hub": ["huggingface_hub"],
+    },
+    entry_points={"console_scripts": ["pytorch-utils=pytorch_utils.cli:main"]},
+)
