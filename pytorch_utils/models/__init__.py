@@ -1,0 +1,45 @@
+"""Model zoo: ``create_model(name, num_classes=..., **kwargs)`` and ``list_models()``.
+
+Each model family lives in its own module and registers thin builders with ``@register_model``; importing this
+package imports every family so the registry is complete.
+"""
+from typing import List
+
+import torch.nn as nn
+
+from pytorch_utils.registry import Registry
+
+_MODELS: Registry[nn.Module] = Registry("model")
+register_model = _MODELS.register
+
+
+def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: registered model name (see ``list_models()``).
+        num_classes: size of the output layer; models return logits.
+        **kwargs: family-specific options (``dropout``, ``depth``, ``widen_factor``...).
+    Raises:
+        UnknownNameError: ``name`` is not registered (the message lists the valid names).
+    """
+    model = _MODELS.get(name)(num_classes=num_classes, **kwargs)
+    model.model_name = name  # recorded in checkpoints, checked on load
+    return model
+
+
+def list_models() -> List[str]:
+    """Names of all registered models, sorted."""
+    return _MODELS.names()
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# Importing the families registers them (kept at the bottom: they import register_model from here).
+from pytorch_utils.models import resnet_s10, strixbee, wide_resnet  # noqa: E402,F401
+from pytorch_utils.models.summary import summary  # noqa: E402,F401
+
+__all__ = ["create_model", "list_models", "register_model", "count_parameters", "summary"]

@@ -1,0 +1,199 @@
+"""Model zoo tests: every registered model is exercised the moment it is registered."""
+import pytest
+import torch
+import torch.nn as nn
+
+from pytorch_utils.errors import ConfigError, InputShapeError, UnknownNameError
+from pytorch_utils.models import count_parameters, create_model, list_models, register_model, summary
+from pytorch_utils.models.resnet_s10 import S10ResNet
+from pytorch_utils.models.strixbee import StrixbeeNet
+from pytorch_utils.models.wide_resnet import WideResNet
+
+ALL_MODELS = list_models()
+
+# Exact counts for 10 classes (the Strixbee numbers are also in the builders' docstrings).
+PARAM_COUNTS = {
+    "s10_resnet": 6_573_130,
+    "wrn28_10": 36_489_290,
+    "wide_resnet": 36_489_290,  # defaults are depth 28, widen 10
+    "wrn16_2": 692_810,
+    "strixbee_l1": 82_290,
+    "strixbee_l2": 86_962,
+    "strixbee_l3": 86_962,
+}
+
+# torchsummary rows of S10 in SPEC.md section 1 order (flatten is an op in forward, not a layer).
+S10_LAYERS = [
+    # prep
+    "Conv2d-1", "BatchNorm2d-2", "ReLU-3", "Dropout-4",
+    # layer1 X
+    "Conv2d-5", "MaxPool2d-6", "BatchNorm2d-7", "ReLU-8", "Dropout-9",
+    # layer1 R1
+    "Conv2d-10", "BatchNorm2d-11", "ReLU-12", "Dropout-13",
+    "Conv2d-14", "BatchNorm2d-15", "ReLU-16", "Dropout-17",
+    # layer2
+    "Conv2d-18", "MaxPool2d-19", "BatchNorm2d-20", "ReLU-21", "Dropout-22",
+    # layer3 X
+    "Conv2d-23", "MaxPool2d-24", "BatchNorm2d-25", "ReLU-26", "Dropout-27",
+    # layer3 R2
+    "Conv2d-28", "BatchNorm2d-29", "ReLU-30", "Dropout-31",
+    "Conv2d-32", "BatchNorm2d-33", "ReLU-34", "Dropout-35",
+    # head
+    "MaxPool2d-36", "Linear-37",
+]
+
+
+def _meta_model(name, **kwargs):
+    """Build on the meta device: exact shapes and counts without allocating or initialising 36M weights."""
+    with torch.device("meta"):
+        return create_model(name, **kwargs)
+
+
+def test_registry_lists_every_family():
+    assert set(PARAM_COUNTS) == set(ALL_MODELS)
+
+
+@pytest.mark.parametrize("num_classes", [10, 100])
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_forward_backward(name, num_classes):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=num_classes)
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)
+    assert out.shape == (2, num_classes)
+    assert torch.isfinite(out).all()
+    out.logsumexp(dim=1).sum().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None for g in grads)
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+    assert model.model_name == name
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_parameter_count(name):
+    assert count_parameters(_meta_model(name)) == PARAM_COUNTS[name]
+
+
+def test_parameter_counts_for_100_classes():
+    assert count_parameters(_meta_model("wrn28_10", num_classes=100)) == 36_546_980
+    # Only the Linear head grows: 90 more classes x (512 weights + 1 bias).
+    assert count_parameters(_meta_model("s10_resnet", num_classes=100)) == 6_573_130 + 90 * 513
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_MODELS if n.startswith("strixbee")])
+def test_strixbee_levels_stay_under_100k(name):
+    assert count_parameters(_meta_model(name)) < 100_000
+
+
+def test_strixbee_levels_differ_as_specified():
+    l1, l2, l3 = (create_model(f"strixbee_l{i}") for i in (1, 2, 3))
+    assert any(isinstance(m, nn.MaxPool2d) for m in l1.modules())
+    assert not any(isinstance(m, nn.MaxPool2d) for m in l2.modules())
+    assert sum(isinstance(m, nn.Conv2d) and m.stride == (2, 2) for m in l2.modules()) == 2
+    assert {m.p for m in l1.modules() if isinstance(m, nn.Dropout)} == {0.0}
+    assert {m.p for m in l2.modules() if isinstance(m, nn.Dropout)} == {0.0}
+    assert {m.p for m in l3.modules() if isinstance(m, nn.Dropout)} == {0.05}
+
+
+def test_s10_summary_lists_spec_layers_in_order():
+    result = summary(create_model("s10_resnet"), print_table=False)
+    assert [name for name, _, _ in result.layers] == S10_LAYERS
+    assert result.layers[-1] == ("Linear-37", (-1, 10), 5_130)
+    assert result.layers[-2][1] == (-1, 512, 1, 1)
+
+
+def test_s10_rejects_non_32x32_input():
+    model = create_model("s10_resnet")
+    with pytest.raises(InputShapeError, match=r"\(N, 3, 32, 32\).*\(2, 3, 28, 28\)"):
+        model(torch.randn(2, 3, 28, 28))
+    with pytest.raises(InputShapeError):
+        model(torch.randn(3, 32, 32))  # unbatched
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 32, 32), (2, 3, 4, 4), (3, 32, 32)])
+def test_wrn_rejects_bad_input(shape):
+    with pytest.raises(InputShapeError, match=r"\(N, 3, H, W\)"):
+        create_model("wrn16_2")(torch.randn(*shape))
+
+
+@pytest.mark.parametrize("size", [36, 40])
+def test_wrn_accepts_progressive_resizing_inputs(size):
+    model = create_model("wrn16_2", num_classes=100).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, size, size)).shape == (2, 100)
+    # Same check on the full WRN-28-10, shapes only (meta device: no compute).
+    big = _meta_model("wrn28_10")
+    assert big(torch.empty(2, 3, size, size, device="meta")).shape == (2, 10)
+
+
+@pytest.mark.parametrize("depth", [27, 4, 10.0, "28"])
+def test_wrn_rejects_bad_depth(depth):
+    with pytest.raises(ConfigError, match="depth"):
+        create_model("wide_resnet", depth=depth)
+
+
+def test_wide_resnet_kwargs_reach_the_model():
+    model = _meta_model("wide_resnet", depth=16, widen_factor=2, dropout=0.1)
+    assert count_parameters(model) == PARAM_COUNTS["wrn16_2"]
+    assert len(model.layer1) == 2  # (16 - 4) / 6 blocks per stage
+    assert model.fc.in_features == 128
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("kwargs", [{"dropout": -0.1}, {"dropout": 1.0}, {"num_classes": 0}])
+def test_bad_options_raise_config_error(name, kwargs):
+    with pytest.raises(ConfigError):
+        create_model(name, **kwargs)
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(UnknownNameError) as info:
+        create_model("resnet9000")
+    message = str(info.value)
+    assert "resnet9000" in message
+    assert all(name in message for name in ALL_MODELS)
+    assert isinstance(info.value, KeyError)
+
+
+def test_duplicate_registration_raises():
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(name="s10_resnet")(lambda num_classes=10: nn.Linear(1, num_classes))
+    assert list_models() == ALL_MODELS
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_dropout_reaches_every_dropout_module(name):
+    with_p = _meta_model(name, dropout=0.3)
+    without = _meta_model(name, dropout=0.0)
+    ps = [m.p for m in with_p.modules() if isinstance(m, nn.Dropout)]
+    assert ps and all(p == 0.3 for p in ps)
+    # p=0 keeps the modules, so tables and run-time schedules see the same layout.
+    assert sum(isinstance(m, nn.Dropout) for m in without.modules()) == len(ps)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_models_return_logits(name):
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    with torch.no_grad():
+        out = model(torch.randn(4, 3, 32, 32))
+    assert not torch.allclose(out.sum(dim=1), torch.ones(4), atol=1e-3)  # not softmax
+    assert not torch.allclose(out.logsumexp(dim=1), torch.zeros(4), atol=1e-3)  # not log-softmax
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_cam_layer_is_a_spatial_module(name):
+    model = _meta_model(name)
+    modules = dict(model.named_modules())
+    assert model.cam_layer in modules
+    seen = []
+    modules[model.cam_layer].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    model(torch.empty(2, 3, 32, 32, device="meta"))
+    assert len(seen) == 1
+    assert len(seen[0]) == 4 and seen[0][-1] >= 4  # a feature map, not a pooled vector
+
+
+def test_model_classes_declare_cam_layer():
+    for cls in (S10ResNet, WideResNet, StrixbeeNet):
+        assert isinstance(cls.cam_layer, str) and cls.cam_layer
