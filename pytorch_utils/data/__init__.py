@@ -1,0 +1,63 @@
+"""Data: in-memory data sets (CIFAR, image folders/zips, synthetic), augmentation presets, stats and loaders.
+
+Typical use::
+
+    train_ds, test_ds = load_datasets("cifar10", download=True)
+    train_ds.transform = get_preset("standard", train_ds.mean, train_ds.std, seed=0)
+    test_ds.transform = get_preset("test", train_ds.mean, train_ds.std)
+    train_loader = make_loader(train_ds, 512, train=True, seed=0)
+    for epoch in range(epochs):
+        set_loader_epoch(train_loader, epoch)
+        ...
+"""
+from pytorch_utils.data.constants import (
+    CIFAR10_CLASSES,
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_CLASSES,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    DATASET_STATS,
+)
+from pytorch_utils.data.datasets import (
+    DATASET_NAMES,
+    ArrayDataset,
+    clear_image_cache,
+    load_cifar,
+    load_datasets,
+    load_image_folder,
+    make_synthetic,
+    stratified_indices,
+)
+from pytorch_utils.data.loaders import (
+    EpochDataLoader,
+    EpochSampler,
+    EpochWorkerInit,
+    default_num_workers,
+    derive_seed,
+    make_loader,
+    set_loader_epoch,
+)
+from pytorch_utils.data.stats import compute_mean_std
+from pytorch_utils.data.transforms import (
+    AlbumentationsTransform,
+    get_preset,
+    list_presets,
+    reduced_preset,
+    seed_compose,
+    test_preset,
+    train_preset,
+    wrn_preset,
+)
+
+__all__ = [
+    "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_CLASSES", "CIFAR100_MEAN", "CIFAR100_STD",
+    "DATASET_STATS", "DATASET_NAMES",
+    "ArrayDataset", "load_cifar", "load_image_folder", "make_synthetic", "load_datasets", "clear_image_cache",
+    "stratified_indices",
+    "AlbumentationsTransform", "train_preset", "test_preset", "wrn_preset", "reduced_preset", "get_preset",
+    "list_presets", "seed_compose",
+    "compute_mean_std",
+    "default_num_workers", "derive_seed", "EpochSampler", "EpochDataLoader", "EpochWorkerInit", "make_loader",
+    "set_loader_epoch",
+]

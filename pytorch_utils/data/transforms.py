@@ -1,0 +1,240 @@
+"""Augmentation presets (albumentations 2.x) and the adapter that makes a Compose a data set transform.
+
+Every preset: optional resize > augmentations > ``Normalize(mean, std, max_pixel_value=255)`` > ``ToTensorV2``,
+wrapped in ``AlbumentationsTransform`` so it takes one HWC uint8 image (numpy or PIL) and returns a float32 CHW
+tensor. Fill values for padding, rotation borders and cutout holes are the data set mean on the 0-255 scale, so
+after normalization they are ~0 and carry no signal.
+"""
+import random
+from typing import List, Optional, Sequence, Tuple
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from albumentations.pytorch import ToTensorV2
+
+from pytorch_utils.errors import ConfigError
+from pytorch_utils.registry import Registry
+
+Stats = Sequence[float]
+
+
+def seed_compose(compose: A.BaseCompose, seed: Optional[int]) -> None:
+    """Reseed an albumentations Compose so that its whole pipeline draws from one seeded stream.
+
+    ``A.Compose(seed=s)`` in albumentations 2.0.8 gives *every* transform its own generator seeded with the same
+    ``s``, so the first decisions of different transforms are identical draws (with p=0.5 each, flip and cutout
+    then always happen together on the first image). Sharing one generator pair decorrelates them while staying
+    reproducible.
+
+    Args:
+        compose: the Compose (or any albumentations BaseCompose) to reseed in place.
+        seed: integer seed; None draws fresh OS entropy.
+    """
+    compose.seed = seed
+    compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
+class AlbumentationsTransform:
+    """Callable adapter: one HWC uint8 image (numpy or PIL) -> float32 CHW tensor through an albumentations Compose.
+
+    Args:
+        compose: an ``A.Compose``; called by keyword (``compose(image=img)``), as albumentations requires. If it
+            does not end with ``ToTensorV2`` the adapter converts the HWC result (uint8 is scaled to [0, 1]).
+    """
+
+    def __init__(self, compose: A.BaseCompose):
+        if not callable(compose):
+            raise ConfigError(f"AlbumentationsTransform needs an albumentations Compose, got {type(compose).__name__}")
+        self.compose = compose
+
+    def __call__(self, image) -> torch.Tensor:
+        if not isinstance(image, np.ndarray):  # PIL image
+            if getattr(image, "mode", "RGB") != "RGB":
+                image = image.convert("RGB")
+            image = np.asarray(image)
+        out = self.compose(image=image)["image"]
+        if isinstance(out, torch.Tensor):
+            return out.float()
+        out = np.ascontiguousarray(np.asarray(out).transpose(2, 0, 1))
+        tensor = torch.from_numpy(out)
+        return tensor.float().div_(255.0) if out.dtype == np.uint8 else tensor.float()
+
+    def set_random_seed(self, seed: Optional[int]) -> None:
+        """Reseed the wrapped Compose (see ``seed_compose``); loaders call this in each worker and epoch."""
+        seed_compose(self.compose, seed)
+
+    def __repr__(self) -> str:
+        names = [type(t).__name__ for t in getattr(self.compose, "transforms", [])]
+        return f"AlbumentationsTransform({' > '.join(names)})"
+
+
+def _fill(mean: Stats) -> Tuple[int, int, int]:
+    """The mean colour on the 0-255 scale, as the ints cv2 border/fill arguments take."""
+    return tuple(int(round(float(m) * 255)) for m in mean)
+
+
+def _check(mean: Stats, std: Stats, size: int) -> None:
+    if mean is None or std is None or len(mean) != 3 or len(std) != 3:
+        raise ConfigError(f"mean and std must be 3 per-channel floats on the [0, 1] scale, got {mean!r} and {std!r}; "
+                          "use ds.mean/ds.std or pytorch_utils.data.compute_mean_std")
+    if any(float(s) <= 0 for s in std):
+        raise ConfigError(f"std must be positive in every channel, got {tuple(std)}")
+    if any(float(m) > 1.5 for m in mean):
+        raise ConfigError(f"mean {tuple(mean)} looks like 0-255 values; pass per-channel means on the [0, 1] scale")
+    if int(size) != size or size < 1:
+        raise ConfigError(f"size must be a positive integer, got {size!r}")
+
+
+def _finish(ops, mean: Stats, std: Stats, seed: Optional[int]) -> AlbumentationsTransform:
+    ops = list(ops) + [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
+    compose = A.Compose(ops, seed=seed)
+    if seed is not None:
+        seed_compose(compose, seed)
+    return AlbumentationsTransform(compose)
+
+
+def _resize(size: int):
+    # CIFAR images are 32x32; other sizes are reached by resizing first (progressive resizing 32 -> 36 -> 40).
+    return [A.Resize(size, size)] if size != 32 else []
+
+
+def _cutout(cutout: int, size: int, fill, p: float):
+    if int(cutout) != cutout or cutout < 0 or cutout > size:
+        raise ConfigError(f"cutout must be an integer hole side in [0, size={size}], got {cutout!r}; 0 disables it")
+    if cutout == 0 or p <= 0:
+        return []
+    return [A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(cutout, cutout),
+                            hole_width_range=(cutout, cutout), fill=fill, p=p)]
+
+
+def train_preset(mean: Stats, std: Stats, size: int = 32, pad: int = 4, flip: bool = True, cutout: int = 8,
+                 cutout_p: float = 0.5, seed: Optional[int] = None) -> AlbumentationsTransform:
+    """The S10 / standard CIFAR training augmentation: pad > random crop > flip > one-hole cutout > normalize.
+
+    Args:
+        mean, std: per-channel stats on the [0, 1] scale (normalization, and the fill colour).
+        size: output side; images are resized to it first when it is not 32.
+        pad: border added on each side before the random crop (constant, filled with the mean).
+        flip: random horizontal flip (p=0.5).
+        cutout: side of the single square hole; 0 disables cutout.
+        cutout_p: probability of cutting the hole.
+        seed: seed of the Compose (same seed, same augmentations); None is random.
+    Returns:
+        AlbumentationsTransform producing float32 (3, size, size) tensors.
+    Raises:
+        ConfigError: bad mean/std/size/pad/cutout.
+    """
+    _check(mean, std, size)
+    if int(pad) != pad or pad < 0:
+        raise ConfigError(f"pad must be a non-negative integer, got {pad!r}")
+    fill = _fill(mean)
+    ops = _resize(size)
+    if pad:
+        ops.append(A.PadIfNeeded(min_height=size + 2 * pad, min_width=size + 2 * pad,
+                                 border_mode=cv2.BORDER_CONSTANT, fill=fill))
+        ops.append(A.RandomCrop(height=size, width=size))
+    if flip:
+        ops.append(A.HorizontalFlip(p=0.5))
+    ops += _cutout(cutout, size, fill, cutout_p)
+    return _finish(ops, mean, std, seed)
+
+
+def test_preset(mean: Stats, std: Stats, size: int = 32) -> AlbumentationsTransform:
+    """Evaluation transform: resize (only when ``size != 32``) > normalize > tensor. Deterministic.
+
+    Args:
+        mean, std: per-channel stats on the [0, 1] scale.
+        size: output side.
+    Returns:
+        AlbumentationsTransform producing float32 (3, size, size) tensors.
+    """
+    _check(mean, std, size)
+    return _finish(_resize(size), mean, std, seed=0)
+
+
+test_preset.__test__ = False  # its name starts with "test"; keep pytest from collecting it when imported
+
+
+def wrn_preset(mean: Stats, std: Stats, size: int = 32, rotate: float = 15, cutout: int = 8,
+               scale: Tuple[float, float] = (0.75, 1.0), cutout_p: float = 0.5,
+               seed: Optional[int] = None) -> AlbumentationsTransform:
+    """The WRN-28-10 recipe augmentation: random resized crop > rotation > flip > cutout > normalize.
+
+    The random resized crop also performs the resize, so ``size`` 36/40 works for progressive resizing.
+
+    Args:
+        mean, std: per-channel stats on the [0, 1] scale.
+        size: output side.
+        rotate: maximum rotation in degrees (applied with p=0.5, border filled with the mean); 0 disables it.
+        cutout: side of the single hole; 0 disables it.
+        scale: range of the crop area as a fraction of the image.
+        cutout_p: probability of cutting the hole.
+        seed: seed of the Compose.
+    Returns:
+        AlbumentationsTransform producing float32 (3, size, size) tensors.
+    """
+    _check(mean, std, size)
+    fill = _fill(mean)
+    ops = [A.RandomResizedCrop(size=(size, size), scale=tuple(scale), ratio=(0.9, 1.1))]
+    if rotate:
+        ops.append(A.Rotate(limit=(-abs(rotate), abs(rotate)), border_mode=cv2.BORDER_CONSTANT, fill=fill, p=0.5))
+    ops.append(A.HorizontalFlip(p=0.5))
+    ops += _cutout(cutout, size, fill, cutout_p)
+    return _finish(ops, mean, std, seed)
+
+
+def reduced_preset(mean: Stats, std: Stats, size: int = 32, pad: int = 4,
+                   seed: Optional[int] = None) -> AlbumentationsTransform:
+    """Milder training augmentation (S8 phase 2): pad > random crop > flip > normalize, no cutout.
+
+    Args:
+        mean, std: per-channel stats on the [0, 1] scale.
+        size: output side.
+        pad: border before the random crop.
+        seed: seed of the Compose.
+    Returns:
+        AlbumentationsTransform producing float32 (3, size, size) tensors.
+    """
+    return train_preset(mean, std, size=size, pad=pad, flip=True, cutout=0, seed=seed)
+
+
+_PRESETS: Registry[AlbumentationsTransform] = Registry("augmentation preset")
+_PRESETS.register(lambda mean, std, size=32, seed=None, **kw: test_preset(mean, std, size=size, **kw), name="test")
+_PRESETS.register(train_preset, name="standard")
+_PRESETS.register(lambda mean, std, size=32, seed=None, **kw: train_preset(mean, std, size, cutout=0, seed=seed, **kw),
+                  name="standard_no_cutout")
+_PRESETS.register(wrn_preset, name="wrn")
+_PRESETS.register(reduced_preset, name="reduced")
+
+
+def get_preset(name: str, mean: Stats, std: Stats, size: int = 32, seed: Optional[int] = None,
+               **kw) -> AlbumentationsTransform:
+    """Build a preset by name: "test", "standard", "standard_no_cutout", "wrn" or "reduced".
+
+    Args:
+        name: preset name (see ``list_presets()``).
+        mean, std: per-channel stats on the [0, 1] scale (e.g. ``train_ds.mean``, ``train_ds.std``).
+        size: output side (train at 36/40 and test at 32 for progressive resizing).
+        seed: seed of the Compose (ignored by "test", which is deterministic).
+        **kw: preset-specific options (``cutout``, ``pad``, ``rotate``...).
+    Returns:
+        AlbumentationsTransform.
+    Raises:
+        UnknownNameError: unknown name (the message lists the valid ones). ConfigError: an option the preset
+        does not take, or bad values.
+    """
+    builder = _PRESETS.get(name)
+    try:
+        return builder(mean, std, size=size, seed=seed, **kw)
+    except TypeError as exc:
+        if "unexpected keyword" not in str(exc):
+            raise
+        raise ConfigError(f"preset {name!r} does not take {sorted(kw)}: {exc}") from None
+
+
+def list_presets() -> List[str]:
+    """Names accepted by ``get_preset``, sorted."""
+    return _PRESETS.names()
+
