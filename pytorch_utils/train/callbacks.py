@@ -1,0 +1,236 @@
+"""Callbacks for ``fit``: early stopping and phase schedules (dropout / augmentation / MixUp / scheduler by epoch).
+
+Both derive their state from the run's history and epoch, so a resumed run behaves exactly like an uninterrupted one
+without storing anything extra in checkpoints.
+"""
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch.nn as nn
+
+from pytorch_utils.errors import ConfigError
+from pytorch_utils.train.loop import Callback, TrainState, load_pending_scheduler_state
+from pytorch_utils.train.schedules import ScheduleSpec, build_scheduler
+from pytorch_utils.utils import unwrap_model
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
+
+    The epoch that triggers it gets ``record["early_stop"] = True``; ``state.stop_reason`` says why.
+    """
+
+    def __init__(self, monitor: str = "test_acc", mode: str = "max", patience: int = 15, min_delta: float = 0.0):
+        if patience < 1:
+            raise ConfigError(f"patience must be >= 1, got {patience}")
+        if mode not in ("max", "min"):
+            raise ConfigError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
+        self.best: Optional[float] = None
+        self.best_epoch: Optional[int] = None
+        self.wait = 0
+
+    def _improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        if self.mode == "max":
+            return value > self.best + self.min_delta
+        return value < self.best - self.min_delta
+
+    def _observe(self, epoch: int, value: Optional[float]) -> None:
+        if value is None:
+            return
+        if self._improved(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+        else:
+            self.wait += 1
+
+    def on_fit_start(self, state: TrainState) -> None:
+        self.best, self.best_epoch, self.wait = None, None, 0
+        for rec in state.history:  # replay a resumed run's history
+            self._observe(rec.get("epoch"), rec.get(self.monitor))
+
+    def on_epoch_end(self, state: TrainState, record: Dict[str, Any]) -> None:
+        if self.monitor not in record:
+            raise ConfigError(f"early stopping monitors {self.monitor!r} but the epoch record has only "
+                              f"{sorted(record)}; pass a test loader or monitor 'train_loss'")
+        self._observe(record["epoch"], record[self.monitor])
+        if self.wait >= self.patience:
+            state.stop = True
+            state.stop_reason = (f"early stopping: {self.monitor} did not improve for {self.patience} epochs "
+                                 f"(best {self.best:.4f} at epoch {self.best_epoch})")
+            record["early_stop"] = True
+
+
+@dataclass
+class Phase:
+    """Settings that hold from epoch ``start`` to ``end`` (1-based, inclusive). None means "keep what was set".
+
+    Fields: ``scheduler`` (a :class:`ScheduleSpec` built for this phase's span; None keeps the running scheduler),
+    ``dropout`` (p for every nn.Dropout), ``augmentation`` (train preset name), ``input_size`` (training input size,
+    progressive resizing), ``mixup_alpha``/``cutmix_alpha`` (the mixer's alphas), ``name`` (recorded per epoch).
+    """
+
+    start: int
+    end: int
+    name: str = ""
+    scheduler: Optional[ScheduleSpec] = None
+    dropout: Optional[float] = None
+    augmentation: Optional[str] = None
+    input_size: Optional[int] = None
+    mixup_alpha: Optional[float] = None
+    cutmix_alpha: Optional[float] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+SETTINGS = ("dropout", "augmentation", "input_size", "mixup_alpha", "cutmix_alpha")
+
+
+def validate_phases(phases: Sequence[Phase], epochs: Optional[int] = None) -> List[Phase]:
+    """Check phases are contiguous from epoch 1, ordered, non-empty; returns them as Phase objects.
+
+    When ``epochs`` is given, phases are cut to it (a smoke run of 2 epochs keeps what covers epochs 1-2) and the last
+    kept phase is stretched to it.
+    """
+    phases = [p if isinstance(p, Phase) else Phase(**p) for p in phases]
+    if not phases:
+        raise ConfigError("a phase schedule needs at least one phase")
+    expected = 1
+    for p in phases:
+        if p.start != expected or p.end < p.start:
+            raise ConfigError(f"phases must be contiguous from epoch 1: phase {p.name or p.start} covers "
+                              f"{p.start}-{p.end}, expected it to start at {expected}")
+        if p.scheduler is not None and isinstance(p.scheduler, dict):
+            p.scheduler = ScheduleSpec(**p.scheduler)
+        expected = p.end + 1
+    if epochs is not None:
+        phases = [p for p in phases if p.start <= epochs]
+        last = phases[-1]
+        phases[-1] = Phase(**{**asdict(last), "end": epochs, "scheduler": last.scheduler})
+    return phases
+
+
+def set_dropout(model: nn.Module, p: float) -> int:
+    """Set ``p`` on every dropout module of ``model``; returns how many were changed."""
+    if not 0.0 <= p < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {p}")
+    count = 0
+    for m in unwrap_model(model).modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.p = p
+            count += 1
+    return count
+
+
+def set_augmentation(loader, name: str, size: Optional[int] = None, seed: Optional[int] = None) -> None:
+    """Switch a training loader's augmentation preset (and input size) between epochs.
+
+    A GPU loader has ``set_augmentation``; a DataLoader gets a new albumentations preset on its dataset (workers are
+    not persistent, so the next epoch's workers see it).
+    """
+    if hasattr(loader, "set_augmentation"):
+        loader.set_augmentation(name, size=size)
+        return
+    dataset = getattr(loader, "dataset", None)
+    if dataset is None or not hasattr(dataset, "transform"):
+        raise ConfigError("cannot change augmentation: the loader has no dataset with a `transform` attribute")
+    from pytorch_utils.data.constants import CIFAR10_MEAN, CIFAR10_STD
+    from pytorch_utils.data.transforms import get_preset
+
+    mean = getattr(dataset, "mean", None) or CIFAR10_MEAN
+    std = getattr(dataset, "std", None) or CIFAR10_STD
+    dataset.transform = get_preset(name, mean, std, size=size or 32, seed=seed)
+
+
+class PhaseSchedule(Callback):
+    """Applies :class:`Phase` settings at phase boundaries (and, after a resume, the settings in force).
+
+    Args:
+        phases: contiguous phases covering the run (see :func:`validate_phases`).
+        steps_per_epoch: batches per epoch, for per-batch schedulers (default: ``len(train_loader)``).
+        seed: augmentation seed for presets built here.
+    """
+
+    def __init__(self, phases: Sequence[Phase], steps_per_epoch: Optional[int] = None, seed: Optional[int] = None):
+        self.phases = validate_phases(phases)
+        self.steps_per_epoch, self.seed = steps_per_epoch, seed
+        self.current: Optional[int] = None
+        self.applied: Dict[str, Any] = {}
+
+    def index_for(self, epoch: int) -> int:
+        """Index of the phase holding 1-based ``epoch`` (the last phase beyond the end)."""
+        for i, p in enumerate(self.phases):
+            if p.start <= epoch <= p.end:
+                return i
+        return len(self.phases) - 1
+
+    def settings_for(self, index: int) -> Dict[str, Any]:
+        """The settings in force in phase ``index``: each from the latest phase up to it that sets it."""
+        out: Dict[str, Any] = {}
+        for p in self.phases[: index + 1]:
+            for key in SETTINGS:
+                if getattr(p, key) is not None:
+                    out[key] = getattr(p, key)
+        return out
+
+    def scheduler_phase(self, index: int) -> Optional[int]:
+        """Index of the latest phase up to ``index`` that declares a scheduler."""
+        for i in range(index, -1, -1):
+            if self.phases[i].scheduler is not None:
+                return i
+        return None
+
+    def _span(self, sched_index: int, total_epochs: int) -> int:
+        end = total_epochs
+        for p in self.phases[sched_index + 1:]:
+            if p.scheduler is not None:
+                end = p.start - 1
+                break
+        return max(1, min(end, total_epochs) - self.phases[sched_index].start + 1)
+
+    def _apply(self, state: TrainState, index: int, resuming: bool) -> None:
+        settings = self.settings_for(index)
+        if "dropout" in settings:
+            set_dropout(state.model, settings["dropout"])
+        aug = (settings.get("augmentation"), settings.get("input_size"))
+        if aug != (self.applied.get("augmentation"), self.applied.get("input_size")) and aug[0] is not None:
+            set_augmentation(state.train_loader, aug[0], size=aug[1], seed=self.seed)
+        if state.mixer is not None:
+            if "mixup_alpha" in settings:
+                state.mixer.mixup_alpha = float(settings["mixup_alpha"])
+            if "cutmix_alpha" in settings:
+                state.mixer.cutmix_alpha = float(settings["cutmix_alpha"])
+        elif settings.get("mixup_alpha") or settings.get("cutmix_alpha"):
+            raise ConfigError("a phase sets a MixUp/CutMix alpha but fit() got no mixer; pass mixer=Mixer(...)")
+        sched_index = self.scheduler_phase(index)
+        previous = self.scheduler_phase(self.current) if self.current is not None else None
+        if sched_index is not None and (resuming or sched_index != previous):
+            steps = self.steps_per_epoch or len(state.train_loader)
+            spec = self.phases[sched_index].scheduler
+            state.scheduler = build_scheduler(spec, state.optimizer, steps, self._span(sched_index, state.epochs))
+            state.interval = getattr(state.scheduler, "interval", "epoch")
+            if resuming:
+                # The checkpoint holds the scheduler of the last finished epoch; at a phase boundary that was the
+                # previous phase's scheduler, and the uninterrupted run starts this one fresh too.
+                if self.scheduler_phase(self.index_for(state.epoch)) == sched_index:
+                    load_pending_scheduler_state(state)
+                else:
+                    state.pending_scheduler_state = None
+                    state.extra.pop("resumed_param_groups", None)
+        self.applied = settings
+        self.current = index
+
+    def on_fit_start(self, state: TrainState) -> None:
+        self.current, self.applied = None, {}
+        self._apply(state, self.index_for(state.epoch + 1), resuming=state.epoch > 0)
+
+    def on_epoch_start(self, state: TrainState) -> None:
+        index = self.index_for(state.epoch + 1)
+        if index != self.current:
+            self._apply(state, index, resuming=False)
+
+    def on_epoch_end(self, state: TrainState, record: Dict[str, Any]) -> None:
+        phase = self.phases[self.current]
+        record["phase"] = phase.name or f"{phase.start}-{phase.end}"

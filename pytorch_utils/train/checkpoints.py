@@ -1,0 +1,287 @@
+"""Checkpoints that survive a Colab disconnect: atomic writes, keep-last-N + best, exact resume, optional Hub push.
+
+A checkpoint is one dict saved with ``torch.save``: model, optimizer, scheduler, scaler and EMA state, the epoch, the
+history so far, the RNG states of python/numpy/torch, the run's config and the library version. Everything in it is
+made of tensors and plain Python values so it loads with ``torch.load(weights_only=True)``.
+"""
+import json
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from pytorch_utils import __version__
+from pytorch_utils.errors import CheckpointError, ConfigError
+from pytorch_utils.io import atomic_write, ensure_writable_dir
+from pytorch_utils.train import distributed as dist_utils
+from pytorch_utils.train.loop import Callback, History, TrainState
+from pytorch_utils.utils import get_rng_state, set_rng_state, unwrap_model
+
+FORMAT = 1
+EPOCH_FILE = re.compile(r"^epoch-(\d+)\.pt$")
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-compatible copy of a config (dataclasses, tuples, paths become dicts/lists/strings)."""
+    return json.loads(json.dumps(obj, default=lambda o: o.__dict__ if hasattr(o, "__dict__") else str(o)))
+
+
+def _rng_to_plain(state: Dict[str, Any]) -> Dict[str, Any]:
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    out = {
+        "python": [state["python"][0], list(state["python"][1]), state["python"][2]],
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": state["torch"],
+    }
+    if "cuda" in state:
+        out["cuda"] = list(state["cuda"])
+    return out
+
+
+def _rng_from_plain(plain: Dict[str, Any]) -> Dict[str, Any]:
+    py = plain["python"]
+    n = plain["numpy"]
+    state = {
+        "python": (py[0], tuple(py[1]), py[2]),
+        "numpy": (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]),
+        "torch": plain["torch"],
+    }
+    if "cuda" in plain:
+        state["cuda"] = plain["cuda"]
+    return state
+
+
+def make_checkpoint(state: TrainState, config: Optional[Dict[str, Any]] = None,
+                    best: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The checkpoint dict for the current :class:`TrainState`."""
+    model = unwrap_model(state.model)
+    return {
+        "format": FORMAT,
+        "version": __version__,
+        "model_name": getattr(model, "model_name", type(model).__name__),
+        "model": model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
+        "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+        "ema": state.ema.state_dict() if state.ema is not None else None,
+        "epoch": state.epoch,
+        "history": _plain(list(state.history)),
+        "rng": _rng_to_plain(get_rng_state()),
+        "config": _plain(config or {}),
+        "best": best,
+    }
+
+
+def save_checkpoint(checkpoint: Dict[str, Any], path) -> Path:
+    """Write ``checkpoint`` to ``path`` atomically (temporary file + rename): a kill mid-write leaves the old file."""
+    return atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+
+
+def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
+    """Load and sanity-check a checkpoint written by this module (``weights_only=True``).
+
+    Raises:
+        CheckpointError: missing, truncated/corrupt, or not one of ours (the message names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, bad pickle, disk error: all mean "unusable"
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
+        raise CheckpointError(f"{str(path)!r} is not a pytorch_utils checkpoint (format {FORMAT})")
+    return ckpt
+
+
+def restore_model(model: torch.nn.Module, checkpoint: Dict[str, Any], source: str = "checkpoint") -> None:
+    """Load the checkpoint's weights into ``model``, refusing one saved from a different architecture.
+
+    Raises:
+        CheckpointError: the model name differs or the state dict does not fit (names both sides).
+    """
+    target = unwrap_model(model)
+    saved_name, name = checkpoint.get("model_name"), getattr(target, "model_name", None)
+    if saved_name and name and saved_name != name:
+        raise CheckpointError(f"{source} holds a {saved_name!r} model but the model to restore is {name!r}; "
+                              "use the same --model/recipe as the run that wrote it, or another --out-dir")
+    try:
+        target.load_state_dict(checkpoint["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0:3]
+        raise CheckpointError(f"{source} does not fit this model ({saved_name or 'unknown model'} weights): "
+                              + " ".join(first)) from None
+
+
+def restore_state(state: TrainState, checkpoint: Dict[str, Any], source: str = "checkpoint") -> None:
+    """Put a checkpoint back into a :class:`TrainState`: weights, optimizer, scaler, EMA, epoch, history, RNG.
+
+    The scheduler state goes to ``state.pending_scheduler_state``: the engine (or a phase schedule that builds the
+    scheduler later) loads it once the right scheduler object exists.
+    """
+    restore_model(state.model, checkpoint, source)
+    state.optimizer.load_state_dict(checkpoint["optimizer"])
+    state.extra["resumed_param_groups"] = [
+        {k: g[k] for k in ("lr", "initial_lr") if k in g} for g in state.optimizer.param_groups]
+    if checkpoint.get("scaler") is not None and state.scaler is not None:
+        state.scaler.load_state_dict(checkpoint["scaler"])
+    if checkpoint.get("ema") is not None and state.ema is not None:
+        state.ema.load_state_dict(checkpoint["ema"])
+    state.epoch = int(checkpoint["epoch"])
+    state.history = History(checkpoint.get("history") or [])
+    state.pending_scheduler_state = checkpoint.get("scheduler")
+    set_rng_state(_rng_from_plain(checkpoint["rng"]))
+
+
+class CheckpointManager(Callback):
+    """Saves a checkpoint after every epoch, keeps the last ``keep_last`` plus the best, and resumes runs.
+
+    Files in ``directory``: ``epoch-0007.pt`` (one per kept epoch), ``best.pt`` (best by ``monitor``),
+    ``last.json`` (what the newest checkpoint is, for people). Only rank 0 writes.
+
+    Args:
+        directory: where checkpoints go (created; must be writable).
+        keep_last: how many epoch checkpoints to keep (>= 1).
+        monitor, mode: the history key deciding "best" and whether higher ("max") or lower ("min") is better.
+        resume: on fit start, load the newest intact checkpoint; corrupt ones are reported by name and skipped.
+            ``resume="required"`` raises CheckpointError when there is none; True starts fresh in that case.
+        config: the run's config (dict or dataclass), stored in each checkpoint.
+        hub: optional :class:`HubPusher`.
+    """
+
+    def __init__(self, directory, keep_last: int = 5, monitor: str = "test_acc", mode: str = "max",
+                 resume=False, config: Any = None, hub: "HubPusher" = None, log=print):
+        if keep_last < 1:
+            raise ConfigError(f"keep_last must be >= 1, got {keep_last}")
+        if mode not in ("max", "min"):
+            raise ConfigError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.directory = Path(directory)
+        if dist_utils.is_main_process():
+            ensure_writable_dir(self.directory)
+        self.keep_last, self.monitor, self.mode = keep_last, monitor, mode
+        self.resume, self.config, self.hub, self.log = resume, config, hub, log
+        self.best: Optional[Dict[str, Any]] = None
+        self.skipped: List[str] = []  # corrupt checkpoints found while resuming
+        self.resumed_from: Optional[Path] = None
+
+    # -- files -------------------------------------------------------------------------------------------------
+    def epoch_files(self) -> List[Path]:
+        """Epoch checkpoints in the directory, oldest first."""
+        files = [p for p in self.directory.glob("epoch-*.pt") if EPOCH_FILE.match(p.name)]
+        return sorted(files, key=lambda p: int(EPOCH_FILE.match(p.name).group(1)))
+
+    @property
+    def best_path(self) -> Path:
+        return self.directory / "best.pt"
+
+    def latest(self) -> Optional[Dict[str, Any]]:
+        """The newest intact epoch checkpoint (dict, with ``_path``), skipping and reporting corrupt ones."""
+        for path in reversed(self.epoch_files()):
+            try:
+                ckpt = load_checkpoint(path)
+            except CheckpointError as exc:
+                self.skipped.append(str(path))
+                warnings.warn(f"{exc}; trying the previous checkpoint", RuntimeWarning, stacklevel=2)
+                continue
+            ckpt["_path"] = str(path)
+            return ckpt
+        return None
+
+    def _is_better(self, value: Optional[float]) -> bool:
+        if value is None:
+            return False
+        if self.best is None:
+            return True
+        return value > self.best["value"] if self.mode == "max" else value < self.best["value"]
+
+    # -- callback hooks ----------------------------------------------------------------------------------------
+    def on_fit_start(self, state: TrainState) -> None:
+        if not self.resume:
+            return
+        ckpt = self.latest()
+        if ckpt is None:
+            if self.resume == "required":
+                extra = f" ({len(self.skipped)} corrupt: {', '.join(self.skipped)})" if self.skipped else ""
+                raise CheckpointError(f"resume requested but {str(self.directory)!r} holds no usable checkpoint"
+                                      f"{extra}; run without --resume to start fresh")
+            return
+        restore_state(state, ckpt, source=ckpt["_path"])
+        self.best = ckpt.get("best")
+        self.resumed_from = Path(ckpt["_path"])
+        if self.log and dist_utils.is_main_process():
+            self.log(f"resumed from {ckpt['_path']} (epoch {state.epoch}/{state.epochs})")
+
+    def on_epoch_complete(self, state: TrainState, record: Dict[str, Any]) -> None:
+        value = record.get(self.monitor)
+        improved = self._is_better(value)
+        if improved:
+            self.best = {"monitor": self.monitor, "value": value, "epoch": state.epoch}
+            record["best"] = True
+        if not dist_utils.is_main_process():
+            return
+        path = self.directory / f"epoch-{state.epoch:04d}.pt"
+        record["checkpoint"] = path.name
+        save_checkpoint(make_checkpoint(state, self.config, self.best), path)
+        if improved:
+            save_checkpoint(load_checkpoint(path), self.best_path)
+        # Prune only after the new file is safely in place.
+        for old in self.epoch_files()[:-self.keep_last]:
+            old.unlink(missing_ok=True)
+        if self.hub is not None:
+            self.hub.maybe_push(self.directory, path, state.epoch, improved, record)
+
+
+class HubPusher:
+    """Pushes checkpoints to a Hugging Face Hub model repo: every ``every`` epochs and whenever the best improves.
+
+    Needs ``pip install huggingface_hub``, a token (``HF_TOKEN`` or ``huggingface-cli login``) and a network. Missing
+    package or token fail at construction with a clear ConfigError (before any training). A push that fails later
+    (network down) is reported with a warning and recorded in the epoch record: a flaky network must not kill a run
+    whose checkpoints are safe on disk.
+    """
+
+    def __init__(self, repo_id: str, token: Optional[str] = None, every: int = 10, push_best: bool = True,
+                 private: bool = True, create: bool = True):
+        try:
+            import huggingface_hub
+        except ImportError:
+            raise ConfigError("Hub push needs huggingface_hub: pip install 'pytorch_utils[hub]'") from None
+        token = token or huggingface_hub.get_token()
+        if not token:
+            raise ConfigError("Hub push needs a token: set HF_TOKEN or run `huggingface-cli login` "
+                              "(or drop the hub option to keep checkpoints local)")
+        self.api = huggingface_hub.HfApi(token=token)
+        self.repo_id, self.every, self.push_best = repo_id, every, push_best
+        self.errors: List[str] = []
+        if create:
+            try:
+                self.api.create_repo(repo_id, private=private, exist_ok=True)
+            except Exception as exc:
+                raise ConfigError(f"cannot reach the Hugging Face Hub to create {repo_id!r} ({type(exc).__name__}: "
+                                  f"{exc}); check the network and token, or drop the hub option") from None
+
+    def push(self, local: Path, remote_name: str) -> bool:
+        """Upload one file; returns False (and warns) when the upload fails."""
+        try:
+            self.api.upload_file(path_or_fileobj=str(local), path_in_repo=remote_name, repo_id=self.repo_id)
+            return True
+        except Exception as exc:
+            msg = f"Hub push of {local.name} to {self.repo_id} failed ({type(exc).__name__}: {exc}); kept locally"
+            self.errors.append(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            return False
+
+    def maybe_push(self, directory: Path, path: Path, epoch: int, improved: bool, record: Dict[str, Any]) -> None:
+        """Push ``path`` on every ``every``-th epoch and ``best.pt`` when it improved; note failures in ``record``."""
+        ok = True
+        if self.every and epoch % self.every == 0:
+            ok &= self.push(path, path.name)
+        if self.push_best and improved:
+            ok &= self.push(directory / "best.pt", "best.pt")
+        if not ok:
+            record["hub_error"] = self.errors[-1]

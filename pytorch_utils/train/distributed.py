@@ -1,0 +1,76 @@
+"""torch.distributed helpers: the engine works the same with or without ``torchrun``.
+
+Under ``torchrun --nproc_per_node N`` call :func:`init_distributed` first; the engine then sums its metrics across
+ranks, and only rank 0 logs and writes files.
+"""
+import os
+from typing import Tuple
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    """True inside an initialized process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    """This process's rank (0 when not distributed)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    """Number of processes (1 when not distributed)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    """True on rank 0, the only rank that prints and writes checkpoints/plots."""
+    return get_rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    """True when the torchrun environment variables are set."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def init_distributed(backend: str = None) -> Tuple[int, int, torch.device]:
+    """Join the process group torchrun set up (nccl on GPU, gloo on CPU); a no-op outside torchrun.
+
+    Returns:
+        (rank, world_size, device) — the device is this rank's GPU, or the CPU.
+    """
+    if not launched_by_torchrun():
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    local_rank = int(os.environ["LOCAL_RANK"])
+    use_cuda = torch.cuda.is_available() and backend != "gloo"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not is_distributed():
+        dist.init_process_group(backend=backend or ("nccl" if use_cuda else "gloo"))
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group if one is initialized."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` across ranks (returns it unchanged when not distributed)."""
+    if not is_distributed():
+        return tensor
+    out = tensor.clone()
+    if dist.get_backend() == "gloo" and out.dtype == torch.float64 and out.device.type != "cpu":
+        out = out.cpu()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+def barrier() -> None:
+    """Wait for all ranks (no-op when not distributed)."""
+    if is_distributed():
+        dist.barrier()

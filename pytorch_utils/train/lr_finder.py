@@ -1,0 +1,452 @@
+"""LR range test (torch-lr-finder) with exact state restoration and an LR suggestion.
+
+``find_lr`` runs torch-lr-finder's ``LRFinder.range_test`` (the LR grows from ``start_lr`` to ``end_lr`` over
+``num_iter`` batches, the smoothed training loss is recorded) and turns the curve into a suggested ``lr_max`` and
+``lr_min = lr_max / div`` - the pair the S10 recipe feeds to its One Cycle schedule.
+
+Design notes:
+- The sweep trains the real model with the real optimizer. Everything it touches is put back in ``finally`` from our
+  own CPU copies (so the copy costs no GPU memory and survives a crash mid-sweep): every model parameter and buffer
+  (BN running stats included), the gradients, the model's device, per-module train/eval mode and ``requires_grad``
+  flags, the full optimizer state (moments, step counts, param-group hyperparameters and LR), and the python / numpy
+  / torch / CUDA RNG states. Restoring the RNGs means a ``fit`` run after ``find_lr`` shuffles, drops out and augments
+  exactly as it would have without the sweep. (A loader's *own* generator, if it keeps one, is not touched.)
+- Loaders: a torch DataLoader or any iterable with ``(inputs, targets)`` batches (e.g. the GPU-resident loader) is
+  wrapped in torch-lr-finder's ``TrainDataLoaderIter``, which restarts it when it runs out.
+- AMP: torch-lr-finder >= 0.2.2 runs the forward pass under ``torch.amp.autocast`` given ``amp_backend="torch"``;
+  older versions get the model wrapped in an autocast forward instead.
+"""
+import contextlib
+import copy
+import inspect
+import io
+import math
+import numbers
+import warnings
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch_lr_finder
+from torch_lr_finder import LRFinder, TrainDataLoaderIter
+
+from pytorch_utils.errors import ConfigError
+from pytorch_utils.utils import amp_dtype_for, get_rng_state, model_device, resolve_device, set_rng_state
+
+STEP_MODES = ("exp", "linear")
+SUGGESTIONS = ("steepest", "valley")
+# Where the valley suggestion sits along the longest descent (0 = its top, 1 = its bottom).
+VALLEY_FRACTION = 2 / 3
+
+
+@dataclass(repr=False)
+class LRFinderResult:
+    """Outcome of :func:`find_lr`.
+
+    Attributes:
+        lrs: the LR of every sweep step.
+        losses: the smoothed training loss at every step, as torch-lr-finder records it.
+        lr_max: the suggested LR (``lrs[suggestion_index]``); the One Cycle peak in the S10 recipe.
+        lr_min: ``lr_max / div``; the One Cycle start and end LR in the S10 recipe.
+        suggestion: "steepest" or "valley", the rule that picked ``lr_max``.
+        suggestion_index: index of ``lr_max`` in ``lrs``/``losses``.
+        diverged: True when the loss blew up (passed ``diverge_th`` x best loss, or became NaN/inf) and the sweep
+            stopped before ``end_lr``.
+        div, start_lr, end_lr, num_iter, step_mode, skip_start, skip_end: the sweep settings, kept for the plot.
+    """
+
+    lrs: List[float]
+    losses: List[float]
+    lr_max: float
+    lr_min: float
+    suggestion: str
+    suggestion_index: int
+    diverged: bool
+    div: float
+    start_lr: float
+    end_lr: float
+    num_iter: int
+    step_mode: str
+    skip_start: int
+    skip_end: int
+
+    def __repr__(self) -> str:  # the full curves would flood a notebook cell
+        return (f"LRFinderResult(lr_max={self.lr_max:.3g}, lr_min={self.lr_min:.3g} (= lr_max / {self.div:g}), "
+                f"suggestion={self.suggestion!r}, suggestion_index={self.suggestion_index}, points={len(self.lrs)}, "
+                f"diverged={self.diverged})")
+
+    def plot(self, ax=None, save=None):
+        """Loss-vs-LR figure with ``lr_max``/``lr_min`` marked (see :func:`pytorch_utils.viz.lr_finder.plot_lr_finder`).
+
+        Returns:
+            the matplotlib Figure.
+        """
+        from pytorch_utils.viz.lr_finder import plot_lr_finder  # matplotlib only when a plot is asked for
+
+        return plot_lr_finder(self, ax=ax, save=save)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Suggestions (pure functions on a recorded curve)
+# ----------------------------------------------------------------------------------------------------------------------
+
+def _window(lrs: Sequence[float], losses: Sequence[float], skip_start: int, skip_end: int):
+    if len(lrs) != len(losses):
+        raise ConfigError(f"lrs and losses differ in length ({len(lrs)} vs {len(losses)})")
+    n = len(losses)
+    if skip_start < 0 or skip_end < 0:
+        raise ConfigError(f"skip_start and skip_end must be >= 0, got {skip_start} and {skip_end}")
+    if n < skip_start + skip_end + 2:
+        raise ConfigError(f"need at least skip_start + skip_end + 2 = {skip_start + skip_end + 2} loss points to "
+                          f"suggest an LR, got {n}")
+    stop = n - skip_end
+    return (np.asarray(lrs[skip_start:stop], dtype=np.float64),
+            np.asarray(losses[skip_start:stop], dtype=np.float64))
+
+
+def suggest_steepest(lrs: Sequence[float], losses: Sequence[float], skip_start: int = 10, skip_end: int = 5) -> int:
+    """Index of the steepest descent: the most negative d(loss)/d(log10 lr), ignoring the first ``skip_start`` and
+    last ``skip_end`` points (warm-up noise at the start, divergence at the end).
+
+    Args:
+        lrs: swept learning rates (all > 0).
+        losses: the (already smoothed) losses, same length.
+    Returns:
+        an index into ``lrs``/``losses``.
+    Raises:
+        ConfigError: fewer than ``skip_start + skip_end + 2`` points, or mismatched lengths.
+    """
+    x, y = _window(lrs, losses, skip_start, skip_end)
+    # Gradient against log10(lr): the sweep is exponential, and a linear sweep gets the right slopes from the
+    # non-uniform spacing that np.gradient accepts.
+    grad = np.gradient(y, np.log10(x))
+    return skip_start + int(np.argmin(grad))
+
+
+def suggest_valley(lrs: Sequence[float], losses: Sequence[float], skip_start: int = 10, skip_end: int = 5) -> int:
+    """Index picked by the valley heuristic (after fastai's ``valley``): find the longest stretch over which the loss
+    keeps going down, then take the point about 2/3 of the way down it.
+
+    "Keeps going down" is the longest strictly decreasing subsequence of the loss, so small bumps from batch noise do
+    not cut a stretch short; the stretch runs from that subsequence's first to its last point. Same window as
+    :func:`suggest_steepest`.
+
+    Returns:
+        an index into ``lrs``/``losses``.
+    Raises:
+        ConfigError: fewer than ``skip_start + skip_end + 2`` points, or mismatched lengths.
+    """
+    _, y = _window(lrs, losses, skip_start, skip_end)
+    n = len(y)
+    length = np.ones(n, dtype=np.int64)   # length of the longest decreasing run ending at i
+    first = np.arange(n)                  # where that run starts
+    for i in range(1, n):
+        higher = np.nonzero(y[:i] > y[i])[0]
+        if higher.size:
+            j = higher[np.argmax(length[higher])]  # earliest of the longest: the widest stretch
+            length[i] = length[j] + 1
+            first[i] = first[j]
+    end = int(np.argmax(length))  # the first, i.e. shallowest-LR, of the longest runs
+    start = int(first[end])
+    return skip_start + start + int(round(VALLEY_FRACTION * (end - start)))
+
+
+def suggest_index(lrs: Sequence[float], losses: Sequence[float], suggestion: str = "steepest",
+                  skip_start: int = 10, skip_end: int = 5) -> int:
+    """Dispatch to :func:`suggest_steepest` or :func:`suggest_valley` by name.
+
+    Raises:
+        ConfigError: an unknown suggestion name.
+    """
+    if suggestion == "steepest":
+        return suggest_steepest(lrs, losses, skip_start, skip_end)
+    if suggestion == "valley":
+        return suggest_valley(lrs, losses, skip_start, skip_end)
+    raise ConfigError(f"unknown LR suggestion {suggestion!r}; use one of {', '.join(map(repr, SUGGESTIONS))}")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# State capture / restore
+# ----------------------------------------------------------------------------------------------------------------------
+
+def _cpu_copy(obj):
+    """Deep copy of a (nested) state dict with every tensor cloned to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        # A shallow copy keeps the dict's type and attributes: a model state dict's ``_metadata`` holds the module
+        # versions that load_state_dict uses to interpret old formats.
+        out = copy.copy(obj)
+        for k, v in obj.items():
+            out[k] = _cpu_copy(v)
+        return out
+    if isinstance(obj, list):
+        return [_cpu_copy(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_cpu_copy(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+# Instance attributes that torch's LRScheduler patches onto the optimizer it drives (a wrapped ``step`` and a
+# "step was called" flag); the sweep's scheduler must not leave them behind.
+_OPTIMIZER_PATCHED_ATTRS = ("step", "_opt_called")
+_MISSING = object()
+
+
+def _into(original: Optional[torch.Tensor], value: torch.Tensor) -> torch.Tensor:
+    """``value`` written into the tensor object ``original`` when it still fits, else ``value`` itself."""
+    if original is None or original.shape != value.shape or original.dtype != value.dtype:
+        return value
+    with torch.no_grad():
+        if original.device == value.device:
+            original.copy_(value)
+        else:  # a grad that Module.to() moved to the sweep device: same object, storage back where it belongs
+            original.data = value
+    return original
+
+
+class _TrainingState:
+    """Everything the sweep may change, captured on the CPU and put back by :meth:`restore`."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        self.model, self.optimizer = model, optimizer
+        self.device = model_device(model)
+        self.model_state = _cpu_copy(model.state_dict())
+        self.grads = [None if p.grad is None else p.grad.detach().to("cpu", copy=True) for p in model.parameters()]
+        # References (not copies) to the live gradient and optimizer-state tensors: the values are put back into
+        # these same objects, so anything else holding them (an in-memory checkpoint, a second optimizer built
+        # from this state dict) sees the pre-sweep values too.
+        self.grad_refs = [p.grad for p in model.parameters()]
+        self.optimizer_refs = {p: {k: v for k, v in st.items() if isinstance(v, torch.Tensor)}
+                               for p, st in optimizer.state.items()}
+        self.requires_grad = [p.requires_grad for p in model.parameters()]
+        self.training = [m.training for m in model.modules()]
+        self.optimizer_state = _cpu_copy(optimizer.state_dict())
+        self.optimizer_attrs = {k: optimizer.__dict__.get(k, _MISSING) for k in _OPTIMIZER_PATCHED_ATTRS}
+        self.rng = get_rng_state()
+
+    def restore(self) -> None:
+        """Put the captured state back (device first, so the optimizer state lands next to its parameters)."""
+        model, optimizer = self.model, self.optimizer
+        if model_device(model) != self.device:
+            model.to(self.device)
+        model.load_state_dict(self.model_state)
+        for p, g, ref, rg in zip(model.parameters(), self.grads, self.grad_refs, self.requires_grad):
+            p.grad = None if g is None else _into(ref, g.to(p.device))
+            p.requires_grad_(rg)
+        for m, training in zip(model.modules(), self.training):
+            m.training = training
+        optimizer.load_state_dict(self.optimizer_state)
+        for p, originals in self.optimizer_refs.items():
+            state = optimizer.state.get(p, {})
+            for key, original in originals.items():
+                if isinstance(state.get(key), torch.Tensor):
+                    state[key] = _into(original, state[key])
+        for key, value in self.optimizer_attrs.items():
+            if value is _MISSING:
+                optimizer.__dict__.pop(key, None)
+            else:
+                optimizer.__dict__[key] = value
+        set_rng_state(self.rng)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The sweep
+# ----------------------------------------------------------------------------------------------------------------------
+
+class _Batches(TrainDataLoaderIter):
+    """torch-lr-finder's restarting iterator over any iterable of ``(inputs, targets, *rest)`` batches."""
+
+    def inputs_labels_from_batch(self, batch_data):
+        if not isinstance(batch_data, (list, tuple)) or len(batch_data) < 2:
+            raise ConfigError(f"the LR finder needs (inputs, targets) batches, got {type(batch_data).__name__}")
+        return batch_data[0], batch_data[1]
+
+    def __next__(self):
+        try:
+            return super().__next__()
+        except StopIteration:
+            # torch-lr-finder restarts an exhausted loader once; a second StopIteration means it yields nothing.
+            raise ConfigError("the training loader yielded no batches") from None
+
+
+class _AutocastForward(nn.Module):
+    """Runs the wrapped model's forward under autocast (for torch-lr-finder versions without ``amp_backend``)."""
+
+    def __init__(self, model: nn.Module, device_type: str, dtype: torch.dtype):
+        super().__init__()
+        self.model, self.device_type, self.dtype = model, device_type, dtype
+
+    def forward(self, *args, **kwargs):
+        with torch.autocast(device_type=self.device_type, dtype=self.dtype):
+            out = self.model(*args, **kwargs)
+        # The loss is computed outside autocast here; float logits keep it accurate.
+        return out.float() if isinstance(out, torch.Tensor) else out
+
+
+def lr_finder_supports_torch_amp() -> bool:
+    """Whether the installed torch-lr-finder takes ``amp_backend="torch"`` with ``amp_config`` (>= 0.2.2)."""
+    params = inspect.signature(LRFinder.__init__).parameters
+    backends = getattr(torch_lr_finder.lr_finder, "AVAILABLE_AMP_BACKENDS", ())
+    return "amp_config" in params and "grad_scaler" in params and "torch" in backends
+
+
+def _check_number(name: str, value, positive: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise ConfigError(f"{name} must be > 0, got {value!r}")
+    return float(value)
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _validate(start_lr, end_lr, num_iter, step_mode, smooth_f, diverge_th, suggestion, div, skip_start, skip_end):
+    start_lr = _check_number("start_lr", start_lr)
+    end_lr = _check_number("end_lr", end_lr)
+    if end_lr <= start_lr:
+        raise ConfigError(f"end_lr must be greater than start_lr, got start_lr={start_lr:g}, end_lr={end_lr:g}")
+    skip_start = _check_int("skip_start", skip_start, 0)
+    skip_end = _check_int("skip_end", skip_end, 0)
+    num_iter = _check_int("num_iter", num_iter, 2)
+    if num_iter < skip_start + skip_end + 2:
+        raise ConfigError(f"num_iter={num_iter} leaves too few points to suggest an LR: need num_iter >= "
+                          f"skip_start + skip_end + 2 = {skip_start + skip_end + 2}")
+    if step_mode not in STEP_MODES:
+        raise ConfigError(f"unknown step_mode {step_mode!r}; use one of {', '.join(map(repr, STEP_MODES))}")
+    if suggestion not in SUGGESTIONS:
+        raise ConfigError(f"unknown LR suggestion {suggestion!r}; use one of {', '.join(map(repr, SUGGESTIONS))}")
+    smooth_f = _check_number("smooth_f", smooth_f, positive=False)
+    if not 0 <= smooth_f < 1:
+        raise ConfigError(f"smooth_f must be in [0, 1), got {smooth_f:g}")
+    diverge_th = _check_number("diverge_th", diverge_th)
+    if diverge_th <= 1:
+        raise ConfigError(f"diverge_th must be > 1 (stop when loss > diverge_th x best loss), got {diverge_th:g}")
+    div = _check_number("div", div)
+    if div < 1:
+        raise ConfigError(f"div must be >= 1 so that lr_min = lr_max / div <= lr_max, got {div:g}")
+    return start_lr, end_lr, num_iter, smooth_f, diverge_th, div, skip_start, skip_end
+
+
+def find_lr(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion,
+    train_loader,
+    start_lr: float = 1e-7,
+    end_lr: float = 10,
+    num_iter: int = 100,
+    step_mode: str = "exp",
+    smooth_f: float = 0.05,
+    diverge_th: float = 5,
+    suggestion: str = "steepest",
+    div: float = 10,
+    device=None,
+    amp: Optional[str] = None,
+    skip_start: int = 10,
+    skip_end: int = 5,
+) -> LRFinderResult:
+    """Run an LR range test and suggest ``lr_max`` and ``lr_min``; the model and optimizer come back untouched.
+
+    The LR of every param group goes from ``start_lr`` to ``end_lr`` over ``num_iter`` training batches
+    (torch-lr-finder's ``range_test``; it stops early once the smoothed loss exceeds ``diverge_th`` x the best loss).
+    ``lr_max`` is picked on the smoothed curve by ``suggestion``; **the rule for the low end is
+    ``lr_min = lr_max / div``** (the S10 recipe's One Cycle starts and ends at ``lr_min`` and peaks at ``lr_max``).
+
+    After the sweep - also when it diverges or raises - the model's parameters, buffers, gradients, device, train/eval
+    modes and ``requires_grad`` flags, the optimizer's whole state (moments, step counts, param-group LRs), and the
+    python/numpy/torch/CUDA RNG states are restored bit for bit, so a later ``fit`` is exactly the run it would have
+    been without the sweep.
+
+    Args:
+        model, optimizer, criterion: what training will use (a scheduler may already be attached to the optimizer).
+        train_loader: a DataLoader or any iterable with ``__len__`` of ``(inputs, targets)`` batches (CPU or already on
+            the device); it is restarted if it has fewer than ``num_iter`` batches.
+        start_lr, end_lr: the sweep range (0 < start_lr < end_lr).
+        num_iter: number of sweep steps (>= skip_start + skip_end + 2).
+        step_mode: "exp" (evenly spaced in log LR) or "linear".
+        smooth_f: exponential smoothing factor of the recorded loss, in [0, 1).
+        diverge_th: stop when the smoothed loss exceeds this multiple of the best loss (> 1).
+        suggestion: "steepest" (most negative slope of loss vs log10 LR) or "valley" (2/3 down the longest descent).
+        div: ``lr_min = lr_max / div`` (>= 1).
+        device: where to run the sweep; None = the model's device. The model is moved back afterwards.
+        amp: None (fp32), "bf16", "fp16" (CUDA only, with a GradScaler) or "auto" (bf16/fp16 on CUDA, fp32 on CPU).
+        skip_start, skip_end: points ignored at the start/end of the curve when suggesting.
+    Returns:
+        an :class:`LRFinderResult`.
+    Raises:
+        ConfigError: bad arguments, a loader with no ``(inputs, targets)`` batches, or a sweep that diverged before
+            recording ``skip_start + skip_end + 2`` finite losses (lower ``start_lr``, or raise ``diverge_th``).
+    """
+    start_lr, end_lr, num_iter, smooth_f, diverge_th, div, skip_start, skip_end = _validate(
+        start_lr, end_lr, num_iter, step_mode, smooth_f, diverge_th, suggestion, div, skip_start, skip_end)
+    if next(model.parameters(), None) is None:
+        raise ConfigError("the model has no parameters to train")
+    try:
+        empty = len(train_loader) == 0
+    except TypeError:  # iterables without a length (IterableDataset loaders) are allowed
+        empty = False
+    if empty:
+        raise ConfigError("the training loader is empty")
+    device = model_device(model) if device is None else resolve_device(device, fallback=False)
+    amp_dtype = amp_dtype_for(amp, device)
+
+    saved = _TrainingState(model, optimizer)
+    try:
+        # torch-lr-finder refuses optimizers with a scheduler attached (it looks for "initial_lr"); the key is only
+        # scheduler bookkeeping and comes back with the optimizer state below.
+        for group in optimizer.param_groups:
+            group.pop("initial_lr", None)
+        sweep_model, amp_kwargs = model, {}
+        if amp_dtype is not None:
+            if lr_finder_supports_torch_amp():
+                amp_kwargs = dict(
+                    amp_backend="torch",
+                    amp_config={"device_type": device.type, "dtype": amp_dtype},
+                    # Loss scaling only matters for fp16; a disabled scaler just calls optimizer.step().
+                    grad_scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+                )
+            else:
+                if amp_dtype == torch.float16:
+                    warnings.warn("this torch-lr-finder has no torch AMP support: the fp16 sweep runs without loss "
+                                  "scaling (upgrade torch-lr-finder to >= 0.2.2)", RuntimeWarning, stacklevel=2)
+                sweep_model = _AutocastForward(model, device.type, amp_dtype)
+        # Our own CPU copies restore the state; torch-lr-finder's cache (it always takes one) is simply dropped.
+        finder = LRFinder(sweep_model, optimizer, criterion, device=device, memory_cache=True, **amp_kwargs)
+        batches = train_loader if isinstance(train_loader, TrainDataLoaderIter) else _Batches(train_loader)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            # range_test reads the scheduler's get_lr() directly and prints hints about its own plot(); neither
+            # concerns our users (divergence is reported in the result).
+            warnings.filterwarnings("ignore", message=r".*get_last_lr\(\)")
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+            finder.range_test(batches, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, step_mode=step_mode,
+                              smooth_f=smooth_f, diverge_th=diverge_th)
+        lrs = [float(v) for v in finder.history["lr"]]
+        losses = [float(v) for v in finder.history["loss"]]
+        best = finder.best_loss
+    finally:
+        saved.restore()
+
+    finite = np.isfinite(losses)
+    usable = len(losses) if finite.all() else int(np.argmin(finite))  # points before the first NaN/inf
+    diverged = (usable < len(losses) or len(losses) < num_iter
+                or (usable > 0 and losses[-1] > diverge_th * float(best)))
+    if usable < skip_start + skip_end + 2:
+        raise ConfigError(
+            f"the LR sweep recorded only {usable} finite loss points before diverging (need skip_start + skip_end + 2"
+            f" = {skip_start + skip_end + 2}); lower start_lr ({start_lr:g}) or end_lr ({end_lr:g}), raise diverge_th "
+            f"({diverge_th:g}) or num_iter ({num_iter}), or reduce skip_start/skip_end")
+    index = suggest_index(lrs[:usable], losses[:usable], suggestion, skip_start, skip_end)
+    # The schedule's float maths can land an ulp outside the range; the suggestion must stay inside it.
+    lr_max = min(max(lrs[index], start_lr), end_lr)
+    return LRFinderResult(
+        lrs=lrs, losses=losses, lr_max=lr_max, lr_min=lr_max / div, suggestion=suggestion, suggestion_index=index,
+        diverged=bool(diverged), div=div, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, step_mode=step_mode,
+        skip_start=skip_start, skip_end=skip_end,
+    )

@@ -1,0 +1,109 @@
+"""Batch-level MixUp and CutMix with label smoothing folded in once, and the matching soft-target loss.
+
+The mixer runs on the device inside the training loop (after the loader), so it serves the DataLoader path and the
+GPU-resident path alike. It always returns soft targets (N, num_classes); train with :class:`SoftTargetCrossEntropy`
+(or ``nn.CrossEntropyLoss()`` *without* ``label_smoothing``: the mixer already smoothed the targets) and evaluate with
+plain cross-entropy on hard labels.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pytorch_utils.errors import ConfigError
+
+
+def smooth_one_hot(targets: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
+    """One-hot rows with ``smoothing`` spread uniformly: on = 1 - s + s/C, off = s/C (rows sum to 1)."""
+    off = smoothing / num_classes
+    out = torch.full((targets.shape[0], num_classes), off, device=targets.device, dtype=torch.float32)
+    return out.scatter_(1, targets.long().view(-1, 1), 1.0 - smoothing + off)
+
+
+def cutmix_box(height: int, width: int, lam: float, generator: Optional[torch.Generator] = None
+               ) -> Tuple[int, int, int, int]:
+    """A box covering about ``1 - lam`` of the image, centred uniformly and clipped to the image.
+
+    Returns:
+        (y0, y1, x0, x1) with 0 <= y0 <= y1 <= height (same for x).
+    """
+    ratio = (1.0 - lam) ** 0.5
+    cut_h, cut_w = int(height * ratio), int(width * ratio)
+    cy = int(torch.randint(height, (1,), generator=generator))
+    cx = int(torch.randint(width, (1,), generator=generator))
+    y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
+    x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
+    return y0, y1, x0, x1
+
+
+class Mixer:
+    """MixUp / CutMix for a batch, chosen per batch, returning soft targets.
+
+    Args:
+        num_classes: width of the target rows (explicit: never guessed from a batch).
+        mixup_alpha, cutmix_alpha: Beta(alpha, alpha) parameters; 0 disables that method.
+        switch_prob: when both are enabled, probability of CutMix for a batch (else MixUp).
+        prob: probability that a batch is mixed at all (unmixed batches still get smoothed one-hot targets).
+        label_smoothing: folded into the one-hot targets once, before mixing.
+    The attributes can be changed between epochs (phase schedules lower ``mixup_alpha`` later in a run).
+    Random numbers come from torch's global RNG (lambda, box) and the batch's device RNG (permutation), so a seeded,
+    checkpointed run replays the same mixing.
+    """
+
+    def __init__(self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+                 switch_prob: float = 0.5, prob: float = 1.0, label_smoothing: float = 0.0):
+        if num_classes < 2:
+            raise ConfigError(f"Mixer needs num_classes >= 2, got {num_classes}")
+        if mixup_alpha < 0 or cutmix_alpha < 0:
+            raise ConfigError(f"mixup/cutmix alpha must be >= 0, got {mixup_alpha}, {cutmix_alpha}")
+        if not (0.0 <= label_smoothing < 1.0):
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.num_classes = num_classes
+        self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
+        self.switch_prob, self.prob = float(switch_prob), float(prob)
+        self.label_smoothing = float(label_smoothing)
+        self.last = {"method": None, "lam": 1.0}  # what the previous call did (for tests and debugging)
+
+    @property
+    def active(self) -> bool:
+        """True when some mixing can happen."""
+        return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
+
+    def _sample_lam(self, alpha: float) -> float:
+        dist = torch.distributions.Beta(torch.tensor(alpha), torch.tensor(alpha))
+        return float(dist.sample())
+
+    def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mix a batch. Args: inputs (N, C, H, W), targets (N,) int labels. Returns (inputs, soft targets (N, K))."""
+        soft = smooth_one_hot(targets, self.num_classes, self.label_smoothing)
+        self.last = {"method": None, "lam": 1.0}
+        if not self.active or float(torch.rand(())) >= self.prob:
+            return inputs, soft
+        use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha <= 0 or float(torch.rand(())) < self.switch_prob)
+        perm = torch.randperm(inputs.shape[0], device=inputs.device)
+        if use_cutmix:
+            lam = self._sample_lam(self.cutmix_alpha)
+            h, w = inputs.shape[-2:]
+            y0, y1, x0, x1 = cutmix_box(h, w, lam)
+            inputs = inputs.clone()
+            inputs[..., y0:y1, x0:x1] = inputs[perm][..., y0:y1, x0:x1]
+            # The clipped box can be smaller than asked: use the area actually pasted.
+            lam = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)
+            method = "cutmix"
+        else:
+            lam = self._sample_lam(self.mixup_alpha)
+            inputs = inputs * lam + inputs[perm] * (1.0 - lam)
+            method = "mixup"
+        soft = soft * lam + soft[perm] * (1.0 - lam)
+        self.last = {"method": method, "lam": lam}
+        return inputs, soft
+
+
+class SoftTargetCrossEntropy(nn.Module):
+    """Cross-entropy against soft target rows (N, K); hard integer targets are accepted too (one-hot)."""
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if targets.dim() == 1:
+            return F.cross_entropy(logits, targets)
+        return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()

@@ -1,0 +1,52 @@
+"""Test-time augmentation: average the softmax of a few views of each batch.
+
+Views are cheap tensor ops on the (already normalized) batch, so TTA runs on the GPU path as well as on the CPU.
+"""
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from pytorch_utils.errors import UnknownNameError
+
+
+def translate(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """Shift a (N, C, H, W) batch by (dx, dy) pixels, filling the uncovered border by edge replication."""
+    if dx == 0 and dy == 0:
+        return x
+    pad = max(abs(dx), abs(dy))
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    top, left = pad - dy, pad - dx
+    return padded[..., top:top + h, left:left + w]
+
+
+def tta_logits(model, x: torch.Tensor, views: Sequence[Tuple[bool, int, int]]) -> torch.Tensor:
+    """Log of the mean softmax over ``views`` = (flip, dx, dy) tuples; returns (N, C) log-probabilities.
+
+    Returning log-probabilities keeps ``argmax`` and cross-entropy meaningful for the caller.
+    """
+    probs = None
+    for flip, dx, dy in views:
+        v = torch.flip(x, dims=(3,)) if flip else x
+        p = F.softmax(model(translate(v, dx, dy)).float(), dim=1)
+        probs = p if probs is None else probs + p
+    return torch.log(probs / len(views))
+
+
+FLIP_VIEWS = ((False, 0, 0), (True, 0, 0))
+FLIP_TRANSLATE_VIEWS = FLIP_VIEWS + tuple((f, dx, dy) for f in (False, True) for dx, dy in ((2, 0), (-2, 0), (0, 2), (0, -2)))
+
+_TTA = {"flip": FLIP_VIEWS, "flip_translate": FLIP_TRANSLATE_VIEWS}
+
+
+def get_tta(tta: Union[str, Callable, None]) -> Optional[Callable]:
+    """Resolve a TTA option: None/"none", "flip", "flip_translate" or a callable ``(model, x) -> logits``."""
+    if tta is None or tta == "none":
+        return None
+    if callable(tta):
+        return tta
+    if tta not in _TTA:
+        raise UnknownNameError(f"unknown tta {tta!r}; valid: none, {', '.join(_TTA)}")
+    views = _TTA[tta]
+    return lambda model, x: tta_logits(model, x, views)

@@ -1,0 +1,128 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from _helpers import TinyNet, synthetic_loaders
+from pytorch_utils.errors import ConfigError
+from pytorch_utils.train import fit, seed_everything
+from pytorch_utils.train.callbacks import (
+    EarlyStopping, Phase, PhaseSchedule, set_dropout, validate_phases,
+)
+from pytorch_utils.train.loop import Callback, History, TrainState
+from pytorch_utils.train.mixing import Mixer, SoftTargetCrossEntropy
+from pytorch_utils.train.schedules import ScheduleSpec
+
+
+def _state(history=()):
+    model = TinyNet()
+    return TrainState(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), criterion=None,
+                      train_loader=None, test_loader=None, device=torch.device("cpu"), epochs=100,
+                      history=History(history))
+
+
+def test_early_stopping_stops_at_the_right_epoch():
+    accs = [50, 60, 70, 69, 70, 65, 68]  # best 70 at epoch 3; epochs 4..6 do not improve (70 is not > 70)
+    es = EarlyStopping(monitor="test_acc", patience=3)
+    state = _state()
+    es.on_fit_start(state)
+    stopped_at = None
+    for epoch, acc in enumerate(accs, start=1):
+        record = {"epoch": epoch, "test_acc": float(acc)}
+        state.epoch = epoch
+        es.on_epoch_end(state, record)
+        if state.stop:
+            stopped_at = epoch
+            assert record["early_stop"] is True
+            break
+    assert stopped_at == 6
+    assert "epoch 3" in state.stop_reason
+
+
+def test_early_stopping_resumes_from_history():
+    history = [{"epoch": 1, "test_loss": 1.0}, {"epoch": 2, "test_loss": 1.1}, {"epoch": 3, "test_loss": 1.2}]
+    es = EarlyStopping(monitor="test_loss", mode="min", patience=3)
+    state = _state(history)
+    es.on_fit_start(state)
+    assert es.best == 1.0 and es.wait == 2
+    es.on_epoch_end(state, {"epoch": 4, "test_loss": 1.05})
+    assert state.stop
+
+
+def test_early_stopping_in_fit_records_it():
+    seed_everything(0)
+    train, test = synthetic_loaders(n=64, test_n=32)
+    model = TinyNet()
+    hist = fit(model, train, test, epochs=20, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+               callbacks=[EarlyStopping("test_loss", "min", patience=2)], progress=False, log=None)
+    assert len(hist) == 3 and hist[-1]["early_stop"]  # lr 0: the loss never improves after epoch 1
+
+
+def test_early_stopping_needs_the_metric():
+    es = EarlyStopping(monitor="test_acc")
+    with pytest.raises(ConfigError, match="test_acc"):
+        es.on_epoch_end(_state(), {"epoch": 1, "train_loss": 1.0})
+
+
+class Probe(Callback):
+    """Records what the engine has in force at the start of each epoch."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_epoch_start(self, state):
+        drop = next(m for m in state.model.modules() if isinstance(m, nn.Dropout))
+        self.seen.append({"epoch": state.epoch + 1, "p": drop.p, "mixup": state.mixer.mixup_alpha,
+                          "cutmix": state.mixer.cutmix_alpha, "transform": state.train_loader.dataset.transform,
+                          "lr": state.optimizer.param_groups[0]["lr"], "scheduler": type(state.scheduler).__name__})
+
+
+def test_phase_boundaries_change_dropout_mixup_augmentation_and_scheduler():
+    seed_everything(0)
+    train, test = synthetic_loaders(n=64, test_n=32)
+    phases = [Phase(1, 2, "one", dropout=0.3, augmentation="standard", mixup_alpha=0.2,
+                    scheduler=ScheduleSpec("cosine_warm_restarts", {"lr": 0.1, "T_0": 25})),
+              Phase(3, 3, "two", dropout=0.2, augmentation="reduced", mixup_alpha=0.15,
+                    scheduler=ScheduleSpec("cosine", {"lr": 0.05})),
+              Phase(4, 4, "three", cutmix_alpha=1.0, input_size=40)]
+    probe = Probe()
+    model = TinyNet()
+    hist = fit(model, train, test, epochs=4, optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+               criterion=SoftTargetCrossEntropy(), mixer=Mixer(4), callbacks=[PhaseSchedule(phases), probe],
+               progress=False, log=None)
+    s = probe.seen
+    assert [x["p"] for x in s] == [0.3, 0.3, 0.2, 0.2]
+    assert [x["mixup"] for x in s] == [0.2, 0.2, 0.15, 0.15]
+    assert [x["cutmix"] for x in s] == [0.0, 0.0, 0.0, 1.0]
+    assert s[0]["transform"] is s[1]["transform"] and s[2]["transform"] is not s[1]["transform"]
+    assert s[0]["lr"] == pytest.approx(0.1) and s[2]["lr"] == pytest.approx(0.05)
+    assert [x["scheduler"] for x in s] == ["CosineAnnealingWarmRestarts"] * 2 + ["CosineAnnealingLR"] * 2
+    assert [r["phase"] for r in hist] == ["one", "one", "two", "three"]
+    # progressive resizing: phase three trains at 40x40
+    x, _ = next(iter(train))
+    assert x.shape[-1] == 40
+
+
+def test_validate_phases_rejects_gaps_and_cuts_to_epochs():
+    with pytest.raises(ConfigError, match="contiguous"):
+        validate_phases([Phase(1, 5), Phase(7, 10)])
+    with pytest.raises(ConfigError):
+        validate_phases([Phase(2, 5)])
+    cut = validate_phases([Phase(1, 60, "a"), Phase(61, 100, "b")], epochs=2)
+    assert len(cut) == 1 and cut[0].end == 2
+
+
+def test_phase_mixup_without_mixer_is_an_error():
+    seed_everything(0)
+    train, _ = synthetic_loaders(n=64, test_n=32)
+    model = TinyNet()
+    with pytest.raises(ConfigError, match="mixer"):
+        fit(model, train, None, epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            callbacks=[PhaseSchedule([Phase(1, 1, mixup_alpha=0.2)])], progress=False, log=None)
+
+
+def test_set_dropout():
+    model = TinyNet()
+    assert set_dropout(model, 0.4) == 1
+    assert model.features[3].p == 0.4
+    with pytest.raises(ConfigError):
+        set_dropout(model, 1.0)

@@ -1,0 +1,167 @@
+import os
+import warnings
+
+import pytest
+import torch
+
+from _helpers import TinyNet, state_equal, synthetic_loaders
+from pytorch_utils.errors import CheckpointError, ConfigError
+from pytorch_utils.train import fit, seed_everything
+from pytorch_utils.train.callbacks import EarlyStopping, Phase, PhaseSchedule
+from pytorch_utils.train.checkpoints import (
+    CheckpointManager, HubPusher, load_checkpoint, restore_model, save_checkpoint,
+)
+from pytorch_utils.train.loop import Callback
+from pytorch_utils.train.mixing import Mixer, SoftTargetCrossEntropy
+from pytorch_utils.train.schedules import ScheduleSpec
+
+
+class Interrupt(Callback):
+    """Simulates a disconnect right after epoch ``after`` was checkpointed."""
+
+    def __init__(self, after):
+        self.after = after
+
+    def on_epoch_complete(self, state, record):
+        if state.epoch == self.after:
+            raise KeyboardInterrupt
+
+
+PHASES = [
+    Phase(1, 2, "a", dropout=0.2, mixup_alpha=0.4, augmentation="standard",
+          scheduler=ScheduleSpec("one_cycle_linear", {"max_lr": 0.2, "min_lr": 0.02, "peak_epoch": 1})),
+    Phase(3, 4, "b", dropout=0.05, mixup_alpha=0.0, cutmix_alpha=1.0, augmentation="reduced",
+          scheduler=ScheduleSpec("cosine", {"lr": 0.05})),
+]
+
+
+def run(ckpt_dir, epochs=4, resume=False, interrupt_after=None, keep_last=5):
+    seed_everything(0)
+    train, test = synthetic_loaders(n=128, test_n=64, num_classes=4, batch_size=32)
+    model = TinyNet(num_classes=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    callbacks = [CheckpointManager(ckpt_dir, keep_last=keep_last, resume=resume, log=None), PhaseSchedule(PHASES)]
+    if interrupt_after:
+        callbacks.append(Interrupt(interrupt_after))
+    try:
+        hist = fit(model, train, test, epochs=epochs, optimizer=opt, criterion=SoftTargetCrossEntropy(),
+                   mixer=Mixer(4, label_smoothing=0.1), callbacks=callbacks, progress=False, log=None)
+    except KeyboardInterrupt:
+        return None, model
+    return hist, model
+
+
+def strip(history):
+    return [{k: v for k, v in r.items() if "seconds" not in k} for r in history]
+
+
+@pytest.mark.parametrize("interrupt_after", [1, 2, 3])  # mid-phase, at the phase boundary, in phase 2
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, interrupt_after):
+    ref_hist, ref_model = run(tmp_path / "ref")
+    hist, _ = run(tmp_path / "run", interrupt_after=interrupt_after)
+    assert hist is None
+    hist, model = run(tmp_path / "run", resume=True)
+    assert strip(hist) == strip(ref_hist)
+    assert state_equal(model.state_dict(), ref_model.state_dict())
+    assert [r["phase"] for r in hist] == ["a", "a", "b", "b"]
+
+
+def test_keep_last_n_plus_best(tmp_path):
+    run(tmp_path, epochs=4, keep_last=2)
+    names = sorted(os.listdir(tmp_path))
+    assert names == ["best.pt", "epoch-0003.pt", "epoch-0004.pt"]
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["best"]["epoch"] == best["epoch"]
+    assert best["history"][-1]["epoch"] == best["epoch"]
+
+
+def test_checkpoint_contents_load_weights_only(tmp_path):
+    run(tmp_path, epochs=1)
+    ckpt = torch.load(tmp_path / "epoch-0001.pt", weights_only=True)
+    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "history", "rng", "config", "version"):
+        assert key in ckpt
+    assert ckpt["epoch"] == 1 and ckpt["history"][0]["checkpoint"] == "epoch-0001.pt"
+
+
+def test_corrupt_newest_checkpoint_is_reported_and_skipped(tmp_path):
+    run(tmp_path, epochs=3)
+    newest = tmp_path / "epoch-0003.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a kill mid-copy
+    manager = CheckpointManager(tmp_path, resume=True, log=None)
+    with pytest.warns(RuntimeWarning, match="epoch-0003.pt"):
+        ckpt = manager.latest()
+    assert ckpt["epoch"] == 2 and manager.skipped == [str(newest)]
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(newest)
+
+
+def test_resume_required_without_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="no usable checkpoint"):
+        seed_everything(0)
+        train, _ = synthetic_loaders(n=64, test_n=32)
+        model = TinyNet()
+        fit(model, train, None, epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            callbacks=[CheckpointManager(tmp_path, resume="required", log=None)], progress=False, log=None)
+
+
+def test_checkpoint_from_other_model_is_refused(tmp_path):
+    from pytorch_utils.models import create_model
+
+    a = create_model("strixbee_l1")
+    save_checkpoint({"format": 1, "model_name": "strixbee_l1", "model": a.state_dict()}, tmp_path / "a.pt")
+    ckpt = load_checkpoint(tmp_path / "a.pt")
+    with pytest.raises(CheckpointError, match="strixbee_l1.*strixbee_l2"):
+        restore_model(create_model("strixbee_l2"), ckpt)
+    other = TinyNet()  # no model_name: the shapes decide
+    with pytest.raises(CheckpointError, match="does not fit"):
+        restore_model(other, ckpt)
+
+
+def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "x.pt"
+    save_checkpoint({"format": 1, "model": {"w": torch.ones(2)}}, path)
+
+    def broken_save(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint({"format": 1, "model": {"w": torch.zeros(2)}}, path)
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
+    assert sorted(os.listdir(tmp_path)) == ["x.pt"]  # no temp file left behind
+
+
+def test_unwritable_directory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a dir")
+    with pytest.raises(ConfigError, match="not writable"):
+        CheckpointManager(blocker / "ckpts")
+
+
+def test_hub_pusher_without_token_fails_clearly(monkeypatch):
+    pytest.importorskip("huggingface_hub")
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    with pytest.raises(ConfigError, match="token"):
+        HubPusher("me/model")
+
+
+def test_hub_push_failure_is_recorded_not_fatal(tmp_path):
+    pusher = HubPusher.__new__(HubPusher)  # skip the network-bound constructor
+
+    class DeadApi:
+        def upload_file(self, **kw):
+            raise ConnectionError("no network")
+
+    pusher.api, pusher.repo_id, pusher.every, pusher.push_best, pusher.errors = DeadApi(), "me/m", 1, True, []
+    (tmp_path / "best.pt").write_bytes(b"x")
+    (tmp_path / "epoch-0001.pt").write_bytes(b"x")
+    record = {}
+    with pytest.warns(RuntimeWarning, match="no network"):
+        pusher.maybe_push(tmp_path, tmp_path / "epoch-0001.pt", 1, True, record)
+    assert "failed" in record["hub_error"]

@@ -1,0 +1,139 @@
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from _helpers import TinyNet, plain_loader, synthetic_loaders, tensor_data
+from pytorch_utils.errors import ConfigError, NonFiniteLossError
+from pytorch_utils.models import create_model
+from pytorch_utils.train import evaluate, fit, seed_everything, train_one_epoch
+from pytorch_utils.train.loop import Callback, History, format_record, scheduler_interval
+
+
+def test_two_epochs_on_synthetic_beat_chance_by_far():
+    seed_everything(0)
+    train, test = synthetic_loaders(n=1000, test_n=300, num_classes=10, batch_size=64, augmentation="standard")
+    model = create_model("strixbee_l1", num_classes=10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    hist = fit(model, train, test, epochs=2, optimizer=opt, progress=False, log=None)
+    assert len(hist) == 2
+    assert hist[-1]["test_acc"] > 50.0  # chance is 10 %
+    for key in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"):
+        assert key in hist[0]
+    assert [r["epoch"] for r in hist] == [1, 2]
+
+
+def test_history_helpers_and_json(tmp_path):
+    h = History([{"epoch": 1, "test_acc": 50.0}, {"epoch": 2, "test_acc": 70.0}, {"epoch": 3, "test_acc": 60.0}])
+    assert h.column("test_acc") == [50.0, 70.0, 60.0]
+    assert h.best("test_acc")["epoch"] == 2 and h.best("test_acc", mode="min")["epoch"] == 1
+    h.save_json(tmp_path / "h.json")
+    import json
+    assert json.loads((tmp_path / "h.json").read_text())[1]["test_acc"] == 70.0
+    assert "test_acc 70.00%" in format_record(h[1])
+
+
+def test_evaluate_restores_mode_and_returns_outputs():
+    x, y = tensor_data(64)
+    model = TinyNet()
+    model.train()
+    out = evaluate(model, plain_loader(x, y, 16), return_outputs=True, return_inputs=True)
+    assert model.training  # mode restored
+    assert out["logits"].shape == (64, 4) and out["preds"].shape == (64,) and out["inputs"].shape == x.shape
+    assert torch.equal(out["targets"], y)
+    assert torch.allclose(out["probs"].sum(1), torch.ones(64))
+    assert out["acc"] == pytest.approx(100.0 * (out["preds"] == y).float().mean().item())
+    model.eval()
+    with torch.no_grad():
+        ref = nn.functional.cross_entropy(model(x), y).item()
+    assert out["loss"] == pytest.approx(ref, rel=1e-5)
+
+
+def test_evaluate_tta_flip_averages_probabilities():
+    x, y = tensor_data(32)
+    model = TinyNet().eval()
+    out = evaluate(model, plain_loader(x, y, 8), tta="flip", return_outputs=True)
+    with torch.no_grad():
+        p = (model(x).softmax(1) + model(torch.flip(x, dims=(3,))).softmax(1)) / 2
+    assert torch.allclose(out["probs"], p, atol=1e-5)
+
+
+def test_nan_loss_raises_with_step():
+    x, y = tensor_data(64)
+    x[40] = float("nan")  # sample 40 -> batch 2 (batch size 16), step index 2
+    model = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(NonFiniteLossError, match="step 2"):
+        train_one_epoch(model, plain_loader(x, y, 16), opt, nn.CrossEntropyLoss(), progress=False, epoch=1)
+
+
+class CountingScheduler:
+    def __init__(self, interval):
+        self.interval, self.calls, self.metrics = interval, 0, []
+
+    def step(self, metric=None):
+        self.calls += 1
+        if metric is not None:
+            self.metrics.append(metric)
+
+    def state_dict(self):
+        return {}
+
+
+@pytest.mark.parametrize("interval,expected", [("batch", 3 * 4), ("epoch", 3), ("plateau", 3)])
+def test_scheduler_stepping_by_declaration(interval, expected):
+    x, y = tensor_data(64)
+    sched = CountingScheduler(interval)
+    model = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hist = fit(model, plain_loader(x, y, 16), plain_loader(x, y, 32), epochs=3, optimizer=opt, scheduler=sched,
+               progress=False, log=None)
+    assert sched.calls == expected
+    if interval == "plateau":
+        assert sched.metrics == pytest.approx([r["test_loss"] for r in hist])
+
+
+def test_scheduler_interval_guess():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    assert scheduler_interval(torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=10)) == "batch"
+    assert scheduler_interval(torch.optim.lr_scheduler.ReduceLROnPlateau(opt)) == "plateau"
+    assert scheduler_interval(torch.optim.lr_scheduler.StepLR(opt, 2)) == "epoch"
+
+
+def test_callbacks_see_state_and_can_stop():
+    x, y = tensor_data(64)
+    seen = []
+
+    class Probe(Callback):
+        def on_epoch_end(self, state, record):
+            seen.append((state.epoch, record["epoch"]))
+            if state.epoch == 2:
+                state.stop = True
+
+    model = TinyNet()
+    hist = fit(model, plain_loader(x, y, 16), None, epochs=5, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+               callbacks=[Probe()], progress=False, log=None)
+    assert seen == [(1, 1), (2, 2)] and len(hist) == 2 and "test_acc" not in hist[0]
+
+
+def test_fit_logs_lines_and_validates():
+    x, y = tensor_data(32)
+    lines = []
+    model = TinyNet()
+    fit(model, plain_loader(x, y, 16), plain_loader(x, y, 16), epochs=1,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1), progress=False, log=lines.append)
+    assert len(lines) == 1 and lines[0].startswith("epoch   1")
+    with pytest.raises(ConfigError):
+        fit(model, plain_loader(x, y, 16), None, epochs=0, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_amp_bf16_on_cpu_runs_and_fp16_on_cpu_is_refused():
+    x, y = tensor_data(32)
+    model = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hist = fit(model, plain_loader(x, y, 16), plain_loader(x, y, 16), epochs=1, optimizer=opt, amp="bf16",
+               progress=False, log=None)
+    assert math.isfinite(hist[0]["train_loss"])
+    with pytest.raises(ConfigError, match="fp16"):
+        fit(model, plain_loader(x, y, 16), None, epochs=1, optimizer=opt, amp="fp16", progress=False, log=None)
