@@ -1,0 +1,156 @@
+"""Command line: ``python -m pytorch_utils {train,models,recipes}``.
+
+Flags become fields of the same :class:`~pytorch_utils.recipes.Recipe` dataclass the Python API uses; errors the
+library raises on purpose are printed as one clear line (exit code 2) instead of a traceback.
+"""
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+from pytorch_utils import __version__
+from pytorch_utils.errors import PytorchUtilsError
+
+EPILOG = """examples:
+  python -m pytorch_utils train --model s10_resnet --data synthetic --epochs 2
+  python -m pytorch_utils train --recipe s10 --data ../shared/data/cifar10-jpeg.zip --epochs 1 \\
+      --train-limit 2000 --test-limit 1000
+  python -m pytorch_utils train --recipe s8_c100 --data cifar100 --download --resume
+  python -m pytorch_utils train --recipe wrn_c10 --set tta=flip --set 'model_kwargs={"dropout": 0.2}'
+  python -m pytorch_utils models
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="python -m pytorch_utils", description=(
+        "Train CIFAR-10/100 classifiers with the pytorch_utils recipes, or list models and recipes."),
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"pytorch_utils {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,models,recipes}")
+
+    t = sub.add_parser("train", help="train a recipe or a model", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train a registered recipe (--recipe) or a model with the default recipe (--model). "
+                                   "Prints one line per epoch and the final test accuracy; writes history.json, "
+                                   "summary.json, run.json and checkpoints/ under --out-dir.")
+    what = t.add_argument_group("what to train")
+    what.add_argument("--recipe", default=None, help="registered recipe (see `recipes`); default: 'default'")
+    what.add_argument("--model", default=None, help="registered model (see `models`); overrides the recipe's model")
+    what.add_argument("--data", default=None,
+                      help="synthetic | cifar10 | cifar100 | path to a folder or .zip laid out as "
+                           "train|test/<class>/*.jpg (default: the recipe's data set)")
+    what.add_argument("--root", default="./data", help="folder for torchvision CIFAR files (default ./data)")
+    what.add_argument("--download", action="store_true", help="let torchvision download CIFAR (needs internet)")
+    what.add_argument("--train-limit", type=int, default=None, help="train on a stratified subset of this size")
+    what.add_argument("--test-limit", type=int, default=None, help="test on a stratified subset of this size")
+    how = t.add_argument_group("how (each overrides the recipe field of the same name)")
+    how.add_argument("--epochs", type=int)
+    how.add_argument("--batch-size", type=int)
+    how.add_argument("--lr", type=float)
+    how.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    how.add_argument("--augmentation", help="train preset: standard, standard_no_cutout, reduced, wrn, test")
+    how.add_argument("--tta", choices=["none", "flip", "flip_translate"])
+    how.add_argument("--amp", choices=["none", "auto", "bf16", "fp16"])
+    how.add_argument("--loader", choices=["auto", "gpu", "dataloader"],
+                     help="gpu = whole data set on the GPU with batched augmentation (auto: on CUDA)")
+    how.add_argument("--num-workers", type=int, help="DataLoader workers (default: min(cpus, 8))")
+    how.add_argument("--seed", type=int)
+    how.add_argument("--no-lr-finder", action="store_true", help="skip the recipe's LR finder (uses --lr / max_lr)")
+    how.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override any recipe field, value as JSON or text (repeatable)")
+    run = t.add_argument_group("run")
+    run.add_argument("--out-dir", default=None, help="output folder (default runs/<recipe>)")
+    run.add_argument("--device", default=None, help="cpu | cuda | cuda:1 | mps (default: best available)")
+    run.add_argument("--strict-device", action="store_true",
+                     help="fail when the requested device is missing instead of falling back to the CPU")
+    run.add_argument("--resume", action="store_true",
+                     help="continue from the newest intact checkpoint in <out-dir>/checkpoints (error if none)")
+    run.add_argument("--no-progress", action="store_true", help="no tqdm bars (epoch lines are still printed)")
+    run.add_argument("--quiet", action="store_true", help="print only the final result")
+
+    m = sub.add_parser("models", help="list registered models with parameter counts")
+    m.add_argument("--num-classes", type=int, default=10)
+    sub.add_parser("recipes", help="list registered recipes")
+    return parser
+
+
+def _cmd_models(args) -> int:
+    import torch
+
+    from pytorch_utils.models import count_parameters, create_model, list_models
+
+    print(f"{'model':<14} {'parameters':>12}   ({args.num_classes} classes)")
+    for name in list_models():
+        with torch.device("meta"):  # counts without allocating 36M-parameter weights
+            model = create_model(name, num_classes=args.num_classes)
+        print(f"{name:<14} {count_parameters(model):>12,}")
+    return 0
+
+
+def _cmd_recipes(args) -> int:
+    from pytorch_utils.recipes import get_recipe, list_recipes
+
+    for name in list_recipes():
+        r = get_recipe(name)
+        print(f"{name:<12} {r.model:<12} {r.epochs:>4} ep  {r.description}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from pytorch_utils.recipes import get_recipe, parse_override, run_recipe
+
+    recipe = get_recipe(args.recipe or "default")
+    overrides = {}
+    if args.model:
+        overrides["model"] = args.model
+        if not args.recipe:
+            overrides["name"] = args.model
+    for flag in ("epochs", "batch_size", "lr", "optimizer", "augmentation", "amp", "loader", "num_workers", "seed",
+                 "train_limit", "test_limit"):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[flag] = None if value == "none" else value
+    if args.tta is not None:
+        overrides["tta"] = None if args.tta == "none" else args.tta
+    if args.no_lr_finder:
+        overrides["lr_finder"] = None
+    for item in args.set:
+        overrides.update(parse_override(recipe, item))
+    if args.model:
+        from pytorch_utils.models import list_models
+        from pytorch_utils.errors import UnknownNameError
+
+        if args.model not in list_models():
+            raise UnknownNameError(f"unknown model {args.model!r}; valid models: {', '.join(list_models())}")
+    recipe = recipe.replace(**overrides)
+    log = None if args.quiet else print
+    result = run_recipe(recipe, data=args.data, out_dir=args.out_dir, device=args.device,
+                        device_fallback=not args.strict_device, resume="required" if args.resume else False,
+                        root=args.root, download=args.download, progress=not (args.no_progress or args.quiet),
+                        log=log)
+    final = result.final
+    if final.get("test_acc") is not None:
+        print(f"final test accuracy: {final['test_acc']:.2f}% (best {final['best_test_acc']:.2f}% at epoch "
+              f"{final['best_epoch']}) after {final['epochs_run']} epochs, {final['seconds']:.1f}s on "
+              f"{final['device']}")
+    print(f"history: {result.out_dir / 'history.json'}")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """CLI entry point; returns the exit code (0 ok, 2 for a clear user error, 130 when interrupted)."""
+    args = build_parser().parse_args(argv)
+    commands = {"train": _cmd_train, "models": _cmd_models, "recipes": _cmd_recipes}
+    try:
+        return commands[args.command](args)
+    except PytorchUtilsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the last finished epoch's checkpoint is kept; continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

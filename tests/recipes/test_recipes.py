@@ -1,0 +1,99 @@
+import json
+
+import pytest
+
+from pytorch_utils.cli import main
+from pytorch_utils.errors import ConfigError, UnknownNameError
+from pytorch_utils.recipes import Recipe, get_recipe, list_recipes, parse_override, run_recipe
+from pytorch_utils.train.schedules import ScheduleSpec
+
+SMOKE = ["--data", "synthetic", "--epochs", "1", "--train-limit", "32", "--test-limit", "16", "--batch-size", "16",
+         "--num-workers", "0", "--no-progress"]
+
+
+@pytest.mark.parametrize("name", list_recipes())
+def test_every_recipe_runs_one_short_epoch_from_the_cli(name, tmp_path, capsys):
+    code = main(["train", "--recipe", name, "--out-dir", str(tmp_path), *SMOKE])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "final test accuracy" in out
+    history = json.loads((tmp_path / "history.json").read_text())
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert len(history) == 1 and history[0]["epoch"] == 1
+    assert summary["recipe"] == name and summary["test_acc"] == pytest.approx(history[0]["test_acc"])
+    assert (tmp_path / "checkpoints" / "epoch-0001.pt").is_file()
+    if get_recipe(name).lr_finder is not None:
+        assert (tmp_path / "lr_finder.png").is_file()
+        run = json.loads((tmp_path / "run.json").read_text())
+        assert run["lr_finder"]["lr_min"] == pytest.approx(run["lr_finder"]["lr_max"] / 10)
+
+
+def test_registered_recipes_match_the_spec():
+    s10 = get_recipe("s10")
+    assert (s10.model, s10.epochs, s10.batch_size, s10.optimizer) == ("s10_resnet", 24, 512, "adam")
+    assert s10.scheduler.name == "one_cycle_linear" and s10.scheduler.params["peak_epoch"] == 5
+    assert s10.lr_finder is not None and s10.augmentation == "standard"
+    s8 = get_recipe("s8_c100")
+    assert (s8.data, s8.batch_size, s8.epochs, s8.early_stopping_patience, s8.keep_last) == ("cifar100", 256, 100, 15, 5)
+    assert [(p.start, p.end, p.dropout, p.mixup_alpha) for p in s8.phases] == [(1, 60, 0.3, 0.2), (61, 100, 0.2, 0.15)]
+    assert s8.phases[0].scheduler.name == "cosine_warm_restarts" and s8.phases[0].scheduler.params["T_0"] == 25
+    assert s8.phases[1].scheduler.name == "cosine" and s8.label_smoothing == 0.1 and s8.weight_decay == 1e-3
+    wrn = get_recipe("wrn_c10")
+    assert [p.input_size for p in wrn.phases] == [32, 36, 40]
+    assert (wrn.label_smoothing, wrn.mixup_alpha, wrn.cutmix_alpha, wrn.lr) == (0.2, 1.0, 1.0, 0.1)
+    for level in (1, 2, 3):
+        r = get_recipe(f"strixbee_l{level}")
+        assert r.optimizer == "sgd" and r.scheduler.name == "plateau"
+    assert get_recipe("strixbee_l1").augmentation == "test"
+    assert get_recipe("strixbee_l3").augmentation == "standard"
+
+
+def test_recipe_overrides_and_errors():
+    r = get_recipe("s10", epochs=2)
+    assert r.epochs == 2 and get_recipe("s10").epochs == 24  # registry hands out fresh copies
+    with pytest.raises(ConfigError, match="valid fields"):
+        r.replace(epoks=3)
+    with pytest.raises(UnknownNameError, match="valid recipes: default, s10"):
+        get_recipe("s11")
+    assert parse_override(r, "epochs=3") == {"epochs": 3}
+    assert parse_override(r, "lr=1") == {"lr": 1.0}
+    assert parse_override(r, "tta=flip") == {"tta": "flip"}
+    assert parse_override(r, 'model_kwargs={"dropout": 0.1}') == {"model_kwargs": {"dropout": 0.1}}
+    assert parse_override(r, 'scheduler={"name": "cosine"}')["scheduler"] == ScheduleSpec("cosine")
+    with pytest.raises(ConfigError):
+        parse_override(r, "epochs")
+    with pytest.raises(ConfigError):
+        Recipe(epochs=0).validate()
+
+
+def test_run_recipe_python_api_returns_model_and_history(tmp_path):
+    result = run_recipe("strixbee_l1", "synthetic", tmp_path, epochs=2, train_limit=256, test_limit=64,
+                        batch_size=32, num_workers=0, progress=False, log=None)
+    assert len(result.history) == 2 and result.final["epochs_run"] == 2
+    assert result.classes == tuple(f"class_{i}" for i in range(10))
+    assert result.final["parameters"] == 82_290
+    assert (tmp_path / "summary.json").is_file()
+
+
+def test_resume_continues_a_recipe_run(tmp_path):
+    kw = dict(train_limit=64, test_limit=32, batch_size=16, num_workers=0, progress=False, log=None)
+    full = run_recipe("strixbee_l3", "synthetic", tmp_path / "full", epochs=3, **kw)
+    run_recipe("strixbee_l3", "synthetic", tmp_path / "part", epochs=2, **kw)
+    resumed = run_recipe("strixbee_l3", "synthetic", tmp_path / "part", epochs=3, resume=True, **kw)
+    strip = lambda h: [{k: v for k, v in r.items() if "seconds" not in k} for r in h]  # noqa: E731
+    # The 2-epoch run's plateau scheduler and data order are the same as the first 2 epochs of the 3-epoch run.
+    assert strip(resumed.history) == strip(full.history)
+
+
+def test_num_classes_mismatch_is_reported(tmp_path, cifar_zip):
+    with pytest.raises(ConfigError, match="num_classes=100"):
+        run_recipe("strixbee_l1", str(cifar_zip), tmp_path, epochs=1, num_classes=100, train_limit=20, test_limit=20,
+                   progress=False, log=None)
+
+
+def test_model_head_mismatch_is_reported():
+    from pytorch_utils.models import create_model
+    from pytorch_utils.recipes import check_model_data
+
+    with pytest.raises(ConfigError, match="outputs 100 classes but the data has 10"):
+        check_model_data(create_model("strixbee_l1", num_classes=100), 10)
