@@ -1,0 +1,179 @@
+"""Confusion matrix, per-class accuracy and the most confused class pairs (numpy only, no sklearn)."""
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from pytorch_utils.errors import ConfigError
+from pytorch_utils.viz.images import PathLike, axes_and_figure, class_name, finish, to_numpy
+
+__all__ = ["confusion_matrix", "plot_confusion_matrix", "per_class_accuracy", "plot_per_class_accuracy",
+           "most_confused_pairs"]
+
+ANNOTATE_MAX_CLASSES = 20  # beyond this the numbers overlap and the heatmap colours say more
+
+
+def _labels(x, what: str) -> np.ndarray:
+    arr = to_numpy(x).reshape(-1)
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(np.equal(np.mod(arr, 1), 0)):
+            raise ConfigError(f"{what} must be integer class labels")
+    return arr.astype(np.int64)
+
+
+def confusion_matrix(targets, preds, num_classes: int) -> np.ndarray:
+    """Count matrix ``cm[true, pred]``.
+
+    Args:
+        targets, preds: labels (N,) (tensors or arrays), each in ``[0, num_classes)``.
+        num_classes: matrix size.
+    Returns:
+        int64 numpy array (num_classes, num_classes); rows are true classes, columns predicted classes.
+    Raises:
+        ConfigError: different lengths or a label outside the range.
+    """
+    targets, preds = _labels(targets, "targets"), _labels(preds, "preds")
+    if int(num_classes) != num_classes or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    num_classes = int(num_classes)
+    if targets.shape != preds.shape:
+        raise ConfigError(f"targets and preds differ in length: {len(targets)} vs {len(preds)}")
+    for name, arr in (("targets", targets), ("preds", preds)):
+        if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
+            raise ConfigError(f"{name} has labels outside [0, {num_classes}): min {arr.min()}, max {arr.max()}")
+    # One bincount over the flattened (true, pred) cell index: O(N), no Python loop.
+    flat = np.bincount(targets * num_classes + preds, minlength=num_classes * num_classes)
+    return flat.reshape(num_classes, num_classes).astype(np.int64)
+
+
+def _check_cm(cm) -> np.ndarray:
+    cm = to_numpy(cm)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ConfigError(f"a confusion matrix must be square, got shape {cm.shape}")
+    return cm
+
+
+def _names(classes: Optional[Sequence[str]], n: int) -> List[str]:
+    if classes is not None and len(classes) != n:
+        raise ConfigError(f"{len(classes)} class names for a {n}x{n} confusion matrix")
+    return [class_name(classes, i) for i in range(n)]
+
+
+def per_class_accuracy(cm) -> np.ndarray:
+    """Accuracy of each true class in percent (recall): ``diag / row sum * 100``; NaN for classes with no samples.
+
+    Args:
+        cm: confusion matrix (rows true, columns predicted).
+    Returns:
+        float64 numpy array (C,).
+    """
+    cm = _check_cm(cm).astype(np.float64)
+    support = cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, 100.0 * np.diag(cm) / support, np.nan)
+
+
+def most_confused_pairs(cm, classes: Optional[Sequence[str]] = None, k: Optional[int] = 10) -> List[Tuple[str, str, int]]:
+    """The most frequent mistakes: ``(true_name, pred_name, count)`` sorted by count, highest first.
+
+    The diagonal (correct predictions) and zero cells are excluded; ties keep (true, pred) index order.
+
+    Args:
+        cm: confusion matrix; classes: class names (None uses the indices as strings); k: at most this many (None: all).
+    Returns:
+        list of tuples.
+    """
+    cm = _check_cm(cm)
+    names = _names(classes, cm.shape[0])
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    rows, cols = np.nonzero(off > 0)  # row-major order, so the stable sort breaks ties by (true, pred)
+    order = np.argsort(-off[rows, cols], kind="stable")
+    pairs = [(names[rows[i]], names[cols[i]], int(off[rows[i], cols[i]])) for i in order]
+    return pairs if k is None else pairs[: int(k)]
+
+
+def _tick_fontsize(ax, n: int) -> float:
+    """Label size (points) that fits one label per cell along the x axis of ``ax`` (also a caller's axes)."""
+    axis_inches = ax.get_position().width * ax.figure.get_figwidth()
+    slot_points = axis_inches * 72.0 / max(n, 1)
+    return float(np.clip(0.7 * slot_points, 4.5, 10.0))
+
+
+def plot_confusion_matrix(cm, classes: Optional[Sequence[str]] = None, normalize: Union[bool, str] = False, ax=None,
+                          save: Optional[PathLike] = None, title: Optional[str] = None) -> Figure:
+    """The confusion matrix as a seaborn heatmap (rows true, columns predicted).
+
+    Args:
+        cm: count matrix (C, C); classes: class names.
+        normalize: False for counts, "true" (or True) to divide each row by its total (recall per cell).
+        ax: draw into this axes (its figure is returned); save: PNG path; title: axes title.
+    Returns:
+        the Figure. Cell values are written only for at most 20 classes.
+    """
+    import seaborn as sns  # local: seaborn's import is slow and only this plot needs it
+
+    cm = _check_cm(cm)
+    n = cm.shape[0]
+    names = _names(classes, n)
+    if normalize not in (False, None, True, "true"):
+        raise ConfigError(f'normalize must be False or "true", got {normalize!r}')
+    if normalize:
+        support = cm.sum(axis=1, keepdims=True).astype(np.float64)
+        data = np.divide(cm, support, out=np.zeros(cm.shape, dtype=np.float64), where=support > 0)
+        fmt, vmax, cbar_label = ".2f", 1.0, "fraction of the true class"
+    else:
+        data, fmt, vmax, cbar_label = cm, "d", None, "count"
+    side = float(np.clip(0.5 * n + 2.5, 6.0, 16.0))
+    fig, ax = axes_and_figure(ax, (side + 1.2, side))
+    annotate = n <= ANNOTATE_MAX_CLASSES
+    sns.heatmap(data, ax=ax, annot=annotate, fmt=fmt, cmap="Blues", vmin=0, vmax=vmax, square=True,
+                xticklabels=names, yticklabels=names, cbar_kws={"label": cbar_label, "shrink": 0.8},
+                annot_kws={"fontsize": 8 if n > 10 else 9})
+    size = _tick_fontsize(ax, n)
+    ax.set_xticklabels(ax.get_xticklabels(), rotation=45 if n <= 20 else 90, ha="right" if n <= 20 else "center",
+                       rotation_mode="anchor" if n <= 20 else "default", fontsize=size)
+    ax.set_yticklabels(ax.get_yticklabels(), rotation=0, fontsize=size)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    total = int(cm.sum())
+    acc = 100.0 * np.trace(cm) / total if total else float("nan")
+    ax.set_title(title or f"confusion matrix{' (normalized by true class)' if normalize else ''}, "
+                          f"accuracy {acc:.2f}% of {total}")
+    return finish(fig, save)
+
+
+def plot_per_class_accuracy(cm, classes: Optional[Sequence[str]] = None, ax=None, save: Optional[PathLike] = None,
+                            title: Optional[str] = None) -> Figure:
+    """Bar chart of :func:`per_class_accuracy` with the values written on the bars and the overall accuracy line.
+
+    Args:
+        cm: confusion matrix; classes: class names; ax: draw into this axes; save: PNG path; title: axes title.
+    Returns:
+        the Figure. Values are written on the bars for at most 30 classes.
+    """
+    cm = _check_cm(cm)
+    n = cm.shape[0]
+    names = _names(classes, n)
+    acc = per_class_accuracy(cm)
+    fig, ax = axes_and_figure(ax, (float(np.clip(0.6 * n + 2, 6.0, 24.0)), 4.2))
+    x = np.arange(n)
+    heights = np.nan_to_num(acc, nan=0.0)
+    bars = ax.bar(x, heights, color="tab:blue", edgecolor="none")
+    total = int(cm.sum())
+    if total:
+        overall = 100.0 * np.trace(cm) / total
+        ax.axhline(overall, color="crimson", linestyle="--", linewidth=1, label=f"overall {overall:.2f}%")
+        ax.legend(loc="lower right", fontsize=8)
+    if n <= 30:
+        labels = ["n/a" if np.isnan(a) else f"{a:.1f}" for a in acc]
+        ax.bar_label(bars, labels=labels, fontsize=8, padding=2)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=45 if n <= 30 else 90, ha="right" if n <= 30 else "center",
+                       rotation_mode="anchor" if n <= 30 else "default", fontsize=_tick_fontsize(ax, n))
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_ylim(0, 108)  # headroom for the value labels above 100% bars
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title or "per-class accuracy")
+    ax.grid(axis="y", alpha=0.3)
+    return finish(fig, save)

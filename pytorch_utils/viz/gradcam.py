@@ -1,0 +1,261 @@
+"""GradCAM heatmaps (via pytorch-grad-cam) and an image | overlay grid.
+
+pytorch-grad-cam does the CAM maths; this module adds what course notebooks kept getting wrong around it: choosing the
+layer by name, in-place ReLUs (they overwrite the hooked activations, which breaks the backward hook), and putting
+the model back exactly as it was (mode, ``requires_grad`` flags, ``.grad`` tensors, ReLU flags).
+"""
+import math
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+from matplotlib.figure import Figure
+
+from pytorch_utils.errors import ConfigError, UnknownNameError
+from pytorch_utils.utils import model_device, unwrap_model
+from pytorch_utils.viz.images import (PathLike, class_name, finish, imshow, new_figure, to_display, to_numpy)
+
+__all__ = ["gradcam", "plot_gradcam", "resolve_target_layer", "conv_layer_names", "overlay_heatmap", "CAM_METHODS"]
+
+# Name -> class name in pytorch_grad_cam; all are gradient-based and cheap (one forward/backward per batch).
+CAM_METHODS = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+}
+
+
+def conv_layer_names(model: nn.Module) -> List[str]:
+    """Dotted names (as in ``named_modules()``) of the model's Conv2d layers, in registration order."""
+    return [name for name, m in unwrap_model(model).named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def resolve_target_layer(model: nn.Module, target_layer: Union[str, nn.Module, None] = None) -> Tuple[str, nn.Module]:
+    """The layer GradCAM hooks: ``target_layer`` by dotted name, else ``model.cam_layer``, else the last Conv2d.
+
+    Args:
+        model: the classifier (DataParallel / torch.compile wrappers are looked through).
+        target_layer: a dotted module name, a module of the model, or None.
+    Returns:
+        ``(name, module)``.
+    Raises:
+        UnknownNameError: no module has that name (the message lists candidate conv layers).
+        ConfigError: no name given, no ``cam_layer`` and no Conv2d in the model; or a module not in the model.
+    """
+    base = unwrap_model(model)
+    modules = dict(base.named_modules())
+    if isinstance(target_layer, nn.Module):
+        for name, m in modules.items():
+            if m is target_layer:
+                return name, m
+        raise ConfigError("target_layer is a module that is not part of the model")
+    name = target_layer if target_layer is not None else getattr(base, "cam_layer", None)
+    convs = conv_layer_names(base)
+    if name is None:
+        if not convs:
+            raise ConfigError(f"{type(base).__name__} has no Conv2d layer and no cam_layer; pass target_layer=")
+        name = convs[-1]
+    if name not in modules or name == "":
+        hint = ", ".join(repr(c) for c in convs[-5:]) or "none"
+        raise UnknownNameError(f"unknown target layer {name!r} in {type(base).__name__}; "
+                               f"last conv layers: {hint} (any name from model.named_modules() works)")
+    return name, modules[name]
+
+
+def _cam_class(method: str):
+    import pytorch_grad_cam  # local: pulls in OpenCV; only GradCAM users should pay for it
+
+    key = str(method).lower().replace("_", "").replace("-", "")
+    key = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++"}.get(key, key)
+    if key not in CAM_METHODS:
+        raise UnknownNameError(f"unknown CAM method {method!r}; valid methods: {', '.join(CAM_METHODS)}")
+    return getattr(pytorch_grad_cam, CAM_METHODS[key])
+
+
+def _as_batch(inputs) -> torch.Tensor:
+    x = inputs if isinstance(inputs, torch.Tensor) else torch.as_tensor(np.asarray(inputs))
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() != 4 or not x.is_floating_point():
+        raise ConfigError(f"gradcam expects normalized float inputs (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
+    return x
+
+
+def gradcam(model: nn.Module, inputs, target_layer: Union[str, nn.Module, None] = None, targets=None,
+            method: str = "gradcam", batch_size: int = 64) -> np.ndarray:
+    """Class activation maps for a batch of model inputs.
+
+    The model is put in eval mode (BatchNorm/Dropout as at test time) and its parameters are frozen while the maps
+    are computed (gradients flow to the inputs instead, so ``.grad`` of the weights is never touched); every
+    ``nn.ReLU(inplace=True)`` is switched to out-of-place. All of it is restored in ``finally``: mode,
+    ``requires_grad`` flags, ``.grad`` tensors and ReLU flags. In-place ops called functionally inside ``forward``
+    (``F.relu(x, inplace=True)``) cannot be switched and may still break the hooks.
+
+    Args:
+        model: classifier returning logits; it stays on its device and the inputs follow it.
+        inputs: normalized float (N, C, H, W) (or one (C, H, W) image), tensor or array.
+        target_layer: dotted module name (default: ``model.cam_layer``, else the last Conv2d) or a module.
+        targets: class index per image (a sequence of N ints, or one int for all); None explains the predicted class.
+        method: "gradcam" (default), "gradcam++", "hirescam", "xgradcam" or "layercam".
+        batch_size: images per forward/backward pass (bounds memory).
+    Returns:
+        float32 numpy (N, H, W): one map per image at the input's spatial size, each scaled to [0, 1].
+    Raises:
+        UnknownNameError: unknown layer name or method. ConfigError: bad inputs or targets.
+    """
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    base = unwrap_model(model)
+    _, layer = resolve_target_layer(base, target_layer)
+    cam_cls = _cam_class(method)
+    x = _as_batch(inputs)
+    n = len(x)
+    if targets is not None:
+        t = to_numpy(targets).reshape(-1).astype(np.int64)
+        if t.size == 1 and n != 1:
+            t = np.repeat(t, n)
+        if len(t) != n:
+            raise ConfigError(f"{len(t)} CAM targets for {n} images")
+        targets = t
+    if int(batch_size) < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
+    if n == 0:
+        return np.zeros((0,) + tuple(x.shape[-2:]), dtype=np.float32)
+    device = model_device(base)
+    params = list(base.parameters())
+    # Inputs follow the model: its device, and its floating dtype (a .half() model gets half inputs).
+    dtype = next((p.dtype for p in params if p.is_floating_point()), torch.float32)
+    saved_mode = [(m, m.training) for m in base.modules()]  # per module: a model may be partly in eval mode
+    saved_flags = [p.requires_grad for p in params]
+    saved_grads = [p.grad for p in params]
+    relus = [m for m in base.modules() if isinstance(m, nn.ReLU) and m.inplace]
+    cam = None
+    maps = []
+    try:
+        for m in relus:
+            m.inplace = False
+        for p in params:
+            p.requires_grad_(False)
+        cam = cam_cls(model=base, target_layers=[layer])
+        with torch.enable_grad():  # callers may be inside torch.no_grad()
+            for start in range(0, n, int(batch_size)):
+                xb = x[start:start + int(batch_size)].detach().to(device=device, dtype=dtype)
+                xb.requires_grad_(True)
+                tb = None if targets is None else [ClassifierOutputTarget(int(c)) for c in
+                                                   targets[start:start + int(batch_size)]]
+                maps.append(np.asarray(cam(input_tensor=xb, targets=tb), dtype=np.float32))
+    finally:
+        if cam is not None:
+            cam.activations_and_grads.release()  # remove the hooks now, not whenever the CAM is garbage-collected
+        for m in relus:
+            m.inplace = True
+        for p, flag, grad in zip(params, saved_flags, saved_grads):
+            p.requires_grad_(flag)
+            p.grad = grad
+        for m, mode in saved_mode:
+            m.training = mode
+    out = np.concatenate(maps)
+    if out.ndim == 2:  # pytorch-grad-cam squeezes nothing today; keep (N, H, W) if that ever changes
+        out = out[None]
+    return np.clip(out, 0.0, 1.0)
+
+
+def overlay_heatmap(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """Alpha-blend a [0, 1] heatmap (H, W), coloured with ``cmap``, over an (H, W, 3) image in [0, 1]."""
+    import matplotlib
+
+    colored = matplotlib.colormaps[cmap](np.clip(cam, 0.0, 1.0))[..., :3]
+    img = image if image.shape[-1] == 3 else np.repeat(image, 3, axis=-1)
+    return np.clip((1.0 - alpha) * img + alpha * colored, 0.0, 1.0).astype(np.float32)
+
+
+def _to_model_input(images, mean, std) -> torch.Tensor:
+    """Normalized float (N, C, H, W) tensor from model inputs as given, or from uint8 (N, H, W, C) images."""
+    arr = images if isinstance(images, torch.Tensor) else np.asarray(images)
+    if (isinstance(arr, np.ndarray) and arr.dtype == np.uint8) or (
+            isinstance(arr, torch.Tensor) and arr.dtype == torch.uint8):
+        if mean is None or std is None:
+            raise ConfigError("uint8 images need mean and std to be normalized for the model")
+        x = to_display(arr)  # (N, H, W, C) in [0, 1]
+        x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+        return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
+    return _as_batch(arr)
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    was_training = model.training
+    model.eval()
+    try:
+        return model(x.to(model_device(model))).argmax(dim=1).cpu().numpy()
+    finally:
+        model.train(was_training)
+
+
+def plot_gradcam(
+    model: nn.Module,
+    images,
+    targets,
+    preds,
+    classes: Optional[Sequence[str]],
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    target: str = "pred",
+    target_layer: Union[str, nn.Module, None] = None,
+    k: int = 8,
+    save: Optional[PathLike] = None,
+    alpha: float = 0.5,
+    method: str = "gradcam",
+    title: Optional[str] = None,
+) -> Figure:
+    """For each of the first ``k`` images: the image and its GradCAM overlay, titled with true/pred labels.
+
+    Args:
+        model: the classifier; images: normalized float (N, 3, H, W) model inputs (or uint8 (N, H, W, 3) images,
+            normalized here with mean/std), e.g. ``misclassified_from_model(...)["images"]``.
+        targets: true labels (N,); preds: predicted labels (N,) or None to predict them here.
+        classes: class names; mean, std: normalization statistics (for display).
+        target: "pred" explains the predicted class, "true" the true class.
+        target_layer: dotted layer name (default ``model.cam_layer``); k: at most this many images.
+        save: PNG path; alpha: heatmap opacity; method: CAM method (see :func:`gradcam`); title: figure title.
+    Returns:
+        the Figure.
+    """
+    if target not in ("pred", "true"):
+        raise ConfigError(f'target must be "pred" or "true", got {target!r}')
+    x = _to_model_input(images, mean, std)
+    n = min(int(k), len(x))
+    if n < 1:
+        raise ConfigError("plot_gradcam needs at least one image (k >= 1)")
+    x = x[:n]
+    targets_np = to_numpy(targets).reshape(-1)[:n].astype(np.int64)
+    preds_np = _predict(unwrap_model(model), x) if preds is None else to_numpy(preds).reshape(-1)[:n].astype(np.int64)
+    if len(targets_np) != n or len(preds_np) != n:
+        raise ConfigError(f"need a target and a prediction for each of the {n} images")
+    explained = preds_np if target == "pred" else targets_np
+    maps = gradcam(model, x, target_layer=target_layer, targets=explained, method=method)
+    shown = to_display(x, mean, std)
+
+    pairs_per_row = min(n, 4)
+    rows = math.ceil(n / pairs_per_row)
+    fig = new_figure((1.8 * 2 * pairs_per_row, 2.1 * rows + 0.3))
+    axes = fig.subplots(rows, 2 * pairs_per_row, squeeze=False)
+    for j in range(rows * pairs_per_row):
+        ax_img, ax_cam = axes[j // pairs_per_row, 2 * (j % pairs_per_row)], axes[j // pairs_per_row,
+                                                                                 2 * (j % pairs_per_row) + 1]
+        if j >= n:
+            ax_img.axis("off")
+            ax_cam.axis("off")
+            continue
+        right = preds_np[j] == targets_np[j]
+        imshow(ax_img, shown[j])
+        ax_img.set_title(f"true: {class_name(classes, targets_np[j])}\npred: {class_name(classes, preds_np[j])}",
+                         fontsize=8, color="darkgreen" if right else "crimson")
+        imshow(ax_cam, overlay_heatmap(shown[j], maps[j], alpha=alpha))
+        ax_cam.set_title(f"CAM for: {target} {class_name(classes, explained[j])}", fontsize=8)
+    layer_name, _ = resolve_target_layer(model, target_layer)
+    fig.suptitle(title or f"{method} on layer '{layer_name}'", fontsize=10)
+    return finish(fig, save)

@@ -1,0 +1,313 @@
+"""Image grids: de-normalization, a batch grid, and a before/after augmentation grid.
+
+Figure policy (shared by every module of ``pytorch_utils.viz``): figures are built with
+``matplotlib.figure.Figure`` directly, never through ``pyplot``. pyplot keeps every figure it creates alive until
+``plt.close`` is called, so a helper called in a loop (or by ``report``) would leak memory and trigger the
+"more than 20 figures" warning. A bare ``Figure`` is garbage-collected like any object, needs no GUI backend
+(headless servers, CI), and still renders in Jupyter/Colab when it is the last expression of a cell (IPython's inline
+formatter handles ``Figure`` objects); call ``IPython.display.display(fig)`` to show one that is not. When the caller
+passes ``ax=...`` the figure is the caller's and is left as it is.
+"""
+import math
+import os
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from pytorch_utils.errors import ConfigError
+
+__all__ = ["denormalize", "show_batch", "show_augmentations", "SAVE_DPI"]
+
+SAVE_DPI = 120  # enough for 32x32 thumbnails and tick labels, small enough for notebooks and git
+PathLike = Union[str, os.PathLike]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# helpers shared by the other viz modules (private: the public API is the plotting functions)
+# ----------------------------------------------------------------------------------------------------------------
+def new_figure(figsize: Tuple[float, float]) -> Figure:
+    """A pyplot-free figure (see the module docstring for why) with an Agg canvas.
+
+    A bare ``Figure`` gets a generic canvas that re-renders the whole figure every time a text size is measured;
+    seaborn measures every tick label, which made a 100-class heatmap take seconds. Agg caches its renderer.
+    """
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)  # attaches itself as fig.canvas
+    return fig
+
+
+def axes_and_figure(ax, figsize: Tuple[float, float]):
+    """``(fig, ax)``: the caller's axes and its figure, or a new single-axes figure."""
+    if ax is not None:
+        return ax.figure, ax
+    fig = new_figure(figsize)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def finish(fig: Figure, save: Optional[PathLike]) -> Figure:
+    """Save ``fig`` as PNG when ``save`` is a path (parent directories created) and return it."""
+    if save is not None:
+        path = Path(save)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=SAVE_DPI, bbox_inches="tight", facecolor="white")
+    return fig
+
+
+def to_numpy(x) -> np.ndarray:
+    """A numpy copy-free view of a tensor / array / sequence (tensors are detached and moved to the CPU)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _stats(values, what: str, channels: int) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float32).reshape(-1)
+    if arr.size == 1:
+        arr = np.repeat(arr, channels)
+    if arr.size != channels:
+        raise ConfigError(f"{what} has {arr.size} values but the images have {channels} channels")
+    return arr
+
+
+def denormalize(images, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Undo ``(x - mean) / std`` and return displayable float32 images, channels last, clipped to [0, 1].
+
+    Args:
+        images: normalized images, channels first: a tensor or array (C, H, W) or (N, C, H, W).
+        mean, std: the per-channel statistics used for normalization (on the [0, 1] scale).
+    Returns:
+        float32 numpy array (H, W, C) or (N, H, W, C) with values in [0, 1].
+    Raises:
+        ConfigError: not a 3-d/4-d array, or mean/std do not match the channel count.
+    """
+    x = to_numpy(images).astype(np.float32, copy=False)
+    if x.ndim not in (3, 4):
+        raise ConfigError(f"denormalize expects (C, H, W) or (N, C, H, W) images, got shape {x.shape}")
+    channels = x.shape[-3]
+    m = _stats(mean, "mean", channels).reshape(channels, 1, 1)
+    s = _stats(std, "std", channels).reshape(channels, 1, 1)
+    out = np.clip(x * s + m, 0.0, 1.0)
+    return np.moveaxis(out, -3, -1)
+
+
+def to_display(images, mean=None, std=None) -> np.ndarray:
+    """Images in any of the package's layouts -> float32 (N, H, W, C) in [0, 1].
+
+    Accepted: uint8 channels-last (N, H, W, C) (raw dataset arrays), uint8 channels-first, or float channels-first
+    normalized tensors (loader batches; need mean/std). A single image gets a batch axis.
+    """
+    x = to_numpy(images)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4:
+        raise ConfigError(f"expected a batch of images (N, C, H, W) or (N, H, W, C), got shape {x.shape}")
+    channels_last = x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3)
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+        return x if channels_last else np.moveaxis(x, 1, -1)
+    if channels_last:
+        # Float channels-last data is taken as already de-normalized (e.g. the output of denormalize).
+        return np.clip(x.astype(np.float32), 0.0, 1.0)
+    if mean is None or std is None:
+        raise ConfigError("normalized (N, C, H, W) images need mean and std to be displayed")
+    return denormalize(x, mean, std)
+
+
+def imshow(ax, img: np.ndarray) -> None:
+    """Show one (H, W, C) image in [0, 1] without axes; grayscale gets a gray colormap."""
+    if img.shape[-1] == 1:
+        ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(img)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def class_name(classes: Optional[Sequence[str]], label) -> str:
+    """``classes[label]``, or the label itself when names are missing or the label is out of range."""
+    label = int(label)
+    if classes is not None and 0 <= label < len(classes):
+        return str(classes[label])
+    return str(label)
+
+
+def grid_shape(n: int, ncols: Optional[int], max_cols: int = 8) -> Tuple[int, int]:
+    """(rows, cols) for ``n`` cells: ``ncols`` when given, else a near-square grid at most ``max_cols`` wide."""
+    if ncols is None:
+        ncols = min(max_cols, max(1, math.ceil(math.sqrt(n))))
+    if int(ncols) < 1:
+        raise ConfigError(f"ncols must be >= 1, got {ncols!r}")
+    ncols = max(1, min(int(ncols), n))
+    return math.ceil(n / ncols), ncols
+
+
+def empty_figure(message: str, save: Optional[PathLike] = None) -> Figure:
+    """A small figure that says why there is nothing to plot (better than an error in a report)."""
+    fig = new_figure((4, 1.5))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11)
+    return finish(fig, save)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# public plots
+# ----------------------------------------------------------------------------------------------------------------
+def show_batch(
+    images,
+    targets,
+    classes: Optional[Sequence[str]],
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    preds=None,
+    ncols: int = 8,
+    max_images: int = 32,
+    title: Optional[str] = None,
+    save: Optional[PathLike] = None,
+) -> Figure:
+    """A grid of images titled with their class names (and predictions, green when right, red when wrong).
+
+    Args:
+        images: normalized float (N, 3, H, W) tensors (loader batches; need mean/std) or uint8 (N, H, W, 3) arrays.
+        targets: labels (N,); classes: class names (None shows the numbers).
+        mean, std: per-channel normalization statistics.
+        preds: optional predicted labels (N,); titles become "true / pred".
+        ncols: grid width; max_images: at most this many images are shown (the first ones).
+        title: figure title; save: PNG path.
+    Returns:
+        the Figure.
+    """
+    imgs = to_display(images, mean, std)
+    targets = to_numpy(targets).reshape(-1)
+    if len(targets) != len(imgs):
+        raise ConfigError(f"{len(imgs)} images but {len(targets)} targets")
+    if preds is not None:
+        preds = to_numpy(preds).reshape(-1)
+        if len(preds) != len(imgs):
+            raise ConfigError(f"{len(imgs)} images but {len(preds)} predictions")
+    n = min(len(imgs), int(max_images))
+    if n == 0:
+        return empty_figure("no images to show", save)
+    rows, cols = grid_shape(n, ncols)
+    fig = new_figure((1.6 * cols, 1.75 * rows + (0.4 if title else 0)))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= n:
+            ax.axis("off")
+            continue
+        imshow(ax, imgs[i])
+        name = class_name(classes, targets[i])
+        if preds is None:
+            ax.set_title(name, fontsize=9)
+        else:
+            right = int(preds[i]) == int(targets[i])
+            ax.set_title(f"{name} / {class_name(classes, preds[i])}", fontsize=8,
+                         color="darkgreen" if right else "crimson")
+    if title:
+        fig.suptitle(title)
+    return finish(fig, save)
+
+
+def _transform_output_to_image(out, mean, std) -> np.ndarray:
+    """One transform output (normalized CHW tensor, albumentations dict, or HWC array) -> (H, W, C) in [0, 1]."""
+    if isinstance(out, dict):  # a raw albumentations Compose returns {"image": ...}
+        out = out["image"]
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return to_display(out, mean, std)[0]
+
+
+def _seeded_copy(transform: Callable, seed: int) -> Callable:
+    """A seeded deep copy of a transform that can be reseeded, else the transform itself (never mutated)."""
+    import copy
+
+    if not hasattr(transform, "set_random_seed"):
+        return transform
+    try:
+        clone = copy.deepcopy(transform)
+    except Exception:  # an uncopyable callable: use it unseeded rather than reseed the caller's object
+        return transform
+    clone.set_random_seed(seed)
+    return clone
+
+
+def show_augmentations(
+    dataset_images_uint8,
+    transform: Callable,
+    classes: Optional[Sequence[str]] = None,
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    n: int = 8,
+    repeats: int = 4,
+    seed: int = 0,
+    save: Optional[PathLike] = None,
+    targets=None,
+) -> Figure:
+    """Before/after augmentation: each row is an original image followed by ``repeats`` augmented versions.
+
+    Args:
+        dataset_images_uint8: uint8 (N, H, W, 3) images, or a data set with ``.images`` (and ``.targets``).
+        transform: callable uint8 HWC image -> normalized CHW tensor (a training preset).
+        classes: class names for the row labels (needs targets).
+        mean, std: the normalization statistics the transform applies (to undo it for display).
+        n: how many images (rows), picked at random with ``seed``; repeats: augmented copies per image.
+        seed: seeds the image choice and the augmentations: a transform with ``set_random_seed`` (the package's
+            albumentations presets) is deep-copied and the copy seeded, so the caller's training transform keeps its
+            own random stream; torch/numpy/python global RNGs are seeded inside a scope that restores them after.
+        save: PNG path; targets: labels (N,) when a bare array is passed.
+    Returns:
+        the Figure.
+    """
+    import random
+
+    images = dataset_images_uint8
+    if targets is None:
+        targets = getattr(images, "targets", None)
+    if classes is None:
+        classes = getattr(images, "classes", None)
+    images = to_numpy(getattr(images, "images", images))
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ConfigError(f"show_augmentations expects uint8 (N, H, W, C) images, got {images.dtype} {images.shape}")
+    if n < 1 or repeats < 1:
+        raise ConfigError(f"n and repeats must be >= 1, got n={n}, repeats={repeats}")
+    if len(images) == 0:
+        return empty_figure("no images to show", save)
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(images), size=min(n, len(images)), replace=False))
+
+    transform = _seeded_copy(transform, seed)
+    py_state, np_state = random.getstate(), np.random.get_state()
+    rows = []
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            for i in idx:
+                augmented = [_transform_output_to_image(transform(images[i]), mean, std) for _ in range(repeats)]
+                rows.append((images[i].astype(np.float32) / 255.0, augmented))
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+    cols = 1 + repeats
+    fig = new_figure((1.6 * cols, 1.6 * len(rows) + 0.3))
+    axes = fig.subplots(len(rows), cols, squeeze=False)
+    for r, (orig, augmented) in enumerate(rows):
+        imshow(axes[r, 0], orig)
+        label = class_name(classes, to_numpy(targets)[idx[r]]) if targets is not None else f"#{idx[r]}"
+        axes[r, 0].set_ylabel(label, fontsize=9)
+        for c, img in enumerate(augmented, start=1):
+            imshow(axes[r, c], img)
+        if r == 0:
+            axes[r, 0].set_title("original", fontsize=9)
+            for c in range(1, cols):
+                axes[r, c].set_title(f"augmented {c}", fontsize=9)
+    fig.suptitle("before and after augmentation")
+    return finish(fig, save)

@@ -1,0 +1,62 @@
+"""Plot of an LR range test: smoothed loss vs LR with the suggested LR_max and LR_min marked."""
+from typing import Optional
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from pytorch_utils.viz.images import PathLike, axes_and_figure, finish
+
+__all__ = ["plot_lr_finder"]
+
+SUGGESTION_TITLES = {"steepest": "steepest descent", "valley": "valley"}
+
+
+def plot_lr_finder(result, ax=None, save: Optional[PathLike] = None) -> Figure:
+    """Draw an :class:`~pytorch_utils.train.lr_finder.LRFinderResult`: loss vs LR (log x axis), ``lr_max`` marked by a
+    point and a vertical line, ``lr_min`` by a dashed line, both labelled with their values; the title states the rule.
+
+    Like every ``pytorch_utils.viz`` plot, the figure is built without pyplot (see ``viz/images.py``): it shows when
+    returned from a notebook cell or passed to ``display``; ``plt.show()`` is never called.
+
+    Args:
+        result: the result of :func:`pytorch_utils.train.lr_finder.find_lr`.
+        ax: an existing matplotlib Axes to draw on; None creates a new figure.
+        save: path of a PNG to write (parent folders are created).
+    Returns:
+        the matplotlib Figure (``ax.figure`` when ``ax`` is given).
+    """
+    fig, ax = axes_and_figure(ax, (7.0, 4.5))
+
+    lrs = np.asarray(result.lrs, dtype=np.float64)
+    losses = np.asarray(result.losses, dtype=np.float64)
+    n = len(losses)
+    lo, hi = result.skip_start, max(result.skip_start, n - result.skip_end)
+
+    # The skipped ends are drawn faintly: they are shown for honesty but did not take part in the suggestion.
+    ax.plot(lrs, losses, color="tab:blue", alpha=0.3, linewidth=1)
+    ax.plot(lrs[lo:hi], losses[lo:hi], color="tab:blue", linewidth=1.8, label="smoothed loss")
+    idx = result.suggestion_index
+    ax.scatter([result.lr_max], [losses[idx]], s=70, color="tab:red", zorder=3)
+    ax.axvline(result.lr_max, color="tab:red", linewidth=1.2, label=f"LR_max = {result.lr_max:.2e}")
+    ax.axvline(result.lr_min, color="tab:green", linewidth=1.2, linestyle="--",
+               label=f"LR_min = {result.lr_min:.2e}")
+    ax.set_xscale("log")
+
+    # Scale y to the suggestion window so a diverging tail does not flatten the interesting part of the curve.
+    window = losses[lo:hi]
+    window = window[np.isfinite(window)]
+    if window.size:
+        low, high = float(window.min()), float(window.max())
+        pad = 0.05 * (high - low) if high > low else 0.05 * max(abs(high), 1.0)
+        ax.set_ylim(low - pad, high + pad)
+
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("smoothed training loss")
+    name = SUGGESTION_TITLES.get(result.suggestion, result.suggestion)
+    title = f"LR finder: {name}, LR_min = LR_max / {result.div:g}"
+    if result.diverged:
+        title += "\n(sweep stopped early: the loss diverged)"
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="best")
+    return finish(fig, save)

@@ -1,0 +1,177 @@
+"""Misclassified images: which ones (first or worst), a titled grid, and a helper that runs the model."""
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+
+from pytorch_utils.errors import ConfigError
+from pytorch_utils.viz.images import (PathLike, class_name, empty_figure, finish, grid_shape, imshow, new_figure,
+                                      to_display, to_numpy)
+
+__all__ = ["find_misclassified", "plot_misclassified", "misclassified_from_model"]
+
+ORDERS = ("first", "worst")
+
+
+def _labels(x, what: str) -> np.ndarray:
+    arr = to_numpy(x)
+    if arr.ndim == 2:  # soft / one-hot targets or raw scores: take the argmax
+        arr = arr.argmax(axis=1)
+    if arr.ndim != 1:
+        raise ConfigError(f"{what} must be a 1-d array of labels, got shape {arr.shape}")
+    return arr.astype(np.int64)
+
+
+def find_misclassified(preds, targets, probs=None, losses=None, k: Optional[int] = None,
+                       order: str = "first") -> np.ndarray:
+    """Indices of the wrongly predicted items.
+
+    Args:
+        preds, targets: predicted and true labels (N,) (tensors or arrays).
+        probs: (N, C) class probabilities, used by ``order="worst"`` when ``losses`` is not given.
+        losses: (N,) per-item losses, used by ``order="worst"`` (highest first).
+        k: return at most this many (None: all wrong items).
+        order: "first" keeps dataset order; "worst" sorts by highest loss, else by lowest true-class probability
+            (ties keep dataset order).
+    Returns:
+        int64 array of indices i with ``preds[i] != targets[i]``, nothing else.
+    Raises:
+        ConfigError: mismatched lengths, a bad ``k`` or ``order``, or "worst" without probs or losses.
+    """
+    preds, targets = _labels(preds, "preds"), _labels(targets, "targets")
+    if preds.shape != targets.shape:
+        raise ConfigError(f"preds and targets differ in length: {len(preds)} vs {len(targets)}")
+    if order not in ORDERS:
+        raise ConfigError(f"order must be one of {ORDERS}, got {order!r}")
+    if k is not None and (int(k) != k or k < 0):
+        raise ConfigError(f"k must be a non-negative integer or None, got {k!r}")
+    wrong = np.flatnonzero(preds != targets)
+    if order == "worst":
+        if losses is not None:
+            losses = to_numpy(losses).reshape(-1).astype(np.float64)
+            if len(losses) != len(preds):
+                raise ConfigError(f"losses has {len(losses)} values for {len(preds)} predictions")
+            score = -losses[wrong]
+        elif probs is not None:
+            probs = to_numpy(probs).astype(np.float64)
+            if probs.ndim != 2 or len(probs) != len(preds):
+                raise ConfigError(f"probs must be (N, C) with N={len(preds)}, got shape {probs.shape}")
+            if len(wrong) and targets[wrong].max() >= probs.shape[1]:
+                raise ConfigError(f"a target label is >= the {probs.shape[1]} columns of probs")
+            score = probs[wrong, targets[wrong]]
+        else:
+            raise ConfigError('order="worst" needs probs or losses to rank the mistakes; pass one or use "first"')
+        wrong = wrong[np.argsort(score, kind="stable")]
+    return wrong if k is None else wrong[: int(k)]
+
+
+def plot_misclassified(
+    images,
+    targets,
+    preds,
+    classes: Optional[Sequence[str]],
+    mean: Optional[Sequence[float]] = None,
+    std: Optional[Sequence[float]] = None,
+    probs=None,
+    k: int = 16,
+    order: str = "worst",
+    ncols: Optional[int] = None,
+    save: Optional[PathLike] = None,
+    title: Optional[str] = None,
+) -> Figure:
+    """A grid of up to ``k`` misclassified images titled "true: X / pred: Y (87%)".
+
+    The items are chosen with :func:`find_misclassified` from all the images given (pass the whole evaluated set,
+    or only the wrong ones: right ones are skipped either way). The percentage is the predicted class's probability
+    and is shown when ``probs`` is given.
+
+    Args:
+        images: normalized float (N, 3, H, W) tensors (need mean/std) or uint8 (N, H, W, 3) arrays.
+        targets, preds: labels (N,); classes: class names (any number of classes).
+        mean, std: per-channel normalization statistics.
+        probs: (N, C) class probabilities; needed for order="worst" (without them "first" is used).
+        k: how many images at most; order: "worst" (lowest true-class probability) or "first".
+        ncols: grid width (default: near-square, at most 8 wide); save: PNG path; title: figure title.
+    Returns:
+        the Figure (a message figure when nothing is misclassified).
+    """
+    targets_np, preds_np = _labels(targets, "targets"), _labels(preds, "preds")
+    if order == "worst" and probs is None:
+        order = "first"  # nothing to rank by; dataset order is the honest fallback
+    idx = find_misclassified(preds_np, targets_np, probs=probs, k=k, order=order)
+    if len(idx) == 0:
+        return empty_figure("no misclassified images", save)
+    imgs = to_display(_take(images, idx), mean, std)
+    probs_np = to_numpy(probs)[idx] if probs is not None else None
+    rows, cols = grid_shape(len(idx), ncols)
+    fig = new_figure((1.9 * cols, 2.05 * rows + 0.3))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for j, ax in enumerate(axes.flat):
+        if j >= len(idx):
+            ax.axis("off")
+            continue
+        i = idx[j]
+        imshow(ax, imgs[j])
+        conf = f" ({100 * float(probs_np[j, preds_np[i]]):.0f}%)" if probs_np is not None else ""
+        # Two lines rather than one "true: X / pred: Y": long class names (CIFAR-100) would overlap neighbours.
+        ax.set_title(f"true: {class_name(classes, targets_np[i])}\npred: {class_name(classes, preds_np[i])}{conf}",
+                     fontsize=8, color="crimson")
+    fig.suptitle(title or f"{len(idx)} misclassified ({'lowest true-class probability first' if order == 'worst' else 'dataset order'})",
+                 fontsize=10)
+    return finish(fig, save)
+
+
+def _take(images, idx: np.ndarray):
+    """Rows ``idx`` of a tensor or array, without converting the whole set first."""
+    if isinstance(images, torch.Tensor):
+        return images[torch.as_tensor(idx, dtype=torch.long, device=images.device)]
+    return np.asarray(images)[idx]
+
+
+def misclassified_from_model(model: torch.nn.Module, loader, device=None, k: Optional[int] = 16,
+                             order: str = "worst") -> Dict[str, Any]:
+    """Evaluate ``model`` on ``loader`` and return its misclassified items.
+
+    The model runs through ``pytorch_utils.train.loop.evaluate`` (eval mode, no_grad, previous mode restored).
+    Indices refer to the loader's iteration order, which is the data set order only for an unshuffled loader.
+
+    Args:
+        model: the classifier (stays on its device); loader: yields (normalized inputs, labels).
+        device: where inputs go (default: the model's device).
+        k: at most this many items (None: all); order: "worst" (highest loss first) or "first".
+    Returns:
+        dict with ``indices`` (int64 numpy), ``images`` (normalized CPU tensor (k, C, H, W)), ``targets``, ``preds``
+        (CPU int64 tensors), ``probs`` (CPU (k, C)), ``losses`` (per-item cross-entropy), ``acc`` (percent, whole set),
+        ``num_wrong`` and ``samples``.
+    """
+    from pytorch_utils.train.loop import evaluate  # local: keeps `import pytorch_utils.viz` light
+
+    res = evaluate(model, loader, device=device, return_outputs=True, return_inputs=True)
+    return select_misclassified(res, k=k, order=order)
+
+
+def select_misclassified(res: Dict[str, Any], k: Optional[int] = 16, order: str = "worst") -> Dict[str, Any]:
+    """The misclassified part of an ``evaluate(..., return_outputs=True, return_inputs=True)`` result.
+
+    Args:
+        res: the evaluate result (needs logits, probs, preds, targets, inputs).
+        k, order: as in :func:`find_misclassified` ("worst" ranks by per-item cross-entropy).
+    Returns:
+        the dict described in :func:`misclassified_from_model`.
+    """
+    losses = F.cross_entropy(res["logits"].float(), res["targets"], reduction="none")
+    idx = find_misclassified(res["preds"], res["targets"], losses=losses, k=k, order=order)
+    t = torch.as_tensor(idx, dtype=torch.long)
+    return {
+        "indices": idx,
+        "images": res["inputs"][t],
+        "targets": res["targets"][t],
+        "preds": res["preds"][t],
+        "probs": res["probs"][t],
+        "losses": losses[t],
+        "acc": res["acc"],
+        "num_wrong": int((res["preds"] != res["targets"]).sum()),
+        "samples": int(len(res["targets"])),
+    }

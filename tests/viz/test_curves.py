@@ -1,0 +1,64 @@
+import pytest
+
+from pytorch_utils.errors import ConfigError
+from pytorch_utils.viz import clean_history, plot_history
+
+
+def _rec(epoch, **kw):
+    base = {"epoch": epoch, "train_loss": 2.0 / epoch, "train_acc": 50 + epoch, "test_loss": 2.2 / epoch,
+            "test_acc": 45 + epoch, "lr": 0.1 * 0.5 ** epoch, "seconds": 1.0}
+    base.update(kw)
+    return base
+
+
+def _line(ax, label):
+    return next(line for line in ax.get_lines() if line.get_label() == label)
+
+
+def test_resumed_history_keeps_last_record_per_epoch():
+    # Run reached epoch 4, crashed, resumed from the epoch-2 checkpoint and reached epoch 5.
+    hist = [_rec(1), _rec(2), _rec(3, test_acc=10.0), _rec(4, test_acc=11.0),
+            _rec(3, test_acc=60.0), _rec(4, test_acc=61.0), _rec(5)]
+    clean = clean_history(hist)
+    assert [r["epoch"] for r in clean] == [1, 2, 3, 4, 5]
+    assert [r["test_acc"] for r in clean][2:4] == [60.0, 61.0]
+    # A resume that stopped before the stale epochs: the stale epoch 4 must not survive.
+    clean = clean_history([_rec(1), _rec(2), _rec(3), _rec(4, test_acc=1.0), _rec(3, test_acc=2.0)])
+    assert [r["epoch"] for r in clean] == [1, 2, 3] and clean[-1]["test_acc"] == 2.0
+
+
+def test_plot_history_resumed_early_stopped_with_gaps(tmp_path, check_png):
+    hist = [_rec(1, phase="warmup"), _rec(2, phase="warmup", test_loss=None), _rec(3, phase="main"),
+            _rec(2, phase="warmup"), _rec(3, phase="main", lr=None), _rec(4, phase="main"),
+            {"epoch": 6, "train_loss": 0.3, "train_acc": 90.0, "test_acc": float("nan"), "lr": 1e-4},  # skipped 5
+            _rec(7, phase="main", early_stop=True)]
+    path = tmp_path / "deep" / "curves.png"
+    fig = plot_history(hist, save=path)
+    check_png(path, fig)
+    loss_ax, acc_ax, lr_ax = fig.axes[:3]
+    train = _line(loss_ax, "train")
+    assert list(train.get_xdata()) == [1, 2, 3, 4, 6, 7]  # one point per epoch, in order
+    test_acc = _line(acc_ax, "test")
+    assert list(test_acc.get_xdata()) == [1, 2, 3, 4, 7]  # NaN at epoch 6 skipped
+    assert lr_ax.get_yscale() == "log"  # 0.05 .. 1e-4 spans > 1 decade
+    assert list(lr_ax.get_lines()[0].get_xdata()) == [1, 2, 4, 6, 7]  # lr None at (the kept) epoch 3
+    stop_lines = [l for l in acc_ax.get_lines() if l.get_label().startswith("early stop")]
+    assert len(stop_lines) == 1 and list(stop_lines[0].get_xdata()) == [7, 7]
+    # A phase boundary between epochs 2 and 3 (dotted line at 2.5) on every panel.
+    for ax in (loss_ax, acc_ax, lr_ax):
+        assert any(l.get_linestyle() == ":" and list(l.get_xdata()) == [2.5, 2.5] for l in ax.get_lines())
+    best = [l for l in acc_ax.get_lines() if l.get_label().startswith("best test")]
+    assert best and best[0].get_ydata()[0] == 52  # epoch 7: 45 + 7
+
+
+def test_plot_history_short_run_without_lr_and_linear_lr(tmp_path, check_png):
+    fig = plot_history([{"epoch": 1, "train_loss": 1.0, "train_acc": 40.0}], save=tmp_path / "one.png")
+    check_png(tmp_path / "one.png", fig, min_std=5)
+    assert len(fig.axes) == 2  # no LR recorded -> no LR panel
+    fig = plot_history([_rec(e, lr=0.01 + 0.001 * e) for e in range(1, 6)])
+    assert fig.axes[2].get_yscale() == "linear"
+
+
+def test_plot_history_empty_raises():
+    with pytest.raises(ConfigError):
+        plot_history([])
