@@ -129,6 +129,12 @@ def _cmd_train(args) -> int:
                         device_fallback=not args.strict_device, resume="required" if args.resume else False,
                         root=args.root, download=args.download, progress=not (args.no_progress or args.quiet),
                         log=log)
+    from pytorch_utils.train.distributed import cleanup_distributed, is_main_process
+
+    main_process = is_main_process()
+    cleanup_distributed()  # a no-op outside torchrun
+    if not main_process:  # under torchrun only rank 0 reports
+        return 0
     final = result.final
     if final.get("test_acc") is not None:
         print(f"final test accuracy: {final['test_acc']:.2f}% (best {final['best_test_acc']:.2f}% at epoch "

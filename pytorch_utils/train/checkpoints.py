@@ -5,7 +5,9 @@ history so far, the RNG states of python/numpy/torch, the run's config and the l
 made of tensors and plain Python values so it loads with ``torch.load(weights_only=True)``.
 """
 import json
+import os
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -79,6 +81,17 @@ def make_checkpoint(state: TrainState, config: Optional[Dict[str, Any]] = None,
 def save_checkpoint(checkpoint: Dict[str, Any], path) -> Path:
     """Write ``checkpoint`` to ``path`` atomically (temporary file + rename): a kill mid-write leaves the old file."""
     return atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` hold ``src``'s bytes atomically: a hard link (no second write of a large file) or a copy."""
+    tmp = dst.with_name(f".{dst.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # file systems without hard links (some mounted drives)
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
@@ -155,7 +168,9 @@ class CheckpointManager(Callback):
     """
 
     def __init__(self, directory, keep_last: int = 5, monitor: str = "test_acc", mode: str = "max",
-                 resume=False, config: Any = None, hub: "HubPusher" = None, log=print):
+                 resume=False, config: Any = None, hub: "HubPusher" = None, log=print, every: int = 1):
+        if every < 1:
+            raise ConfigError(f"every must be >= 1, got {every}")
         if keep_last < 1:
             raise ConfigError(f"keep_last must be >= 1, got {keep_last}")
         if mode not in ("max", "min"):
@@ -164,7 +179,7 @@ class CheckpointManager(Callback):
         if dist_utils.is_main_process():
             ensure_writable_dir(self.directory)
         self.keep_last, self.monitor, self.mode = keep_last, monitor, mode
-        self.resume, self.config, self.hub, self.log = resume, config, hub, log
+        self.resume, self.config, self.hub, self.log, self.every = resume, config, hub, log, every
         self.best: Optional[Dict[str, Any]] = None
         self.skipped: List[str] = []  # corrupt checkpoints found while resuming
         self.resumed_from: Optional[Path] = None
@@ -200,7 +215,16 @@ class CheckpointManager(Callback):
         return value > self.best["value"] if self.mode == "max" else value < self.best["value"]
 
     # -- callback hooks ----------------------------------------------------------------------------------------
+    def remove_stale_temporaries(self) -> List[Path]:
+        """Delete temporary files left by a write that was killed (they never replaced a checkpoint)."""
+        stale = list(self.directory.glob(".*.tmp"))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
+
     def on_fit_start(self, state: TrainState) -> None:
+        if dist_utils.is_main_process():
+            self.remove_stale_temporaries()
         if not self.resume:
             return
         ckpt = self.latest()
@@ -224,11 +248,16 @@ class CheckpointManager(Callback):
             record["best"] = True
         if not dist_utils.is_main_process():
             return
+        last = state.epoch >= state.epochs or state.stop
+        if state.epoch % self.every and not last:
+            if improved:  # the best must not be lost between periodic saves
+                save_checkpoint(make_checkpoint(state, self.config, self.best), self.best_path)
+            return
         path = self.directory / f"epoch-{state.epoch:04d}.pt"
         record["checkpoint"] = path.name
         save_checkpoint(make_checkpoint(state, self.config, self.best), path)
         if improved:
-            save_checkpoint(load_checkpoint(path), self.best_path)
+            link_or_copy(path, self.best_path)
         # Prune only after the new file is safely in place.
         for old in self.epoch_files()[:-self.keep_last]:
             old.unlink(missing_ok=True)

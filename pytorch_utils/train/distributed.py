@@ -74,3 +74,12 @@ def barrier() -> None:
     """Wait for all ranks (no-op when not distributed)."""
     if is_distributed():
         dist.barrier()
+
+
+def broadcast_object(obj, src: int = 0):
+    """``obj`` from rank ``src`` on every rank (returned unchanged when not distributed)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

@@ -125,6 +125,8 @@ def train_one_epoch(
     for step, (inputs, targets) in enumerate(loader):
         inputs = _to_device(inputs, device, channels_last)
         targets = _to_device(targets, device)
+        if step == 0:
+            _check_labels(targets, model_output_classes(model), desc)
         if mixer is not None:
             inputs, targets = mixer(inputs, targets)
         with _autocast(device, amp_dtype):
@@ -178,6 +180,25 @@ def train_one_epoch(
         "samples": int(count),
         "seconds": time.perf_counter() - start,
     }
+
+
+def model_output_classes(model: nn.Module) -> Optional[int]:
+    """Width of the model's last Linear layer (its number of classes), or None when it has none."""
+    head = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            head = m
+    return head.out_features if head is not None else None
+
+
+def _check_labels(targets: torch.Tensor, num_classes: Optional[int], desc: str) -> None:
+    """Once per epoch (one host sync): labels must index the model's outputs."""
+    if num_classes is None or targets.dim() != 1 or targets.numel() == 0:
+        return
+    lo, hi = torch.stack([targets.min(), targets.max()]).tolist()  # one host sync
+    if lo < 0 or hi >= num_classes:
+        raise ConfigError(f"{desc}: labels range over [{lo}, {hi}] but the model outputs {num_classes} classes; build "
+                          f"the model with num_classes={hi + 1} or more, or fix the labels")
 
 
 def _check_finite(bad_step: torch.Tensor, epoch: Optional[int], desc: str) -> None:
@@ -382,6 +403,8 @@ def fit(
     tta=None,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
+    sync_every: int = 50,
+    cudnn_benchmark: bool = True,
     log: Optional[Callable[[str], None]] = print,
 ) -> History:
     """Train ``model`` for ``epochs`` epochs, evaluating after each, and return the history.
@@ -396,12 +419,16 @@ def fit(
         mixer: MixUp/CutMix batch transform for training; ema: weight EMA with ``update``/``apply_to``.
         tta: test-time augmentation used for evaluation (see ``evaluate``).
         callbacks: :class:`Callback` objects (checkpoints, early stopping, phases...), called in order.
-        progress: tqdm bars; log: where the one-line epoch summaries go (None for silence).
+        progress: tqdm bars; sync_every: steps between host reads of the metrics (progress bar, NaN check).
+        cudnn_benchmark: on CUDA, let cuDNN autotune its kernels (input sizes are fixed within a phase).
+        log: where the one-line epoch summaries go (None for silence).
     Returns:
         the :class:`History`: one dict per epoch with epoch, train_loss, train_acc, test_loss, test_acc, lr,
         seconds (+ whatever callbacks add, e.g. phase, checkpoint, early-stop flags).
     """
     device = resolve_device(device)
+    if device.type == "cuda" and cudnn_benchmark and not torch.backends.cudnn.deterministic:
+        torch.backends.cudnn.benchmark = True
     if epochs < 1:
         raise ConfigError(f"epochs must be >= 1, got {epochs}")
     if channels_last:
@@ -419,12 +446,12 @@ def fit(
     )
     if state.interval not in SCHEDULER_INTERVALS:
         raise ConfigError(f"interval must be one of {SCHEDULER_INTERVALS}, got {state.interval!r}")
-    run_fit(state, callbacks=callbacks, grad_clip=grad_clip, progress=progress, log=log)
+    run_fit(state, callbacks=callbacks, grad_clip=grad_clip, progress=progress, log=log, sync_every=sync_every)
     return state.history
 
 
 def run_fit(state: TrainState, *, callbacks: Sequence[Callback] = (), grad_clip=None, progress=True,
-            log: Optional[Callable[[str], None]] = print) -> TrainState:
+            log: Optional[Callable[[str], None]] = print, sync_every: int = 50) -> TrainState:
     """Run the epoch loop on a prepared :class:`TrainState` (what ``fit`` does after building it)."""
     log = log if (log is not None and dist_utils.is_main_process()) else None
     for cb in callbacks:
@@ -440,7 +467,7 @@ def run_fit(state: TrainState, *, callbacks: Sequence[Callback] = (), grad_clip=
                 state.model, state.train_loader, state.optimizer, state.criterion, device=state.device,
                 scheduler=state.scheduler, interval=state.interval, scaler=state.scaler, amp_dtype=state.amp_dtype,
                 mixer=state.mixer, channels_last=state.channels_last, grad_clip=grad_clip, ema=state.ema,
-                progress=progress, desc=f"epoch {epoch}/{state.epochs}", epoch=epoch,
+                progress=progress, desc=f"epoch {epoch}/{state.epochs}", epoch=epoch, sync_every=sync_every,
             )
             record: Dict[str, Any] = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
                                       "lr": train["lr"]}

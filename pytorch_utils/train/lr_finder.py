@@ -334,6 +334,19 @@ def _validate(start_lr, end_lr, num_iter, step_mode, smooth_f, diverge_th, sugge
     return start_lr, end_lr, num_iter, smooth_f, diverge_th, div, skip_start, skip_end
 
 
+@contextlib.contextmanager
+def _quiet_bar(quiet: bool):
+    """Disable torch-lr-finder's module-level tqdm bar for the duration (it has no switch of its own)."""
+    module = torch_lr_finder.lr_finder
+    original = module.tqdm
+    if quiet:
+        module.tqdm = lambda *a, **kw: original(*a, **{**kw, "disable": True})
+    try:
+        yield
+    finally:
+        module.tqdm = original
+
+
 def find_lr(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -351,6 +364,7 @@ def find_lr(
     amp: Optional[str] = None,
     skip_start: int = 10,
     skip_end: int = 5,
+    progress: bool = True,
 ) -> LRFinderResult:
     """Run an LR range test and suggest ``lr_max`` and ``lr_min``; the model and optimizer come back untouched.
 
@@ -378,6 +392,7 @@ def find_lr(
         device: where to run the sweep; None = the model's device. The model is moved back afterwards.
         amp: None (fp32), "bf16", "fp16" (CUDA only, with a GradScaler) or "auto" (bf16/fp16 on CUDA, fp32 on CPU).
         skip_start, skip_end: points ignored at the start/end of the curve when suggesting.
+        progress: show torch-lr-finder's progress bar.
     Returns:
         an :class:`LRFinderResult`.
     Raises:
@@ -420,7 +435,7 @@ def find_lr(
         # Our own CPU copies restore the state; torch-lr-finder's cache (it always takes one) is simply dropped.
         finder = LRFinder(sweep_model, optimizer, criterion, device=device, memory_cache=True, **amp_kwargs)
         batches = train_loader if isinstance(train_loader, TrainDataLoaderIter) else _Batches(train_loader)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_bar(not progress):
             # range_test reads the scheduler's get_lr() directly and prints hints about its own plot(); neither
             # concerns our users (divergence is reported in the result).
             warnings.filterwarnings("ignore", message=r".*get_last_lr\(\)")

@@ -2,6 +2,7 @@
 
 Views are cheap tensor ops on the (already normalized) batch, so TTA runs on the GPU path as well as on the CPU.
 """
+import math
 from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
@@ -26,12 +27,12 @@ def tta_logits(model, x: torch.Tensor, views: Sequence[Tuple[bool, int, int]]) -
 
     Returning log-probabilities keeps ``argmax`` and cross-entropy meaningful for the caller.
     """
-    probs = None
+    log_probs = []
     for flip, dx, dy in views:
         v = torch.flip(x, dims=(3,)) if flip else x
-        p = F.softmax(model(translate(v, dx, dy)).float(), dim=1)
-        probs = p if probs is None else probs + p
-    return torch.log(probs / len(views))
+        log_probs.append(F.log_softmax(model(translate(v, dx, dy)).float(), dim=1))
+    # log(mean(p)) computed as logsumexp(log p) - log(n): stays finite where a view's probability underflows to 0.
+    return torch.logsumexp(torch.stack(log_probs), dim=0) - math.log(len(views))
 
 
 FLIP_VIEWS = ((False, 0, 0), (True, 0, 0))

@@ -165,3 +165,16 @@ def test_hub_push_failure_is_recorded_not_fatal(tmp_path):
     with pytest.warns(RuntimeWarning, match="no network"):
         pusher.maybe_push(tmp_path, tmp_path / "epoch-0001.pt", 1, True, record)
     assert "failed" in record["hub_error"]
+
+
+def test_checkpoint_every_n_epochs_keeps_last_and_best(tmp_path):
+    seed_everything(0)
+    train, test = synthetic_loaders(n=64, test_n=32)
+    model = TinyNet()
+    hist = fit(model, train, test, epochs=5, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+               callbacks=[CheckpointManager(tmp_path, every=2, log=None)], progress=False, log=None)
+    names = sorted(p.name for p in tmp_path.glob("epoch-*.pt"))
+    assert names == ["epoch-0002.pt", "epoch-0004.pt", "epoch-0005.pt"]  # every 2nd + the last
+    best_epoch = max(hist, key=lambda r: r["test_acc"])["epoch"]
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == best_epoch
+    assert [r.get("checkpoint") for r in hist] == [None, "epoch-0002.pt", None, "epoch-0004.pt", "epoch-0005.pt"]

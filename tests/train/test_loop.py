@@ -137,3 +137,18 @@ def test_amp_bf16_on_cpu_runs_and_fp16_on_cpu_is_refused():
     assert math.isfinite(hist[0]["train_loss"])
     with pytest.raises(ConfigError, match="fp16"):
         fit(model, plain_loader(x, y, 16), None, epochs=1, optimizer=opt, amp="fp16", progress=False, log=None)
+
+
+def test_tta_stays_finite_for_confident_wrong_predictions():
+    from pytorch_utils.train.tta import get_tta
+
+    class Confident(nn.Module):
+        def forward(self, x):  # huge logits: softmax underflows to exactly 0 for the other classes
+            return torch.stack([x.mean((1, 2, 3)) * 1e4, -x.mean((1, 2, 3)) * 1e4], dim=1)
+
+    x = torch.randn(8, 3, 8, 8)
+    logp = get_tta("flip_translate")(Confident(), x)
+    assert torch.isfinite(logp).all()
+    assert torch.allclose(logp.exp().sum(1), torch.ones(8), atol=1e-5)
+    loss = nn.functional.cross_entropy(logp, torch.ones(8, dtype=torch.long))
+    assert torch.isfinite(loss)
