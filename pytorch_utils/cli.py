@@ -4,7 +4,6 @@ Flags become fields of the same :class:`~pytorch_utils.recipes.Recipe` dataclass
 library raises on purpose are printed as one clear line (exit code 2) instead of a traceback.
 """
 import argparse
-import json
 import sys
 from typing import List, Optional
 

@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from pytorch_utils.data import make_loader, make_synthetic
+from pytorch_utils.data import make_loader
 
 
 class TinyNet(nn.Module):

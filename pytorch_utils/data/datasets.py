@@ -26,15 +26,16 @@ DATASET_NAMES = ("synthetic", "cifar10", "cifar100")
 PathLike = Union[str, os.PathLike]
 
 
-def _as_stats(value, what: str) -> Optional[Tuple[float, float, float]]:
+def as_stats(value, what: str, error=DatasetError) -> Optional[Tuple[float, float, float]]:
+    """``value`` as a tuple of 3 per-channel floats (None stays None); raises ``error`` naming ``what`` otherwise."""
     if value is None:
         return None
     try:
         out = tuple(float(v) for v in value)
     except TypeError:
-        raise DatasetError(f"{what} must be 3 per-channel floats on the [0, 1] scale, got {value!r}") from None
+        raise error(f"{what} must be 3 per-channel floats on the [0, 1] scale, got {value!r}") from None
     if len(out) != 3:
-        raise DatasetError(f"{what} must be 3 per-channel floats on the [0, 1] scale, got {len(out)} values")
+        raise error(f"{what} must be 3 per-channel floats on the [0, 1] scale, got {len(out)} values")
     return out
 
 
@@ -121,8 +122,8 @@ class ArrayDataset(Dataset):
         self.targets = targets
         self.classes = classes
         self.transform = transform
-        self._mean = _as_stats(mean, "mean")
-        self._std = _as_stats(std, "std")
+        self._mean = as_stats(mean, "mean")
+        self._std = as_stats(std, "std")
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -153,7 +154,7 @@ class ArrayDataset(Dataset):
 
     @mean.setter
     def mean(self, value) -> None:
-        self._mean = _as_stats(value, "mean")
+        self._mean = as_stats(value, "mean")
 
     @property
     def std(self) -> Tuple[float, float, float]:
@@ -164,7 +165,7 @@ class ArrayDataset(Dataset):
 
     @std.setter
     def std(self, value) -> None:
-        self._std = _as_stats(value, "std")
+        self._std = as_stats(value, "std")
 
     def subset(self, indices) -> "ArrayDataset":
         """A new ArrayDataset holding ``indices`` (same classes, transform, mean and std as this one)."""

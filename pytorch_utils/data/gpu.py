@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from pytorch_utils.data.constants import CIFAR10_MEAN, CIFAR10_STD
+from pytorch_utils.data.datasets import as_stats
+from pytorch_utils.data.loaders import epoch_indices
 from pytorch_utils.errors import ConfigError, DatasetError, UnknownNameError
 
 Stats = Sequence[float]
@@ -336,16 +338,6 @@ def _as_uint8_nhwc(images) -> torch.Tensor:
     return t
 
 
-def _as_stats(value, what: str) -> Tuple[float, float, float]:
-    try:
-        out = tuple(float(v) for v in value)
-    except TypeError:
-        raise ConfigError(f"{what} must be 3 per-channel floats on the [0, 1] scale, got {value!r}") from None
-    if len(out) != 3:
-        raise ConfigError(f"{what} must be 3 per-channel floats on the [0, 1] scale, got {len(out)} values")
-    return out
-
-
 class GPULoader:
     """Batches of a uint8 image data set held on ``device``, shuffled and augmented there.
 
@@ -420,8 +412,8 @@ class GPULoader:
             mean = getattr(source, "mean", None)
         if std is None and is_dataset:
             std = getattr(source, "std", None)
-        self.mean = _as_stats(mean if mean is not None else CIFAR10_MEAN, "mean")
-        self.std = _as_stats(std if std is not None else CIFAR10_STD, "std")
+        self.mean = as_stats(mean if mean is not None else CIFAR10_MEAN, "mean", ConfigError)
+        self.std = as_stats(std if std is not None else CIFAR10_STD, "std", ConfigError)
         if any(s <= 0 for s in self.std):
             raise ConfigError(f"std must be positive in every channel, got {self.std}")
         if any(m > 1.5 for m in self.mean):
@@ -521,13 +513,8 @@ class GPULoader:
         The same permutation as ``EpochSampler(n, shuffle=train, seed, num_replicas, rank)``.
         """
         epoch = self._epoch if epoch is None else int(epoch)
-        if self.train:
-            order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-        else:
-            order = np.arange(self.n)
-        if self.total_size > self.n:
-            order = np.resize(order, self.total_size)  # repeats the array: padding by wrapping around
-        return torch.from_numpy(order[self.rank:self.total_size:self.num_replicas].astype(np.int64))
+        return torch.from_numpy(epoch_indices(self.n, self.train, self.seed, epoch, self.num_replicas, self.rank,
+                                              self.total_size))
 
     def __len__(self) -> int:
         if self.drop_last:

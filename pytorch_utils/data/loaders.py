@@ -41,6 +41,21 @@ def derive_seed(*values: int) -> int:
     return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1)[0])
 
 
+def epoch_indices(n: int, shuffle: bool, seed: int, epoch: int, num_replicas: int, rank: int,
+                  total_size: int) -> np.ndarray:
+    """Rank ``rank``'s sample order for ``epoch``: a permutation that is a pure function of (seed, epoch), padded by
+    wrapping around (or cut) to ``total_size``, then every ``num_replicas``-th index from ``rank``.
+
+    Shared by :class:`EpochSampler` and the GPU loader, so both paths visit the data in the same order.
+    """
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    if total_size > n and n:
+        order = np.resize(order, total_size)  # np.resize repeats the array: padding by wrapping
+    else:
+        order = order[:total_size]
+    return order[rank:total_size:num_replicas].astype(np.int64)
+
+
 class EpochSampler(Sampler):
     """Shuffled (or ordered) indices whose permutation is a pure function of (seed, epoch), sharded over ranks.
 
@@ -83,15 +98,8 @@ class EpochSampler(Sampler):
 
     def indices(self) -> np.ndarray:
         """This rank's indices for the current epoch, as an int64 array."""
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-        else:
-            order = np.arange(self.n)
-        if self.total_size > self.n and self.n:
-            order = np.resize(order, self.total_size)  # np.resize repeats the array: padding by wrapping
-        else:
-            order = order[:self.total_size]
-        return order[self.rank:self.total_size:self.num_replicas].astype(np.int64)
+        return epoch_indices(self.n, self.shuffle, self.seed, self.epoch, self.num_replicas, self.rank,
+                             self.total_size)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices().tolist())

@@ -7,18 +7,16 @@ notebook can print the recipe it runs.
 import copy
 import dataclasses
 import json
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn as nn
 
 from pytorch_utils.errors import ConfigError
 from pytorch_utils.registry import Registry
-from pytorch_utils.train.callbacks import EarlyStopping, Phase, PhaseSchedule, validate_phases
-from pytorch_utils.train.schedules import ScheduleSpec, build_scheduler
+from pytorch_utils.train.callbacks import Phase, validate_phases
+from pytorch_utils.train.schedules import ScheduleSpec
 
 
 @dataclass

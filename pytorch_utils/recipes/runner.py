@@ -1,4 +1,5 @@
 """``run_recipe``: data, model, optimizer, LR finder, schedule, callbacks and ``fit`` for one :class:`Recipe`."""
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from pytorch_utils.io import atomic_write_text, ensure_writable_dir
 from pytorch_utils.models import count_parameters, create_model
 from pytorch_utils.recipes.base import Recipe, build_optimizer, get_recipe
 from pytorch_utils.train import distributed as dist_utils
-from pytorch_utils.train.callbacks import EarlyStopping, PhaseSchedule
+from pytorch_utils.train.callbacks import EarlyStopping, PhaseSchedule, validate_phases
 from pytorch_utils.train.checkpoints import CheckpointManager, HubPusher
 from pytorch_utils.train.loop import History, fit, model_output_classes
 from pytorch_utils.train.mixing import Mixer, SoftTargetCrossEntropy
@@ -201,12 +202,7 @@ def run_recipe(
                                        every=recipe.checkpoint_every))
     scheduler = None
     if recipe.phases:
-        phases = [p for p in recipe.phases]
-        from dataclasses import replace as dc_replace
-
-        phases = [dc_replace(p, scheduler=with_lrs(p.scheduler)) for p in phases]
-        from pytorch_utils.train.callbacks import validate_phases
-
+        phases = [dataclasses.replace(p, scheduler=with_lrs(p.scheduler)) for p in recipe.phases]
         callbacks.append(PhaseSchedule(validate_phases(phases, epochs=recipe.epochs), seed=recipe.seed))
     else:
         scheduler = build_scheduler(with_lrs(recipe.scheduler), optimizer, len(train_loader), recipe.epochs)

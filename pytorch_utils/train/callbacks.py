@@ -3,7 +3,7 @@
 Both derive their state from the run's history and epoch, so a resumed run behaves exactly like an uninterrupted one
 without storing anything extra in checkpoints.
 """
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch.nn as nn

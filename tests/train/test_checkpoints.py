@@ -1,5 +1,4 @@
 import os
-import warnings
 
 import pytest
 import torch
@@ -7,7 +6,7 @@ import torch
 from _helpers import TinyNet, state_equal, synthetic_loaders
 from pytorch_utils.errors import CheckpointError, ConfigError
 from pytorch_utils.train import fit, seed_everything
-from pytorch_utils.train.callbacks import EarlyStopping, Phase, PhaseSchedule
+from pytorch_utils.train.callbacks import Phase, PhaseSchedule
 from pytorch_utils.train.checkpoints import (
     CheckpointManager, HubPusher, load_checkpoint, restore_model, save_checkpoint,
 )
