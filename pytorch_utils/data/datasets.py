@@ -219,8 +219,8 @@ def load_cifar(name: str = "cifar10", root: PathLike = "./data", train: bool = T
         raw = cls(root=str(root), train=train, download=download)
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
         raise DatasetNotFoundError(
-            f"{key} not found under {os.path.abspath(root)!r} ({exc}); pass download=True to fetch it "
-            "(needs internet, e.g. in Colab), or point root= at the folder that holds it"
+            f"{key} not found under {os.path.abspath(root)!r} ({exc}); pass download=True (CLI: --download) to fetch it "
+            "(needs internet, e.g. in Colab), or point root= (CLI: --root) at the folder that holds it"
         ) from exc
     except OSError as exc:  # URLError and friends: no network while downloading
         raise DatasetNotFoundError(
