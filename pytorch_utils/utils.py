@@ -1,4 +1,5 @@
 """Small shared helpers: seeding, device choice, RNG state capture, model unwrapping."""
+import contextlib
 import os
 import random
 import warnings
@@ -39,7 +40,8 @@ def resolve_device(device: Union[str, torch.device, None] = None, fallback: bool
         device: the request; None or "auto" picks CUDA, then MPS, then CPU.
         fallback: when the requested accelerator is missing, warn and use the CPU (True) or raise (False).
     Raises:
-        ConfigError: an accelerator was requested, is missing, and ``fallback`` is False.
+        ConfigError: a string torch cannot parse as a device, or an accelerator that was requested, is missing,
+        and ``fallback`` is False.
     """
     if device is None or str(device) == "auto":
         if torch.cuda.is_available():
@@ -47,7 +49,13 @@ def resolve_device(device: Union[str, torch.device, None] = None, fallback: bool
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:  # torch's own message lists ~20 backend names
+        raise ConfigError(
+            f"invalid device {device!r}; use 'auto' (or None) for the best available, 'cpu', 'cuda', 'cuda:0' "
+            "(a GPU index), or 'mps' (Apple silicon)"
+        ) from exc
     missing = (dev.type == "cuda" and not torch.cuda.is_available()) or (
         dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     )
@@ -89,6 +97,22 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Put ``model`` in eval mode for the block, then give every submodule back its own previous mode.
+
+    Saving only ``model.training`` and calling ``model.train(was)`` afterwards would unfreeze a BatchNorm the
+    caller had deliberately left in eval mode (fine-tuning), so each module's flag is restored one by one.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter (CPU for a parameter-free module)."""
     p = next(model.parameters(), None)
@@ -109,7 +133,8 @@ def amp_dtype_for(amp: Optional[str], device: torch.device) -> Optional[torch.dt
     if amp == "auto":
         if device.type != "cuda":
             return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # Emulated bf16 (a T4, compute capability 7.5) has no cuDNN conv kernels: such GPUs get fp16 + GradScaler.
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     if amp == "bf16":
         return torch.bfloat16
     if amp == "fp16":

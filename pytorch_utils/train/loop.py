@@ -21,9 +21,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from pytorch_utils.data.loaders import set_loader_epoch
 from pytorch_utils.errors import ConfigError, NonFiniteLossError
 from pytorch_utils.train import distributed as dist_utils
-from pytorch_utils.utils import amp_dtype_for, model_device, resolve_device
+from pytorch_utils.utils import amp_dtype_for, eval_mode, model_device, resolve_device
 
 SCHEDULER_INTERVALS = ("batch", "epoch", "plateau")
 
@@ -48,6 +49,24 @@ def _to_device(t: torch.Tensor, device: torch.device, channels_last: bool = Fals
     if channels_last and t.dim() == 4:
         t = t.contiguous(memory_format=torch.channels_last)
     return t
+
+
+def _input_dtype(model: nn.Module, amp_dtype: Optional[torch.dtype]) -> Optional[torch.dtype]:
+    """The dtype float inputs must have outside autocast: the model's own (None under autocast, which casts).
+
+    The GPU loader may hand out bf16 batches (half the traffic under bf16 autocast); a caller evaluating such a
+    loader without autocast (a notebook's ``evaluate(model, loader)``) would otherwise feed bf16 into fp32 weights.
+    """
+    if amp_dtype is not None:
+        return None
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return p.dtype if p is not None else None
+
+
+def _cast_inputs(inputs: torch.Tensor, dtype: Optional[torch.dtype]) -> torch.Tensor:
+    if dtype is not None and inputs.is_floating_point() and inputs.dtype != dtype:
+        return inputs.to(dtype)
+    return inputs
 
 
 def _progress_bar(loader, desc: str, enabled: bool):
@@ -121,9 +140,10 @@ def train_one_epoch(
     count = torch.zeros((), device=device, dtype=torch.float64)
     bad_step = torch.full((), -1, device=device, dtype=torch.long)
     steps = 0
+    in_dtype = _input_dtype(model, amp_dtype)
     bar = _progress_bar(loader, desc, progress)
     for step, (inputs, targets) in enumerate(loader):
-        inputs = _to_device(inputs, device, channels_last)
+        inputs = _cast_inputs(_to_device(inputs, device, channels_last), in_dtype)
         targets = _to_device(targets, device)
         if step == 0:
             _check_labels(targets, model_output_classes(model), desc)
@@ -241,18 +261,17 @@ def evaluate(
     device = torch.device(device) if device is not None else model_device(model)
     criterion = criterion or nn.CrossEntropyLoss()
     tta_fn = get_tta(tta)
-    was_training = model.training
-    model.eval()
     start = time.perf_counter()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.float64)
     count = torch.zeros((), device=device, dtype=torch.float64)
     keep_logits, keep_targets, keep_inputs = [], [], []
-    try:
+    in_dtype = _input_dtype(model, amp_dtype)
+    with eval_mode(model):
         bar = _progress_bar(loader, desc, progress)
         for inputs, targets in loader:
             bar.update(1)
-            inputs = _to_device(inputs, device, channels_last)
+            inputs = _cast_inputs(_to_device(inputs, device, channels_last), in_dtype)
             targets = _to_device(targets, device)
             with _autocast(device, amp_dtype):
                 logits = tta_fn(model, inputs) if tta_fn is not None else model(inputs)
@@ -266,8 +285,6 @@ def evaluate(
                 keep_targets.append(targets.cpu())
             if return_inputs:
                 keep_inputs.append(inputs.float().cpu())
-    finally:
-        model.train(was_training)
     bar.close()
     totals = dist_utils.all_reduce_sum(torch.stack([loss_sum, correct, count]))
     loss_sum, correct, count = totals.tolist()
@@ -364,14 +381,6 @@ class Callback:
         """When an epoch raises (NaN loss, KeyboardInterrupt...) before the exception propagates."""
 
 
-def set_loader_epoch(loader, epoch: int) -> None:
-    """Tell a loader (its sampler, or the loader itself) which epoch starts, for reproducible shuffling."""
-    for obj in (loader, getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
-        if obj is not None and hasattr(obj, "set_epoch"):
-            obj.set_epoch(epoch)
-            return
-
-
 def step_epoch_scheduler(state: TrainState, record: Dict[str, Any]) -> None:
     """Step a per-epoch or plateau scheduler at the end of an epoch."""
     if state.scheduler is None or state.interval == "batch":
@@ -415,18 +424,20 @@ def fit(
         epochs: total epochs of the run (a resumed run continues up to the same total).
         optimizer, criterion: criterion defaults to cross-entropy; eval_criterion (hard targets) too.
         scheduler, interval: see :func:`scheduler_interval`; plateau schedulers get the test loss.
-        device: None picks CUDA when present; amp: None, "auto", "bf16", "fp16" (fp16 adds a GradScaler).
+        device: None trains where the model is; a name ("cuda", "auto") moves the model there. amp: None, "auto", "bf16", "fp16" (fp16 adds a GradScaler).
         mixer: MixUp/CutMix batch transform for training; ema: weight EMA with ``update``/``apply_to``.
         tta: test-time augmentation used for evaluation (see ``evaluate``).
         callbacks: :class:`Callback` objects (checkpoints, early stopping, phases...), called in order.
         progress: tqdm bars; sync_every: steps between host reads of the metrics (progress bar, NaN check).
-        cudnn_benchmark: on CUDA, let cuDNN autotune its kernels (input sizes are fixed within a phase).
+        cudnn_benchmark: on CUDA, let cuDNN autotune its kernels (input sizes are fixed within a phase); this sets
+            the global ``torch.backends.cudnn.benchmark`` flag and leaves it on.
         log: where the one-line epoch summaries go (None for silence).
     Returns:
         the :class:`History`: one dict per epoch with epoch, train_loss, train_acc, test_loss, test_acc, lr,
         seconds (+ whatever callbacks add, e.g. phase, checkpoint, early-stop flags).
     """
-    device = resolve_device(device)
+    # The device follows the model unless one is named (then the model is moved there).
+    device = model_device(model) if device is None else resolve_device(device)
     if device.type == "cuda" and cudnn_benchmark and not torch.backends.cudnn.deterministic:
         torch.backends.cudnn.benchmark = True
     if epochs < 1:
@@ -475,7 +486,7 @@ def run_fit(state: TrainState, *, callbacks: Sequence[Callback] = (), grad_clip=
                 eval_model = state.ema.module if state.ema is not None else state.model
                 test = evaluate(eval_model, state.test_loader, criterion=state.eval_criterion, device=state.device,
                                 amp_dtype=state.amp_dtype, channels_last=state.channels_last, tta=state.tta)
-                record.update(test_loss=test["loss"], test_acc=test["acc"])
+                record.update(test_loss=test["loss"], test_acc=test["acc"], test_samples=test["samples"])
             step_epoch_scheduler(state, record)
             record["train_seconds"] = train["seconds"]
             record["seconds"] = train["seconds"] + (test["seconds"] if state.test_loader is not None else 0.0)

@@ -152,3 +152,17 @@ def test_tta_stays_finite_for_confident_wrong_predictions():
     assert torch.allclose(logp.exp().sum(1), torch.ones(8), atol=1e-5)
     loss = nn.functional.cross_entropy(logp, torch.ones(8, dtype=torch.long))
     assert torch.isfinite(loss)
+
+
+def test_bf16_batches_are_cast_to_the_model_dtype_outside_autocast():
+    # The GPU loader hands out bf16 batches under bf16 autocast; a notebook's plain evaluate(model, loader) (no
+    # autocast) must still work and score like the fp32 batches would.
+    x, y = tensor_data(64)
+    model = TinyNet().eval()
+    ref = evaluate(model, plain_loader(x, y, 16), return_outputs=True)
+    out = evaluate(model, plain_loader(x.bfloat16(), y, 16), return_outputs=True)
+    assert out["logits"].dtype == torch.float32
+    assert torch.allclose(out["logits"], ref["logits"], atol=0.1)
+    stats = train_one_epoch(model, plain_loader(x.bfloat16(), y, 16), torch.optim.SGD(model.parameters(), lr=0.01),
+                            nn.CrossEntropyLoss(), progress=False)
+    assert math.isfinite(stats["loss"]) and stats["samples"] == 64
