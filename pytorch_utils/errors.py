@@ -40,3 +40,7 @@ class NonFiniteLossError(PytorchUtilsError, FloatingPointError):
 
 class CheckpointError(PytorchUtilsError, RuntimeError):
     """A checkpoint that is missing, corrupt, or belongs to a different model."""
+
+
+class ModelArgumentError(ConfigError, TypeError):
+    """Keyword arguments a model builder does not accept (also a TypeError, as a bad call would raise)."""

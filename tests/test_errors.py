@@ -186,3 +186,19 @@ def test_every_library_error_is_a_pytorch_utils_error():
     for exc in (UnknownNameError, DatasetError, DatasetNotFoundError, ConfigError, InputShapeError,
                 NonFiniteLossError, CheckpointError):
         assert issubclass(exc, PytorchUtilsError)
+
+
+def test_bad_user_inputs_of_the_review_are_library_errors(tmp_path):
+    from pytorch_utils.errors import ModelArgumentError
+
+    assert issubclass(ModelArgumentError, ConfigError) and issubclass(ModelArgumentError, TypeError)
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "train" / "cat" / "1.jpg").write_bytes(b"not an image")
+    with pytest.raises(DatasetError, match="1.jpg"):
+        load_image_folder(tmp_path, "train")
+    with pytest.raises(ConfigError, match="valid|use"):
+        resolve_device("gpu0")
+    with pytest.raises(ModelArgumentError, match="foo"):
+        create_model("s10_resnet", foo=1)
+    with pytest.raises(ConfigError, match="train_limit"):
+        load_datasets("synthetic", train_limit=0)

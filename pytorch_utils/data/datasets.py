@@ -7,6 +7,7 @@ thing. ``load_datasets`` is the single resolver the CLI and recipes use.
 import colorsys
 import io
 import os
+import struct
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -244,6 +245,11 @@ def clear_image_cache() -> None:
     _IMAGE_CACHE.clear()
 
 
+# What PIL (and zipfile, for a damaged member) raise on a file that is not a decodable image: UnidentifiedImageError
+# and "image file is truncated" are OSErrors; some format plugins raise SyntaxError, ValueError or struct.error.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zipfile.BadZipFile)
+
+
 def _is_hidden(part: str) -> bool:
     return part.startswith(".") or part == "__MACOSX"
 
@@ -313,27 +319,49 @@ class _Source:
 
 
 def _decode_images(source: _Source, files: Sequence[str]) -> np.ndarray:
-    """Decode ``files`` into one uint8 (N, H, W, 3) array, checking mode and size of every image."""
+    """Decode ``files`` into one uint8 (N, H, W, 3) array, checking that each decodes and its mode and size.
+
+    Raises:
+        DatasetError: naming the file that cannot be decoded, is not RGB, or differs in size from the first one.
+    """
     images = None
     first_name, first_size = None, None
     for i, rel in enumerate(files):
-        with source.open_image(rel) as im:
-            if im.mode != "RGB":
-                raise DatasetError(
-                    f"image {source.describe(rel)} has mode {im.mode!r}, expected 'RGB'; convert the data set to "
-                    "3-channel RGB (e.g. PIL's Image.convert('RGB')) before loading"
-                )
-            if first_size is None:
-                first_name, first_size = rel, im.size
-                w, h = im.size
-                images = np.empty((len(files), h, w, 3), dtype=np.uint8)
-            elif im.size != first_size:
-                raise DatasetError(
-                    f"images have mixed sizes: {source.describe(first_name)} is {first_size[0]}x{first_size[1]} "
-                    f"but {source.describe(rel)} is {im.size[0]}x{im.size[1]} (WxH); resize them to one size first"
-                )
-            images[i] = np.asarray(im)
+        try:
+            with source.open_image(rel) as im:
+                mode, size = im.mode, im.size
+                # Pixels are read only for RGB images of the right size; the checks below raise for the others.
+                pixels = np.asarray(im) if mode == "RGB" and (first_size is None or size == first_size) else None
+        except _DECODE_ERRORS as exc:
+            raise DatasetError(
+                f"cannot decode image {source.describe(rel)} ({type(exc).__name__}: {exc}); the file is corrupt or "
+                "not an image: remove it or replace it with a valid .jpg/.png, then load again"
+            ) from exc
+        if mode != "RGB":
+            raise DatasetError(
+                f"image {source.describe(rel)} has mode {mode!r}, expected 'RGB'; convert the data set to "
+                "3-channel RGB (e.g. PIL's Image.convert('RGB')) before loading, or remove that file"
+            )
+        if first_size is None:
+            first_name, first_size = rel, size
+            w, h = size
+            images = np.empty((len(files), h, w, 3), dtype=np.uint8)
+        elif size != first_size:
+            raise DatasetError(
+                f"images have mixed sizes: {source.describe(first_name)} is {first_size[0]}x{first_size[1]} "
+                f"but {source.describe(rel)} is {size[0]}x{size[1]} (WxH); resize them to one size first"
+            )
+        images[i] = pixels
     return images
+
+
+STATS_OPTIONS = ("auto", "compute")
+
+
+def _check_stats_option(stats) -> None:
+    if stats not in STATS_OPTIONS:
+        raise ConfigError(f"unknown stats option {stats!r}; use 'auto' (CIFAR-10 constants for a folder with "
+                          "CIFAR-10's class names, else computed) or 'compute' (always computed from the images)")
 
 
 def _find_split_dir(source: _Source, path: Path, split: str) -> str:
@@ -352,13 +380,21 @@ def _find_split_dir(source: _Source, path: Path, split: str) -> str:
 
 def load_image_folder(path: PathLike, split: str = "train", classes: Optional[Sequence[str]] = None,
                       limit: Optional[int] = None, seed: int = 0,
-                      transform: Optional[Callable] = None) -> ArrayDataset:
+                      transform: Optional[Callable] = None, stats: str = "auto") -> ArrayDataset:
     """Images laid out as ``split/<class>/*.{jpg,jpeg,png}`` in a folder or a zip, decoded once into memory.
 
     A zip may also wrap the splits in one top-level folder. With ``limit``, a class-stratified seeded subset is
     chosen from the file list *before* decoding, so small subsets of a large zip load quickly. Decoded arrays are
-    cached in-process by (path, mtime, split, limit, seed, classes), so repeated calls do not decode again (the
-    returned data sets share the cached arrays: do not modify ``ds.images`` in place).
+    cached in-process by (path, mtime, split, limit, seed, classes, stats), so repeated calls do not decode again
+    (the returned data sets share the cached arrays: do not modify ``ds.images`` in place). The cache holds a few
+    decoded splits (a full CIFAR-sized split is ~150 MB); call ``clear_image_cache()`` to free that memory, or to
+    reload a folder whose images were edited in place (the key holds the mtime of ``path`` itself, which edits
+    inside its sub-folders do not change).
+
+    Normalization stats: with ``stats="auto"`` a folder whose class names are exactly CIFAR-10's (in CIFAR-10
+    order) is taken to *be* CIFAR-10 and gets the published CIFAR-10 mean/std, so a JPEG export of CIFAR-10
+    normalizes like torchvision's copy; any other class list gets stats computed from the loaded images. Pass
+    ``stats="compute"`` for a different data set that happens to use CIFAR-10's class names.
 
     Args:
         path: folder or ``.zip`` file.
@@ -368,13 +404,16 @@ def load_image_folder(path: PathLike, split: str = "train", classes: Optional[Se
         limit: number of images to keep (stratified by class); None keeps all.
         seed: seed of the ``limit`` choice.
         transform: callable stored on the data set.
+        stats: "auto" (CIFAR-10 constants for CIFAR-10's class names, else computed) or "compute" (always
+            computed from the loaded images).
     Returns:
-        ArrayDataset; mean/std are the CIFAR-10 constants when the classes are CIFAR-10's, else computed from the
-        loaded images.
+        ArrayDataset with mean/std as chosen by ``stats``.
     Raises:
         DatasetNotFoundError: ``path`` does not exist. DatasetError: no split folder, no class folders, no images,
-        unknown class folders, a non-RGB image, or images of mixed sizes.
+        unknown class folders, or a file that is corrupt, not RGB, or of another size than the first image (the
+        message names the file). ConfigError: an unknown ``stats`` option.
     """
+    _check_stats_option(stats)
     path = Path(path).expanduser()
     if not path.exists():
         raise DatasetNotFoundError(
@@ -385,7 +424,8 @@ def load_image_folder(path: PathLike, split: str = "train", classes: Optional[Se
     if path.is_file() and not zipfile.is_zipfile(path):
         raise DatasetError(f"{path} is a file but not a zip; pass a folder or a .zip laid out as "
                            f"<path>/{split}/<class>/*.jpg")
-    key = (str(path), path.stat().st_mtime_ns, split, limit, seed, tuple(classes) if classes is not None else None)
+    key = (str(path), path.stat().st_mtime_ns, split, limit, seed, tuple(classes) if classes is not None else None,
+           stats)
     if key in _IMAGE_CACHE:
         _IMAGE_CACHE.move_to_end(key)
         images, targets, names, mean, std = _IMAGE_CACHE[key]
@@ -427,7 +467,7 @@ def load_image_folder(path: PathLike, split: str = "train", classes: Optional[Se
     finally:
         source.close()
 
-    if names == CIFAR10_CLASSES:
+    if stats == "auto" and names == CIFAR10_CLASSES:
         mean, std = CIFAR10_MEAN, CIFAR10_STD
     else:
         mean, std = compute_mean_std(images)
@@ -484,6 +524,12 @@ def _synthetic_arrays(n: int, num_classes: int, size: int, rng: np.random.Genera
     return images, targets
 
 
+# Images are generated one by one (~0.15 ms each) and held in memory (3 KB each at 32x32): 200k is ~30 s and 600 MB.
+# Beyond that a typo (test_limit=999999) would hang a notebook for minutes before anything else ran.
+MAX_SYNTHETIC_SIZE = 200_000
+SYNTHETIC_DEFAULT_SIZES = (2000, 500)  # train, test
+
+
 def make_synthetic(n: int = 2000, num_classes: int = 10, size: int = 32, seed: int = 0,
                    transform: Optional[Callable] = None) -> ArrayDataset:
     """A seeded, learnable synthetic image data set for tests and smoke runs.
@@ -501,11 +547,14 @@ def make_synthetic(n: int = 2000, num_classes: int = 10, size: int = 32, seed: i
     Returns:
         ArrayDataset of uint8 (n, size, size, 3) images with computed mean/std.
     Raises:
-        ConfigError: non-positive ``n``, ``num_classes`` or ``size``.
+        ConfigError: non-positive ``n`` or ``num_classes``, ``size < 4``, or ``n`` above ``MAX_SYNTHETIC_SIZE``.
     """
     if n < 1 or num_classes < 1 or size < 4:
         raise ConfigError(f"make_synthetic needs n >= 1, num_classes >= 1 and size >= 4, got n={n}, "
                           f"num_classes={num_classes}, size={size}")
+    if n > MAX_SYNTHETIC_SIZE:
+        raise ConfigError(f"make_synthetic(n={n}) is above the {MAX_SYNTHETIC_SIZE:,} images it allows (generation "
+                          f"takes minutes and GBs of memory); pass n <= {MAX_SYNTHETIC_SIZE}")
     images, targets = _synthetic_arrays(int(n), int(num_classes), int(size), np.random.default_rng(seed))
     mean, std = compute_mean_std(images)
     return ArrayDataset(images, targets, tuple(f"class_{i}" for i in range(num_classes)), transform=transform,
@@ -513,6 +562,28 @@ def make_synthetic(n: int = 2000, num_classes: int = 10, size: int = 32, seed: i
 
 
 # ---------------------------------------------------------------------------------------------------- resolver
+
+
+# How each checked option is spelled on the `train` command line (num_classes has no flag of its own).
+_CLI_SPELLING = {"train_limit": "--train-limit", "test_limit": "--test-limit", "num_classes": "--set num_classes=N"}
+
+
+def _option_error(name: str, value, need: str, hint: str) -> ConfigError:
+    """ConfigError naming the option as load_datasets argument / recipe field and as spelled on the CLI."""
+    return ConfigError(f"{name} (CLI: {_CLI_SPELLING[name]}) must be {need}, got {value!r}; {hint}")
+
+
+def _check_count(name: str, value, minimum: int, hint: str) -> Optional[int]:
+    """``value`` as an int >= ``minimum`` (None stays None); raises ConfigError naming option ``name``."""
+    if value is None:
+        return None
+    try:
+        ok = not isinstance(value, bool) and int(value) == value
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or value < minimum:
+        raise _option_error(name, value, f"None or an integer >= {minimum}", hint)
+    return int(value)
 
 
 def _check_num_classes(ds: ArrayDataset, num_classes: Optional[int], data: str) -> None:
@@ -523,7 +594,7 @@ def _check_num_classes(ds: ArrayDataset, num_classes: Optional[int], data: str) 
 
 def load_datasets(data: PathLike, root: PathLike = "./data", download: bool = False,
                   train_limit: Optional[int] = None, test_limit: Optional[int] = None, seed: int = 0,
-                  num_classes: Optional[int] = None) -> Tuple[ArrayDataset, ArrayDataset]:
+                  num_classes: Optional[int] = None, stats: str = "auto") -> Tuple[ArrayDataset, ArrayDataset]:
     """Resolve a data set name or path into ``(train_ds, test_ds)``; the single entry point of CLI and recipes.
 
     Args:
@@ -533,18 +604,35 @@ def load_datasets(data: PathLike, root: PathLike = "./data", download: bool = Fa
         train_limit, test_limit: stratified seeded subset sizes (synthetic: the set sizes, default 2000 / 500).
         seed: seed of the subsets and of the synthetic data.
         num_classes: synthetic: number of classes (default 10); otherwise checked against the data.
+        stats: image folders/zips: "auto" or "compute", see ``load_image_folder`` ("auto" gives a folder with
+            CIFAR-10's class names the CIFAR-10 mean/std). CIFAR uses its published stats, synthetic computed ones.
     Returns:
         ``(train_ds, test_ds)``, both without transform; the test set carries the train set's mean/std.
     Raises:
         UnknownNameError: an unknown name. DatasetNotFoundError: a path that does not exist or CIFAR files
-        missing. ConfigError: ``num_classes`` that contradicts the data.
+        missing. ConfigError: a limit below 1, ``num_classes`` below 2 or contradicting the data, a synthetic size
+        above ``MAX_SYNTHETIC_SIZE``, or an unknown ``stats``.
     """
+    # Checked up front for every source, so a bad value fails in terms of the user's option, before any loading.
+    all_hint = "pass None (omit the option) to use every image (synthetic: the default sizes 2000 / 500)"
+    train_limit = _check_count("train_limit", train_limit, 1, all_hint)
+    test_limit = _check_count("test_limit", test_limit, 1, all_hint)
+    num_classes = _check_count("num_classes", num_classes, 2,
+                               "a classifier needs at least 2 classes; pass None to take the count from the data "
+                               "(synthetic: 10)")
+    _check_stats_option(stats)
     key = str(data).lower() if isinstance(data, str) else None
     if key == "synthetic":
-        k = 10 if num_classes is None else int(num_classes)
-        train_ds = make_synthetic(train_limit or 2000, num_classes=k, seed=seed)
+        k = 10 if num_classes is None else num_classes
+        n_train = SYNTHETIC_DEFAULT_SIZES[0] if train_limit is None else train_limit
+        n_test = SYNTHETIC_DEFAULT_SIZES[1] if test_limit is None else test_limit
+        for name, n in (("train_limit", n_train), ("test_limit", n_test)):
+            if n > MAX_SYNTHETIC_SIZE:  # before generating anything: a typo would otherwise run for minutes
+                raise _option_error(name, n, f"at most {MAX_SYNTHETIC_SIZE} for the synthetic data set",
+                                    "synthetic images are generated in memory one by one; use a smaller size")
+        train_ds = make_synthetic(n_train, num_classes=k, seed=seed)
         # A separate seed stream: test images are new draws from the same class templates.
-        images, targets = _synthetic_arrays(int(test_limit or 500), k, 32, np.random.default_rng([seed, 1]))
+        images, targets = _synthetic_arrays(n_test, k, 32, np.random.default_rng([seed, 1]))
         test_ds = ArrayDataset(images, targets, train_ds.classes)
         train_limit = test_limit = None  # they were the set sizes
     elif key in DATASET_STATS:
@@ -559,8 +647,9 @@ def load_datasets(data: PathLike, root: PathLike = "./data", download: bool = Fa
             if os.sep in text or "/" in text or text.lower().endswith(".zip") or text.startswith("."):
                 raise DatasetNotFoundError(f"data path {text!r} does not exist; accepted values: {accepted}")
             raise UnknownNameError(f"unknown data set {text!r}; accepted values: {accepted}")
-        train_ds = load_image_folder(path, "train", limit=train_limit, seed=seed)
-        test_ds = load_image_folder(path, "test", classes=train_ds.classes, limit=test_limit, seed=seed)
+        train_ds = load_image_folder(path, "train", limit=train_limit, seed=seed, stats=stats)
+        test_ds = load_image_folder(path, "test", classes=train_ds.classes, limit=test_limit, seed=seed,
+                                    stats=stats)
         train_limit = test_limit = None  # already applied before decoding
     if train_limit is not None:
         train_ds = train_ds.limit(train_limit, seed=seed)

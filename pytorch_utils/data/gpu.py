@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from pytorch_utils.data.constants import CIFAR10_MEAN, CIFAR10_STD
 from pytorch_utils.data.datasets import as_stats
-from pytorch_utils.data.loaders import epoch_indices
+from pytorch_utils.data.loaders import epoch_indices, shard_size
 from pytorch_utils.errors import ConfigError, DatasetError, UnknownNameError
 
 Stats = Sequence[float]
@@ -343,7 +343,8 @@ class GPULoader:
 
     Yields ``(inputs, targets)``: normalized ``dtype`` inputs (B, 3, size, size) and int64 targets (B,), both on
     ``device``. The sample order of epoch ``e`` is a pure function of (seed, e) — the same permutation and rank
-    sharding as ``make_loader``/``EpochSampler`` (padded by wrapping so every rank gets the same count) — and the
+    sharding as ``make_loader``/``EpochSampler``: for training padded by wrapping so every rank gets the same
+    count, for evaluation (``train=False``) disjoint unpadded shards that hold each item exactly once — and the
     augmentation draws come from a generator on the device seeded from (seed, e, rank). ``set_epoch(e)`` selects
     the epoch (the engine calls it before each epoch); like ``make_loader``, iterating again without it replays
     the same epoch. (The epoch is deliberately not advanced on ``iter()``: tqdm.auto calls ``iter()`` on the
@@ -376,7 +377,7 @@ class GPULoader:
         drop_last: drop the incomplete last batch; default ``train`` (always False when not training).
         channels_last: return inputs in channels_last memory format.
         dtype: dtype of the inputs (float32, or bfloat16/float16 to halve the traffic).
-        num_replicas, rank: distributed sharding.
+        num_replicas, rank: distributed sharding (evaluation shards are unpadded; their counts may differ by one).
         rotate, scale: the "wrn" preset's maximum rotation (degrees) and crop area range.
     Raises:
         DatasetError: images not uint8 (N, H, W, 3), missing/mismatched targets.
@@ -449,9 +450,14 @@ class GPULoader:
 
         self.n = int(images.shape[0])
         self.native_size = (int(images.shape[1]), int(images.shape[2]))
-        # Sharding as DistributedSampler / EpochSampler: pad by wrapping so every rank has the same count.
-        self.num_samples = math.ceil(self.n / self.num_replicas)
-        self.total_size = self.num_samples * self.num_replicas
+        if self.train:
+            # Sharding as DistributedSampler / EpochSampler: pad by wrapping so every rank has the same count.
+            self.num_samples = math.ceil(self.n / self.num_replicas)
+            self.total_size = self.num_samples * self.num_replicas
+        else:
+            # Evaluation: no padding, or a wrapped-around sample would be counted twice in the reduced metrics.
+            self.num_samples = shard_size(self.n, self.num_replicas, self.rank)
+            self.total_size = self.n
         if self.drop_last and self.batch_size > self.num_samples:
             raise ConfigError(
                 f"batch_size={self.batch_size} is larger than the {self.num_samples} items per rank and "
@@ -510,7 +516,7 @@ class GPULoader:
     def indices(self, epoch: Optional[int] = None) -> torch.Tensor:
         """This rank's sample order for ``epoch`` (default: the current one), as a CPU int64 tensor.
 
-        The same permutation as ``EpochSampler(n, shuffle=train, seed, num_replicas, rank)``.
+        The same order as ``EpochSampler(n, shuffle=train, seed, num_replicas, rank, even=train)``.
         """
         epoch = self._epoch if epoch is None else int(epoch)
         return torch.from_numpy(epoch_indices(self.n, self.train, self.seed, epoch, self.num_replicas, self.rank,

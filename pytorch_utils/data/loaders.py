@@ -41,11 +41,17 @@ def derive_seed(*values: int) -> int:
     return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1)[0])
 
 
+def shard_size(n: int, num_replicas: int, rank: int) -> int:
+    """Items of rank ``rank`` when ``n`` items are dealt out without padding (every ``num_replicas``-th one)."""
+    return len(range(rank, n, num_replicas))
+
+
 def epoch_indices(n: int, shuffle: bool, seed: int, epoch: int, num_replicas: int, rank: int,
                   total_size: int) -> np.ndarray:
     """Rank ``rank``'s sample order for ``epoch``: a permutation that is a pure function of (seed, epoch), padded by
     wrapping around (or cut) to ``total_size``, then every ``num_replicas``-th index from ``rank``.
 
+    ``total_size == n`` gives disjoint shards without padding (evaluation): together exactly the ``n`` items.
     Shared by :class:`EpochSampler` and the GPU loader, so both paths visit the data in the same order.
     """
     order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
@@ -61,7 +67,9 @@ class EpochSampler(Sampler):
 
     Sharding follows ``DistributedSampler``: the index list is padded by wrapping around until it divides by
     ``num_replicas`` (or cut when ``drop_last``), and rank ``r`` takes every ``num_replicas``-th index from ``r``,
-    so all ranks get the same count.
+    so all ranks get the same count. With ``even=False`` (evaluation) nothing is padded or cut: the shards are
+    disjoint and together hold every item exactly once, so summed metrics count no sample twice; rank counts may
+    then differ by one.
 
     Args:
         n: data set length.
@@ -69,10 +77,11 @@ class EpochSampler(Sampler):
         seed: base seed shared by all ranks.
         num_replicas, rank: number of processes and this one's index.
         drop_last: cut the tail instead of padding when ``n`` does not divide by ``num_replicas``.
+        even: give every rank the same count (pad or cut); False: disjoint unpadded shards (``drop_last`` ignored).
     """
 
     def __init__(self, n: int, shuffle: bool = True, seed: int = 0, num_replicas: int = 1, rank: int = 0,
-                 drop_last: bool = False):
+                 drop_last: bool = False, even: bool = True):
         if int(n) != n or n < 0:
             raise ConfigError(f"EpochSampler needs a non-negative length, got {n!r}")
         if num_replicas < 1 or not 0 <= rank < num_replicas:
@@ -82,14 +91,19 @@ class EpochSampler(Sampler):
         self.seed = int(seed)
         self.num_replicas = int(num_replicas)
         self.rank = int(rank)
-        self.drop_last = drop_last
+        self.even = bool(even)
+        self.drop_last = drop_last and self.even
         self.epoch = 0
         self.set_epoch_calls = 0  # lets a loader tell "set_epoch was called" from "iterated again without it"
-        if drop_last and self.n % self.num_replicas:
-            self.num_samples = self.n // self.num_replicas
+        if not self.even:
+            self.num_samples = shard_size(self.n, self.num_replicas, self.rank)
+            self.total_size = self.n
         else:
-            self.num_samples = math.ceil(self.n / self.num_replicas)
-        self.total_size = self.num_samples * self.num_replicas
+            if self.drop_last and self.n % self.num_replicas:
+                self.num_samples = self.n // self.num_replicas
+            else:
+                self.num_samples = math.ceil(self.n / self.num_replicas)
+            self.total_size = self.num_samples * self.num_replicas
 
     def set_epoch(self, epoch: int) -> None:
         """Select the permutation of ``epoch`` (call before iterating each epoch)."""
@@ -201,7 +215,9 @@ def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: Opt
         seed: base seed of shuffling and augmentation; None draws one at random (not reproducible).
         drop_last: drop the incomplete last batch; default ``train``.
         pin_memory: default ``torch.cuda.is_available()``.
-        num_replicas, rank: distributed sharding (every rank gets the same number of items).
+        num_replicas, rank: distributed sharding. Training: every rank gets the same number of items (padded by
+            wrapping). Evaluation (``train=False``): disjoint shards without padding, so the ranks' summed metrics
+            cover each test item exactly once (rank counts may differ by one).
     Returns:
         EpochDataLoader (a ``torch.utils.data.DataLoader``) with ``.sampler`` an ``EpochSampler``.
     Raises:
@@ -217,11 +233,14 @@ def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: Opt
     num_workers = default_num_workers() if num_workers is None else int(num_workers)
     if num_workers < 0:
         raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
-    sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, num_replicas=num_replicas, rank=rank)
-    if drop_last and batch_size > len(sampler):
+    # Evaluation must not pad: a wrapped-around sample would be counted twice in the reduced test metrics.
+    sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, num_replicas=num_replicas, rank=rank, even=train)
+    # The smallest shard decides, so every rank raises (or none does) when unpadded shards differ by one.
+    per_rank = sampler.num_samples if train else len(dataset) // sampler.num_replicas
+    if drop_last and batch_size > per_rank:
         raise ConfigError(
-            f"batch_size={batch_size} is larger than the {len(sampler)} items per rank and drop_last=True, so no "
-            f"batch would be produced; lower batch_size to at most {len(sampler)}, use more data "
+            f"batch_size={batch_size} is larger than the {per_rank} items per rank and drop_last=True, so no "
+            f"batch would be produced; lower batch_size to at most {per_rank}, use more data "
             "(raise the train limit), or pass drop_last=False"
         )
     return EpochDataLoader(
@@ -241,14 +260,15 @@ def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: Opt
 def set_loader_epoch(loader, epoch: int) -> None:
     """Tell a loader which epoch starts (shuffle order and worker seeding); call before iterating it.
 
-    Works for ``make_loader`` loaders and for any DataLoader whose sampler (or batch sampler) has ``set_epoch``,
-    e.g. a ``DistributedSampler``; other loaders are left alone.
+    Works for ``make_loader`` loaders, any loader with its own ``set_epoch`` (the GPU-resident loader), and any
+    DataLoader whose sampler (or batch sampler) has ``set_epoch``, e.g. a ``DistributedSampler``; other loaders are
+    left alone.
 
     Args:
         loader: the DataLoader.
         epoch: epoch number (0-based or 1-based, but the same convention on resume).
     """
-    if isinstance(loader, EpochDataLoader):
+    if isinstance(loader, EpochDataLoader) or hasattr(loader, "set_epoch"):  # also the GPU-resident loader
         loader.set_epoch(epoch)
         return
     for obj in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):

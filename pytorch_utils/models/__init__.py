@@ -3,10 +3,12 @@
 Each model family lives in its own module and registers thin builders with ``@register_model``; importing this
 package imports every family so the registry is complete.
 """
+import inspect
 from typing import List
 
 import torch.nn as nn
 
+from pytorch_utils.errors import ModelArgumentError
 from pytorch_utils.registry import Registry
 
 _MODELS: Registry[nn.Module] = Registry("model")
@@ -22,10 +24,32 @@ def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
         **kwargs: family-specific options (``dropout``, ``depth``, ``widen_factor``...).
     Raises:
         UnknownNameError: ``name`` is not registered (the message lists the valid names).
+        ModelArgumentError (a ConfigError and TypeError): a keyword the model does not take (the message lists
+        the ones it takes). ConfigError: a bad value (the model's own check).
     """
-    model = _MODELS.get(name)(num_classes=num_classes, **kwargs)
+    builder = _MODELS.get(name)
+    # Bind first, so a TypeError raised inside the model code is not misreported as a bad keyword.
+    try:
+        inspect.signature(builder).bind(num_classes=num_classes, **kwargs)
+    except TypeError as exc:
+        raise ModelArgumentError(
+            f"create_model({name!r}, ...): {exc}; model {name!r} accepts the keyword arguments "
+            f"{', '.join(_keyword_names(builder))}; fix or drop the argument (in a recipe: model_kwargs)"
+        ) from None
+    model = builder(num_classes=num_classes, **kwargs)
     model.model_name = name  # recorded in checkpoints, checked on load
     return model
+
+
+def _keyword_names(builder) -> List[str]:
+    """Names of the keyword arguments ``builder`` accepts, with their defaults (``dropout=0.0``)."""
+    out = []
+    for p in inspect.signature(builder).parameters.values():
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            out.append(p.name if p.default is p.empty else f"{p.name}={p.default!r}")
+        elif p.kind == p.VAR_KEYWORD:
+            out.append(f"**{p.name}")
+    return out
 
 
 def list_models() -> List[str]:

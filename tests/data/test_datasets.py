@@ -238,3 +238,98 @@ def test_load_datasets_synthetic_and_unknown_names():
     assert all(n in str(err.value) for n in ("synthetic", "cifar10", "cifar100"))
     with pytest.raises(DatasetNotFoundError):
         load_datasets("./no/such/folder")
+
+
+# ------------------------------------------------------------------------------------------------ review fixes
+
+
+@pytest.mark.parametrize("payload", [b"garbage bytes, not a jpeg", "truncated"])
+def test_corrupt_image_in_folder_names_the_file(tmp_path, payload):
+    write_tree(tmp_path)
+    bad = tmp_path / "train" / "dog" / "001.png"
+    if payload == "truncated":  # a real PNG cut short: opens fine, fails when the pixels are read
+        payload = bad.read_bytes()[:60]
+    bad.write_bytes(payload)
+    with pytest.raises(DatasetError) as err:
+        load_image_folder(tmp_path, "train")
+    msg = str(err.value)
+    assert str(bad) in msg and "remove" in msg and "replace" in msg
+
+
+def test_corrupt_zip_member_names_the_member(tmp_path):
+    write_tree(tmp_path / "tree")
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted((tmp_path / "tree").rglob("*")):
+            zf.write(f, f.relative_to(tmp_path / "tree").as_posix())
+        zf.writestr("train/cat/1.jpg", b"\x00garbage")
+    with pytest.raises(DatasetError) as err:
+        load_image_folder(archive, "train")
+    assert f"{archive}!train/cat/1.jpg" in str(err.value) and "remove" in str(err.value)
+
+
+def test_non_rgb_and_mixed_size_errors_name_the_file_in_a_zip(tmp_path):
+    for name, arr in (("gray", np.zeros((8, 8), np.uint8)), ("big", np.zeros((9, 8, 3), np.uint8))):
+        write_tree(tmp_path / name)
+        Image.fromarray(arr).save(tmp_path / name / "train" / "dog" / f"{name}.png")
+        archive = tmp_path / f"{name}.zip"
+        with zipfile.ZipFile(archive, "w") as zf:
+            for f in sorted((tmp_path / name).rglob("*")):
+                zf.write(f, f.relative_to(tmp_path / name).as_posix())
+        with pytest.raises(DatasetError) as err:
+            load_image_folder(archive, "train")
+        assert f"{archive}!train/dog/{name}.png" in str(err.value)
+
+
+def write_cifar_named_tree(root: Path):
+    for split in ("train", "test"):
+        for i, cname in enumerate(CIFAR10_CLASSES):
+            (root / split / cname).mkdir(parents=True)
+            Image.fromarray(np.full((4, 4, 3), 20 * i, np.uint8)).save(root / split / cname / "0.png")
+
+
+def test_cifar10_class_names_get_cifar10_stats_unless_compute_is_asked(tmp_path):
+    write_cifar_named_tree(tmp_path)
+    auto = load_image_folder(tmp_path, "train")
+    assert (auto.mean, auto.std) == (CIFAR10_MEAN, CIFAR10_STD)
+    computed = load_image_folder(tmp_path, "train", stats="compute")
+    assert (computed.mean, computed.std) == compute_mean_std(computed.images)
+    assert computed.mean != CIFAR10_MEAN
+    train, test = load_datasets(str(tmp_path), stats="compute")
+    assert train.mean == computed.mean and test.mean == computed.mean
+    with pytest.raises(ConfigError, match="'compute'"):
+        load_image_folder(tmp_path, "train", stats="cifar")
+
+
+@pytest.mark.parametrize("kwargs,flag", [
+    ({"train_limit": 0}, "--train-limit"),
+    ({"test_limit": 0}, "--test-limit"),
+    ({"train_limit": -5}, "--train-limit"),
+    ({"test_limit": 2.5}, "--test-limit"),
+    ({"num_classes": 0}, "num_classes"),
+    ({"num_classes": 1}, "num_classes"),
+])
+def test_load_datasets_rejects_bad_limits_and_class_counts(tmp_path, kwargs, flag):
+    write_tree(tmp_path)
+    name = next(iter(kwargs))
+    for data in ("synthetic", str(tmp_path)):  # checked the same way for every source
+        with pytest.raises(ConfigError) as err:
+            load_datasets(data, **kwargs)
+        msg = str(err.value)
+        assert name in msg and flag in msg and "make_synthetic" not in msg
+
+
+def test_huge_synthetic_size_fails_fast():
+    start = time.perf_counter()
+    for kwargs in ({"test_limit": 999_999}, {"train_limit": 200_001}):
+        with pytest.raises(ConfigError) as err:
+            load_datasets("synthetic", **kwargs)
+        assert "200000" in str(err.value) and next(iter(kwargs)) in str(err.value)
+    with pytest.raises(ConfigError, match="200,000"):
+        make_synthetic(10**6)
+    assert time.perf_counter() - start < 2  # nothing was generated
+
+
+def test_synthetic_limit_of_one_is_honoured():
+    train, test = load_datasets("synthetic", train_limit=2, test_limit=1, num_classes=2)
+    assert (len(train), len(test)) == (2, 1)

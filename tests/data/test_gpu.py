@@ -414,3 +414,15 @@ def test_wrn_preset_matches_albumentations_in_distribution():
                               augmentation="wrn")))[0][:, 0] > -1
     assert (cpu.float().mean(0) - gpu.float().mean(0)).abs().max() < 0.07
     assert abs(cpu.float().mean() - gpu.float().mean()) < 0.01
+
+
+def test_eval_sharding_is_unpadded_and_covers_exactly_once(images):
+    imgs = images[:49]
+    got = []
+    for rank in (0, 1):
+        loader = make(imgs, train=False, num_replicas=2, rank=rank)
+        assert loader.indices().tolist() == list(range(rank, 49, 2))  # EpochSampler's order (even=False)
+        ys = torch.cat([y for _, y in loader]).tolist()
+        assert len(ys) == (25, 24)[rank] and len(loader) == 2
+        got.extend(ys)
+    assert sorted(got) == list(range(49))  # no sample counted twice in the reduced test metrics

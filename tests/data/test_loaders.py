@@ -187,3 +187,52 @@ def test_set_loader_epoch_on_a_plain_dataloader(synth):
     set_loader_epoch(loader, 7)
     assert sampler.epoch == 7
     set_loader_epoch(DataLoader(synth, batch_size=8), 3)  # no set_epoch anywhere: a no-op, not an error
+
+
+# ------------------------------------------------------------------------------------------------ review fixes
+
+
+def test_eval_shards_are_disjoint_and_cover_exactly_once():
+    ds = ArrayDataset(np.zeros((63, 4, 4, 3), np.uint8), np.arange(63) % 3, ("a", "b", "c"))
+    ds.transform = lambda im: torch.zeros(1)
+    seen = []
+    for rank in range(2):
+        loader = make_loader(ds, 8, train=False, num_workers=0, num_replicas=2, rank=rank)
+        indices = list(loader.sampler)
+        assert len(loader.sampler) == len(indices) == (32, 31)[rank]
+        assert sum(len(y) for _, y in collect(loader, 0)) == len(indices)  # what evaluate() counts
+        seen.extend(indices)
+    assert sorted(seen) == list(range(63))  # no sample counted twice, none missed
+    # training keeps equal shards (padding by wrapping), as DistributedDataParallel needs
+    train = [list(make_loader(ds, 8, train=True, num_workers=0, num_replicas=2, rank=r).sampler) for r in range(2)]
+    assert [len(t) for t in train] == [32, 32] and set(train[0] + train[1]) == set(range(63))
+
+
+def test_unpadded_sampler_with_fewer_items_than_ranks():
+    shards = [list(EpochSampler(3, shuffle=True, seed=1, num_replicas=4, rank=r, even=False)) for r in range(4)]
+    assert [len(s) for s in shards] == [1, 1, 1, 0] and sorted(sum(shards, [])) == [0, 1, 2]
+
+
+def test_worker_init_sets_opencv_threads_to_zero(monkeypatch):
+    import random
+
+    import cv2
+
+    from pytorch_utils.data import EpochWorkerInit
+
+    real_set = cv2.setNumThreads
+    calls = []
+    monkeypatch.setattr(cv2, "setNumThreads", lambda n: (calls.append(n), real_set(n))[1])
+    before = cv2.getNumThreads()
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        real_set(2)
+        EpochWorkerInit(seed=0)(worker_id=0)
+        assert calls == [0]
+        # 0 means "no OpenCV threads, run sequentially": the pthreads backend then reports 1, TBB/OpenMP report 0.
+        assert cv2.getNumThreads() <= 1
+    finally:
+        real_set(before)
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
