@@ -18,14 +18,34 @@ class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
 
     The epoch that triggers it gets ``record["early_stop"] = True``; ``state.stop_reason`` says why.
+
+    ``start_epoch`` (1-based) delays it: epochs before it are not looked at at all - they set no best value and use up
+    no patience - so a schedule that is allowed to get worse for a while (warm restarts in a first phase, say) cannot
+    stop the run before a later phase starts. The earliest possible stop is then epoch ``start_epoch + patience``.
+
+    A resumed run replays the history through the same rule (``start_epoch`` included) in ``on_fit_start``; when that
+    history already used up the patience (the run had stopped early), ``state.stop`` is set right there, so no further
+    epoch is trained.
+
+    Args:
+        monitor: the epoch-record key to watch (e.g. "test_acc", "test_loss", "train_loss").
+        mode: "max" (higher is better) or "min".
+        patience: epochs without improvement before stopping (>= 1).
+        min_delta: an improvement must beat the best by more than this.
+        start_epoch: first epoch that counts; None (default) or 1 counts every epoch.
     """
 
-    def __init__(self, monitor: str = "test_acc", mode: str = "max", patience: int = 15, min_delta: float = 0.0):
+    def __init__(self, monitor: str = "test_acc", mode: str = "max", patience: int = 15, min_delta: float = 0.0,
+                 start_epoch: Optional[int] = None):
         if patience < 1:
             raise ConfigError(f"patience must be >= 1, got {patience}")
         if mode not in ("max", "min"):
             raise ConfigError(f"mode must be 'max' or 'min', got {mode!r}")
+        if start_epoch is not None and (isinstance(start_epoch, bool) or not hasattr(start_epoch, "__index__")
+                                        or start_epoch < 1):
+            raise ConfigError(f"start_epoch must be None or an integer >= 1, got {start_epoch!r}")
         self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
+        self.start_epoch = None if start_epoch is None else int(start_epoch)
         self.best: Optional[float] = None
         self.best_epoch: Optional[int] = None
         self.wait = 0
@@ -37,28 +57,39 @@ class EarlyStopping(Callback):
             return value > self.best + self.min_delta
         return value < self.best - self.min_delta
 
-    def _observe(self, epoch: int, value: Optional[float]) -> None:
-        if value is None:
+    def _counts(self, epoch: Optional[int]) -> bool:
+        return self.start_epoch is None or epoch is None or epoch >= self.start_epoch
+
+    def _observe(self, epoch: Optional[int], value: Optional[float]) -> None:
+        if value is None or not self._counts(epoch):
             return
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
         else:
             self.wait += 1
 
+    def _exhausted(self) -> bool:
+        return self.wait >= self.patience
+
+    def _stop(self, state: TrainState) -> None:
+        state.stop = True
+        state.stop_reason = (f"early stopping: {self.monitor} did not improve for {self.patience} epochs "
+                             f"(best {self.best:.4f} at epoch {self.best_epoch})")
+
     def on_fit_start(self, state: TrainState) -> None:
         self.best, self.best_epoch, self.wait = None, None, 0
         for rec in state.history:  # replay a resumed run's history
             self._observe(rec.get("epoch"), rec.get(self.monitor))
+        if self._exhausted():  # the run had already stopped early: do not train another epoch
+            self._stop(state)
 
     def on_epoch_end(self, state: TrainState, record: Dict[str, Any]) -> None:
         if self.monitor not in record:
             raise ConfigError(f"early stopping monitors {self.monitor!r} but the epoch record has only "
                               f"{sorted(record)}; pass a test loader or monitor 'train_loss'")
         self._observe(record["epoch"], record[self.monitor])
-        if self.wait >= self.patience:
-            state.stop = True
-            state.stop_reason = (f"early stopping: {self.monitor} did not improve for {self.patience} epochs "
-                                 f"(best {self.best:.4f} at epoch {self.best_epoch})")
+        if self._exhausted():
+            self._stop(state)
             record["early_stop"] = True
 
 

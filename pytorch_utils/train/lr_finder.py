@@ -2,7 +2,10 @@
 
 ``find_lr`` runs torch-lr-finder's ``LRFinder.range_test`` (the LR grows from ``start_lr`` to ``end_lr`` over
 ``num_iter`` batches, the smoothed training loss is recorded) and turns the curve into a suggested ``lr_max`` and
-``lr_min = lr_max / div`` - the pair the S10 recipe feeds to its One Cycle schedule.
+``lr_min = lr_max / div`` - the pair the S10 recipe feeds to its One Cycle schedule. The suggestion is searched only
+from ``skip_start`` up to the minimum of the smoothed loss: a dip after the loss has started to climb (typical of Adam
+near divergence) is never picked. ``result.figure`` / ``result.plot()`` give the curve as a Figure with the suggestion
+marked.
 
 Design notes:
 - The sweep trains the real model with the real optimizer. Everything it touches is put back in ``finally`` from our
@@ -54,7 +57,12 @@ class LRFinderResult:
         suggestion_index: index of ``lr_max`` in ``lrs``/``losses``.
         diverged: True when the loss blew up (passed ``diverge_th`` x best loss, or became NaN/inf) and the sweep
             stopped before ``end_lr``.
-        div, start_lr, end_lr, num_iter, step_mode, skip_start, skip_end: the sweep settings, kept for the plot.
+        div, start_lr, end_lr, num_iter, step_mode, skip_start, skip_end: the sweep settings, kept for the plot
+            (``skip_start``/``skip_end`` as resolved, e.g. 10 and 5 for a 100-step sweep with the default skips).
+
+    The figure: ``result.figure`` is the loss-vs-LR Figure with ``lr_max``/``lr_min`` marked (built on first access and
+    cached; a notebook cell ending in ``result.figure`` shows it); ``result.plot(ax=None, save=None)`` draws a new
+    one each call, on a given Axes or saved as a PNG.
     """
 
     lrs: List[float]
@@ -78,67 +86,150 @@ class LRFinderResult:
                 f"diverged={self.diverged})")
 
     def plot(self, ax=None, save=None):
-        """Loss-vs-LR figure with ``lr_max``/``lr_min`` marked (see :func:`pytorch_utils.viz.lr_finder.plot_lr_finder`).
+        """Draw the loss-vs-LR figure with ``lr_max``/``lr_min`` marked (see
+        :func:`pytorch_utils.viz.lr_finder.plot_lr_finder`); a new Figure each call.
 
+        Args:
+            ax: an existing matplotlib Axes to draw on; None creates a new figure.
+            save: path of a PNG to write.
         Returns:
-            the matplotlib Figure.
+            the matplotlib Figure (``ax.figure`` when ``ax`` is given).
         """
         from pytorch_utils.viz.lr_finder import plot_lr_finder  # matplotlib only when a plot is asked for
 
         return plot_lr_finder(self, ax=ax, save=save)
+
+    @property
+    def figure(self):
+        """The loss-vs-LR Figure with the suggestion marked, built by :meth:`plot` on first access and then cached."""
+        fig = self.__dict__.get("_figure")
+        if fig is None:
+            fig = self.__dict__["_figure"] = self.plot()
+        return fig
+
+    def __getstate__(self):  # pickles/copies carry the curve, not a cached matplotlib figure
+        state = dict(self.__dict__)
+        state.pop("_figure", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Suggestions (pure functions on a recorded curve)
 # ----------------------------------------------------------------------------------------------------------------------
 
-def _window(lrs: Sequence[float], losses: Sequence[float], skip_start: int, skip_end: int):
+# Default skips, as fractions of the sweep length: ~10% at the start (the smoothed loss still carries the first
+# batches' noise) and ~5% at the end (where a diverging loss ends the sweep), with floors for short sweeps.
+SKIP_START_FRACTION, MIN_SKIP_START = 0.10, 2
+SKIP_END_FRACTION, MIN_SKIP_END = 0.05, 1
+
+
+def default_skips(num_points: int):
+    """``(skip_start, skip_end)`` for a curve of ``num_points``: 10% and 5% of it, at least 2 and 1.
+
+    A 100-step sweep skips 10 + 5 points (torch-lr-finder's usual defaults), a 50-step sweep 5 + 2, a 20-step sweep
+    2 + 1, so short sweeps keep most of their points as candidates.
+    """
+    num_points = int(num_points)
+    return (max(MIN_SKIP_START, int(SKIP_START_FRACTION * num_points)),
+            max(MIN_SKIP_END, int(SKIP_END_FRACTION * num_points)))
+
+
+def _resolve_skips(num_points: int, skip_start: Optional[int], skip_end: Optional[int]):
+    auto_start, auto_end = default_skips(num_points)
+    return (auto_start if skip_start is None else skip_start), (auto_end if skip_end is None else skip_end)
+
+
+def _window(lrs: Sequence[float], losses: Sequence[float], skip_start: Optional[int], skip_end: Optional[int]):
+    """The candidate window of a curve: ``(x, y, skip_start, minimum)`` where ``x``/``y`` are the LRs/losses from
+    ``skip_start`` to ``len - skip_end`` and ``minimum`` is the position of the lowest loss in that window."""
     if len(lrs) != len(losses):
         raise ConfigError(f"lrs and losses differ in length ({len(lrs)} vs {len(losses)})")
     n = len(losses)
+    skip_start, skip_end = _resolve_skips(n, skip_start, skip_end)
     if skip_start < 0 or skip_end < 0:
         raise ConfigError(f"skip_start and skip_end must be >= 0, got {skip_start} and {skip_end}")
     if n < skip_start + skip_end + 2:
         raise ConfigError(f"need at least skip_start + skip_end + 2 = {skip_start + skip_end + 2} loss points to "
                           f"suggest an LR, got {n}")
     stop = n - skip_end
-    return (np.asarray(lrs[skip_start:stop], dtype=np.float64),
-            np.asarray(losses[skip_start:stop], dtype=np.float64))
+    x = np.asarray(lrs[skip_start:stop], dtype=np.float64)
+    y = np.asarray(losses[skip_start:stop], dtype=np.float64)
+    if not (np.all(np.isfinite(y)) and np.all(np.isfinite(x)) and np.all(x > 0)):
+        raise ConfigError("the LRs and losses considered for a suggestion must be finite (and the LRs > 0); cut the "
+                          "curve before the first NaN/inf loss")
+    return x, y, skip_start, int(np.argmin(y))  # argmin: the first of equal minima
 
 
-def suggest_steepest(lrs: Sequence[float], losses: Sequence[float], skip_start: int = 10, skip_end: int = 5) -> int:
-    """Index of the steepest descent: the most negative d(loss)/d(log10 lr), ignoring the first ``skip_start`` and
-    last ``skip_end`` points (warm-up noise at the start, divergence at the end).
+def _warn_on_edge(rule: str, pick: int, minimum: int, x: np.ndarray, skip_start: int) -> None:
+    """Warn when a suggestion sits on an edge of its search range, where it is least trustworthy."""
+    where = None
+    if minimum == 0:
+        where = (f"the smoothed loss never fell below its value at skip_start={skip_start} (lr {x[0]:.3g}), so the "
+                 f"search range is that one point; lower start_lr or skip_start")
+    elif pick == 0:
+        where = (f"it is the first point after skip_start={skip_start} (lr {x[0]:.3g}): the loss may have been falling "
+                 f"faster before it; lower start_lr or skip_start")
+    elif pick == minimum == len(x) - 1:
+        where = (f"the loss was still falling fastest at the last point considered (lr {x[minimum]:.3g}); raise "
+                 f"end_lr (or num_iter) so that the sweep reaches the loss minimum")
+    elif pick == minimum:
+        where = (f"it is the loss minimum itself (lr {x[minimum]:.3g}), where training is about to become "
+                 f"unstable; check the plot")
+    if where:
+        warnings.warn(f"LR suggestion {rule!r} landed on the edge of its search range: {where}", RuntimeWarning,
+                      stacklevel=3)
+
+
+def suggest_steepest(lrs: Sequence[float], losses: Sequence[float], skip_start: Optional[int] = None,
+                     skip_end: Optional[int] = None) -> int:
+    """Index of the steepest descent: the most negative d(loss)/d(log10 lr) **at or before the minimum** of the loss.
+
+    The rule (shared with :func:`suggest_valley`): drop the first ``skip_start`` and last ``skip_end`` points
+    (warm-up noise at the start, divergence at the end); in what is left, find the lowest loss; only the points from
+    the start of the window up to that minimum are candidates. An LR past the minimum is one where the loss is already
+    rising - a later dip of a noisy or diverging curve (common with Adam) can be steep, but training there is
+    unstable, so it is never picked. A :class:`RuntimeWarning` says when the pick lands on an edge of that range (the
+    first candidate, or the minimum itself).
 
     Args:
-        lrs: swept learning rates (all > 0).
-        losses: the (already smoothed) losses, same length.
+        lrs: swept learning rates (all > 0, increasing).
+        losses: the (already smoothed) losses, same length, finite in the window.
+        skip_start, skip_end: points ignored at the ends; None = :func:`default_skips` of the curve length.
     Returns:
         an index into ``lrs``/``losses``.
     Raises:
-        ConfigError: fewer than ``skip_start + skip_end + 2`` points, or mismatched lengths.
+        ConfigError: fewer than ``skip_start + skip_end + 2`` points, mismatched lengths, or non-finite values.
     """
-    x, y = _window(lrs, losses, skip_start, skip_end)
+    x, y, skip_start, minimum = _window(lrs, losses, skip_start, skip_end)
     # Gradient against log10(lr): the sweep is exponential, and a linear sweep gets the right slopes from the
-    # non-uniform spacing that np.gradient accepts.
+    # non-uniform spacing that np.gradient accepts. It is taken over the whole window so that the slope at the
+    # minimum is a central difference, then searched only up to the minimum.
     grad = np.gradient(y, np.log10(x))
-    return skip_start + int(np.argmin(grad))
+    pick = int(np.argmin(grad[:minimum + 1]))
+    _warn_on_edge("steepest", pick, minimum, x, skip_start)
+    return skip_start + pick
 
 
-def suggest_valley(lrs: Sequence[float], losses: Sequence[float], skip_start: int = 10, skip_end: int = 5) -> int:
+def suggest_valley(lrs: Sequence[float], losses: Sequence[float], skip_start: Optional[int] = None,
+                   skip_end: Optional[int] = None) -> int:
     """Index picked by the valley heuristic (after fastai's ``valley``): find the longest stretch over which the loss
     keeps going down, then take the point about 2/3 of the way down it.
 
     "Keeps going down" is the longest strictly decreasing subsequence of the loss, so small bumps from batch noise do
-    not cut a stretch short; the stretch runs from that subsequence's first to its last point. Same window as
-    :func:`suggest_steepest`.
+    not cut a stretch short; the stretch runs from that subsequence's first to its last point. Same search range as
+    :func:`suggest_steepest`: after ``skip_start``, before ``skip_end``, and only up to the loss minimum (a descent
+    after the curve has started to diverge is ignored); same edge warning.
 
     Returns:
         an index into ``lrs``/``losses``.
     Raises:
-        ConfigError: fewer than ``skip_start + skip_end + 2`` points, or mismatched lengths.
+        ConfigError: fewer than ``skip_start + skip_end + 2`` points, mismatched lengths, or non-finite values.
     """
-    _, y = _window(lrs, losses, skip_start, skip_end)
+    x, y, skip_start, minimum = _window(lrs, losses, skip_start, skip_end)
+    y = y[:minimum + 1]
     n = len(y)
     length = np.ones(n, dtype=np.int64)   # length of the longest decreasing run ending at i
     first = np.arange(n)                  # where that run starts
@@ -150,11 +241,13 @@ def suggest_valley(lrs: Sequence[float], losses: Sequence[float], skip_start: in
             first[i] = first[j]
     end = int(np.argmax(length))  # the first, i.e. shallowest-LR, of the longest runs
     start = int(first[end])
-    return skip_start + start + int(round(VALLEY_FRACTION * (end - start)))
+    pick = start + int(round(VALLEY_FRACTION * (end - start)))
+    _warn_on_edge("valley", pick, minimum, x, skip_start)
+    return skip_start + pick
 
 
 def suggest_index(lrs: Sequence[float], losses: Sequence[float], suggestion: str = "steepest",
-                  skip_start: int = 10, skip_end: int = 5) -> int:
+                  skip_start: Optional[int] = None, skip_end: Optional[int] = None) -> int:
     """Dispatch to :func:`suggest_steepest` or :func:`suggest_valley` by name.
 
     Raises:
@@ -312,12 +405,17 @@ def _validate(start_lr, end_lr, num_iter, step_mode, smooth_f, diverge_th, sugge
     end_lr = _check_number("end_lr", end_lr)
     if end_lr <= start_lr:
         raise ConfigError(f"end_lr must be greater than start_lr, got start_lr={start_lr:g}, end_lr={end_lr:g}")
+    num_iter = _check_int("num_iter", num_iter, 2)
+    auto = [name for name, value in (("skip_start", skip_start), ("skip_end", skip_end)) if value is None]
+    skip_start, skip_end = _resolve_skips(num_iter, skip_start, skip_end)
     skip_start = _check_int("skip_start", skip_start, 0)
     skip_end = _check_int("skip_end", skip_end, 0)
-    num_iter = _check_int("num_iter", num_iter, 2)
     if num_iter < skip_start + skip_end + 2:
+        how = (f" ({' and '.join(auto)} by default: 10% and 5% of num_iter, at least {MIN_SKIP_START} and "
+               f"{MIN_SKIP_END})" if auto else "")
         raise ConfigError(f"num_iter={num_iter} leaves too few points to suggest an LR: need num_iter >= "
-                          f"skip_start + skip_end + 2 = {skip_start + skip_end + 2}")
+                          f"skip_start + skip_end + 2 = {skip_start + skip_end + 2} with skip_start={skip_start}, "
+                          f"skip_end={skip_end}{how}")
     if step_mode not in STEP_MODES:
         raise ConfigError(f"unknown step_mode {step_mode!r}; use one of {', '.join(map(repr, STEP_MODES))}")
     if suggestion not in SUGGESTIONS:
@@ -362,8 +460,8 @@ def find_lr(
     div: float = 10,
     device=None,
     amp: Optional[str] = None,
-    skip_start: int = 10,
-    skip_end: int = 5,
+    skip_start: Optional[int] = None,
+    skip_end: Optional[int] = None,
     progress: bool = True,
 ) -> LRFinderResult:
     """Run an LR range test and suggest ``lr_max`` and ``lr_min``; the model and optimizer come back untouched.
@@ -383,18 +481,24 @@ def find_lr(
         train_loader: a DataLoader or any iterable with ``__len__`` of ``(inputs, targets)`` batches (CPU or already on
             the device); it is restarted if it has fewer than ``num_iter`` batches.
         start_lr, end_lr: the sweep range (0 < start_lr < end_lr).
-        num_iter: number of sweep steps (>= skip_start + skip_end + 2).
+        num_iter: number of sweep steps (>= skip_start + skip_end + 2; with the default skips, >= 5, and 50 or more
+            for a trustworthy curve).
         step_mode: "exp" (evenly spaced in log LR) or "linear".
         smooth_f: exponential smoothing factor of the recorded loss, in [0, 1).
         diverge_th: stop when the smoothed loss exceeds this multiple of the best loss (> 1).
-        suggestion: "steepest" (most negative slope of loss vs log10 LR) or "valley" (2/3 down the longest descent).
+        suggestion: "steepest" (most negative slope of loss vs log10 LR) or "valley" (2/3 down the longest descent);
+            both search only from ``skip_start`` up to the minimum of the smoothed loss (never past it, where the loss
+            is rising), and warn (RuntimeWarning) when the pick lands on an edge of that range.
         div: ``lr_min = lr_max / div`` (>= 1).
         device: where to run the sweep; None = the model's device. The model is moved back afterwards.
         amp: None (fp32), "bf16", "fp16" (CUDA only, with a GradScaler) or "auto" (bf16/fp16 on CUDA, fp32 on CPU).
-        skip_start, skip_end: points ignored at the start/end of the curve when suggesting.
+        skip_start, skip_end: points ignored at the start/end of the curve when suggesting; None (default) scales
+            them with the sweep: 10% and 5% of ``num_iter``, at least 2 and 1 (100 steps: 10 and 5; 50 steps: 5 and 2).
         progress: show torch-lr-finder's progress bar.
     Returns:
-        an :class:`LRFinderResult`.
+        an :class:`LRFinderResult`: ``lr_max``, ``lr_min``, the curve, and the Figure with the suggestion marked as
+        ``result.figure`` (built on first access, then cached) or ``result.plot(ax=..., save=...)`` (a new Figure
+        per call, optionally on your own Axes or saved as a PNG).
     Raises:
         ConfigError: bad arguments, a loader with no ``(inputs, targets)`` batches, or a sweep that diverged before
             recording ``skip_start + skip_end + 2`` finite losses (lower ``start_lr``, or raise ``diverge_th``).
@@ -457,7 +561,11 @@ def find_lr(
             f"the LR sweep recorded only {usable} finite loss points before diverging (need skip_start + skip_end + 2"
             f" = {skip_start + skip_end + 2}); lower start_lr ({start_lr:g}) or end_lr ({end_lr:g}), raise diverge_th "
             f"({diverge_th:g}) or num_iter ({num_iter}), or reduce skip_start/skip_end")
-    index = suggest_index(lrs[:usable], losses[:usable], suggestion, skip_start, skip_end)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        index = suggest_index(lrs[:usable], losses[:usable], suggestion, skip_start, skip_end)
+    for w in caught:  # re-issued so that they point at the find_lr call
+        warnings.warn(w.message, w.category, stacklevel=2)
     # The schedule's float maths can land an ulp outside the range; the suggestion must stay inside it.
     lr_max = min(max(lrs[index], start_lr), end_lr)
     return LRFinderResult(

@@ -1,5 +1,5 @@
 """Plot of an LR range test: smoothed loss vs LR with the suggested LR_max and LR_min marked."""
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -11,9 +11,30 @@ __all__ = ["plot_lr_finder"]
 SUGGESTION_TITLES = {"steepest": "steepest descent", "valley": "valley"}
 
 
+def y_limits(result) -> Tuple[float, float]:
+    """Y range of the plot: the whole curve from the first step up to a little past the loss minimum (10% of the
+    points, at least 3), padded; the diverging tail beyond that runs off the top instead of flattening the rest."""
+    losses = np.asarray(result.losses, dtype=np.float64)
+    n = len(losses)
+    finite = np.isfinite(losses)
+    if not finite.any():
+        return -0.05, 1.05
+    searched = np.where(finite, losses, np.inf)[result.skip_start:max(result.skip_start, n - result.skip_end)]
+    if searched.size and np.isfinite(searched).any():
+        minimum = result.skip_start + int(np.argmin(searched))
+    else:
+        minimum = int(np.argmin(np.where(finite, losses, np.inf)))
+    stop = min(n, minimum + max(3, n // 10) + 1)
+    shown = losses[:stop][finite[:stop]]
+    low, high = float(shown.min()), float(shown.max())
+    span = high - low if high > low else 0.05 * max(abs(high), 1.0)
+    return low - 0.05 * span, high + 0.08 * span
+
+
 def plot_lr_finder(result, ax=None, save: Optional[PathLike] = None) -> Figure:
     """Draw an :class:`~pytorch_utils.train.lr_finder.LRFinderResult`: loss vs LR (log x axis), ``lr_max`` marked by a
     point and a vertical line, ``lr_min`` by a dashed line, both labelled with their values; the title states the rule.
+    The y axis covers the curve from the first step to a little past the loss minimum (see :func:`y_limits`).
 
     Like every ``pytorch_utils.viz`` plot, the figure is built without pyplot (see ``viz/images.py``): it shows when
     returned from a notebook cell or passed to ``display``; ``plt.show()`` is never called.
@@ -41,14 +62,12 @@ def plot_lr_finder(result, ax=None, save: Optional[PathLike] = None) -> Figure:
     ax.axvline(result.lr_min, color="tab:green", linewidth=1.2, linestyle="--",
                label=f"LR_min = {result.lr_min:.2e}")
     ax.set_xscale("log")
+    # Name both lines where they stand as well as in the legend (the legend can sit far from them).
+    for lr, text, color in ((result.lr_max, "LR_max", "tab:red"), (result.lr_min, "LR_min", "tab:green")):
+        ax.annotate(text, xy=(lr, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3),
+                    textcoords="offset points", ha="left", va="top", color=color, fontsize=9, fontweight="bold")
 
-    # Scale y to the suggestion window so a diverging tail does not flatten the interesting part of the curve.
-    window = losses[lo:hi]
-    window = window[np.isfinite(window)]
-    if window.size:
-        low, high = float(window.min()), float(window.max())
-        pad = 0.05 * (high - low) if high > low else 0.05 * max(abs(high), 1.0)
-        ax.set_ylim(low - pad, high + pad)
+    ax.set_ylim(*y_limits(result))
 
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("smoothed training loss")

@@ -57,6 +57,111 @@ def test_early_stopping_in_fit_records_it():
     assert len(hist) == 3 and hist[-1]["early_stop"]  # lr 0: the loss never improves after epoch 1
 
 
+def test_early_stopping_resume_of_a_stopped_run_trains_no_more_epochs():
+    # Patience 2 exhausted at epoch 3 (the run stopped there); the replay must stop before epoch 4 is trained.
+    history = [{"epoch": 1, "test_loss": 1.0}, {"epoch": 2, "test_loss": 1.1},
+               {"epoch": 3, "test_loss": 1.2, "early_stop": True}]
+    es = EarlyStopping(monitor="test_loss", mode="min", patience=2)
+    state = _state(history)
+    es.on_fit_start(state)
+    assert state.stop is True
+    assert "did not improve for 2 epochs" in state.stop_reason and "epoch 1" in state.stop_reason
+    # One epoch short of the patience: the resumed run goes on.
+    state = _state(history[:2])
+    es.on_fit_start(state)
+    assert not state.stop and state.stop_reason is None
+
+
+def test_early_stopping_resumed_fit_does_not_train_another_epoch(tmp_path):
+    from pytorch_utils.train.checkpoints import CheckpointManager
+
+    def run(resume):
+        seed_everything(0)
+        train, test = synthetic_loaders(n=64, test_n=32)
+        model = TinyNet()
+        return fit(model, train, test, epochs=20, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+                   callbacks=[CheckpointManager(tmp_path, resume=resume, log=None),
+                              EarlyStopping("test_loss", "min", patience=2)], progress=False, log=None)
+
+    first = run(resume=False)
+    assert len(first) == 3 and first[-1]["early_stop"]
+    resumed = run(resume="required")
+    assert [r["epoch"] for r in resumed] == [1, 2, 3]  # no epoch 4
+
+
+def test_early_stopping_start_epoch_ignores_earlier_epochs():
+    es = EarlyStopping(monitor="test_acc", patience=2, start_epoch=5)
+    state = _state()
+    es.on_fit_start(state)
+    accs = [60, 50, 40, 30, 20, 25, 24, 23]  # worse every epoch before 5; best 25 at epoch 6 counts from epoch 5
+    stopped_at = None
+    for epoch, acc in enumerate(accs, start=1):
+        record = {"epoch": epoch, "test_acc": float(acc)}
+        es.on_epoch_end(state, record)
+        if epoch < 5:
+            assert not state.stop and "early_stop" not in record and es.best is None and es.wait == 0
+        if state.stop:
+            stopped_at = epoch
+            break
+    assert stopped_at == 8  # epochs 7 and 8 do not beat 25 (epoch 6)
+    assert "epoch 6" in state.stop_reason
+
+    # Without start_epoch the same metric stops at epoch 3.
+    es, state = EarlyStopping(monitor="test_acc", patience=2), _state()
+    es.on_fit_start(state)
+    for epoch, acc in enumerate(accs, start=1):
+        es.on_epoch_end(state, {"epoch": epoch, "test_acc": float(acc)})
+        if state.stop:
+            break
+    assert epoch == 3
+
+
+@pytest.mark.parametrize("start_epoch", [None, 1])
+def test_early_stopping_start_epoch_default_counts_every_epoch(start_epoch):
+    es = EarlyStopping(monitor="test_loss", mode="min", patience=1, start_epoch=start_epoch)
+    state = _state()
+    es.on_fit_start(state)
+    es.on_epoch_end(state, {"epoch": 1, "test_loss": 1.0})
+    es.on_epoch_end(state, {"epoch": 2, "test_loss": 2.0})
+    assert state.stop
+
+
+def test_early_stopping_start_epoch_replay_matches_an_uninterrupted_run():
+    losses = [1.0, 2.0, 3.0, 4.0, 1.5, 1.4, 1.6, 1.7, 1.8]
+    records = [{"epoch": e, "test_loss": v} for e, v in enumerate(losses, start=1)]
+
+    def uninterrupted():
+        es, state = EarlyStopping("test_loss", "min", patience=3, start_epoch=5), _state()
+        es.on_fit_start(state)
+        for rec in records:
+            es.on_epoch_end(state, dict(rec))
+            if state.stop:
+                return rec["epoch"], (es.best, es.best_epoch, es.wait)
+        return None, (es.best, es.best_epoch, es.wait)
+
+    stop_epoch, final = uninterrupted()
+    assert stop_epoch == 9 and final == (1.4, 6, 3)
+    for cut in range(len(records)):  # resume after every possible epoch
+        es, state = EarlyStopping("test_loss", "min", patience=3, start_epoch=5), _state(records[:cut])
+        es.on_fit_start(state)
+        assert not state.stop
+        for rec in records[cut:]:
+            es.on_epoch_end(state, dict(rec))
+            if state.stop:
+                break
+        assert rec["epoch"] == stop_epoch and (es.best, es.best_epoch, es.wait) == final
+    # Resuming after the stop: stopped at once, before any epoch.
+    es, state = EarlyStopping("test_loss", "min", patience=3, start_epoch=5), _state(records)
+    es.on_fit_start(state)
+    assert state.stop and "epoch 6" in state.stop_reason
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "5", True])
+def test_early_stopping_rejects_a_bad_start_epoch(bad):
+    with pytest.raises(ConfigError, match="start_epoch must be None or an integer >= 1"):
+        EarlyStopping(start_epoch=bad)
+
+
 def test_early_stopping_needs_the_metric():
     es = EarlyStopping(monitor="test_acc")
     with pytest.raises(ConfigError, match="test_acc"):

@@ -1,6 +1,8 @@
 """LR finder: exact state restoration, suggestions on known curves, validation, AMP paths and the plot."""
 import copy
+import pickle
 import random
+import warnings
 
 import matplotlib
 
@@ -8,6 +10,7 @@ matplotlib.use("Agg")  # before anything imports pyplot: tests never open window
 
 import matplotlib.image as mpimg  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -18,11 +21,13 @@ from torch_lr_finder import TrainDataLoaderIter  # noqa: E402
 from pytorch_utils.errors import ConfigError  # noqa: E402
 from pytorch_utils.train import lr_finder as lrf  # noqa: E402
 from pytorch_utils.train.lr_finder import (  # noqa: E402
-    LRFinderResult, find_lr, suggest_index, suggest_steepest, suggest_valley,
+    LRFinderResult, default_skips, find_lr, suggest_index, suggest_steepest, suggest_valley,
 )
 from pytorch_utils.viz.lr_finder import plot_lr_finder  # noqa: E402
 
 NUM_CLASSES = 4
+# Tiny models on random data often end a short sweep still falling; the edge warning is tested on its own below.
+pytestmark = pytest.mark.filterwarnings("ignore:LR suggestion .* landed on the edge:RuntimeWarning")
 
 
 @pytest.fixture(autouse=True)
@@ -147,7 +152,11 @@ def test_normal_sweep_restores_everything_and_suggests_in_range(trained, loader)
     assert result.lrs[0] == pytest.approx(1e-5) and result.lrs[-1] == pytest.approx(1.0)
     assert np.all(np.diff(np.log10(result.lrs)) > 0)
     assert np.isfinite(result.lr_max) and 1e-5 <= result.lr_max <= 1.0
+    assert (result.skip_start, result.skip_end) == (4, 2)  # 10% and 5% of 40 steps
     assert result.skip_start <= result.suggestion_index < 40 - result.skip_end
+    # Never past the minimum of the smoothed loss.
+    minimum = result.skip_start + int(np.argmin(result.losses[result.skip_start:40 - result.skip_end]))
+    assert result.suggestion_index <= minimum and result.lr_max <= result.lrs[minimum]
     assert result.lr_max == result.lrs[result.suggestion_index]
     assert result.lr_min == result.lr_max / 10
     assert all(isinstance(v, float) for v in result.lrs + result.losses)
@@ -355,14 +364,18 @@ def test_installed_torch_lr_finder_has_torch_amp():
     ({"start_lr": 1e-2, "end_lr": 1e-3}, "end_lr must be greater than start_lr.*end_lr=0.001"),
     ({"start_lr": 1e-2, "end_lr": 1e-2}, "end_lr must be greater than start_lr"),
     ({"num_iter": 1}, "num_iter must be an integer >= 2, got 1"),
-    ({"num_iter": 16}, "num_iter=16 .* skip_start \\+ skip_end \\+ 2 = 17"),
+    ({"num_iter": 4}, "num_iter=4 .* skip_start \\+ skip_end \\+ 2 = 5 with skip_start=2, skip_end=1 "
+                      "\\(skip_start and skip_end by default: 10% and 5% of num_iter, at least 2 and 1\\)"),
+    ({"num_iter": 16, "skip_start": 10, "skip_end": 5}, "num_iter=16 .* = 17 with skip_start=10, skip_end=5$"),
     ({"num_iter": 10, "skip_start": 5, "skip_end": 4}, "= 11"),
+    ({"num_iter": 11, "skip_start": 9}, "num_iter=11 .* = 12 with skip_start=9, skip_end=1 \\(skip_end by default"),
     ({"step_mode": "cosine"}, "unknown step_mode 'cosine'; use one of 'exp', 'linear'"),
     ({"suggestion": "minimum"}, "unknown LR suggestion 'minimum'; use one of 'steepest', 'valley'"),
     ({"div": 0.5}, "div must be >= 1.*0.5"),
     ({"smooth_f": 1.0}, "smooth_f must be in \\[0, 1\\)"),
     ({"diverge_th": 1}, "diverge_th must be > 1"),
     ({"skip_start": -1}, "skip_start must be an integer >= 0"),
+    ({"skip_end": 1.5}, "skip_end must be an integer >= 0"),
     ({"amp": "int8"}, "unknown amp option 'int8'"),
 ])
 def test_bad_arguments_raise_config_error(trained, loader, kwargs, match):
@@ -425,11 +438,107 @@ def test_valley_picks_two_thirds_down_the_longest_descent(bump):
 
 def test_helpers_reject_short_curves_and_unknown_names():
     with pytest.raises(ConfigError, match="at least skip_start \\+ skip_end \\+ 2 = 17"):
-        suggest_steepest(LRS[:16], [1.0] * 16)
+        suggest_steepest(LRS[:16], [1.0] * 16, 10, 5)
+    with pytest.raises(ConfigError, match="at least skip_start \\+ skip_end \\+ 2 = 5 loss points"):
+        suggest_steepest(LRS[:4], [3.0, 2.0, 1.0, 0.5])  # default skips: 2 + 1
+    with pytest.raises(ConfigError, match="must be finite"):
+        suggest_valley(LRS, [1.0] * 20 + [float("nan")] * 10, 2, 2)
     with pytest.raises(ConfigError, match="differ in length"):
         suggest_valley(LRS, [1.0] * 3, 0, 0)
     with pytest.raises(ConfigError, match="'steepest', 'valley'"):
         suggest_index(LRS, [1.0] * 30, "fastest")
+
+
+def _dip_after_divergence():
+    """An Adam-like sweep: a smooth descent to the minimum at index 45, a climb (divergence starting), then a second
+    dip past the minimum that is both steeper (one cliff) and longer than the real descent."""
+    lrs = np.logspace(-6, 1, 100)
+    flat = np.full(10, 2.30)                                                   # 0-9
+    descent = 2.30 - 1.2 * (1 - np.cos(np.linspace(0, np.pi, 36))) / 2         # 10-45: 2.30 -> 1.10
+    climb = np.linspace(1.25, 2.6, 8)                                          # 46-53
+    dip = np.concatenate([np.linspace(2.55, 2.35, 10), [1.6], np.linspace(1.55, 1.30, 26)])  # 54-90
+    tail = np.linspace(1.6, 4.0, 9)                                            # 91-99
+    return lrs.tolist(), np.concatenate([flat, descent, climb, dip, tail]).tolist()
+
+
+@pytest.mark.parametrize("rule", ["steepest", "valley"])
+def test_suggestions_never_go_past_the_loss_minimum(rule):
+    lrs, losses = _dip_after_divergence()
+    skip_start, skip_end = default_skips(len(lrs))
+    minimum = skip_start + int(np.argmin(losses[skip_start:len(losses) - skip_end]))
+    assert minimum == 45
+    # The curve really is a trap: over the whole window the steepest slope lies in the later dip.
+    window = slice(skip_start, len(losses) - skip_end)
+    assert skip_start + np.argmin(np.gradient(losses[window], np.log10(lrs[window]))) > minimum
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a pick inside the descent is not on an edge: no warning
+        index = suggest_index(lrs, losses, rule)
+    assert skip_start < index < minimum
+    assert lrs[index] <= lrs[int(np.argmin(losses))]
+    # The steepest point of the cosine descent is its middle (index 10 + 35/2); valley is 2/3 down from its top.
+    assert index == {"steepest": 27, "valley": 33}[rule]
+
+
+def test_steepest_on_a_clean_curve_is_the_inflection_point():
+    lrs = np.logspace(-6, 1, 100)
+    logs = np.log10(lrs)
+    fall = 2.3 - 1.3 / (1 + np.exp(-(logs + 3) / 0.4))     # steepest at lr = 1e-3
+    rise = np.where(logs > -0.5, 3.0 * (logs + 0.5) ** 2, 0.0)  # divergence after 10^-0.5
+    losses = (fall + rise).tolist()
+    expected = int(np.argmin(np.abs(logs + 3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert suggest_steepest(lrs.tolist(), losses) == expected == 42
+    assert lrs[expected] == pytest.approx(1e-3, rel=0.1)
+
+
+def test_default_skips_scale_with_the_sweep():
+    assert default_skips(100) == (10, 5)
+    assert default_skips(50) == (5, 2)
+    assert default_skips(20) == (2, 1)
+    assert default_skips(5) == (2, 1)
+    assert default_skips(300) == (30, 15)
+    # A 50-step sweep keeps 43 candidates (the old fixed 10 + 5 skip left 35, and a 20-step sweep only 5).
+    lrs, losses = _dip_after_divergence()
+    lrs, losses = lrs[::2], losses[::2]
+    assert len(lrs) == 50
+    assert 2 < suggest_steepest(lrs, losses) < 45 // 2 + 1
+
+
+def test_edge_picks_warn():
+    lrs = np.logspace(-5, 0, 30).tolist()
+    rising = np.linspace(1.0, 3.0, 30).tolist()
+    with pytest.warns(RuntimeWarning, match="never fell below its value at skip_start=3"):
+        assert suggest_steepest(lrs, rising, 3, 1) == 3
+    with pytest.warns(RuntimeWarning, match="'valley' landed on the edge"):
+        assert suggest_valley(lrs, rising, 3, 1) == 3
+    falling_from_the_start = (1.0 + 2.0 * np.exp(-np.arange(30) / 3.0)).tolist()  # fastest fall at index 0
+    falling_from_the_start[-3:] = [1.5, 2.0, 3.0]
+    with pytest.warns(RuntimeWarning, match="first point after skip_start=2"):
+        assert suggest_steepest(lrs, falling_from_the_start, 2, 1) == 2
+    accelerating = (3.0 - 2.0 * np.linspace(0, 1, 30) ** 3).tolist()  # still falling fastest at the end
+    with pytest.warns(RuntimeWarning, match="still falling fastest at the last point.*raise end_lr"):
+        assert suggest_steepest(lrs, accelerating, 2, 1) == 28
+    v_shape = [2.0, 2.0, 2.0, 1.0] + np.linspace(1.5, 4.0, 26).tolist()  # a two-point descent into the minimum
+    with pytest.warns(RuntimeWarning, match="'valley' .* the loss minimum itself \\(lr 3.29e-05\\)"):
+        assert suggest_valley(lrs, v_shape, 2, 1) == 3
+
+
+def test_find_lr_reissues_edge_warnings_at_the_callers_line(trained, loader, monkeypatch):
+    model, optimizer, criterion = trained
+    real = lrf.suggest_index
+
+    def suggest(*args):
+        warnings.warn("LR suggestion 'steepest' landed on the edge of its search range: test", RuntimeWarning)
+        return real(*args)
+
+    monkeypatch.setattr(lrf, "suggest_index", suggest)
+    before = snapshot(model, optimizer)
+    with pytest.warns(RuntimeWarning, match="landed on the edge") as record:
+        find_lr(model, optimizer, criterion, loader, start_lr=1e-5, end_lr=1.0, num_iter=20, progress=False)
+    files = {w.filename for w in record if "landed on the edge" in str(w.message)}
+    assert files == {__file__}
+    assert_restored(before, model, optimizer)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -465,6 +574,47 @@ def test_plot_writes_a_non_blank_png_with_marks_and_rule(tmp_path):
     vlines = sorted(line.get_xdata()[0] for line in ax.get_lines() if len(line.get_xdata()) == 2
                     and line.get_xdata()[0] == line.get_xdata()[1])
     assert vlines == pytest.approx(sorted([result.lr_min, result.lr_max]))
+
+
+def test_plot_y_range_shows_the_start_of_the_sweep_and_cuts_the_divergence():
+    lrs, losses = _dip_after_divergence()
+    losses[:5] = [2.9, 2.8, 2.6, 2.5, 2.4]  # a high start inside skip_start, above everything in the window before it
+    losses[-3:] = [8.0, 12.0, 20.0]          # a diverging tail
+    idx = suggest_steepest(lrs, losses)
+    result = LRFinderResult(lrs=lrs, losses=losses, lr_max=lrs[idx], lr_min=lrs[idx] / 10, suggestion="steepest",
+                            suggestion_index=idx, diverged=True, div=10.0, start_lr=1e-6, end_lr=10.0, num_iter=100,
+                            step_mode="exp", skip_start=10, skip_end=5)
+    fig = result.plot()
+    low, high = fig.axes[0].get_ylim()
+    assert low < min(losses) < 1.2           # the minimum (1.10) is in view, with a margin
+    assert high > 2.9                        # the very first point is in view
+    assert high < 4.0 < 8.0                  # the tail past the minimum does not stretch the axis
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert "LR_max" in texts and "LR_min" in texts  # labels next to the lines, not only in the legend
+
+
+def test_result_exposes_the_figure(tmp_path):
+    result = _result()
+    fig = result.figure
+    assert isinstance(fig, Figure) and result.figure is fig  # built once, cached
+    assert fig.axes[0].get_title().startswith("LR finder: steepest descent")
+    again = result.plot()
+    assert isinstance(again, Figure) and again is not fig   # plot() draws a new one each call
+    # The cached figure does not travel with copies or pickles of the result (the curve does).
+    for other in (copy.deepcopy(result), pickle.loads(pickle.dumps(result))):
+        assert "_figure" not in vars(other) and other == result
+        assert isinstance(other.figure, Figure) and other.figure is not fig
+
+
+def test_find_lr_result_plots_with_the_suggestion_marked(trained, loader):
+    model, optimizer, criterion = trained
+    result = find_lr(model, optimizer, criterion, loader, start_lr=1e-5, end_lr=1.0, num_iter=20, progress=False)
+    ax = result.figure.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert f"LR_max = {result.lr_max:.2e}" in labels
+    marked = ax.collections[0].get_offsets()[0]
+    assert marked[0] == pytest.approx(result.lr_max) and marked[1] == pytest.approx(result.losses[
+        result.suggestion_index])
 
 
 def test_plot_draws_on_a_given_axes_and_never_shows(monkeypatch):
