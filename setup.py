@@ -28,7 +28,7 @@ setup(
         "numpy",
     ],
     extras_require={
-        "test": ["pytest", "nbval", "ipykernel"],
+        "test": ["pytest", "nbval", "ipykernel", "huggingface_hub"],  # the Hub test needs the package, not a network
         "hub": ["huggingface_hub"],
     },
     entry_points={"console_scripts": ["pytorch-utils=pytorch_utils.cli:main"]},

@@ -12,7 +12,7 @@ from pytorch_utils.errors import PytorchUtilsError
 
 EPILOG = """examples:
   python -m pytorch_utils train --model s10_resnet --data synthetic --epochs 2
-  python -m pytorch_utils train --recipe s10 --data ../shared/data/cifar10-jpeg.zip --epochs 1 \\
+  python -m pytorch_utils train --recipe strixbee_l1 --data ../shared/data/cifar10-jpeg.zip --epochs 1 \\
       --train-limit 2000 --test-limit 1000
   python -m pytorch_utils train --recipe s8_c100 --data cifar100 --download --resume
   python -m pytorch_utils train --recipe wrn_c10 --set tta=flip --set 'model_kwargs={"dropout": 0.2}'
@@ -44,9 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--train-limit", type=int, default=None, help="train on a stratified subset of this size")
     what.add_argument("--test-limit", type=int, default=None, help="test on a stratified subset of this size")
     how = t.add_argument_group("how (each overrides the recipe field of the same name)")
-    how.add_argument("--epochs", type=int)
-    how.add_argument("--batch-size", type=int)
-    how.add_argument("--lr", type=float)
+    how.add_argument("--epochs", type=int, help="number of epochs (default: the recipe's, e.g. 24 for s10, 20 for "
+                                                "the default recipe)")
+    how.add_argument("--batch-size", type=int, help="batch size per step (per rank under torchrun; default: the "
+                                                    "recipe's)")
+    how.add_argument("--lr", type=float, help="peak learning rate set by hand: replaces the LR finder and sets the "
+                                              "schedule's max_lr (min_lr = lr / 10 for One Cycle)")
     how.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
     how.add_argument("--augmentation", help="train preset: standard, standard_no_cutout, reduced, wrn, test")
     how.add_argument("--tta", choices=["none", "flip", "flip_translate"])
@@ -55,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="gpu = whole data set on the GPU with batched augmentation (auto: on CUDA)")
     how.add_argument("--num-workers", type=int, help="DataLoader workers (default: min(cpus, 8))")
     how.add_argument("--seed", type=int)
-    how.add_argument("--no-lr-finder", action="store_true", help="skip the recipe's LR finder (uses --lr / max_lr)")
+    how.add_argument("--no-lr-finder", action="store_true",
+                     help="skip the recipe's LR finder; the schedule peaks at --lr (or the recipe's lr)")
     how.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override any recipe field, value as JSON or text (repeatable)")
     run = t.add_argument_group("run")
@@ -105,15 +109,13 @@ def _cmd_train(args) -> int:
         overrides["model"] = args.model
         if not args.recipe:
             overrides["name"] = args.model
-    for flag in ("epochs", "batch_size", "lr", "optimizer", "augmentation", "amp", "loader", "num_workers", "seed",
+    for flag in ("epochs", "batch_size", "optimizer", "augmentation", "amp", "loader", "num_workers", "seed",
                  "train_limit", "test_limit"):
         value = getattr(args, flag)
         if value is not None:
             overrides[flag] = None if value == "none" else value
     if args.tta is not None:
         overrides["tta"] = None if args.tta == "none" else args.tta
-    if args.no_lr_finder:
-        overrides["lr_finder"] = None
     for item in args.set:
         overrides.update(parse_override(recipe, item))
     if args.model:
@@ -123,6 +125,8 @@ def _cmd_train(args) -> int:
         if args.model not in list_models():
             raise UnknownNameError(f"unknown model {args.model!r}; valid models: {', '.join(list_models())}")
     recipe = recipe.replace(**overrides)
+    if args.lr is not None or args.no_lr_finder:
+        recipe = recipe.with_peak_lr(args.lr if args.lr is not None else recipe.lr)
     log = None if args.quiet else print
     result = run_recipe(recipe, data=args.data, out_dir=args.out_dir, device=args.device,
                         device_fallback=not args.strict_device, resume="required" if args.resume else False,
@@ -153,7 +157,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the last finished epoch's checkpoint is kept; continue with --resume", file=sys.stderr)
+        print("interrupted: checkpoints already written are kept; continue with --resume", file=sys.stderr)
         return 130
 
 

@@ -28,6 +28,30 @@ def ensure_writable_dir(path: PathLike) -> Path:
     return path
 
 
+def check_writable_dir(path: PathLike) -> Path:
+    """Check, without creating anything, that ``path`` is or can become a writable directory.
+
+    Used before a run does any work, so a bad ``--out-dir`` fails in a second instead of after training, and a run
+    that fails for another reason leaves no empty folder behind.
+
+    Raises:
+        ConfigError: a file is in the way, or the nearest existing folder is not writable.
+    """
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(f"output directory {str(path)!r} is not writable ({str(probe)!r} is a file, not a folder); "
+                          "choose another --out-dir / out_dir")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"output directory {str(path)!r} is not writable (no write permission in {str(probe)!r}); "
+                          "choose another --out-dir / out_dir")
+    return path
+
+
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then rename the temporary file over ``path`` (same directory, so the rename is atomic).
 

@@ -13,12 +13,12 @@ from pytorch_utils.data import load_datasets, make_loader
 from pytorch_utils.data.gpu import GPULoader
 from pytorch_utils.data.transforms import get_preset
 from pytorch_utils.errors import CheckpointError, ConfigError
-from pytorch_utils.io import atomic_write_text, ensure_writable_dir
+from pytorch_utils.io import atomic_write_text, check_writable_dir, ensure_writable_dir
 from pytorch_utils.models import count_parameters, create_model
-from pytorch_utils.recipes.base import Recipe, build_optimizer, get_recipe
+from pytorch_utils.recipes.base import Recipe, build_optimizer, get_recipe, schedule_with_lrs
 from pytorch_utils.train import distributed as dist_utils
 from pytorch_utils.train.callbacks import EarlyStopping, PhaseSchedule, validate_phases
-from pytorch_utils.train.checkpoints import CheckpointManager, HubPusher
+from pytorch_utils.train.checkpoints import CheckpointManager, HubPusher, latest_checkpoint, restore_model
 from pytorch_utils.train.loop import History, fit, model_output_classes
 from pytorch_utils.train.mixing import Mixer, SoftTargetCrossEntropy
 from pytorch_utils.train.schedules import ScheduleSpec, build_scheduler
@@ -40,6 +40,9 @@ class RunResult:
     std: tuple
     device: torch.device
     lr_finder: Any = None  # LRFinderResult when the recipe ran the range test
+    # The model the test numbers come from: the EMA copy when the recipe keeps one, else ``model``. Plots and
+    # reports should use this one so they show what ``final["test_acc"]`` measured.
+    eval_model: Optional[nn.Module] = None
     final: Dict[str, Any] = field(default_factory=dict)  # final/best accuracy, seconds, epochs run, stop reason
 
 
@@ -79,13 +82,108 @@ def _make_loaders(recipe: Recipe, train_ds, test_ds, device: torch.device, rank:
     return train, test, "dataloader"
 
 
-def _resolved_lrs_from_checkpoint(ckpt_dir: Path) -> Optional[Dict[str, float]]:
-    """The LR_max/LR_min a resumed run chose with its LR finder (stored in run.json), or None."""
-    meta = ckpt_dir.parent / "run.json"
-    if meta.is_file():
-        data = json.loads(meta.read_text())
-        return data.get("lr_finder")
-    return None
+# Recipe fields a resumed run may change: bookkeeping and speed settings that do not change what is trained.
+RESUME_FREE_FIELDS = ("name", "description", "num_workers", "hub_repo", "hub_every", "compile", "keep_last",
+                      "checkpoint_every")
+RUN_FILES = ("run.json", "history.json", "summary.json", "lr_finder.png", "checkpoints")
+
+
+def _spans_depend_on_epochs(recipe: Recipe) -> bool:
+    """True when changing ``epochs`` reshapes the LR schedule (so a resumed run could not follow the saved one)."""
+    specs = [recipe.scheduler] + [p.scheduler for p in recipe.phases]
+    for spec in specs:
+        if spec is None:
+            continue
+        if spec.name in ("one_cycle_linear", "onecycle"):
+            return True
+        if spec.name == "cosine" and "T_max" not in spec.params:
+            return True
+        if spec.name == "cyclic" and "step_size_up" not in spec.params:
+            return True
+    return False
+
+
+def check_resume_compatible(checkpoint: Dict[str, Any], recipe: Recipe, data: str) -> None:
+    """Refuse to resume ``checkpoint`` with settings that differ from the run that wrote it.
+
+    A resumed run must follow the saved schedule, data order and model exactly; a changed LR, model or data set
+    would silently produce neither the old run nor a new one. ``epochs`` may change when the schedule does not
+    depend on it (plateau, step, warm restarts): that extends or shortens a run.
+
+    Raises:
+        CheckpointError: names each differing field with the saved and the requested value.
+    """
+    source = checkpoint.get("_path", "the checkpoint")
+    saved_model = checkpoint.get("model_name")
+    if saved_model and saved_model != recipe.model:
+        raise CheckpointError(f"{source} holds a {saved_model!r} model but the model to restore is {recipe.model!r}; "
+                              "use the same --model/recipe as the run that wrote it, or another --out-dir")
+    config = checkpoint.get("config") or {}
+    saved = config.get("recipe") or {}
+    current = recipe.to_dict()
+    diffs = [k for k in current if k not in RESUME_FREE_FIELDS and k in saved and saved[k] != current[k]]
+    if "epochs" in diffs and not _spans_depend_on_epochs(recipe):
+        diffs.remove("epochs")
+    lines = [f"{k}: saved {saved[k]!r}, now {current[k]!r}" for k in diffs]
+    if config.get("data") is not None and str(config["data"]) != str(data):
+        lines.append(f"data: saved {config['data']!r}, now {str(data)!r}")
+    if lines:
+        raise CheckpointError(f"{source} was written with other settings ({'; '.join(lines)}); resume with the "
+                              "settings in run.json, or start a new run with another --out-dir")
+
+
+def find_resume_checkpoint(resume: Union[bool, str], out_dir: Path, recipe: Recipe, data: str,
+                           log: Optional[Callable[[str], None]] = None) -> Optional[Dict[str, Any]]:
+    """The checkpoint a run resumes from, loaded and checked before any work is done; None for a fresh start.
+
+    A folder whose run was stopped before its first checkpoint (``run.json`` but no checkpoint yet) starts again
+    from epoch 1, which, seeded, is what the interrupted run would have done.
+
+    Raises:
+        CheckpointError: ``resume="required"`` and no checkpoint (naming corrupt files found), or settings differ.
+    """
+    if not resume:
+        return None
+    ckpt_dir = out_dir / "checkpoints"
+    skipped: list = []
+    ckpt = latest_checkpoint(ckpt_dir, skipped)
+    if ckpt is None:
+        if (out_dir / "run.json").is_file() and not skipped:
+            if log:
+                log(f"the run in {str(out_dir)!r} stopped before its first checkpoint: starting it again from epoch 1")
+            return None
+        if resume == "required":
+            extra = f" (corrupt: {', '.join(skipped)})" if skipped else ""
+            raise CheckpointError(f"resume requested but {str(ckpt_dir)!r} holds no checkpoint{extra}; "
+                                  "run without --resume to start fresh")
+        return None
+    check_resume_compatible(ckpt, recipe, data)
+    return ckpt
+
+
+def archive_previous_run(out_dir: Path, log: Optional[Callable[[str], None]] = None) -> Optional[Path]:
+    """Move an earlier run's files out of the way of a fresh run in the same folder (nothing is deleted).
+
+    Without this, a fresh run would prune its own new checkpoints in favour of the old run's higher epoch numbers,
+    overwrite ``best.pt``, and a later ``--resume`` would continue the old run.
+
+    Returns:
+        the folder they went to (``<out_dir>/previous/<timestamp>``), or None when there was nothing to move.
+    """
+    present = [out_dir / name for name in RUN_FILES if (out_dir / name).exists()]
+    if not present:
+        return None
+    dest = out_dir / "previous" / time.strftime("%Y%m%d-%H%M%S")
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = dest.with_name(f"{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+    dest.mkdir(parents=True)
+    for path in present:
+        path.rename(dest / path.name)
+    if log:
+        log(f"an earlier run's files in {str(out_dir)!r} were moved to {str(dest)!r} (use --resume to continue a run)")
+    return dest
 
 
 def run_recipe(
@@ -123,32 +221,49 @@ def run_recipe(
     if overrides:
         recipe = recipe.replace(**overrides)
     recipe.validate()
-    rank, world, dist_device = dist_utils.init_distributed() if dist_utils.launched_by_torchrun() else (0, 1, None)
+    launched = dist_utils.launched_by_torchrun()
+    rank, world, dist_device = dist_utils.init_distributed(device=device) if launched else (0, 1, None)
     main = rank == 0
     log = log if main else None
     device = dist_device if dist_device is not None else resolve_device(device, fallback=device_fallback)
     out_dir = Path(out_dir or Path("runs") / recipe.name)
+    data = data or recipe.data
     if main:
-        ensure_writable_dir(out_dir)
+        check_writable_dir(out_dir)
+    # Everything that can refuse a resume is checked here, before data loading or an LR sweep.
+    checkpoint = find_resume_checkpoint(resume, out_dir, recipe, data, log)
     ckpt_dir = out_dir / "checkpoints"
-    if resume == "required" and not any(ckpt_dir.glob("epoch-*.pt")):
-        raise CheckpointError(f"resume requested but {str(ckpt_dir)!r} holds no checkpoint; run without --resume")
     seed_everything(recipe.seed)
     progress = progress and main
     start = time.perf_counter()
 
-    data = data or recipe.data
     train_ds, test_ds = load_datasets(data, root=root, download=download, train_limit=recipe.train_limit,
                                       test_limit=recipe.test_limit, seed=recipe.seed, num_classes=recipe.num_classes)
     num_classes = train_ds.num_classes
     model = create_model(recipe.model, num_classes=num_classes, **recipe.model_kwargs)
     check_model_data(model, num_classes)
+    if checkpoint is not None:
+        restore_model(model, checkpoint, source=checkpoint["_path"])  # a shape mismatch fails now, not after a sweep
     train_loader, test_loader, loader_kind = _make_loaders(recipe, train_ds, test_ds, device, rank, world)
     if log:
+        per_rank = f" per rank, {recipe.batch_size * world} in all over {world} ranks" if world > 1 else ""
         log(f"recipe {recipe.name}: {recipe.model} ({count_parameters(model):,} params) on {data} "
             f"({len(train_ds)} train / {len(test_ds)} test, {num_classes} classes), device {device}, "
-            f"loader {loader_kind}, {recipe.epochs} epochs of batch {recipe.batch_size}")
+            f"loader {loader_kind}, {recipe.epochs} epochs of batch {recipe.batch_size}{per_rank}")
+    if main:
+        if checkpoint is None:
+            archive_previous_run(out_dir, log)
+        ensure_writable_dir(out_dir)
+    # Every rank waits until rank 0 has moved an earlier run aside before anyone looks at the folder again.
+    dist_utils.barrier()
+    config = {"recipe": recipe.to_dict(), "data": str(data), "lr_finder": None}
+    if main and checkpoint is None:  # marks the folder as a started run (see find_resume_checkpoint)
+        atomic_write_text(out_dir / "run.json", json.dumps(config, indent=2, default=str))
     model = model.to(device)
+    if world > 1 and recipe.sync_bn and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN statistics over the global batch
+    if recipe.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(recipe, model)
 
     if recipe.label_smoothing or recipe.mixup_alpha or recipe.cutmix_alpha or any(
@@ -162,7 +277,8 @@ def run_recipe(
 
     lr_result, lr_values = None, None
     if recipe.lr_finder is not None:
-        lr_values = _resolved_lrs_from_checkpoint(ckpt_dir) if resume else None
+        # A resumed run keeps the LRs its first part chose (stored in every checkpoint): a new sweep could differ.
+        lr_values = (checkpoint.get("config") or {}).get("lr_finder") if checkpoint is not None else None
         if lr_values is None:
             from pytorch_utils.train.lr_finder import find_lr
 
@@ -180,26 +296,17 @@ def run_recipe(
             if log:
                 log(f"LR finder ({recipe.lr_finder.suggestion}): LR_max {lr_values['lr_max']:.3e}, LR_min "
                     f"{lr_values['lr_min']:.3e} (LR_max / {recipe.lr_finder.div:g})")
+    config["lr_finder"] = lr_values
 
     def with_lrs(spec: Optional[ScheduleSpec]) -> Optional[ScheduleSpec]:
-        if spec is None or lr_values is None:
-            return spec
-        params = dict(spec.params)
-        if "max_lr" in params or spec.name in ("one_cycle_linear", "onecycle", "cyclic"):
-            params["max_lr"] = lr_values["lr_max"]
-        if spec.name == "one_cycle_linear":
-            params["min_lr"] = lr_values["lr_min"]
-        if spec.name == "cyclic":
-            params["base_lr"] = lr_values["lr_min"]
-        return ScheduleSpec(spec.name, params)
+        return spec if lr_values is None else schedule_with_lrs(spec, lr_values["lr_max"], lr_values["lr_min"])
 
     callbacks = []
     hub = HubPusher(recipe.hub_repo, every=recipe.hub_every) if (recipe.hub_repo and main) else None
-    config = {"recipe": recipe.to_dict(), "data": str(data), "lr_finder": lr_values}
     callbacks.append(CheckpointManager(ckpt_dir, keep_last=recipe.keep_last, monitor=recipe.monitor,
                                        mode="min" if recipe.monitor.endswith("loss") else "max",
-                                       resume=resume, config=config, hub=hub, log=log,
-                                       every=recipe.checkpoint_every))
+                                       resume=checkpoint is not None, checkpoint=checkpoint, config=config, hub=hub,
+                                       log=log, every=recipe.checkpoint_every))
     scheduler = None
     if recipe.phases:
         phases = [dataclasses.replace(p, scheduler=with_lrs(p.scheduler)) for p in recipe.phases]
@@ -208,15 +315,16 @@ def run_recipe(
         scheduler = build_scheduler(with_lrs(recipe.scheduler), optimizer, len(train_loader), recipe.epochs)
     if recipe.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=recipe.monitor, mode="min" if recipe.monitor.endswith("loss") else "max",
-                                       patience=recipe.early_stopping_patience))
-    if main:
+                                       patience=recipe.early_stopping_patience,
+                                       start_epoch=recipe.early_stopping_start))
+    if main and checkpoint is None:
         atomic_write_text(out_dir / "run.json", json.dumps(config, indent=2, default=str))
 
     ema = None
     if recipe.ema_decay:
         from pytorch_utils.train.ema import ModelEMA
 
-        ema = ModelEMA(model, decay=recipe.ema_decay)
+        ema = ModelEMA(model, decay=recipe.ema_decay)  # after the device/layout moves: the copy takes both
     train_model = model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(
@@ -244,6 +352,7 @@ def run_recipe(
         history.save_json(out_dir / "history.json")
         atomic_write_text(out_dir / "summary.json", json.dumps(final, indent=2))
     return RunResult(recipe=recipe, model=unwrap_model(model), history=history, out_dir=out_dir,
+                     eval_model=ema.module if ema is not None else unwrap_model(model),
                      train_loader=train_loader, test_loader=test_loader, classes=tuple(train_ds.classes),
                      mean=tuple(train_ds.mean), std=tuple(train_ds.std), device=device, lr_finder=lr_result,
                      final=final)

@@ -151,6 +151,34 @@ def restore_state(state: TrainState, checkpoint: Dict[str, Any], source: str = "
     set_rng_state(_rng_from_plain(checkpoint["rng"]))
 
 
+def epoch_files(directory) -> List[Path]:
+    """Epoch checkpoints (``epoch-0007.pt``) in ``directory``, oldest first (empty when it does not exist)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    files = [p for p in directory.glob("epoch-*.pt") if EPOCH_FILE.match(p.name)]
+    return sorted(files, key=lambda p: int(EPOCH_FILE.match(p.name).group(1)))
+
+
+def latest_checkpoint(directory, skipped: Optional[List[str]] = None) -> Optional[Dict[str, Any]]:
+    """The newest intact epoch checkpoint in ``directory`` (dict with ``_path``), or None.
+
+    Corrupt or truncated files (a kill mid-write on a file system without atomic rename, a full disk) are reported
+    by name in one warning line each, appended to ``skipped``, and the previous checkpoint is tried.
+    """
+    for path in reversed(epoch_files(directory)):
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as exc:
+            if skipped is not None:
+                skipped.append(str(path))
+            warnings.warn(f"{str(exc).splitlines()[0]}; trying the previous checkpoint", RuntimeWarning, stacklevel=2)
+            continue
+        ckpt["_path"] = str(path)
+        return ckpt
+    return None
+
+
 class CheckpointManager(Callback):
     """Saves a checkpoint after every epoch, keeps the last ``keep_last`` plus the best, and resumes runs.
 
@@ -165,10 +193,15 @@ class CheckpointManager(Callback):
             ``resume="required"`` raises CheckpointError when there is none; True starts fresh in that case.
         config: the run's config (dict or dataclass), stored in each checkpoint.
         hub: optional :class:`HubPusher`.
+        every: epochs between epoch checkpoints (the last epoch is always saved). With ``every > 1`` a new best
+            between two saves is kept as a copy in memory and written as ``best.pt`` at the next save, so training
+            is not slowed by a full write at every improvement (a kill in between loses only that best copy).
+        checkpoint: an already loaded checkpoint to resume from (instead of looking for the newest one).
     """
 
     def __init__(self, directory, keep_last: int = 5, monitor: str = "test_acc", mode: str = "max",
-                 resume=False, config: Any = None, hub: "HubPusher" = None, log=print, every: int = 1):
+                 resume=False, config: Any = None, hub: "HubPusher" = None, log=print, every: int = 1,
+                 checkpoint: Optional[Dict[str, Any]] = None):
         if every < 1:
             raise ConfigError(f"every must be >= 1, got {every}")
         if keep_last < 1:
@@ -180,15 +213,17 @@ class CheckpointManager(Callback):
             ensure_writable_dir(self.directory)
         self.keep_last, self.monitor, self.mode = keep_last, monitor, mode
         self.resume, self.config, self.hub, self.log, self.every = resume, config, hub, log, every
+        # A checkpoint the caller already loaded and checked (run_recipe does so before any work): resume from it.
+        self.preloaded = checkpoint
         self.best: Optional[Dict[str, Any]] = None
         self.skipped: List[str] = []  # corrupt checkpoints found while resuming
         self.resumed_from: Optional[Path] = None
+        self._pending_best: Optional[Dict[str, Any]] = None
 
     # -- files -------------------------------------------------------------------------------------------------
     def epoch_files(self) -> List[Path]:
         """Epoch checkpoints in the directory, oldest first."""
-        files = [p for p in self.directory.glob("epoch-*.pt") if EPOCH_FILE.match(p.name)]
-        return sorted(files, key=lambda p: int(EPOCH_FILE.match(p.name).group(1)))
+        return epoch_files(self.directory)
 
     @property
     def best_path(self) -> Path:
@@ -196,16 +231,7 @@ class CheckpointManager(Callback):
 
     def latest(self) -> Optional[Dict[str, Any]]:
         """The newest intact epoch checkpoint (dict, with ``_path``), skipping and reporting corrupt ones."""
-        for path in reversed(self.epoch_files()):
-            try:
-                ckpt = load_checkpoint(path)
-            except CheckpointError as exc:
-                self.skipped.append(str(path))
-                warnings.warn(f"{exc}; trying the previous checkpoint", RuntimeWarning, stacklevel=2)
-                continue
-            ckpt["_path"] = str(path)
-            return ckpt
-        return None
+        return latest_checkpoint(self.directory, self.skipped)
 
     def _is_better(self, value: Optional[float]) -> bool:
         if value is None:
@@ -227,7 +253,8 @@ class CheckpointManager(Callback):
             self.remove_stale_temporaries()
         if not self.resume:
             return
-        ckpt = self.latest()
+        ckpt = self.preloaded if self.preloaded is not None else self.latest()
+        self.preloaded = None
         if ckpt is None:
             if self.resume == "required":
                 extra = f" ({len(self.skipped)} corrupt: {', '.join(self.skipped)})" if self.skipped else ""
@@ -250,19 +277,43 @@ class CheckpointManager(Callback):
             return
         last = state.epoch >= state.epochs or state.stop
         if state.epoch % self.every and not last:
-            if improved:  # the best must not be lost between periodic saves
-                save_checkpoint(make_checkpoint(state, self.config, self.best), self.best_path)
+            if improved:  # keep the best until the next save: a copy on the model's device, no disk write now
+                self._pending_best = _clone_tensors(make_checkpoint(state, self.config, self.best))
             return
         path = self.directory / f"epoch-{state.epoch:04d}.pt"
         record["checkpoint"] = path.name
         save_checkpoint(make_checkpoint(state, self.config, self.best), path)
+        best_changed = improved or self._pending_best is not None
         if improved:
             link_or_copy(path, self.best_path)
+            self._pending_best = None
+        self.write_pending_best()
         # Prune only after the new file is safely in place.
         for old in self.epoch_files()[:-self.keep_last]:
             old.unlink(missing_ok=True)
         if self.hub is not None:
-            self.hub.maybe_push(self.directory, path, state.epoch, improved, record)
+            self.hub.maybe_push(self.directory, path, state.epoch, best_changed, record)
+
+    def write_pending_best(self) -> None:
+        """Write a best checkpoint held in memory since the last save (``every > 1``) to ``best.pt``."""
+        if self._pending_best is not None and dist_utils.is_main_process():
+            save_checkpoint(self._pending_best, self.best_path)
+        self._pending_best = None
+
+    def on_exception(self, state: TrainState, exc: BaseException) -> None:
+        # NaN loss, Ctrl-C: the best weights seen so far are still worth keeping.
+        self.write_pending_best()
+
+
+def _clone_tensors(obj: Any) -> Any:
+    """A deep copy of a checkpoint dict whose tensors are cloned where they live (state_dicts alias live weights)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _clone_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_clone_tensors(v) for v in obj)
+    return obj
 
 
 class HubPusher:

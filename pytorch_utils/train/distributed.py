@@ -35,17 +35,32 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
 
 
-def init_distributed(backend: str = None) -> Tuple[int, int, torch.device]:
+def init_distributed(backend: str = None, device=None) -> Tuple[int, int, torch.device]:
     """Join the process group torchrun set up (nccl on GPU, gloo on CPU); a no-op outside torchrun.
 
+    Args:
+        backend: force a backend ("gloo", "nccl"); default from the device.
+        device: the device the user asked for ("cpu" keeps every rank on the CPU with gloo even on a GPU machine;
+            None/"auto"/"cuda" puts rank ``LOCAL_RANK`` on GPU ``LOCAL_RANK`` when CUDA is present).
     Returns:
         (rank, world_size, device) — the device is this rank's GPU, or the CPU.
+    Raises:
+        ConfigError: more processes on this node than GPUs, or a specific GPU index asked for under torchrun.
     """
     if not launched_by_torchrun():
         return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from pytorch_utils.errors import ConfigError
+
     local_rank = int(os.environ["LOCAL_RANK"])
-    use_cuda = torch.cuda.is_available() and backend != "gloo"
+    wanted = None if device is None or str(device) == "auto" else torch.device(device)
+    if wanted is not None and wanted.type == "cuda" and wanted.index is not None:
+        raise ConfigError(f"device {str(wanted)!r} names one GPU, but under torchrun each rank takes the GPU of its "
+                          "LOCAL_RANK; pass --device cuda (or cpu)")
+    use_cuda = torch.cuda.is_available() and backend != "gloo" and (wanted is None or wanted.type == "cuda")
     if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"torchrun started rank {local_rank} on a node with {torch.cuda.device_count()} GPU(s); "
+                              "use --nproc_per_node <= the number of GPUs, or --device cpu")
         torch.cuda.set_device(local_rank)
     if not is_distributed():
         dist.init_process_group(backend=backend or ("nccl" if use_cuda else "gloo"))

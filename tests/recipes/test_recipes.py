@@ -97,3 +97,131 @@ def test_model_head_mismatch_is_reported():
 
     with pytest.raises(ConfigError, match="outputs 100 classes but the data has 10"):
         check_model_data(create_model("strixbee_l1", num_classes=100), 10)
+
+
+TINY = dict(train_limit=64, test_limit=32, batch_size=16, num_workers=0, progress=False, log=None)
+
+
+def _strip(history):
+    return [{k: v for k, v in r.items() if "seconds" not in k} for r in history]
+
+
+def test_fresh_run_moves_an_earlier_run_aside_instead_of_mixing_checkpoints(tmp_path):
+    run_recipe("strixbee_l1", "synthetic", tmp_path, epochs=3, keep_last=2, **TINY)
+    old_best = (tmp_path / "checkpoints" / "best.pt").read_bytes()
+    run_recipe("strixbee_l1", "synthetic", tmp_path, epochs=1, **TINY)  # no resume: a new run
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.pt", "epoch-0001.pt"]
+    (previous,) = (tmp_path / "previous").iterdir()
+    assert sorted(p.name for p in (previous / "checkpoints").iterdir()) == ["best.pt", "epoch-0002.pt",
+                                                                           "epoch-0003.pt"]
+    assert (previous / "checkpoints" / "best.pt").read_bytes() == old_best  # nothing lost
+    assert len(json.loads((previous / "history.json").read_text())) == 3
+    assert len(json.loads((tmp_path / "history.json").read_text())) == 1
+
+
+def test_resume_with_changed_settings_is_refused_before_any_work(tmp_path):
+    from pytorch_utils.errors import CheckpointError
+
+    run_recipe("strixbee_l1", "synthetic", tmp_path, epochs=1, **TINY)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(CheckpointError, match=r"lr: saved 0\.05, now 0\.001"):
+        run_recipe("strixbee_l1", "synthetic", tmp_path, epochs=2, lr=0.001, resume=True, **TINY)
+    with pytest.raises(CheckpointError, match="holds a 'strixbee_l1' model but the model to restore is 'strixbee_l2'"):
+        run_recipe("strixbee_l1", "synthetic", tmp_path, epochs=2, model="strixbee_l2", resume=True, **TINY)
+    with pytest.raises(CheckpointError, match="data: saved 'synthetic'"):
+        run_recipe("strixbee_l1", "cifar10", tmp_path, epochs=2, resume=True, **TINY)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before  # run.json untouched
+
+
+def test_resume_may_extend_a_plateau_run_but_not_a_one_cycle_run(tmp_path):
+    kw = dict(TINY, model="strixbee_l1", lr_finder=None,
+              scheduler=ScheduleSpec("one_cycle_linear", {"max_lr": 0.05, "min_lr": 0.005, "peak_epoch": 1}))
+    run_recipe("s10", "synthetic", tmp_path, epochs=2, **kw)
+    from pytorch_utils.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="epochs: saved 2, now 3"):
+        run_recipe("s10", "synthetic", tmp_path, epochs=3, resume=True, **kw)
+
+
+def test_resumed_lr_finder_run_reuses_the_checkpointed_lrs(tmp_path):
+    kw = dict(TINY, model="strixbee_l1", train_limit=256)
+    full = run_recipe("s10", "synthetic", tmp_path / "full", epochs=2, **kw)
+    part = tmp_path / "part"
+    run_recipe("s10", "synthetic", part, epochs=2, **kw)
+    # Simulate a kill after epoch 1 and a run.json rewritten by something else: the checkpoint is the truth.
+    (part / "checkpoints" / "epoch-0002.pt").unlink()
+    run = json.loads((part / "run.json").read_text())
+    run["lr_finder"] = {"lr_max": 123.0, "lr_min": 12.3}
+    (part / "run.json").write_text(json.dumps(run))
+    resumed = run_recipe("s10", "synthetic", part, epochs=2, resume=True, **kw)
+    assert resumed.lr_finder is None  # no second sweep
+    assert _strip(resumed.history) == _strip(full.history)
+
+
+def test_resume_after_a_kill_before_the_first_checkpoint_starts_over(tmp_path):
+    full = run_recipe("strixbee_l1", "synthetic", tmp_path / "full", epochs=1, **TINY)
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "run.json").write_text("{}")  # what a run leaves when killed during its first epoch
+    resumed = run_recipe("strixbee_l1", "synthetic", killed, epochs=1, resume="required", **TINY)
+    assert _strip(resumed.history) == _strip(full.history)
+
+
+def test_with_peak_lr_replaces_the_finder_and_sets_the_schedule():
+    s10 = get_recipe("s10").with_peak_lr(0.01)
+    assert s10.lr_finder is None and s10.lr == 0.01
+    assert s10.scheduler.params == {"peak_epoch": 5, "max_lr": 0.01, "min_lr": pytest.approx(0.001)}
+    default = get_recipe("default").with_peak_lr(0.02)
+    assert default.scheduler.name == "onecycle" and default.scheduler.params["max_lr"] == 0.02
+    s8 = get_recipe("s8_c100").with_peak_lr(0.05)
+    assert [p.scheduler.params["lr"] for p in s8.phases] == [0.05, 0.05]
+    with pytest.raises(ConfigError, match="positive"):
+        get_recipe("s10").with_peak_lr(-1)
+
+
+def test_cli_lr_sets_the_peak_the_optimizer_sees(tmp_path, capsys):
+    assert main(["train", "--model", "strixbee_l1", "--lr", "0.02", "--out-dir", str(tmp_path), *SMOKE]) == 0
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["recipe"]["scheduler"]["params"]["max_lr"] == 0.02 and run["recipe"]["lr"] == 0.02
+    assert main(["train", "--recipe", "s10", "--model", "strixbee_l1", "--no-lr-finder", "--lr", "0.01",
+                 "--out-dir", str(tmp_path / "s10"), *SMOKE]) == 0
+    assert not (tmp_path / "s10" / "lr_finder.png").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"epochs": "abc"}, "'epochs' must be int"),
+    ({"batch_size": "32"}, "'batch_size' must be int"),
+    ({"epochs": True}, "'epochs' must be int"),
+    ({"monitor": "bogus"}, "monitor must be one of"),
+    ({"label_smoothing": 1.5}, "label_smoothing must be in"),
+    ({"keep_last": 0}, "keep_last must be >= 1"),
+    ({"scheduler": "cosine"}, "'scheduler' must be ScheduleSpec or None"),
+    ({"train_limit": 0}, "train_limit must be None or >= 1"),
+    ({"ema_decay": 1.0}, "ema_decay must be None or in"),
+])
+def test_recipe_values_are_checked_by_name(override, message):
+    with pytest.raises(ConfigError, match=message):
+        get_recipe("default").replace(**override).validate()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model_kwargs={bad", "not valid JSON"),
+    ("epochs=abc", "not valid JSON"),
+    ('scheduler={"foo": 1}', "unexpected keyword argument 'foo'"),
+    ('phases=[{"x": 1}]', "unexpected keyword argument 'x'"),
+    ("epochs=2.5", "'epochs' must be int"),
+])
+def test_bad_cli_overrides_are_clear_errors(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_override(get_recipe("default"), text)
+
+
+def test_default_recipe_trains_the_s10_resnet_well_above_chance(tmp_path, capsys):
+    # The main job: `train --model s10_resnet --data synthetic --epochs 2` (on a subset to stay fast).
+    code = main(["train", "--model", "s10_resnet", "--data", "synthetic", "--epochs", "2", "--train-limit", "512",
+                 "--test-limit", "256", "--batch-size", "64", "--num-workers", "0", "--no-progress",
+                 "--out-dir", str(tmp_path)])
+    assert code == 0
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history[-1]["test_acc"] > 50.0  # chance is 10 %
+    assert "final test accuracy" in capsys.readouterr().out

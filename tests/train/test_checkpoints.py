@@ -177,3 +177,34 @@ def test_checkpoint_every_n_epochs_keeps_last_and_best(tmp_path):
     best_epoch = max(hist, key=lambda r: r["test_acc"])["epoch"]
     assert load_checkpoint(tmp_path / "best.pt")["epoch"] == best_epoch
     assert [r.get("checkpoint") for r in hist] == [None, "epoch-0002.pt", None, "epoch-0004.pt", "epoch-0005.pt"]
+
+
+def test_best_between_periodic_saves_is_held_in_memory_then_written(tmp_path):
+    # With every=2 a new best at epoch 1 is not written at once (no full write per improvement in a fast run) but is
+    # on disk after the epoch-2 save, and an exception in between still writes it.
+    seed_everything(0)
+    train, test = synthetic_loaders(n=64, test_n=32, batch_size=32)
+    seen = []
+
+    class Look(Callback):
+        def on_epoch_complete(self, state, record):
+            seen.append((state.epoch, (tmp_path / "best.pt").exists()))
+
+    model = TinyNet()
+    fit(model, train, test, epochs=2, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), progress=False,
+        log=None, callbacks=[CheckpointManager(tmp_path, every=2, log=None), Look()])
+    assert seen == [(1, False), (2, True)]
+
+    class Boom(Callback):
+        def on_epoch_start(self, state):
+            if state.epoch == 1:
+                raise KeyboardInterrupt
+
+    out = tmp_path / "interrupted"
+    model = TinyNet()
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, train, test, epochs=4, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), progress=False,
+            log=None, callbacks=[CheckpointManager(out, every=3, log=None), Boom()])
+    best = load_checkpoint(out / "best.pt")
+    assert best["epoch"] == 1 and not list(out.glob("epoch-*.pt"))
+    assert state_equal(best["model"], model.state_dict())
