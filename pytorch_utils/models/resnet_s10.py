@@ -33,7 +33,7 @@ class S10ResNet(nn.Module):
     Input must be (N, 3, 32, 32); the output is logits of shape (N, num_classes).
     """
 
-    cam_layer: str = "res2"  # last spatial block (4x4x512) before the head's MaxPool 4
+    cam_layer: str = "pool:input"  # x + res2(x) (4x4x512) as it enters MaxPool 4: the residual sum, skip included
 
     def __init__(self, num_classes: int = 10, dropout: float = 0.0):
         super().__init__()

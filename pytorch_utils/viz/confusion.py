@@ -101,35 +101,53 @@ def _tick_fontsize(ax, n: int) -> float:
 
 
 def plot_confusion_matrix(cm, classes: Optional[Sequence[str]] = None, normalize: Union[bool, str] = False, ax=None,
-                          save: Optional[PathLike] = None, title: Optional[str] = None) -> Figure:
+                          save: Optional[PathLike] = None, title: Optional[str] = None,
+                          hide_diagonal: Optional[bool] = None) -> Figure:
     """The confusion matrix as a seaborn heatmap (rows true, columns predicted).
 
     Args:
         cm: count matrix (C, C); classes: class names.
         normalize: False for counts, "true" (or True) to divide each row by its total (recall per cell).
         ax: draw into this axes (its figure is returned); save: PNG path; title: axes title.
+        hide_diagonal: grey out the correct predictions so the colour scale spans the mistakes only (default: True
+            for more than 20 classes, where the diagonal would otherwise make every confusion look white).
     Returns:
         the Figure. Cell values are written only for at most 20 classes.
     """
     import seaborn as sns  # local: seaborn's import is slow and only this plot needs it
+    from matplotlib.ticker import MaxNLocator
 
     cm = _check_cm(cm)
     n = cm.shape[0]
     names = _names(classes, n)
     if normalize not in (False, None, True, "true"):
         raise ConfigError(f'normalize must be False or "true", got {normalize!r}')
+    if hide_diagonal is None:
+        hide_diagonal = n > ANNOTATE_MAX_CLASSES
     if normalize:
         support = cm.sum(axis=1, keepdims=True).astype(np.float64)
         data = np.divide(cm, support, out=np.zeros(cm.shape, dtype=np.float64), where=support > 0)
         fmt, vmax, cbar_label = ".2f", 1.0, "fraction of the true class"
     else:
         data, fmt, vmax, cbar_label = cm, "d", None, "count"
+    mask = None
+    if hide_diagonal:
+        mask = np.eye(n, dtype=bool)
+        off = data[~mask]
+        # The largest mistake sets the top of the scale (at least 1 count / a tiny fraction, so all-zero still draws).
+        vmax = max(float(off.max()) if off.size else 0.0, 1.0 if not normalize else 1e-3)
+        cbar_label += " (mistakes only)"
+    cbar_kws = {"label": cbar_label, "shrink": 0.8}
+    if not normalize:
+        cbar_kws["ticks"] = MaxNLocator(integer=True)  # counts: no 2.5-image ticks
     side = float(np.clip(0.5 * n + 2.5, 6.0, 16.0))
     fig, ax = axes_and_figure(ax, (side + 1.2, side))
     annotate = n <= ANNOTATE_MAX_CLASSES
-    sns.heatmap(data, ax=ax, annot=annotate, fmt=fmt, cmap="Blues", vmin=0, vmax=vmax, square=True,
-                xticklabels=names, yticklabels=names, cbar_kws={"label": cbar_label, "shrink": 0.8},
+    sns.heatmap(data, ax=ax, annot=annotate, fmt=fmt, cmap="Blues", vmin=0, vmax=vmax, square=True, mask=mask,
+                xticklabels=names, yticklabels=names, cbar_kws=cbar_kws,
                 annot_kws={"fontsize": 8 if n > 10 else 9})
+    if hide_diagonal:
+        ax.set_facecolor("0.8")  # masked (diagonal) cells show the axes background: grey reads as "not shown"
     size = _tick_fontsize(ax, n)
     ax.set_xticklabels(ax.get_xticklabels(), rotation=45 if n <= 20 else 90, ha="right" if n <= 20 else "center",
                        rotation_mode="anchor" if n <= 20 else "default", fontsize=size)
@@ -138,42 +156,83 @@ def plot_confusion_matrix(cm, classes: Optional[Sequence[str]] = None, normalize
     ax.set_ylabel("true")
     total = int(cm.sum())
     acc = 100.0 * np.trace(cm) / total if total else float("nan")
-    ax.set_title(title or f"confusion matrix{' (normalized by true class)' if normalize else ''}, "
-                          f"accuracy {acc:.2f}% of {total}")
+    kind = " (normalized by true class)" if normalize else ""
+    hidden = "\ndiagonal (correct) hidden in grey: colours show the mistakes only" if hide_diagonal else ""
+    ax.set_title(title or f"confusion matrix{kind}, accuracy {acc:.2f}% of {total}{hidden}")
     return finish(fig, save)
 
 
+PER_CLASS_ORDERS = ("sorted", "index")
+HORIZONTAL_MIN_CLASSES = 31  # from here on the bars are horizontal: one readable row per class
+
+
 def plot_per_class_accuracy(cm, classes: Optional[Sequence[str]] = None, ax=None, save: Optional[PathLike] = None,
-                            title: Optional[str] = None) -> Figure:
-    """Bar chart of :func:`per_class_accuracy` with the values written on the bars and the overall accuracy line.
+                            title: Optional[str] = None, order: Optional[str] = None) -> Figure:
+    """Bar chart of :func:`per_class_accuracy` with the values written on the bars and a dashed overall-accuracy line.
+
+    Up to 30 classes the bars are vertical; beyond that they are horizontal, one row per class, with a figure height
+    that grows with the class count so that 100 class names stay readable at notebook width.
 
     Args:
         cm: confusion matrix; classes: class names; ax: draw into this axes; save: PNG path; title: axes title.
+        order: "sorted" (weakest class first) or "index" (class order); default "sorted" for more than 30
+            classes, else "index".
     Returns:
-        the Figure. Values are written on the bars for at most 30 classes.
+        the Figure.
     """
     cm = _check_cm(cm)
     n = cm.shape[0]
     names = _names(classes, n)
+    if order is None:
+        order = "sorted" if n >= HORIZONTAL_MIN_CLASSES else "index"
+    if order not in PER_CLASS_ORDERS:
+        raise ConfigError(f"order must be one of {PER_CLASS_ORDERS}, got {order!r}")
     acc = per_class_accuracy(cm)
-    fig, ax = axes_and_figure(ax, (float(np.clip(0.6 * n + 2, 6.0, 24.0)), 4.2))
-    x = np.arange(n)
-    heights = np.nan_to_num(acc, nan=0.0)
-    bars = ax.bar(x, heights, color="tab:blue", edgecolor="none")
+    # NaN (no samples) sorts last; a stable sort keeps class order among ties.
+    idx = np.argsort(np.where(np.isnan(acc), np.inf, acc), kind="stable") if order == "sorted" else np.arange(n)
+    acc, names = acc[idx], [names[i] for i in idx]
+    horizontal = n >= HORIZONTAL_MIN_CLASSES
+    if horizontal:
+        figsize = (7.5, float(max(4.0, 0.2 * n + 1.2)))
+    else:
+        figsize = (float(np.clip(0.6 * n + 2, 6.0, 24.0)), 4.2)
+    fig, ax = axes_and_figure(ax, figsize)
+    pos = np.arange(n)
+    values = np.nan_to_num(acc, nan=0.0)
+    labels = ["n/a" if np.isnan(a) else f"{a:.1f}" for a in acc]
+    # The overall line goes under the bars and labels (zorder), and the labels get a white box, so the dashed line
+    # never strikes through a number.
     total = int(cm.sum())
     if total:
         overall = 100.0 * np.trace(cm) / total
-        ax.axhline(overall, color="crimson", linestyle="--", linewidth=1, label=f"overall {overall:.2f}%")
-        ax.legend(loc="lower right", fontsize=8)
-    if n <= 30:
-        labels = ["n/a" if np.isnan(a) else f"{a:.1f}" for a in acc]
-        ax.bar_label(bars, labels=labels, fontsize=8, padding=2)
-    ax.set_xticks(x)
-    ax.set_xticklabels(names, rotation=45 if n <= 30 else 90, ha="right" if n <= 30 else "center",
-                       rotation_mode="anchor" if n <= 30 else "default", fontsize=_tick_fontsize(ax, n))
-    ax.set_xlim(-0.6, n - 0.4)
-    ax.set_ylim(0, 108)  # headroom for the value labels above 100% bars
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title or "per-class accuracy")
-    ax.grid(axis="y", alpha=0.3)
+        line = ax.axvline if horizontal else ax.axhline
+        line(overall, color="crimson", linestyle="--", linewidth=1, zorder=1, label=f"overall {overall:.2f}%")
+    label_box = {"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.85}
+    if horizontal:
+        bars = ax.barh(pos, values, height=0.75, color="tab:blue", edgecolor="none", zorder=2)
+        row_points = ax.get_position().height * fig.get_figheight() * 72.0 / n  # also right for a caller's axes
+        size = float(np.clip(0.55 * row_points, 4.5, 9.0))
+        ax.bar_label(bars, labels=labels, fontsize=size, padding=2, bbox=label_box, zorder=3)
+        ax.set_yticks(pos)
+        ax.set_yticklabels(names, fontsize=size)
+        ax.set_ylim(n - 0.4, -0.6)  # first (weakest, when sorted) class at the top
+        ax.set_xlim(0, 112)  # room for the value labels right of 100% bars
+        ax.set_xlabel("accuracy (%)")
+        ax.grid(axis="x", alpha=0.3)
+        ax.xaxis.set_ticks_position("both")  # an axis at the top too: the bottom one is far away on tall figures
+        ax.tick_params(axis="x", labeltop=True)
+    else:
+        bars = ax.bar(pos, values, color="tab:blue", edgecolor="none", zorder=2)
+        ax.bar_label(bars, labels=labels, fontsize=8, padding=2, bbox=label_box, zorder=3)
+        ax.set_xticks(pos)
+        ax.set_xticklabels(names, rotation=45, ha="right", rotation_mode="anchor", fontsize=_tick_fontsize(ax, n))
+        ax.set_xlim(-0.6, n - 0.4)
+        ax.set_ylim(0, 108)  # headroom for the value labels above 100% bars
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    # The overall value goes in the title, not a legend: any legend corner covers some bar's value label.
+    sorted_note = ", weakest first" if order == "sorted" else ""
+    overall_note = f" (dashed line: overall {overall:.2f}%)" if total else ""
+    ax.set_title(title or f"per-class accuracy{sorted_note}{overall_note}")
     return finish(fig, save)

@@ -74,6 +74,32 @@ def _mark_events(ax, stops, boundaries, label_phases: bool) -> None:
         ax.axvline(x, color="crimson", linestyle="--", linewidth=1.2, label=f"early stop (epoch {x})")
 
 
+def _integer_epochs(ax) -> None:
+    """Whole-epoch ticks: a 3-epoch run would otherwise get 1.0, 1.5, 2.0, ... (epochs are counted, not measured)."""
+    from matplotlib.ticker import MaxNLocator
+
+    # min_n_ticks=1: with the default 2 a one-epoch run has a single integer in view and falls back to 0.945, ...
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
+def _format_linear_lr(ax, values: List[float]) -> None:
+    """Readable ticks on a linear LR axis.
+
+    A constant or nearly constant LR (0.1 falling to 0.09995) makes matplotlib zoom into the tiny range and label
+    it 0.099975, 0.099980, ... (or with an offset); widen such a range to +-10% of its level and print ticks with at
+    most 4 significant digits (enough for any tick step of a range spanning 5% or more).
+    """
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    lo, hi = min(values), max(values)
+    level = max(abs(lo), abs(hi))
+    if level > 0 and hi - lo < 0.05 * level:
+        mid = (lo + hi) / 2
+        ax.set_ylim(mid - 0.1 * level, mid + 0.1 * level)
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 5, 10]))  # round steps: 0.095, not 0.0925
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.4g}"))
+
+
 def plot_history(history: Sequence[Mapping[str, Any]], save: Optional[PathLike] = None,
                  title: Optional[str] = None) -> Figure:
     """Loss and accuracy (train and test) per epoch, and the learning rate on its own panel.
@@ -81,7 +107,8 @@ def plot_history(history: Sequence[Mapping[str, Any]], save: Optional[PathLike] 
     Handles real-world histories: keys that are missing or None in some epochs are skipped point by point; resumed
     runs are de-duplicated (see :func:`clean_history`); a record with ``early_stop`` True gets a red dashed line;
     when records carry "phase", each phase change gets a dotted line labelled with the new phase. The LR axis is
-    logarithmic when the LR spans more than one decade. The best test accuracy is starred.
+    logarithmic when the LR spans more than one decade (else a nearly constant LR gets a widened, plainly labelled
+    axis). Epoch ticks are whole numbers. The best test accuracy is starred.
 
     Args:
         history: list of per-epoch dicts with "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr".
@@ -128,6 +155,7 @@ def plot_history(history: Sequence[Mapping[str, Any]], save: Optional[PathLike] 
             ax.text(0.5, 0.5, f"no {metric} recorded", ha="center", va="center", transform=ax.transAxes)
         _mark_events(ax, stops, boundaries, label_phases=ax is axes[0])
         ax.set_xlabel("epoch")
+        _integer_epochs(ax)
         ax.set_ylabel(ylabel)
         ax.set_title(ylabel.split(" ")[0])
         ax.grid(alpha=0.3)
@@ -140,8 +168,11 @@ def plot_history(history: Sequence[Mapping[str, Any]], save: Optional[PathLike] 
         positive = [v for v in lr_y if v > 0]
         if positive and len(positive) == len(lr_y) and max(positive) / min(positive) > 10:
             ax.set_yscale("log")
+        else:
+            _format_linear_lr(ax, lr_y)
         _mark_events(ax, stops, boundaries, label_phases=False)
         ax.set_xlabel("epoch")
+        _integer_epochs(ax)
         ax.set_ylabel("learning rate")
         ax.set_title("learning rate")
         ax.grid(alpha=0.3)

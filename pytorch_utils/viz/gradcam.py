@@ -13,7 +13,7 @@ import torch.nn as nn
 from matplotlib.figure import Figure
 
 from pytorch_utils.errors import ConfigError, UnknownNameError
-from pytorch_utils.utils import model_device, unwrap_model
+from pytorch_utils.utils import eval_mode, model_device, unwrap_model
 from pytorch_utils.viz.images import (PathLike, class_name, finish, imshow, new_figure, to_display, to_numpy)
 
 __all__ = ["gradcam", "plot_gradcam", "resolve_target_layer", "conv_layer_names", "overlay_heatmap", "CAM_METHODS"]
@@ -33,36 +33,74 @@ def conv_layer_names(model: nn.Module) -> List[str]:
     return [name for name, m in unwrap_model(model).named_modules() if isinstance(m, nn.Conv2d)]
 
 
-def resolve_target_layer(model: nn.Module, target_layer: Union[str, nn.Module, None] = None) -> Tuple[str, nn.Module]:
-    """The layer GradCAM hooks: ``target_layer`` by dotted name, else ``model.cam_layer``, else the last Conv2d.
+HOOK_POINTS = ("output", "input")  # what of the target module GradCAM explains: "name" = "name:output"
 
-    Args:
-        model: the classifier (DataParallel / torch.compile wrappers are looked through).
-        target_layer: a dotted module name, a module of the model, or None.
-    Returns:
-        ``(name, module)``.
-    Raises:
-        UnknownNameError: no module has that name (the message lists candidate conv layers).
-        ConfigError: no name given, no ``cam_layer`` and no Conv2d in the model; or a module not in the model.
+
+class _InputTap:
+    """Stands in for a module in pytorch-grad-cam's ``target_layers`` so that the module's *input* is explained.
+
+    pytorch-grad-cam only calls ``register_forward_hook`` on a target layer and reads the hook's ``output``; handing
+    it the input instead reaches tensors no module returns (a residual sum computed in ``forward``) without adding a
+    module to the model, which would change its summary table. The hooks live on the real module, so
+    ``release()`` removes them as usual.
     """
-    base = unwrap_model(model)
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def register_forward_hook(self, hook):
+        def tap(module, args, output):
+            hook(module, args, args[0])  # returns None: a non-None return would replace the module's output
+
+        return self.module.register_forward_hook(tap)
+
+
+def _resolve(base: nn.Module, target_layer) -> Tuple[str, nn.Module, str]:
+    """``(spec, module, hook_point)`` for a layer name / ``"name:input"`` spec / module / None (see the public API)."""
     modules = dict(base.named_modules())
     if isinstance(target_layer, nn.Module):
         for name, m in modules.items():
             if m is target_layer:
-                return name, m
+                return name, m, "output"
         raise ConfigError("target_layer is a module that is not part of the model")
-    name = target_layer if target_layer is not None else getattr(base, "cam_layer", None)
+    spec = target_layer if target_layer is not None else getattr(base, "cam_layer", None)
     convs = conv_layer_names(base)
-    if name is None:
+    if spec is None:
         if not convs:
             raise ConfigError(f"{type(base).__name__} has no Conv2d layer and no cam_layer; pass target_layer=")
-        name = convs[-1]
+        spec = convs[-1]
+    spec = str(spec)
+    name, _, point = spec.partition(":")
+    point = point or "output"
+    if point not in HOOK_POINTS:
+        raise ConfigError(f"target layer {spec!r}: the part after ':' must be one of {HOOK_POINTS}, got {point!r}")
     if name not in modules or name == "":
         hint = ", ".join(repr(c) for c in convs[-5:]) or "none"
         raise UnknownNameError(f"unknown target layer {name!r} in {type(base).__name__}; "
-                               f"last conv layers: {hint} (any name from model.named_modules() works)")
-    return name, modules[name]
+                               f"last conv layers: {hint} (any name from model.named_modules() works, "
+                               "optionally as 'name:input' to explain that module's input)")
+    return spec, modules[name], point
+
+
+def resolve_target_layer(model: nn.Module, target_layer: Union[str, nn.Module, None] = None) -> Tuple[str, nn.Module]:
+    """The layer GradCAM hooks: ``target_layer`` by dotted name, else ``model.cam_layer``, else the last Conv2d.
+
+    A name may end in ``":input"`` (e.g. ``"pool:input"``): GradCAM then explains the tensor going *into* that
+    module, which reaches values computed in ``forward`` that no module returns, such as a residual sum
+    ``x + self.res2(x)`` feeding the final pool. ``":output"`` is the same as the bare name.
+
+    Args:
+        model: the classifier (DataParallel / torch.compile wrappers are looked through).
+        target_layer: a dotted module name (optionally with ``:input``), a module of the model, or None.
+    Returns:
+        ``(name, module)``: the name as given (with its ``:input`` suffix), and the module it refers to.
+    Raises:
+        UnknownNameError: no module has that name (the message lists candidate conv layers).
+        ConfigError: no name given, no ``cam_layer`` and no Conv2d in the model; a module not in the model; or a
+            suffix other than ``:input`` / ``:output``.
+    """
+    spec, module, _ = _resolve(unwrap_model(model), target_layer)
+    return spec, module
 
 
 def _cam_class(method: str):
@@ -84,32 +122,51 @@ def _as_batch(inputs) -> torch.Tensor:
     return x
 
 
+class _ClassTarget:
+    """The logit of one class (what pytorch-grad-cam's ClassifierOutputTarget returns), range-checked.
+
+    Indexing the logits with a class the model does not have gives a bare IndexError deep inside pytorch-grad-cam
+    (or, for a negative class, silently explains another class); the check names the class and the valid range.
+    """
+
+    def __init__(self, category: int):
+        self.category = int(category)
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        width = int(output.shape[-1])
+        if not 0 <= self.category < width:
+            raise ConfigError(f"GradCAM target class {self.category} is out of range: the model outputs {width} "
+                              f"classes, so targets must be in [0, {width - 1}]")
+        return output[..., self.category]
+
+
 def gradcam(model: nn.Module, inputs, target_layer: Union[str, nn.Module, None] = None, targets=None,
             method: str = "gradcam", batch_size: int = 64) -> np.ndarray:
     """Class activation maps for a batch of model inputs.
 
     The model is put in eval mode (BatchNorm/Dropout as at test time) and its parameters are frozen while the maps
     are computed (gradients flow to the inputs instead, so ``.grad`` of the weights is never touched); every
-    ``nn.ReLU(inplace=True)`` is switched to out-of-place. All of it is restored in ``finally``: mode,
-    ``requires_grad`` flags, ``.grad`` tensors and ReLU flags. In-place ops called functionally inside ``forward``
-    (``F.relu(x, inplace=True)``) cannot be switched and may still break the hooks.
+    ``nn.ReLU(inplace=True)`` is switched to out-of-place. All of it is restored in ``finally``: each module's own
+    mode, ``requires_grad`` flags, ``.grad`` tensors and ReLU flags; the hooks are removed. In-place ops called
+    functionally inside ``forward`` (``F.relu(x, inplace=True)``) cannot be switched and may still break the hooks.
 
     Args:
         model: classifier returning logits; it stays on its device and the inputs follow it.
         inputs: normalized float (N, C, H, W) (or one (C, H, W) image), tensor or array.
-        target_layer: dotted module name (default: ``model.cam_layer``, else the last Conv2d) or a module.
+        target_layer: dotted module name, optionally ``"name:input"`` (default: ``model.cam_layer``, else the last
+            Conv2d), or a module; see :func:`resolve_target_layer`.
         targets: class index per image (a sequence of N ints, or one int for all); None explains the predicted class.
         method: "gradcam" (default), "gradcam++", "hirescam", "xgradcam" or "layercam".
         batch_size: images per forward/backward pass (bounds memory).
     Returns:
         float32 numpy (N, H, W): one map per image at the input's spatial size, each scaled to [0, 1].
     Raises:
-        UnknownNameError: unknown layer name or method. ConfigError: bad inputs or targets.
+        UnknownNameError: unknown layer name or method. ConfigError: bad inputs, or a target count or class that
+        does not fit (the message gives the valid range).
     """
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
     base = unwrap_model(model)
-    _, layer = resolve_target_layer(base, target_layer)
+    _, layer, point = _resolve(base, target_layer)
+    hooked = _InputTap(layer) if point == "input" else layer
     cam_cls = _cam_class(method)
     x = _as_batch(inputs)
     n = len(x)
@@ -119,6 +176,8 @@ def gradcam(model: nn.Module, inputs, target_layer: Union[str, nn.Module, None] 
             t = np.repeat(t, n)
         if len(t) != n:
             raise ConfigError(f"{len(t)} CAM targets for {n} images")
+        if t.size and t.min() < 0:
+            raise ConfigError(f"GradCAM target class {int(t.min())} is negative; targets are class indices >= 0")
         targets = t
     if int(batch_size) < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
@@ -128,35 +187,33 @@ def gradcam(model: nn.Module, inputs, target_layer: Union[str, nn.Module, None] 
     params = list(base.parameters())
     # Inputs follow the model: its device, and its floating dtype (a .half() model gets half inputs).
     dtype = next((p.dtype for p in params if p.is_floating_point()), torch.float32)
-    saved_mode = [(m, m.training) for m in base.modules()]  # per module: a model may be partly in eval mode
     saved_flags = [p.requires_grad for p in params]
     saved_grads = [p.grad for p in params]
     relus = [m for m in base.modules() if isinstance(m, nn.ReLU) and m.inplace]
     cam = None
     maps = []
-    try:
-        for m in relus:
-            m.inplace = False
-        for p in params:
-            p.requires_grad_(False)
-        cam = cam_cls(model=base, target_layers=[layer])
-        with torch.enable_grad():  # callers may be inside torch.no_grad()
-            for start in range(0, n, int(batch_size)):
-                xb = x[start:start + int(batch_size)].detach().to(device=device, dtype=dtype)
-                xb.requires_grad_(True)
-                tb = None if targets is None else [ClassifierOutputTarget(int(c)) for c in
-                                                   targets[start:start + int(batch_size)]]
-                maps.append(np.asarray(cam(input_tensor=xb, targets=tb), dtype=np.float32))
-    finally:
-        if cam is not None:
-            cam.activations_and_grads.release()  # remove the hooks now, not whenever the CAM is garbage-collected
-        for m in relus:
-            m.inplace = True
-        for p, flag, grad in zip(params, saved_flags, saved_grads):
-            p.requires_grad_(flag)
-            p.grad = grad
-        for m, mode in saved_mode:
-            m.training = mode
+    # eval_mode gives every module its own flag back: a model may be partly in eval mode (a frozen BatchNorm).
+    with eval_mode(base):
+        try:
+            for m in relus:
+                m.inplace = False
+            for p in params:
+                p.requires_grad_(False)
+            cam = cam_cls(model=base, target_layers=[hooked])
+            with torch.enable_grad():  # callers may be inside torch.no_grad()
+                for start in range(0, n, int(batch_size)):
+                    xb = x[start:start + int(batch_size)].detach().to(device=device, dtype=dtype)
+                    xb.requires_grad_(True)
+                    tb = None if targets is None else [_ClassTarget(c) for c in targets[start:start + int(batch_size)]]
+                    maps.append(np.asarray(cam(input_tensor=xb, targets=tb), dtype=np.float32))
+        finally:
+            if cam is not None:
+                cam.activations_and_grads.release()  # remove the hooks now, not whenever the CAM is garbage-collected
+            for m in relus:
+                m.inplace = True
+            for p, flag, grad in zip(params, saved_flags, saved_grads):
+                p.requires_grad_(flag)
+                p.grad = grad
     out = np.concatenate(maps)
     if out.ndim == 2:  # pytorch-grad-cam squeezes nothing today; keep (N, H, W) if that ever changes
         out = out[None]
@@ -187,12 +244,8 @@ def _to_model_input(images, mean, std) -> torch.Tensor:
 
 @torch.no_grad()
 def _predict(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):  # restores each module's own mode, not just the top-level flag
         return model(x.to(model_device(model))).argmax(dim=1).cpu().numpy()
-    finally:
-        model.train(was_training)
 
 
 def plot_gradcam(
@@ -219,7 +272,7 @@ def plot_gradcam(
         targets: true labels (N,); preds: predicted labels (N,) or None to predict them here.
         classes: class names; mean, std: normalization statistics (for display).
         target: "pred" explains the predicted class, "true" the true class.
-        target_layer: dotted layer name (default ``model.cam_layer``); k: at most this many images.
+        target_layer: dotted layer name or ``"name:input"`` (default ``model.cam_layer``); k: at most this many images.
         save: PNG path; alpha: heatmap opacity; method: CAM method (see :func:`gradcam`); title: figure title.
     Returns:
         the Figure.
@@ -257,5 +310,7 @@ def plot_gradcam(
         imshow(ax_cam, overlay_heatmap(shown[j], maps[j], alpha=alpha))
         ax_cam.set_title(f"CAM for: {target} {class_name(classes, explained[j])}", fontsize=8)
     layer_name, _ = resolve_target_layer(model, target_layer)
-    fig.suptitle(title or f"{method} on layer '{layer_name}'", fontsize=10)
+    name, _, point = layer_name.partition(":")
+    where = f"the input of layer '{name}'" if point == "input" else f"layer '{name}'"
+    fig.suptitle(title or f"{method} on {where}", fontsize=10)
     return finish(fig, save)

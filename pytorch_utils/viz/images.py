@@ -177,7 +177,7 @@ def show_batch(
         images: normalized float (N, 3, H, W) tensors (loader batches; need mean/std) or uint8 (N, H, W, 3) arrays.
         targets: labels (N,); classes: class names (None shows the numbers).
         mean, std: per-channel normalization statistics.
-        preds: optional predicted labels (N,); titles become "true / pred".
+        preds: optional predicted labels (N,); titles become "true: X" over "pred: Y".
         ncols: grid width; max_images: at most this many images are shown (the first ones).
         title: figure title; save: PNG path.
     Returns:
@@ -195,7 +195,8 @@ def show_batch(
     if n == 0:
         return empty_figure("no images to show", save)
     rows, cols = grid_shape(n, ncols)
-    fig = new_figure((1.6 * cols, 1.75 * rows + (0.4 if title else 0)))
+    row_height = 1.75 if preds is None else 2.0  # two-line titles need the room
+    fig = new_figure((1.6 * cols, row_height * rows + (0.4 if title else 0)))
     axes = fig.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         if i >= n:
@@ -207,7 +208,9 @@ def show_batch(
             ax.set_title(name, fontsize=9)
         else:
             right = int(preds[i]) == int(targets[i])
-            ax.set_title(f"{name} / {class_name(classes, preds[i])}", fontsize=8,
+            # Two labelled lines, as in the misclassified grid: "X / Y" did not say which was which, and long
+            # (CIFAR-100) names on one line ran into the neighbouring titles.
+            ax.set_title(f"true: {name}\npred: {class_name(classes, preds[i])}", fontsize=8,
                          color="darkgreen" if right else "crimson")
     if title:
         fig.suptitle(title)

@@ -186,9 +186,11 @@ def test_models_return_logits(name):
 def test_cam_layer_is_a_spatial_module(name):
     model = _meta_model(name)
     modules = dict(model.named_modules())
-    assert model.cam_layer in modules
+    # "name" explains a module's output; "name:input" the tensor going into it (S10: the residual sum before pool).
+    layer, _, point = model.cam_layer.partition(":")
+    assert layer in modules and point in ("", "input", "output")
     seen = []
-    modules[model.cam_layer].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    modules[layer].register_forward_hook(lambda m, i, o: seen.append((i[0] if point == "input" else o).shape))
     model(torch.empty(2, 3, 32, 32, device="meta"))
     assert len(seen) == 1
     assert len(seen[0]) == 4 and seen[0][-1] >= 4  # a feature map, not a pooled vector
@@ -197,3 +199,25 @@ def test_cam_layer_is_a_spatial_module(name):
 def test_model_classes_declare_cam_layer():
     for cls in (S10ResNet, WideResNet, StrixbeeNet):
         assert isinstance(cls.cam_layer, str) and cls.cam_layer
+
+
+def test_unknown_keyword_names_it_and_lists_the_accepted_ones():
+    with pytest.raises(ConfigError) as info:
+        create_model("wide_resnet", foo=1)
+    msg = str(info.value)
+    assert "'foo'" in msg and all(k in msg for k in ("num_classes", "depth", "widen_factor", "dropout"))
+    assert isinstance(info.value, TypeError)  # code catching the old TypeError keeps working
+    with pytest.raises(ConfigError, match="'widen'"):
+        create_model("wrn16_2", widen=2)  # a keyword of another builder of the family
+
+
+def test_type_error_inside_the_model_is_not_reported_as_a_bad_keyword(monkeypatch):
+    import pytorch_utils.models as models
+
+    def broken(num_classes=10, dropout=0.0):
+        return nn.Linear(2, num_classes) + 1  # a bug in the model code: TypeError
+
+    monkeypatch.setitem(models._MODELS._items, "broken_model", broken)
+    with pytest.raises(TypeError) as info:
+        create_model("broken_model", dropout=0.1)
+    assert not isinstance(info.value, ConfigError)

@@ -87,3 +87,82 @@ def test_plot_per_class_accuracy_values(tmp_path, check_png):
     heights = [p.get_height() for p in ax.patches]
     np.testing.assert_allclose(heights, [100 / 3, 200 / 3, 50.0])
     assert [t.get_text() for t in ax.texts] == ["33.3", "66.7", "50.0"]
+
+
+def _cm100(seed=0):
+    rng = np.random.default_rng(seed)
+    t = rng.integers(0, 100, 5000)
+    p = np.where(rng.random(5000) < 0.6, t, rng.integers(0, 100, 5000))
+    return confusion_matrix(t, p, 100)
+
+
+NAMES100 = [f"class_{i}" for i in range(100)]
+
+
+def test_confusion_matrix_many_classes_hides_diagonal(tmp_path, check_png):
+    cm = _cm100()
+    fig = plot_confusion_matrix(cm, NAMES100, save=tmp_path / "cm100.png")
+    check_png(tmp_path / "cm100.png", fig)
+    ax = fig.axes[0]
+    mesh = ax.collections[0]
+    data = np.ma.getmaskarray(mesh.get_array()).reshape(100, 100)
+    assert data[np.eye(100, dtype=bool)].all() and not data[~np.eye(100, dtype=bool)].any()  # diagonal masked
+    off = cm[~np.eye(100, dtype=bool)]
+    assert mesh.norm.vmax == off.max() < cm.diagonal().max()  # the scale spans the mistakes only
+    assert "diagonal" in ax.get_title() and "hidden" in ax.get_title()
+    # normalized: off-diagonal fractions set the scale, not 1.0
+    fig = plot_confusion_matrix(cm, NAMES100, normalize="true")
+    assert fig.axes[0].collections[0].norm.vmax < 0.2
+    # explicit opt-out, and small matrices keep their diagonal by default
+    fig = plot_confusion_matrix(cm, NAMES100, hide_diagonal=False)
+    assert fig.axes[0].collections[0].norm.vmax == cm.max() and "hidden" not in fig.axes[0].get_title()
+    fig = plot_confusion_matrix(EXPECTED, NAMES)
+    assert not np.ma.getmaskarray(fig.axes[0].collections[0].get_array()).any()
+
+
+def test_count_colorbar_has_integer_ticks():
+    fig = plot_confusion_matrix(EXPECTED, NAMES)  # counts 0..2: the default locator gives 0.25 steps
+    fig.canvas.draw()
+    cbar = fig.axes[0].collections[0].colorbar
+    ticks = cbar.get_ticks()
+    assert len(ticks) >= 2 and np.all(np.equal(np.mod(ticks, 1), 0))
+    fig = plot_confusion_matrix(EXPECTED, NAMES, normalize="true")
+    assert not np.all(np.equal(np.mod(fig.axes[0].collections[0].colorbar.get_ticks(), 1), 0))  # fractions stay
+
+
+def test_per_class_accuracy_100_classes_horizontal_sorted(tmp_path, check_png):
+    cm = _cm100()
+    acc = per_class_accuracy(cm)
+    fig = plot_per_class_accuracy(cm, NAMES100, save=tmp_path / "pca100.png")
+    check_png(tmp_path / "pca100.png", fig)
+    ax = fig.axes[0]
+    widths = [p.get_width() for p in ax.patches]
+    assert len(widths) == 100 and widths == sorted(widths)  # horizontal, weakest first
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[0] == NAMES100[int(np.argmin(acc))] and sorted(labels) == sorted(NAMES100)
+    assert ax.get_ylim()[0] > ax.get_ylim()[1]  # first row on top
+    assert fig.get_figheight() >= 0.15 * 100  # grows with the class count: one readable row per class
+    assert min(t.get_fontsize() for t in ax.get_yticklabels()) >= 6
+    assert len(ax.texts) == 100  # a value on every bar
+    fig = plot_per_class_accuracy(cm, NAMES100, order="index")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == NAMES100
+    np.testing.assert_allclose([p.get_width() for p in ax.patches], acc)
+    with pytest.raises(ConfigError):
+        plot_per_class_accuracy(cm, NAMES100, order="alphabetical")
+
+
+def test_per_class_accuracy_sorted_few_classes_and_labels_above_line():
+    fig = plot_per_class_accuracy(EXPECTED, NAMES, order="sorted")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["cat", "frog", "dog"]
+    assert [t.get_text() for t in ax.texts] == ["33.3", "50.0", "66.7"]
+    line = next(l for l in ax.get_lines() if l.get_label().startswith("overall"))
+    # The value labels sit on a white box above the dashed overall line, so it never strikes through them.
+    for text in ax.texts:
+        box = text.get_bbox_patch()
+        assert box is not None and box.get_facecolor()[:3] == (1.0, 1.0, 1.0)
+        assert text.get_zorder() > line.get_zorder()
+    assert all(p.get_zorder() > line.get_zorder() for p in ax.patches)
+    # The overall value is in the title: a legend in any corner would cover some bar's label.
+    assert ax.get_legend() is None and "overall 50.00%" in ax.get_title()  # 5 of 10 right

@@ -62,3 +62,28 @@ def test_plot_history_short_run_without_lr_and_linear_lr(tmp_path, check_png):
 def test_plot_history_empty_raises():
     with pytest.raises(ConfigError):
         plot_history([])
+
+
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_short_run_has_whole_epoch_ticks(epochs):
+    fig = plot_history([_rec(e) for e in range(1, epochs + 1)])
+    fig.canvas.draw()
+    for ax in fig.axes[:3]:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_nearly_constant_lr_axis_is_readable():
+    fig = plot_history([_rec(e, lr=0.1 - 0.00001 * e) for e in range(1, 6)])  # 0.09999 .. 0.09995
+    fig.canvas.draw()
+    ax = fig.axes[2]
+    lo, hi = ax.get_ylim()
+    assert hi - lo >= 0.1 * 0.1  # widened around the level instead of zoomed into a 4e-5 range
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    assert labels and len(set(labels)) == len(labels)
+    assert all(len(s.lstrip("-").replace("0.", "", 1).lstrip("0").replace(".", "")) <= 4 for s in labels), labels
+    assert not ax.yaxis.get_offset_text().get_text()  # no "+9.99e-2" offset to add up in your head
+    # a genuinely varying linear LR keeps its own range
+    fig = plot_history([_rec(e, lr=0.01 * e) for e in range(1, 6)])
+    fig.canvas.draw()
+    assert fig.axes[2].get_ylim()[1] < 0.06

@@ -8,7 +8,7 @@ import torch.nn as nn
 from pytorch_utils.errors import ConfigError, UnknownNameError
 from pytorch_utils.viz import conv_layer_names, gradcam, plot_gradcam, resolve_target_layer
 
-from viz_helpers import CLASSES, MEAN, STD
+from viz_helpers import CLASSES, MEAN, STD, TinyCamNet, leftover_hooks, model_flags, partly_frozen
 
 
 def _state(model):
@@ -101,3 +101,111 @@ def test_registered_model_strixbee(norm_images):
     maps = gradcam(model, norm_images[:2])
     assert maps.shape == (2, 32, 32) and 0 <= maps.min() and maps.max() <= 1
     assert not model.training
+
+
+def test_plot_gradcam_keeps_per_module_modes_when_predicting(tiny_model, norm_images):
+    model = partly_frozen(tiny_model, tiny_model.features[1])  # a BN frozen in eval mode inside a training model
+    before = model_flags(model)
+    plot_gradcam(model, norm_images, np.arange(4), None, CLASSES, MEAN, STD, k=4)  # preds=None: predicted here
+    assert model_flags(model) == before
+    assert not model.features[1].training and model.features[4].training
+    assert leftover_hooks(model) == []
+
+
+def test_no_leftover_hooks_and_flags_restored(tiny_model, norm_images):
+    model = partly_frozen(tiny_model, tiny_model.fc)
+    before = model_flags(model)
+    names_before = [n for n, _ in model.named_modules()]
+    gradcam(model, norm_images[:3], targets=[1, 2, 3])
+    gradcam(model, norm_images[:3], target_layer="pool:input", method="gradcam++")
+    plot_gradcam(model, norm_images[:3], [0, 1, 2], [2, 1, 0], CLASSES, MEAN, STD, k=3)
+    assert leftover_hooks(model) == []
+    assert model_flags(model) == before
+    assert [n for n, _ in model.named_modules()] == names_before  # nothing added to the model (summary table)
+    with pytest.raises(ConfigError):  # also on the error path
+        gradcam(model, norm_images[:2], targets=[0, 99])
+    assert leftover_hooks(model) == [] and model_flags(model) == before
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_bad_target_class_names_class_and_range(tiny_model, norm_images):
+    with pytest.raises(ConfigError, match=r"class 99 .*10 classes.*\[0, 9\]"):
+        gradcam(tiny_model, norm_images[:2], targets=99)
+    with pytest.raises(ConfigError, match="-1"):
+        gradcam(tiny_model, norm_images[:2], targets=[-1, 0])
+    with pytest.raises(ConfigError, match="class 12"):
+        plot_gradcam(tiny_model, norm_images[:2], [12, 3], [1, 2], CLASSES, MEAN, STD, target="true", k=2)
+
+
+def test_input_hook_point(tiny_model, norm_images):
+    name, module = resolve_target_layer(tiny_model, "pool:input")
+    assert name == "pool:input" and module is tiny_model.pool
+    assert resolve_target_layer(tiny_model, "features.4:output")[1] is tiny_model.features[4]
+    # The pool's input is the last ReLU's output: the same activations, so the same maps.
+    np.testing.assert_allclose(gradcam(tiny_model, norm_images[:3], target_layer="pool:input", targets=[1, 2, 3]),
+                               gradcam(tiny_model, norm_images[:3], target_layer="features.5", targets=[1, 2, 3]),
+                               atol=1e-5)
+    with pytest.raises(ConfigError, match="input"):
+        resolve_target_layer(tiny_model, "pool:inptu")
+    with pytest.raises(UnknownNameError):
+        resolve_target_layer(tiny_model, "nope:input")
+    fig = plot_gradcam(tiny_model, norm_images[:2], [0, 1], [0, 1], CLASSES, MEAN, STD, target_layer="pool:input")
+    assert "input of layer 'pool'" in fig._suptitle.get_text()
+
+
+def test_s10_default_cam_includes_the_skip_path():
+    from pytorch_utils.models import create_model
+    from pytorch_utils.models.resnet_s10 import S10ResNet
+
+    class S10WithSumModule(S10ResNet):
+        """Reference: the residual sum exposed as a module output (what the default spec must explain)."""
+
+        def __init__(self):
+            super().__init__()
+            self.sum_point = nn.Identity()
+
+        def forward(self, x):
+            x = self.prep(x)
+            x = self.layer1(x)
+            x = x + self.res1(x)
+            x = self.layer3(self.layer2(x))
+            x = self.sum_point(x + self.res2(x))
+            return self.fc(torch.flatten(self.pool(x), 1))
+
+    torch.manual_seed(0)
+    model = create_model("s10_resnet")
+    reference = S10WithSumModule()
+    reference.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    maps = gradcam(model, x, targets=[3, 5])  # default: model.cam_layer
+    np.testing.assert_allclose(maps, gradcam(reference, x, target_layer="sum_point", targets=[3, 5]), atol=1e-4)
+    assert np.abs(maps - gradcam(model, x, target_layer="res2", targets=[3, 5])).max() > 1e-3  # res2 alone differs
+    assert leftover_hooks(model) == []
+
+
+def _registered_models():
+    try:
+        from pytorch_utils.models import list_models
+        return list_models()
+    except Exception:  # the models package is written in parallel; the test below skips then
+        return ["<models unavailable>"]
+
+
+# Smallest settings per builder; wrn28_10 has no smaller setting (36M parameters, a few seconds on 2 CPU cores).
+SMALL_KWARGS = {"wide_resnet": {"depth": 10, "widen_factor": 1}}
+
+
+@pytest.mark.parametrize("name", _registered_models())
+def test_gradcam_runs_on_every_registered_model(name):
+    from pytorch_utils.models import create_model
+
+    if name.startswith("<"):
+        pytest.skip("models package unavailable")
+    torch.manual_seed(0)
+    model = create_model(name, **SMALL_KWARGS.get(name, {}))
+    model.train()
+    before = model_flags(model)
+    maps = gradcam(model, torch.randn(2, 3, 32, 32))
+    assert maps.shape == (2, 32, 32) and maps.dtype == np.float32
+    assert np.isfinite(maps).all() and maps.min() >= 0.0 and maps.max() <= 1.0
+    assert leftover_hooks(model) == [] and model_flags(model) == before

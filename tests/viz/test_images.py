@@ -44,7 +44,8 @@ def test_show_batch_from_normalized_and_uint8(tmp_path, check_png, uint8_images,
     fig2 = show_batch(uint8_images, targets, CLASSES, preds=(targets + 1) % 10, save=tmp_path / "b2.png")
     check_png(tmp_path / "b2.png", fig2)
     titles = [ax.get_title() for ax in fig2.axes if ax.images]
-    assert titles[0] == f"{CLASSES[0]} / {CLASSES[1]}"
+    assert titles[0] == f"true: {CLASSES[0]}\npred: {CLASSES[1]}"  # two labelled lines, not "X / Y"
+    assert all(t.startswith("true: ") and "\npred: " in t for t in titles)
     np.testing.assert_allclose(fig2.axes[0].images[0].get_array(), uint8_images[0] / 255.0, atol=1e-6)
 
 

@@ -6,7 +6,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from pytorch_utils.errors import ConfigError
 from pytorch_utils.viz import find_misclassified, misclassified_from_model, plot_misclassified
 
-from viz_helpers import CLASSES, MEAN, STD
+from viz_helpers import CLASSES, MEAN, STD, leftover_hooks, model_flags, partly_frozen
 
 # index:       0  1  2  3  4  5  6  7
 TARGETS = np.array([0, 1, 2, 3, 0, 1, 2, 3])
@@ -84,3 +84,12 @@ def test_misclassified_from_model(tiny_model, norm_images):
     torch.testing.assert_close(out["images"], norm_images[expected])
     assert out["probs"].shape == (len(expected), 10)
     assert out["num_wrong"] == len(wrong) and out["samples"] == len(targets)
+
+
+def test_misclassified_from_model_keeps_per_module_modes(tiny_model, norm_images):
+    loader = DataLoader(TensorDataset(norm_images, torch.arange(len(norm_images)) % 10), batch_size=5)
+    model = partly_frozen(tiny_model, tiny_model.features[4])
+    before = model_flags(model)
+    misclassified_from_model(model, loader, k=4)
+    assert model_flags(model) == before  # the frozen BN stays in eval mode, the rest in train mode
+    assert leftover_hooks(model) == []

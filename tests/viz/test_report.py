@@ -7,9 +7,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
+import pytest
+
+from pytorch_utils.errors import ConfigError
 from pytorch_utils.viz import history_summary, report, show_report
 
-from viz_helpers import CLASSES, MEAN, STD
+from viz_helpers import CLASSES, MEAN, STD, TinyCamNet, leftover_hooks, model_flags, partly_frozen
+
+report_mod = sys.modules["pytorch_utils.viz.report"]  # `pytorch_utils.viz.report` the attribute is the function
 
 HISTORY = [{"epoch": e, "train_loss": 2 / e, "train_acc": 30 + 5 * e, "test_loss": 2.1 / e, "test_acc": 28 + 4 * e,
             "lr": 0.01 * e} for e in range(1, 6)]
@@ -31,8 +36,26 @@ def test_history_summary_uses_deduplicated_records():
     assert s["final_train_acc"] == 55 and history_summary([]) == {}
 
 
+def _flip_transform(img):
+    """uint8 HWC -> normalized CHW, randomly flipped and brightened (a stand-in for a training preset)."""
+    x = torch.from_numpy(img).float().div(255).permute(2, 0, 1)
+    if torch.rand(()) < 0.5:
+        x = x.flip(-1)
+    x = (x * (0.6 + 0.8 * torch.rand(()))).clamp(0, 1)
+    return (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+
+
 def test_report_writes_everything(tmp_path, tiny_model, norm_images, monkeypatch):
     calls = []
+    batch_figs = []
+
+    def spy_show_batch(*args, **kwargs):
+        fig = real_show_batch(*args, **kwargs)
+        batch_figs.append(fig)
+        return fig
+
+    real_show_batch = report_mod.show_batch
+    monkeypatch.setattr(report_mod, "show_batch", spy_show_batch)
 
     def fake_plot_lr_finder(result, ax=None, save=None):  # stands in for the LR-finder author's plot
         from matplotlib.figure import Figure
@@ -44,14 +67,27 @@ def test_report_writes_everything(tmp_path, tiny_model, norm_images, monkeypatch
 
     monkeypatch.setitem(sys.modules, "pytorch_utils.viz.lr_finder",
                         types.SimpleNamespace(plot_lr_finder=fake_plot_lr_finder))
-    tiny_model.train()
+    model = partly_frozen(tiny_model, tiny_model.features[1])  # per-module modes must survive the report
+    before = model_flags(model)
     lr_result = {"lrs": [1e-4, 1e-3, 1e-2], "losses": [2.3, 1.9, 3.0]}
     out = tmp_path / "report"
-    paths = report(tiny_model, _loader(norm_images), None, HISTORY, out, k=6, lr_finder_result=lr_result)
-    assert tiny_model.training
+    paths = report(model, _loader(norm_images), None, HISTORY, out, k=6, lr_finder_result=lr_result,
+                   batch_k=8, train_transform=_flip_transform)
+    assert model_flags(model) == before and not model.features[1].training
+    assert leftover_hooks(model) == []
     assert calls == [lr_result]
-    pngs = {"curves", "lr_finder", "misclassified", "gradcam", "confusion_matrix", "confusion_matrix_normalized",
-            "per_class_accuracy"}
+    pngs = {"curves", "lr_finder", "batch", "augmentations", "misclassified", "gradcam", "confusion_matrix",
+            "confusion_matrix_normalized", "per_class_accuracy"}
+    # The batch grid: the first test images, de-normalized, titled with class names (true and predicted).
+    (fig,) = batch_figs
+    shown = [ax for ax in fig.axes if ax.images]
+    assert len(shown) == 8
+    np.testing.assert_allclose(shown[0].images[0].get_array(),
+                               (norm_images[0] * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1))
+                               .clamp(0, 1).permute(1, 2, 0).numpy(), atol=1e-5)
+    picked = np.linspace(0, len(norm_images) - 1, 8).round().astype(int)  # spread over the set, not its head
+    assert [ax.get_title().split("\n")[0] for ax in shown] == [f"true: {CLASSES[i % 10]}" for i in picked]
+    assert all(ax.get_title().split("\n")[1].startswith("pred: ") for ax in shown)
     assert pngs <= set(paths)
     for name in pngs:
         assert paths[name].parent == out and paths[name].suffix == ".png"
@@ -63,6 +99,10 @@ def test_report_writes_everything(tmp_path, tiny_model, norm_images, monkeypatch
     for name in pngs:
         assert f"]({name}.png)" in md
         assert f'src="{name}.png"' in html
+    assert "(explaining the predicted class)" in md
+    # Every image is in SECTIONS, so the index shows it in a fixed place.
+    assert {key for key, _ in report_mod.SECTIONS} >= pngs
+    assert md.index("](batch.png)") < md.index("](misclassified.png)")
     assert "Best test accuracy | 48.00% (epoch 5)" in md
     assert "Final test accuracy | 48.00%" in md
     assert "| true | predicted | count |" in md
@@ -98,3 +138,64 @@ def test_report_with_real_lr_finder_plot(tmp_path, tiny_model, norm_images):
     with Image.open(paths["lr_finder"]) as img:
         assert np.asarray(img.convert("L")).std() > 5
     assert "](lr_finder.png)" in paths["index_md"].read_text()
+
+
+def test_report_gradcam_target_true_and_bad_target(tmp_path, tiny_model, norm_images, monkeypatch):
+    gradcam_mod = sys.modules["pytorch_utils.viz.gradcam"]  # the package attribute `gradcam` is the function
+
+    seen = []
+    real = gradcam_mod.plot_gradcam
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["target"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gradcam_mod, "plot_gradcam", spy)
+    paths = report(tiny_model, _loader(norm_images), CLASSES, None, tmp_path, gradcam_target="true")
+    assert seen == ["true"]
+    assert "GradCAM on misclassified images (explaining the true class)" in paths["index_md"].read_text()
+    assert "explaining the true class" in paths["index_html"].read_text()
+    with pytest.raises(ConfigError, match="gradcam_target"):
+        report(tiny_model, _loader(norm_images), CLASSES, None, tmp_path, gradcam_target="predicted")
+
+
+def test_report_gradcam_runtime_error_becomes_a_note(tmp_path, tiny_model, norm_images, monkeypatch):
+    gradcam_mod = sys.modules["pytorch_utils.viz.gradcam"]  # the package attribute `gradcam` is the function
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("one of the variables needed for gradient computation has been modified by an inplace "
+                           "operation")
+
+    monkeypatch.setattr(gradcam_mod, "gradcam", broken)
+    tiny_model.train()
+    paths = report(tiny_model, _loader(norm_images), CLASSES, HISTORY, tmp_path)
+    assert "gradcam" not in paths
+    md = paths["index_md"].read_text()
+    assert "GradCAM skipped: RuntimeError: one of the variables" in md
+    for name in ("curves", "batch", "misclassified", "confusion_matrix", "per_class_accuracy"):
+        assert paths[name].exists()  # the rest of the report is still written
+    assert tiny_model.training and leftover_hooks(tiny_model) == []
+
+
+@pytest.mark.parametrize("num_classes, stats", [(100, "CIFAR-100"), (10, "CIFAR-10")])
+def test_report_notes_assumed_stats(tmp_path, norm_images, num_classes, stats):
+    torch.manual_seed(0)
+    model = TinyCamNet(num_classes=num_classes)
+    loader = DataLoader(TensorDataset(norm_images, torch.arange(len(norm_images)) * 7 % num_classes), batch_size=6)
+    paths = report(model, loader, None, None, tmp_path, gradcam=False)  # a plain data set: no mean/std
+    md = paths["index_md"].read_text()
+    assert f"assumed the {stats} statistics" in md and "## Notes" in md
+    if num_classes == 10:  # given stats: no note (once; 100-class reports take a few seconds)
+        paths = report(model, loader, None, None, tmp_path, mean=MEAN, std=STD, gradcam=False)
+        assert "assumed the" not in paths["index_md"].read_text()
+
+
+def test_report_augmentations_from_given_images(tmp_path, tiny_model, norm_images, uint8_images):
+    paths = report(tiny_model, _loader(norm_images), CLASSES, None, tmp_path, gradcam=False,
+                   train_transform=_flip_transform, train_images=uint8_images)
+    with Image.open(paths["augmentations"]) as img:
+        assert np.asarray(img.convert("L")).std() > 5
+    paths = report(tiny_model, _loader(norm_images), CLASSES, None, tmp_path / "bad", gradcam=False,
+                   train_transform=lambda img: 1 / 0)  # a broken transform: a note, not a failed report
+    assert "augmentations" not in paths
+    assert "Augmentation preview skipped: ZeroDivisionError" in paths["index_md"].read_text()

@@ -46,3 +46,30 @@ def normalize(images_uint8: np.ndarray) -> torch.Tensor:
     x = torch.from_numpy(images_uint8).float().div(255).permute(0, 3, 1, 2)
     return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
 
+
+
+def leftover_hooks(model: nn.Module) -> list:
+    """``(module name, hook dict)`` for every hook still registered on the model (should be none after viz calls)."""
+    from torch.nn.modules import module as module_mod
+
+    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    found = [(name, kind) for name, m in model.named_modules() for kind in kinds if getattr(m, kind, None)]
+    for kind in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks"):
+        if getattr(module_mod, kind, None):
+            found.append(("<global>", kind))
+    return found
+
+
+def model_flags(model: nn.Module):
+    """Per-module training flags and per-parameter requires_grad flags, to compare before/after a viz call."""
+    return [(n, m.training) for n, m in model.named_modules()], [(n, p.requires_grad) for n, p in
+                                                                  model.named_parameters()]
+
+
+def partly_frozen(model: nn.Module, eval_module: nn.Module) -> nn.Module:
+    """``model.train()`` with one submodule in eval mode and the first parameter frozen (a fine-tuning setup)."""
+    model.train()
+    eval_module.eval()
+    next(model.parameters()).requires_grad_(False)
+    return model
