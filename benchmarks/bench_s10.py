@@ -16,9 +16,21 @@ only and removed in ``finally``. A record's fields:
     startup_s               call -> first epoch starts (data set build, upload, model, optimizer, LR finder + plot),
                             plus compile_warmup_s when compiled
     wall_s_without_startup  sum of the epochs' train+test seconds from the history, minus compile_warmup_s
-    overhead_s              the rest: checkpoint writes after each epoch, history/summary files
+    overhead_s              the rest: checkpoint writes (see --checkpoint-every), history/summary files
     compile_warmup_s        compiled runs: first epoch minus the median of the others (null with one epoch)
     decode_s                decoding the data once before the variants (shared by all of them, not in wall_s)
+    wall_s_total            everything this variant needed, from the process start (``wall_s_total_from``):
+                            interpreter + imports (process_start_s), CUDA init, decode (setup_s), then the variant
+                            (variant_s: run_recipe with upload, LR finder, training, evaluation); the time of the
+                            variants before it is not counted, so a one-variant run is its plain wall time
+
+Learning rates (``--shared-lr``, default on): the first variant that runs the recipe's LR finder hands its LR_max /
+LR_min to the others, which run with ``lr_finder=None`` and those values in the schedule, so accuracy differences
+between variants are not differences between LR-finder suggestions (``lr_source``: lr_finder | shared | recipe;
+``lr_from_variant``). ``--no-shared-lr``: every variant runs its own finder.
+
+Checkpoints: ``--checkpoint-every N`` (default: the number of epochs, i.e. one write at the end) is passed as the
+recipe field ``checkpoint_every``; recorded as ``checkpoint_every``.
 
 Usage (see benchmarks/README.md for the GPU commands):
     python benchmarks/bench_s10.py --data ../shared/data/cifar10-jpeg.zip
@@ -56,8 +68,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--run-dir", default=None,
                         help="keep each variant's run files (checkpoints, history) under RUN_DIR/<variant>; "
                              "default: a temporary folder deleted after the variant")
+    parser.add_argument("--shared-lr", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the LR finder once (the first variant) and give its LR_max/LR_min to the other "
+                             "variants (default on; --no-shared-lr: one finder per variant)")
+    parser.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                        help="recipe field checkpoint_every: epochs between checkpoint writes (default: the run's "
+                             "epochs, one write at the end; --set checkpoint_every=N works too)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch lines on stderr")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        parser.error("--checkpoint-every must be >= 1")
+    return args
 
 
 def build_recipe(args: argparse.Namespace, loader: str, num_workers: Optional[int], compile_: bool):
@@ -71,9 +92,22 @@ def build_recipe(args: argparse.Namespace, loader: str, num_workers: Optional[in
         if getattr(args, key) is not None:
             base[key] = getattr(args, key)
     recipe = recipe.replace(**base)
+    set_keys = set()
     for text in args.set:
-        recipe = recipe.replace(**parse_override(recipe, text))
+        override = parse_override(recipe, text)
+        set_keys.update(override)
+        recipe = recipe.replace(**override)
+    if args.checkpoint_every is not None:
+        recipe = recipe.replace(checkpoint_every=args.checkpoint_every)
+    elif "checkpoint_every" not in set_keys:
+        recipe = recipe.replace(checkpoint_every=recipe.epochs)  # one write at the end: not in the epochs' budget
     return recipe.replace(loader=loader, num_workers=num_workers, compile=compile_).validate()
+
+
+def with_shared_lrs(recipe, lr_max: float, lr_min: float):
+    """``recipe`` without its LR finder, its schedule(s) given ``lr_max``/``lr_min`` as ``run_recipe`` fills a
+    finder's result (``Recipe.with_lrs``)."""
+    return recipe.with_lrs(lr_max, lr_min)
 
 
 # --------------------------------------------------------------------------------------------- timing probes
@@ -139,16 +173,31 @@ def probes(device, timings: Dict[str, float]) -> Iterator[List[str]]:
 
 
 def run_variant(name: str, args: argparse.Namespace, device, env: Dict[str, Any],
-                extra: Dict[str, Any]) -> Dict[str, Any]:
-    """Train the recipe once as variant ``name``; returns its record (not yet emitted)."""
+                extra: Dict[str, Any], shared_lrs: Optional[Dict[str, Any]] = None,
+                before_s: Optional[float] = None) -> Dict[str, Any]:
+    """Train the recipe once as variant ``name``; returns its record (not yet emitted).
+
+    Args:
+        shared_lrs: ``{"lr_max", "lr_min", "variant"}`` from an earlier variant's LR finder: run without a finder,
+            with these rates (only when the recipe has a finder).
+        before_s: seconds spent before the variants (process start-up, setup); ``wall_s_total`` adds this
+            variant's own seconds to it (None: no ``wall_s_total``).
+    """
     import torch
 
     from pytorch_utils.recipes import run_recipe
     from pytorch_utils.utils import amp_dtype_for
 
+    variant_start = clock(device)
     loader, workers, compile_ = common.parse_variant(name)
     compile_ = compile_ or (args.compile and name == "fast")
     recipe = build_recipe(args, loader, workers, compile_)
+    has_finder = recipe.lr_finder is not None
+    if has_finder and shared_lrs is not None:
+        recipe = with_shared_lrs(recipe, shared_lrs["lr_max"], shared_lrs["lr_min"])
+        lr_source, lr_from = "shared", shared_lrs["variant"]
+    else:
+        lr_source, lr_from = ("lr_finder", name) if has_finder else ("recipe", None)
     common.release_memory(device)
     common.reset_peak_memory(device)
     timings: Dict[str, float] = {}
@@ -176,10 +225,15 @@ def run_variant(name: str, args: argparse.Namespace, device, env: Dict[str, Any]
     known = sum(timings.get(k, 0.0) for k in ("data_s", "loaders_s", "lr_finder_s", "lr_plot_s"))
     steps = len(result.train_loader)
     lr = result.lr_finder
+    if lr_source == "shared":
+        lr_max, lr_min = shared_lrs["lr_max"], shared_lrs["lr_min"]
+    else:
+        lr_max, lr_min = getattr(lr, "lr_max", None), getattr(lr, "lr_min", None)
     record: Dict[str, Any] = {
         "bench": BENCH, "variant": name, **env, "data": common.data_label(args.data), "data_arg": args.data,
         "epochs": len(history), "wall_s": wall, "wall_s_without_startup": without, "startup_s": startup,
-        "test_acc": result.final.get("test_acc"), "best_test_acc": result.final.get("best_test_acc"),
+        "test_acc": result.final.get("test_acc"), "wall_s_total": None,
+        "best_test_acc": result.final.get("best_test_acc"),
         "train_acc": result.final.get("train_acc"), "test_loss": result.final.get("test_loss"),
         "overhead_s": None if startup is None else wall - startup - without,
         "compile_warmup_s": compile_warmup, **extra,
@@ -196,7 +250,8 @@ def run_variant(name: str, args: argparse.Namespace, device, env: Dict[str, Any]
         "channels_last": bool(recipe.channels_last and device.type == "cuda"), "tta": recipe.tta,
         "batch_size": recipe.batch_size, "steps_per_epoch": steps, "train_images": len(result.train_loader.dataset),
         "test_images": len(result.test_loader.dataset),
-        "lr_max": getattr(lr, "lr_max", None), "lr_min": getattr(lr, "lr_min", None),
+        "lr_max": lr_max, "lr_min": lr_min, "lr_source": lr_source, "lr_from_variant": lr_from,
+        "shared_lr": bool(args.shared_lr), "checkpoint_every": recipe.checkpoint_every,
         "peak_memory_gib": common.peak_memory_gib(device), "seed": recipe.seed,
         "overrides": list(args.set) or None,
         # Read after the run: run_recipe may switch cuDNN autotuning on for CUDA runs.
@@ -204,6 +259,9 @@ def run_variant(name: str, args: argparse.Namespace, device, env: Dict[str, Any]
     }
     del result
     common.release_memory(device)
+    variant_s = clock(device) - variant_start
+    record["variant_s"] = variant_s
+    record["wall_s_total"] = None if before_s is None else before_s + variant_s
     return record
 
 
@@ -216,6 +274,9 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
 
     from pytorch_utils.data import load_datasets
 
+    # wall_s_total counts from the process start when run from the command line, else from this call.
+    main_start = time.perf_counter()
+    process_start_s = common.process_age_s() if argv is None else None
     args = parse_args(argv)
     variants = common.split_variants(args.variants)
     if args.cudnn_benchmark:
@@ -234,13 +295,20 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     note(f"data {args.data}: {len(train_ds)} train / {len(test_ds)} test images ready in {decode_s:.1f}s; "
          f"device {env['device']}; variants {', '.join(variants)}")
     del train_ds, test_ds
-    extra = {"decode_s": decode_s, "cuda_init_s": cuda_init}
+    setup_s = time.perf_counter() - main_start
+    extra = {"decode_s": decode_s, "cuda_init_s": cuda_init, "process_start_s": process_start_s,
+             "setup_s": setup_s, "wall_s_total_from": "process start" if process_start_s is not None else "main()"}
+    before_s = setup_s + (process_start_s or 0.0)
 
     records = []
+    shared_lrs: Optional[Dict[str, Any]] = None
     for name in variants:
         note(f"variant {name} ...")
         try:
-            record = run_variant(name, args, device, env, extra)
+            record = run_variant(name, args, device, env, extra, shared_lrs=shared_lrs, before_s=before_s)
+            if args.shared_lr and shared_lrs is None and record["lr_source"] == "lr_finder" \
+                    and record["lr_max"] is not None:
+                shared_lrs = {"lr_max": record["lr_max"], "lr_min": record["lr_min"], "variant": name}
         except Exception as exc:  # keep the other variants' numbers: a run on a lent GPU is not cheap to repeat
             traceback.print_exc(file=sys.stderr)
             record = {"bench": BENCH, "variant": name, **env, "data": common.data_label(args.data),

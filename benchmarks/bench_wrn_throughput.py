@@ -5,6 +5,9 @@ Variants (``--variants``): ``fast`` (GPULoader: data set on the device, batched 
 ``--warmup`` training steps (cuDNN/cuBLAS autotuning, worker start-up, torch.compile), then times ``--steps`` steps
 between two ``cuda.synchronize()`` calls. The steps are the package's own ``train_one_epoch`` (the engine a recipe
 uses: autocast bf16 on CUDA, channels_last on CUDA, the WRN recipe's SGD), run on a loader cut to the step count.
+As in a recipe run: cuDNN autotuning is on for CUDA (``--no-cudnn-benchmark`` turns it off), and the fast variants'
+GPULoader hands out bf16 batches when the amp option resolves to bf16 (fp32 otherwise); both are in the record
+(``cudnn_benchmark``, ``cudnn_benchmark_option``, ``loader_dtype``).
 
 Record fields: images_per_s = steps x batch / timed seconds; wall_s = model build + loader build (upload) + warm-up
 + timed steps; wall_s_without_startup = the timed steps; startup_s = the rest; compile_warmup_s = the warm-up of a
@@ -36,7 +39,7 @@ DEFAULT_VARIANTS = "fast,dataloader-2w,dataloader-8w"
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(parser, epochs=None, batch_size=128, variants=DEFAULT_VARIANTS)
+    common.add_common_args(parser, epochs=None, batch_size=128, variants=DEFAULT_VARIANTS, cudnn_toggle=True)
     parser.add_argument("--model", default="wrn28_10", help="registered model (default %(default)s)")
     parser.add_argument("--steps", type=int, default=200, help="timed training steps (default %(default)s)")
     parser.add_argument("--warmup", type=int, default=30, help="untimed steps before them (default %(default)s)")
@@ -93,9 +96,20 @@ class StepLoader:
         self._it = None
 
 
+def loader_dtype(loader: str, amp_dtype):
+    """The dtype of the batches a variant's loader hands out: bf16 from the GPULoader under bf16 autocast (what
+    ``run_recipe``'s ``_make_loaders`` does: the first conv would cast to bf16 anyway), else float32."""
+    import torch
+
+    return torch.bfloat16 if loader == "gpu" and amp_dtype == torch.bfloat16 else torch.float32
+
+
 def build_loader(train_ds, loader: str, workers: Optional[int], args: argparse.Namespace, device,
-                 channels_last: bool):
-    """The training loader of one variant over ``train_ds`` (not modified: the DataLoader path gets a copy)."""
+                 channels_last: bool, dtype=None):
+    """The training loader of one variant over ``train_ds`` (not modified: the DataLoader path gets a copy).
+
+    ``dtype``: the GPULoader's batch dtype (default float32); the DataLoader path always yields float32.
+    """
     import torch
 
     from pytorch_utils.data import get_preset, make_loader
@@ -104,7 +118,7 @@ def build_loader(train_ds, loader: str, workers: Optional[int], args: argparse.N
     if loader == "gpu":
         return GPULoader(train_ds, batch_size=args.batch_size, train=True, device=device,
                          augmentation=args.augmentation, seed=args.seed, channels_last=channels_last,
-                         dtype=torch.float32)
+                         dtype=dtype or torch.float32)
     ds = copy.copy(train_ds)
     ds.transform = get_preset(args.augmentation, train_ds.mean, train_ds.std, seed=args.seed)
     return make_loader(ds, args.batch_size, train=True, num_workers=workers, seed=args.seed)
@@ -126,6 +140,7 @@ def run_variant(name: str, train_ds, args: argparse.Namespace, device, env: Dict
     compile_ = compile_ or (args.compile and name == "fast")
     channels_last = device.type == "cuda" and not args.no_channels_last
     amp_dtype = amp_dtype_for(args.amp, device)
+    batch_dtype = loader_dtype(loader_kind, amp_dtype)
     seed_everything(args.seed)
     common.release_memory(device)
     common.reset_peak_memory(device)
@@ -145,7 +160,7 @@ def run_variant(name: str, train_ds, args: argparse.Namespace, device, env: Dict
     train_model = torch.compile(model) if compile_ else model
     with_timing: Dict[str, float] = {}
     with common.timed(device, with_timing, "loader_s"):
-        loader = build_loader(train_ds, loader_kind, workers, args, device, channels_last)
+        loader = build_loader(train_ds, loader_kind, workers, args, device, channels_last, batch_dtype)
     steps = StepLoader(loader)
     kwargs = dict(device=device, amp_dtype=amp_dtype, mixer=mixer, channels_last=channels_last, progress=False,
                   scaler=torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None)
@@ -172,9 +187,10 @@ def run_variant(name: str, train_ds, args: argparse.Namespace, device, env: Dict
         "epochs_equivalent": images / len(train_ds), "train_images": len(train_ds),
         "model": args.model, "parameters": params, "batch_size": args.batch_size,
         "loader": loader_kind, "num_workers": workers, "compile": compile_, "amp": common.amp_label(amp_dtype),
+        "loader_dtype": common.amp_label(batch_dtype),
         "channels_last": channels_last, "augmentation": args.augmentation, "mix": bool(args.mix),
         "peak_memory_gib": common.peak_memory_gib(device), "seed": args.seed,
-        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark), "cudnn_benchmark_option": args.cudnn_option,
     }
     del model, train_model, optimizer, loader, steps
     common.release_memory(device)
@@ -188,13 +204,22 @@ def main(argv: Optional[List[str]] = None) -> List[Dict[str, Any]]:
     """
     import torch
 
-    from pytorch_utils.data import load_datasets
-
     args = parse_args(argv)
     variants = common.split_variants(args.variants)
-    if args.cudnn_benchmark:
-        torch.backends.cudnn.benchmark = True
     device = common.resolve_bench_device(args.device)
+    cudnn_before = torch.backends.cudnn.benchmark
+    try:
+        # On by default on CUDA, as fit() does for every recipe run; the measured steps follow the warm-up, so the
+        # autotuning itself falls in the warm-up steps.
+        args.cudnn_option = common.apply_cudnn_benchmark(args.cudnn_benchmark, device)
+        return _run(args, variants, device)
+    finally:
+        torch.backends.cudnn.benchmark = cudnn_before  # leave the process as found (the tests call main())
+
+
+def _run(args: argparse.Namespace, variants: List[str], device) -> List[Dict[str, Any]]:
+    from pytorch_utils.data import load_datasets
+
     cuda_init = common.init_device(device)
     env = common.environment(device)
 

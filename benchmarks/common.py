@@ -99,6 +99,19 @@ def environment(device: torch.device) -> Dict[str, Any]:
     return env
 
 
+def process_age_s() -> Optional[float]:
+    """Seconds since this process started (interpreter start-up and imports included), or None where it cannot be
+    read. Linux: the start time in ``/proc/self/stat`` (clock ticks since boot, 10 ms resolution) against
+    ``CLOCK_BOOTTIME``."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of the line; 20th after "(comm)"
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - started
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    return age if 0 <= age < 86400 else None
+
+
 def sync(device: torch.device) -> None:
     """Wait for the device's queued work, so a host clock read after it covers that work (no-op on the CPU)."""
     if device.type == "cuda":
@@ -201,8 +214,12 @@ def split_variants(text: str) -> List[str]:
 
 
 def add_common_args(parser: argparse.ArgumentParser, *, epochs: Optional[int], batch_size: Optional[int],
-                    variants: str) -> argparse.ArgumentParser:
-    """The options every benchmark script takes (defaults per script)."""
+                    variants: str, cudnn_toggle: bool = False) -> argparse.ArgumentParser:
+    """The options every benchmark script takes (defaults per script).
+
+    ``cudnn_toggle``: ``--cudnn-benchmark/--no-cudnn-benchmark`` with default None (the script decides: see
+    :func:`apply_cudnn_benchmark`) instead of a plain ``--cudnn-benchmark`` switch.
+    """
     parser.add_argument("--data", default="synthetic",
                         help="synthetic | cifar10 | cifar100 | path to a folder or zip laid out as "
                              "train|test/<class>/*.jpg (e.g. the JPEG CIFAR-10 zip); default %(default)s")
@@ -219,11 +236,32 @@ def add_common_args(parser: argparse.ArgumentParser, *, epochs: Optional[int], b
     parser.add_argument("--variants", default=variants,
                         help="comma-separated: fast, fast-compile, dataloader-<N>w (default %(default)s)")
     parser.add_argument("--compile", action="store_true", help="also torch.compile the 'fast' variant")
-    parser.add_argument("--cudnn-benchmark", action="store_true",
-                        help="set torch.backends.cudnn.benchmark = True before anything runs")
+    if cudnn_toggle:
+        parser.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=None,
+                            help="cuDNN autotuning (torch.backends.cudnn.benchmark) from the start; default on on "
+                                 "CUDA, as the training engine (fit) does; --no-cudnn-benchmark measures without it")
+    else:
+        parser.add_argument("--cudnn-benchmark", action="store_true",
+                            help="set torch.backends.cudnn.benchmark = True before anything runs (a recipe run "
+                                 "turns it on anyway when training starts on CUDA)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every variant (default %(default)s)")
     parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
     return parser
+
+
+def apply_cudnn_benchmark(option: Optional[bool], device: torch.device) -> str:
+    """Set ``torch.backends.cudnn.benchmark`` from a ``--cudnn-benchmark`` option; returns the setting's label.
+
+    None (no flag) means what the package's ``fit`` does: on for CUDA (label ``"auto-on"``), untouched elsewhere
+    (``"auto-off"``, cuDNN is not used). True/False force it (``"on"``/``"off"``).
+    """
+    if option is None:
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            return "auto-on"
+        return "auto-off"
+    torch.backends.cudnn.benchmark = bool(option)
+    return "on" if option else "off"
 
 
 def resolve_bench_device(text: str) -> torch.device:
@@ -238,6 +276,15 @@ def data_label(data: str) -> str:
     if data.lower() in ("synthetic", "cifar10", "cifar100"):
         return data.lower()
     return Path(data).name
+
+
+def data_description(data: str) -> str:
+    """Words for the data in a title: the JPEG CIFAR-10 copy is named as such (its accuracies are 3-4 points below
+    published CIFAR-10 numbers, so a figure must say which data it is on)."""
+    label = data_label(data)
+    if label == "cifar10-jpeg.zip":
+        return "JPEG CIFAR-10 copy"
+    return {"synthetic": "synthetic data", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(label, label)
 
 
 # --------------------------------------------------------------------------------------------- output

@@ -12,14 +12,20 @@ from pytorch_utils.errors import UnknownNameError
 
 
 def translate(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
-    """Shift a (N, C, H, W) batch by (dx, dy) pixels, filling the uncovered border by edge replication."""
+    """Shift a (N, C, H, W) batch by (dx, dy) pixels, filling the uncovered border by edge replication.
+
+    A channels_last input gives a channels_last output: the replicate pad may return NCHW (and the crop is a strided
+    view either way), which would make every following conv of a channels_last model convert its input back.
+    """
     if dx == 0 and dy == 0:
         return x
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
     pad = max(abs(dx), abs(dy))
     h, w = x.shape[-2:]
     padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
     top, left = pad - dy, pad - dx
-    return padded[..., top:top + h, left:left + w]
+    out = padded[..., top:top + h, left:left + w]
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
 def tta_logits(model, x: torch.Tensor, views: Sequence[Tuple[bool, int, int]]) -> torch.Tensor:

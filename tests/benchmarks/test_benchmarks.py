@@ -41,9 +41,10 @@ def test_s10_two_paths_records(tmp_path):
 
     original_save = checkpoints.save_checkpoint
     out = tmp_path / "s10.jsonl"
+    runs = tmp_path / "runs"
     records = bench_s10.main(["--data", "synthetic", "--epochs", "2", "--train-limit", "128", "--test-limit", "64",
                               "--batch-size", "32", "--variants", "fast,dataloader-2w", "--out", str(out),
-                              "--quiet", *SMALL_MODEL])
+                              "--quiet", "--run-dir", str(runs), *SMALL_MODEL])
     assert [r["variant"] for r in records] == ["fast", "dataloader-2w"]
     for rec, loader in zip(records, ("gpu", "dataloader")):
         _check_common(rec, "s10", rec["variant"])
@@ -54,12 +55,28 @@ def test_s10_two_paths_records(tmp_path):
         assert rec["loader"] == loader and rec["model"] == "strixbee_l1" and rec["recipe"] == "s10"
         assert rec["amp"] == "fp32" and rec["channels_last"] is False and rec["compile"] is False
         assert rec["compile_warmup_s"] is None
-        # The probes saw the run's parts: data, LR finder (the S10 recipe has one), a checkpoint per epoch.
-        assert rec["data_s"] > 0 and rec["lr_finder_s"] > 0 and rec["checkpoint_s"] > 0
+        # The probes saw the run's parts: data, a checkpoint (one, at the end, by default).
+        assert rec["data_s"] > 0 and rec["checkpoint_s"] > 0 and rec["checkpoint_every"] == 2
         assert rec["lr_max"] > 0 and rec["lr_min"] == pytest.approx(rec["lr_max"] / 10, rel=1e-3)
+        # Called as a function: the total counts from main(), and holds the setup (decode) and the variant.
+        assert rec["wall_s_total_from"] == "main()" and rec["process_start_s"] is None
+        assert rec["wall_s_total"] >= rec["wall_s"] + rec["decode_s"]
+        assert rec["wall_s_total"] == pytest.approx(rec["setup_s"] + rec["variant_s"], rel=1e-4, abs=2e-3)
+        assert rec["shared_lr"] is True
         assert rec["train_images"] == 128 and rec["test_images"] == 64 and rec["steps_per_epoch"] == 4
         assert rec["train_images_per_s"] > 0
     assert records[1]["num_workers"] == 2
+    # One LR finder (the first variant's); the second variant trains with its LR_max/LR_min.
+    first, second = records
+    assert first["lr_source"] == "lr_finder" and first["lr_finder_s"] > 0 and first["lr_from_variant"] == "fast"
+    assert second["lr_source"] == "shared" and second["lr_finder_s"] is None and second["lr_from_variant"] == "fast"
+    assert (second["lr_max"], second["lr_min"]) == (first["lr_max"], first["lr_min"])
+    meta = json.loads((runs / "dataloader-2w" / "run.json").read_text())
+    assert meta["recipe"]["lr_finder"] is None and meta["recipe"]["checkpoint_every"] == 2
+    params = meta["recipe"]["scheduler"]["params"]
+    assert params["max_lr"] == pytest.approx(first["lr_max"], rel=1e-5)
+    assert params["min_lr"] == pytest.approx(first["lr_min"], rel=1e-5)
+    assert sorted(p.name for p in (runs / "fast" / "checkpoints").glob("epoch-*.pt")) == ["epoch-0002.pt"]
     # --out holds exactly the printed records.
     assert [json.loads(line) for line in out.read_text().splitlines()] == records
     # The timing probes are gone after the run.
@@ -80,6 +97,13 @@ def test_s10_options_reach_the_recipe():
     assert (recipe.epochs, recipe.batch_size, recipe.tta, recipe.loader, recipe.num_workers) == (
         3, 256, None, "dataloader", 8)
     assert bench_s10.build_recipe(bench_s10.parse_args([]), "gpu", None, True).epochs == 24  # the recipe's default
+    assert bench_s10.build_recipe(bench_s10.parse_args([]), "gpu", None, False).checkpoint_every == 24
+    assert bench_s10.build_recipe(args, "gpu", None, False).checkpoint_every == 3  # = --epochs
+    every = bench_s10.parse_args(["--checkpoint-every", "1"])
+    assert bench_s10.build_recipe(every, "gpu", None, False).checkpoint_every == 1
+    via_set = bench_s10.parse_args(["--set", "checkpoint_every=5"])
+    assert bench_s10.build_recipe(via_set, "gpu", None, False).checkpoint_every == 5
+    assert bench_s10.parse_args([]).shared_lr is True and bench_s10.parse_args(["--no-shared-lr"]).shared_lr is False
     assert common.parse_variant("fast") == ("gpu", None, False)
     assert common.parse_variant("fast-compile") == ("gpu", None, True)
     with pytest.raises(SystemExit):
@@ -96,7 +120,68 @@ def test_wrn_throughput_records(tmp_path):
         assert rec["images_per_s"] == pytest.approx(3 * 16 / rec["wall_s_without_startup"], rel=1e-3)
         assert rec["images_per_s"] > 0 and rec["steps"] == 3 and rec["warmup_steps"] == 1
         assert rec["model"] == "wrn16_2" and rec["parameters"] > 0 and math.isfinite(rec["train_loss"])
+        # CPU, amp auto -> fp32: float32 batches; cuDNN autotuning left alone off CUDA.
+        assert rec["amp"] == "fp32" and rec["loader_dtype"] == "fp32"
+        assert rec["cudnn_benchmark_option"] == "auto-off"
     assert records[0]["loader"] == "gpu" and records[1]["num_workers"] == 2
+
+
+def test_wrn_loader_dtype_follows_amp_like_the_recipe_runner():
+    import torch
+
+    from pytorch_utils.data import load_datasets
+
+    assert bench_wrn_throughput.loader_dtype("gpu", torch.bfloat16) is torch.bfloat16
+    assert bench_wrn_throughput.loader_dtype("gpu", torch.float16) is torch.float32
+    assert bench_wrn_throughput.loader_dtype("gpu", None) is torch.float32
+    assert bench_wrn_throughput.loader_dtype("dataloader", torch.bfloat16) is torch.float32
+    args = bench_wrn_throughput.parse_args(["--batch-size", "8", "--amp", "bf16"])
+    train_ds, _ = load_datasets("synthetic", train_limit=32, test_limit=10, seed=0)
+    loader = bench_wrn_throughput.build_loader(train_ds, "gpu", None, args, torch.device("cpu"), False,
+                                               torch.bfloat16)
+    x, _ = next(iter(loader))
+    assert x.dtype is torch.bfloat16
+
+
+def test_wrn_cudnn_benchmark_defaults_on_for_cuda():
+    import torch
+
+    parse = bench_wrn_throughput.parse_args
+    assert parse([]).cudnn_benchmark is None
+    assert parse(["--cudnn-benchmark"]).cudnn_benchmark is True
+    assert parse(["--no-cudnn-benchmark"]).cudnn_benchmark is False
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        assert common.apply_cudnn_benchmark(None, torch.device("cpu")) == "auto-off"
+        assert torch.backends.cudnn.benchmark is False
+        assert common.apply_cudnn_benchmark(None, torch.device("cuda")) == "auto-on"  # sets the flag only
+        assert torch.backends.cudnn.benchmark is True
+        assert common.apply_cudnn_benchmark(False, torch.device("cuda")) == "off"
+        assert torch.backends.cudnn.benchmark is False
+        assert common.apply_cudnn_benchmark(True, torch.device("cpu")) == "on"
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def test_with_shared_lrs_fills_the_schedules_like_run_recipe():
+    from pytorch_utils.recipes import get_recipe
+
+    s10 = bench_s10.with_shared_lrs(get_recipe("s10"), 0.02, 0.002)
+    assert s10.lr_finder is None and s10.scheduler.name == "one_cycle_linear"
+    assert s10.scheduler.params == {"peak_epoch": 5, "max_lr": 0.02, "min_lr": 0.002}
+    assert get_recipe("s10").lr_finder is not None  # the registered recipe is untouched
+    wrn = bench_s10.with_shared_lrs(get_recipe("wrn_c10"), 0.3, 0.03)
+    cyclic = wrn.phases[0].scheduler
+    assert (cyclic.params["max_lr"], cyclic.params["base_lr"]) == (0.3, 0.03)
+    assert "max_lr" not in wrn.phases[1].scheduler.params  # cosine has no max_lr
+
+
+def test_process_age_and_data_description():
+    age = common.process_age_s()
+    assert age is None or age > 0
+    assert common.data_description("../shared/data/cifar10-jpeg.zip") == "JPEG CIFAR-10 copy"
+    assert common.data_description("synthetic") == "synthetic data"
 
 
 def test_s10_on_the_jpeg_zip(cifar_zip):
