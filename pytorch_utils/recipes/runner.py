@@ -88,27 +88,36 @@ RESUME_FREE_FIELDS = ("name", "description", "num_workers", "hub_repo", "hub_eve
 RUN_FILES = ("run.json", "history.json", "summary.json", "lr_finder.png", "checkpoints")
 
 
-def _spans_depend_on_epochs(recipe: Recipe) -> bool:
-    """True when changing ``epochs`` reshapes the LR schedule (so a resumed run could not follow the saved one)."""
-    specs = [recipe.scheduler] + [p.scheduler for p in recipe.phases]
-    for spec in specs:
-        if spec is None:
-            continue
-        if spec.name in ("one_cycle_linear", "onecycle"):
-            return True
-        if spec.name == "cosine" and "T_max" not in spec.params:
-            return True
-        if spec.name == "cyclic" and "step_size_up" not in spec.params:
-            return True
-    return False
+def _depends_on_span(spec: Optional[ScheduleSpec]) -> bool:
+    """True when a schedule's shape follows the length of the span it runs for (so changing it reshapes it)."""
+    if spec is None:
+        return False
+    return (spec.name in ("one_cycle_linear", "onecycle")
+            or (spec.name == "cosine" and "T_max" not in spec.params)
+            or (spec.name == "cyclic" and "step_size_up" not in spec.params))
+
+
+def _schedule_spans(recipe: Recipe, epochs: int) -> list:
+    """(start, end when the schedule depends on it) per phase of a run of ``epochs`` epochs."""
+    if not recipe.phases:
+        return [(1, epochs if _depends_on_span(recipe.scheduler) else None)]
+    phases = validate_phases(recipe.phases, epochs=epochs)
+    return [(p.start, p.end if _depends_on_span(p.scheduler) else None) for p in phases]
+
+
+def _same_schedule_so_far(recipe: Recipe, saved_epochs: int, epochs: int) -> bool:
+    """Whether a run of ``saved_epochs`` followed the same LR schedule as a run of ``epochs`` would have, so far."""
+    before, after = _schedule_spans(recipe, saved_epochs), _schedule_spans(recipe, epochs)
+    return len(after) >= len(before) and after[:len(before)] == before
 
 
 def check_resume_compatible(checkpoint: Dict[str, Any], recipe: Recipe, data: str) -> None:
     """Refuse to resume ``checkpoint`` with settings that differ from the run that wrote it.
 
     A resumed run must follow the saved schedule, data order and model exactly; a changed LR, model or data set
-    would silently produce neither the old run nor a new one. ``epochs`` may change when the schedule does not
-    depend on it (plateau, step, warm restarts): that extends or shortens a run.
+    would silently produce neither the old run nor a new one. ``epochs`` may change when the epochs already run
+    followed the same schedule either way (plateau, step, warm restarts, phases whose spans stay put): that extends
+    or shortens a run.
 
     Raises:
         CheckpointError: names each differing field with the saved and the requested value.
@@ -122,7 +131,8 @@ def check_resume_compatible(checkpoint: Dict[str, Any], recipe: Recipe, data: st
     saved = config.get("recipe") or {}
     current = recipe.to_dict()
     diffs = [k for k in current if k not in RESUME_FREE_FIELDS and k in saved and saved[k] != current[k]]
-    if "epochs" in diffs and not _spans_depend_on_epochs(recipe):
+    if "epochs" in diffs and isinstance(saved["epochs"], int) and not [k for k in diffs if k != "epochs"] \
+            and _same_schedule_so_far(recipe, saved["epochs"], recipe.epochs):
         diffs.remove("epochs")
     lines = [f"{k}: saved {saved[k]!r}, now {current[k]!r}" for k in diffs]
     if config.get("data") is not None and str(config["data"]) != str(data):

@@ -143,6 +143,15 @@ def test_resume_may_extend_a_plateau_run_but_not_a_one_cycle_run(tmp_path):
         run_recipe("s10", "synthetic", tmp_path, epochs=3, resume=True, **kw)
 
 
+def test_resume_may_extend_a_phase_run_whose_spans_stay_put(tmp_path):
+    # S8's first phase (warm restarts, T_0 given) does not depend on the run length: 1 epoch, then 2, is one run.
+    kw = dict(TINY, model="strixbee_l3", model_kwargs={})
+    full = run_recipe("s8_c100", "synthetic", tmp_path / "full", epochs=2, **kw)
+    run_recipe("s8_c100", "synthetic", tmp_path / "part", epochs=1, **kw)
+    resumed = run_recipe("s8_c100", "synthetic", tmp_path / "part", epochs=2, resume="required", **kw)
+    assert _strip(resumed.history) == _strip(full.history)
+
+
 def test_resumed_lr_finder_run_reuses_the_checkpointed_lrs(tmp_path):
     kw = dict(TINY, model="strixbee_l1", train_limit=256)
     full = run_recipe("s10", "synthetic", tmp_path / "full", epochs=2, **kw)
