@@ -74,6 +74,9 @@ SETUP = code(f'''
     if IN_COLAB:  # a fresh Colab VM does not have the package: install it (and its dependencies) from the repo
         import subprocess
 
+        if "your-github-user" in REPO_URL:
+            raise SystemExit("Set REPO_URL above to the GitHub repo this notebook came from "
+                             "(https://github.com/<user>/pytorch_utils.git), then run this cell again.")
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"git+{{REPO_URL}}"], check=True)
 
     # Smoke mode (PYTORCH_UTILS_SMOKE=1): a tiny CPU run of every cell, used by CI; unset = the real run.
@@ -228,7 +231,7 @@ def mistakes_cells(num_classes: int) -> list:
             confusion matrix and the per-class accuracy all come from it.
             """),
         code("""
-            ev = evaluate(result.model, result.test_loader, return_outputs=True, return_inputs=True)
+            ev = evaluate(result.eval_model, result.test_loader, return_outputs=True, return_inputs=True)
             mis = viz.select_misclassified(ev, k=16)  # the 16 with the highest loss
             print(f"plain evaluation (no TTA): {ev['acc']:.2f}% of {ev['samples']:,} test images; "
                   f"{mis['num_wrong']:,} misclassified")
@@ -253,7 +256,7 @@ def mistakes_cells(num_classes: int) -> list:
             """),
         code(f"""
             if mis["num_wrong"]:
-                display(viz.plot_gradcam(result.model, mis["images"], mis["targets"], mis["preds"], result.classes,
+                display(viz.plot_gradcam(result.eval_model, mis["images"], mis["targets"], mis["preds"], result.classes,
                                          result.mean, result.std, k={gradcam_k}))
             else:
                 print("no misclassified test images: nothing to explain")
@@ -272,7 +275,7 @@ def report_cells(title: str) -> list:
             `viz.show_report(paths)` shows the whole page inline.
             """),
         code(f"""
-            paths = viz.report(result.model, result.test_loader, result.classes, result.history, ASSETS,
+            paths = viz.report(result.eval_model, result.test_loader, result.classes, result.history, ASSETS,
                                mean=result.mean, std=result.std, lr_finder_result=result.lr_finder,
                                gradcam_k=4 if SMOKE else 8, title=f"{title} - {{DATA_LABEL}}")
             for name, path in paths.items():
