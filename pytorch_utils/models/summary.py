@@ -36,6 +36,9 @@ class ModelSummary:
     total_params: int
     trainable_params: int
     layers: List[Tuple[str, tuple, int]] = field(default_factory=list)
+    # Whether summary() already printed the table: the notebook display hook then shows the totals only, so a cell
+    # ending in `summary(model, ...)` does not show the table twice.
+    printed: bool = field(default=False, compare=False, repr=False)
 
     def __str__(self) -> str:
         return self.text
@@ -48,7 +51,7 @@ class ModelSummary:
 
     def _repr_pretty_(self, printer, cycle) -> None:
         # IPython/Jupyter display hook: show the table itself when the summary is a cell's last expression.
-        printer.text(repr(self) if cycle else self.text)
+        printer.text(repr(self) if (cycle or self.printed) else self.text)
 
 
 def summary(
@@ -103,7 +106,9 @@ def summary(
     text = buffer.getvalue().rstrip("\n")
     if print_table:
         print(text)
-    return _parse(text)
+    result = _parse(text)
+    result.printed = print_table
+    return result
 
 
 def _resolve_device(model: nn.Module, device) -> torch.device:

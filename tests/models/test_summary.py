@@ -95,6 +95,12 @@ def test_repr_pretty_shows_table():
     printer = Printer()
     result._repr_pretty_(printer, cycle=False)
     assert printer.parts == [result.text]
+    # When summary() already printed the table, a cell ending in it shows only the totals (not the table twice).
+    printed = summary(create_model("strixbee_l1"))
+    printer = Printer()
+    printed._repr_pretty_(printer, cycle=False)
+    assert printer.parts == [repr(printed)] and "Total params" not in printer.parts[0]
+    assert printed == result  # the flag does not change equality
 
 
 def test_non_square_and_multi_channel_input_size():
