@@ -202,9 +202,14 @@ def test_phase_boundaries_change_dropout_mixup_augmentation_and_scheduler():
     assert s[0]["lr"] == pytest.approx(0.1) and s[2]["lr"] == pytest.approx(0.05)
     assert [x["scheduler"] for x in s] == ["CosineAnnealingWarmRestarts"] * 2 + ["CosineAnnealingLR"] * 2
     assert [r["phase"] for r in hist] == ["one", "one", "two", "three"]
-    # progressive resizing: phase three trains at 40x40
+    # the augmentation really changes: "standard" has the 8x8 Cutout, "reduced" none
+    names = lambda t: [type(a).__name__ for a in t.compose.transforms]  # noqa: E731
+    assert "CoarseDropout" in names(s[0]["transform"]) and "CoarseDropout" not in names(s[2]["transform"])
+    # progressive resizing: phase three trains at 40x40 while evaluation stays at 32x32
     x, _ = next(iter(train))
     assert x.shape[-1] == 40
+    x_test, _ = next(iter(test))
+    assert x_test.shape[-2:] == (32, 32)
 
 
 def test_validate_phases_rejects_gaps_and_cuts_to_epochs():
