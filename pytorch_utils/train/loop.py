@@ -109,6 +109,8 @@ def train_one_epoch(
     desc: str = "train",
     sync_every: int = 50,
     epoch: Optional[int] = None,
+    global_step: int = 0,
+    bn_warmup: int = 0,
 ) -> Dict[str, float]:
     """Train ``model`` for one pass over ``loader``.
 
@@ -125,6 +127,11 @@ def train_one_epoch(
         ema: optional object with ``update(model)`` called after each optimizer step.
         progress: show a tqdm bar; sync_every: read metrics (bar, NaN check) every this many steps.
         epoch: the epoch number, used in error messages.
+        global_step, bn_warmup: optimizer steps taken before this epoch, and for how many first steps of the run
+            BatchNorm running statistics are a plain average of the batches seen (momentum ``max(m, 1 / (n + 1))``)
+            instead of starting from mean 0 / variance 1: a run of a handful of batches then evaluates with real
+            statistics, and a long run is unchanged after those steps. Not applied to compiled models (changing
+            the momentum would recompile them).
     Returns:
         ``{"loss", "acc", "lr", "steps", "samples", "seconds"}`` (acc in percent; lr at the end of the epoch).
     Raises:
@@ -139,67 +146,97 @@ def train_one_epoch(
     correct = torch.zeros((), device=device, dtype=torch.float64)
     count = torch.zeros((), device=device, dtype=torch.float64)
     bad_step = torch.full((), -1, device=device, dtype=torch.long)
-    steps = 0
     in_dtype = _input_dtype(model, amp_dtype)
+    warm_bn = _BatchNormWarmup(model, bn_warmup, global_step)
     bar = _progress_bar(loader, desc, progress)
-    for step, (inputs, targets) in enumerate(loader):
-        inputs = _cast_inputs(_to_device(inputs, device, channels_last), in_dtype)
-        targets = _to_device(targets, device)
-        if step == 0:
-            _check_labels(targets, model_output_classes(model), desc)
-        if mixer is not None:
-            inputs, targets = mixer(inputs, targets)
-        with _autocast(device, amp_dtype):
-            logits = model(inputs)
-            loss = criterion(logits.float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-        if ema is not None:
-            ema.update(model)
-        if scheduler is not None and interval == "batch":
-            scheduler.step()
+    with warm_bn:
+        steps = 0
+        for step, (inputs, targets) in enumerate(loader):
+            warm_bn.before(step)
+            inputs = _cast_inputs(_to_device(inputs, device, channels_last), in_dtype)
+            targets = _to_device(targets, device)
+            if step == 0:
+                _check_labels(targets, model_output_classes(model), desc)
+            if mixer is not None:
+                inputs, targets = mixer(inputs, targets)
+            with _autocast(device, amp_dtype):
+                logits = model(inputs)
+                loss = criterion(logits.float(), targets)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                if grad_clip:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                if grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                optimizer.step()
+            if ema is not None:
+                ema.update(model)
+            if scheduler is not None and interval == "batch":
+                scheduler.step()
 
-        n = targets.shape[0]
-        detached = loss.detach()
-        # Remember the first non-finite step without a host sync; checked at the sync points below.
-        finite = torch.isfinite(detached)
-        bad_step = torch.where((bad_step < 0) & ~finite, torch.full_like(bad_step, step), bad_step)
-        loss_sum += detached.double() * n
-        hard = targets.argmax(dim=1) if targets.dim() == 2 else targets
-        correct += (logits.detach().argmax(dim=1) == hard).sum()
-        count += n
-        steps += 1
-        bar.update(1)
-        if (step + 1) % sync_every == 0:
-            _check_finite(bad_step, epoch, desc)
-            if progress:
-                bar.set_postfix(loss=f"{(loss_sum / count).item():.4f}", acc=f"{(100 * correct / count).item():.2f}",
-                                lr=f"{current_lr(optimizer):.2e}")
-    bar.close()
-    _check_finite(bad_step, epoch, desc)
-    totals = dist_utils.all_reduce_sum(torch.stack([loss_sum, correct, count]))
-    loss_sum, correct, count = totals.tolist()
-    if count == 0:
-        raise ConfigError("the training loader produced no batches (dataset smaller than one batch with drop_last?)")
-    return {
-        "loss": loss_sum / count,
-        "acc": 100.0 * correct / count,
-        "lr": current_lr(optimizer),
-        "steps": steps,
-        "samples": int(count),
-        "seconds": time.perf_counter() - start,
-    }
+            n = targets.shape[0]
+            detached = loss.detach()
+            # Remember the first non-finite step without a host sync; checked at the sync points below.
+            finite = torch.isfinite(detached)
+            bad_step = torch.where((bad_step < 0) & ~finite, torch.full_like(bad_step, step), bad_step)
+            loss_sum += detached.double() * n
+            hard = targets.argmax(dim=1) if targets.dim() == 2 else targets
+            correct += (logits.detach().argmax(dim=1) == hard).sum()
+            count += n
+            steps += 1
+            bar.update(1)
+            if (step + 1) % sync_every == 0:
+                _check_finite(bad_step, epoch, desc)
+                if progress:
+                    bar.set_postfix(loss=f"{(loss_sum / count).item():.4f}", acc=f"{(100 * correct / count).item():.2f}",
+                                    lr=f"{current_lr(optimizer):.2e}")
+        bar.close()
+        _check_finite(bad_step, epoch, desc)
+        totals = dist_utils.all_reduce_sum(torch.stack([loss_sum, correct, count]))
+        loss_sum, correct, count = totals.tolist()
+        if count == 0:
+            raise ConfigError("the training loader produced no batches (dataset smaller than one batch with drop_last?)")
+        return {
+            "loss": loss_sum / count,
+            "acc": 100.0 * correct / count,
+            "lr": current_lr(optimizer),
+            "steps": steps,
+            "samples": int(count),
+            "seconds": time.perf_counter() - start,
+        }
+
+
+class _BatchNormWarmup:
+    """Sets BatchNorm momentum to ``max(m, 1 / (n + 1))`` for the first ``steps`` optimizer steps of a run."""
+
+    def __init__(self, model: nn.Module, steps: int, global_step: int):
+        compiled = hasattr(model, "_orig_mod")
+        active = steps > 0 and global_step < steps and not compiled
+        self.layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                       and m.track_running_stats and m.momentum is not None] if active else []
+        self.momenta = [m.momentum for m in self.layers]
+        self.steps, self.global_step = steps, global_step
+
+    def before(self, step: int) -> None:
+        """Call before the forward pass of step ``step`` of this epoch."""
+        if not self.layers:
+            return
+        n = self.global_step + step
+        for m, base in zip(self.layers, self.momenta):
+            m.momentum = max(base, 1.0 / (n + 1)) if n < self.steps else base
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:  # the model leaves with its own momenta, also after an error
+        for m, base in zip(self.layers, self.momenta):
+            m.momentum = base
 
 
 def model_output_classes(model: nn.Module) -> Optional[int]:
@@ -350,6 +387,7 @@ class TrainState:
     channels_last: bool = False
     tta: Any = None
     ema: Any = None
+    bn_warmup: int = 10  # first steps of the run with averaged BatchNorm statistics (see train_one_epoch)
     epoch: int = 0
     history: History = field(default_factory=History)
     stop: bool = False
@@ -414,6 +452,7 @@ def fit(
     progress: bool = True,
     sync_every: int = 50,
     cudnn_benchmark: bool = True,
+    bn_warmup: int = 10,
     log: Optional[Callable[[str], None]] = print,
 ) -> History:
     """Train ``model`` for ``epochs`` epochs, evaluating after each, and return the history.
@@ -432,6 +471,9 @@ def fit(
         cudnn_benchmark: on CUDA, let cuDNN autotune its kernels (input sizes are fixed within a phase); this sets
             the global ``torch.backends.cudnn.benchmark`` flag and leaves it on.
         log: where the one-line epoch summaries go (None for silence).
+        bn_warmup: for this many first steps BatchNorm running statistics average the batches seen instead of
+            decaying from mean 0 / var 1, so a smoke run of a few batches (batch 512 on 2,000 images) evaluates
+            sensibly; 0 keeps PyTorch's plain momentum throughout. Longer runs are unaffected after those steps.
     Returns:
         the :class:`History`: one dict per epoch with epoch, train_loss, train_acc, test_loss, test_acc, lr,
         seconds (+ whatever callbacks add, e.g. phase, checkpoint, early-stop flags).
@@ -453,7 +495,7 @@ def fit(
         train_loader=train_loader, test_loader=test_loader, device=device, epochs=epochs,
         scheduler=scheduler, interval=interval or scheduler_interval(scheduler), scaler=scaler,
         amp_dtype=amp_dtype, mixer=mixer, eval_criterion=eval_criterion or nn.CrossEntropyLoss(),
-        channels_last=channels_last, tta=tta, ema=ema,
+        channels_last=channels_last, tta=tta, ema=ema, bn_warmup=bn_warmup,
     )
     if state.interval not in SCHEDULER_INTERVALS:
         raise ConfigError(f"interval must be one of {SCHEDULER_INTERVALS}, got {state.interval!r}")
@@ -479,6 +521,7 @@ def run_fit(state: TrainState, *, callbacks: Sequence[Callback] = (), grad_clip=
                 scheduler=state.scheduler, interval=state.interval, scaler=state.scaler, amp_dtype=state.amp_dtype,
                 mixer=state.mixer, channels_last=state.channels_last, grad_clip=grad_clip, ema=state.ema,
                 progress=progress, desc=f"epoch {epoch}/{state.epochs}", epoch=epoch, sync_every=sync_every,
+                global_step=state.epoch * _num_batches(state.train_loader), bn_warmup=state.bn_warmup,
             )
             record: Dict[str, Any] = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
                                       "lr": train["lr"]}
@@ -505,6 +548,13 @@ def run_fit(state: TrainState, *, callbacks: Sequence[Callback] = (), grad_clip=
     for cb in callbacks:
         cb.on_fit_end(state)
     return state
+
+
+def _num_batches(loader) -> int:
+    try:
+        return len(loader)
+    except TypeError:  # an iterable without a length: treat every epoch as past the warm-up
+        return 10**9
 
 
 def load_pending_scheduler_state(state: TrainState) -> None:
