@@ -18,7 +18,9 @@ from pytorch_utils.models import count_parameters, create_model
 from pytorch_utils.recipes.base import Recipe, build_optimizer, get_recipe, schedule_with_lrs
 from pytorch_utils.train import distributed as dist_utils
 from pytorch_utils.train.callbacks import EarlyStopping, PhaseSchedule, validate_phases
-from pytorch_utils.train.checkpoints import CheckpointManager, HubPusher, latest_checkpoint, restore_model
+from pytorch_utils.train.checkpoints import (
+    CheckpointManager, HubPusher, check_model_name, latest_checkpoint, restore_model,
+)
 from pytorch_utils.train.loop import History, fit, model_output_classes
 from pytorch_utils.train.mixing import Mixer, SoftTargetCrossEntropy
 from pytorch_utils.train.schedules import ScheduleSpec, build_scheduler
@@ -123,10 +125,7 @@ def check_resume_compatible(checkpoint: Dict[str, Any], recipe: Recipe, data: st
         CheckpointError: names each differing field with the saved and the requested value.
     """
     source = checkpoint.get("_path", "the checkpoint")
-    saved_model = checkpoint.get("model_name")
-    if saved_model and saved_model != recipe.model:
-        raise CheckpointError(f"{source} holds a {saved_model!r} model but the model to restore is {recipe.model!r}; "
-                              "use the same --model/recipe as the run that wrote it, or another --out-dir")
+    check_model_name(checkpoint, recipe.model, source)
     config = checkpoint.get("config") or {}
     saved = config.get("recipe") or {}
     current = recipe.to_dict()
@@ -327,7 +326,7 @@ def run_recipe(
         callbacks.append(EarlyStopping(monitor=recipe.monitor, mode="min" if recipe.monitor.endswith("loss") else "max",
                                        patience=recipe.early_stopping_patience,
                                        start_epoch=recipe.early_stopping_start))
-    if main and checkpoint is None:
+    if main and checkpoint is None and lr_values is not None:  # the marker written above lacks the chosen LRs
         atomic_write_text(out_dir / "run.json", json.dumps(config, indent=2, default=str))
 
     ema = None

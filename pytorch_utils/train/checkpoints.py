@@ -112,6 +112,18 @@ def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
     return ckpt
 
 
+def check_model_name(checkpoint: Dict[str, Any], name: Optional[str], source: str = "checkpoint") -> None:
+    """Refuse a checkpoint saved from another registered model than ``name`` (None: nothing to compare).
+
+    Raises:
+        CheckpointError: names both models and what to do.
+    """
+    saved_name = checkpoint.get("model_name")
+    if saved_name and name and saved_name != name:
+        raise CheckpointError(f"{source} holds a {saved_name!r} model but the model to restore is {name!r}; "
+                              "use the same --model/recipe as the run that wrote it, or another --out-dir")
+
+
 def restore_model(model: torch.nn.Module, checkpoint: Dict[str, Any], source: str = "checkpoint") -> None:
     """Load the checkpoint's weights into ``model``, refusing one saved from a different architecture.
 
@@ -119,10 +131,8 @@ def restore_model(model: torch.nn.Module, checkpoint: Dict[str, Any], source: st
         CheckpointError: the model name differs or the state dict does not fit (names both sides).
     """
     target = unwrap_model(model)
-    saved_name, name = checkpoint.get("model_name"), getattr(target, "model_name", None)
-    if saved_name and name and saved_name != name:
-        raise CheckpointError(f"{source} holds a {saved_name!r} model but the model to restore is {name!r}; "
-                              "use the same --model/recipe as the run that wrote it, or another --out-dir")
+    saved_name = checkpoint.get("model_name")
+    check_model_name(checkpoint, getattr(target, "model_name", None), source)
     try:
         target.load_state_dict(checkpoint["model"])
     except RuntimeError as exc:

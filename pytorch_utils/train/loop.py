@@ -196,20 +196,20 @@ def train_one_epoch(
                 if progress:
                     bar.set_postfix(loss=f"{(loss_sum / count).item():.4f}", acc=f"{(100 * correct / count).item():.2f}",
                                     lr=f"{current_lr(optimizer):.2e}")
-        bar.close()
-        _check_finite(bad_step, epoch, desc)
-        totals = dist_utils.all_reduce_sum(torch.stack([loss_sum, correct, count]))
-        loss_sum, correct, count = totals.tolist()
-        if count == 0:
-            raise ConfigError("the training loader produced no batches (dataset smaller than one batch with drop_last?)")
-        return {
-            "loss": loss_sum / count,
-            "acc": 100.0 * correct / count,
-            "lr": current_lr(optimizer),
-            "steps": steps,
-            "samples": int(count),
-            "seconds": time.perf_counter() - start,
-        }
+    bar.close()
+    _check_finite(bad_step, epoch, desc)
+    totals = dist_utils.all_reduce_sum(torch.stack([loss_sum, correct, count]))
+    loss_sum, correct, count = totals.tolist()
+    if count == 0:
+        raise ConfigError("the training loader produced no batches (dataset smaller than one batch with drop_last?)")
+    return {
+        "loss": loss_sum / count,
+        "acc": 100.0 * correct / count,
+        "lr": current_lr(optimizer),
+        "steps": steps,
+        "samples": int(count),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 class _BatchNormWarmup:
@@ -228,13 +228,21 @@ class _BatchNormWarmup:
         if not self.layers:
             return
         n = self.global_step + step
+        if n >= self.steps:  # warm-up over: give the momenta back once, then nothing more per step
+            self.restore()
+            self.layers = []
+            return
         for m, base in zip(self.layers, self.momenta):
-            m.momentum = max(base, 1.0 / (n + 1)) if n < self.steps else base
+            m.momentum = max(base, 1.0 / (n + 1))
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:  # the model leaves with its own momenta, also after an error
+        self.restore()
+
+    def restore(self) -> None:
+        """Give every BatchNorm layer its own momentum back."""
         for m, base in zip(self.layers, self.momenta):
             m.momentum = base
 
