@@ -1,3 +1,25 @@
 """pytorch_utils: models, data, training engine, recipes and plots for CIFAR course notebooks."""
+import logging
+import sys
 
 __version__ = "0.1.0"
+
+
+def _default_logging() -> None:
+    """Epoch lines and notes go to the ``pytorch_utils`` logger (one child logger per module).
+
+    So that a notebook or the CLI shows them with no set-up, the package logger gets one stdout handler at INFO,
+    unless the application configured it already. Silence it with
+    ``logging.getLogger("pytorch_utils").setLevel(logging.WARNING)``, or redirect it with the usual logging API.
+    """
+    logger = logging.getLogger(__name__)
+    if logger.handlers or logger.level != logging.NOTSET:
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # a root handler (pytest, Jupyter) would print every line twice
+
+
+_default_logging()

@@ -1,5 +1,6 @@
 """Small shared helpers: seeding, device choice, RNG state capture, model unwrapping."""
 import contextlib
+import copy
 import os
 import random
 import warnings
@@ -95,6 +96,43 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+@contextlib.contextmanager
+def preserved(model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None, *, weights: bool = True,
+              rng: bool = True, train: Optional[bool] = None):
+    """Run a block that may change training state, then put that state back exactly, also after an error.
+
+    The one save/restore helper of the package (LR finder, TTA, EMA swap, GradCAM, evaluation): on exit the model's
+    weights and buffers (``weights=True``), every submodule's own train/eval flag, the optimizer's state and LRs
+    (when one is given) and the python/numpy/torch RNG states (``rng=True``) are what they were on entry.
+
+    Args:
+        model: the module whose state is kept; ``train`` (True/False) switches it to train/eval mode for the block.
+        optimizer: also keep its ``state_dict`` (moments, step counts, param-group LRs).
+        weights: copy ``state_dict`` on entry (costs one copy of the weights in memory); False keeps only the modes.
+        rng: keep the RNG states (a sweep or augmentation in the block then does not shift later randomness).
+    Yields:
+        ``model``.
+    """
+    # Per-module flags: ``model.train(was)`` alone would unfreeze a BatchNorm a caller had left in eval mode.
+    modes = [(m, m.training) for m in model.modules()]
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()} if weights else None
+    opt_state = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
+    rng_state = get_rng_state() if rng else None
+    if train is not None:
+        model.train(train)
+    try:
+        yield model
+    finally:
+        if saved is not None:
+            model.load_state_dict(saved)
+        for m, mode in modes:
+            m.training = mode
+        if opt_state is not None:
+            optimizer.load_state_dict(opt_state)
+        if rng_state is not None:
+            set_rng_state(rng_state)
 
 
 @contextlib.contextmanager
