@@ -208,8 +208,9 @@ def run_variant(name: str, args: argparse.Namespace, device, env: Dict[str, Any]
             out_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"bench_s10_{name}_")))
         stack.enter_context(probes(device, timings))
         start = clock(device)
+        common.log_package_to_stderr(quiet=args.quiet)
         result = run_recipe(recipe, data=args.data, out_dir=out_dir, device=device, device_fallback=False,
-                            root=args.root, progress=False, log=None if args.quiet else note)
+                            root=args.root, progress=False)
         wall = clock(device) - start
 
     history = result.history

@@ -10,6 +10,7 @@ import contextlib
 import datetime
 import gc
 import json
+import logging
 import math
 import os
 import platform
@@ -331,3 +332,15 @@ def emit(record: Dict[str, Any], out: Optional[str] = None, stream=None) -> Dict
 def note(text: str) -> None:
     """A progress line on stderr, so stdout holds only the JSON lines."""
     print(f"[bench] {text}", file=sys.stderr, flush=True)
+
+
+def log_package_to_stderr(quiet: bool = False) -> None:
+    """Send the package's progress lines (the ``pytorch_utils`` logger) to stderr like :func:`note`, or silence them."""
+    logger = logging.getLogger("pytorch_utils")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[bench] %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False

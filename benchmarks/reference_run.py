@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and the chec
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (data_description, data_label, device_name, emit, environment,  # noqa: E402
-                               note)
+                               log_package_to_stderr)
 
 
 def report_title(recipe_name: str, data: str, device: str, epochs: int) -> str:
@@ -62,8 +62,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     recipe = recipe.replace(**overrides)
     data = str(args.data or recipe.data)
     start = time.perf_counter()
-    result = run_recipe(recipe, data=args.data, out_dir=args.out_dir, device=args.device, progress=False,
-                        log=note)  # progress on stderr: stdout holds the JSON line
+    log_package_to_stderr()  # progress on stderr: stdout holds the JSON line
+    result = run_recipe(recipe, data=args.data, out_dir=args.out_dir, device=args.device, progress=False)
     wall = time.perf_counter() - start
     device = device_name(result.device)
     title = report_title(recipe.name, data, device, len(result.history))

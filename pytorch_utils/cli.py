@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="gpu = whole data set on the GPU with batched augmentation (auto: on CUDA)")
     how.add_argument("--num-workers", type=int, help="DataLoader workers (default: min(cpus, 8))")
     how.add_argument("--seed", type=int)
+    how.add_argument("--accumulate-steps", type=int,
+                     help="one optimizer step per N batches (an effective batch of N x --batch-size)")
     how.add_argument("--no-lr-finder", action="store_true",
                      help="skip the recipe's LR finder; the schedule peaks at --lr (or the recipe's lr)")
     how.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -110,7 +112,7 @@ def _cmd_train(args) -> int:
         if not args.recipe:
             overrides["name"] = args.model
     for flag in ("epochs", "batch_size", "optimizer", "augmentation", "amp", "loader", "num_workers", "seed",
-                 "train_limit", "test_limit"):
+                 "train_limit", "test_limit", "accumulate_steps"):
         value = getattr(args, flag)
         if value is not None:
             overrides[flag] = None if value == "none" else value
@@ -127,11 +129,13 @@ def _cmd_train(args) -> int:
     recipe = recipe.replace(**overrides)
     if args.lr is not None or args.no_lr_finder:
         recipe = recipe.with_peak_lr(args.lr if args.lr is not None else recipe.lr)
-    log = None if args.quiet else print
+    if args.quiet:  # epoch lines and notes go through the package logger
+        import logging
+
+        logging.getLogger("pytorch_utils").setLevel(logging.WARNING)
     result = run_recipe(recipe, data=args.data, out_dir=args.out_dir, device=args.device,
                         device_fallback=not args.strict_device, resume="required" if args.resume else False,
-                        root=args.root, download=args.download, progress=not (args.no_progress or args.quiet),
-                        log=log)
+                        root=args.root, download=args.download, progress=not (args.no_progress or args.quiet))
     from pytorch_utils.train.distributed import cleanup_distributed, is_main_process
 
     main_process = is_main_process()

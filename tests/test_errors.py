@@ -21,7 +21,6 @@ from pytorch_utils.train import fit
 from pytorch_utils.train.checkpoints import CheckpointManager, load_checkpoint
 from pytorch_utils.train.loop import Callback
 from pytorch_utils.train.lr_finder import find_lr
-from pytorch_utils.train.schedules import LinearOneCycleLR
 from pytorch_utils.utils import resolve_device
 
 
@@ -78,7 +77,7 @@ def test_labels_out_of_range():
     model = TinyNet(num_classes=3)  # labels go up to 3
     with pytest.raises(ConfigError, match="labels range over"):
         fit(model, plain_loader(x, y, 16), None, epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-            progress=False, log=None)
+            progress=False)
 
 
 def test_num_classes_mismatch_between_model_and_data():
@@ -124,7 +123,7 @@ def test_nan_loss_stops_names_the_step_and_keeps_the_last_good_checkpoint(tmp_pa
 
     with pytest.raises(NonFiniteLossError, match="epoch 2, step 0"):
         fit(model, train, test, epochs=3, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-            callbacks=[CheckpointManager(tmp_path, log=None), Poison()], progress=False, log=None)
+            callbacks=[CheckpointManager(tmp_path), Poison()], progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "epoch-0001.pt"]
     ckpt = load_checkpoint(tmp_path / "epoch-0001.pt")
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
@@ -138,16 +137,6 @@ def test_lr_finder_range_invalid():
         find_lr(model, opt, nn.CrossEntropyLoss(), plain_loader(x, y, 16), start_lr=1.0, end_lr=0.1)
     with pytest.raises(ConfigError):
         find_lr(model, opt, nn.CrossEntropyLoss(), plain_loader(x, y, 16), start_lr=-1e-3, end_lr=1.0)
-
-
-def test_scheduler_total_steps_exceeded():
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-    sched = LinearOneCycleLR(opt, max_lr=0.1, min_lr=0.01, total_steps=3, peak_step=1)
-    for _ in range(3):
-        opt.step()
-        sched.step()
-    with pytest.raises(ConfigError, match="built for 3 steps"):
-        sched.step()
 
 
 def test_checkpoint_from_a_different_model(tmp_path, capsys):

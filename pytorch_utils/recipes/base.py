@@ -62,6 +62,7 @@ class Recipe:
     scheduler: Optional[ScheduleSpec] = None
     lr_finder: Optional[LRFinderSpec] = None  # fills the scheduler's max_lr/min_lr from the range test
     grad_clip: Optional[float] = None
+    accumulate_steps: int = 1  # one optimizer step per this many batches (an effective batch of N * batch_size)
     # augmentation, mixing, regularisation
     augmentation: str = "standard"  # train preset (see pytorch_utils.data.transforms.list_presets)
     augmentation_kwargs: Dict[str, Any] = field(default_factory=dict)
@@ -122,6 +123,7 @@ class Recipe:
         checks = [
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.accumulate_steps >= 1, "accumulate_steps must be >= 1"),
             (self.lr > 0, "lr must be > 0"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
@@ -210,6 +212,7 @@ MONITORS = ("test_acc", "test_loss", "train_acc", "train_loss")
 _FIELD_TYPES = {
     "name": str, "model": str, "data": str, "optimizer": str, "augmentation": str, "loader": str, "monitor": str,
     "epochs": int, "batch_size": int, "keep_last": int, "checkpoint_every": int, "hub_every": int, "seed": int,
+    "accumulate_steps": int,
     "num_classes": (int, type(None)), "train_limit": (int, type(None)), "test_limit": (int, type(None)),
     "num_workers": (int, type(None)), "early_stopping_patience": (int, type(None)),
     "early_stopping_start": (int, type(None)),

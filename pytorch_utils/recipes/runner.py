@@ -1,10 +1,12 @@
 """``run_recipe``: data, model, optimizer, LR finder, schedule, callbacks and ``fit`` for one :class:`Recipe`."""
 import dataclasses
 import json
+import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -23,8 +25,10 @@ from pytorch_utils.train.checkpoints import (
 )
 from pytorch_utils.train.loop import History, fit, model_output_classes
 from pytorch_utils.train.mixing import Mixer, SoftTargetCrossEntropy
-from pytorch_utils.train.schedules import ScheduleSpec, build_scheduler
+from pytorch_utils.train.schedules import ScheduleSpec, build_schedule, check_spec
 from pytorch_utils.utils import amp_dtype_for, resolve_device, seed_everything, unwrap_model
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -141,8 +145,8 @@ def check_resume_compatible(checkpoint: Dict[str, Any], recipe: Recipe, data: st
                               "settings in run.json, or start a new run with another --out-dir")
 
 
-def find_resume_checkpoint(resume: Union[bool, str], out_dir: Path, recipe: Recipe, data: str,
-                           log: Optional[Callable[[str], None]] = None) -> Optional[Dict[str, Any]]:
+def find_resume_checkpoint(resume: Union[bool, str], out_dir: Path, recipe: Recipe, data: str
+                           ) -> Optional[Dict[str, Any]]:
     """The checkpoint a run resumes from, loaded and checked before any work is done; None for a fresh start.
 
     A folder whose run was stopped before its first checkpoint (``run.json`` but no checkpoint yet) starts again
@@ -158,8 +162,7 @@ def find_resume_checkpoint(resume: Union[bool, str], out_dir: Path, recipe: Reci
     ckpt = latest_checkpoint(ckpt_dir, skipped)
     if ckpt is None:
         if (out_dir / "run.json").is_file() and not skipped:
-            if log:
-                log(f"the run in {str(out_dir)!r} stopped before its first checkpoint: starting it again from epoch 1")
+            log.info(f"the run in {str(out_dir)!r} stopped before its first checkpoint: starting it again from epoch 1")
             return None
         if resume == "required":
             extra = f" (corrupt: {', '.join(skipped)})" if skipped else ""
@@ -170,7 +173,7 @@ def find_resume_checkpoint(resume: Union[bool, str], out_dir: Path, recipe: Reci
     return ckpt
 
 
-def archive_previous_run(out_dir: Path, log: Optional[Callable[[str], None]] = None) -> Optional[Path]:
+def archive_previous_run(out_dir: Path) -> Optional[Path]:
     """Move an earlier run's files out of the way of a fresh run in the same folder (nothing is deleted).
 
     Without this, a fresh run would prune its own new checkpoints in favour of the old run's higher epoch numbers,
@@ -190,26 +193,157 @@ def archive_previous_run(out_dir: Path, log: Optional[Callable[[str], None]] = N
     dest.mkdir(parents=True)
     for path in present:
         path.rename(dest / path.name)
-    if log:
-        log(f"an earlier run's files in {str(out_dir)!r} were moved to {str(dest)!r} (use --resume to continue a run)")
+    log.info(f"an earlier run's files in {str(out_dir)!r} were moved to {str(dest)!r} (use --resume to continue a run)")
     return dest
 
 
-def run_recipe(
-    recipe: Union[Recipe, str],
-    data: Optional[str] = None,
-    out_dir: Union[str, Path, None] = None,
-    *,
-    device=None,
-    device_fallback: bool = True,
-    resume: Union[bool, str] = False,
-    root: str = "./data",
-    download: bool = False,
-    progress: bool = True,
-    log: Optional[Callable[[str], None]] = print,
-    **overrides,
-) -> RunResult:
+@dataclass
+class _Run:
+    """What the steps of :func:`run_recipe` share: the validated recipe, where it runs and what it resumes."""
+
+    recipe: Recipe
+    data: str
+    out_dir: Path
+    device: torch.device
+    rank: int
+    world: int
+    checkpoint: Optional[Dict[str, Any]]
+    progress: bool
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _prepare(recipe: Union[Recipe, str], overrides: Dict[str, Any], data, out_dir, device, device_fallback: bool,
+             resume, progress: bool) -> _Run:
+    """Everything that can refuse the run, before any data is loaded: the recipe, the device, the folder, a resume."""
+    recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
+    recipe = (recipe.replace(**overrides) if overrides else recipe).validate()
+    if recipe.scheduler is not None:
+        check_spec(recipe.scheduler)
+    launched = dist_utils.launched_by_torchrun()
+    rank, world, dist_device = dist_utils.init_distributed(device=device) if launched else (0, 1, None)
+    device = dist_device if dist_device is not None else resolve_device(device, fallback=device_fallback)
+    out_dir = Path(out_dir or Path("runs") / recipe.name)
+    data = data or recipe.data
+    if rank == 0:
+        check_writable_dir(out_dir)
+    else:  # under torchrun only rank 0 reports progress (a worker process: its package logger is ours to set)
+        logging.getLogger("pytorch_utils").setLevel(logging.WARNING)
+    checkpoint = find_resume_checkpoint(resume, out_dir, recipe, data)
+    seed_everything(recipe.seed)
+    return _Run(recipe, data, out_dir, device, rank, world, checkpoint, progress and rank == 0)
+
+
+def _build(run: _Run, root: str, download: bool):
+    """Data, model (restored weights checked now), loaders, the run folder, optimizer, loss and mixer."""
+    recipe, device = run.recipe, run.device
+    train_ds, test_ds = load_datasets(run.data, root=root, download=download, train_limit=recipe.train_limit,
+                                      test_limit=recipe.test_limit, seed=recipe.seed, num_classes=recipe.num_classes)
+    num_classes = train_ds.num_classes
+    model = create_model(recipe.model, num_classes=num_classes, **recipe.model_kwargs)
+    check_model_data(model, num_classes)
+    if run.checkpoint is not None:
+        restore_model(model, run.checkpoint, source=run.checkpoint["_path"])  # a mismatch fails now, not after a sweep
+    train_loader, test_loader, kind = _make_loaders(recipe, train_ds, test_ds, device, run.rank, run.world)
+    per_rank = f" per rank, {recipe.batch_size * run.world} in all over {run.world} ranks" if run.world > 1 else ""
+    log.info(f"recipe {recipe.name}: {recipe.model} ({count_parameters(model):,} params) on {run.data} "
+             f"({len(train_ds)} train / {len(test_ds)} test, {num_classes} classes), device {device}, "
+             f"loader {kind}, {recipe.epochs} epochs of batch {recipe.batch_size}{per_rank}")
+    if run.main:
+        if run.checkpoint is None:
+            archive_previous_run(run.out_dir)
+        ensure_writable_dir(run.out_dir)
+    dist_utils.barrier()  # every rank waits until rank 0 has moved an earlier run aside
+    model = model.to(device)
+    if run.world > 1 and recipe.sync_bn and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN statistics over the global batch
+    if recipe.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    if recipe.label_smoothing or recipe.mixup_alpha or recipe.cutmix_alpha or any(
+            p.mixup_alpha or p.cutmix_alpha for p in recipe.phases):
+        # Smoothing is folded into the mixer's soft targets once; the loss must not smooth again.
+        mixer = Mixer(num_classes, mixup_alpha=recipe.mixup_alpha, cutmix_alpha=recipe.cutmix_alpha,
+                      switch_prob=recipe.mix_switch_prob, prob=recipe.mix_prob, label_smoothing=recipe.label_smoothing)
+        criterion = SoftTargetCrossEntropy()
+    else:
+        mixer, criterion = None, nn.CrossEntropyLoss()
+    return train_ds, model, train_loader, test_loader, build_optimizer(recipe, model), criterion, mixer
+
+
+def _choose_lrs(run: _Run, model, optimizer, criterion, train_loader) -> Tuple[Optional[Dict[str, float]], Any]:
+    """LR_max / LR_min from the LR finder (a resumed run reuses its checkpoint's), and the sweep's result."""
+    spec, lr_result = run.recipe.lr_finder, None
+    if spec is None:
+        return None, None
+    # A resumed run keeps the LRs its first part chose (stored in every checkpoint): a new sweep could differ.
+    lr_values = (run.checkpoint.get("config") or {}).get("lr_finder") if run.checkpoint is not None else None
+    if lr_values is None:
+        from pytorch_utils.train.lr_finder import find_lr
+
+        lr_result = find_lr(model, optimizer, criterion, train_loader, start_lr=spec.start_lr, end_lr=spec.end_lr,
+                            num_iter=spec.iterations(len(train_loader)), suggestion=spec.suggestion, div=spec.div,
+                            device=run.device, amp=run.recipe.amp, progress=run.progress)
+        lr_values = {"lr_max": lr_result.lr_max, "lr_min": lr_result.lr_min}
+    # Under torchrun every rank swept its own shard: all ranks follow rank 0's schedule.
+    lr_values = dist_utils.broadcast_object(lr_values)
+    if lr_result is not None:
+        if run.main:
+            lr_result.plot(save=run.out_dir / "lr_finder.png")
+        log.info(f"LR finder ({spec.suggestion}): LR_max {lr_values['lr_max']:.3e}, LR_min "
+                 f"{lr_values['lr_min']:.3e} (LR_max / {spec.div:g})")
+    return lr_values, lr_result
+
+
+def _schedule_and_callbacks(run: _Run, optimizer, lr_values, steps_per_epoch: int, config: Dict[str, Any]):
+    """The LR schedule (built before ``fit`` resumes its state) and the callbacks: checkpoints, phases, early stop."""
+    recipe = run.recipe
+
+    def with_lrs(spec: Optional[ScheduleSpec]) -> Optional[ScheduleSpec]:
+        return spec if lr_values is None else schedule_with_lrs(spec, lr_values["lr_max"], lr_values["lr_min"])
+
+    mode = "min" if recipe.monitor.endswith("loss") else "max"
+    hub = HubPusher(recipe.hub_repo, every=recipe.hub_every) if (recipe.hub_repo and run.main) else None
+    callbacks = [CheckpointManager(run.out_dir / "checkpoints", keep_last=recipe.keep_last, monitor=recipe.monitor,
+                                   mode=mode, resume=run.checkpoint is not None, checkpoint=run.checkpoint,
+                                   config=config, hub=hub, every=recipe.checkpoint_every)]
+    scheduler = None
+    if recipe.phases:
+        phases = [dataclasses.replace(p, scheduler=with_lrs(p.scheduler)) for p in recipe.phases]
+        callbacks.append(PhaseSchedule(validate_phases(phases, epochs=recipe.epochs), seed=recipe.seed))
+    else:
+        scheduler = build_schedule(with_lrs(recipe.scheduler), optimizer, steps_per_epoch, recipe.epochs)
+    if recipe.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor=recipe.monitor, mode=mode, patience=recipe.early_stopping_patience,
+                                       start_epoch=recipe.early_stopping_start))
+    return scheduler, callbacks
+
+
+def _finish(run: _Run, history: History, model: nn.Module, seconds: float) -> Dict[str, Any]:
+    """The run's summary numbers; rank 0 writes ``history.json`` and ``summary.json``."""
+    best, last = history.best("test_acc"), (history[-1] if history else {})
+    final = {
+        "recipe": run.recipe.name, "model": run.recipe.model, "data": str(run.data), "device": str(run.device),
+        "epochs_run": len(history), "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
+        "best_test_acc": best["test_acc"] if best else None, "best_epoch": best["epoch"] if best else None,
+        "train_acc": last.get("train_acc"), "seconds": seconds,
+        "stopped_early": any(r.get("early_stop") for r in history),
+        "parameters": count_parameters(model), "tta": run.recipe.tta,
+    }
+    if run.main:
+        history.save_json(run.out_dir / "history.json")
+        atomic_write_text(run.out_dir / "summary.json", json.dumps(final, indent=2))
+    return final
+
+
+def run_recipe(recipe: Union[Recipe, str], data: Optional[str] = None, out_dir: Union[str, Path, None] = None, *,
+               device=None, device_fallback: bool = True, resume: Union[bool, str] = False, root: str = "./data",
+               download: bool = False, progress: bool = True, **overrides) -> RunResult:
     """Train a recipe end to end: data, model, (LR finder), schedule, checkpoints, early stopping, history.
+
+    Reads top to bottom as torchvision's reference ``main()``: checks > data > model > optimizer > LR > schedule >
+    (resume, inside ``fit``) > loop > save. Progress lines go to this module's logger (and ``pytorch_utils.train``'s).
 
     Args:
         recipe: a :class:`Recipe` or a registered name; ``overrides`` replace its fields (``epochs=2``...).
@@ -221,146 +355,45 @@ def run_recipe(
         resume: continue from the newest intact checkpoint in ``out_dir/checkpoints`` (True: start fresh when there is
             none; "required": raise CheckpointError when there is none).
         root, download: torchvision CIFAR folder and whether to download (needs internet: Colab).
-        progress: tqdm bars; log: where progress lines go (None: silent).
+        progress: tqdm bars.
     Returns:
         a :class:`RunResult`.
+    Raises:
+        ConfigError / UnknownNameError: a bad recipe value or name; CheckpointError: a resume that does not fit.
+        All are raised before any data is loaded.
     """
-    if isinstance(recipe, str):
-        recipe = get_recipe(recipe)
-    if overrides:
-        recipe = recipe.replace(**overrides)
-    recipe.validate()
-    launched = dist_utils.launched_by_torchrun()
-    rank, world, dist_device = dist_utils.init_distributed(device=device) if launched else (0, 1, None)
-    main = rank == 0
-    log = log if main else None
-    device = dist_device if dist_device is not None else resolve_device(device, fallback=device_fallback)
-    out_dir = Path(out_dir or Path("runs") / recipe.name)
-    data = data or recipe.data
-    if main:
-        check_writable_dir(out_dir)
-    # Everything that can refuse a resume is checked here, before data loading or an LR sweep.
-    checkpoint = find_resume_checkpoint(resume, out_dir, recipe, data, log)
-    ckpt_dir = out_dir / "checkpoints"
-    seed_everything(recipe.seed)
-    progress = progress and main
-    start = time.perf_counter()
-
-    train_ds, test_ds = load_datasets(data, root=root, download=download, train_limit=recipe.train_limit,
-                                      test_limit=recipe.test_limit, seed=recipe.seed, num_classes=recipe.num_classes)
-    num_classes = train_ds.num_classes
-    model = create_model(recipe.model, num_classes=num_classes, **recipe.model_kwargs)
-    check_model_data(model, num_classes)
-    if checkpoint is not None:
-        restore_model(model, checkpoint, source=checkpoint["_path"])  # a shape mismatch fails now, not after a sweep
-    train_loader, test_loader, loader_kind = _make_loaders(recipe, train_ds, test_ds, device, rank, world)
-    if log:
-        per_rank = f" per rank, {recipe.batch_size * world} in all over {world} ranks" if world > 1 else ""
-        log(f"recipe {recipe.name}: {recipe.model} ({count_parameters(model):,} params) on {data} "
-            f"({len(train_ds)} train / {len(test_ds)} test, {num_classes} classes), device {device}, "
-            f"loader {loader_kind}, {recipe.epochs} epochs of batch {recipe.batch_size}{per_rank}")
-    if main:
-        if checkpoint is None:
-            archive_previous_run(out_dir, log)
-        ensure_writable_dir(out_dir)
-    # Every rank waits until rank 0 has moved an earlier run aside before anyone looks at the folder again.
-    dist_utils.barrier()
-    config = {"recipe": recipe.to_dict(), "data": str(data), "lr_finder": None}
-    if main and checkpoint is None:  # marks the folder as a started run (see find_resume_checkpoint)
-        atomic_write_text(out_dir / "run.json", json.dumps(config, indent=2, default=str))
-    model = model.to(device)
-    if world > 1 and recipe.sync_bn and device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # BN statistics over the global batch
-    if recipe.channels_last and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(recipe, model)
-
-    if recipe.label_smoothing or recipe.mixup_alpha or recipe.cutmix_alpha or any(
-            p.mixup_alpha or p.cutmix_alpha for p in recipe.phases):
-        # Smoothing is folded into the mixer's soft targets once; the loss must not smooth again.
-        mixer = Mixer(num_classes, mixup_alpha=recipe.mixup_alpha, cutmix_alpha=recipe.cutmix_alpha,
-                      switch_prob=recipe.mix_switch_prob, prob=recipe.mix_prob, label_smoothing=recipe.label_smoothing)
-        criterion = SoftTargetCrossEntropy()
-    else:
-        mixer, criterion = None, nn.CrossEntropyLoss()
-
-    lr_result, lr_values = None, None
-    if recipe.lr_finder is not None:
-        # A resumed run keeps the LRs its first part chose (stored in every checkpoint): a new sweep could differ.
-        lr_values = (checkpoint.get("config") or {}).get("lr_finder") if checkpoint is not None else None
-        if lr_values is None:
-            from pytorch_utils.train.lr_finder import find_lr
-
-            spec = recipe.lr_finder
-            lr_result = find_lr(model, optimizer, criterion if mixer is None else nn.CrossEntropyLoss(), train_loader,
-                                start_lr=spec.start_lr, end_lr=spec.end_lr, num_iter=spec.iterations(len(train_loader)),
-                                suggestion=spec.suggestion, div=spec.div, device=device, amp=recipe.amp,
-                                progress=progress)
-            lr_values = {"lr_max": lr_result.lr_max, "lr_min": lr_result.lr_min}
-        # Under torchrun every rank swept its own shard: all ranks must follow rank 0's schedule.
-        lr_values = dist_utils.broadcast_object(lr_values)
-        if lr_values is not None and lr_result is not None:
-            if main:
-                lr_result.plot(save=out_dir / "lr_finder.png")
-            if log:
-                log(f"LR finder ({recipe.lr_finder.suggestion}): LR_max {lr_values['lr_max']:.3e}, LR_min "
-                    f"{lr_values['lr_min']:.3e} (LR_max / {recipe.lr_finder.div:g})")
+    run = _prepare(recipe, overrides, data, out_dir, device, device_fallback, resume, progress)
+    recipe, device, start = run.recipe, run.device, time.perf_counter()
+    train_ds, model, train_loader, test_loader, optimizer, criterion, mixer = _build(run, root, download)
+    config = {"recipe": recipe.to_dict(), "data": str(run.data), "lr_finder": None}
+    if run.main and run.checkpoint is None:  # marks the folder as a started run (see find_resume_checkpoint)
+        atomic_write_text(run.out_dir / "run.json", json.dumps(config, indent=2, default=str))
+    # The sweep takes hard labels: a mixer's soft-target loss is for training only.
+    lr_values, lr_result = _choose_lrs(run, model, optimizer, criterion if mixer is None else nn.CrossEntropyLoss(),
+                                       train_loader)
     config["lr_finder"] = lr_values
-
-    def with_lrs(spec: Optional[ScheduleSpec]) -> Optional[ScheduleSpec]:
-        return spec if lr_values is None else schedule_with_lrs(spec, lr_values["lr_max"], lr_values["lr_min"])
-
-    callbacks = []
-    hub = HubPusher(recipe.hub_repo, every=recipe.hub_every) if (recipe.hub_repo and main) else None
-    callbacks.append(CheckpointManager(ckpt_dir, keep_last=recipe.keep_last, monitor=recipe.monitor,
-                                       mode="min" if recipe.monitor.endswith("loss") else "max",
-                                       resume=checkpoint is not None, checkpoint=checkpoint, config=config, hub=hub,
-                                       log=log, every=recipe.checkpoint_every))
-    scheduler = None
-    if recipe.phases:
-        phases = [dataclasses.replace(p, scheduler=with_lrs(p.scheduler)) for p in recipe.phases]
-        callbacks.append(PhaseSchedule(validate_phases(phases, epochs=recipe.epochs), seed=recipe.seed))
-    else:
-        scheduler = build_scheduler(with_lrs(recipe.scheduler), optimizer, len(train_loader), recipe.epochs)
-    if recipe.early_stopping_patience:
-        callbacks.append(EarlyStopping(monitor=recipe.monitor, mode="min" if recipe.monitor.endswith("loss") else "max",
-                                       patience=recipe.early_stopping_patience,
-                                       start_epoch=recipe.early_stopping_start))
-    if main and checkpoint is None and lr_values is not None:  # the marker written above lacks the chosen LRs
-        atomic_write_text(out_dir / "run.json", json.dumps(config, indent=2, default=str))
-
+    if run.main and run.checkpoint is None and lr_values is not None:  # the marker above lacks the chosen LRs
+        atomic_write_text(run.out_dir / "run.json", json.dumps(config, indent=2, default=str))
+    steps_per_epoch = math.ceil(len(train_loader) / recipe.accumulate_steps)
+    scheduler, callbacks = _schedule_and_callbacks(run, optimizer, lr_values, steps_per_epoch, config)
     ema = None
     if recipe.ema_decay:
         from pytorch_utils.train.ema import ModelEMA
 
         ema = ModelEMA(model, decay=recipe.ema_decay)  # after the device/layout moves: the copy takes both
     train_model = model
-    if world > 1:
+    if run.world > 1:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if recipe.compile:
         train_model = torch.compile(train_model)
-    history = fit(
-        train_model, train_loader, test_loader, epochs=recipe.epochs, optimizer=optimizer, criterion=criterion,
-        scheduler=scheduler, device=device, amp=recipe.amp, channels_last=recipe.channels_last and device.type == "cuda",
-        mixer=mixer, grad_clip=recipe.grad_clip, ema=ema, tta=recipe.tta, callbacks=callbacks, progress=progress,
-        log=log,
-    )
-    seconds = time.perf_counter() - start
-    best = history.best("test_acc")
-    last = history[-1] if history else {}
-    final = {
-        "recipe": recipe.name, "model": recipe.model, "data": str(data), "device": str(device),
-        "epochs_run": len(history), "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
-        "best_test_acc": best["test_acc"] if best else None, "best_epoch": best["epoch"] if best else None,
-        "train_acc": last.get("train_acc"), "seconds": seconds,
-        "stopped_early": any(r.get("early_stop") for r in history),
-        "parameters": count_parameters(model), "tta": recipe.tta,
-    }
-    if main:
-        history.save_json(out_dir / "history.json")
-        atomic_write_text(out_dir / "summary.json", json.dumps(final, indent=2))
-    return RunResult(recipe=recipe, model=unwrap_model(model), history=history, out_dir=out_dir,
+    history = fit(train_model, train_loader, test_loader, epochs=recipe.epochs, optimizer=optimizer,
+                  criterion=criterion, scheduler=scheduler, callbacks=callbacks, device=device, amp=recipe.amp,
+                  channels_last=recipe.channels_last and device.type == "cuda", mixer=mixer,
+                  grad_clip=recipe.grad_clip, accumulate_steps=recipe.accumulate_steps, ema=ema, tta=recipe.tta,
+                  progress=run.progress)
+    final = _finish(run, history, model, time.perf_counter() - start)
+    return RunResult(recipe=recipe, model=unwrap_model(model), history=history, out_dir=run.out_dir,
                      eval_model=ema.module if ema is not None else unwrap_model(model),
                      train_loader=train_loader, test_loader=test_loader, classes=tuple(train_ds.classes),
                      mean=tuple(train_ds.mean), std=tuple(train_ds.std), device=device, lr_finder=lr_result,

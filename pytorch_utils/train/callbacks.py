@@ -1,7 +1,7 @@
-"""Callbacks for ``fit``: early stopping and phase schedules (dropout / augmentation / MixUp / scheduler by epoch).
+"""Callbacks for ``fit``: early stopping and phase schedules (dropout / augmentation / MixUp / LR by epoch).
 
-Both derive their state from the run's history and epoch, so a resumed run behaves exactly like an uninterrupted one
-without storing anything extra in checkpoints.
+Both derive their state from the run's history and epoch (restored by ``fit`` before any hook), so a resumed run
+behaves exactly like an uninterrupted one, whatever the order of the callbacks, without storing anything extra.
 """
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence
@@ -9,8 +9,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch.nn as nn
 
 from pytorch_utils.errors import ConfigError
-from pytorch_utils.train.loop import Callback, TrainState, load_pending_scheduler_state
-from pytorch_utils.train.schedules import ScheduleSpec, build_scheduler
+from pytorch_utils.train.schedules import ScheduleSpec, check_spec, initial_lr, phase_schedule
+from pytorch_utils.train.state import Callback, TrainState
 from pytorch_utils.utils import unwrap_model
 
 
@@ -97,7 +97,8 @@ class EarlyStopping(Callback):
 class Phase:
     """Settings that hold from epoch ``start`` to ``end`` (1-based, inclusive). None means "keep what was set".
 
-    Fields: ``scheduler`` (a :class:`ScheduleSpec` built for this phase's span; None keeps the running scheduler),
+    Fields: ``scheduler`` (a :class:`ScheduleSpec` run from this phase's start until the next phase that declares
+    one; None keeps the running schedule; "plateau" is not allowed in phases),
     ``dropout`` (p for every nn.Dropout), ``augmentation`` (train preset name), ``input_size`` (training input size,
     progressive resizing), ``mixup_alpha``/``cutmix_alpha`` (the mixer's alphas), ``name`` (recorded per epoch).
     """
@@ -135,6 +136,11 @@ def validate_phases(phases: Sequence[Phase], epochs: Optional[int] = None) -> Li
                               f"{p.start}-{p.end}, expected it to start at {expected}")
         if p.scheduler is not None and isinstance(p.scheduler, dict):
             p.scheduler = ScheduleSpec(**p.scheduler)
+        if p.scheduler is not None:
+            check_spec(p.scheduler, where=f"phase {p.name or p.start}")
+            if p.scheduler.name == "plateau":
+                raise ConfigError(f"phase {p.name or p.start}: a plateau scheduler depends on the metrics, not the "
+                                  "epoch, so it cannot be one piece of a phase schedule; use it without phases")
         expected = p.end + 1
     if epochs is not None:
         phases = [p for p in phases if p.start <= epochs]
@@ -176,92 +182,61 @@ def set_augmentation(loader, name: str, size: Optional[int] = None, seed: Option
 
 
 class PhaseSchedule(Callback):
-    """Applies :class:`Phase` settings at phase boundaries (and, after a resume, the settings in force).
+    """Applies :class:`Phase` settings for the epoch about to run, and supplies the phases' LR schedule.
+
+    The phases' schedulers form one piecewise function of the optimizer step
+    (:func:`~pytorch_utils.train.schedules.phase_schedule`), set as ``state.scheduler`` at fit start; the other
+    settings are derived from the epoch, so a resumed run gets what the uninterrupted one had at that epoch.
 
     Args:
         phases: contiguous phases covering the run (see :func:`validate_phases`).
-        steps_per_epoch: batches per epoch, for per-batch schedulers (default: ``len(train_loader)``).
+        steps_per_epoch: optimizer steps per epoch (default: what ``fit`` counts from the train loader).
         seed: augmentation seed for presets built here.
     """
 
     def __init__(self, phases: Sequence[Phase], steps_per_epoch: Optional[int] = None, seed: Optional[int] = None):
         self.phases = validate_phases(phases)
         self.steps_per_epoch, self.seed = steps_per_epoch, seed
-        self.current: Optional[int] = None
         self.applied: Dict[str, Any] = {}
 
     def index_for(self, epoch: int) -> int:
         """Index of the phase holding 1-based ``epoch`` (the last phase beyond the end)."""
-        for i, p in enumerate(self.phases):
-            if p.start <= epoch <= p.end:
-                return i
-        return len(self.phases) - 1
+        return next((i for i, p in enumerate(self.phases) if p.start <= epoch <= p.end), len(self.phases) - 1)
 
     def settings_for(self, index: int) -> Dict[str, Any]:
         """The settings in force in phase ``index``: each from the latest phase up to it that sets it."""
         out: Dict[str, Any] = {}
         for p in self.phases[: index + 1]:
-            for key in SETTINGS:
-                if getattr(p, key) is not None:
-                    out[key] = getattr(p, key)
+            out.update({key: getattr(p, key) for key in SETTINGS if getattr(p, key) is not None})
         return out
 
-    def scheduler_phase(self, index: int) -> Optional[int]:
-        """Index of the latest phase up to ``index`` that declares a scheduler."""
-        for i in range(index, -1, -1):
-            if self.phases[i].scheduler is not None:
-                return i
-        return None
-
-    def _span(self, sched_index: int, total_epochs: int) -> int:
-        end = total_epochs
-        for p in self.phases[sched_index + 1:]:
-            if p.scheduler is not None:
-                end = p.start - 1
-                break
-        return max(1, min(end, total_epochs) - self.phases[sched_index].start + 1)
-
-    def _apply(self, state: TrainState, index: int, resuming: bool) -> None:
-        settings = self.settings_for(index)
+    def _apply(self, state: TrainState, epoch: int) -> None:
+        settings = self.settings_for(self.index_for(epoch))
+        if settings == self.applied:
+            return
         if "dropout" in settings:
             set_dropout(state.model, settings["dropout"])
         aug = (settings.get("augmentation"), settings.get("input_size"))
         if aug != (self.applied.get("augmentation"), self.applied.get("input_size")) and aug[0] is not None:
             set_augmentation(state.train_loader, aug[0], size=aug[1], seed=self.seed)
         if state.mixer is not None:
-            if "mixup_alpha" in settings:
-                state.mixer.mixup_alpha = float(settings["mixup_alpha"])
-            if "cutmix_alpha" in settings:
-                state.mixer.cutmix_alpha = float(settings["cutmix_alpha"])
+            state.mixer.mixup_alpha = float(settings.get("mixup_alpha", state.mixer.mixup_alpha))
+            state.mixer.cutmix_alpha = float(settings.get("cutmix_alpha", state.mixer.cutmix_alpha))
         elif settings.get("mixup_alpha") or settings.get("cutmix_alpha"):
             raise ConfigError("a phase sets a MixUp/CutMix alpha but fit() got no mixer; pass mixer=Mixer(...)")
-        sched_index = self.scheduler_phase(index)
-        previous = self.scheduler_phase(self.current) if self.current is not None else None
-        if sched_index is not None and (resuming or sched_index != previous):
-            steps = self.steps_per_epoch or len(state.train_loader)
-            spec = self.phases[sched_index].scheduler
-            state.scheduler = build_scheduler(spec, state.optimizer, steps, self._span(sched_index, state.epochs))
-            state.interval = getattr(state.scheduler, "interval", "epoch")
-            if resuming:
-                # The checkpoint holds the scheduler of the last finished epoch; at a phase boundary that was the
-                # previous phase's scheduler, and the uninterrupted run starts this one fresh too.
-                if self.scheduler_phase(self.index_for(state.epoch)) == sched_index:
-                    load_pending_scheduler_state(state)
-                else:
-                    state.pending_scheduler_state = None
-                    state.extra.pop("resumed_param_groups", None)
         self.applied = settings
-        self.current = index
 
     def on_fit_start(self, state: TrainState) -> None:
-        self.current, self.applied = None, {}
-        self._apply(state, self.index_for(state.epoch + 1), resuming=state.epoch > 0)
+        self.applied = {}
+        schedule = phase_schedule(self.phases, self.steps_per_epoch or state.steps_per_epoch, state.epochs,
+                                  initial_lr(state.optimizer))
+        if schedule is not None:
+            state.scheduler = schedule
+        self._apply(state, state.epoch + 1)
 
     def on_epoch_start(self, state: TrainState) -> None:
-        index = self.index_for(state.epoch + 1)
-        if index != self.current:
-            self._apply(state, index, resuming=False)
+        self._apply(state, state.epoch + 1)
 
     def on_epoch_end(self, state: TrainState, record: Dict[str, Any]) -> None:
-        phase = self.phases[self.current]
+        phase = self.phases[self.index_for(record["epoch"])]
         record["phase"] = phase.name or f"{phase.start}-{phase.end}"

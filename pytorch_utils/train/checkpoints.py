@@ -1,7 +1,8 @@
 """Checkpoints that survive a Colab disconnect: atomic writes, keep-last-N + best, exact resume, optional Hub push.
 
-A checkpoint is one dict saved with ``torch.save``: model, optimizer, scheduler, scaler and EMA state, the epoch, the
-history so far, the RNG states of python/numpy/torch, the run's config and the library version. Everything in it is
+A checkpoint is one dict saved with ``torch.save``: model, optimizer, scaler and EMA state, the epoch and the number
+of optimizer steps applied (all a schedule that is a function of the step needs), the state of a stateful torch
+scheduler (ReduceLROnPlateau, or one a user passed to ``fit``), the history so far, the RNG states of python/numpy/torch, the run's config and the library version. Everything in it is
 made of tensors and plain Python values so it loads with ``torch.load(weights_only=True)``.
 """
 import json
@@ -19,7 +20,7 @@ from pytorch_utils import __version__
 from pytorch_utils.errors import CheckpointError, ConfigError
 from pytorch_utils.io import atomic_write, ensure_writable_dir
 from pytorch_utils.train import distributed as dist_utils
-from pytorch_utils.train.loop import Callback, History, TrainState
+from pytorch_utils.train.state import Callback, History, TrainState
 from pytorch_utils.utils import get_rng_state, set_rng_state, unwrap_model
 
 FORMAT = 1
@@ -67,10 +68,11 @@ def make_checkpoint(state: TrainState, config: Optional[Dict[str, Any]] = None,
         "model_name": getattr(model, "model_name", type(model).__name__),
         "model": model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
-        "scheduler": state.scheduler.state_dict() if state.scheduler is not None else None,
+        "scheduler": state.scheduler.state_dict() if hasattr(state.scheduler, "state_dict") else None,
         "scaler": state.scaler.state_dict() if state.scaler is not None else None,
         "ema": state.ema.state_dict() if state.ema is not None else None,
         "epoch": state.epoch,
+        "step": state.step,
         "history": _plain(list(state.history)),
         "rng": _rng_to_plain(get_rng_state()),
         "config": _plain(config or {}),
@@ -142,22 +144,22 @@ def restore_model(model: torch.nn.Module, checkpoint: Dict[str, Any], source: st
 
 
 def restore_state(state: TrainState, checkpoint: Dict[str, Any], source: str = "checkpoint") -> None:
-    """Put a checkpoint back into a :class:`TrainState`: weights, optimizer, scaler, EMA, epoch, history, RNG.
+    """Put a checkpoint back into a :class:`TrainState`: weights, optimizer, step, a stateful scheduler's state,
+    scaler, EMA, epoch, history, RNG (``fit`` calls this before any callback hook).
 
-    The scheduler state goes to ``state.pending_scheduler_state``: the engine (or a phase schedule that builds the
-    scheduler later) loads it once the right scheduler object exists.
+    A checkpoint without ``step`` (written before steps were counted) counts ``epoch * steps_per_epoch``.
     """
     restore_model(state.model, checkpoint, source)
     state.optimizer.load_state_dict(checkpoint["optimizer"])
-    state.extra["resumed_param_groups"] = [
-        {k: g[k] for k in ("lr", "initial_lr") if k in g} for g in state.optimizer.param_groups]
+    if checkpoint.get("scheduler") is not None and hasattr(state.scheduler, "load_state_dict"):
+        state.scheduler.load_state_dict(checkpoint["scheduler"])
     if checkpoint.get("scaler") is not None and state.scaler is not None:
         state.scaler.load_state_dict(checkpoint["scaler"])
     if checkpoint.get("ema") is not None and state.ema is not None:
         state.ema.load_state_dict(checkpoint["ema"])
     state.epoch = int(checkpoint["epoch"])
+    state.step = int(checkpoint.get("step", state.epoch * state.steps_per_epoch))
     state.history = History(checkpoint.get("history") or [])
-    state.pending_scheduler_state = checkpoint.get("scheduler")
     set_rng_state(_rng_from_plain(checkpoint["rng"]))
 
 
@@ -199,8 +201,9 @@ class CheckpointManager(Callback):
         directory: where checkpoints go (created; must be writable).
         keep_last: how many epoch checkpoints to keep (>= 1).
         monitor, mode: the history key deciding "best" and whether higher ("max") or lower ("min") is better.
-        resume: on fit start, load the newest intact checkpoint; corrupt ones are reported by name and skipped.
-            ``resume="required"`` raises CheckpointError when there is none; True starts fresh in that case.
+        resume: hand ``fit`` the newest intact checkpoint to restore before any hook (:meth:`checkpoint_to_resume`);
+            corrupt ones are reported by name and skipped. ``resume="required"`` raises CheckpointError when there
+            is none; True starts fresh in that case.
         config: the run's config (dict or dataclass), stored in each checkpoint.
         hub: optional :class:`HubPusher`.
         every: epochs between epoch checkpoints (the last epoch is always saved). With ``every > 1`` a new best
@@ -210,7 +213,7 @@ class CheckpointManager(Callback):
     """
 
     def __init__(self, directory, keep_last: int = 5, monitor: str = "test_acc", mode: str = "max",
-                 resume=False, config: Any = None, hub: "HubPusher" = None, log=print, every: int = 1,
+                 resume=False, config: Any = None, hub: "HubPusher" = None, every: int = 1,
                  checkpoint: Optional[Dict[str, Any]] = None):
         if every < 1:
             raise ConfigError(f"every must be >= 1, got {every}")
@@ -222,7 +225,7 @@ class CheckpointManager(Callback):
         if dist_utils.is_main_process():
             ensure_writable_dir(self.directory)
         self.keep_last, self.monitor, self.mode = keep_last, monitor, mode
-        self.resume, self.config, self.hub, self.log, self.every = resume, config, hub, log, every
+        self.resume, self.config, self.hub, self.every = resume, config, hub, every
         # A checkpoint the caller already loaded and checked (run_recipe does so before any work): resume from it.
         self.preloaded = checkpoint
         self.best: Optional[Dict[str, Any]] = None
@@ -258,11 +261,14 @@ class CheckpointManager(Callback):
             path.unlink(missing_ok=True)
         return stale
 
-    def on_fit_start(self, state: TrainState) -> None:
-        if dist_utils.is_main_process():
-            self.remove_stale_temporaries()
+    def checkpoint_to_resume(self) -> Optional[Dict[str, Any]]:
+        """The checkpoint ``fit`` restores before any hook (None without ``resume`` or when there is none yet).
+
+        Raises:
+            CheckpointError: ``resume="required"`` and no usable checkpoint (names the corrupt files found).
+        """
         if not self.resume:
-            return
+            return None
         ckpt = self.preloaded if self.preloaded is not None else self.latest()
         self.preloaded = None
         if ckpt is None:
@@ -270,12 +276,14 @@ class CheckpointManager(Callback):
                 extra = f" ({len(self.skipped)} corrupt: {', '.join(self.skipped)})" if self.skipped else ""
                 raise CheckpointError(f"resume requested but {str(self.directory)!r} holds no usable checkpoint"
                                       f"{extra}; run without --resume to start fresh")
-            return
-        restore_state(state, ckpt, source=ckpt["_path"])
+            return None
         self.best = ckpt.get("best")
         self.resumed_from = Path(ckpt["_path"])
-        if self.log and dist_utils.is_main_process():
-            self.log(f"resumed from {ckpt['_path']} (epoch {state.epoch}/{state.epochs})")
+        return ckpt
+
+    def on_fit_start(self, state: TrainState) -> None:
+        if dist_utils.is_main_process():
+            self.remove_stale_temporaries()
 
     def on_epoch_complete(self, state: TrainState, record: Dict[str, Any]) -> None:
         value = record.get(self.monitor)

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from pytorch_utils.errors import CheckpointError, ConfigError
-from pytorch_utils.utils import unwrap_model
+from pytorch_utils.utils import preserved, unwrap_model
 
 
 class ModelEMA:
@@ -146,22 +146,15 @@ class ModelEMA:
             ``model``, holding the EMA weights.
         """
         target = unwrap_model(model)
-        entries = target.state_dict(keep_vars=True)
         ema_state = self.module.state_dict()
-        missing = set(entries) ^ set(ema_state)
+        missing = set(target.state_dict()) ^ set(ema_state)
         if missing:
             raise ConfigError(
                 f"apply_to got a model whose state keys differ from the EMA copy's: {sorted(missing)[:5]}")
-        backup = {k: v.detach().clone() for k, v in entries.items()}
-        try:
-            with torch.no_grad():
-                for k, v in entries.items():
-                    v.detach().copy_(ema_state[k])
+        # preserved() copies the originals back in place (load_state_dict), so optimizer references stay valid.
+        with preserved(target, rng=False):
+            target.load_state_dict(ema_state)
             yield model
-        finally:
-            with torch.no_grad():
-                for k, v in entries.items():
-                    v.detach().copy_(backup[k])
 
     def __repr__(self) -> str:
         return f"ModelEMA(decay={self.decay}, warmup={self.warmup}, updates={self.updates})"

@@ -1,85 +1,42 @@
-"""Learning-rate schedules, declared as data (:class:`ScheduleSpec`) and built against an optimizer.
+"""Learning-rate schedules as pure functions of the optimizer step, declared as data (:class:`ScheduleSpec`).
 
-Every scheduler built here carries an ``interval`` attribute ("batch", "epoch" or "plateau") that tells the engine
-when to step it, so recipes never hard-code the stepping rule.
+As in nanoGPT's ``get_lr(it)``, the engine writes ``schedule(step)`` into every param group before each optimizer
+step, where ``step`` counts the optimizer steps *applied* (a step the fp16 GradScaler skips does not count). A
+checkpoint then needs only that count. Only ReduceLROnPlateau depends on the run's metrics; it stays a torch scheduler
+with state, built before a resume so resuming it is one ``load_state_dict``.
+
+Where a schedule is one torch also has (OneCycleLR, CosineAnnealingLR, CosineAnnealingWarmRestarts, CyclicLR, StepLR,
+LinearLR + SequentialLR) the formula is torch's; tests/train/test_schedules.py checks our values against torch's.
 """
-import warnings
+import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch.optim.lr_scheduler import LRScheduler
 
 from pytorch_utils.errors import ConfigError, UnknownNameError
 
-
-class LinearOneCycleLR(LRScheduler):
-    """One Cycle with linear ramps and **no annihilation**, stepped once per batch.
-
-    The LR rises linearly from ``min_lr`` at step 0 to ``max_lr`` at ``peak_step``, then falls linearly back to
-    ``min_lr`` at the last step (``total_steps - 1``) and never goes below ``min_lr``. (torch's OneCycleLR ends far
-    below its start LR; the S10 recipe does not.)
-
-    Args:
-        optimizer: its param groups' LR is overwritten.
-        max_lr, min_lr: the peak and the floor (0 < min_lr <= max_lr).
-        total_steps: number of optimizer steps in the schedule (epochs * batches per epoch).
-        peak_step: the step at which the LR is ``max_lr`` (e.g. 5 * batches per epoch for a peak at epoch 5).
-    Raises:
-        ConfigError: bad arguments, or stepping more than ``total_steps`` times.
-    """
-
-    interval = "batch"
-
-    def __init__(self, optimizer, max_lr: float, min_lr: float, total_steps: int, peak_step: int, last_epoch=-1):
-        if not (0 < min_lr <= max_lr):
-            raise ConfigError(f"One Cycle needs 0 < min_lr <= max_lr, got min_lr={min_lr}, max_lr={max_lr}")
-        if total_steps < 2 or not (0 <= peak_step < total_steps):
-            raise ConfigError(f"One Cycle needs total_steps >= 2 and 0 <= peak_step < total_steps, "
-                              f"got total_steps={total_steps}, peak_step={peak_step}")
-        self.max_lr, self.min_lr = float(max_lr), float(min_lr)
-        self.total_steps, self.peak_step = int(total_steps), int(peak_step)
-        if last_epoch == -1:
-            for group in optimizer.param_groups:
-                group["lr"] = self.min_lr
-                group["initial_lr"] = self.min_lr
-        super().__init__(optimizer, last_epoch)
-
-    def lr_at(self, step: int) -> float:
-        """The LR used for optimizer step ``step`` (0-based)."""
-        if step <= self.peak_step:
-            frac = step / self.peak_step if self.peak_step > 0 else 1.0
-            return self.min_lr + (self.max_lr - self.min_lr) * frac
-        down = self.total_steps - 1 - self.peak_step
-        frac = min(1.0, (step - self.peak_step) / down) if down > 0 else 1.0
-        return max(self.min_lr, self.max_lr - (self.max_lr - self.min_lr) * frac)
-
-    def get_lr(self):
-        step = self.last_epoch
-        # One call past the end is allowed: the engine steps after the last batch, and that LR is never used.
-        if step > self.total_steps:
-            raise ConfigError(
-                f"LinearOneCycleLR stepped {step} times but was built for {self.total_steps} steps; build it with "
-                "total_steps = epochs * len(train_loader) for the epochs you actually train")
-        lr = self.lr_at(min(step, self.total_steps - 1))
-        return [lr for _ in self.optimizer.param_groups]
+SCHEDULE_NAMES = ("constant", "one_cycle_linear", "onecycle", "cosine", "cosine_warm_restarts", "plateau",
+                  "cyclic", "step")
 
 
 @dataclass
 class ScheduleSpec:
-    """A scheduler described as data: ``name`` plus keyword ``params`` (times in epochs unless noted).
+    """A schedule described as data: ``name`` plus keyword ``params`` (times in epochs unless noted).
 
     Names and params:
         "constant": none.
-        "one_cycle_linear": max_lr, min_lr, peak_epoch (LinearOneCycleLR, per batch).
-        "onecycle": max_lr, pct_start=0.3, div_factor, final_div_factor, anneal_strategy (torch OneCycleLR, per batch).
-        "cosine": T_max (epochs, default: the span's length), eta_min (per epoch).
-        "cosine_warm_restarts": T_0 (epochs), T_mult=1, eta_min (per epoch).
-        "plateau": mode="min", factor=0.1, patience=10, min_lr (stepped with the test loss).
-        "cyclic": base_lr, max_lr, step_size_up (epochs), mode="triangular" (torch CyclicLR, per batch).
-        "step": step_size (epochs), gamma (per epoch).
-    Common params: ``lr`` sets the optimizer's LR before the scheduler is built (a phase can restart from a new LR);
-    ``warmup_epochs`` + ``warmup_start_lr`` prepend a linear warm-up (per-epoch schedules only).
+        "one_cycle_linear": max_lr, min_lr, peak_epoch (linear up, linear down, never below min_lr; per step).
+        "onecycle": max_lr, pct_start=0.3, div_factor=25, final_div_factor=1e4, anneal_strategy="cos" (torch
+            OneCycleLR's LR, per step; the momentum is not cycled).
+        "cosine": T_max (epochs, default: the span's length minus the warm-up), eta_min=0 (per epoch).
+        "cosine_warm_restarts": T_0 (epochs), T_mult=1, eta_min=0 (per epoch).
+        "plateau": mode="min", factor=0.1, patience=10, min_lr (torch ReduceLROnPlateau, stepped with the test loss).
+        "cyclic": base_lr, max_lr, step_size_up (epochs, default half the span), step_size_down, mode="triangular"
+            | "triangular2" | "exp_range", gamma (torch CyclicLR's LR, per step).
+        "step": step_size (epochs), gamma=0.1 (per epoch).
+    Common params: ``lr``, the LR the schedule starts from (default: the optimizer's initial LR);
+    ``warmup_epochs`` + ``warmup_start_lr`` (default lr / 10) prepend a linear warm-up to a per-epoch schedule.
     """
 
     name: str = "constant"
@@ -90,96 +47,205 @@ class ScheduleSpec:
         return asdict(self)
 
 
-SCHEDULE_NAMES = ("constant", "one_cycle_linear", "onecycle", "cosine", "cosine_warm_restarts", "plateau",
-                  "cyclic", "step")
+class StepSchedule:
+    """``lr = schedule(step)``: a pure function of the number of optimizer steps applied, with pieces.
+
+    ``pieces`` are ``(first_step, fn)`` in order; step ``s`` uses the last piece starting at or before it, called with
+    the step counted from that piece's start (a phase list is one such piecewise function).
+    """
+
+    interval = "step"
+
+    def __init__(self, pieces: Sequence[Tuple[int, Callable[[int], float]]]):
+        assert pieces and pieces[0][0] == 0, "the first piece starts at step 0"
+        self.pieces = list(pieces)
+
+    def __call__(self, step: int) -> float:
+        start, fn = next((s, f) for s, f in reversed(self.pieces) if s <= step)
+        return float(fn(step - start))
 
 
-def _set_lr(optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-        group["initial_lr"] = lr
+def linear_one_cycle(max_lr: float, min_lr: float, total_steps: int, peak_step: int) -> Callable[[int], float]:
+    """One Cycle with linear ramps and **no annihilation** (the S10 recipe): ``min_lr`` at step 0, ``max_lr`` at
+    ``peak_step``, back to ``min_lr`` at ``total_steps - 1`` and never below it (torch's OneCycleLR ends far below
+    its start LR)."""
+    down = max(1, total_steps - 1 - peak_step)
+
+    def lr(step: int) -> float:
+        if step <= peak_step:
+            return min_lr + (max_lr - min_lr) * (step / peak_step if peak_step > 0 else 1.0)
+        return max(min_lr, max_lr - (max_lr - min_lr) * min(1.0, (step - peak_step) / down))
+    return lr
 
 
-def build_scheduler(spec: Optional[ScheduleSpec], optimizer, steps_per_epoch: int, epochs: int):
-    """Build the scheduler ``spec`` describes for a span of ``epochs`` epochs of ``steps_per_epoch`` batches.
+def torch_one_cycle(max_lr: float, total_steps: int, pct_start: float = 0.3, div_factor: float = 25.0,
+                    final_div_factor: float = 1e4, anneal_strategy: str = "cos") -> Callable[[int], float]:
+    """The LR of ``torch.optim.lr_scheduler.OneCycleLR`` (two phases) at each step."""
+    start, low = max_lr / div_factor, max_lr / div_factor / final_div_factor
+    peak_end = float(pct_start * total_steps) - 1
+    phases = ((0.0, peak_end, start, max_lr), (peak_end, total_steps - 1.0, max_lr, low))
 
-    Returns:
-        the scheduler (with an ``interval`` attribute), or None for "constant"/None.
+    def anneal(a: float, b: float, pct: float) -> float:
+        if anneal_strategy == "cos":
+            return b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1)
+        return (b - a) * pct + a
+
+    def lr(step: int) -> float:
+        first, last, a, b = phases[0] if step <= peak_end else phases[1]
+        # max(): a run so short that a phase spans less than one step (a smoke run) gets that phase's end value.
+        return anneal(a, b, min(1.0, (step - first) / max(last - first, 1e-12)))
+    return lr
+
+
+def cyclic(base_lr: float, max_lr: float, up: int, down: int, mode: str = "triangular",
+           gamma: float = 1.0) -> Callable[[int], float]:
+    """The LR of ``torch.optim.lr_scheduler.CyclicLR`` (without momentum cycling) at each step."""
+    total, ratio = float(up + down), up / float(up + down)
+
+    def lr(step: int) -> float:
+        cycle = math.floor(1 + step / total)
+        x = 1.0 + step / total - cycle
+        scale = x / ratio if x <= ratio else (x - 1) / (ratio - 1)
+        factor = {"triangular": 1.0, "triangular2": 1 / (2.0 ** (cycle - 1)), "exp_range": gamma ** step}[mode]
+        return base_lr + (max_lr - base_lr) * scale * factor
+    return lr
+
+
+def cosine(base: float, t_max: int, eta_min: float = 0.0) -> Callable[[int], float]:
+    """CosineAnnealingLR: ``eta_min + (base - eta_min) (1 + cos(pi t / T_max)) / 2`` for epoch ``t``."""
+    return lambda t: eta_min + (base - eta_min) * (1 + math.cos(math.pi * t / t_max)) / 2
+
+
+def cosine_warm_restarts(base: float, t_0: int, t_mult: int = 1, eta_min: float = 0.0) -> Callable[[int], float]:
+    """CosineAnnealingWarmRestarts at epoch ``t``: cosine over cycles of ``T_0``, ``T_0 * T_mult``, ... epochs."""
+    def lr(t: int) -> float:
+        if t_mult == 1:
+            t_cur, t_i = t % t_0, t_0
+        else:
+            n = int(math.log(t / t_0 * (t_mult - 1) + 1, t_mult))
+            t_cur, t_i = t - t_0 * (t_mult ** n - 1) / (t_mult - 1), t_0 * t_mult ** n
+        return eta_min + (base - eta_min) * (1 + math.cos(math.pi * t_cur / t_i)) / 2
+    return lr
+
+
+def per_epoch(fn: Callable[[int], float], steps_per_epoch: int) -> Callable[[int], float]:
+    """A per-epoch schedule as a function of the step: constant within each epoch, as torch's epoch stepping."""
+    return lambda step: fn(step // steps_per_epoch)
+
+
+def _epoch_fn(name: str, p: Dict[str, Any], base: float, span: int) -> Callable[[int], float]:
+    if name == "cosine":
+        return cosine(base, p.pop("T_max", span), p.pop("eta_min", 0.0))
+    if name == "cosine_warm_restarts":
+        return cosine_warm_restarts(base, p.pop("T_0"), p.pop("T_mult", 1), p.pop("eta_min", 0.0))
+    if name == "step":
+        step_size, gamma = p.pop("step_size"), p.pop("gamma", 0.1)
+        return lambda t: base * gamma ** (t // step_size)
+    return lambda t: base  # constant
+
+
+def _with_warmup(fn: Callable[[int], float], base: float, epochs: int, start: Optional[float]):
+    """LinearLR(start / base -> 1 over ``epochs``) then ``fn`` restarted at 0, as torch's SequentialLR."""
+    start = base / 10 if start is None else float(start)
+    return lambda t: start + (base - start) * t / epochs if t < epochs else fn(t - epochs)
+
+
+REQUIRED = {"one_cycle_linear": ("max_lr", "min_lr", "peak_epoch"), "onecycle": ("max_lr",), "step": ("step_size",),
+            "cyclic": ("base_lr", "max_lr"), "cosine_warm_restarts": ("T_0",)}
+
+
+def check_spec(spec: ScheduleSpec, where: str = "scheduler") -> None:
+    """Refuse an unknown schedule name or a missing required param (for ``Recipe.validate``, before any work).
+
     Raises:
-        UnknownNameError: unknown name; ConfigError: missing or inconsistent params.
+        UnknownNameError: the name is not in ``SCHEDULE_NAMES``; ConfigError: a required param is missing.
+    """
+    if spec.name not in SCHEDULE_NAMES:
+        raise UnknownNameError(f"{where}: unknown scheduler {spec.name!r}; valid schedulers: "
+                               f"{', '.join(SCHEDULE_NAMES)}")
+    missing = [k for k in REQUIRED.get(spec.name, ()) if k not in spec.params]
+    if missing:
+        raise ConfigError(f"{where}: scheduler {spec.name!r} needs the parameter(s) {missing}")
+    if spec.params.get("warmup_epochs") and spec.name not in ("cosine", "cosine_warm_restarts", "step", "constant"):
+        raise ConfigError(f"{where}: warmup_epochs only combines with per-epoch schedules, not {spec.name!r}")
+
+
+def step_function(spec: ScheduleSpec, steps_per_epoch: int, epochs: int, base_lr: float) -> Callable[[int], float]:
+    """``lr(step)`` for ``spec`` over a span of ``epochs`` epochs of ``steps_per_epoch`` optimizer steps.
+
+    ``base_lr`` is the LR a schedule without an ``lr`` param starts from (the optimizer's initial LR).
+    """
+    check_spec(spec)
+    p = dict(spec.params)
+    base = float(p.pop("lr", base_lr))
+    warmup, warmup_start = int(p.pop("warmup_epochs", 0) or 0), p.pop("warmup_start_lr", None)
+    total = steps_per_epoch * epochs
+    if spec.name == "one_cycle_linear":
+        peak = int(round(p["peak_epoch"] * steps_per_epoch))
+        if peak >= total:  # a shortened run (--epochs 2) still rises and falls: peak at 20 % of it (S10: 5 of 24)
+            peak = min(total - 1, int(round(0.2 * total)))
+        return linear_one_cycle(float(p["max_lr"]), float(p["min_lr"]), total, peak)
+    if spec.name == "onecycle":
+        return torch_one_cycle(total_steps=total, **p)
+    if spec.name == "cyclic":
+        up = max(1, int(p.pop("step_size_up", max(1, epochs // 2)) * steps_per_epoch))
+        down = p.pop("step_size_down", None)
+        down = up if down is None else max(1, int(down * steps_per_epoch))
+        return cyclic(p.pop("base_lr"), p.pop("max_lr"), up, down, **p)
+    fn = _epoch_fn(spec.name, p, base, max(1, epochs - warmup))
+    if warmup:
+        fn = _with_warmup(fn, base, warmup, warmup_start)
+    return per_epoch(fn, steps_per_epoch)
+
+
+def build_schedule(spec: Optional[ScheduleSpec], optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                   epochs: int):
+    """The schedule ``spec`` describes: a :class:`StepSchedule`, a ReduceLROnPlateau ("plateau"), or None (no spec).
+
+    Args:
+        spec: the schedule (a dict is accepted); optimizer: its initial LR is the default base LR (and what a
+            plateau scheduler changes); steps_per_epoch: optimizer steps per epoch; epochs: the span.
+    Raises:
+        UnknownNameError / ConfigError: see :func:`check_spec`.
     """
     if spec is None:
         return None
-    if isinstance(spec, dict):
-        spec = ScheduleSpec(**spec)
-    if spec.name not in SCHEDULE_NAMES:
-        raise UnknownNameError(f"unknown scheduler {spec.name!r}; valid schedulers: {', '.join(SCHEDULE_NAMES)}")
-    if steps_per_epoch < 1 or epochs < 1:
-        raise ConfigError(f"scheduler needs steps_per_epoch >= 1 and epochs >= 1, got {steps_per_epoch}, {epochs}")
-    p = dict(spec.params)
-    lr = p.pop("lr", None)
-    if lr is not None:
-        _set_lr(optimizer, float(lr))
-    # A fresh scheduler must start from the LR it is given, not an earlier scheduler's initial_lr.
-    for group in optimizer.param_groups:
-        group["initial_lr"] = group["lr"]
-    warmup = int(p.pop("warmup_epochs", 0) or 0)
-    warmup_start = p.pop("warmup_start_lr", None)
-    sched = torch.optim.lr_scheduler
-    total = steps_per_epoch * epochs
+    spec = ScheduleSpec(**spec) if isinstance(spec, dict) else spec
+    if spec.name == "plateau":
+        check_spec(spec)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **spec.params)
+        plateau.interval = "plateau"
+        return plateau
+    return StepSchedule([(0, step_function(spec, steps_per_epoch, epochs, initial_lr(optimizer)))])
 
-    def need(key):
-        if key not in p:
-            raise ConfigError(f"scheduler {spec.name!r} needs the parameter {key!r}")
-        return p.pop(key)
 
-    name = spec.name
-    if name == "constant":
+def phase_schedule(phases: Sequence[Any], steps_per_epoch: int, epochs: int, base_lr: float) -> Optional[StepSchedule]:
+    """One piecewise :class:`StepSchedule` for a list of phases (objects with ``start``, ``end`` and ``scheduler``).
+
+    A phase's schedule runs from its first epoch until the next phase that declares one (or the end of the run);
+    before the first declared schedule the LR is ``base_lr``. None when no phase declares a schedule.
+    """
+    starts = [i for i, p in enumerate(phases) if p.scheduler is not None]
+    if not starts:
         return None
-    if name == "one_cycle_linear":
-        max_lr, min_lr, peak = need("max_lr"), need("min_lr"), need("peak_epoch")
-        peak_step = int(round(peak * steps_per_epoch))
-        if peak_step >= total:
-            # A shortened run (smoke test, --epochs 2) keeps the shape: peak at the same fraction of a default
-            # 24-epoch S10 run (5/24), instead of a ramp that never comes down.
-            fraction = peak / 24 if peak < 24 else 0.2
-            warnings.warn(f"peak_epoch {peak} is beyond this {epochs}-epoch span; peaking at {fraction:.0%} of it",
-                          RuntimeWarning, stacklevel=2)
-            peak_step = min(total - 1, int(round(fraction * total)))
-        s = LinearOneCycleLR(optimizer, max_lr, min_lr, total_steps=total, peak_step=peak_step)
-    elif name == "onecycle":
-        max_lr = need("max_lr")
-        if total < 3:
-            warnings.warn(f"a {total}-step run is too short for One Cycle; keeping the LR constant", RuntimeWarning,
-                          stacklevel=2)
-            return None
-        # torch's OneCycleLR divides by zero when the warm-up phase is shorter than one step (tiny smoke runs).
-        p["pct_start"] = max(p.get("pct_start", 0.3), 2.0 / total)
-        s = sched.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total, **p)
-        s.interval = "batch"
-    elif name == "cosine":
-        s = sched.CosineAnnealingLR(optimizer, T_max=p.pop("T_max", epochs - warmup), **p)
-        s.interval = "epoch"
-    elif name == "cosine_warm_restarts":
-        s = sched.CosineAnnealingWarmRestarts(optimizer, T_0=need("T_0"), **p)
-        s.interval = "epoch"
-    elif name == "plateau":
-        s = sched.ReduceLROnPlateau(optimizer, **p)
-        s.interval = "plateau"
-    elif name == "cyclic":
-        up = p.pop("step_size_up", max(1, epochs // 2))
-        s = sched.CyclicLR(optimizer, base_lr=need("base_lr"), max_lr=need("max_lr"),
-                           step_size_up=max(1, int(up * steps_per_epoch)), cycle_momentum=False, **p)
-        s.interval = "batch"
-    else:  # step
-        s = sched.StepLR(optimizer, step_size=need("step_size"), **p)
-        s.interval = "epoch"
-    if warmup:
-        if s.interval != "epoch":
-            raise ConfigError(f"warmup_epochs only combines with per-epoch schedules, not {name!r}")
-        base = optimizer.param_groups[0]["lr"]
-        start = float(warmup_start) if warmup_start is not None else base / 10
-        warm = sched.LinearLR(optimizer, start_factor=start / base, end_factor=1.0, total_iters=warmup)
-        s = sched.SequentialLR(optimizer, [warm, s], milestones=[warmup])
-        s.interval = "epoch"
-    return s
+    pieces: List[Tuple[int, Callable[[int], float]]] = []
+    if phases[starts[0]].start > 1:
+        pieces.append((0, lambda s: base_lr))
+    for n, i in enumerate(starts):
+        end = phases[starts[n + 1]].start - 1 if n + 1 < len(starts) else epochs
+        span = max(1, min(end, epochs) - phases[i].start + 1)
+        fn = step_function(phases[i].scheduler, steps_per_epoch, span, base_lr)
+        pieces.append(((phases[i].start - 1) * steps_per_epoch, fn))
+    return StepSchedule(pieces)
+
+
+def initial_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The LR the optimizer was built with (``initial_lr``, which ``fit`` and torch schedulers record), else its LR."""
+    group = optimizer.param_groups[0]
+    return float(group.get("initial_lr", group["lr"]))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Write ``lr`` into every param group (the same LR for all of them)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -68,7 +68,7 @@ def test_recipe_overrides_and_errors():
 
 def test_run_recipe_python_api_returns_model_and_history(tmp_path):
     result = run_recipe("strixbee_l1", "synthetic", tmp_path, epochs=2, train_limit=256, test_limit=64,
-                        batch_size=32, num_workers=0, progress=False, log=None)
+                        batch_size=32, num_workers=0, progress=False)
     assert len(result.history) == 2 and result.final["epochs_run"] == 2
     assert result.classes == tuple(f"class_{i}" for i in range(10))
     assert result.final["parameters"] == 82_290
@@ -76,7 +76,7 @@ def test_run_recipe_python_api_returns_model_and_history(tmp_path):
 
 
 def test_resume_continues_a_recipe_run(tmp_path):
-    kw = dict(train_limit=64, test_limit=32, batch_size=16, num_workers=0, progress=False, log=None)
+    kw = dict(train_limit=64, test_limit=32, batch_size=16, num_workers=0, progress=False)
     full = run_recipe("strixbee_l3", "synthetic", tmp_path / "full", epochs=3, **kw)
     run_recipe("strixbee_l3", "synthetic", tmp_path / "part", epochs=2, **kw)
     resumed = run_recipe("strixbee_l3", "synthetic", tmp_path / "part", epochs=3, resume=True, **kw)
@@ -88,7 +88,7 @@ def test_resume_continues_a_recipe_run(tmp_path):
 def test_num_classes_mismatch_is_reported(tmp_path, cifar_zip):
     with pytest.raises(ConfigError, match="num_classes=100"):
         run_recipe("strixbee_l1", str(cifar_zip), tmp_path, epochs=1, num_classes=100, train_limit=20, test_limit=20,
-                   progress=False, log=None)
+                   progress=False)
 
 
 def test_model_head_mismatch_is_reported():
@@ -99,7 +99,7 @@ def test_model_head_mismatch_is_reported():
         check_model_data(create_model("strixbee_l1", num_classes=100), 10)
 
 
-TINY = dict(train_limit=64, test_limit=32, batch_size=16, num_workers=0, progress=False, log=None)
+TINY = dict(train_limit=64, test_limit=32, batch_size=16, num_workers=0, progress=False)
 
 
 def _strip(history):

@@ -31,7 +31,7 @@ def main(out_path: str, global_batch: int = 32) -> None:
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    history = fit(model, train_loader, test_loader, epochs=2, optimizer=opt, device="cpu", progress=False, log=None)
+    history = fit(model, train_loader, test_loader, epochs=2, optimizer=opt, device="cpu", progress=False)
     if rank == 0:
         weights = {k: v.flatten().tolist() for k, v in plain.state_dict().items()}
         with open(out_path, "w") as fh:

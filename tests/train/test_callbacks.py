@@ -53,7 +53,7 @@ def test_early_stopping_in_fit_records_it():
     train, test = synthetic_loaders(n=64, test_n=32)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 4))  # no BatchNorm: with lr 0 nothing moves
     hist = fit(model, train, test, epochs=20, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
-               callbacks=[EarlyStopping("test_loss", "min", patience=2)], progress=False, log=None)
+               callbacks=[EarlyStopping("test_loss", "min", patience=2)], progress=False)
     assert len(hist) == 3 and hist[-1]["early_stop"]  # lr 0: the loss never improves after epoch 1
 
 
@@ -80,8 +80,8 @@ def test_early_stopping_resumed_fit_does_not_train_another_epoch(tmp_path):
         train, test = synthetic_loaders(n=64, test_n=32)
         model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 4))  # no BatchNorm: with lr 0 nothing moves
         return fit(model, train, test, epochs=20, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
-                   callbacks=[CheckpointManager(tmp_path, resume=resume, log=None),
-                              EarlyStopping("test_loss", "min", patience=2)], progress=False, log=None)
+                   callbacks=[CheckpointManager(tmp_path, resume=resume),
+                              EarlyStopping("test_loss", "min", patience=2)], progress=False)
 
     first = run(resume=False)
     assert len(first) == 3 and first[-1]["early_stop"]
@@ -193,7 +193,7 @@ def test_phase_boundaries_change_dropout_mixup_augmentation_and_scheduler():
     model = TinyNet()
     hist = fit(model, train, test, epochs=4, optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
                criterion=SoftTargetCrossEntropy(), mixer=Mixer(4), callbacks=[PhaseSchedule(phases), probe],
-               progress=False, log=None)
+               progress=False)
     s = probe.seen
     assert [x["p"] for x in s] == [0.3, 0.3, 0.2, 0.2]
     assert [x["mixup"] for x in s] == [0.2, 0.2, 0.15, 0.15]
@@ -227,7 +227,7 @@ def test_phase_mixup_without_mixer_is_an_error():
     model = TinyNet()
     with pytest.raises(ConfigError, match="mixer"):
         fit(model, train, None, epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-            callbacks=[PhaseSchedule([Phase(1, 1, mixup_alpha=0.2)])], progress=False, log=None)
+            callbacks=[PhaseSchedule([Phase(1, 1, mixup_alpha=0.2)])], progress=False)
 
 
 def test_set_dropout():

@@ -39,12 +39,12 @@ def run(ckpt_dir, epochs=4, resume=False, interrupt_after=None, keep_last=5):
     train, test = synthetic_loaders(n=128, test_n=64, num_classes=4, batch_size=32)
     model = TinyNet(num_classes=4)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    callbacks = [CheckpointManager(ckpt_dir, keep_last=keep_last, resume=resume, log=None), PhaseSchedule(PHASES)]
+    callbacks = [CheckpointManager(ckpt_dir, keep_last=keep_last, resume=resume), PhaseSchedule(PHASES)]
     if interrupt_after:
         callbacks.append(Interrupt(interrupt_after))
     try:
         hist = fit(model, train, test, epochs=epochs, optimizer=opt, criterion=SoftTargetCrossEntropy(),
-                   mixer=Mixer(4, label_smoothing=0.1), callbacks=callbacks, progress=False, log=None)
+                   mixer=Mixer(4, label_smoothing=0.1), callbacks=callbacks, progress=False)
     except KeyboardInterrupt:
         return None, model
     return hist, model
@@ -86,7 +86,7 @@ def test_corrupt_newest_checkpoint_is_reported_and_skipped(tmp_path):
     run(tmp_path, epochs=3)
     newest = tmp_path / "epoch-0003.pt"
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a kill mid-copy
-    manager = CheckpointManager(tmp_path, resume=True, log=None)
+    manager = CheckpointManager(tmp_path, resume=True)
     with pytest.warns(RuntimeWarning, match="epoch-0003.pt"):
         ckpt = manager.latest()
     assert ckpt["epoch"] == 2 and manager.skipped == [str(newest)]
@@ -100,7 +100,7 @@ def test_resume_required_without_checkpoint(tmp_path):
         train, _ = synthetic_loaders(n=64, test_n=32)
         model = TinyNet()
         fit(model, train, None, epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-            callbacks=[CheckpointManager(tmp_path, resume="required", log=None)], progress=False, log=None)
+            callbacks=[CheckpointManager(tmp_path, resume="required")], progress=False)
 
 
 def test_checkpoint_from_other_model_is_refused(tmp_path):
@@ -171,7 +171,7 @@ def test_checkpoint_every_n_epochs_keeps_last_and_best(tmp_path):
     train, test = synthetic_loaders(n=64, test_n=32)
     model = TinyNet()
     hist = fit(model, train, test, epochs=5, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-               callbacks=[CheckpointManager(tmp_path, every=2, log=None)], progress=False, log=None)
+               callbacks=[CheckpointManager(tmp_path, every=2)], progress=False)
     names = sorted(p.name for p in tmp_path.glob("epoch-*.pt"))
     assert names == ["epoch-0002.pt", "epoch-0004.pt", "epoch-0005.pt"]  # every 2nd + the last
     best_epoch = max(hist, key=lambda r: r["test_acc"])["epoch"]
@@ -192,7 +192,7 @@ def test_best_between_periodic_saves_is_held_in_memory_then_written(tmp_path):
 
     model = TinyNet()
     fit(model, train, test, epochs=2, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), progress=False,
-        log=None, callbacks=[CheckpointManager(tmp_path, every=2, log=None), Look()])
+        callbacks=[CheckpointManager(tmp_path, every=2), Look()])
     assert seen == [(1, False), (2, True)]
 
     class Boom(Callback):
@@ -204,7 +204,7 @@ def test_best_between_periodic_saves_is_held_in_memory_then_written(tmp_path):
     model = TinyNet()
     with pytest.raises(KeyboardInterrupt):
         fit(model, train, test, epochs=4, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), progress=False,
-            log=None, callbacks=[CheckpointManager(out, every=3, log=None), Boom()])
+            callbacks=[CheckpointManager(out, every=3), Boom()])
     best = load_checkpoint(out / "best.pt")
     assert best["epoch"] == 1 and not list(out.glob("epoch-*.pt"))
     assert state_equal(best["model"], model.state_dict())

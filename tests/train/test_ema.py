@@ -162,7 +162,7 @@ def test_fit_with_gpu_loader_and_ema_updates_every_step():
     model = small_net()
     ema = ModelEMA(model, decay=0.9)
     history = fit(model, train, test, epochs=2, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                  device="cpu", ema=ema, progress=False, log=None)
+                  device="cpu", ema=ema, progress=False)
     assert ema.updates == 2 * len(train) == 8
     assert train.epoch == 1  # the engine's set_epoch(0), set_epoch(1)
     assert len(history) == 2 and all(np.isfinite(r["test_loss"]) for r in history)

@@ -16,7 +16,7 @@ def test_two_epochs_on_synthetic_beat_chance_by_far():
     train, test = synthetic_loaders(n=1000, test_n=300, num_classes=10, batch_size=64, augmentation="standard")
     model = create_model("strixbee_l1", num_classes=10)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    hist = fit(model, train, test, epochs=2, optimizer=opt, progress=False, log=None)
+    hist = fit(model, train, test, epochs=2, optimizer=opt, progress=False)
     assert len(hist) == 2
     assert hist[-1]["test_acc"] > 40.0  # chance is 10 %
     for key in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"):
@@ -88,7 +88,7 @@ def test_scheduler_stepping_by_declaration(interval, expected):
     model = TinyNet()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     hist = fit(model, plain_loader(x, y, 16), plain_loader(x, y, 32), epochs=3, optimizer=opt, scheduler=sched,
-               progress=False, log=None)
+               progress=False)
     assert sched.calls == expected
     if interval == "plateau":
         assert sched.metrics == pytest.approx([r["test_loss"] for r in hist])
@@ -113,7 +113,7 @@ def test_callbacks_see_state_and_can_stop():
 
     model = TinyNet()
     hist = fit(model, plain_loader(x, y, 16), None, epochs=5, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-               callbacks=[Probe()], progress=False, log=None)
+               callbacks=[Probe()], progress=False)
     assert seen == [(1, 1), (2, 2)] and len(hist) == 2 and "test_acc" not in hist[0]
 
 
@@ -133,10 +133,10 @@ def test_amp_bf16_on_cpu_runs_and_fp16_on_cpu_is_refused():
     model = TinyNet()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     hist = fit(model, plain_loader(x, y, 16), plain_loader(x, y, 16), epochs=1, optimizer=opt, amp="bf16",
-               progress=False, log=None)
+               progress=False)
     assert math.isfinite(hist[0]["train_loss"])
     with pytest.raises(ConfigError, match="fp16"):
-        fit(model, plain_loader(x, y, 16), None, epochs=1, optimizer=opt, amp="fp16", progress=False, log=None)
+        fit(model, plain_loader(x, y, 16), None, epochs=1, optimizer=opt, amp="fp16", progress=False)
 
 
 def test_tta_stays_finite_for_confident_wrong_predictions():
@@ -189,7 +189,6 @@ def test_short_run_evaluates_with_real_batchnorm_statistics():
     seed_everything(0)
     train, test = synthetic_loaders(n=192, test_n=64, num_classes=4, batch_size=64)
     model = TinyNet()
-    fit(model, train, test, epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), progress=False,
-        log=None)
+    fit(model, train, test, epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), progress=False)
     assert model.features[1].num_batches_tracked.item() == 3
     assert model.features[1].momentum == 0.1

@@ -1,115 +1,134 @@
+import warnings
+
 import pytest
 import torch
 
 from pytorch_utils.errors import ConfigError, UnknownNameError
-from pytorch_utils.train.schedules import LinearOneCycleLR, ScheduleSpec, build_scheduler
+from pytorch_utils.train.schedules import (
+    ScheduleSpec, StepSchedule, build_schedule, check_spec, linear_one_cycle, phase_schedule,
+)
+
+sched = torch.optim.lr_scheduler
 
 
 def _opt(lr=0.1):
     return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
 
 
-def _lrs(sched, opt, steps):
-    out = []
-    for _ in range(steps):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
+def _torch_lrs(make, steps, lr=0.1, per=1):
+    """The LR torch's scheduler gives at each of ``steps`` steps, stepped every ``per`` steps."""
+    opt = _opt(lr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's "step() before optimizer.step()" note: we only read LRs
+        s = make(opt)
+        out = []
+        for i in range(steps):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            if (i + 1) % per == 0:
+                s.step()
     return out
 
 
+def _ours(spec, steps_per_epoch, epochs, lr=0.1):
+    f = build_schedule(spec, _opt(lr), steps_per_epoch, epochs)
+    return [f(i) for i in range(steps_per_epoch * epochs)]
+
+
+SPE, EPOCHS = 5, 12
+
+
+@pytest.mark.parametrize("spec, make, per", [
+    (ScheduleSpec("onecycle", {"max_lr": 0.3, "pct_start": 0.25}),
+     lambda o: sched.OneCycleLR(o, 0.3, total_steps=SPE * EPOCHS, pct_start=0.25, cycle_momentum=False), 1),
+    (ScheduleSpec("onecycle", {"max_lr": 0.3, "anneal_strategy": "linear", "div_factor": 10}),
+     lambda o: sched.OneCycleLR(o, 0.3, total_steps=SPE * EPOCHS, anneal_strategy="linear", div_factor=10,
+                                cycle_momentum=False), 1),
+    (ScheduleSpec("cosine", {"eta_min": 0.001}), lambda o: sched.CosineAnnealingLR(o, T_max=EPOCHS, eta_min=0.001),
+     SPE),
+    (ScheduleSpec("cosine", {"T_max": 5}), lambda o: sched.CosineAnnealingLR(o, T_max=5), SPE),
+    (ScheduleSpec("cosine_warm_restarts", {"T_0": 4, "eta_min": 1e-4}),
+     lambda o: sched.CosineAnnealingWarmRestarts(o, T_0=4, eta_min=1e-4), SPE),
+    (ScheduleSpec("cosine_warm_restarts", {"T_0": 2, "T_mult": 2}),
+     lambda o: sched.CosineAnnealingWarmRestarts(o, T_0=2, T_mult=2), SPE),
+    (ScheduleSpec("cyclic", {"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 2}),
+     lambda o: sched.CyclicLR(o, 0.01, 0.1, step_size_up=2 * SPE, cycle_momentum=False), 1),
+    (ScheduleSpec("cyclic", {"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 1, "step_size_down": 2,
+                             "mode": "triangular2"}),
+     lambda o: sched.CyclicLR(o, 0.01, 0.1, step_size_up=SPE, step_size_down=2 * SPE, mode="triangular2",
+                              cycle_momentum=False), 1),
+    (ScheduleSpec("step", {"step_size": 3, "gamma": 0.5}), lambda o: sched.StepLR(o, 3, gamma=0.5), SPE),
+    (ScheduleSpec("cosine_warm_restarts", {"T_0": 4, "warmup_epochs": 3, "warmup_start_lr": 0.01}),
+     lambda o: sched.SequentialLR(o, [sched.LinearLR(o, start_factor=0.1, total_iters=3),
+                                      sched.CosineAnnealingWarmRestarts(o, T_0=4)], milestones=[3]), SPE),
+])
+def test_our_schedule_equals_torchs_lr_sequence(spec, make, per):
+    ours = _ours(spec, SPE, EPOCHS)
+    assert ours == pytest.approx(_torch_lrs(make, SPE * EPOCHS, per=per), rel=1e-9, abs=1e-12)
+
+
 def test_one_cycle_first_peak_last_step():
-    steps_per_epoch, epochs = 10, 24
-    opt = _opt()
-    sched = build_scheduler(ScheduleSpec("one_cycle_linear", {"max_lr": 0.02, "min_lr": 0.002, "peak_epoch": 5}),
-                            opt, steps_per_epoch, epochs)
-    assert sched.interval == "batch"
-    lrs = _lrs(sched, opt, steps_per_epoch * epochs)
+    lrs = _ours(ScheduleSpec("one_cycle_linear", {"max_lr": 0.02, "min_lr": 0.002, "peak_epoch": 5}), 10, 24)
     assert lrs[0] == pytest.approx(0.002)  # first step: LR_min
-    assert lrs[50] == pytest.approx(0.02)  # peak at epoch 5 (step 5 * 10)
-    assert max(lrs) == pytest.approx(0.02) and lrs.index(max(lrs)) == 50
+    assert max(lrs) == pytest.approx(0.02) and lrs.index(max(lrs)) == 50  # peak at epoch 5 (step 5 * 10)
     assert lrs[-1] == pytest.approx(0.002)  # last step back at LR_min: no annihilation
     assert min(lrs) >= 0.002 - 1e-12
     assert lrs[25] == pytest.approx(0.002 + 0.018 * 0.5)  # linear ramp
-    # strictly increasing then decreasing
     assert all(a < b for a, b in zip(lrs[:50], lrs[1:51]))
     assert all(a > b for a, b in zip(lrs[50:-1], lrs[51:]))
 
 
-def test_one_cycle_overstep_raises_clear_error():
-    opt = _opt()
-    sched = LinearOneCycleLR(opt, max_lr=0.1, min_lr=0.01, total_steps=4, peak_step=1)
-    for _ in range(4):  # the engine steps once after the last batch: allowed
-        opt.step()
-        sched.step()
-    with pytest.raises(ConfigError, match="built for 4 steps"):
-        sched.step()
+def test_one_cycle_past_its_last_step_stays_at_min_lr():
+    f = linear_one_cycle(0.1, 0.01, total_steps=4, peak_step=1)
+    assert [f(s) for s in range(6)] == pytest.approx([0.01, 0.1, 0.055, 0.01, 0.01, 0.01])
 
 
-@pytest.mark.parametrize("kw", [dict(max_lr=0.1, min_lr=0.2), dict(max_lr=0.1, min_lr=0.0),
-                                dict(max_lr=0.1, min_lr=0.01, peak_step=10)])
-def test_one_cycle_bad_args(kw):
-    kw = {"total_steps": 10, "peak_step": 2, **kw}
-    with pytest.raises(ConfigError):
-        LinearOneCycleLR(_opt(), **kw)
+def test_one_cycle_peak_beyond_short_run_keeps_the_shape():
+    lrs = _ours(ScheduleSpec("one_cycle_linear", {"max_lr": 0.1, "min_lr": 0.01, "peak_epoch": 5}), 12, 2)
+    assert lrs[0] == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.01)
+    assert lrs.index(max(lrs)) == 5 and max(lrs) == pytest.approx(0.1)  # 20 % of 24 steps
 
 
-@pytest.mark.parametrize("spec,interval", [
-    (ScheduleSpec("cosine", {"eta_min": 0.0}), "epoch"),
-    (ScheduleSpec("cosine_warm_restarts", {"T_0": 2}), "epoch"),
-    (ScheduleSpec("plateau", {"patience": 1}), "plateau"),
-    (ScheduleSpec("cyclic", {"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 1}), "batch"),
-    (ScheduleSpec("onecycle", {"max_lr": 0.1}), "batch"),
-    (ScheduleSpec("step", {"step_size": 2, "gamma": 0.5}), "epoch"),
-])
-def test_build_scheduler_intervals(spec, interval):
-    sched = build_scheduler(spec, _opt(), steps_per_epoch=5, epochs=4)
-    assert sched.interval == interval
+def test_onecycle_on_a_tiny_run_stays_finite():
+    lrs = _ours(ScheduleSpec("onecycle", {"max_lr": 0.1}), 1, 2)  # 2 steps: torch's own divides by zero here
+    assert all(0 < lr <= 0.1 for lr in lrs)
 
 
-def test_cosine_reaches_eta_min_and_restarts():
+def test_lr_param_and_default_base():
+    assert _ours(ScheduleSpec("cosine", {"lr": 0.5}), 1, 4)[0] == pytest.approx(0.5)
+    assert _ours(ScheduleSpec("constant"), 1, 3, lr=0.07) == pytest.approx([0.07] * 3)
+
+
+def test_plateau_is_a_torch_scheduler_with_state():
     opt = _opt(0.1)
-    sched = build_scheduler(ScheduleSpec("cosine", {"eta_min": 0.0}), opt, 5, 4)
-    lrs = _lrs(sched, opt, 5)
-    assert lrs[0] == pytest.approx(0.1) and lrs[4] == pytest.approx(0.0, abs=1e-12)
-    opt = _opt(0.1)
-    sched = build_scheduler(ScheduleSpec("cosine_warm_restarts", {"T_0": 2}), opt, 5, 6)
-    lrs = _lrs(sched, opt, 5)
-    assert lrs[0] == lrs[2] == lrs[4] == pytest.approx(0.1) and lrs[1] < 0.1
-
-
-def test_warmup_then_schedule_and_lr_param():
-    opt = _opt(0.5)
-    sched = build_scheduler(ScheduleSpec("cosine_warm_restarts", {"lr": 0.1, "T_0": 25, "warmup_epochs": 5,
-                                                                  "warmup_start_lr": 0.01}), opt, 10, 60)
-    lrs = _lrs(sched, opt, 7)
-    assert lrs[0] == pytest.approx(0.01)
-    assert lrs[5] == pytest.approx(0.1)
-    assert all(a < b for a, b in zip(lrs[:5], lrs[1:6]))
-
-
-def test_plateau_steps_with_metric_only():
-    opt = _opt(0.1)
-    sched = build_scheduler(ScheduleSpec("plateau", {"patience": 0, "factor": 0.5}), opt, 5, 4)
-    sched.step(1.0)
-    sched.step(1.0)  # no improvement: halved
+    plateau = build_schedule(ScheduleSpec("plateau", {"patience": 0, "factor": 0.5}), opt, 5, 4)
+    assert isinstance(plateau, sched.ReduceLROnPlateau) and plateau.interval == "plateau"
+    plateau.step(1.0)
+    plateau.step(1.0)  # no improvement: halved
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+
+
+def test_phase_list_is_one_piecewise_function():
+    class P:
+        def __init__(self, start, end, scheduler=None):
+            self.start, self.end, self.scheduler = start, end, scheduler
+
+    phases = [P(1, 2, ScheduleSpec("cosine_warm_restarts", {"lr": 0.1, "T_0": 25})), P(3, 3),
+              P(4, 5, ScheduleSpec("cosine", {"lr": 0.05}))]
+    f = phase_schedule(phases, steps_per_epoch=2, epochs=5, base_lr=0.5)
+    assert isinstance(f, StepSchedule)
+    assert f(0) == pytest.approx(0.1) and f(4) == f(5) < f(2) < 0.1  # phase 3 keeps the warm restarts running
+    assert f(6) == pytest.approx(0.05) and f(8) == pytest.approx(0.025)  # cosine over epochs 4-5: T_max 2
+    late = phase_schedule([P(1, 1), P(2, 3, ScheduleSpec("step", {"step_size": 1}))], 2, 3, base_lr=0.5)
+    assert [late(s) for s in range(6)] == pytest.approx([0.5, 0.5, 0.5, 0.5, 0.05, 0.05])
+    assert phase_schedule([P(1, 3)], 2, 3, 0.5) is None
 
 
 def test_unknown_and_missing_params():
     with pytest.raises(UnknownNameError, match="valid schedulers"):
-        build_scheduler(ScheduleSpec("warp"), _opt(), 5, 4)
+        build_schedule(ScheduleSpec("warp"), _opt(), 5, 4)
     with pytest.raises(ConfigError, match="max_lr"):
-        build_scheduler(ScheduleSpec("one_cycle_linear", {"min_lr": 0.1, "peak_epoch": 1}), _opt(), 5, 4)
-    assert build_scheduler(ScheduleSpec("constant"), _opt(), 5, 4) is None
-    assert build_scheduler(None, _opt(), 5, 4) is None
-
-
-def test_one_cycle_peak_beyond_short_run_keeps_the_shape():
-    opt = _opt()
-    with pytest.warns(RuntimeWarning, match="peak_epoch 5"):
-        sched = build_scheduler(ScheduleSpec("one_cycle_linear", {"max_lr": 0.1, "min_lr": 0.01, "peak_epoch": 5}),
-                                opt, 12, 2)
-    lrs = _lrs(sched, opt, 24)
-    assert lrs[0] == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.01)
-    assert lrs.index(max(lrs)) == 5 and max(lrs) == pytest.approx(0.1)  # round(5/24 * 24)
+        check_spec(ScheduleSpec("one_cycle_linear", {"min_lr": 0.1, "peak_epoch": 1}))
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        check_spec(ScheduleSpec("onecycle", {"max_lr": 0.1, "warmup_epochs": 2}))
+    assert build_schedule(None, _opt(), 5, 4) is None
