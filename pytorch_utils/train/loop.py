@@ -114,8 +114,8 @@ class _BatchNormWarmup:
     """For the first ``steps`` updates of each BatchNorm layer, rescale PyTorch's update of the running statistics
     from momentum ``m`` to ``max(m, 1 / (n + 1))`` (a plain average of the batches seen).
 
-    The correction is applied to the buffers after the forward pass, outside the model, so a ``torch.compile``d
-    model (whose momentum attribute is baked into the graph) warms up exactly like the eager one.
+    The correction is applied to the buffers outside the model (after the backward pass, which may still read them),
+    so a ``torch.compile``d model (whose momentum attribute is baked into the graph) warms up like the eager one.
     """
 
     def __init__(self, model: nn.Module, steps: int):
@@ -123,18 +123,18 @@ class _BatchNormWarmup:
                   and m.track_running_stats and m.momentum is not None and m.training] if steps > 0 else []
         self.counts = [int(m.num_batches_tracked) for m in layers]  # one host read per epoch, only while warming
         self.layers = [(m, n) for m, n in zip(layers, self.counts) if n < steps]
-        self.steps = steps
+        self.steps, self.saved = steps, []
 
-    @contextlib.contextmanager
-    def around_forward(self):
-        """Wrap one training forward pass."""
+    def before(self) -> None:
+        """Call before a training forward pass: keeps the running statistics it will update."""
+        self.saved = [(m.running_mean.clone(), m.running_var.clone()) for m, _ in self.layers]
+
+    def after(self) -> None:
+        """Call after that batch's backward pass: rescales the update the forward made."""
         if not self.layers:
-            yield
             return
-        saved = [(m.running_mean.clone(), m.running_var.clone()) for m, _ in self.layers]
-        yield
         with torch.no_grad():
-            for (m, n), (mean, var) in zip(self.layers, saved):
+            for (m, n), (mean, var) in zip(self.layers, self.saved):
                 k = max(m.momentum, 1.0 / (n + 1)) / m.momentum
                 m.running_mean.copy_(torch.lerp(mean, m.running_mean, k))
                 m.running_var.copy_(torch.lerp(var, m.running_var, k))
@@ -220,11 +220,13 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         boundary = (i + 1) % n_acc == 0 or i + 1 == num_batches
         # DDP: gradients are all-reduced only on the batch that ends an accumulation group.
         sync = model.no_sync() if not boundary and hasattr(model, "no_sync") else contextlib.nullcontext()
+        warm_bn.before()
         with sync:
-            with warm_bn.around_forward(), _autocast(device, amp_dtype):
+            with _autocast(device, amp_dtype):
                 logits = model(inputs)
                 loss = criterion(logits.float(), targets)
             scaler.scale(loss / n_acc).backward()
+        warm_bn.after()
         meter.add(loss, logits, targets)
         # The first non-finite batch, remembered without a host sync; read at the sync points.
         bad = torch.where((bad < 0) & ~torch.isfinite(loss.detach()), torch.full_like(bad, i), bad)

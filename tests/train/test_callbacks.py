@@ -178,7 +178,7 @@ class Probe(Callback):
         drop = next(m for m in state.model.modules() if isinstance(m, nn.Dropout))
         self.seen.append({"epoch": state.epoch + 1, "p": drop.p, "mixup": state.mixer.mixup_alpha,
                           "cutmix": state.mixer.cutmix_alpha, "transform": state.train_loader.dataset.transform,
-                          "lr": state.optimizer.param_groups[0]["lr"], "scheduler": type(state.scheduler).__name__})
+                          "lr": state.scheduler(state.step), "scheduler": type(state.scheduler).__name__})
 
 
 def test_phase_boundaries_change_dropout_mixup_augmentation_and_scheduler():
@@ -200,7 +200,8 @@ def test_phase_boundaries_change_dropout_mixup_augmentation_and_scheduler():
     assert [x["cutmix"] for x in s] == [0.0, 0.0, 0.0, 1.0]
     assert s[0]["transform"] is s[1]["transform"] and s[2]["transform"] is not s[1]["transform"]
     assert s[0]["lr"] == pytest.approx(0.1) and s[2]["lr"] == pytest.approx(0.05)
-    assert [x["scheduler"] for x in s] == ["CosineAnnealingWarmRestarts"] * 2 + ["CosineAnnealingLR"] * 2
+    assert [x["scheduler"] for x in s] == ["StepSchedule"] * 4  # the phases' schedules: one piecewise function
+    assert s[1]["lr"] < s[0]["lr"] and s[3]["lr"] < s[2]["lr"]  # warm restarts, then cosine from 0.05
     assert [r["phase"] for r in hist] == ["one", "one", "two", "three"]
     # the augmentation really changes: "standard" has the 8x8 Cutout, "reduced" none
     names = lambda t: [type(a).__name__ for a in t.compose.transforms]  # noqa: E731

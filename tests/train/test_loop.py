@@ -1,3 +1,4 @@
+import logging
 import math
 
 import pytest
@@ -95,7 +96,10 @@ def test_scheduler_stepping_by_declaration(interval, expected):
 
 
 def test_scheduler_interval_guess():
+    from pytorch_utils.train.schedules import StepSchedule
+
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    assert scheduler_interval(StepSchedule([(0, lambda s: 0.1)]), "epoch") == "step"
     assert scheduler_interval(torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=10)) == "batch"
     assert scheduler_interval(torch.optim.lr_scheduler.ReduceLROnPlateau(opt)) == "plateau"
     assert scheduler_interval(torch.optim.lr_scheduler.StepLR(opt, 2)) == "epoch"
@@ -117,12 +121,13 @@ def test_callbacks_see_state_and_can_stop():
     assert seen == [(1, 1), (2, 2)] and len(hist) == 2 and "test_acc" not in hist[0]
 
 
-def test_fit_logs_lines_and_validates():
+def test_fit_logs_lines_and_validates(caplog):
     x, y = tensor_data(32)
-    lines = []
     model = TinyNet()
-    fit(model, plain_loader(x, y, 16), plain_loader(x, y, 16), epochs=1,
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.1), progress=False, log=lines.append)
+    with caplog.at_level(logging.INFO, logger="pytorch_utils.train.loop"):
+        fit(model, plain_loader(x, y, 16), plain_loader(x, y, 16), epochs=1,
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1), progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "pytorch_utils.train.loop"]
     assert len(lines) == 1 and lines[0].startswith("epoch   1")
     with pytest.raises(ConfigError):
         fit(model, plain_loader(x, y, 16), None, epochs=0, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
@@ -179,7 +184,7 @@ def test_bn_warmup_averages_the_first_batches_then_restores_momentum():
         with torch.no_grad():
             batch_mean = model.features[0](x).mean(dim=(0, 2, 3))
         train_one_epoch(model, plain_loader(x, y, 32), torch.optim.SGD(model.parameters(), lr=0.0),
-                        nn.CrossEntropyLoss(), progress=False, bn_warmup=warmup)
+                        nn.CrossEntropyLoss(), progress=False, bn_warmup=warmup)  # settings as keywords
         assert torch.allclose(bn.running_mean, expected_fraction * batch_mean, atol=1e-5)
         assert bn.momentum == 0.1
 
