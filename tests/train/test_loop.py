@@ -197,3 +197,76 @@ def test_short_run_evaluates_with_real_batchnorm_statistics():
     fit(model, train, test, epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), progress=False)
     assert model.features[1].num_batches_tracked.item() == 3
     assert model.features[1].momentum == 0.1
+
+
+def test_a_step_the_grad_scaler_skips_does_not_advance_the_schedule():
+    # fp16's GradScaler, enabled on the CPU: inf gradients on the second batch make it skip that optimizer step.
+    import warnings
+
+    from pytorch_utils.train.schedules import StepSchedule
+
+    x, y = tensor_data(64)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
+    batch = {"i": 0}
+    model.register_forward_pre_hook(lambda m, args: batch.__setitem__("i", batch["i"] + 1))
+    model[1].weight.register_hook(lambda g: g * float("inf") if batch["i"] == 2 else g)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    applied_lrs = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: applied_lrs.append(o.param_groups[0]["lr"]))
+    scaler = torch.amp.GradScaler("cpu", enabled=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = train_one_epoch(model, plain_loader(x, y, 16), opt, nn.CrossEntropyLoss(), progress=False,
+                              scheduler=StepSchedule([(0, lambda s: 0.1 * (s + 1))]), scaler=scaler, step=0)
+        # A user's own per-batch torch scheduler is not stepped for the skipped step either (no torch warning).
+        batch["i"] = 0
+        user = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        user.interval = "batch"
+        train_one_epoch(model, plain_loader(x, y, 16), opt, nn.CrossEntropyLoss(), progress=False, scheduler=user,
+                        scaler=scaler)
+    assert out["steps"] == 3 and applied_lrs[:3] == pytest.approx([0.1, 0.2, 0.3])  # the skipped step kept 0.2
+    assert user.last_epoch == 3
+    assert not [w for w in caught if "lr_scheduler" in str(w.message)]
+
+
+def test_accumulated_batches_equal_one_batch_of_their_size():
+    from pytorch_utils.train.schedules import StepSchedule
+
+    x, y = tensor_data(64)
+
+    def train(batch_size, accumulate):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))  # no BatchNorm
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        lrs = []
+        opt.register_step_pre_hook(lambda o, args, kwargs: lrs.append(o.param_groups[0]["lr"]))
+        hist = fit(model, plain_loader(x, y, batch_size), None, epochs=2, optimizer=opt, progress=False,
+                   scheduler=StepSchedule([(0, lambda s: 0.1 / (s + 1))]), accumulate_steps=accumulate)
+        return model, lrs, hist
+
+    small, small_lrs, small_hist = train(8, 4)
+    big, big_lrs, big_hist = train(32, 1)
+    assert small_lrs == big_lrs == pytest.approx([0.1 / (s + 1) for s in range(4)])  # schedules count steps
+    for a, b in zip(small.parameters(), big.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert small_hist[-1]["train_loss"] == pytest.approx(big_hist[-1]["train_loss"], rel=1e-5)
+
+
+def test_compiled_and_eager_models_warm_up_batchnorm_the_same_way():
+    # backend="eager": dynamo wraps the model (``_orig_mod``) and traces it as for inductor, without a C++ build.
+    x, y = tensor_data(64)
+
+    def train(compiled):
+        torch.manual_seed(0)
+        model = TinyNet(dropout=0.0)
+        run = torch.compile(model, backend="eager") if compiled else model
+        stats = train_one_epoch(run, plain_loader(x, y, 16), torch.optim.SGD(model.parameters(), lr=0.05),
+                                nn.CrossEntropyLoss(), progress=False)
+        return model.features[1], stats
+
+    (eager, e_stats), (compiled, c_stats) = train(False), train(True)
+    assert torch.allclose(eager.running_mean, compiled.running_mean, atol=1e-6)
+    assert torch.allclose(eager.running_var, compiled.running_var, atol=1e-6)
+    assert c_stats["acc"] == pytest.approx(e_stats["acc"])
+    # and the warm-up really ran: 4 steps averaged, not PyTorch's 0.1-momentum decay from var 1
+    assert not torch.allclose(eager.running_var, torch.ones_like(eager.running_var), atol=0.2)
