@@ -162,16 +162,16 @@ def run_variant(name: str, train_ds, args: argparse.Namespace, device, env: Dict
     with common.timed(device, with_timing, "loader_s"):
         loader = build_loader(train_ds, loader_kind, workers, args, device, channels_last, batch_dtype)
     steps = StepLoader(loader)
-    kwargs = dict(device=device, amp_dtype=amp_dtype, mixer=mixer, channels_last=channels_last, progress=False,
-                  scaler=torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None)
+    kwargs = dict(amp={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype), mixer=mixer,
+                  channels_last=channels_last, progress=False)
     try:
         warmup_s = 0.0
         if args.warmup:
             t = clock(device)
-            train_one_epoch(train_model, steps.take(args.warmup), optimizer, criterion, desc="warm-up", **kwargs)
+            train_one_epoch(train_model, steps.take(args.warmup), optimizer, criterion, **kwargs)
             warmup_s = clock(device) - t
         t = clock(device)
-        stats = train_one_epoch(train_model, steps.take(args.steps), optimizer, criterion, desc="timed", **kwargs)
+        stats = train_one_epoch(train_model, steps.take(args.steps), optimizer, criterion, **kwargs)
         timed_s = clock(device) - t
     finally:
         steps.close()

@@ -5,6 +5,18 @@ import sys
 __version__ = "0.1.0"
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to the current ``sys.stdout``: a notebook kernel or a test may replace it after the import."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns one; the current sys.stdout is always used
+        pass
+
+
 def _default_logging() -> None:
     """Epoch lines and notes go to the ``pytorch_utils`` logger (one child logger per module).
 
@@ -15,7 +27,7 @@ def _default_logging() -> None:
     logger = logging.getLogger(__name__)
     if logger.handlers or logger.level != logging.NOTSET:
         return
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _StdoutHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

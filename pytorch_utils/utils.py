@@ -135,20 +135,9 @@ def preserved(model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = Non
             set_rng_state(rng_state)
 
 
-@contextlib.contextmanager
 def eval_mode(model: nn.Module):
-    """Put ``model`` in eval mode for the block, then give every submodule back its own previous mode.
-
-    Saving only ``model.training`` and calling ``model.train(was)`` afterwards would unfreeze a BatchNorm the
-    caller had deliberately left in eval mode (fine-tuning), so each module's flag is restored one by one.
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode
+    """Eval mode for a ``with`` block, every submodule's own mode given back afterwards (see :func:`preserved`)."""
+    return preserved(model, weights=False, rng=False, train=False)
 
 
 def model_device(model: nn.Module) -> torch.device:

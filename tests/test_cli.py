@@ -65,3 +65,15 @@ def test_help_is_clear():
     for flag in ("--recipe", "--model", "--data", "--epochs", "--batch-size", "--train-limit", "--test-limit",
                  "--resume", "--out-dir", "--set"):
         assert flag in proc.stdout
+
+
+def test_accumulate_steps_flag_sets_the_recipe_field_and_quiet_silences_epoch_lines(tmp_path, capsys):
+    code = main(["train", "--model", "strixbee_l1", "--data", "synthetic", "--epochs", "1", "--train-limit", "64",
+                 "--test-limit", "32", "--batch-size", "16", "--num-workers", "0", "--no-progress",
+                 "--accumulate-steps", "2", "--quiet", "--out-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and "epoch   1" not in out and "final test accuracy" in out
+    assert json.loads((tmp_path / "run.json").read_text())["recipe"]["accumulate_steps"] == 2
+    import logging
+
+    logging.getLogger("pytorch_utils").setLevel(logging.INFO)  # --quiet set the package logger; give it back

@@ -220,8 +220,8 @@ def _prepare(recipe: Union[Recipe, str], overrides: Dict[str, Any], data, out_di
     """Everything that can refuse the run, before any data is loaded: the recipe, the device, the folder, a resume."""
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     recipe = (recipe.replace(**overrides) if overrides else recipe).validate()
-    if recipe.scheduler is not None:
-        check_spec(recipe.scheduler)
+    if recipe.scheduler is not None:  # with an LR finder, its LRs fill max_lr / min_lr later
+        check_spec(schedule_with_lrs(recipe.scheduler, 1.0, 0.1) if recipe.lr_finder else recipe.scheduler)
     launched = dist_utils.launched_by_torchrun()
     rank, world, dist_device = dist_utils.init_distributed(device=device) if launched else (0, 1, None)
     device = dist_device if dist_device is not None else resolve_device(device, fallback=device_fallback)
