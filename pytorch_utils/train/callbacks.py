@@ -57,19 +57,13 @@ class EarlyStopping(Callback):
             return value > self.best + self.min_delta
         return value < self.best - self.min_delta
 
-    def _counts(self, epoch: Optional[int]) -> bool:
-        return self.start_epoch is None or epoch is None or epoch >= self.start_epoch
-
     def _observe(self, epoch: Optional[int], value: Optional[float]) -> None:
-        if value is None or not self._counts(epoch):
+        if value is None or (self.start_epoch is not None and epoch is not None and epoch < self.start_epoch):
             return
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, epoch, 0
         else:
             self.wait += 1
-
-    def _exhausted(self) -> bool:
-        return self.wait >= self.patience
 
     def _stop(self, state: TrainState) -> None:
         state.stop = True
@@ -80,7 +74,7 @@ class EarlyStopping(Callback):
         self.best, self.best_epoch, self.wait = None, None, 0
         for rec in state.history:  # replay a resumed run's history
             self._observe(rec.get("epoch"), rec.get(self.monitor))
-        if self._exhausted():  # the run had already stopped early: do not train another epoch
+        if self.wait >= self.patience:  # the run had already stopped early: do not train another epoch
             self._stop(state)
 
     def on_epoch_end(self, state: TrainState, record: Dict[str, Any]) -> None:
@@ -88,7 +82,7 @@ class EarlyStopping(Callback):
             raise ConfigError(f"early stopping monitors {self.monitor!r} but the epoch record has only "
                               f"{sorted(record)}; pass a test loader or monitor 'train_loss'")
         self._observe(record["epoch"], record[self.monitor])
-        if self._exhausted():
+        if self.wait >= self.patience:
             self._stop(state)
             record["early_stop"] = True
 

@@ -128,11 +128,6 @@ def cosine_warm_restarts(base: float, t_0: int, t_mult: int = 1, eta_min: float 
     return lr
 
 
-def per_epoch(fn: Callable[[int], float], steps_per_epoch: int) -> Callable[[int], float]:
-    """A per-epoch schedule as a function of the step: constant within each epoch, as torch's epoch stepping."""
-    return lambda step: fn(step // steps_per_epoch)
-
-
 def _epoch_fn(name: str, p: Dict[str, Any], base: float, span: int) -> Callable[[int], float]:
     if name == "cosine":
         return cosine(base, p.pop("T_max", span), p.pop("eta_min", 0.0))
@@ -195,7 +190,7 @@ def step_function(spec: ScheduleSpec, steps_per_epoch: int, epochs: int, base_lr
     fn = _epoch_fn(spec.name, p, base, max(1, epochs - warmup))
     if warmup:
         fn = _with_warmup(fn, base, warmup, warmup_start)
-    return per_epoch(fn, steps_per_epoch)
+    return lambda step: fn(step // steps_per_epoch)  # constant within an epoch, as torch's per-epoch stepping
 
 
 def build_schedule(spec: Optional[ScheduleSpec], optimizer: torch.optim.Optimizer, steps_per_epoch: int,
