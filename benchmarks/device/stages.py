@@ -71,7 +71,8 @@ class Context:
 
     def recipe_kwargs(self, **overrides) -> Dict[str, Any]:
         """``run_recipe`` keyword arguments shared by the stages (a fresh temporary out_dir each call)."""
-        out_dir = tempfile.mkdtemp(prefix=f"check_{self.stage}_", dir=self.out)
+        # Not under self.out: that folder comes back from the GPU machine, checkpoints must not.
+        out_dir = tempfile.mkdtemp(prefix=f"check_{self.stage}_")
         return dict(data=self.data.data, out_dir=out_dir, device=self.device, progress=False, **overrides)
 
 
