@@ -84,3 +84,16 @@ def test_tiny_writes_jsonl_and_markdown(tiny):
     for stage in STAGES:
         assert f"| {stage} | ok |" in summary
     assert "| c | s10_final_acc_tta |" in summary
+
+
+def test_fast_path_needs_no_albumentations():
+    """The GPU machine's call 1 carries no albumentations: a GPU-loader recipe run must not import it."""
+    code = ("import sys, tempfile\nfrom pytorch_utils.recipes import run_recipe\n"
+            "run_recipe('s10', data='synthetic', out_dir=tempfile.mkdtemp(), device='cpu', progress=False, log=None,"
+            " model='strixbee_l1', model_kwargs={}, train_limit=64, test_limit=32, epochs=1, batch_size=32,"
+            " loader='gpu', lr_finder=None, tta=None,"
+            " scheduler={'name': 'one_cycle_linear', 'params': {'peak_epoch': 1, 'max_lr': 1e-3, 'min_lr': 1e-4}})\n"
+            "print(sorted(m for m in ('albumentations', 'torchsummary', 'pytorch_grad_cam') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
