@@ -39,16 +39,19 @@ from pytorch_utils.data.loaders import (
     set_loader_epoch,
 )
 from pytorch_utils.data.stats import compute_mean_std
-from pytorch_utils.data.transforms import (
-    AlbumentationsTransform,
-    get_preset,
-    list_presets,
-    reduced_preset,
-    seed_compose,
-    test_preset,
-    train_preset,
-    wrn_preset,
-)
+# The augmentation presets need albumentations (7.7 MB with its dependencies): imported on first use of one of
+# these names, so the GPU-resident path (and a machine without albumentations) never loads it.
+_TRANSFORMS = ("AlbumentationsTransform", "get_preset", "list_presets", "reduced_preset", "seed_compose",
+               "test_preset", "train_preset", "wrn_preset")
+
+
+def __getattr__(name):
+    if name in _TRANSFORMS:
+        from pytorch_utils.data import transforms
+
+        return getattr(transforms, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_CLASSES", "CIFAR100_MEAN", "CIFAR100_STD",

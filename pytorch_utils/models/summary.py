@@ -8,7 +8,6 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torchsummary
 
 from pytorch_utils.errors import ConfigError
 
@@ -95,6 +94,8 @@ def summary(
         model.eval()
         cuda_ctx = torch.cuda.device(probe_device) if probe_device.type == "cuda" else contextlib.nullcontext()
         with torch.no_grad(), cuda_ctx, contextlib.redirect_stdout(buffer):
+            import torchsummary  # local: only summary() needs it, not training
+
             torchsummary.summary(model, input_size, batch_size=batch_size, device=probe_device.type)
     finally:
         for m, was_training in modes.items():

@@ -13,7 +13,6 @@ import torch.nn as nn
 
 from pytorch_utils.data import load_datasets, make_loader
 from pytorch_utils.data.gpu import GPULoader
-from pytorch_utils.data.transforms import get_preset
 from pytorch_utils.errors import CheckpointError, ConfigError
 from pytorch_utils.io import atomic_write_text, check_writable_dir, ensure_writable_dir
 from pytorch_utils.models import count_parameters, create_model
@@ -79,6 +78,8 @@ def _make_loaders(recipe: Recipe, train_ds, test_ds, device: torch.device, rank:
                          augmentation=None, seed=recipe.seed, channels_last=channels_last, dtype=dtype,
                          num_replicas=world, rank=rank)
         return train, test, "gpu"
+    from pytorch_utils.data.transforms import get_preset  # local: albumentations only for the DataLoader path
+
     train_ds.transform = get_preset(recipe.augmentation, train_ds.mean, train_ds.std, seed=recipe.seed, **aug_kw)
     test_ds.transform = get_preset("test", train_ds.mean, train_ds.std)
     train = make_loader(train_ds, recipe.batch_size, train=True, num_workers=recipe.num_workers, seed=recipe.seed,

@@ -1,0 +1,345 @@
+"""The stages of ``check.py``, one function each, run in their own process (``check.py --stage X``).
+
+Each stage touches the package only through ``run_recipe`` (and ``evaluate`` / ``bench_wrn_throughput.main``),
+inside one small function per call (``s10_run``, ``one_epoch`` ...), so that a change of those APIs is adapted in
+one place. ``FULL`` and ``TINY`` hold every size a stage uses: the GPU run and its CPU twin differ only there.
+"""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from benchmarks.device.data import JPEG_NOTE, DataChoice, arrays_as_data, npy_used, resolve_data
+
+REPO = Path(__file__).resolve().parents[2]
+CHECK = Path(__file__).resolve().parent / "check.py"
+
+# Sizes per mode. Tiny: small models and subsets on the CPU, one epoch (two where a phase boundary is crossed).
+# One S10 epoch with fixed LRs (LR_max of a typical finder run on this data) instead of a sweep: stage d times
+# the epoch, not the finder.
+_S10_FIXED = dict(lr_finder=None, tta=None, epochs=1,
+                  scheduler={"name": "one_cycle_linear", "params": {"peak_epoch": 5, "max_lr": 4e-3, "min_lr": 4e-4}})
+FULL: Dict[str, Dict[str, Any]] = {
+    "c": {},
+    "d": dict(_S10_FIXED),
+    "e_bench": ["--model", "wrn28_10", "--batch-size", "128", "--amp", "bf16", "--steps", "150", "--warmup", "25",
+                "--train-limit", "8192"],
+    "e": dict(train_limit=5000, test_limit=2000),
+    "f": dict(),
+    "g": dict(train_limit=4096, test_limit=1024),
+    "notebooks": None,  # all of them
+}
+_SMALL = dict(model="strixbee_l1", model_kwargs={}, train_limit=256, test_limit=128, batch_size=64, epochs=1)
+TINY: Dict[str, Dict[str, Any]] = {
+    "c": dict(_SMALL),
+    "d": dict(_SMALL, **_S10_FIXED),
+    "e_bench": ["--model", "wrn16_2", "--batch-size", "16", "--amp", "none", "--steps", "3", "--warmup", "1",
+                "--train-limit", "256"],
+    "e": dict(model="wrn16_2", model_kwargs={}, train_limit=64, test_limit=32, batch_size=32, tta="flip"),
+    "f": dict(train_limit=128, test_limit=64, batch_size=64, epochs=1),
+    "g": dict(model="wrn16_2", model_kwargs={}, train_limit=64, test_limit=32, batch_size=32),
+    "notebooks": ["strixbee_level1.ipynb"],
+}
+
+
+@dataclasses.dataclass
+class Context:
+    """What every stage gets: mode, device, output folder, data choice and the record writer."""
+
+    stage: str
+    tiny: bool
+    device: str
+    out: Path
+    data: DataChoice
+    t0: Optional[float]
+
+    def sizes(self, key: str):
+        return (TINY if self.tiny else FULL)[key]
+
+    def emit(self, figure: str, value, unit: Optional[str] = None, goal: Optional[str] = None,
+             note: Optional[str] = None, **extra) -> None:
+        """Print one figure as a JSON line (the orchestrator collects it)."""
+        record = {"stage": self.stage, "figure": figure, "value": value, "unit": unit, "goal": goal, "note": note,
+                  "tiny": self.tiny, **extra}
+        print(json.dumps(record, default=str), flush=True)
+
+    def recipe_kwargs(self, **overrides) -> Dict[str, Any]:
+        """``run_recipe`` keyword arguments shared by the stages (a fresh temporary out_dir each call)."""
+        # Not under self.out: that folder comes back from the GPU machine, checkpoints must not.
+        out_dir = tempfile.mkdtemp(prefix=f"check_{self.stage}_")
+        return dict(data=self.data.data, out_dir=out_dir, device=self.device, progress=False, **overrides)
+
+
+def environment(ctx: Context) -> Dict[str, Any]:
+    """Device, versions, CPUs and data of this process (the first record of every stage)."""
+    import torch
+
+    from benchmarks import common
+
+    device = torch.device(ctx.device)
+    name = common.device_name(device) if device.type != "cuda" or torch.cuda.is_available() else "no CUDA device"
+    return {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda, "git": common.git_commit(),
+            "cpus": common.usable_cpus(), "data": ctx.data.description, "data_source": ctx.data.source,
+            "decode_s": ctx.data.decode_s}
+
+
+def _acc_note(ctx: Context) -> str:
+    return ctx.data.description if ctx.data.source != "synthetic" else "synthetic data: accuracy means nothing"
+
+
+# ------------------------------------------------------------------------------------------------ a: CUDA tests
+
+
+def stage_a(ctx: Context) -> None:
+    """Run tests/cuda with pytest; figures: passed / failed / skipped counts and the failing test ids."""
+    import xml.etree.ElementTree as ET
+
+    xml = ctx.out / "cuda_tests.xml"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", "tests/cuda"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-2000:])
+    cases = ET.parse(xml).getroot().iter("testcase") if xml.is_file() else []
+    counts, failing = {"passed": 0, "failed": 0, "skipped": 0}, []
+    for case in cases:
+        outcome = next((c.tag for c in case if c.tag in ("failure", "error", "skipped")), "passed")
+        key = {"failure": "failed", "error": "failed"}.get(outcome, outcome)
+        counts[key] += 1
+        if key == "failed":
+            failing.append(f"{case.get('classname')}::{case.get('name')}")
+    for key, n in counts.items():
+        ctx.emit(f"cuda_tests_{key}", n, "tests", goal="0 failed" if key == "failed" else None,
+                 note="; ".join(failing)[:500] if key == "failed" and failing else None)
+    if proc.returncode not in (0, 5) and not failing:  # 5: nothing collected; anything else without a failure
+        raise RuntimeError(f"pytest exited {proc.returncode}: {proc.stdout[-300:]}")
+
+
+# ------------------------------------------------------------------------------------------------ b: notebooks
+
+
+def stage_b(ctx: Context) -> None:
+    """Every notebook (tiny: one) run cell by cell by ``nbrun.py`` in smoke mode, all at once (one GPU, 16 CPUs)."""
+    names = ctx.sizes("notebooks") or sorted(p.name for p in (REPO / "notebooks").glob("*.ipynb"))
+    env = dict(os.environ, PYTORCH_UTILS_SMOKE="1", MPLBACKEND="Agg")
+    if ctx.device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU twin: the notebooks must not find a GPU either
+    procs = {name: subprocess.Popen([sys.executable, str(Path(__file__).parent / "nbrun.py"), name],
+                                    cwd=REPO / "notebooks", env=env, stdout=subprocess.PIPE, text=True)
+             for name in names}
+    for name, proc in procs.items():
+        out, _ = proc.communicate()
+        result = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"status": "failed", "error": "no output"}
+        ctx.emit(f"notebook_{Path(name).stem}_s", result.get("seconds"), "s", goal="ok",
+                 note=result["status"] if result["status"] == "ok" else
+                 f"cell {result.get('cell')}: {result.get('error')}", cells=result.get("cells"),
+                 error=None if result["status"] == "ok" else f"{name} cell {result.get('cell')}: {result.get('error')}")
+
+
+# ------------------------------------------------------------------------------------------------ c: S10
+
+
+def s10_run(ctx: Context, **overrides):
+    """One S10 recipe run on the check's data (the fast path: loader="gpu")."""
+    from pytorch_utils.recipes import run_recipe
+
+    with arrays_as_data(ctx.data):
+        return run_recipe("s10", **ctx.recipe_kwargs(**dict({"loader": "gpu"}, **overrides)))
+
+
+def accuracy_without_tta(result) -> float:
+    """Test accuracy of the run's final model without test-time augmentation (the run's own figures use it)."""
+    from pytorch_utils.train.loop import evaluate
+    from pytorch_utils.utils import amp_dtype_for
+
+    device = result.device
+    metrics = evaluate(result.eval_model, result.test_loader, device=device,
+                       amp_dtype=amp_dtype_for(result.recipe.amp, device),
+                       channels_last=result.recipe.channels_last and device.type == "cuda", tta=None)
+    return metrics["acc"]
+
+
+def stage_c(ctx: Context) -> None:
+    """S10, 24 epochs: wall seconds from process start, seconds per epoch, final / best (TTA) and no-TTA accuracy."""
+    import statistics
+
+    result = s10_run(ctx, **ctx.sizes("c"))
+    wall = time.time() - ctx.t0 if ctx.t0 else None
+    seconds = [r["seconds"] for r in result.history]
+    note = _acc_note(ctx)
+    ctx.emit("s10_wall_s_from_process_start", wall, "s", goal="<= 10 s on an H100 (decode excluded: npy)"
+             if ctx.data.source == "npy" else "<= 10 s on an H100", note=f"data from {ctx.data.source}; "
+             f"call 1 decode {ctx.data.decode_s} s" if ctx.data.decode_s else f"data from {ctx.data.source}")
+    ctx.emit("s10_s_per_epoch", statistics.median(seconds), "s", goal="seed: ~21 s on Colab",
+             note=f"median of {len(seconds)} epochs (train + test)")
+    ctx.emit("s10_final_acc_tta", result.final["test_acc"], "%", goal=">= 91 % (JPEG copy)", note=note)
+    ctx.emit("s10_best_acc_tta", result.final["best_test_acc"], "%", note=note)
+    ctx.emit("s10_final_acc_no_tta", accuracy_without_tta(result), "%",
+             goal="seed 90.98-92.63 % on CIFAR-10 (JPEG copy runs 3-4 points lower)", note=note)
+    ctx.emit("s10_lr_max", (result.lr_finder.lr_max if result.lr_finder else None), "lr", note="LR finder")
+    ctx.emit("s10_npy_loads", npy_used(), "loads", note="0: the zip was decoded in this process")
+
+
+# ------------------------------------------------------------------------------------------------ d: CPU count
+
+
+def one_epoch(ctx: Context, loader: str, workers: Optional[int]) -> Dict[str, Any]:
+    """One S10 epoch on ``loader`` (no LR finder, no TTA); its train seconds and whole-epoch seconds."""
+    result = s10_run(ctx, **dict(ctx.sizes("d"), loader=loader, num_workers=workers))
+    record = result.history[0]
+    return {"train_s": record["train_seconds"], "epoch_s": record["seconds"], "test_acc": record["test_acc"]}
+
+
+def probe_d(ctx: Context, spec: str) -> None:
+    """``d:<loader>:<cpus>``: pin this process to the first ``cpus`` CPUs (0: all), then time one epoch."""
+    _, loader, cpus = spec.split(":")
+    allowed = sorted(os.sched_getaffinity(0))
+    if int(cpus):
+        os.sched_setaffinity(0, allowed[:int(cpus)])
+    figures = one_epoch(ctx, loader, 2 if loader == "dataloader" else None)
+    print(json.dumps(dict(figures, cpus=len(os.sched_getaffinity(0)), loader=loader)), flush=True)
+
+
+def _probe(ctx: Context, spec: str) -> subprocess.Popen:
+    """Start ``check.py --probe spec`` (a fresh process, so pinning happens before torch starts its threads)."""
+    cmd = [sys.executable, str(CHECK), "--probe", spec, "--device", ctx.device, "--out", str(ctx.out)]
+    return subprocess.Popen(cmd + (["--tiny"] if ctx.tiny else []), cwd=REPO, stdout=subprocess.PIPE, text=True)
+
+
+def _probe_result(proc: subprocess.Popen) -> Dict[str, Any]:
+    out, _ = proc.communicate()
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"probe exited {proc.returncode}")
+    return json.loads(lines[-1])
+
+
+def stage_d(ctx: Context) -> None:
+    """The three epochs one after the other (not at once: they would share the GPU); epoch-time ratios."""
+    runs = {}
+    for name, spec in (("dataloader_2cpu", "d:dataloader:2"), ("fast_2cpu", "d:gpu:2"), ("fast_allcpu", "d:gpu:0")):
+        runs[name] = _probe_result(_probe(ctx, spec))
+        ctx.emit(f"epoch_train_s_{name}", runs[name]["train_s"], "s", note=f"{runs[name]['cpus']} CPUs")
+    ctx.emit("ratio_fast_2cpu_over_allcpu", runs["fast_2cpu"]["train_s"] / runs["fast_allcpu"]["train_s"], "x",
+             goal="<= 1.05", note=f"all = {runs['fast_allcpu']['cpus']} CPUs")
+    ctx.emit("ratio_dataloader_over_fast_2cpu", runs["dataloader_2cpu"]["train_s"] / runs["fast_2cpu"]["train_s"],
+             "x", note="how much the GPU pipeline saves on a Colab-sized CPU")
+
+
+# ------------------------------------------------------------------------------------------------ e: WRN
+
+
+def wrn_throughput(ctx: Context) -> Dict[str, Any]:
+    """WRN training images/s of the fast path through ``benchmarks/bench_wrn_throughput.py`` (synthetic images)."""
+    from benchmarks import bench_wrn_throughput
+
+    argv = ctx.sizes("e_bench") + ["--variants", "fast", "--device", ctx.device]
+    return bench_wrn_throughput.main(argv)[0]
+
+
+def wrn_phases(ctx: Context):
+    """The WRN recipe with its phases squeezed to one epoch each: every boundary (32 -> 36 -> 40 px) is crossed."""
+    from pytorch_utils.recipes import get_recipe, run_recipe
+
+    recipe = get_recipe("wrn_c10")
+    phases = [dataclasses.replace(p, start=i + 1, end=i + 1) for i, p in enumerate(recipe.phases)]
+    with arrays_as_data(ctx.data):
+        return run_recipe(recipe, **ctx.recipe_kwargs(loader="gpu", phases=phases, epochs=len(phases),
+                                                      **ctx.sizes("e")))
+
+
+def stage_e(ctx: Context) -> None:
+    """WRN-28-10 images/s, then the recipe across its phase boundaries (MixUp/CutMix, progressive resizing)."""
+    bench = wrn_throughput(ctx)
+    if bench.get("error"):
+        raise RuntimeError(f"throughput: {bench['error']}")
+    ctx.emit("wrn_train_images_per_s", bench["images_per_s"], "img/s", goal=">= 9,000 img/s on an H100",
+             note=f"{bench.get('variant')}, batch {bench.get('batch_size')}, loader dtype {bench.get('loader_dtype')}")
+    result = wrn_phases(ctx)
+    for record in result.history:
+        ctx.emit(f"wrn_epoch{record['epoch']}_train_loss", record["train_loss"], "loss",
+                 note=f"phase {record.get('phase')}, {record['seconds']:.1f} s")
+    ctx.emit("wrn_phases_test_acc", result.final["test_acc"], "%", note=_acc_note(ctx) + " (subset, 3 epochs)")
+
+
+# ------------------------------------------------------------------------------------------------ f: Strixbee
+
+
+def probe_f(ctx: Context, spec: str) -> None:
+    """``f:<recipe>``: one Strixbee recipe run on the fast path; its final/best accuracy and seconds."""
+    from pytorch_utils.recipes import run_recipe
+
+    name = spec.split(":")[1]
+    with arrays_as_data(ctx.data):
+        result = run_recipe(name, **ctx.recipe_kwargs(loader="gpu", **ctx.sizes("f")))
+    print(json.dumps({k: result.final[k] for k in ("test_acc", "best_test_acc", "best_epoch", "epochs_run",
+                                                    "seconds", "parameters")}), flush=True)
+
+
+def stage_f(ctx: Context) -> None:
+    """The three levels at once (each is tiny for a GPU: run side by side they share it)."""
+    procs = {level: _probe(ctx, f"f:strixbee_l{level}") for level in (1, 2, 3)}
+    goals = {1: "seed L1: 78 % test (original CIFAR-10)", 2: None, 3: None}
+    for level, proc in procs.items():
+        res = _probe_result(proc)
+        note = f"{_acc_note(ctx)}; {res['epochs_run']} epochs, {res['parameters']:,} params, {res['seconds']:.0f} s"
+        ctx.emit(f"strixbee_l{level}_final_acc", res["test_acc"], "%", goal=goals[level], note=note)
+        ctx.emit(f"strixbee_l{level}_best_acc", res["best_test_acc"], "%", note=f"epoch {res['best_epoch']}")
+
+
+# ------------------------------------------------------------------------------------------------ g: S8
+
+
+def s8_phases(ctx: Context):
+    """The S8 recipe on synthetic 100-class data with its two phases squeezed to one epoch each."""
+    from pytorch_utils.recipes import get_recipe, run_recipe
+
+    recipe = get_recipe("s8_c100")
+    phases = [dataclasses.replace(p, start=i + 1, end=i + 1) for i, p in enumerate(recipe.phases)]
+    return run_recipe(recipe, **dict(ctx.recipe_kwargs(loader="gpu", phases=phases, epochs=len(phases),
+                                                       early_stopping_start=None, num_classes=100,
+                                                       **ctx.sizes("g")), data="synthetic"))
+
+
+def stage_g(ctx: Context) -> None:
+    """Both S8 phases ran, with finite losses (synthetic data: the accuracy is no CIFAR-100 figure)."""
+    import math
+
+    result = s8_phases(ctx)
+    for record in result.history:
+        ctx.emit(f"s8_epoch{record['epoch']}_train_loss", record["train_loss"], "loss",
+                 note=f"phase {record.get('phase')}, {record['seconds']:.1f} s")
+    losses = [r["train_loss"] for r in result.history]
+    ctx.emit("s8_epochs_run", len(result.history), "epochs", goal="2 (both phases)",
+             note="finite losses" if all(map(math.isfinite, losses)) else "NON-FINITE loss")
+
+
+STAGE_FUNCTIONS = {"a": stage_a, "b": stage_b, "c": stage_c, "d": stage_d, "e": stage_e, "f": stage_f,
+                   "g": stage_g}
+PROBES = {"d": probe_d, "f": probe_f}
+
+
+def child_main(args) -> int:
+    """A stage's (or a probe's) process: emit the environment, run, emit an ``error`` record on failure."""
+    import logging
+
+    logging.getLogger("pytorch_utils").setLevel(logging.WARNING)  # stdout is for JSON records
+    out = Path(args.out or tempfile.mkdtemp(prefix="check_")).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    key = args.stage or args.probe.split(":")[0]
+    ctx = Context(key, args.tiny, args.device, out, resolve_data(), args.t0)
+    try:
+        if args.probe:
+            PROBES[key](ctx, args.probe)
+        else:
+            ctx.emit("environment", None, **environment(ctx))
+            STAGE_FUNCTIONS[key](ctx)
+    except Exception as exc:  # recorded, then the next stage runs (the orchestrator reads the error field)
+        traceback.print_exc()
+        print(json.dumps({"stage": key, "error": f"{type(exc).__name__}: {exc}"[:500]}), flush=True)
+        return 1
+    return 0
