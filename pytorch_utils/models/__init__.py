@@ -63,7 +63,7 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
 
 
 # Importing the families registers them (kept at the bottom: they import register_model from here).
-from pytorch_utils.models import resnet_s10, strixbee, wide_resnet  # noqa: E402,F401
+from pytorch_utils.models import resnet_s8, resnet_s10, strixbee, wide_resnet  # noqa: E402,F401
 from pytorch_utils.models.summary import summary  # noqa: E402,F401
 
 __all__ = ["create_model", "list_models", "register_model", "count_parameters", "summary"]
