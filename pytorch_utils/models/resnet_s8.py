@@ -1,4 +1,4 @@
-"""The network the S8 seed trained on CIFAR-100 (SPEC.md section 3): a CIFAR ResNet of BasicBlocks.
+"""The network the S8 seed trained on CIFAR-100: a CIFAR ResNet of BasicBlocks.
 
 The S8 seed's overview names WRN-28-10, but the network its architecture section describes, and whose accuracies it
 reports (about 82 % on CIFAR-100 after 200 epochs), is this one: 30,032,292 parameters for 100 classes.

@@ -1,4 +1,4 @@
-"""Strixbee levels (SPEC.md section 4): small CIFAR-10 CNNs, each under 100k parameters.
+"""Strixbee levels (the course's student framework): small CIFAR-10 CNNs, each under 100k parameters.
 
 All levels share one layout, three stages of 3x3 conv blocks separated by "transitions" (a 1x1 conv that squeezes
 to 16 channels, then a 2x downsampling), and a global-average-pool > 1x1 conv head (a Linear without bias; with

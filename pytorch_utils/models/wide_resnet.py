@@ -1,4 +1,4 @@
-"""Wide ResNet (SPEC.md sections 2 and 3), in the layout of the wide-resnet.pytorch implementation.
+"""Wide ResNet (Zagoruyko & Komodakis, "Wide Residual Networks", 2016), in the layout of the wide-resnet.pytorch implementation.
 
 Pre-activation blocks with biased convolutions and the stride on the second conv, so parameter counts match that
 implementation (WRN-28-10: 36,489,290 for 10 classes, 36,546,980 for 100). The head uses adaptive average pooling
