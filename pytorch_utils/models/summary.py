@@ -118,7 +118,7 @@ def summary(
                 f"torchsummary cannot trace this model: {names}; even without those layers it fails with {exc!r}. "
                 "Use count_parameters(model) for the totals"
             ) from None
-    result = _with_true_totals(_parse(text), model, hidden, batch_size)
+    result = _with_true_totals(_parse(text), model, hidden)
     if print_table:
         print(result.text)
     result.printed = print_table
@@ -209,7 +209,7 @@ def _describe(value) -> str:
     return "None" if value is None else f"a {type(value).__name__}"
 
 
-def _with_true_totals(table: ModelSummary, model: nn.Module, hidden, batch_size: int) -> ModelSummary:
+def _with_true_totals(table: ModelSummary, model: nn.Module, hidden) -> ModelSummary:
     """``table`` with the model's own deduplicated totals in place of torchsummary's, and notes on differences."""
     params = list(model.parameters())  # distinct Parameter objects: a shared layer's weights come once
     total = sum(p.numel() for p in params)
