@@ -657,7 +657,8 @@ STRIXBEE = {
 
             - A plain CNN of exactly **83,368** parameters (the seed's count; every level stays under 100k): three
               stages of 3x3 conv > BN > ReLU (8-16-32, 16-32-48, 40-56-56 channels), 1x1 "transitions" that squeeze
-              to 16 channels before each **max-pool**, global average pooling and a 1x1 conv head.
+              to 16 channels before each **max-pool**, global average pooling and a linear head
+              without bias.
             - Plain training: SGD (lr 0.05, momentum 0.9), ReduceLROnPlateau on the test loss, plain normalization,
               no augmentation, no dropout, 50 epochs.
             - Seed run (published, on CIFAR-10): **97.4 % train / 78 % test after 50 epochs, overfitting after

@@ -27,7 +27,7 @@ def test_rows_parse_names_shapes_and_params():
     result = summary(create_model("strixbee_l1"), print_table=False)
     assert result.layers[0] == ("Conv2d-1", (-1, 8, 32, 32), 3 * 8 * 9)
     assert result.layers[1] == ("BatchNorm2d-2", (-1, 8, 32, 32), 16)
-    assert result.layers[-1] == (f"Conv2d-{len(result.layers)}", (-1, 10, 1, 1), 560)  # 1x1 head, no bias
+    assert result.layers[-1] == (f"Linear-{len(result.layers)}", (-1, 10), 560)  # head without bias
 
 
 def test_batch_size_shows_in_shapes():
