@@ -58,12 +58,14 @@ def list_models() -> List[str]:
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
-    """Number of (trainable) parameters of ``model``."""
+    """Number of (trainable: ``requires_grad``) parameters of ``model``, each distinct ``nn.Parameter`` once (a layer
+    used twice counts once), which is also what ``summary()`` reports as its totals."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 # Importing the families registers them (kept at the bottom: they import register_model from here).
-from pytorch_utils.models import resnet_s10, strixbee, wide_resnet  # noqa: E402,F401
+from pytorch_utils.models import resnet_s8, resnet_s10, strixbee, wide_resnet  # noqa: E402,F401
+from pytorch_utils.models.costs import ModelCost, model_cost  # noqa: E402,F401
 from pytorch_utils.models.summary import summary  # noqa: E402,F401
 
-__all__ = ["create_model", "list_models", "register_model", "count_parameters", "summary"]
+__all__ = ["create_model", "list_models", "register_model", "count_parameters", "summary", "model_cost", "ModelCost"]

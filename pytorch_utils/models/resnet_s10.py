@@ -1,7 +1,7 @@
-"""S10 custom ResNet for CIFAR-10 (the "DAWNBench ResNet", SPEC.md section 1).
+"""S10 custom ResNet for CIFAR-10 (the "DAWNBench ResNet" of the course's S10 session).
 
 Every container is an ``nn.Sequential`` and every layer its own module, so torchsummary (which hooks every module
-except Sequentials) lists exactly the SPEC layers in forward order; the residual adds live in ``forward``.
+except Sequentials) lists exactly the course's layers in forward order; the residual adds live in ``forward``.
 """
 import numbers
 
@@ -18,14 +18,14 @@ def _conv_bn_relu(c_in: int, c_out: int, dropout: float, pool: bool = False) -> 
     """Conv3x3 (> MaxPool 2) > BN > ReLU > Dropout, as a list of modules to splice into a Sequential."""
     layers = [nn.Conv2d(c_in, c_out, kernel_size=3, stride=1, padding=1, bias=False)]
     if pool:
-        # Pooling before BN (as in the SPEC) normalises the 2x smaller map, which is what the seed model did.
+        # Pooling before BN (as in the course's model) normalises the 2x smaller map, which is what the seed model did.
         layers.append(nn.MaxPool2d(2))
     layers += [nn.BatchNorm2d(c_out), nn.ReLU(), nn.Dropout(dropout)]
     return layers
 
 
 class S10ResNet(nn.Module):
-    """Custom ResNet of SPEC.md section 1: prep, layer1 (+R1), layer2, layer3 (+R2), MaxPool 4 > Linear.
+    """The course's S10 custom ResNet: prep, layer1 (+R1), layer2, layer3 (+R2), MaxPool 4 > Linear.
 
     Args:
         num_classes: size of the output layer (6,573,130 parameters for 10 classes).
@@ -60,7 +60,7 @@ class S10ResNet(nn.Module):
         x = self.layer2(x)
         x = self.layer3(x)
         x = x + self.res2(x)
-        # torch.flatten rather than an nn.Flatten module: the SPEC table lists no Flatten layer.
+        # torch.flatten rather than an nn.Flatten module: the course's table lists no Flatten layer.
         return self.fc(torch.flatten(self.pool(x), 1))
 
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from pytorch_utils.errors import ConfigError
+from pytorch_utils.utils import preserved
 
 __all__ = ["ModelSummary", "summary"]
 
@@ -18,23 +19,33 @@ __all__ = ["ModelSummary", "summary"]
 _ROW = re.compile(r"^\s*(?P<name>\S+-\d+)\s+(?P<shape>\[.*\])\s+(?P<params>[\d,]+)\s*$")
 _TOTAL = re.compile(r"^Total params: ([\d,]+)", re.MULTILINE)
 _TRAINABLE = re.compile(r"^Trainable params: ([\d,]+)", re.MULTILINE)
+_NON_TRAINABLE = re.compile(r"^Non-trainable params: ([\d,]+)", re.MULTILINE)
+_PARAMS_SIZE = re.compile(
+    r"^Params size \(MB\): (?P<params>[\d.]+)\nEstimated Total Size \(MB\): (?P<est>[\d.]+)", re.MULTILINE
+)
 
 
 @dataclass
 class ModelSummary:
-    """torchsummary's table plus the numbers parsed from it.
+    """torchsummary's table, the model's true parameter totals and the rows parsed from the table.
 
     Attributes:
-        text: the table as torchsummary prints it.
-        total_params: "Total params" of the table.
-        trainable_params: "Trainable params" of the table.
+        text: the table as torchsummary prints it, with the true totals and any notes below it.
+        total_params: distinct parameters of the model (a shared layer once, every ``nn.Parameter``).
+        trainable_params: those of them with ``requires_grad``.
         layers: one (name such as "Conv2d-1", output shape with batch -1, parameter count) per row.
+        torchsummary_total: what torchsummary's rows add up to (may differ from ``total_params``).
+        torchsummary_trainable: torchsummary's trainable sum.
+        notes: the notes printed under the table (differing totals, layers without a row).
     """
 
     text: str
     total_params: int
     trainable_params: int
     layers: List[Tuple[str, tuple, int]] = field(default_factory=list)
+    torchsummary_total: Optional[int] = None
+    torchsummary_trainable: Optional[int] = None
+    notes: List[str] = field(default_factory=list)
     # Whether summary() already printed the table: the notebook display hook then shows the totals only, so a cell
     # ending in `summary(model, ...)` does not show the table twice.
     printed: bool = field(default=False, compare=False, repr=False)
@@ -60,7 +71,14 @@ def summary(
     batch_size: int = -1,
     print_table: bool = True,
 ) -> ModelSummary:
-    """Run torchsummary on ``model`` and return its table as a ``ModelSummary``.
+    """Run torchsummary on ``model`` and return its table, with the model's true parameter totals, as data.
+
+    torchsummary's rows are kept as the course prints them, but its totals only add up ``weight``/``bias`` of each
+    called layer (a layer called twice counts twice; a bare ``nn.Parameter`` or an LSTM's ``weight_ih_l0`` not at
+    all; a row is trainable by its weight alone). The totals printed and returned here are the model's own: every
+    distinct ``nn.Parameter`` once, trainable = ``requires_grad``; a note under the table gives torchsummary's sums
+    when they differ. A layer whose input or output torchsummary cannot size (a tuple holding tuples such as an
+    LSTM's ``(out, (h, c))``, a dict, None) gets no row, and a note names it.
 
     The forward pass runs in eval mode under ``no_grad`` so BatchNorm running statistics are not updated; the
     model's per-module training flags are restored afterwards and the model is never moved.
@@ -74,42 +92,156 @@ def summary(
         batch_size: batch size shown in the table's shapes and size estimate (-1 = unspecified).
         print_table: also print the table (for notebooks).
     Returns:
-        ModelSummary with the text, total/trainable parameter counts and the per-layer rows.
+        ModelSummary with the text, true total/trainable counts, torchsummary's own sums, notes and the rows.
     Raises:
         ConfigError: the device is not cpu/cuda, is unavailable, or differs from the model's device, or the
-            model is not float32 (torchsummary always feeds float32 input).
+            model is not float32 (torchsummary always feeds float32 input), or torchsummary fails even without
+            the layers it cannot size (the message names them).
     """
     probe_device = _resolve_device(model, device)
-    if isinstance(input_size, list):
-        input_size = [tuple(s) for s in input_size]
-    else:
-        input_size = tuple(input_size)
-
-    modes = {m: m.training for m in model.modules()}
-    # torchsummary removes its hooks only after a successful forward; remember what was there so a model
-    # that raises (e.g. InputShapeError) does not keep stale hooks.
-    hooks_before = {m: set(m._forward_hooks) for m in model.modules()}
-    buffer = io.StringIO()
+    input_size = [tuple(s) for s in input_size] if isinstance(input_size, list) else tuple(input_size)
+    hidden: List[Tuple[str, nn.Module, str]] = []
     try:
-        model.eval()
-        cuda_ctx = torch.cuda.device(probe_device) if probe_device.type == "cuda" else contextlib.nullcontext()
-        with torch.no_grad(), cuda_ctx, contextlib.redirect_stdout(buffer):
-            import torchsummary  # local: only summary() needs it, not training
+        text = _torchsummary_text(model, input_size, batch_size, probe_device, hidden)
+    except (AttributeError, IndexError, TypeError):
+        # torchsummary's hook failed on some layer's input or output; find those layers and try once without them.
+        # A model that fails for its own reasons fails again in the probe, with its own error.
+        hidden = _untraceable_layers(model, input_size, probe_device)
+        if not hidden:
+            raise
+        try:
+            text = _torchsummary_text(model, input_size, batch_size, probe_device, hidden)
+        except (AttributeError, IndexError, TypeError) as exc:
+            names = ", ".join(f"{type(m).__name__} '{name}' ({kind})" for name, m, kind in hidden)
+            raise ConfigError(
+                f"torchsummary cannot trace this model: {names}; even without those layers it fails with {exc!r}. "
+                "Use count_parameters(model) for the totals"
+            ) from None
+    result = _with_true_totals(_parse(text), model, hidden)
+    if print_table:
+        print(result.text)
+    result.printed = print_table
+    return result
 
-            torchsummary.summary(model, input_size, batch_size=batch_size, device=probe_device.type)
+
+@contextlib.contextmanager
+def _probe(model: nn.Module, probe_device: torch.device):
+    """Eval mode, no_grad and the model's CUDA device for one probe pass; modes and stray hooks put back after."""
+    hooks_before = {m: set(m._forward_hooks) for m in model.modules()}
+    cuda_ctx = torch.cuda.device(probe_device) if probe_device.type == "cuda" else contextlib.nullcontext()
+    try:
+        # torchsummary removes its hooks only after a successful forward: a model that raises (e.g.
+        # InputShapeError) must not keep them, hence the hook bookkeeping beside preserved().
+        with preserved(model, weights=False, rng=False, train=False), torch.no_grad(), cuda_ctx:
+            yield
     finally:
-        for m, was_training in modes.items():
-            m.training = was_training
         for m, keys in hooks_before.items():
             for key in set(m._forward_hooks) - keys:
                 del m._forward_hooks[key]
 
-    text = buffer.getvalue().rstrip("\n")
-    if print_table:
-        print(text)
-    result = _parse(text)
-    result.printed = print_table
-    return result
+
+def _torchsummary_text(model, input_size, batch_size, probe_device, hidden) -> str:
+    """torchsummary's printed table, with the ``hidden`` layers left out of its hooks (hence of its rows)."""
+    import torchsummary  # local: only summary() needs it, not training (a GPU run without it still trains)
+
+    buffer = io.StringIO()
+    for _, module, _ in hidden:
+        # torchsummary hooks every submodule through ``register_forward_hook``; an instance attribute shadows
+        # that method for these layers only, so they run normally but add no row.
+        module.register_forward_hook = _no_hook
+    try:
+        with _probe(model, probe_device), contextlib.redirect_stdout(buffer):
+            torchsummary.summary(model, input_size, batch_size=batch_size, device=probe_device.type)
+    finally:
+        for _, module, _ in hidden:
+            del module.register_forward_hook
+    return buffer.getvalue().rstrip("\n")
+
+
+class _NoHandle:
+    """Stands in for the handle of a hook that was never registered."""
+
+    def remove(self) -> None:
+        pass
+
+
+def _no_hook(*args, **kwargs) -> _NoHandle:
+    return _NoHandle()
+
+
+def _untraceable_layers(model, input_size, probe_device) -> List[Tuple[str, nn.Module, str]]:
+    """(qualified name, module, what it passes) for each layer whose first input or output torchsummary cannot
+    size: it needs a tensor in, and a tensor or a flat list/tuple of tensors out."""
+    found, hooks = [], []
+
+    def check(name):
+        def hook(module, inputs, output):
+            kind = None
+            if not inputs or not torch.is_tensor(inputs[0]):
+                kind = f"takes {_describe(inputs[0] if inputs else None)} as first input"
+            elif not (torch.is_tensor(output) or (
+                    isinstance(output, (list, tuple)) and all(torch.is_tensor(o) for o in output))):
+                kind = f"returns {_describe(output)}"
+            if kind and all(m is not module for _, m, _ in found):
+                found.append((name, module, kind))
+        return hook
+
+    for name, module in model.named_modules():
+        if name and not isinstance(module, (nn.Sequential, nn.ModuleList)):
+            hooks.append(module.register_forward_hook(check(name)))
+    try:
+        with _probe(model, probe_device):
+            model(*[torch.rand(2, *s, device=probe_device) for s in _shapes(input_size)])
+    finally:
+        for h in hooks:
+            h.remove()
+    return found
+
+
+def _shapes(input_size) -> list:
+    return input_size if isinstance(input_size, list) else [input_size]
+
+
+def _describe(value) -> str:
+    """'a tuple holding a tuple', 'a dict', 'None'... for the note about a layer torchsummary cannot show."""
+    if isinstance(value, (list, tuple)):
+        inner = next((type(v).__name__ for v in value if not torch.is_tensor(v)), None)
+        return f"a {type(value).__name__} holding a {inner}" if inner else f"a {type(value).__name__}"
+    return "None" if value is None else f"a {type(value).__name__}"
+
+
+def _with_true_totals(table: ModelSummary, model: nn.Module, hidden) -> ModelSummary:
+    """``table`` with the model's own deduplicated totals in place of torchsummary's, and notes on differences."""
+    params = list(model.parameters())  # distinct Parameter objects: a shared layer's weights come once
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    notes = [
+        f"Note: {type(m).__name__} '{name}' {kind}, which torchsummary cannot show: it has no row "
+        f"(its {sum(p.numel() for p in m.parameters()):,} parameters are in the totals)."
+        for name, m, kind in hidden
+    ]
+    if (table.total_params, table.trainable_params) != (total, trainable):
+        notes.append(
+            f"Note: totals count each parameter of the model once (trainable: requires_grad); torchsummary's rows "
+            f"add up to {table.total_params:,} total / {table.trainable_params:,} trainable (it counts a layer "
+            "once per call, only its weight and bias, trainable by its weight)."
+        )
+    text = _TOTAL.sub(f"Total params: {total:,}", table.text)
+    text = _TRAINABLE.sub(f"Trainable params: {trainable:,}", text)
+    text = _NON_TRAINABLE.sub(f"Non-trainable params: {total - trainable:,}", text)
+    text = _PARAMS_SIZE.sub(lambda m: _fix_sizes(m, total), text)
+    return ModelSummary(
+        text="\n".join([text, *notes]), total_params=total, trainable_params=trainable, layers=table.layers,
+        torchsummary_total=table.total_params, torchsummary_trainable=table.trainable_params, notes=notes,
+    )
+
+
+def _fix_sizes(match, total: int) -> str:
+    """The "Params size" and "Estimated Total Size" lines recomputed from the true total (4 bytes a parameter,
+    torchsummary's own assumption)."""
+    params_mb = total * 4.0 / 1024 ** 2
+    estimated = float(match.group("est")) - float(match.group("params")) + params_mb
+    return f"Params size (MB): {params_mb:0.2f}\nEstimated Total Size (MB): {estimated:0.2f}"
 
 
 def _resolve_device(model: nn.Module, device) -> torch.device:

@@ -1,13 +1,19 @@
-"""Wide ResNet (SPEC.md sections 2 and 3), in the layout of the wide-resnet.pytorch implementation.
+"""Wide ResNet (Zagoruyko & Komodakis, "Wide Residual Networks", 2016), in the layout of the wide-resnet.pytorch implementation.
 
 Pre-activation blocks with biased convolutions and the stride on the second conv, so parameter counts match that
 implementation (WRN-28-10: 36,489,290 for 10 classes, 36,546,980 for 100). The head uses adaptive average pooling
 instead of a fixed 8x8 pool, so the progressively resized 36x36 and 40x40 training inputs work too.
+
+ReLU and the global average pool are functional and an identity shortcut is no module at all, as in
+wide-resnet.pytorch: torchsummary then lists the same rows as the course's table of that implementation (per block
+BatchNorm2d, Conv2d, Dropout, BatchNorm2d, Conv2d, the shortcut Conv2d where the shape changes, and the block's
+own row; 78 rows for WRN-28-10). None of these carry parameters, so state_dict keys are unchanged.
 """
 import numbers
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from pytorch_utils.errors import ConfigError, InputShapeError
 from pytorch_utils.models import register_model
@@ -17,6 +23,8 @@ __all__ = ["WideBasicBlock", "WideResNet", "wide_resnet", "wrn28_10", "wrn16_2"]
 
 class WideBasicBlock(nn.Module):
     """BN > ReLU > Conv3x3 > Dropout > BN > ReLU > Conv3x3(stride), plus a 1x1 conv shortcut on shape change.
+
+    ``shortcut`` is None for an identity shortcut (no module, hence no torchsummary row).
 
     Args:
         c_in: input channels.
@@ -28,23 +36,21 @@ class WideBasicBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int = 1, dropout: float = 0.0):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(c_in)
-        self.relu1 = nn.ReLU()
         self.conv1 = nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=True)
         self.dropout = nn.Dropout(dropout)
         self.bn2 = nn.BatchNorm2d(c_out)
-        self.relu2 = nn.ReLU()
         self.conv2 = nn.Conv2d(c_out, c_out, kernel_size=3, stride=stride, padding=1, bias=True)
+        self.shortcut = None
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Conv2d(c_in, c_out, kernel_size=1, stride=stride, bias=True)
-        else:
-            self.shortcut = nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Block output: residual branch plus (projected) input."""
-        out = self.dropout(self.conv1(self.relu1(self.bn1(x))))
-        out = self.conv2(self.relu2(self.bn2(out)))
-        # The shortcut sees the raw input, not the pre-activated one, as in wide-resnet.pytorch.
-        return out + self.shortcut(x)
+        out = self.dropout(self.conv1(F.relu(self.bn1(x))))
+        out = self.conv2(F.relu(self.bn2(out)))
+        # The shortcut sees the raw input, not the pre-activated one, as in wide-resnet.pytorch; it runs after conv2
+        # so its torchsummary row follows conv2's, as in the course's table.
+        return out + (x if self.shortcut is None else self.shortcut(x))
 
 
 class WideResNet(nn.Module):
@@ -70,8 +76,6 @@ class WideResNet(nn.Module):
         self.layer2 = self._stage(widths[1], widths[2], n, stride=2, dropout=dropout)
         self.layer3 = self._stage(widths[2], widths[3], n, stride=2, dropout=dropout)
         self.bn = nn.BatchNorm2d(widths[3])
-        self.relu = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[3], num_classes)
 
     @staticmethod
@@ -90,7 +94,7 @@ class WideResNet(nn.Module):
             )
         x = self.conv1(x)
         x = self.layer3(self.layer2(self.layer1(x)))
-        x = self.pool(self.relu(self.bn(x)))
+        x = F.adaptive_avg_pool2d(F.relu(self.bn(x)), 1)
         return self.fc(torch.flatten(x, 1))
 
 

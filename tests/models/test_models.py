@@ -5,6 +5,8 @@ import torch.nn as nn
 
 from pytorch_utils.errors import ConfigError, InputShapeError, UnknownNameError
 from pytorch_utils.models import count_parameters, create_model, list_models, register_model, summary
+from pytorch_utils.models.costs import model_cost
+from pytorch_utils.models.resnet_s8 import S8ResNet
 from pytorch_utils.models.resnet_s10 import S10ResNet
 from pytorch_utils.models.strixbee import StrixbeeNet
 from pytorch_utils.models.wide_resnet import WideResNet
@@ -14,12 +16,13 @@ ALL_MODELS = list_models()
 # Exact counts for 10 classes (the Strixbee numbers are also in the builders' docstrings).
 PARAM_COUNTS = {
     "s10_resnet": 6_573_130,
+    "s8_resnet": 29_986_122,  # 30,032,292 for 100 classes (the S8 seed's count), test below
     "wrn28_10": 36_489_290,
     "wide_resnet": 36_489_290,  # defaults are depth 28, widen 10
     "wrn16_2": 692_810,
-    "strixbee_l1": 82_290,
-    "strixbee_l2": 86_962,
-    "strixbee_l3": 86_962,
+    "strixbee_l1": 83_368,  # the seed's level-1 count
+    "strixbee_l2": 88_040,
+    "strixbee_l3": 88_040,
 }
 
 # torchsummary rows of S10 in SPEC.md section 1 order (flatten is an op in forward, not a layer).
@@ -77,6 +80,7 @@ def test_parameter_count(name):
 
 def test_parameter_counts_for_100_classes():
     assert count_parameters(_meta_model("wrn28_10", num_classes=100)) == 36_546_980
+    assert count_parameters(_meta_model("s8_resnet", num_classes=100)) == 30_032_292
     # Only the Linear head grows: 90 more classes x (512 weights + 1 bias).
     assert count_parameters(_meta_model("s10_resnet", num_classes=100)) == 6_573_130 + 90 * 513
 
@@ -197,7 +201,7 @@ def test_cam_layer_is_a_spatial_module(name):
 
 
 def test_model_classes_declare_cam_layer():
-    for cls in (S10ResNet, WideResNet, StrixbeeNet):
+    for cls in (S10ResNet, S8ResNet, WideResNet, StrixbeeNet):
         assert isinstance(cls.cam_layer, str) and cls.cam_layer
 
 
@@ -221,3 +225,96 @@ def test_type_error_inside_the_model_is_not_reported_as_a_bad_keyword(monkeypatc
     with pytest.raises(TypeError) as info:
         create_model("broken_model", dropout=0.1)
     assert not isinstance(info.value, ConfigError)
+
+
+def _wrn_course_rows(num_classes=10, depth=28, k=10):
+    """The course's torchsummary rows of WRN-depth-k (ReLU and pooling functional, identity shortcuts no module):
+    stem Conv2d; per block BatchNorm2d, Conv2d, Dropout, BatchNorm2d, Conv2d(stride), the shortcut Conv2d when the
+    shape changes, the block's own row; the final BatchNorm2d and the Linear."""
+    rows = [("Conv2d", (16, 32, 32), 3 * 16 * 9 + 16)]
+    c_in, size = 16, 32
+    for width, stride in ((16 * k, 1), (32 * k, 2), (64 * k, 2)):
+        for b in range((depth - 4) // 6):
+            out = size // stride if b == 0 else size
+            rows += [
+                ("BatchNorm2d", (c_in, size, size), 2 * c_in),
+                ("Conv2d", (width, size, size), c_in * width * 9 + width),
+                ("Dropout", (width, size, size), 0),
+                ("BatchNorm2d", (width, size, size), 2 * width),
+                ("Conv2d", (width, out, out), width * width * 9 + width),
+            ]
+            if b == 0:
+                rows.append(("Conv2d", (width, out, out), c_in * width + width))
+            rows.append(("WideBasicBlock", (width, out, out), 0))
+            c_in, size = width, out
+    rows += [("BatchNorm2d", (c_in, size, size), 2 * c_in), ("Linear", (num_classes,), c_in * num_classes + num_classes)]
+    return [(f"{kind}-{i}", (-1, *shape), params) for i, (kind, shape, params) in enumerate(rows, start=1)]
+
+
+def test_wrn28_10_summary_equals_the_course_table_row_for_row():
+    expected = _wrn_course_rows()
+    # Spot checks against the course's printout, so the helper above cannot drift with the model.
+    assert len(expected) == 78
+    assert expected[:8] == [
+        ("Conv2d-1", (-1, 16, 32, 32), 448), ("BatchNorm2d-2", (-1, 16, 32, 32), 32),
+        ("Conv2d-3", (-1, 160, 32, 32), 23_200), ("Dropout-4", (-1, 160, 32, 32), 0),
+        ("BatchNorm2d-5", (-1, 160, 32, 32), 320), ("Conv2d-6", (-1, 160, 32, 32), 230_560),
+        ("Conv2d-7", (-1, 160, 32, 32), 2_720), ("WideBasicBlock-8", (-1, 160, 32, 32), 0),
+    ]
+    assert expected[-2:] == [("BatchNorm2d-77", (-1, 640, 8, 8), 1_280), ("Linear-78", (-1, 10), 6_410)]
+    assert sum(p for _, _, p in expected) == 36_489_290
+
+    torch.manual_seed(0)
+    result = summary(create_model("wrn28_10", dropout=0.3), print_table=False)
+    assert result.layers == expected
+    assert (result.total_params, result.trainable_params) == (36_489_290, 36_489_290)
+    assert result.notes == []  # torchsummary's sums agree: no shared layers, no bare Parameters
+
+
+def test_wrn28_10_for_100_classes_changes_only_the_head():
+    rows = _wrn_course_rows(num_classes=100)
+    assert rows[-1] == ("Linear-78", (-1, 100), 64_100)
+    assert sum(p for _, _, p in rows) == 36_546_980
+
+
+def test_s8_resnet_is_the_seed_layout():
+    model = _meta_model("s8_resnet", num_classes=100, dropout=0.3)
+    assert [len(getattr(model, f"layer{i}")) for i in (1, 2, 3, 4)] == [5, 5, 5, 5]
+    assert (model.conv1.in_channels, model.conv1.out_channels, model.conv1.bias) == (3, 64, None)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
+    firsts = [getattr(model, f"layer{i}")[0] for i in (1, 2, 3, 4)]
+    assert [b.conv1.out_channels for b in firsts] == [64, 128, 256, 512]
+    assert [b.conv1.stride for b in firsts] == [(1, 1), (2, 2), (2, 2), (2, 2)]
+    # Projection (1x1 conv without bias > BN) only where the shape changes.
+    assert [b.shortcut is None for b in firsts] == [True, False, False, False]
+    assert isinstance(firsts[1].shortcut[0], nn.Conv2d) and firsts[1].shortcut[0].kernel_size == (1, 1)
+    assert firsts[1].shortcut[0].bias is None and isinstance(firsts[1].shortcut[1], nn.BatchNorm2d)
+    assert model.dropout.p == 0.3 and model.fc.in_features == 512 and model.fc.bias is not None
+    out = model(torch.empty(2, 3, 32, 32, device="meta"))
+    assert out.shape == (2, 100)
+
+
+def test_strixbee_level1_is_a_plain_cnn_with_the_seed_count():
+    model = _meta_model("strixbee_l1")
+    assert count_parameters(model) == 83_368
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 2
+    assert all(m.stride == (1, 1) for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_model_cost_counts_conv_and_linear_macs():
+    # A 3x3 conv 3->8 on 10x10 (padding 1): 8 * 10 * 10 output values, 3 * 9 MACs each; then Linear 8 -> 2.
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    model.train()
+    cost = model_cost(model, (3, 10, 10))
+    assert cost.macs == 8 * 10 * 10 * 3 * 9 + 8 * 2
+    assert cost.params == 3 * 8 * 9 + 8 + 8 * 2 + 2
+    assert cost.epoch_macs(images=10) == 30 * cost.macs and cost.epoch_macs(10, train=False) == 10 * cost.macs
+    assert model.training  # mode put back
+
+
+def test_s8_resnet_costs_a_quarter_of_wrn28_10():
+    s8 = model_cost(_meta_model("s8_resnet", num_classes=100))
+    wrn = model_cost(_meta_model("wrn28_10", num_classes=100))
+    assert s8.params == 30_032_292 and wrn.params == 36_546_980
+    # The docstrings' numbers: 1.46 G and 5.95 G MACs per 32x32 image.
+    assert round(s8.macs / 1e9, 2) == 1.46 and round(wrn.macs / 1e9, 2) == 5.95

@@ -71,7 +71,7 @@ def test_run_recipe_python_api_returns_model_and_history(tmp_path):
                         batch_size=32, num_workers=0, progress=False)
     assert len(result.history) == 2 and result.final["epochs_run"] == 2
     assert result.classes == tuple(f"class_{i}" for i in range(10))
-    assert result.final["parameters"] == 82_290
+    assert result.final["parameters"] == 83_368
     assert (tmp_path / "summary.json").is_file()
 
 
@@ -234,3 +234,9 @@ def test_default_recipe_trains_the_s10_resnet_well_above_chance(tmp_path, capsys
     history = json.loads((tmp_path / "history.json").read_text())
     assert history[-1]["test_acc"] > 50.0  # chance is 10 %
     assert "final test accuracy" in capsys.readouterr().out
+
+
+def test_s8_offers_the_seeds_own_network_beside_wrn28_10():
+    wrn, resnet = get_recipe("s8_c100"), get_recipe("s8_c100_resnet")
+    assert (wrn.model, resnet.model) == ("wrn28_10", "s8_resnet")
+    assert resnet.replace(model="wrn28_10", name="s8_c100", description=wrn.description) == wrn
