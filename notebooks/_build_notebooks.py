@@ -407,7 +407,7 @@ def s10() -> list:
         code("""
             print(f"LR_max = {result.lr_finder.lr_max:.3e}  (steepest descent of the smoothed loss)")
             print(f"LR_min = {result.lr_finder.lr_min:.3e}  (LR_max / {result.lr_finder.div:g})")
-            result.lr_finder.plot()
+            viz.plot_lr_finder(result.lr_finder)
             """),
         *curves_cells("The LR panel should show the One Cycle triangle with its peak at epoch 5; the test "
                       "accuracy climbs fastest while the LR comes down."),

@@ -301,7 +301,9 @@ def run_recipe(
         lr_values = dist_utils.broadcast_object(lr_values)
         if lr_values is not None and lr_result is not None:
             if main:
-                lr_result.plot(save=out_dir / "lr_finder.png")
+                from pytorch_utils.viz.lr_finder import plot_lr_finder  # the plot lives in viz: train never draws
+
+                plot_lr_finder(lr_result, save=out_dir / "lr_finder.png")
             if log:
                 log(f"LR finder ({recipe.lr_finder.suggestion}): LR_max {lr_values['lr_max']:.3e}, LR_min "
                     f"{lr_values['lr_min']:.3e} (LR_max / {recipe.lr_finder.div:g})")
