@@ -21,6 +21,7 @@ from pytorch_utils.train.callbacks import EarlyStopping, PhaseSchedule, validate
 from pytorch_utils.train.checkpoints import (
     CheckpointManager, HubPusher, check_model_name, latest_checkpoint, restore_model,
 )
+from pytorch_utils.train.history import HistoryWriter
 from pytorch_utils.train.loop import History, fit, model_output_classes
 from pytorch_utils.train.mixing import Mixer, SoftTargetCrossEntropy
 from pytorch_utils.train.schedules import ScheduleSpec, build_scheduler
@@ -86,8 +87,8 @@ def _make_loaders(recipe: Recipe, train_ds, test_ds, device: torch.device, rank:
 
 # Recipe fields a resumed run may change: bookkeeping and speed settings that do not change what is trained.
 RESUME_FREE_FIELDS = ("name", "description", "num_workers", "hub_repo", "hub_every", "compile", "keep_last",
-                      "checkpoint_every")
-RUN_FILES = ("run.json", "history.json", "summary.json", "lr_finder.png", "checkpoints")
+                      "checkpoint_every", "tensorboard")
+RUN_FILES = ("run.json", "history.json", "history.csv", "summary.json", "lr_finder.png", "checkpoints", "tensorboard")
 
 
 def _depends_on_span(spec: Optional[ScheduleSpec]) -> bool:
@@ -241,6 +242,7 @@ def run_recipe(
         check_writable_dir(out_dir)
     # Everything that can refuse a resume is checked here, before data loading or an LR sweep.
     checkpoint = find_resume_checkpoint(resume, out_dir, recipe, data, log)
+    history_writer = HistoryWriter(out_dir, tensorboard=recipe.tensorboard) if main else None  # extra checked now
     ckpt_dir = out_dir / "checkpoints"
     seed_everything(recipe.seed)
     progress = progress and main
@@ -265,7 +267,10 @@ def run_recipe(
         ensure_writable_dir(out_dir)
     # Every rank waits until rank 0 has moved an earlier run aside before anyone looks at the folder again.
     dist_utils.barrier()
-    config = {"recipe": recipe.to_dict(), "data": str(data), "lr_finder": None}
+    config = {"recipe": recipe.to_dict(), "data": str(data), "lr_finder": None,
+              # What load_run/predict need to use the model without its data set (classes, normalization, size).
+              "classes": list(train_ds.classes), "mean": list(train_ds.mean), "std": list(train_ds.std),
+              "input_size": list(test_ds.image_size)}
     if main and checkpoint is None:  # marks the folder as a started run (see find_resume_checkpoint)
         atomic_write_text(out_dir / "run.json", json.dumps(config, indent=2, default=str))
     model = model.to(device)
@@ -328,6 +333,8 @@ def run_recipe(
         callbacks.append(EarlyStopping(monitor=recipe.monitor, mode="min" if recipe.monitor.endswith("loss") else "max",
                                        patience=recipe.early_stopping_patience,
                                        start_epoch=recipe.early_stopping_start))
+    if history_writer is not None:  # last: its files hold what the other callbacks added to each record
+        callbacks.append(history_writer)
     if main and checkpoint is None and lr_values is not None:  # the marker written above lacks the chosen LRs
         atomic_write_text(out_dir / "run.json", json.dumps(config, indent=2, default=str))
 
