@@ -31,6 +31,8 @@ def test_checkpoint_and_run_json_carry_what_predict_needs(run):
         assert config["classes"] == list(result.classes)
         assert config["mean"] == pytest.approx(result.mean) and config["std"] == pytest.approx(result.std)
         assert config["input_size"] == [32, 32]
+    assert [r["epoch"] for r in json.loads((out / "history.json").read_text())] == [1]
+    assert (out / "history.csv").read_text().splitlines()[0].startswith("epoch,")
 
 
 def test_load_run_gives_the_ema_weights_and_the_metadata(run):
