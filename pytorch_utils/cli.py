@@ -177,14 +177,13 @@ def _cmd_train(args) -> int:
 
 def _cmd_predict(args) -> int:
     import json
+    import logging
 
     from pytorch_utils.errors import ConfigError
     from pytorch_utils.inference import load_run, predict
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
-    import logging
-
     # With --json stdout holds only the JSON: notes (e.g. resizing) go to stderr for this command.
     moved = [h for h in logging.getLogger("pytorch_utils").handlers
              if args.json and isinstance(h, logging.StreamHandler) and h.stream is sys.stdout]
