@@ -99,7 +99,9 @@ def _add_after_training(sub) -> None:
                                    "classes, mean/std and input size; the exported outputs are checked against the "
                                    "eager model's.")
     e.add_argument("--run", required=True, help="run folder (--out-dir of train)")
-    e.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    from pytorch_utils.exporting import EXPORT_FORMATS  # the one list of export formats
+
+    e.add_argument("--format", choices=EXPORT_FORMATS, default="torchscript")
     e.add_argument("--out", default=None, help="file to write (default <run>/model.pt or <run>/model.onnx)")
     e.add_argument("--last", action="store_true", help="use the newest checkpoint instead of best.pt")
 
