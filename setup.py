@@ -26,10 +26,13 @@ setup(
         "seaborn",
         "tqdm",
         "numpy",
+        "scikit-learn",  # the per-class precision/recall/F1 table
     ],
     extras_require={
         "test": ["pytest", "nbval", "ipykernel", "huggingface_hub"],  # the Hub test needs the package, not a network
         "hub": ["huggingface_hub"],
+        "onnx": ["onnx", "onnxscript"],  # export(..., format="onnx"); onnxruntime, if installed, runs the check
+        "tensorboard": ["tensorboard"],  # tensorboard=True / --tensorboard
     },
     entry_points={"console_scripts": ["pytorch-utils=pytorch_utils.cli:main"]},
 )

@@ -37,7 +37,7 @@ def report_title(recipe_name: str, data: str, device: str, epochs: int) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the recipe, write the report and ``<assets>/run.json``, print the JSON line; returns the exit code."""
     from pytorch_utils import viz
-    from pytorch_utils.recipes import get_recipe, parse_override, run_recipe
+    from pytorch_utils.recipes import get_recipe, parse_override, report_data, run_recipe
 
     command = shlex.join([sys.executable, *sys.argv] if argv is None
                          else [sys.executable, "-m", "benchmarks.reference_run", *argv])
@@ -68,8 +68,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     device = device_name(result.device)
     title = report_title(recipe.name, data, device, len(result.history))
     start = time.perf_counter()
-    paths = viz.report(result.model, result.test_loader, result.classes, result.history, args.assets,
-                       mean=result.mean, std=result.std, lr_finder_result=result.lr_finder, title=title)
+    paths = viz.report(report_data(result, model=result.model), args.assets, title=title)
     report_s = time.perf_counter() - start
     epochs = sum(r["seconds"] for r in result.history)
     run_json = Path(args.assets) / "run.json"

@@ -110,11 +110,12 @@ IMPORTS = """
     import numpy as np
     import pandas as pd
     from IPython.display import display
+    from PIL import Image
 
-    from pytorch_utils import viz
+    from pytorch_utils import export, load_run, predict, viz
     from pytorch_utils.data import get_preset, load_datasets
     from pytorch_utils.models import create_model, summary
-    from pytorch_utils.recipes import get_recipe, run_recipe
+    from pytorch_utils.recipes import get_recipe, report_data, run_recipe
     from pytorch_utils.train import evaluate
 """
 
@@ -249,6 +250,16 @@ def mistakes_cells(num_classes: int) -> list:
             viz.plot_per_class_accuracy(cm, result.classes)
             """),
         md("""
+            ### Precision, recall and F1 per class
+
+            From scikit-learn on the same evaluation: *recall* is the per-class accuracy above (of the true cats, how
+            many were called cat), *precision* how many of the images called cat really are cats; the last two rows
+            average over classes (plain and weighted by support).
+            """),
+        code("""
+            pd.DataFrame(viz.per_class_report(ev["targets"], ev["preds"], result.classes)).set_index("class").round(3)
+            """),
+        md("""
             ### GradCAM on misclassified images
 
             Where the last convolutional stage looked when it made the wrong call (the map explains the *predicted*
@@ -269,17 +280,56 @@ def report_cells(title: str) -> list:
         md("""
             ## Report files
 
-            `viz.report` evaluates once more and writes every plot as PNG plus `index.md` / `index.html`: under
+            `report_data(result)` evaluates once more, and `viz.report` writes every plot as PNG, the per-class table
+            as `per_class.md` / `per_class.csv`, plus `index.md` / `index.html`: under
             `assets/<system>/` for a real run (in Colab that is `/content/assets/...`: download it and commit it to
             the repo's `assets/` for the README), inside the run's temporary folder in smoke mode.
             `viz.show_report(paths)` shows the whole page inline.
             """),
         code(f"""
-            paths = viz.report(result.eval_model, result.test_loader, result.classes, result.history, ASSETS,
-                               mean=result.mean, std=result.std, lr_finder_result=result.lr_finder,
-                               gradcam_k=4 if SMOKE else 8, title=f"{title} - {{DATA_LABEL}}")
+            paths = viz.report(report_data(result), ASSETS, gradcam_k=4 if SMOKE else 8, title=f"{title} - {{DATA_LABEL}}")
             for name, path in paths.items():
                 print(f"{{name:28s}} {{path}}")
+            """),
+    ]
+
+
+def after_training_cells() -> list:
+    """Load the finished run from its folder, predict on test images and an image file, export the model."""
+    return [
+        md("""
+            ## Use the trained model
+
+            `load_run` rebuilds the model from the run folder alone (the best checkpoint, EMA weights when the recipe
+            keeps an EMA) with its class names, mean/std and input size. `predict` takes image files, folders, PIL
+            images or uint8 arrays, converts them as the test transform did (RGB, resized to the training size,
+            normalized) and returns the top classes with their probabilities. From a terminal:
+            `python -m pytorch_utils predict --run <out-dir> photo.jpg`.
+            """),
+        code("""
+            run = load_run(OUT_DIR)
+            print(f"{run.weights} weights from {run.source}; input {run.input_size}, {len(run.classes)} classes")
+            for p, target in zip(predict(run, test_ds.images[:4], top_k=3), test_ds.targets[:4]):
+                guesses = ", ".join(f"{c} {q:.0%}" for c, q in zip(p["classes"], p["probs"]))
+                print(f"true: {test_ds.classes[target]:<12} predicted: {guesses}")
+            """),
+        code("""
+            # Your own photo works the same way: any size, grayscale or RGBA. Here a test image saved at 64x64.
+            photo = OUT_DIR / "my_photo.png"
+            Image.fromarray(test_ds.images[0]).resize((64, 64)).save(photo)
+            predict(run, photo, top_k=3)
+            """),
+        md("""
+            ### Export
+
+            `export` writes a TorchScript file (or ONNX with `format="onnx"`, after `pip install
+            "pytorch_utils[onnx]"`) plus `model.pt.json` with the classes and normalization, and checks that the
+            exported model gives the eager model's outputs (within 1e-4). `predict` reads the exported file too.
+            CLI: `python -m pytorch_utils export --run <out-dir> --format onnx`.
+            """),
+        code("""
+            exported = export(run, OUT_DIR / "model.pt", format="torchscript")
+            predict(exported, photo, top_k=3)
             """),
     ]
 
@@ -407,12 +457,13 @@ def s10() -> list:
         code("""
             print(f"LR_max = {result.lr_finder.lr_max:.3e}  (steepest descent of the smoothed loss)")
             print(f"LR_min = {result.lr_finder.lr_min:.3e}  (LR_max / {result.lr_finder.div:g})")
-            result.lr_finder.plot()
+            viz.plot_lr_finder(result.lr_finder)
             """),
         *curves_cells("The LR panel should show the One Cycle triangle with its peak at epoch 5; the test "
                       "accuracy climbs fastest while the LR comes down."),
         *mistakes_cells(10),
         *report_cells("S10 custom ResNet"),
+        *after_training_cells(),
         *final_cell("""
             print(f"target 90 %:       {'reached' if f['best_test_acc'] >= 90 else 'not reached'} "
                   "(seed repos: 92.63 % and 90.98 %, published on CIFAR-10)")
@@ -518,6 +569,7 @@ def wrn() -> list:
         *curves_cells("Dotted vertical lines mark the phase changes (32 -> 36 -> 40 px)."),
         *mistakes_cells(10),
         *report_cells("WRN-28-10, CIFAR-10"),
+        *after_training_cells(),
         *final_cell("""
             print(f"seed result:       96.68 % after 230 epochs (published on CIFAR-10; not a run of this repo)")
             """),
@@ -626,6 +678,7 @@ def s8() -> list:
                       "stopping if it fired."),
         *mistakes_cells(100),
         *report_cells("S8 WRN-28-10, CIFAR-100"),
+        *after_training_cells(),
         *final_cell("""
             print(f"target 74-75 %:    {'reached' if f['best_test_acc'] >= 74 else 'not reached'} "
                   "(seed: about 82 % after 200 epochs, published on CIFAR-100)")
@@ -785,6 +838,7 @@ def strixbee(level: int) -> list:
             """).strip() + "\n" + SMOKE_PRINT),
         *mistakes_cells(10),
         *report_cells(f"Strixbee level {level}"),
+        *after_training_cells(),
         md(spec["analysis"]),
         CLEANUP,
     ]

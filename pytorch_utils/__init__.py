@@ -35,3 +35,15 @@ def _default_logging() -> None:
 
 
 _default_logging()
+
+# After training (imported on first use, so ``import pytorch_utils`` stays light).
+_LAZY = {"load_run": "pytorch_utils.inference", "predict": "pytorch_utils.inference",
+         "export": "pytorch_utils.exporting"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Command line: ``python -m pytorch_utils {train,models,recipes}``.
+"""Command line: ``python -m pytorch_utils {train,models,recipes,predict,export}``.
 
 Flags become fields of the same :class:`~pytorch_utils.recipes.Recipe` dataclass the Python API uses; errors the
 library raises on purpose are printed as one clear line (exit code 2) instead of a traceback.
@@ -17,6 +17,8 @@ EPILOG = """examples:
   python -m pytorch_utils train --recipe s8_c100 --data cifar100 --download --resume
   python -m pytorch_utils train --recipe wrn_c10 --set tta=flip --set 'model_kwargs={"dropout": 0.2}'
   python -m pytorch_utils models
+  python -m pytorch_utils predict --run runs/s10 photo.jpg my_images/ --top-k 3
+  python -m pytorch_utils export --run runs/s10 --format onnx
 """
 
 
@@ -26,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Train CIFAR-10/100 classifiers with the pytorch_utils recipes, or list models and recipes."),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"pytorch_utils {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,models,recipes}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,models,recipes,predict,export}")
 
     t = sub.add_parser("train", help="train a recipe or a model", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -73,11 +75,37 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue from the newest intact checkpoint in <out-dir>/checkpoints (error if none)")
     run.add_argument("--no-progress", action="store_true", help="no tqdm bars (epoch lines are still printed)")
     run.add_argument("--quiet", action="store_true", help="print only the final result")
+    run.add_argument("--tensorboard", action="store_true",
+                     help="also write TensorBoard scalars to <out-dir>/tensorboard (pip install "
+                          "\"pytorch_utils[tensorboard]\")")
 
     m = sub.add_parser("models", help="list registered models with parameter counts")
     m.add_argument("--num-classes", type=int, default=10)
     sub.add_parser("recipes", help="list registered recipes")
+    _add_after_training(sub)
     return parser
+
+
+def _add_after_training(sub) -> None:
+    """The ``predict`` and ``export`` subcommands (use a finished run)."""
+    p = sub.add_parser("predict", help="top-k classes for image files or folders, with a trained run",
+                       description="Load a run (best checkpoint, EMA weights when it kept an EMA) or an exported "
+                                   "file and print the top-k classes of each image (resized to the training size).")
+    p.add_argument("--run", required=True, help="run folder (--out-dir of train) or a file written by export")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders of images")
+    p.add_argument("--top-k", type=int, default=3, help="classes per image (default 3)")
+    p.add_argument("--last", action="store_true", help="use the newest checkpoint instead of best.pt")
+    p.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
+    e = sub.add_parser("export", help="export a trained run to TorchScript or ONNX (plus a metadata .json)",
+                       description="Write the run's model (EMA weights when it kept an EMA) and <file>.json with its "
+                                   "classes, mean/std and input size; the exported outputs are checked against the "
+                                   "eager model's.")
+    e.add_argument("--run", required=True, help="run folder (--out-dir of train)")
+    from pytorch_utils.exporting import EXPORT_FORMATS  # the one list of export formats
+
+    e.add_argument("--format", choices=EXPORT_FORMATS, default="torchscript")
+    e.add_argument("--out", default=None, help="file to write (default <run>/model.pt or <run>/model.onnx)")
+    e.add_argument("--last", action="store_true", help="use the newest checkpoint instead of best.pt")
 
 
 def _cmd_models(args) -> int:
@@ -118,6 +146,8 @@ def _cmd_train(args) -> int:
             overrides[flag] = None if value == "none" else value
     if args.tta is not None:
         overrides["tta"] = None if args.tta == "none" else args.tta
+    if args.tensorboard:
+        overrides["tensorboard"] = True
     for item in args.set:
         overrides.update(parse_override(recipe, item))
     if args.model:
@@ -151,10 +181,54 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_predict(args) -> int:
+    import json
+    import logging
+
+    from pytorch_utils.errors import ConfigError
+    from pytorch_utils.inference import load_run, predict
+
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
+    # With --json stdout holds only the JSON: notes (e.g. resizing) go to stderr for this command.
+    moved = [h for h in logging.getLogger("pytorch_utils").handlers
+             if args.json and isinstance(h, logging.StreamHandler) and h.stream is sys.stdout]
+    for handler in moved:
+        handler.setStream(sys.stderr)
+    try:
+        run = load_run(args.run, which="last" if args.last else "best")
+        results = predict(run, args.images, top_k=args.top_k)
+    finally:
+        for handler in moved:
+            handler.setStream(sys.stdout)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    width = max(len(r["input"]) for r in results)
+    for r in results:
+        top = "  ".join(f"{c} {p * 100:5.1f}%" for c, p in zip(r["classes"], r["probs"]))
+        print(f"{r['input']:<{width}}  {top}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from pathlib import Path
+
+    from pytorch_utils.exporting import export
+    from pytorch_utils.inference import load_run
+
+    run = load_run(args.run, which="last" if args.last else "best")
+    out = args.out or Path(args.run) / ("model.onnx" if args.format == "onnx" else "model.pt")
+    path = export(run, out, format=args.format)
+    print(f"exported {args.format}: {path} (metadata: {path.name}.json)")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """CLI entry point; returns the exit code (0 ok, 2 for a clear user error, 130 when interrupted)."""
     args = build_parser().parse_args(argv)
-    commands = {"train": _cmd_train, "models": _cmd_models, "recipes": _cmd_recipes}
+    commands = {"train": _cmd_train, "models": _cmd_models, "recipes": _cmd_recipes, "predict": _cmd_predict,
+                "export": _cmd_export}
     try:
         return commands[args.command](args)
     except PytorchUtilsError as exc:

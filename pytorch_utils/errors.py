@@ -44,3 +44,7 @@ class CheckpointError(PytorchUtilsError, RuntimeError):
 
 class ModelArgumentError(ConfigError, TypeError):
     """Keyword arguments a model builder does not accept (also a TypeError, as a bad call would raise)."""
+
+
+class ExportError(PytorchUtilsError, RuntimeError):
+    """An exported model whose outputs differ from the eager model's, or an export the exporter refused."""

@@ -154,11 +154,9 @@ def s10_run(ctx: Context, **overrides):
 def accuracy_without_tta(result) -> float:
     """Test accuracy of the run's final model without test-time augmentation (the run's own figures use it)."""
     from pytorch_utils.train.loop import evaluate
-    from pytorch_utils.utils import amp_dtype_for
 
     device = result.device
-    metrics = evaluate(result.eval_model, result.test_loader, device=device,
-                       amp_dtype=amp_dtype_for(result.recipe.amp, device),
+    metrics = evaluate(result.eval_model, result.test_loader, device=device, amp=result.recipe.amp,
                        channels_last=result.recipe.channels_last and device.type == "cuda", tta=None)
     return metrics["acc"]
 

@@ -4,3 +4,4 @@ from pytorch_utils.recipes.base import (  # noqa: F401
 )
 from pytorch_utils.recipes import zoo  # noqa: F401,E402  (registers the recipes)
 from pytorch_utils.recipes.runner import RunResult, check_model_data, run_recipe  # noqa: F401,E402
+from pytorch_utils.recipes.reporting import report_data  # noqa: F401,E402

@@ -82,6 +82,7 @@ class Recipe:
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch and a new best are always saved)
     hub_repo: Optional[str] = None  # Hugging Face repo id; needs a token and a network
     hub_every: int = 10
+    tensorboard: bool = False  # also log per-epoch scalars for TensorBoard (needs the optional tensorboard package)
     # speed
     loader: str = "auto"  # auto (GPU-resident on CUDA, DataLoader on CPU) | gpu | dataloader
     num_workers: Optional[int] = None
@@ -219,6 +220,7 @@ _FIELD_TYPES = {
     "lr": float, "momentum": float, "weight_decay": float, "label_smoothing": float, "mixup_alpha": float,
     "cutmix_alpha": float, "mix_switch_prob": float, "mix_prob": float, "ema_decay": (float, type(None)),
     "grad_clip": (float, type(None)), "nesterov": bool, "channels_last": bool, "compile": bool, "sync_bn": bool,
+    "tensorboard": bool,
     "model_kwargs": dict, "augmentation_kwargs": dict, "phases": list, "tta": (str, type(None)),
     "amp": (str, type(None)), "hub_repo": (str, type(None)),
     "scheduler": (ScheduleSpec, type(None)), "lr_finder": (LRFinderSpec, type(None)),

@@ -22,6 +22,7 @@ from pytorch_utils.train.callbacks import EarlyStopping, PhaseSchedule, validate
 from pytorch_utils.train.checkpoints import (
     CheckpointManager, HubPusher, check_model_name, latest_checkpoint, restore_model,
 )
+from pytorch_utils.train.history import HistoryWriter
 from pytorch_utils.train.loop import History, fit, model_output_classes
 from pytorch_utils.train.mixing import Mixer, SoftTargetCrossEntropy
 from pytorch_utils.train.schedules import ScheduleSpec, build_schedule, check_spec
@@ -91,8 +92,8 @@ def _make_loaders(recipe: Recipe, train_ds, test_ds, device: torch.device, rank:
 
 # Recipe fields a resumed run may change: bookkeeping and speed settings that do not change what is trained.
 RESUME_FREE_FIELDS = ("name", "description", "num_workers", "hub_repo", "hub_every", "compile", "keep_last",
-                      "checkpoint_every")
-RUN_FILES = ("run.json", "history.json", "summary.json", "lr_finder.png", "checkpoints")
+                      "checkpoint_every", "tensorboard")
+RUN_FILES = ("run.json", "history.json", "history.csv", "summary.json", "lr_finder.png", "checkpoints", "tensorboard")
 
 
 def _depends_on_span(spec: Optional[ScheduleSpec]) -> bool:
@@ -210,6 +211,7 @@ class _Run:
     world: int
     checkpoint: Optional[Dict[str, Any]]
     progress: bool
+    history_writer: Optional[HistoryWriter] = None  # rank 0 only: history.json/.csv after every epoch
 
     @property
     def main(self) -> bool:
@@ -233,8 +235,9 @@ def _prepare(recipe: Union[Recipe, str], overrides: Dict[str, Any], data, out_di
     else:  # under torchrun only rank 0 reports progress (a worker process: its package logger is ours to set)
         logging.getLogger("pytorch_utils").setLevel(logging.WARNING)
     checkpoint = find_resume_checkpoint(resume, out_dir, recipe, data)
+    writer = HistoryWriter(out_dir, tensorboard=recipe.tensorboard) if rank == 0 else None  # a missing extra fails now
     seed_everything(recipe.seed)
-    return _Run(recipe, data, out_dir, device, rank, world, checkpoint, progress and rank == 0)
+    return _Run(recipe, data, out_dir, device, rank, world, checkpoint, progress and rank == 0, writer)
 
 
 def _build(run: _Run, root: str, download: bool):
@@ -291,7 +294,9 @@ def _choose_lrs(run: _Run, model, optimizer, criterion, train_loader) -> Tuple[O
     lr_values = dist_utils.broadcast_object(lr_values)
     if lr_result is not None:
         if run.main:
-            lr_result.plot(save=run.out_dir / "lr_finder.png")
+            from pytorch_utils.viz.lr_finder import plot_lr_finder  # the plot lives in viz: train never draws
+
+            plot_lr_finder(lr_result, save=run.out_dir / "lr_finder.png")
         log.info(f"LR finder ({spec.suggestion}): LR_max {lr_values['lr_max']:.3e}, LR_min "
                  f"{lr_values['lr_min']:.3e} (LR_max / {spec.div:g})")
     return lr_values, lr_result
@@ -318,6 +323,8 @@ def _schedule_and_callbacks(run: _Run, optimizer, lr_values, steps_per_epoch: in
     if recipe.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=recipe.monitor, mode=mode, patience=recipe.early_stopping_patience,
                                        start_epoch=recipe.early_stopping_start))
+    if run.history_writer is not None:  # last: its files hold what the other callbacks added to each record
+        callbacks.append(run.history_writer)
     return scheduler, callbacks
 
 
@@ -366,7 +373,10 @@ def run_recipe(recipe: Union[Recipe, str], data: Optional[str] = None, out_dir: 
     run = _prepare(recipe, overrides, data, out_dir, device, device_fallback, resume, progress)
     recipe, device, start = run.recipe, run.device, time.perf_counter()
     train_ds, model, train_loader, test_loader, optimizer, criterion, mixer = _build(run, root, download)
-    config = {"recipe": recipe.to_dict(), "data": str(run.data), "lr_finder": None}
+    config = {"recipe": recipe.to_dict(), "data": str(run.data), "lr_finder": None,
+              # What load_run/predict need to use the model without its data set (classes, normalization, size).
+              "classes": list(train_ds.classes), "mean": list(train_ds.mean), "std": list(train_ds.std),
+              "input_size": list(train_ds.image_size)}
     if run.main and run.checkpoint is None:  # marks the folder as a started run (see find_resume_checkpoint)
         atomic_write_text(run.out_dir / "run.json", json.dumps(config, indent=2, default=str))
     # The sweep takes hard labels: a mixer's soft-target loss is for training only.

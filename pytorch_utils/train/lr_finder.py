@@ -4,24 +4,24 @@
 ``num_iter`` batches, the smoothed training loss is recorded) and turns the curve into a suggested ``lr_max`` and
 ``lr_min = lr_max / div`` - the pair the S10 recipe feeds to its One Cycle schedule. The suggestion is searched only
 from ``skip_start`` up to the minimum of the smoothed loss: a dip after the loss has started to climb (typical of Adam
-near divergence) is never picked. ``result.figure`` / ``result.plot()`` give the curve as a Figure with the suggestion
+near divergence) is never picked. ``pytorch_utils.viz.plot_lr_finder(result)`` draws the curve with the suggestion
 marked.
 
 Design notes:
-- The sweep trains the real model with the real optimizer. Everything it touches is put back in ``finally`` from our
-  own CPU copies (so the copy costs no GPU memory and survives a crash mid-sweep): every model parameter and buffer
-  (BN running stats included), the gradients, the model's device, per-module train/eval mode and ``requires_grad``
-  flags, the full optimizer state (moments, step counts, param-group hyperparameters and LR), and the python / numpy
-  / torch / CUDA RNG states. Restoring the RNGs means a ``fit`` run after ``find_lr`` shuffles, drops out and augments
-  exactly as it would have without the sweep. (A loader's *own* generator, if it keeps one, is not touched.)
+- The sweep trains the real model with the real optimizer. ``utils.preserved`` puts back, in ``finally``, the weights
+  and buffers, per-module train/eval flags, the optimizer state and LRs, and the python/numpy/torch RNG states, so a
+  ``fit`` run after ``find_lr`` is the run it would have been without the sweep. Pending gradients and the optimizer's
+  state tensors are parked aside for the sweep and put back as the same objects.
+- A rough start (the first few batches far above where the loss settles) would bias torch-lr-finder's exponentially
+  smoothed curve for dozens of steps, and that slow decay looks like the steepest descent. The suggestion is therefore
+  made on the raw losses re-smoothed from ``skip_start // 2`` on (see :func:`restart_smoothing`): the rough start
+  lies in the skipped points and no longer leaks into the candidates.
 - Loaders: a torch DataLoader or any iterable with ``(inputs, targets)`` batches (e.g. the GPU-resident loader) is
   wrapped in torch-lr-finder's ``TrainDataLoaderIter``, which restarts it when it runs out.
-- AMP: torch-lr-finder >= 0.2.2 runs the forward pass under ``torch.amp.autocast`` given ``amp_backend="torch"``;
-  older versions get the model wrapped in an autocast forward instead.
+- AMP: torch-lr-finder (>= 0.2.2) runs the forward pass under ``torch.amp.autocast`` (``amp_backend="torch"``).
+- The plot lives in ``pytorch_utils.viz.plot_lr_finder`` (``train`` never imports ``viz``).
 """
 import contextlib
-import copy
-import inspect
 import io
 import math
 import numbers
@@ -36,7 +36,7 @@ import torch_lr_finder
 from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
 from pytorch_utils.errors import ConfigError
-from pytorch_utils.utils import amp_dtype_for, get_rng_state, model_device, resolve_device, set_rng_state
+from pytorch_utils.utils import amp_dtype_for, model_device, preserved, resolve_device
 
 STEP_MODES = ("exp", "linear")
 SUGGESTIONS = ("steepest", "valley")
@@ -50,7 +50,7 @@ class LRFinderResult:
 
     Attributes:
         lrs: the LR of every sweep step.
-        losses: the smoothed training loss at every step, as torch-lr-finder records it.
+        losses: the smoothed training loss at every step, re-smoothed from ``skip_start // 2`` (see above).
         lr_max: the suggested LR (``lrs[suggestion_index]``); the One Cycle peak in the S10 recipe.
         lr_min: ``lr_max / div``; the One Cycle start and end LR in the S10 recipe.
         suggestion: "steepest" or "valley", the rule that picked ``lr_max``.
@@ -60,9 +60,9 @@ class LRFinderResult:
         div, start_lr, end_lr, num_iter, step_mode, skip_start, skip_end: the sweep settings, kept for the plot
             (``skip_start``/``skip_end`` as resolved, e.g. 10 and 5 for a 100-step sweep with the default skips).
 
-    The figure: ``result.figure`` is the loss-vs-LR Figure with ``lr_max``/``lr_min`` marked (built on first access and
-    cached; a notebook cell ending in ``result.figure`` shows it); ``result.plot(ax=None, save=None)`` draws a new
-    one each call, on a given Axes or saved as a PNG.
+    ``raw_losses`` holds the unsmoothed loss of every step (recovered from torch-lr-finder's smoothed record), and
+    ``losses`` the curve the suggestion was made on (see :func:`restart_smoothing`). Plot it with
+    :func:`pytorch_utils.viz.plot_lr_finder`.
     """
 
     lrs: List[float]
@@ -79,41 +79,12 @@ class LRFinderResult:
     step_mode: str
     skip_start: int
     skip_end: int
+    raw_losses: Optional[List[float]] = None
 
     def __repr__(self) -> str:  # the full curves would flood a notebook cell
         return (f"LRFinderResult(lr_max={self.lr_max:.3g}, lr_min={self.lr_min:.3g} (= lr_max / {self.div:g}), "
                 f"suggestion={self.suggestion!r}, suggestion_index={self.suggestion_index}, points={len(self.lrs)}, "
                 f"diverged={self.diverged})")
-
-    def plot(self, ax=None, save=None):
-        """Draw the loss-vs-LR figure with ``lr_max``/``lr_min`` marked (see
-        :func:`pytorch_utils.viz.lr_finder.plot_lr_finder`); a new Figure each call.
-
-        Args:
-            ax: an existing matplotlib Axes to draw on; None creates a new figure.
-            save: path of a PNG to write.
-        Returns:
-            the matplotlib Figure (``ax.figure`` when ``ax`` is given).
-        """
-        from pytorch_utils.viz.lr_finder import plot_lr_finder  # matplotlib only when a plot is asked for
-
-        return plot_lr_finder(self, ax=ax, save=save)
-
-    @property
-    def figure(self):
-        """The loss-vs-LR Figure with the suggestion marked, built by :meth:`plot` on first access and then cached."""
-        fig = self.__dict__.get("_figure")
-        if fig is None:
-            fig = self.__dict__["_figure"] = self.plot()
-        return fig
-
-    def __getstate__(self):  # pickles/copies carry the curve, not a cached matplotlib figure
-        state = dict(self.__dict__)
-        state.pop("_figure", None)
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -167,11 +138,13 @@ def _warn_on_edge(rule: str, pick: int, minimum: int, x: np.ndarray, skip_start:
     """Warn when a suggestion sits on an edge of its search range, where it is least trustworthy."""
     where = None
     if minimum == 0:
-        where = (f"the smoothed loss never fell below its value at skip_start={skip_start} (lr {x[0]:.3g}), so the "
-                 f"search range is that one point; lower start_lr or skip_start")
+        where = (f"the smoothed loss never fell below its value at skip_start={skip_start} (lr {x[0]:.3g}): it is "
+                 f"already rising there, so the sweep starts too high; lower start_lr")
     elif pick == 0:
-        where = (f"it is the first point after skip_start={skip_start} (lr {x[0]:.3g}): the loss may have been falling "
-                 f"faster before it; lower start_lr or skip_start")
+        # A descent that is steepest at its very first candidate is usually the tail of a rough start (the first
+        # batches far above the plateau), not the real descent: more skipped points, or the valley rule, help.
+        where = (f"it is the first point after skip_start={skip_start} (lr {x[0]:.3g}), where the loss may still be "
+                 f"settling after a rough start; raise skip_start or use suggestion='valley'")
     elif pick == minimum == len(x) - 1:
         where = (f"the loss was still falling fastest at the last point considered (lr {x[minimum]:.3g}); raise "
                  f"end_lr (or num_iter) so that the sweep reaches the loss minimum")
@@ -260,27 +233,44 @@ def suggest_index(lrs: Sequence[float], losses: Sequence[float], suggestion: str
     raise ConfigError(f"unknown LR suggestion {suggestion!r}; use one of {', '.join(map(repr, SUGGESTIONS))}")
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# State capture / restore
-# ----------------------------------------------------------------------------------------------------------------------
+def restart_smoothing(smoothed: Sequence[float], smooth_f: float, start: int) -> List[float]:
+    """Undo torch-lr-finder's exponential smoothing and smooth again from ``start`` on.
 
-def _cpu_copy(obj):
-    """Deep copy of a (nested) state dict with every tensor cloned to the CPU."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        # A shallow copy keeps the dict's type and attributes: a model state dict's ``_metadata`` holds the module
-        # versions that load_state_dict uses to interpret old formats.
-        out = copy.copy(obj)
-        for k, v in obj.items():
-            out[k] = _cpu_copy(v)
-        return out
-    if isinstance(obj, list):
-        return [_cpu_copy(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_cpu_copy(v) for v in obj)
-    return copy.deepcopy(obj)
+    torch-lr-finder records ``s[0] = raw[0]`` and ``s[i] = smooth_f * raw[i] + (1 - smooth_f) * s[i-1]``, so the raw
+    losses are recovered exactly as ``raw[i] = (s[i] - (1 - smooth_f) * s[i-1]) / smooth_f``. The returned curve is
+    ``smoothed`` up to ``start`` and the same smoothing restarted at ``raw[start]`` after it: a few very high first
+    losses (a rough start) then no longer bias the points after ``start``.
 
+    Args:
+        smoothed: the recorded (smoothed) losses; smooth_f: torch-lr-finder's factor in [0, 1) (0: no smoothing);
+        start: index where the smoothing restarts (0 <= start < len).
+    Returns:
+        a list of floats, same length.
+    """
+    s = np.asarray(smoothed, dtype=np.float64)
+    if smooth_f == 0 or len(s) == 0:
+        return s.tolist()
+    raw = recover_raw(s, smooth_f)
+    out = s.copy()
+    for i in range(start + 1, len(s)):
+        out[i] = smooth_f * raw[i] + (1 - smooth_f) * (raw[start] if i == start + 1 else out[i - 1])
+    out[start] = raw[start]
+    return out.tolist()
+
+
+def recover_raw(smoothed: Sequence[float], smooth_f: float) -> np.ndarray:
+    """The raw losses behind torch-lr-finder's smoothed record (see :func:`restart_smoothing`); float64 array."""
+    s = np.asarray(smoothed, dtype=np.float64)
+    if smooth_f == 0 or len(s) == 0:
+        return s.copy()
+    raw = s.copy()
+    raw[1:] = (s[1:] - (1 - smooth_f) * s[:-1]) / smooth_f
+    return raw
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The sweep
+# ----------------------------------------------------------------------------------------------------------------------
 
 # Instance attributes that torch's LRScheduler patches onto the optimizer it drives (a wrapped ``step`` and a
 # "step was called" flag); the sweep's scheduler must not leave them behind.
@@ -288,66 +278,36 @@ _OPTIMIZER_PATCHED_ATTRS = ("step", "_opt_called")
 _MISSING = object()
 
 
-def _into(original: Optional[torch.Tensor], value: torch.Tensor) -> torch.Tensor:
-    """``value`` written into the tensor object ``original`` when it still fits, else ``value`` itself."""
-    if original is None or original.shape != value.shape or original.dtype != value.dtype:
-        return value
-    with torch.no_grad():
-        if original.device == value.device:
-            original.copy_(value)
-        else:  # a grad that Module.to() moved to the sweep device: same object, storage back where it belongs
-            original.data = value
-    return original
+@contextlib.contextmanager
+def _parked(model: nn.Module, optimizer: torch.optim.Optimizer):
+    """Park pending gradients and the optimizer's state tensors aside for the sweep and put the same objects back.
 
-
-class _TrainingState:
-    """Everything the sweep may change, captured on the CPU and put back by :meth:`restore`."""
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
-        self.model, self.optimizer = model, optimizer
-        self.device = model_device(model)
-        self.model_state = _cpu_copy(model.state_dict())
-        self.grads = [None if p.grad is None else p.grad.detach().to("cpu", copy=True) for p in model.parameters()]
-        # References (not copies) to the live gradient and optimizer-state tensors: the values are put back into
-        # these same objects, so anything else holding them (an in-memory checkpoint, a second optimizer built
-        # from this state dict) sees the pre-sweep values too.
-        self.grad_refs = [p.grad for p in model.parameters()]
-        self.optimizer_refs = {p: {k: v for k, v in st.items() if isinstance(v, torch.Tensor)}
-                               for p, st in optimizer.state.items()}
-        self.requires_grad = [p.requires_grad for p in model.parameters()]
-        self.training = [m.training for m in model.modules()]
-        self.optimizer_state = _cpu_copy(optimizer.state_dict())
-        self.optimizer_attrs = {k: optimizer.__dict__.get(k, _MISSING) for k in _OPTIMIZER_PATCHED_ATTRS}
-        self.rng = get_rng_state()
-
-    def restore(self) -> None:
-        """Put the captured state back (device first, so the optimizer state lands next to its parameters)."""
-        model, optimizer = self.model, self.optimizer
-        if model_device(model) != self.device:
-            model.to(self.device)
-        model.load_state_dict(self.model_state)
-        for p, g, ref, rg in zip(model.parameters(), self.grads, self.grad_refs, self.requires_grad):
-            p.grad = None if g is None else _into(ref, g.to(p.device))
-            p.requires_grad_(rg)
-        for m, training in zip(model.modules(), self.training):
-            m.training = training
-        optimizer.load_state_dict(self.optimizer_state)
-        for p, originals in self.optimizer_refs.items():
-            state = optimizer.state.get(p, {})
-            for key, original in originals.items():
-                if isinstance(state.get(key), torch.Tensor):
-                    state[key] = _into(original, state[key])
-        for key, value in self.optimizer_attrs.items():
+    ``preserved`` restores values; this keeps identity, so whoever holds a live ``.grad`` or Adam moment (an
+    in-memory checkpoint) sees the pre-sweep values, and removes what the sweep's scheduler patched on the optimizer.
+    """
+    params = list(model.parameters())
+    grads = [p.grad for p in params]
+    state = optimizer.state
+    attrs = {k: optimizer.__dict__.get(k, _MISSING) for k in _OPTIMIZER_PATCHED_ATTRS}
+    device = model_device(model)
+    optimizer.state = type(state)(state.default_factory) if hasattr(state, "default_factory") else {}
+    optimizer.state.update({p: {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in st.items()}
+                            for p, st in state.items()})
+    for p in params:
+        p.grad = None
+    try:
+        yield
+    finally:
+        model.to(device)  # torch-lr-finder moved it to the sweep device
+        for p, g in zip(params, grads):
+            p.grad = g
+        optimizer.state = state
+        for key, value in attrs.items():
             if value is _MISSING:
                 optimizer.__dict__.pop(key, None)
             else:
                 optimizer.__dict__[key] = value
-        set_rng_state(self.rng)
 
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The sweep
-# ----------------------------------------------------------------------------------------------------------------------
 
 class _Batches(TrainDataLoaderIter):
     """torch-lr-finder's restarting iterator over any iterable of ``(inputs, targets, *rest)`` batches."""
@@ -363,27 +323,6 @@ class _Batches(TrainDataLoaderIter):
         except StopIteration:
             # torch-lr-finder restarts an exhausted loader once; a second StopIteration means it yields nothing.
             raise ConfigError("the training loader yielded no batches") from None
-
-
-class _AutocastForward(nn.Module):
-    """Runs the wrapped model's forward under autocast (for torch-lr-finder versions without ``amp_backend``)."""
-
-    def __init__(self, model: nn.Module, device_type: str, dtype: torch.dtype):
-        super().__init__()
-        self.model, self.device_type, self.dtype = model, device_type, dtype
-
-    def forward(self, *args, **kwargs):
-        with torch.autocast(device_type=self.device_type, dtype=self.dtype):
-            out = self.model(*args, **kwargs)
-        # The loss is computed outside autocast here; float logits keep it accurate.
-        return out.float() if isinstance(out, torch.Tensor) else out
-
-
-def lr_finder_supports_torch_amp() -> bool:
-    """Whether the installed torch-lr-finder takes ``amp_backend="torch"`` with ``amp_config`` (>= 0.2.2)."""
-    params = inspect.signature(LRFinder.__init__).parameters
-    backends = getattr(torch_lr_finder.lr_finder, "AVAILABLE_AMP_BACKENDS", ())
-    return "amp_config" in params and "grad_scaler" in params and "torch" in backends
 
 
 def _check_number(name: str, value, positive: bool = True) -> float:
@@ -468,12 +407,13 @@ def find_lr(
 
     The LR of every param group goes from ``start_lr`` to ``end_lr`` over ``num_iter`` training batches
     (torch-lr-finder's ``range_test``; it stops early once the smoothed loss exceeds ``diverge_th`` x the best loss).
-    ``lr_max`` is picked on the smoothed curve by ``suggestion``; **the rule for the low end is
+    ``lr_max`` is picked by ``suggestion`` on the smoothed curve restarted at ``skip_start // 2`` (a rough start does
+    not leak into the candidates, see :func:`restart_smoothing`); **the rule for the low end is
     ``lr_min = lr_max / div``** (the S10 recipe's One Cycle starts and ends at ``lr_min`` and peaks at ``lr_max``).
 
-    After the sweep - also when it diverges or raises - the model's parameters, buffers, gradients, device, train/eval
-    modes and ``requires_grad`` flags, the optimizer's whole state (moments, step counts, param-group LRs), and the
-    python/numpy/torch/CUDA RNG states are restored bit for bit, so a later ``fit`` is exactly the run it would have
+    After the sweep - also when it diverges or raises - the model's parameters, buffers, pending gradients, device and
+    train/eval modes, the optimizer's whole state (moments, step counts, param-group LRs), and the python/numpy/torch/
+    CUDA RNG states are restored bit for bit (``utils.preserved``), so a later ``fit`` is exactly the run it would have
     been without the sweep.
 
     Args:
@@ -496,9 +436,8 @@ def find_lr(
             them with the sweep: 10% and 5% of ``num_iter``, at least 2 and 1 (100 steps: 10 and 5; 50 steps: 5 and 2).
         progress: show torch-lr-finder's progress bar.
     Returns:
-        an :class:`LRFinderResult`: ``lr_max``, ``lr_min``, the curve, and the Figure with the suggestion marked as
-        ``result.figure`` (built on first access, then cached) or ``result.plot(ax=..., save=...)`` (a new Figure
-        per call, optionally on your own Axes or saved as a PNG).
+        an :class:`LRFinderResult`: ``lr_max``, ``lr_min`` and the curve (``pytorch_utils.viz.plot_lr_finder(result)``
+        draws it with the suggestion marked).
     Raises:
         ConfigError: bad arguments, a loader with no ``(inputs, targets)`` batches, or a sweep that diverged before
             recording ``skip_start + skip_end + 2`` finite losses (lower ``start_lr``, or raise ``diverge_th``).
@@ -516,42 +455,10 @@ def find_lr(
     device = model_device(model) if device is None else resolve_device(device, fallback=False)
     amp_dtype = amp_dtype_for(amp, device)
 
-    saved = _TrainingState(model, optimizer)
-    try:
-        # torch-lr-finder refuses optimizers with a scheduler attached (it looks for "initial_lr"); the key is only
-        # scheduler bookkeeping and comes back with the optimizer state below.
-        for group in optimizer.param_groups:
-            group.pop("initial_lr", None)
-        sweep_model, amp_kwargs = model, {}
-        if amp_dtype is not None:
-            if lr_finder_supports_torch_amp():
-                amp_kwargs = dict(
-                    amp_backend="torch",
-                    amp_config={"device_type": device.type, "dtype": amp_dtype},
-                    # Loss scaling only matters for fp16; a disabled scaler just calls optimizer.step().
-                    grad_scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
-                )
-            else:
-                if amp_dtype == torch.float16:
-                    warnings.warn("this torch-lr-finder has no torch AMP support: the fp16 sweep runs without loss "
-                                  "scaling (upgrade torch-lr-finder to >= 0.2.2)", RuntimeWarning, stacklevel=2)
-                sweep_model = _AutocastForward(model, device.type, amp_dtype)
-        # Our own CPU copies restore the state; torch-lr-finder's cache (it always takes one) is simply dropped.
-        finder = LRFinder(sweep_model, optimizer, criterion, device=device, memory_cache=True, **amp_kwargs)
-        batches = train_loader if isinstance(train_loader, TrainDataLoaderIter) else _Batches(train_loader)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_bar(not progress):
-            # range_test reads the scheduler's get_lr() directly and prints hints about its own plot(); neither
-            # concerns our users (divergence is reported in the result).
-            warnings.filterwarnings("ignore", message=r".*get_last_lr\(\)")
-            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
-            finder.range_test(batches, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, step_mode=step_mode,
-                              smooth_f=smooth_f, diverge_th=diverge_th)
-        lrs = [float(v) for v in finder.history["lr"]]
-        losses = [float(v) for v in finder.history["loss"]]
-        best = finder.best_loss
-    finally:
-        saved.restore()
-
+    with _parked(model, optimizer), preserved(model, optimizer):
+        lrs, losses, best = _sweep(model, optimizer, criterion, train_loader, device, amp_dtype, progress,
+                                   dict(start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, step_mode=step_mode,
+                                        smooth_f=smooth_f, diverge_th=diverge_th))
     finite = np.isfinite(losses)
     usable = len(losses) if finite.all() else int(np.argmin(finite))  # points before the first NaN/inf
     diverged = (usable < len(losses) or len(losses) < num_iter
@@ -561,6 +468,8 @@ def find_lr(
             f"the LR sweep recorded only {usable} finite loss points before diverging (need skip_start + skip_end + 2"
             f" = {skip_start + skip_end + 2}); lower start_lr ({start_lr:g}) or end_lr ({end_lr:g}), raise diverge_th "
             f"({diverge_th:g}) or num_iter ({num_iter}), or reduce skip_start/skip_end")
+    raw = recover_raw(losses[:usable], smooth_f).tolist() + losses[usable:]
+    losses = restart_smoothing(losses[:usable], smooth_f, skip_start // 2) + losses[usable:]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         index = suggest_index(lrs[:usable], losses[:usable], suggestion, skip_start, skip_end)
@@ -571,5 +480,29 @@ def find_lr(
     return LRFinderResult(
         lrs=lrs, losses=losses, lr_max=lr_max, lr_min=lr_max / div, suggestion=suggestion, suggestion_index=index,
         diverged=bool(diverged), div=div, start_lr=start_lr, end_lr=end_lr, num_iter=num_iter, step_mode=step_mode,
-        skip_start=skip_start, skip_end=skip_end,
+        skip_start=skip_start, skip_end=skip_end, raw_losses=raw,
     )
+
+
+def _sweep(model, optimizer, criterion, train_loader, device, amp_dtype, progress, range_kwargs):
+    """torch-lr-finder's ``range_test`` on the live model/optimizer; returns ``(lrs, smoothed losses, best loss)``."""
+    # torch-lr-finder refuses optimizers with a scheduler attached (it looks for "initial_lr"); the key is only
+    # scheduler bookkeeping and comes back with the optimizer state (``preserved``).
+    for group in optimizer.param_groups:
+        group.pop("initial_lr", None)
+    amp_kwargs = {}
+    if amp_dtype is not None:
+        # Loss scaling only matters for fp16; a disabled scaler just calls optimizer.step().
+        amp_kwargs = dict(amp_backend="torch", amp_config={"device_type": device.type, "dtype": amp_dtype},
+                          grad_scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16))
+    # ``preserved`` restores the state; torch-lr-finder's own cache (it always takes one) is simply dropped.
+    finder = LRFinder(model, optimizer, criterion, device=device, memory_cache=True, **amp_kwargs)
+    batches = train_loader if isinstance(train_loader, TrainDataLoaderIter) else _Batches(train_loader)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet_bar(not progress):
+        # range_test reads the scheduler's get_lr() directly and prints hints about its own plot(); neither
+        # concerns our users (divergence is reported in the result).
+        warnings.filterwarnings("ignore", message=r".*get_last_lr\(\)")
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+        finder.range_test(batches, **range_kwargs)
+    return ([float(v) for v in finder.history["lr"]], [float(v) for v in finder.history["loss"]],
+            finder.best_loss)

@@ -4,33 +4,25 @@ Every function returns its ``Figure`` and takes ``save=path`` to write a PNG (pa
 Figures are built without pyplot, so calling these in a loop does not accumulate open figures; in a notebook a
 returned figure shows when it is the cell's last expression (or with ``display(fig)``). See ``images.py`` for why.
 
-GradCAM (``gradcam``, ``plot_gradcam``) imports pytorch-grad-cam only when called; ``plot_lr_finder`` lives in
-``pytorch_utils.viz.lr_finder`` and is re-exported lazily.
+GradCAM (``gradcam``, ``plot_gradcam``) imports pytorch-grad-cam only when called. viz never evaluates or trains:
+it takes results (``evaluate(...)``'s dict, a history, an LR-finder result) and a model only for GradCAM.
 """
-from pytorch_utils.viz.confusion import (confusion_matrix, most_confused_pairs, per_class_accuracy,
-                                         plot_confusion_matrix, plot_per_class_accuracy)
+from pytorch_utils.viz.confusion import (confusion_matrix, most_confused_pairs, per_class_accuracy, per_class_csv,
+                                         per_class_markdown, per_class_report, plot_confusion_matrix,
+                                         plot_per_class_accuracy)
 from pytorch_utils.viz.curves import clean_history, plot_history
 from pytorch_utils.viz.gradcam import conv_layer_names, gradcam, overlay_heatmap, plot_gradcam, resolve_target_layer
 from pytorch_utils.viz.images import SAVE_DPI, denormalize, show_augmentations, show_batch
-from pytorch_utils.viz.misclassified import (find_misclassified, misclassified_from_model, plot_misclassified,
-                                             select_misclassified)
-from pytorch_utils.viz.report import history_summary, report, show_report
+from pytorch_utils.viz.lr_finder import plot_lr_finder
+from pytorch_utils.viz.misclassified import find_misclassified, plot_misclassified, select_misclassified
+from pytorch_utils.viz.report import ReportData, ReportSettings, history_summary, report, show_report
 
 __all__ = [
     "SAVE_DPI", "denormalize", "show_batch", "show_augmentations",
     "plot_history", "clean_history",
-    "find_misclassified", "plot_misclassified", "misclassified_from_model", "select_misclassified",
+    "find_misclassified", "plot_misclassified", "select_misclassified",
     "confusion_matrix", "plot_confusion_matrix", "per_class_accuracy", "plot_per_class_accuracy",
-    "most_confused_pairs",
+    "most_confused_pairs", "per_class_report", "per_class_markdown", "per_class_csv", "plot_lr_finder",
     "gradcam", "plot_gradcam", "resolve_target_layer", "conv_layer_names", "overlay_heatmap",
-    "report", "show_report", "history_summary",
-]  # plot_lr_finder is reachable as an attribute but kept out of ``import *`` (its module may be absent)
-
-
-def __getattr__(name):
-    # Lazy: the LR-finder plot is its own module (and its own author's); importing it eagerly would couple the two.
-    if name == "plot_lr_finder":
-        from pytorch_utils.viz.lr_finder import plot_lr_finder
-
-        return plot_lr_finder
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    "report", "show_report", "history_summary", "ReportData", "ReportSettings",
+]

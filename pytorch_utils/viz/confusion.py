@@ -1,4 +1,7 @@
-"""Confusion matrix, per-class accuracy and the most confused class pairs (numpy only, no sklearn)."""
+"""Confusion matrix, per-class accuracy, the most confused class pairs, and per-class precision/recall/F1.
+
+The counts are numpy; precision, recall and F1 come from scikit-learn (``precision_recall_fscore_support``).
+"""
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -8,7 +11,7 @@ from pytorch_utils.errors import ConfigError
 from pytorch_utils.viz.images import PathLike, axes_and_figure, class_name, finish, to_numpy
 
 __all__ = ["confusion_matrix", "plot_confusion_matrix", "per_class_accuracy", "plot_per_class_accuracy",
-           "most_confused_pairs"]
+           "most_confused_pairs", "per_class_report", "per_class_markdown", "per_class_csv"]
 
 ANNOTATE_MAX_CLASSES = 20  # beyond this the numbers overlap and the heatmap colours say more
 
@@ -236,3 +239,54 @@ def plot_per_class_accuracy(cm, classes: Optional[Sequence[str]] = None, ax=None
     overall_note = f" (dashed line: overall {overall:.2f}%)" if total else ""
     ax.set_title(title or f"per-class accuracy{sorted_note}{overall_note}")
     return finish(fig, save)
+
+
+def per_class_report(targets, preds, classes: Optional[Sequence[str]] = None,
+                     num_classes: Optional[int] = None) -> List[dict]:
+    """Precision, recall, F1 and support per class, plus the macro and weighted averages (scikit-learn).
+
+    Computed by ``sklearn.metrics.precision_recall_fscore_support`` over every class index (a class with no
+    prediction or no sample gets 0, not a warning), so the numbers equal ``classification_report``'s.
+
+    Args:
+        targets, preds: labels (N,), tensors or arrays; classes: names (default the label numbers);
+        num_classes: default ``len(classes)``, else the largest label + 1.
+    Returns:
+        one dict per class ``{"class", "precision", "recall", "f1", "support"}`` (fractions in [0, 1], support an
+        int count of true samples), then the rows ``"macro avg"`` and ``"weighted avg"``.
+    """
+    from sklearn.metrics import precision_recall_fscore_support
+
+    targets, preds = _labels(targets, "targets"), _labels(preds, "preds")
+    n = len(classes) if classes is not None else num_classes or int(max(targets.max(), preds.max())) + 1
+    names = _names(classes, n)
+    labels = list(range(n))
+    p, r, f, s = precision_recall_fscore_support(targets, preds, labels=labels, zero_division=0)
+    rows = [{"class": names[i], "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+             "support": int(s[i])} for i in labels]
+    for avg in ("macro", "weighted"):
+        pa, ra, fa, _ = precision_recall_fscore_support(targets, preds, labels=labels, average=avg, zero_division=0)
+        rows.append({"class": f"{avg} avg", "precision": float(pa), "recall": float(ra), "f1": float(fa),
+                     "support": int(s.sum())})
+    return rows
+
+
+def per_class_markdown(rows: Sequence[dict]) -> str:
+    """A :func:`per_class_report` as a Markdown table (percentages with one decimal)."""
+    lines = ["| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {str(r['class']).replace('|', '/')} | {100 * r['precision']:.1f}% | {100 * r['recall']:.1f}% | "
+              f"{100 * r['f1']:.1f}% | {r['support']} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def per_class_csv(rows: Sequence[dict]) -> str:
+    """A :func:`per_class_report` as CSV text (fractions with 6 decimals)."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["class", "precision", "recall", "f1", "support"])
+    writer.writerows([[r["class"], f"{r['precision']:.6f}", f"{r['recall']:.6f}", f"{r['f1']:.6f}", r["support"]]
+                      for r in rows])
+    return out.getvalue()

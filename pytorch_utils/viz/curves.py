@@ -1,12 +1,13 @@
 """Training curves from a ``History`` (a list of per-epoch dicts)."""
 import math
 import numbers
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from pytorch_utils.errors import ConfigError
+from pytorch_utils.train.history import as_records
 from pytorch_utils.viz.images import PathLike, finish, new_figure
 
 __all__ = ["plot_history", "clean_history"]
@@ -100,7 +101,7 @@ def _format_linear_lr(ax, values: List[float]) -> None:
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.4g}"))
 
 
-def plot_history(history: Sequence[Mapping[str, Any]], save: Optional[PathLike] = None,
+def plot_history(history: Union[PathLike, Sequence[Mapping[str, Any]]], save: Optional[PathLike] = None,
                  title: Optional[str] = None) -> Figure:
     """Loss and accuracy (train and test) per epoch, and the learning rate on its own panel.
 
@@ -111,14 +112,16 @@ def plot_history(history: Sequence[Mapping[str, Any]], save: Optional[PathLike] 
     axis). Epoch ticks are whole numbers. The best test accuracy is starred.
 
     Args:
-        history: list of per-epoch dicts with "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr".
+        history: list of per-epoch dicts with "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"; or a
+            run folder, its ``history.json`` or its ``history.csv`` (read with ``train.history.read_history``; a
+            run cut off mid-way has both files up to its last finished epoch).
         save: PNG path; title: figure title.
     Returns:
         the Figure (3 panels, or 2 when no record has an LR).
     Raises:
-        ConfigError: the history is empty.
+        ConfigError: the history is empty, or a path holds no readable history.
     """
-    records = clean_history(history)
+    records = clean_history(as_records(history))
     if not records:
         raise ConfigError("plot_history needs at least one epoch record; the history is empty")
 

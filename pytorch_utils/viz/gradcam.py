@@ -13,7 +13,7 @@ import torch.nn as nn
 from matplotlib.figure import Figure
 
 from pytorch_utils.errors import ConfigError, UnknownNameError
-from pytorch_utils.utils import eval_mode, model_device, unwrap_model
+from pytorch_utils.utils import model_device, preserved, unwrap_model
 from pytorch_utils.viz.images import (PathLike, class_name, finish, imshow, new_figure, to_display, to_numpy)
 
 __all__ = ["gradcam", "plot_gradcam", "resolve_target_layer", "conv_layer_names", "overlay_heatmap", "CAM_METHODS"]
@@ -192,8 +192,8 @@ def gradcam(model: nn.Module, inputs, target_layer: Union[str, nn.Module, None] 
     relus = [m for m in base.modules() if isinstance(m, nn.ReLU) and m.inplace]
     cam = None
     maps = []
-    # eval_mode gives every module its own flag back: a model may be partly in eval mode (a frozen BatchNorm).
-    with eval_mode(base):
+    # Every module gets its own flag back: a model may be partly in eval mode (a frozen BatchNorm).
+    with preserved(base, weights=False, rng=False, train=False):
         try:
             for m in relus:
                 m.inplace = False
@@ -244,7 +244,7 @@ def _to_model_input(images, mean, std) -> torch.Tensor:
 
 @torch.no_grad()
 def _predict(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    with eval_mode(model):  # restores each module's own mode, not just the top-level flag
+    with preserved(model, weights=False, rng=False, train=False):  # each module's own mode comes back
         return model(x.to(model_device(model))).argmax(dim=1).cpu().numpy()
 
 
@@ -268,7 +268,7 @@ def plot_gradcam(
 
     Args:
         model: the classifier; images: normalized float (N, 3, H, W) model inputs (or uint8 (N, H, W, 3) images,
-            normalized here with mean/std), e.g. ``misclassified_from_model(...)["images"]``.
+            normalized here with mean/std), e.g. ``select_misclassified(evaluate(...))["images"]``.
         targets: true labels (N,); preds: predicted labels (N,) or None to predict them here.
         classes: class names; mean, std: normalization statistics (for display).
         target: "pred" explains the predicted class, "true" the true class.

@@ -10,7 +10,7 @@ from pytorch_utils.errors import ConfigError
 from pytorch_utils.viz.images import (PathLike, class_name, empty_figure, finish, grid_shape, imshow, new_figure,
                                       to_display, to_numpy)
 
-__all__ = ["find_misclassified", "plot_misclassified", "misclassified_from_model"]
+__all__ = ["find_misclassified", "plot_misclassified", "select_misclassified"]
 
 ORDERS = ("first", "worst")
 
@@ -130,28 +130,6 @@ def _take(images, idx: np.ndarray):
     return np.asarray(images)[idx]
 
 
-def misclassified_from_model(model: torch.nn.Module, loader, device=None, k: Optional[int] = 16,
-                             order: str = "worst") -> Dict[str, Any]:
-    """Evaluate ``model`` on ``loader`` and return its misclassified items.
-
-    The model runs through ``pytorch_utils.train.loop.evaluate`` (eval mode, no_grad, previous mode restored).
-    Indices refer to the loader's iteration order, which is the data set order only for an unshuffled loader.
-
-    Args:
-        model: the classifier (stays on its device); loader: yields (normalized inputs, labels).
-        device: where inputs go (default: the model's device).
-        k: at most this many items (None: all); order: "worst" (highest loss first) or "first".
-    Returns:
-        dict with ``indices`` (int64 numpy), ``images`` (normalized CPU tensor (k, C, H, W)), ``targets``, ``preds``
-        (CPU int64 tensors), ``probs`` (CPU (k, C)), ``losses`` (per-item cross-entropy), ``acc`` (percent, whole set),
-        ``num_wrong`` and ``samples``.
-    """
-    from pytorch_utils.train.loop import evaluate  # local: keeps `import pytorch_utils.viz` light
-
-    res = evaluate(model, loader, device=device, return_outputs=True, return_inputs=True)
-    return select_misclassified(res, k=k, order=order)
-
-
 def select_misclassified(res: Dict[str, Any], k: Optional[int] = 16, order: str = "worst") -> Dict[str, Any]:
     """The misclassified part of an ``evaluate(..., return_outputs=True, return_inputs=True)`` result.
 
@@ -159,7 +137,9 @@ def select_misclassified(res: Dict[str, Any], k: Optional[int] = 16, order: str 
         res: the evaluate result (needs logits, probs, preds, targets, inputs).
         k, order: as in :func:`find_misclassified` ("worst" ranks by per-item cross-entropy).
     Returns:
-        the dict described in :func:`misclassified_from_model`.
+        dict with ``indices`` (int64 numpy), ``images`` (normalized CPU tensor (k, C, H, W)), ``targets``, ``preds``
+        (CPU int64 tensors), ``probs`` (CPU (k, C)), ``losses`` (per-item cross-entropy), ``acc`` (percent, whole set),
+        ``num_wrong`` and ``samples``.
     """
     losses = F.cross_entropy(res["logits"].float(), res["targets"], reduction="none")
     idx = find_misclassified(res["preds"], res["targets"], losses=losses, k=k, order=order)

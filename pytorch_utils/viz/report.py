@@ -1,10 +1,13 @@
-"""One call that evaluates a trained model and writes every diagnostic plot plus an index page.
+"""One call that writes every diagnostic plot of an evaluated model, a per-class table and an index page.
 
-``report(...)`` returns ``{name: path}``; in a notebook ``show_report(report(...))`` displays it all inline.
+``report(ReportData(...), out_dir)`` returns ``{name: path}``; for a run, ``report(report_data(result), out_dir)``
+(``pytorch_utils.recipes.report_data`` evaluates; viz only draws). In a notebook ``show_report(paths)`` displays it.
 """
 import base64
+import dataclasses
 import html
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -14,14 +17,15 @@ import torch.nn as nn
 
 from pytorch_utils.errors import ConfigError, PytorchUtilsError
 from pytorch_utils.io import atomic_write_text, ensure_writable_dir
-from pytorch_utils.utils import model_device
-from pytorch_utils.viz.confusion import (confusion_matrix, most_confused_pairs, per_class_accuracy,
-                                         plot_confusion_matrix, plot_per_class_accuracy)
+from pytorch_utils.train.history import as_records
+from pytorch_utils.viz.confusion import (confusion_matrix, most_confused_pairs, per_class_accuracy, per_class_csv,
+                                         per_class_markdown, per_class_report, plot_confusion_matrix,
+                                         plot_per_class_accuracy)
 from pytorch_utils.viz.curves import clean_history, plot_history
 from pytorch_utils.viz.images import PathLike, show_augmentations, show_batch
 from pytorch_utils.viz.misclassified import plot_misclassified, select_misclassified
 
-__all__ = ["report", "show_report", "history_summary"]
+__all__ = ["report", "show_report", "history_summary", "ReportData", "ReportSettings"]
 
 # Display order and captions of the images in index.md / index.html ({target} is filled in by _sections).
 SECTIONS = (
@@ -93,13 +97,14 @@ def _summary_rows(ev: Dict[str, Any], hist: Dict[str, Any]) -> List[tuple]:
 
 
 def _write_markdown(path: Path, title, rows, pairs, images: Dict[str, Path], notes: List[str],
-                    sections: Sequence[tuple]) -> None:
+                    sections: Sequence[tuple], table: Sequence[dict]) -> None:
     lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {_md_cell(k)} | {_md_cell(v)} |" for k, v in rows]
     lines += [""]
     for key, caption in sections:
         if key in images:
             lines += [f"## {caption}", "", f"![{key}]({images[key].name})", ""]
+    lines += ["## Per-class precision, recall and F1", "", per_class_markdown(table)]
     lines += ["## Most confused pairs", ""]
     if pairs:
         lines += ["| true | predicted | count |", "|---|---|---:|"]
@@ -111,7 +116,8 @@ def _write_markdown(path: Path, title, rows, pairs, images: Dict[str, Path], not
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def _html_body(title, rows, pairs, images: Dict[str, Path], notes: List[str], sections: Sequence[tuple]) -> str:
+def _html_body(title, rows, pairs, images: Dict[str, Path], notes: List[str], sections: Sequence[tuple],
+               table: Sequence[dict]) -> str:
     e = html.escape
     parts = [f"<h1>{e(title)}</h1>", "<table>"]
     parts += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows]
@@ -119,7 +125,11 @@ def _html_body(title, rows, pairs, images: Dict[str, Path], notes: List[str], se
     for key, caption in sections:
         if key in images:
             parts += [f"<h2>{e(caption)}</h2>", f'<img src="{e(images[key].name)}" alt="{e(key)}">']
-    parts += ["<h2>Most confused pairs</h2>"]
+    parts += ["<h2>Per-class precision, recall and F1</h2>",
+              "<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"]
+    parts += [f"<tr><td>{e(str(r['class']))}</td><td>{100 * r['precision']:.1f}%</td><td>{100 * r['recall']:.1f}%"
+              f"</td><td>{100 * r['f1']:.1f}%</td><td>{r['support']}</td></tr>" for r in table]
+    parts += ["</table>", "<h2>Most confused pairs</h2>"]
     if pairs:
         parts += ["<table><tr><th>true</th><th>predicted</th><th>count</th></tr>"]
         parts += [f"<tr><td>{e(t)}</td><td>{e(p)}</td><td>{c}</td></tr>" for t, p, c in pairs]
@@ -144,125 +154,108 @@ def _brief(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _uint8_images(dataset, inputs: torch.Tensor, mean, std):
-    """Raw images for the augmentation preview: the data set itself when it holds uint8 images (with its targets),
-    else the evaluated (normalized) inputs turned back into uint8."""
-    images = getattr(dataset, "images", None)
-    if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4:
-        return dataset
+def _uint8_images(data: "ReportData", inputs: torch.Tensor, mean, std):
+    """Raw images for the augmentation preview: ``data.train_images`` when given, else the evaluated (normalized)
+    inputs turned back into uint8."""
+    if data.train_images is not None:
+        return data.train_images
     from pytorch_utils.viz.images import to_display
 
     return np.round(to_display(inputs[:64], mean, std) * 255.0).astype(np.uint8)
 
 
-def report(
-    model: nn.Module,
-    loader,
-    classes: Optional[Sequence[str]],
-    history: Optional[Sequence[Mapping[str, Any]]],
-    out_dir: PathLike,
-    mean: Optional[Sequence[float]] = None,
-    std: Optional[Sequence[float]] = None,
-    device=None,
-    k: int = 16,
-    lr_finder_result=None,
-    gradcam: bool = True,
-    gradcam_k: int = 8,
-    target_layer: Optional[str] = None,
-    title: str = "Training report",
-    top_pairs: int = 10,
-    gradcam_target: str = "pred",
-    batch_k: int = 16,
-    train_transform: Optional[Callable] = None,
-    train_images=None,
-) -> Dict[str, Path]:
-    """Evaluate ``model`` on ``loader`` once and write all diagnostic plots plus ``index.md`` and ``index.html``.
+@dataclass
+class ReportData:
+    """What a report shows, gathered by the caller (viz never evaluates or trains).
 
-    Files (PNG unless noted): ``curves`` (when a history is given), ``batch`` (``batch_k`` test images evenly spaced
-    through the set, de-normalized, titled with true and predicted class), ``augmentations`` (when
-    ``train_transform`` is given), ``misclassified`` (the ``k`` highest-loss mistakes), ``confusion_matrix`` and
-    ``confusion_matrix_normalized``, ``per_class_accuracy``, ``gradcam`` (on the first ``gradcam_k`` of those
-    mistakes), ``lr_finder`` (when ``lr_finder_result`` is given, drawn by
-    ``pytorch_utils.viz.lr_finder.plot_lr_finder``); ``index.md`` and ``index.html`` reference them by relative
-    path and list the summary numbers, the most confused pairs and notes. A GradCAM or augmentation preview that
-    cannot run (no conv layer, unknown layer, a RuntimeError in the model) is skipped with a note in the index
-    rather than failing the whole report.
-
-    Args:
-        model: the trained classifier (evaluated in eval mode under no_grad; each module's mode is restored).
-        loader: unshuffled test loader yielding (normalized inputs, labels).
-        classes: class names (default: ``loader.dataset.classes``, else the label numbers).
-        history: the run's ``History`` (list of epoch dicts) or None.
-        out_dir: directory for the files (created).
-        mean, std: normalization statistics (default: ``loader.dataset.mean/std``, else CIFAR-100's for a 100-class
-            model and CIFAR-10's otherwise, with a note in the index saying so).
-        device: where to evaluate (default: the model's device; the model is not moved).
-        k: misclassified images in the grid; gradcam: draw the GradCAM grid; gradcam_k: images in it.
-        lr_finder_result: the LR finder's result object, or None.
-        target_layer: GradCAM layer name (default ``model.cam_layer``).
-        title: heading of the index pages; top_pairs: rows of the most-confused table.
-        gradcam_target: "pred" (explain the predicted class) or "true" (the true class).
-        batch_k: test images in the ``batch`` grid.
-        train_transform: the training transform (uint8 HWC image -> normalized CHW tensor) to preview, or None.
-        train_images: images to preview it on: uint8 (N, H, W, 3) or a data set with ``.images`` (default: the
-            loader's data set when it holds uint8 images, else the evaluated test images).
-    Returns:
-        dict name -> Path: the PNGs written, plus ``index_md`` and ``index_html``.
+    Attributes:
+        evaluation: ``evaluate(model, test_loader, return_outputs=True, return_inputs=True)``'s dict: ``logits``
+            (N, C), ``probs``, ``preds``, ``targets`` (N,), ``inputs`` (normalized (N, 3, H, W)), ``loss``, ``acc``
+            (percent), ``samples``. ``pytorch_utils.recipes.report_data(result)`` builds it for a run.
+        classes: class names (default the label numbers); mean, std: normalization (default: CIFAR's, with a note).
+        history: the run's per-epoch records, or a run folder / history file.
+        lr_finder: an ``LRFinderResult`` to plot, or None.
+        model: the classifier, used only for GradCAM (None: no GradCAM).
+        train_transform: a training transform (uint8 HWC -> normalized CHW) to preview; train_images: uint8
+            (N, H, W, 3) images (or a data set with ``.images``) to preview it on (default: the evaluated images).
     """
+
+    evaluation: Dict[str, Any]
+    classes: Optional[Sequence[str]] = None
+    mean: Optional[Sequence[float]] = None
+    std: Optional[Sequence[float]] = None
+    history: Any = None
+    lr_finder: Any = None
+    model: Optional[nn.Module] = None
+    train_transform: Optional[Callable] = None
+    train_images: Any = None
+
+
+@dataclass
+class ReportSettings:
+    """How much a report shows. ``k``: misclassified images in the grid; ``gradcam_k``: images in the GradCAM grid;
+    ``batch_k``: test images in the batch grid; ``top_pairs``: rows of the most-confused table; ``gradcam_target``:
+    "pred" (explain the predicted class) or "true"; ``target_layer``: GradCAM layer (default ``model.cam_layer``)."""
+
+    title: str = "Training report"
+    k: int = 16
+    batch_k: int = 16
+    gradcam: bool = True
+    gradcam_k: int = 8
+    gradcam_target: str = "pred"
+    target_layer: Optional[str] = None
+    top_pairs: int = 10
+
+
+def _settings(settings: Optional[ReportSettings], overrides: Dict[str, Any]) -> ReportSettings:
+    try:
+        settings = dataclasses.replace(settings or ReportSettings(), **overrides)
+    except TypeError:
+        names = ", ".join(f.name for f in dataclasses.fields(ReportSettings))
+        raise ConfigError(f"report() got unknown settings {sorted(overrides)}; valid: {names}") from None
+    if settings.gradcam_target not in GRADCAM_TARGETS:
+        raise ConfigError(f'gradcam_target must be "pred" or "true", got {settings.gradcam_target!r}')
+    return settings
+
+
+def _stats(data: ReportData, num_classes: int, notes: List[str]):
+    """(classes, mean, std): the given ones, or defaults with a note saying what was assumed."""
     from pytorch_utils.data.constants import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
-    from pytorch_utils.train.loop import evaluate
 
-    if gradcam_target not in GRADCAM_TARGETS:
-        raise ConfigError(f'gradcam_target must be "pred" or "true", got {gradcam_target!r}')
-    out = ensure_writable_dir(out_dir)
-    dataset = getattr(loader, "dataset", None)
-    if mean is None:
-        mean = getattr(dataset, "mean", None)
-    if std is None:
-        std = getattr(dataset, "std", None)
-    if classes is None:
-        classes = getattr(dataset, "classes", None)
-
-    if device is not None and torch.device(device).type != model_device(model).type:
-        raise ConfigError(f"report(device={str(device)!r}) but the model is on {model_device(model)}; "
-                          "move the model first (report never moves it)")
-    res = evaluate(model, loader, device=device, return_outputs=True, return_inputs=True)
-    num_classes = int(res["logits"].shape[1])
+    classes, mean, std = data.classes, data.mean, data.std
     if classes is not None and len(classes) != num_classes:
         raise ConfigError(f"{len(classes)} class names but the model outputs {num_classes} classes")
-    if classes is None:
-        classes = [str(i) for i in range(num_classes)]
-
-    paths: Dict[str, Path] = {}
-    notes: List[str] = []
     if mean is None or std is None:
         # Nothing says how the inputs were normalized: guess from the class count, and say so (a wrong guess only
         # tints the displayed images, but silently it looks like a data bug).
         cifar100 = num_classes == 100
-        name = "CIFAR-100" if cifar100 else "CIFAR-10"
         missing = " and ".join(w for w, v in (("mean", mean), ("std", std)) if v is None)
-        if mean is None:
-            mean = CIFAR100_MEAN if cifar100 else CIFAR10_MEAN
-        if std is None:
-            std = CIFAR100_STD if cifar100 else CIFAR10_STD
-        notes.append(f"Normalization {missing} not given and the loader's data set has none: assumed the {name} "
-                     f"statistics ({num_classes}-class model) to de-normalize images for display; pass mean= and std= "
-                     "if the data was normalized differently.")
+        mean = mean if mean is not None else (CIFAR100_MEAN if cifar100 else CIFAR10_MEAN)
+        std = std if std is not None else (CIFAR100_STD if cifar100 else CIFAR10_STD)
+        notes.append(f"Normalization {missing} not given: assumed the {'CIFAR-100' if cifar100 else 'CIFAR-10'} "
+                     f"statistics ({num_classes}-class model) to de-normalize images for display; pass mean= and "
+                     "std= if the data was normalized differently.")
+    return classes or [str(i) for i in range(num_classes)], mean, std
 
-    def save(name: str, draw) -> None:
-        path = out / f"{name}.png"
-        draw(path)  # each plot saves itself; the returned Figure is dropped here so its memory is freed
-        paths[name] = path
 
-    hist = history_summary(history)
-    if hist:
-        save("curves", lambda p: plot_history(history, save=p))
-    if lr_finder_result is not None:
-        from pytorch_utils.viz.lr_finder import plot_lr_finder  # written separately; imported only when used
+def _try(name: str, what: str, draw, save, notes: List[str], errors=(Exception,)) -> None:
+    """Draw one optional plot; a failure becomes the note "<what> skipped: <error>" instead of a failed report."""
+    try:
+        save(name, draw)
+    except errors as exc:
+        notes.append(f"{what} skipped: {_brief(exc)}")
 
-        save("lr_finder", lambda p: plot_lr_finder(lr_finder_result, save=p))
 
-    nb = min(int(batch_k), int(res["samples"]))
+def _draw(data: ReportData, res, cfg: ReportSettings, stats, mis, save, notes: List[str]) -> None:
+    """Every plot of the report, in index order."""
+    classes, mean, std = stats
+    if data.history is not None and history_summary(as_records(data.history)):
+        save("curves", lambda p: plot_history(data.history, save=p))
+    if data.lr_finder is not None:
+        from pytorch_utils.viz.lr_finder import plot_lr_finder
+
+        save("lr_finder", lambda p: plot_lr_finder(data.lr_finder, save=p))
+    nb = min(int(cfg.batch_k), int(res["samples"]))
     if nb > 0:
         # Evenly spaced through the test set: its first images are often all of one class (folder order).
         pick = torch.as_tensor(np.linspace(0, int(res["samples"]) - 1, nb).round().astype(np.int64))
@@ -270,54 +263,93 @@ def report(
                                            preds=res["preds"][pick], ncols=8, max_images=nb, save=p,
                                            title=f"{nb} test images, evenly spaced through the test set "
                                                  "(green: right, red: wrong)"))
-    if train_transform is not None:
-        source = train_images if train_images is not None else _uint8_images(dataset, res["inputs"], mean, std)
-        try:
-            save("augmentations", lambda p: show_augmentations(source, train_transform, classes, mean, std, n=6,
-                                                               repeats=5, save=p))
-        except Exception as exc:  # a preview must never cost the rest of the report: the note carries the error
-            notes.append(f"Augmentation preview skipped: {_brief(exc)}")
-
-    mis = select_misclassified(res, k=k, order="worst")
+    if data.train_transform is not None:  # a preview must never cost the rest of the report
+        source = _uint8_images(data, res["inputs"], mean, std)
+        _try("augmentations", "Augmentation preview", lambda p: show_augmentations(source, data.train_transform, classes, mean, std, n=6,
+                                                           repeats=5, save=p), save, notes)
     save("misclassified", lambda p: plot_misclassified(
-        mis["images"], mis["targets"], mis["preds"], classes, mean, std, probs=mis["probs"], k=k, order="first",
+        mis["images"], mis["targets"], mis["preds"], classes, mean, std, probs=mis["probs"], k=cfg.k, order="first",
         save=p, title=f"{mis['num_wrong']} of {mis['samples']} misclassified; the {len(mis['indices'])} "
                       "with the highest loss"))
-    if gradcam and len(mis["indices"]):
+    if cfg.gradcam and data.model is not None and len(mis["indices"]):
         from pytorch_utils.viz.gradcam import plot_gradcam
 
-        try:
-            save("gradcam", lambda p: plot_gradcam(model, mis["images"], mis["targets"], mis["preds"], classes, mean,
-                                                   std, target=gradcam_target, target_layer=target_layer,
-                                                   k=gradcam_k, save=p))
-        except (PytorchUtilsError, RuntimeError) as exc:
-            # RuntimeError: what torch raises when hooks meet an unusual model (in-place ops in forward, shapes).
-            notes.append(f"GradCAM skipped: {_brief(exc)}")
-    elif gradcam:
+        # RuntimeError: what torch raises when hooks meet an unusual model (in-place ops in forward, shapes).
+        _try("gradcam", "GradCAM", lambda p: plot_gradcam(data.model, mis["images"], mis["targets"], mis["preds"], classes,
+                                               mean, std, target=cfg.gradcam_target, target_layer=cfg.target_layer,
+                                               k=cfg.gradcam_k, save=p), save, notes,
+             errors=(PytorchUtilsError, RuntimeError))
+    elif cfg.gradcam and data.model is not None:
         notes.append("GradCAM skipped: no misclassified images.")
-
-    cm = confusion_matrix(res["targets"], res["preds"], num_classes)
+    cm = confusion_matrix(res["targets"], res["preds"], len(classes))
     save("confusion_matrix", lambda p: plot_confusion_matrix(cm, classes, save=p))
     save("confusion_matrix_normalized", lambda p: plot_confusion_matrix(cm, classes, normalize="true", save=p))
     save("per_class_accuracy", lambda p: plot_per_class_accuracy(cm, classes, save=p))
 
-    pairs = most_confused_pairs(cm, classes, k=top_pairs)
+
+def report(data: ReportData, out_dir: PathLike, settings: Optional[ReportSettings] = None,
+           **overrides) -> Dict[str, Path]:
+    """Write every diagnostic plot of an evaluated model, a per-class table and an index page.
+
+    Files (PNG unless noted): ``curves`` (with a history), ``lr_finder`` (with an LR-finder result), ``batch``
+    (``batch_k`` test images evenly spaced through the set, titled with true and predicted class),
+    ``augmentations`` (with a ``train_transform``), ``misclassified`` (the ``k`` highest-loss mistakes),
+    ``gradcam`` (with a model; on the first ``gradcam_k`` of them), ``confusion_matrix`` (+ ``_normalized``),
+    ``per_class_accuracy``; ``per_class.md`` / ``per_class.csv`` (precision, recall, F1, support per class from
+    scikit-learn, see :func:`~pytorch_utils.viz.confusion.per_class_report`); ``index.md`` and ``index.html``
+    with the summary numbers, the images, the per-class table, the most confused pairs and notes. A GradCAM or
+    augmentation preview that cannot run is skipped with a note rather than failing the report.
+
+    Args:
+        data: a :class:`ReportData` (the evaluation and what belongs with it).
+        out_dir: folder for the files (created).
+        settings: a :class:`ReportSettings`; ``overrides`` replace its fields (``title="..."``, ``gradcam_k=4``).
+    Returns:
+        dict name -> Path: the PNGs written, ``per_class_md``, ``per_class_csv``, ``index_md``, ``index_html``.
+    Raises:
+        ConfigError: an unknown setting or ``gradcam_target``, or class names that do not fit the logits.
+    """
+    cfg = _settings(settings, overrides)
+    out = ensure_writable_dir(out_dir)
+    res = data.evaluation
+    notes: List[str] = []
+    stats = _stats(data, int(res["logits"].shape[1]), notes)
+    paths: Dict[str, Path] = {}
+
+    def save(name: str, draw) -> None:
+        draw(out / f"{name}.png")  # each plot saves itself; the returned Figure is dropped so its memory is freed
+        paths[name] = out / f"{name}.png"
+
+    mis = select_misclassified(res, k=cfg.k, order="worst")
+    _draw(data, res, cfg, stats, mis, save, notes)
+    table = per_class_report(res["targets"], res["preds"], stats[0])
+    paths["per_class_md"] = atomic_write_text(out / "per_class.md", per_class_markdown(table))
+    paths["per_class_csv"] = atomic_write_text(out / "per_class.csv", per_class_csv(table))
+    _write_index(out, paths, cfg, data, mis, table, notes)
+    return paths
+
+
+def _write_index(out: Path, paths: Dict[str, Path], cfg: ReportSettings, data: ReportData, mis, table,
+                 notes: List[str]) -> None:
+    """``index.md`` and ``index.html``: summary rows, images in SECTIONS order, per-class table, pairs, notes."""
+    res, classes = data.evaluation, [r["class"] for r in table[:-2]]
+    cm = confusion_matrix(res["targets"], res["preds"], len(classes))
+    pairs = most_confused_pairs(cm, classes, k=cfg.top_pairs)
     ev = {"acc": res["acc"], "loss": res["loss"], "samples": res["samples"], "num_wrong": mis["num_wrong"]}
-    rows = _summary_rows(ev, hist)
+    rows = _summary_rows(ev, history_summary(as_records(data.history)) if data.history is not None else {})
     worst = per_class_accuracy(cm)
     if np.isfinite(worst).any():
         i = int(np.nanargmin(worst))
         rows.append(("Weakest class", f"{classes[i]} ({worst[i]:.2f}%)"))
-    images = dict(paths)
+    images = {k: v for k, v in paths.items() if v.suffix == ".png"}
+    sections = _sections(cfg.gradcam_target)
     paths["index_md"] = out / "index.md"
-    sections = _sections(gradcam_target)
-    _write_markdown(paths["index_md"], title, rows, pairs, images, notes, sections)
+    _write_markdown(paths["index_md"], cfg.title, rows, pairs, images, notes, sections, table)
     paths["index_html"] = out / "index.html"
-    body = _html_body(title, rows, pairs, images, notes, sections)
+    body = _html_body(cfg.title, rows, pairs, images, notes, sections, table)
     atomic_write_text(paths["index_html"], "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-                                           f"<title>{html.escape(title)}</title><style>{_style('body')}</style></head>"
-                                           f"<body>\n{body}\n</body></html>\n")
-    return paths
+                                           f"<title>{html.escape(cfg.title)}</title><style>{_style('body')}</style>"
+                                           f"</head><body>\n{body}\n</body></html>\n")
 
 
 def show_report(paths: Mapping[str, PathLike]):

@@ -89,7 +89,7 @@ def test_tiny_writes_jsonl_and_markdown(tiny):
 def test_fast_path_needs_no_albumentations():
     """The GPU machine's call 1 carries no albumentations: a GPU-loader recipe run must not import it."""
     code = ("import sys, tempfile\nfrom pytorch_utils.recipes import run_recipe\n"
-            "run_recipe('s10', data='synthetic', out_dir=tempfile.mkdtemp(), device='cpu', progress=False, log=None,"
+            "run_recipe('s10', data='synthetic', out_dir=tempfile.mkdtemp(), device='cpu', progress=False,"
             " model='strixbee_l1', model_kwargs={}, train_limit=64, test_limit=32, epochs=1, batch_size=32,"
             " loader='gpu', lr_finder=None, tta=None,"
             " scheduler={'name': 'one_cycle_linear', 'params': {'peak_epoch': 1, 'max_lr': 1e-3, 'min_lr': 1e-4}})\n"

@@ -84,9 +84,9 @@ def test_tta_on_device_keeps_the_model(bf16_run, device, tta):
     model = bf16_run.eval_model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
-    amp = torch.bfloat16 if device.type == "cuda" else None
-    plain = evaluate(model, bf16_run.test_loader, device=device, amp_dtype=amp, tta=None)
-    with_tta = evaluate(model, bf16_run.test_loader, device=device, amp_dtype=amp, tta=tta)
+    amp = "bf16" if device.type == "cuda" else None
+    plain = evaluate(model, bf16_run.test_loader, device=device, amp=amp, tta=None)
+    with_tta = evaluate(model, bf16_run.test_loader, device=device, amp=amp, tta=tta)
     assert with_tta["samples"] == plain["samples"] == SMALL["test_limit"]
     assert 0.0 <= with_tta["acc"] <= 100.0 and math.isfinite(with_tta["loss"])
     assert model.training  # evaluate puts the mode back

@@ -1,29 +1,23 @@
-"""LR finder: exact state restoration, suggestions on known curves, validation, AMP paths and the plot."""
+"""LR finder: exact state restoration, suggestions on known curves, a rough start, validation and AMP.
+
+(The plot's tests live in tests/viz/test_lr_finder_plot.py: train never imports viz.)"""
 import copy
-import pickle
 import random
 import warnings
 
-import matplotlib
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, TensorDataset
+from torch_lr_finder import TrainDataLoaderIter
 
-matplotlib.use("Agg")  # before anything imports pyplot: tests never open windows
-
-import matplotlib.image as mpimg  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
-from torch_lr_finder import TrainDataLoaderIter  # noqa: E402
-
-from pytorch_utils.errors import ConfigError  # noqa: E402
-from pytorch_utils.train import lr_finder as lrf  # noqa: E402
-from pytorch_utils.train.lr_finder import (  # noqa: E402
-    LRFinderResult, default_skips, find_lr, suggest_index, suggest_steepest, suggest_valley,
+from pytorch_utils.errors import ConfigError
+from pytorch_utils.train import lr_finder as lrf
+from pytorch_utils.train.lr_finder import (
+    LRFinderResult, default_skips, find_lr, recover_raw, restart_smoothing, suggest_index, suggest_steepest,
+    suggest_valley,
 )
-from pytorch_utils.viz.lr_finder import plot_lr_finder  # noqa: E402
 
 NUM_CLASSES = 4
 # Tiny models on random data often end a short sweep still falling; the edge warning is tested on its own below.
@@ -319,11 +313,8 @@ def test_linear_step_mode_and_valley(trained, loader):
     assert 1e-4 <= result.lr_max <= 0.5 and result.lr_min == result.lr_max / 25
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_bf16_autocast_on_cpu(trained, loader, monkeypatch, native):
+def test_bf16_autocast_on_cpu(trained, loader):
     model, optimizer, criterion = trained
-    if not native:  # the fallback for torch-lr-finder versions without amp_backend="torch"
-        monkeypatch.setattr(lrf, "lr_finder_supports_torch_amp", lambda: False)
     seen = []
     hook = model[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     try:
@@ -347,10 +338,6 @@ def test_amp_auto_is_fp32_on_cpu_and_fp16_is_refused(trained, loader):
     assert set(seen) == {torch.float32}
     with pytest.raises(ConfigError, match="fp16"):
         find_lr(model, optimizer, criterion, loader, amp="fp16")
-
-
-def test_installed_torch_lr_finder_has_torch_amp():
-    assert lrf.lr_finder_supports_torch_amp()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -508,13 +495,14 @@ def test_default_skips_scale_with_the_sweep():
 def test_edge_picks_warn():
     lrs = np.logspace(-5, 0, 30).tolist()
     rising = np.linspace(1.0, 3.0, 30).tolist()
-    with pytest.warns(RuntimeWarning, match="never fell below its value at skip_start=3"):
+    with pytest.warns(RuntimeWarning, match="never fell below its value at skip_start=3 .* lower start_lr$"):
         assert suggest_steepest(lrs, rising, 3, 1) == 3
     with pytest.warns(RuntimeWarning, match="'valley' landed on the edge"):
         assert suggest_valley(lrs, rising, 3, 1) == 3
     falling_from_the_start = (1.0 + 2.0 * np.exp(-np.arange(30) / 3.0)).tolist()  # fastest fall at index 0
     falling_from_the_start[-3:] = [1.5, 2.0, 3.0]
-    with pytest.warns(RuntimeWarning, match="first point after skip_start=2"):
+    with pytest.warns(RuntimeWarning, match="first point after skip_start=2 .* raise skip_start or use "
+                                            "suggestion='valley'"):
         assert suggest_steepest(lrs, falling_from_the_start, 2, 1) == 2
     accelerating = (3.0 - 2.0 * np.linspace(0, 1, 30) ** 3).tolist()  # still falling fastest at the end
     with pytest.warns(RuntimeWarning, match="still falling fastest at the last point.*raise end_lr"):
@@ -542,88 +530,57 @@ def test_find_lr_reissues_edge_warnings_at_the_callers_line(trained, loader, mon
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Plot
+# A rough start
 # ---------------------------------------------------------------------------------------------------------------------
 
-def _result(diverged=False):
-    losses = _valley_curve()
-    lrs = np.logspace(-6, 1, 40).tolist()
-    idx = suggest_steepest(lrs, losses, 5, 5)
-    return LRFinderResult(lrs=lrs, losses=losses, lr_max=lrs[idx], lr_min=lrs[idx] / 10, suggestion="steepest",
-                          suggestion_index=idx, diverged=diverged, div=10.0, start_lr=1e-6, end_lr=10.0, num_iter=40,
-                          step_mode="exp", skip_start=5, skip_end=5)
+ROUGH_START = [6.0, 4.5, 3.0]  # the first raw losses, far above the 2.3 plateau
 
 
-def test_plot_writes_a_non_blank_png_with_marks_and_rule(tmp_path):
-    result = _result(diverged=True)
-    path = tmp_path / "assets" / "nested" / "lr_finder.png"
-    fig = result.plot(save=path)
-    assert path.exists() and path.stat().st_size > 5000
-    img = mpimg.imread(path)
-    rgb = img[..., :3]
-    assert rgb.std() > 0.05, "the PNG looks blank"
-    red = (rgb[..., 0] > 0.7) & (rgb[..., 1] < 0.3) & (rgb[..., 2] < 0.3)
-    assert red.sum() > 50, "the LR_max mark (red) is missing"
+def _rough_sweep(steps=None):
+    """A model whose raw loss is set by hand: the rough start, a 2.3 plateau, the real descent near lr 1e-3, and a
+    blow-up near lr 1 (the criterion reads the LR the sweep has set)."""
+    torch.manual_seed(0)
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    calls = {"n": 0}
 
-    ax = fig.axes[0]
-    assert ax.get_xscale() == "log"
-    assert ax.get_title().startswith("LR finder: steepest descent, LR_min = LR_max / 10")
-    assert "diverged" in ax.get_title()
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert f"LR_max = {result.lr_max:.2e}" in labels and f"LR_min = {result.lr_min:.2e}" in labels
-    vlines = sorted(line.get_xdata()[0] for line in ax.get_lines() if len(line.get_xdata()) == 2
-                    and line.get_xdata()[0] == line.get_xdata()[1])
-    assert vlines == pytest.approx(sorted([result.lr_min, result.lr_max]))
+    def criterion(out, _):
+        i = calls["n"]
+        calls["n"] += 1
+        lr = optimizer.param_groups[0]["lr"]
+        value = ROUGH_START[i] if i < len(ROUGH_START) else 0.5 + 1.8 / (1 + (lr / 1e-3) ** 2) + 3 * (lr / 0.3) ** 2
+        return out.sum() * 0 + value
+
+    data = DataLoader(TensorDataset(torch.randn(64, 2), torch.zeros(64, dtype=torch.long)), batch_size=8)
+    return model, optimizer, criterion, data
 
 
-def test_plot_y_range_shows_the_start_of_the_sweep_and_cuts_the_divergence():
-    lrs, losses = _dip_after_divergence()
-    losses[:5] = [2.9, 2.8, 2.6, 2.5, 2.4]  # a high start inside skip_start, above everything in the window before it
-    losses[-3:] = [8.0, 12.0, 20.0]          # a diverging tail
-    idx = suggest_steepest(lrs, losses)
-    result = LRFinderResult(lrs=lrs, losses=losses, lr_max=lrs[idx], lr_min=lrs[idx] / 10, suggestion="steepest",
-                            suggestion_index=idx, diverged=True, div=10.0, start_lr=1e-6, end_lr=10.0, num_iter=100,
-                            step_mode="exp", skip_start=10, skip_end=5)
-    fig = result.plot()
-    low, high = fig.axes[0].get_ylim()
-    assert low < min(losses) < 1.2           # the minimum (1.10) is in view, with a margin
-    assert high > 2.9                        # the very first point is in view
-    assert high < 4.0 < 8.0                  # the tail past the minimum does not stretch the axis
-    texts = [t.get_text() for t in fig.axes[0].texts]
-    assert "LR_max" in texts and "LR_min" in texts  # labels next to the lines, not only in the legend
+def test_rough_start_does_not_pick_the_first_candidate():
+    model, optimizer, criterion, data = _rough_sweep()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the pick is inside the real descent: no edge warning either
+        result = find_lr(model, optimizer, criterion, data, progress=False)  # find_lr's default range and rule
+    assert result.raw_losses[:4] == pytest.approx(ROUGH_START + [2.3])
+    # torch-lr-finder's own smoothed curve would put the steepest slope on its first candidate (lr ~6.4e-7).
+    smoothed = [result.raw_losses[0]]
+    for raw in result.raw_losses[1:]:
+        smoothed.append(0.05 * raw + 0.95 * smoothed[-1])
+    with pytest.warns(RuntimeWarning, match="raise skip_start or use suggestion='valley'"):
+        old = suggest_steepest(result.lrs, smoothed, result.skip_start, result.skip_end)
+    assert old == result.skip_start and result.lrs[old] == pytest.approx(6.4e-7, rel=0.05)
+    assert 3e-4 < result.lr_max < 1e-2
+    assert result.suggestion_index > result.skip_start
 
 
-def test_result_exposes_the_figure(tmp_path):
-    result = _result()
-    fig = result.figure
-    assert isinstance(fig, Figure) and result.figure is fig  # built once, cached
-    assert fig.axes[0].get_title().startswith("LR finder: steepest descent")
-    again = result.plot()
-    assert isinstance(again, Figure) and again is not fig   # plot() draws a new one each call
-    # The cached figure does not travel with copies or pickles of the result (the curve does).
-    for other in (copy.deepcopy(result), pickle.loads(pickle.dumps(result))):
-        assert "_figure" not in vars(other) and other == result
-        assert isinstance(other.figure, Figure) and other.figure is not fig
-
-
-def test_find_lr_result_plots_with_the_suggestion_marked(trained, loader):
-    model, optimizer, criterion = trained
-    result = find_lr(model, optimizer, criterion, loader, start_lr=1e-5, end_lr=1.0, num_iter=20, progress=False)
-    ax = result.figure.axes[0]
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert f"LR_max = {result.lr_max:.2e}" in labels
-    marked = ax.collections[0].get_offsets()[0]
-    assert marked[0] == pytest.approx(result.lr_max) and marked[1] == pytest.approx(result.losses[
-        result.suggestion_index])
-
-
-def test_plot_draws_on_a_given_axes_and_never_shows(monkeypatch):
-    monkeypatch.setattr(plt, "show", lambda *a, **k: pytest.fail("plt.show() must not be called"))
-    fig, (left, right) = plt.subplots(1, 2)
-    try:
-        out = plot_lr_finder(_result(), ax=right)
-        assert out is fig
-        assert right.get_lines() and not left.get_lines()
-        assert "diverged" not in right.get_title()
-    finally:
-        plt.close(fig)
+def test_restart_smoothing_recovers_raw_losses_and_forgets_the_start():
+    raw = np.array([6.0, 4.5, 3.0, 2.3, 2.3, 2.3, 2.0, 1.5])
+    f = 0.05
+    smoothed = [raw[0]]
+    for v in raw[1:]:  # torch-lr-finder's smoothing
+        smoothed.append(f * v + (1 - f) * smoothed[-1])
+    assert recover_raw(smoothed, f) == pytest.approx(raw)
+    again = restart_smoothing(smoothed, f, 3)
+    assert again[:3] == pytest.approx(smoothed[:3])
+    assert again[3:6] == pytest.approx([2.3, 2.3, 2.3])  # the rough start no longer leaks past index 3
+    assert again[6] == pytest.approx(f * 2.0 + (1 - f) * 2.3)
+    assert restart_smoothing(smoothed, 0.0, 3) == pytest.approx(smoothed)  # smooth_f=0: nothing to undo

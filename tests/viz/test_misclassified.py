@@ -4,7 +4,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from pytorch_utils.errors import ConfigError
-from pytorch_utils.viz import find_misclassified, misclassified_from_model, plot_misclassified
+from pytorch_utils.train.loop import evaluate
+from pytorch_utils.viz import find_misclassified, plot_misclassified, select_misclassified
 
 from viz_helpers import CLASSES, MEAN, STD, leftover_hooks, model_flags, partly_frozen
 
@@ -65,7 +66,12 @@ def test_plot_misclassified_many_classes_and_none_wrong(tmp_path, check_png, nor
     assert (tmp_path / "none.png").exists() and not any(ax.images for ax in fig.axes)
 
 
-def test_misclassified_from_model(tiny_model, norm_images):
+def misclassified_from_model(model, loader, k):
+    """The evaluation happens outside viz; viz selects from its result."""
+    return select_misclassified(evaluate(model, loader, return_outputs=True, return_inputs=True), k=k)
+
+
+def test_misclassified_from_an_evaluation(tiny_model, norm_images):
     targets = torch.arange(len(norm_images)) % 10
     loader = DataLoader(TensorDataset(norm_images, targets), batch_size=5)
     tiny_model.train()
@@ -86,7 +92,7 @@ def test_misclassified_from_model(tiny_model, norm_images):
     assert out["num_wrong"] == len(wrong) and out["samples"] == len(targets)
 
 
-def test_misclassified_from_model_keeps_per_module_modes(tiny_model, norm_images):
+def test_misclassified_from_an_evaluation_keeps_per_module_modes(tiny_model, norm_images):
     loader = DataLoader(TensorDataset(norm_images, torch.arange(len(norm_images)) % 10), batch_size=5)
     model = partly_frozen(tiny_model, tiny_model.features[4])
     before = model_flags(model)

@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import pytest
 
 from pytorch_utils.errors import ConfigError
-from pytorch_utils.viz import history_summary, report, show_report
+from pytorch_utils.train.loop import evaluate
+from pytorch_utils.viz import ReportData, ReportSettings, history_summary, per_class_report, report, show_report
 
 from viz_helpers import CLASSES, MEAN, STD, TinyCamNet, leftover_hooks, model_flags, partly_frozen
 
@@ -27,6 +28,13 @@ class _DS(TensorDataset):
 def _loader(norm_images):
     targets = torch.arange(len(norm_images)) % 10
     return DataLoader(_DS(norm_images, targets), batch_size=6)
+
+
+def _data(model, loader, classes=CLASSES, stats=True, **kwargs):
+    """What a caller gathers for report: one evaluation (viz never evaluates), the model only for GradCAM."""
+    res = evaluate(model, loader, return_outputs=True, return_inputs=True)
+    return ReportData(evaluation=res, classes=classes, mean=MEAN if stats else None, std=STD if stats else None,
+                      model=model, **kwargs)
 
 
 def test_history_summary_uses_deduplicated_records():
@@ -71,8 +79,8 @@ def test_report_writes_everything(tmp_path, tiny_model, norm_images, monkeypatch
     before = model_flags(model)
     lr_result = {"lrs": [1e-4, 1e-3, 1e-2], "losses": [2.3, 1.9, 3.0]}
     out = tmp_path / "report"
-    paths = report(model, _loader(norm_images), None, HISTORY, out, k=6, lr_finder_result=lr_result,
-                   batch_k=8, train_transform=_flip_transform)
+    paths = report(_data(model, _loader(norm_images), classes=None, history=HISTORY, lr_finder=lr_result,
+                         train_transform=_flip_transform), out, k=6, batch_k=8)
     assert model_flags(model) == before and not model.features[1].training
     assert leftover_hooks(model) == []
     assert calls == [lr_result]
@@ -86,7 +94,7 @@ def test_report_writes_everything(tmp_path, tiny_model, norm_images, monkeypatch
                                (norm_images[0] * torch.tensor(STD).view(3, 1, 1) + torch.tensor(MEAN).view(3, 1, 1))
                                .clamp(0, 1).permute(1, 2, 0).numpy(), atol=1e-5)
     picked = np.linspace(0, len(norm_images) - 1, 8).round().astype(int)  # spread over the set, not its head
-    assert [ax.get_title().split("\n")[0] for ax in shown] == [f"true: {CLASSES[i % 10]}" for i in picked]
+    assert [ax.get_title().split("\n")[0] for ax in shown] == [f"true: {i % 10}" for i in picked]  # no names given
     assert all(ax.get_title().split("\n")[1].startswith("pred: ") for ax in shown)
     assert pngs <= set(paths)
     for name in pngs:
@@ -107,13 +115,13 @@ def test_report_writes_everything(tmp_path, tiny_model, norm_images, monkeypatch
     assert "Final test accuracy | 48.00%" in md
     assert "| true | predicted | count |" in md
     # every row of the pairs table names two classes and a count, highest count first
-    counts = [int(m) for m in re.findall(r"^\| [a-z]+ \| [a-z]+ \| (\d+) \|$", md, flags=re.M)]
+    counts = [int(m) for m in re.findall(r"^\| [a-z0-9]+ \| [a-z0-9]+ \| (\d+) \|$", md, flags=re.M)]
     assert counts and counts == sorted(counts, reverse=True)
 
 
 def test_report_without_history_and_gradcam_and_show(tmp_path, tiny_model, norm_images):
     loader = DataLoader(TensorDataset(norm_images, torch.arange(len(norm_images)) % 10), batch_size=12)
-    paths = report(tiny_model, loader, CLASSES, None, tmp_path, gradcam=False)  # plain dataset: CIFAR stats
+    paths = report(_data(tiny_model, loader), tmp_path, gradcam=False)
     assert "curves" not in paths and "gradcam" not in paths and "lr_finder" not in paths
     assert "curves.png" not in paths["index_md"].read_text()
     shown = show_report(paths)
@@ -133,7 +141,7 @@ def test_report_with_real_lr_finder_plot(tmp_path, tiny_model, norm_images):
     result = LRFinderResult(lrs=lrs, losses=losses, lr_max=lrs[30], lr_min=lrs[30] / 10, suggestion="steepest",
                             suggestion_index=30, diverged=False, div=10, start_lr=1e-5, end_lr=1, num_iter=60,
                             step_mode="exp", skip_start=5, skip_end=5)
-    paths = report(tiny_model, _loader(norm_images), CLASSES, HISTORY, tmp_path, lr_finder_result=result,
+    paths = report(_data(tiny_model, _loader(norm_images), history=HISTORY, lr_finder=result), tmp_path,
                    gradcam=False)
     with Image.open(paths["lr_finder"]) as img:
         assert np.asarray(img.convert("L")).std() > 5
@@ -151,12 +159,14 @@ def test_report_gradcam_target_true_and_bad_target(tmp_path, tiny_model, norm_im
         return real(*args, **kwargs)
 
     monkeypatch.setattr(gradcam_mod, "plot_gradcam", spy)
-    paths = report(tiny_model, _loader(norm_images), CLASSES, None, tmp_path, gradcam_target="true")
+    paths = report(_data(tiny_model, _loader(norm_images)), tmp_path, ReportSettings(gradcam_target="true"))
     assert seen == ["true"]
     assert "GradCAM on misclassified images (explaining the true class)" in paths["index_md"].read_text()
     assert "explaining the true class" in paths["index_html"].read_text()
     with pytest.raises(ConfigError, match="gradcam_target"):
-        report(tiny_model, _loader(norm_images), CLASSES, None, tmp_path, gradcam_target="predicted")
+        report(_data(tiny_model, _loader(norm_images)), tmp_path, gradcam_target="predicted")
+    with pytest.raises(ConfigError, match="unknown settings \\['colour'\\]"):
+        report(_data(tiny_model, _loader(norm_images)), tmp_path, colour="red")
 
 
 def test_report_gradcam_runtime_error_becomes_a_note(tmp_path, tiny_model, norm_images, monkeypatch):
@@ -167,8 +177,9 @@ def test_report_gradcam_runtime_error_becomes_a_note(tmp_path, tiny_model, norm_
                            "operation")
 
     monkeypatch.setattr(gradcam_mod, "gradcam", broken)
+    data = _data(tiny_model, _loader(norm_images), history=HISTORY)
     tiny_model.train()
-    paths = report(tiny_model, _loader(norm_images), CLASSES, HISTORY, tmp_path)
+    paths = report(data, tmp_path)
     assert "gradcam" not in paths
     md = paths["index_md"].read_text()
     assert "GradCAM skipped: RuntimeError: one of the variables" in md
@@ -182,20 +193,61 @@ def test_report_notes_assumed_stats(tmp_path, norm_images, num_classes, stats):
     torch.manual_seed(0)
     model = TinyCamNet(num_classes=num_classes)
     loader = DataLoader(TensorDataset(norm_images, torch.arange(len(norm_images)) * 7 % num_classes), batch_size=6)
-    paths = report(model, loader, None, None, tmp_path, gradcam=False)  # a plain data set: no mean/std
+    paths = report(_data(model, loader, classes=None, stats=False), tmp_path, gradcam=False)  # no mean/std
     md = paths["index_md"].read_text()
     assert f"assumed the {stats} statistics" in md and "## Notes" in md
     if num_classes == 10:  # given stats: no note (once; 100-class reports take a few seconds)
-        paths = report(model, loader, None, None, tmp_path, mean=MEAN, std=STD, gradcam=False)
+        paths = report(_data(model, loader, classes=None), tmp_path, gradcam=False)
         assert "assumed the" not in paths["index_md"].read_text()
 
 
 def test_report_augmentations_from_given_images(tmp_path, tiny_model, norm_images, uint8_images):
-    paths = report(tiny_model, _loader(norm_images), CLASSES, None, tmp_path, gradcam=False,
-                   train_transform=_flip_transform, train_images=uint8_images)
+    paths = report(_data(tiny_model, _loader(norm_images), train_transform=_flip_transform,
+                         train_images=uint8_images), tmp_path, gradcam=False)
     with Image.open(paths["augmentations"]) as img:
         assert np.asarray(img.convert("L")).std() > 5
-    paths = report(tiny_model, _loader(norm_images), CLASSES, None, tmp_path / "bad", gradcam=False,
-                   train_transform=lambda img: 1 / 0)  # a broken transform: a note, not a failed report
+    paths = report(_data(tiny_model, _loader(norm_images), train_transform=lambda img: 1 / 0), tmp_path / "bad",
+                   gradcam=False)  # a broken transform: a note, not a failed report
     assert "augmentations" not in paths
     assert "Augmentation preview skipped: ZeroDivisionError" in paths["index_md"].read_text()
+
+
+def test_per_class_table_equals_scikit_learn_and_is_written(tmp_path, tiny_model, norm_images):
+    from sklearn.metrics import classification_report
+
+    data = _data(tiny_model, _loader(norm_images))
+    res = data.evaluation
+    rows = per_class_report(res["targets"], res["preds"], CLASSES)
+    ref = classification_report(res["targets"].numpy(), res["preds"].numpy(), labels=list(range(10)),
+                                target_names=list(CLASSES), output_dict=True, zero_division=0)
+    for row in rows:
+        want = ref[row["class"]]
+        assert (row["precision"], row["recall"], row["f1"], row["support"]) == pytest.approx(
+            (want["precision"], want["recall"], want["f1-score"], want["support"]))
+    assert [r["class"] for r in rows] == list(CLASSES) + ["macro avg", "weighted avg"]
+    paths = report(data, tmp_path, gradcam=False)
+    csv_lines = paths["per_class_csv"].read_text().splitlines()
+    assert csv_lines[0] == "class,precision,recall,f1,support" and len(csv_lines) == 13
+    assert csv_lines[1].startswith(f"{CLASSES[0]},{rows[0]['precision']:.6f},")
+    table = paths["per_class_md"].read_text()
+    assert f"| {CLASSES[0]} | {100 * rows[0]['precision']:.1f}% |" in table
+    assert "## Per-class precision, recall and F1" in paths["index_md"].read_text()
+    assert "<h2>Per-class precision, recall and F1</h2>" in paths["index_html"].read_text()
+
+
+def test_report_takes_results_and_never_evaluates(tmp_path, tiny_model, norm_images, monkeypatch):
+    import pytorch_utils.train.loop as loop
+
+    data = _data(tiny_model, _loader(norm_images), history=HISTORY)
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: pytest.fail("viz.report must not evaluate"))
+    monkeypatch.setattr(loop, "fit", lambda *a, **k: pytest.fail("viz.report must not train"))
+    paths = report(data, tmp_path, gradcam=False)
+    assert paths["index_md"].is_file()
+
+
+def test_report_history_from_a_run_folder(tmp_path, tiny_model, norm_images):
+    from pytorch_utils.train.history import write_history
+
+    write_history(HISTORY, tmp_path / "run")
+    paths = report(_data(tiny_model, _loader(norm_images), history=tmp_path / "run"), tmp_path / "r", gradcam=False)
+    assert "curves" in paths and "Best test accuracy | 48.00% (epoch 5)" in paths["index_md"].read_text()

@@ -1,0 +1,199 @@
+"""Export a trained model to TorchScript or ONNX, with the facts needed to use it, checked against the eager model.
+
+``export(run, "model.pt")`` writes the model and ``model.pt.json`` (classes, mean/std, input size, recipe) beside
+it, then re-loads the written file and compares its logits with the eager model's on a batch. ``predict`` and
+``load_run`` accept the exported file. ONNX goes through ``torch.onnx.export`` (its packages ``onnx`` and
+``onnxscript`` are the optional extra ``pytorch_utils[onnx]``); the check runs the file with onnxruntime when it
+is installed, else with ``onnx.reference.ReferenceEvaluator`` (pure Python, slower, exact ONNX semantics).
+"""
+import contextlib
+import io
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from pytorch_utils.errors import CheckpointError, ConfigError, ExportError
+from pytorch_utils.inference import LoadedRun, as_loaded_run
+from pytorch_utils.io import PathLike, atomic_write_text
+from pytorch_utils.utils import model_device, preserved
+
+__all__ = ["export", "load_exported", "EXPORT_FORMATS", "ATOL", "RTOL"]
+
+log = logging.getLogger(__name__)
+
+ExportFormat = Literal["torchscript", "onnx"]
+EXPORT_FORMATS = ("torchscript", "onnx")
+# Exported and eager logits must agree to |a - b| <= ATOL + RTOL * |b| (float32 kernels may differ in summation
+# order; a real export bug is off by far more).
+ATOL, RTOL = 1e-4, 1e-4
+ONNX_HINT = 'format="onnx" needs the onnx and onnxscript packages: pip install "pytorch_utils[onnx]"'
+
+
+def metadata_path(path: PathLike) -> Path:
+    """Where the metadata JSON of an exported model lives: the model's file name + ``.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+@contextlib.contextmanager
+def _quiet_jit():
+    """torch >= 2.9 marks torch.jit as deprecated on every call; TorchScript files still load everywhere (C++,
+    mobile, older torch), which is why they are offered, so the notice is not repeated to students."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
+        yield
+
+
+def _write_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    # Tracing records the ops one forward runs: right for these feed-forward CNNs (no data-dependent branches);
+    # the output check below catches a model for which it is not.
+    with torch.no_grad(), _quiet_jit():
+        traced = torch.jit.trace(model, example)
+        torch.jit.save(traced, str(path))
+
+
+def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise ConfigError(ONNX_HINT) from None
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates each stage on stdout
+        torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"], dynamo=True,
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False)
+
+
+class OnnxModel:
+    """Calls an ONNX file like a model: float32 (N, 3, H, W) tensor -> logits tensor (N, C), on the CPU.
+
+    Uses onnxruntime when installed, else ``onnx.reference.ReferenceEvaluator``.
+    """
+
+    def __init__(self, path: PathLike):
+        try:
+            import onnx
+        except ImportError:
+            raise ConfigError(ONNX_HINT) from None
+        try:
+            import onnxruntime
+
+            self._session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self.runtime = "onnxruntime"
+        except ImportError:
+            from onnx.reference import ReferenceEvaluator
+
+            self._session = ReferenceEvaluator(onnx.load(str(path)))
+            self.runtime = "onnx.reference"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._session.run(None, {"input": x.detach().cpu().float().numpy()})[0]
+        return torch.from_numpy(np.asarray(out))
+
+
+def _load_model(path: Path):
+    if path.suffix.lower() == ".onnx":
+        return OnnxModel(path), "onnx"
+    try:
+        with _quiet_jit():
+            return torch.jit.load(str(path), map_location="cpu").eval(), "torchscript"
+    except (RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{str(path)!r} is not a TorchScript model written by export ({exc}); pass a run "
+                              "folder, or a .pt/.onnx file from export") from None
+
+
+def load_exported(path: PathLike) -> LoadedRun:
+    """A model written by :func:`export`, with its metadata, as a :class:`LoadedRun`.
+
+    Raises:
+        CheckpointError: the metadata JSON beside it is missing or incomplete, or the file is not an export.
+        ConfigError: an ONNX file without the onnx extra installed.
+    """
+    path = Path(path)
+    meta_file = metadata_path(path)
+    if not meta_file.is_file():
+        raise CheckpointError(f"{str(path)!r} has no metadata file {meta_file.name!r} beside it (export writes one; "
+                              "it holds the class names and normalization): export again, or pass the run folder")
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    missing = [k for k in ("classes", "mean", "std", "input_size") if k not in meta]
+    if missing:
+        raise CheckpointError(f"{str(meta_file)!r} lacks {', '.join(missing)}; export the run again")
+    model, kind = _load_model(path)
+    return LoadedRun(model=model, classes=[str(c) for c in meta["classes"]], mean=tuple(meta["mean"]),
+                     std=tuple(meta["std"]), input_size=tuple(meta["input_size"]), recipe=meta.get("recipe") or {},
+                     source=path, weights=kind)
+
+
+def export(model_or_run, path: PathLike, format: ExportFormat = "torchscript", batch: int = 4) -> Path:
+    """Write the model as TorchScript (``torch.jit.trace``) or ONNX (``torch.onnx.export``, dynamic batch size),
+    plus ``<path>.json`` with the classes, mean/std, input size and recipe, then check the written file.
+
+    The check re-loads the file (TorchScript: ``torch.jit.load``; ONNX: onnxruntime, else the onnx reference
+    evaluator) and compares its logits with the eager model's on a seeded random batch of ``batch`` inputs at
+    the training size: ``|exported - eager| <= 1e-4 + 1e-4 * |eager|`` everywhere (``ATOL``, ``RTOL``). The model
+    is exported from the CPU in eval mode; its train/eval flags and device are left as they were.
+
+    Args:
+        model_or_run: ``load_run(...)``'s result, a run folder, or ``run_recipe``'s result.
+        path: the file to write (``.pt`` for TorchScript, ``.onnx`` for ONNX by convention); folders are created.
+        format: "torchscript" or "onnx".
+        batch: inputs in the check batch (>= 1; the ONNX file accepts any batch size).
+    Returns:
+        the path written.
+    Raises:
+        ConfigError: an unknown format, or ONNX without its extra. ExportError: the exporter failed, or the
+        exported outputs differ from the eager ones beyond the tolerance (nothing is written; an earlier file at
+        ``path`` stays).
+    """
+    if format not in EXPORT_FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(map(repr, EXPORT_FORMATS))}, got {format!r}")
+    run = as_loaded_run(model_or_run)
+    if not isinstance(run.model, nn.Module) or isinstance(run.model, torch.jit.ScriptModule):
+        raise ConfigError("export needs the trained model, not an already exported file: pass the run folder")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written and checked under a temporary name, then renamed: a failed export never replaces a good one.
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    example = torch.randn(batch, 3, *run.input_size, generator=torch.Generator().manual_seed(0))
+    model, device = run.model, model_device(run.model)
+    try:
+        with preserved(model, weights=False, rng=False, train=False):
+            try:
+                with torch.no_grad():
+                    eager = model.cpu()(example).float()
+                (_write_torchscript if format == "torchscript" else _write_onnx)(model, example, tmp)
+            except ConfigError:
+                raise
+            except Exception as exc:  # the exporters raise many types; the message is what helps
+                raise ExportError(f"{format} export of {type(model).__name__} failed: {type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            finally:
+                model.to(device)
+        _verify(tmp, eager, example)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    atomic_write_text(metadata_path(path), json.dumps(run.metadata(), indent=2, default=str))
+    log.info(f"exported {format} model to {str(path)!r} (outputs match the eager model within atol={ATOL:g}, "
+             f"rtol={RTOL:g}); metadata in {metadata_path(path).name!r}")
+    return path
+
+
+def _verify(path: Path, eager: torch.Tensor, example: torch.Tensor) -> None:
+    """Re-load the written file and compare its logits with ``eager``."""
+    model, _ = _load_model(path)
+    with torch.no_grad():
+        exported = model(example).float()
+    if exported.shape != eager.shape or not torch.allclose(exported, eager, atol=ATOL, rtol=RTOL):
+        diff = (exported - eager).abs().max().item() if exported.shape == eager.shape else float("nan")
+        raise ExportError(f"the exported model's outputs differ from the eager model's (max |diff| {diff:.3g}, "
+                          f"shapes {tuple(exported.shape)} vs {tuple(eager.shape)}; tolerance atol={ATOL:g}, "
+                          f"rtol={RTOL:g}); a forward with data-dependent branches cannot be traced: try the other "
+                          "format")

@@ -1,0 +1,304 @@
+"""After training: load a finished run and predict on images.
+
+``load_run(out_dir)`` rebuilds the trained model (best or last checkpoint, the EMA weights when the run kept an EMA)
+with what it needs to be used on its own: class names, normalization mean/std, the input size and the recipe.
+``predict(run, inputs)`` turns image files, folders, PIL images, uint8 arrays or a tensor batch into top-k class
+names with probabilities, converting them as the run's test transform did. Both also take a file written by
+:func:`pytorch_utils.exporting.export` (TorchScript or ONNX, with its metadata JSON beside it).
+"""
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from pytorch_utils.errors import CheckpointError, ConfigError, DatasetError, PytorchUtilsError
+from pytorch_utils.io import PathLike
+from pytorch_utils.utils import model_device, preserved
+
+__all__ = ["LoadedRun", "load_run", "predict", "load_images", "as_loaded_run", "IMAGE_SUFFIXES"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+METADATA_KEYS = ("classes", "mean", "std", "input_size")
+
+
+@dataclass
+class LoadedRun:
+    """A trained model with what it needs to be used on its own.
+
+    Attributes:
+        model: the classifier (eval mode; an ``nn.Module``, a TorchScript module, or an ONNX runner) mapping a
+            normalized float32 batch (N, 3, H, W) to logits (N, classes).
+        classes: class names, index = output position.
+        mean, std: per-channel normalization on the [0, 1] scale (RGB).
+        input_size: (H, W) the model was trained and tested at.
+        recipe: the run's recipe as a dict (empty for an exported file without one).
+        source: the checkpoint or exported file the weights came from.
+        weights: "ema", "model", "torchscript" or "onnx".
+        notes: what was recovered rather than read (older runs).
+    """
+
+    model: Callable
+    classes: List[str]
+    mean: Tuple[float, float, float]
+    std: Tuple[float, float, float]
+    input_size: Tuple[int, int]
+    recipe: Dict[str, Any] = field(default_factory=dict)
+    source: Optional[Path] = None
+    weights: str = "model"
+    notes: List[str] = field(default_factory=list)
+
+    def metadata(self) -> Dict[str, Any]:
+        """The JSON-ready facts an exported model carries beside it."""
+        return {"classes": list(self.classes), "mean": list(self.mean), "std": list(self.std),
+                "input_size": list(self.input_size), "recipe": self.recipe}
+
+
+def _pick_checkpoint(out_dir: Path, which: str) -> Dict[str, Any]:
+    """The run's best (default) or newest checkpoint, loaded with ``weights_only=True``."""
+    from pytorch_utils.train.checkpoints import latest_checkpoint, load_checkpoint
+
+    ckpt_dir = out_dir / "checkpoints"
+    if not ckpt_dir.is_dir() and not (out_dir / "run.json").is_file():
+        raise CheckpointError(f"{str(out_dir)!r} holds no training run (no run.json, no checkpoints/); pass the "
+                              "--out-dir / out_dir of a run, e.g. runs/<recipe>")
+    if which == "best" and (ckpt_dir / "best.pt").is_file():
+        ckpt = load_checkpoint(ckpt_dir / "best.pt")
+        ckpt["_path"] = str(ckpt_dir / "best.pt")
+        return ckpt
+    ckpt = latest_checkpoint(ckpt_dir)
+    if ckpt is None:
+        raise CheckpointError(f"the run in {str(out_dir)!r} has no intact checkpoint yet (it stopped before its "
+                              "first epoch ended); train it (again) or resume it with --resume")
+    return ckpt
+
+
+def _recover_metadata(config: Dict[str, Any], out_dir: Path, notes: List[str]) -> Dict[str, Any]:
+    """Classes, mean/std and input size of a run saved before checkpoints carried them: from ``run.json``, else
+    from the data set the run names (CIFAR by name, or the folder/zip when it is still there)."""
+    from pytorch_utils.data.datasets import DATASET_STATS, load_datasets
+
+    meta = {k: config[k] for k in METADATA_KEYS if config.get(k) is not None}
+    run_json = out_dir / "run.json"
+    if len(meta) < len(METADATA_KEYS) and run_json.is_file():
+        saved = json.loads(run_json.read_text(encoding="utf-8"))
+        meta.update({k: saved[k] for k in METADATA_KEYS if k not in meta and saved.get(k) is not None})
+    missing = [k for k in METADATA_KEYS if k not in meta]
+    if not missing:
+        return meta
+    recipe, data = config.get("recipe") or {}, str(config.get("data") or "")
+    try:
+        if data.lower() in DATASET_STATS:
+            mean, std, classes = DATASET_STATS[data.lower()]
+            found = {"classes": classes, "mean": mean, "std": std, "input_size": (32, 32)}
+        else:
+            train, test = load_datasets(data, train_limit=recipe.get("train_limit"), seed=recipe.get("seed", 0),
+                                        test_limit=1, num_classes=recipe.get("num_classes"))
+            found = {"classes": train.classes, "mean": train.mean, "std": train.std, "input_size": test.image_size}
+    except PytorchUtilsError as exc:
+        raise CheckpointError(f"the run in {str(out_dir)!r} was saved without {', '.join(missing)} and its data "
+                              f"{data!r} cannot be read to recover them ({exc}); put the data back where it was "
+                              "or retrain with this version") from None
+    notes.append(f"{', '.join(missing)} recovered from the data set {data!r} (the run predates saving them)")
+    return {**{k: found[k] for k in missing}, **meta}
+
+
+def load_run(out_dir: PathLike, which: str = "best", device=None) -> LoadedRun:
+    """Load a finished (or interrupted) run for prediction, or a file written by ``export``.
+
+    Args:
+        out_dir: the run folder (``run.json``, ``checkpoints/``), or an exported ``.pt``/``.onnx`` file.
+        which: "best" (``best.pt``; the newest checkpoint when there is none) or "last" (the newest checkpoint).
+        device: where to put the model (default CPU).
+    Returns:
+        a :class:`LoadedRun`; the EMA weights when the run kept an EMA (what its test numbers measured).
+    Raises:
+        CheckpointError: no run in the folder, no intact checkpoint, a checkpoint of another model, or metadata
+            that is missing and cannot be recovered. ConfigError: an unknown ``which``.
+    """
+    from pytorch_utils.models import create_model
+    from pytorch_utils.train.checkpoints import restore_model
+
+    if which not in ("best", "last"):
+        raise ConfigError(f'which must be "best" or "last", got {which!r}')
+    path = Path(out_dir)
+    if path.is_file():
+        from pytorch_utils.exporting import load_exported
+
+        return load_exported(path)
+    if not path.is_dir():
+        raise CheckpointError(f"run folder {str(path)!r} does not exist")
+    ckpt = _pick_checkpoint(path, which)
+    config = ckpt.get("config") or {}
+    notes: List[str] = []
+    meta = _recover_metadata(config, path, notes)
+    recipe = config.get("recipe") or {}
+    name = recipe.get("model") or ckpt.get("model_name")
+    model = create_model(name, num_classes=len(meta["classes"]), **(recipe.get("model_kwargs") or {}))
+    ema = ckpt.get("ema")
+    weights = {"model": ema["module"], "model_name": ckpt.get("model_name")} if ema else ckpt
+    restore_model(model, weights, source=ckpt["_path"])
+    model.to(device or "cpu").eval()
+    return LoadedRun(model=model, classes=[str(c) for c in meta["classes"]], mean=tuple(meta["mean"]),
+                     std=tuple(meta["std"]), input_size=tuple(int(v) for v in meta["input_size"]), recipe=recipe,
+                     source=Path(ckpt["_path"]), weights="ema" if ema else "model", notes=notes)
+
+
+def as_loaded_run(model_or_run) -> LoadedRun:
+    """A :class:`LoadedRun` from a LoadedRun, a path (run folder or exported file), or a ``run_recipe`` result.
+
+    Raises:
+        ConfigError: a bare model (it carries no classes or normalization: load the run instead).
+    """
+    if isinstance(model_or_run, LoadedRun):
+        return model_or_run
+    if isinstance(model_or_run, (str, Path)):
+        return load_run(model_or_run)
+    if hasattr(model_or_run, "eval_model") and hasattr(model_or_run, "classes"):  # a RunResult
+        dataset = getattr(model_or_run.test_loader, "dataset", None)
+        size = tuple(getattr(dataset, "image_size", (32, 32)))
+        recipe = model_or_run.recipe.to_dict() if hasattr(model_or_run.recipe, "to_dict") else {}
+        return LoadedRun(model=model_or_run.eval_model, classes=list(model_or_run.classes),
+                         mean=tuple(model_or_run.mean), std=tuple(model_or_run.std), input_size=size, recipe=recipe,
+                         source=Path(model_or_run.out_dir), weights="ema" if model_or_run.eval_model is not
+                         model_or_run.model else "model")
+    raise ConfigError(f"expected a run folder, an exported file, load_run(...) or run_recipe(...)'s result, got "
+                      f"{type(model_or_run).__name__}; a bare model carries no class names or normalization")
+
+
+def _open_image(path: Path) -> np.ndarray:
+    """An image file as uint8 RGB (H, W, 3) (grayscale, palette and RGBA are converted)."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DatasetError(f"cannot read image {str(path)!r} ({type(exc).__name__}: {exc}); pass .jpg/.png "
+                           "files or a folder of them") from None
+
+
+def _as_rgb(array: np.ndarray, what: str) -> np.ndarray:
+    """A uint8 (H, W), (H, W, 1|3|4) array as (H, W, 3) RGB."""
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
+        raise DatasetError(f"{what}: expected a uint8 image (H, W), (H, W, 3) or (H, W, 4), got {array.dtype} "
+                           f"{tuple(array.shape)}")
+    if array.ndim == 2 or array.shape[2] == 1:
+        return np.repeat(array.reshape(array.shape[0], array.shape[1], 1), 3, axis=2)
+    return array[..., :3]  # RGBA: drop alpha, as PIL's convert("RGB") does
+
+
+def load_images(inputs) -> Tuple[List[str], List[np.ndarray]]:
+    """Names and uint8 RGB (H, W, 3) arrays for paths, folders (their image files, by name), PIL images, uint8
+    arrays (one image or a batch (N, H, W, C)), or a list of those.
+
+    Raises:
+        DatasetError: a missing path, a folder with no images, an unreadable file, an array that is not an image.
+    """
+    items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    names: List[str] = []
+    images: List[np.ndarray] = []
+    for i, item in enumerate(items):
+        if isinstance(item, (str, Path)):
+            path = Path(item)
+            if path.is_dir():
+                files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+                if not files:
+                    raise DatasetError(f"folder {str(path)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            elif path.exists():
+                files = [path]
+            else:
+                raise DatasetError(f"image {str(path)!r} does not exist")
+            names += [str(f) for f in files]
+            images += [_open_image(f) for f in files]
+        elif isinstance(item, Image.Image):
+            names.append(f"image {i}")
+            images.append(np.asarray(item.convert("RGB")))
+        elif isinstance(item, np.ndarray) and item.ndim == 4:
+            names += [f"image {i}.{j}" for j in range(len(item))]
+            images += [_as_rgb(a, f"image {i}.{j}") for j, a in enumerate(item)]
+        elif isinstance(item, np.ndarray):
+            names.append(f"image {i}")
+            images.append(_as_rgb(item, f"image {i}"))
+        else:
+            raise DatasetError(f"input {i}: expected an image path, a folder, a PIL image or a uint8 array, got "
+                               f"{type(item).__name__}")
+    return names, images
+
+
+def _to_batch(run: LoadedRun, images: Sequence[np.ndarray]) -> torch.Tensor:
+    """uint8 RGB images -> the normalized float32 batch (N, 3, H, W) the run's test transform produced."""
+    from pytorch_utils.data.transforms import test_preset
+
+    h, w = run.input_size
+    resized = [(im.shape[0], im.shape[1]) for im in images if im.shape[:2] != (h, w)]
+    if resized:
+        sizes = ", ".join(sorted({f"{a}x{b}" for a, b in resized}))
+        log.info(f"resized {len(resized)} of {len(images)} image(s) ({sizes}, HxW) to the training size {h}x{w}")
+    # PIL's bilinear filter widens with the scale factor, so a large photo is averaged down, not aliased.
+    images = [im if im.shape[:2] == (h, w) else np.asarray(Image.fromarray(im).resize((w, h), Image.BILINEAR))
+              for im in images]
+    transform = test_preset(run.mean, run.std, size=h)  # the same normalization the run was tested with
+    return torch.stack([transform(im) for im in images])
+
+
+def predict(model_or_run, inputs, top_k: int = 5, tta: Optional[str] = None,
+            batch_size: int = 256) -> List[Dict[str, Any]]:
+    """Top-k classes with probabilities for each input image.
+
+    Inputs are converted as the run's test transform did: RGB (grayscale/RGBA/palette converted), resized to the
+    training size with a log note when they differ, normalized with the run's mean/std. A float tensor batch
+    (N, 3, H, W) is taken as already normalized model input.
+
+    Args:
+        model_or_run: ``load_run(...)``'s result, a run folder, an exported file, or ``run_recipe``'s result.
+        inputs: image path(s), folder(s), PIL image(s), uint8 array(s) (H, W[, C]) or (N, H, W, C), or a float
+            tensor (N, 3, H, W).
+        top_k: classes per image (capped at the number of classes).
+        tta: None or "flip" (average the softmax of the image and its horizontal mirror).
+        batch_size: images per forward pass.
+    Returns:
+        one dict per image, in input order: ``{"input": name, "classes": [top_k names, most probable first],
+        "probs": [top_k softmax probabilities in [0, 1]], "index": [class indices]}``.
+    Raises:
+        DatasetError: unreadable or missing images. ConfigError: ``top_k`` < 1, an unknown ``tta``, a tensor of the
+        wrong shape. CheckpointError: see :func:`load_run`.
+    """
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ConfigError(f"top_k must be an integer >= 1, got {top_k!r}")
+    if tta not in (None, "none", "flip"):
+        raise ConfigError(f'tta must be None or "flip", got {tta!r}')
+    run = as_loaded_run(model_or_run)
+    if isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
+        if inputs.ndim != 4 or inputs.shape[1] != 3:
+            raise ConfigError(f"a tensor batch must be float (N, 3, H, W), got {tuple(inputs.shape)}")
+        names, batch = [f"image {i}" for i in range(len(inputs))], inputs.float()
+    else:
+        if isinstance(inputs, torch.Tensor):  # uint8 tensors are images, as arrays are
+            inputs = inputs.numpy()
+        names, images = load_images(inputs)
+        batch = _to_batch(run, images)
+    probs = torch.cat([_probs(run.model, batch[i:i + batch_size], tta) for i in range(0, len(batch), batch_size)])
+    values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
+    return [{"input": n, "classes": [run.classes[j] for j in idx.tolist()], "probs": v.tolist(),
+             "index": idx.tolist()} for n, v, idx in zip(names, values, indices)]
+
+
+def _probs(model: Callable, x: torch.Tensor, tta: Optional[str]) -> torch.Tensor:
+    """Softmax probabilities (N, C) on the CPU, optionally averaged with the mirrored images (eval mode; each
+    module's own train/eval flag comes back afterwards)."""
+    modes = preserved(model, weights=False, rng=False, train=False) if isinstance(model, nn.Module) \
+        else contextlib.nullcontext()
+    with modes, torch.no_grad():
+        x = x.to(model_device(model) if isinstance(model, nn.Module) else "cpu")
+        p = F.softmax(model(x).float(), dim=1)
+        if tta == "flip":
+            p = (p + F.softmax(model(torch.flip(x, dims=[3])).float(), dim=1)) / 2
+    return p.cpu()

@@ -1,0 +1,58 @@
+"""CLI predict / export / --tensorboard on a run trained through the CLI."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pytorch_utils.cli import main
+
+SMOKE = ["--data", "synthetic", "--epochs", "1", "--train-limit", "32", "--test-limit", "16", "--batch-size", "16",
+         "--num-workers", "0", "--no-progress", "--quiet", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--recipe", "strixbee_l1", "--no-lr-finder", "--out-dir", str(out), *SMOKE]) == 0
+    return out
+
+
+def test_predict_prints_a_table_and_json(run_dir, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8), mode="L").save(tmp_path / "b.png")
+    capsys.readouterr()
+    assert main(["predict", "--run", str(run_dir), str(tmp_path), "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = [line for line in lines if line.startswith(str(tmp_path))]
+    assert len(rows) == 2 and all(line.count("%") == 2 for line in rows)
+    assert main(["predict", "--run", str(run_dir), str(tmp_path / "a.png"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)  # only JSON on stdout (the resize note goes to stderr)
+    assert data[0]["input"].endswith("a.png") and len(data[0]["classes"]) == 3
+
+
+def test_predict_errors_are_one_line(run_dir, tmp_path, capsys):
+    assert main(["predict", "--run", str(tmp_path), str(tmp_path)]) == 2
+    assert "holds no training run" in capsys.readouterr().err
+    (tmp_path / "x.jpg").write_text("no")
+    assert main(["predict", "--run", str(run_dir), str(tmp_path / "x.jpg")]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt, name", [("torchscript", "model.pt"), ("onnx", "model.onnx")])
+def test_export_then_predict_on_the_file(run_dir, tmp_path, capsys, fmt, name):
+    assert main(["export", "--run", str(run_dir), "--format", fmt]) == 0
+    assert (run_dir / name).is_file() and (run_dir / f"{name}.json").is_file()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "z.png")
+    capsys.readouterr()
+    assert main(["predict", "--run", str(run_dir / name), str(tmp_path / "z.png"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["input"].endswith("z.png")
+
+
+def test_tensorboard_flag(tmp_path):
+    pytest.importorskip("tensorboard")
+    assert main(["train", "--recipe", "strixbee_l1", "--no-lr-finder", "--out-dir", str(tmp_path), "--tensorboard",
+                 *SMOKE]) == 0
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((tmp_path / "run.json").read_text())["recipe"]["tensorboard"] is True

@@ -1,0 +1,99 @@
+"""export: TorchScript and ONNX files + metadata, checked against the eager model; predict on the exported files."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import pytorch_utils
+from pytorch_utils import export, load_run, predict
+from pytorch_utils.errors import CheckpointError, ConfigError, ExportError
+from pytorch_utils.exporting import ATOL, RTOL, metadata_path
+from pytorch_utils.inference import LoadedRun
+from pytorch_utils.recipes import run_recipe
+
+TINY = dict(data="synthetic", epochs=1, train_limit=64, test_limit=32, batch_size=16, num_workers=0, progress=False,
+            lr_finder=None)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    run_recipe("strixbee_l1", out_dir=out, device="cpu", **TINY)
+    return out
+
+
+@pytest.mark.parametrize("fmt, name", [("torchscript", "model.pt"), ("onnx", "model.onnx")])
+def test_export_writes_model_and_metadata_and_predict_reads_it(run_dir, tmp_path, fmt, name):
+    path = export(run_dir, tmp_path / "nested" / name, format=fmt)
+    assert path.is_file() and path == tmp_path / "nested" / name
+    meta = json.loads(metadata_path(path).read_text())
+    loaded = load_run(run_dir)
+    assert meta["classes"] == loaded.classes and meta["input_size"] == [32, 32]
+    assert meta["mean"] == pytest.approx(loaded.mean) and meta["recipe"]["model"] == "strixbee_l1"
+    images = np.random.default_rng(0).integers(0, 256, (3, 48, 48, 3), dtype=np.uint8)
+    eager, exported = predict(loaded, images, top_k=3), predict(path, images, top_k=3)
+    for a, b in zip(eager, exported):
+        assert a["index"] == b["index"] and a["probs"] == pytest.approx(b["probs"], abs=1e-4)
+    assert not list(path.parent.glob(".*tmp*"))  # no temporary left behind
+    assert pytorch_utils.export is export  # the package attribute stays the function
+
+
+def test_exported_batch_size_is_free_and_the_tolerance_is_stated(run_dir, tmp_path):
+    path = export(run_dir, tmp_path / "m.onnx", format="onnx")
+    run = load_run(path)
+    assert run.weights == "onnx" and run.model(torch.zeros(7, 3, 32, 32)).shape == (7, 10)
+    assert ATOL == RTOL == 1e-4 and "1e-4" in export.__doc__
+
+
+class _Branchy(nn.Module):
+    """A forward whose branch depends on the data: tracing records one branch only."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 4 * 4, 2)
+
+    def forward(self, x):
+        y = self.fc(x.flatten(1))
+        return y if x.mean() > 0 else -y
+
+
+def test_a_trace_that_differs_from_eager_is_refused_and_keeps_the_old_file(tmp_path, monkeypatch):
+    run = LoadedRun(model=_Branchy(), classes=["a", "b"], mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(4, 4))
+    good = tmp_path / "m.pt"
+    good.write_bytes(b"an earlier export")
+    # Check batch of ones (mean > 0) for the eager output, random data for the trace: the branches differ.
+    real_randn = torch.randn
+    monkeypatch.setattr(torch, "randn", lambda *a, **k: -real_randn(*a, **k).abs())
+    import pytorch_utils.exporting as ex
+
+    real_trace = torch.jit.trace
+    monkeypatch.setattr(ex.torch.jit, "trace", lambda m, x: real_trace(m, x.abs()))
+    with pytest.raises(ExportError, match="differ from the eager model's .*atol=0.0001"):
+        export(run, good, format="torchscript")
+    assert good.read_bytes() == b"an earlier export" and not list(tmp_path.glob(".*"))
+
+
+def test_clear_errors(run_dir, tmp_path):
+    with pytest.raises(ConfigError, match="format must be one of 'torchscript', 'onnx'"):
+        export(run_dir, tmp_path / "m.pt", format="tflite")
+    lonely = tmp_path / "lonely.pt"
+    torch.jit.save(torch.jit.script(nn.Linear(2, 2)), str(lonely))
+    with pytest.raises(CheckpointError, match="no metadata file 'lonely.pt.json'"):
+        predict(lonely, np.zeros((32, 32, 3), np.uint8))
+
+
+def test_missing_onnx_extra_is_named(run_dir, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_onnx(name, *args, **kwargs):
+        if name.split(".")[0] in ("onnx", "onnxscript"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnx)
+    with pytest.raises(ConfigError, match=r'pip install "pytorch_utils\[onnx\]"'):
+        export(run_dir, tmp_path / "m.onnx", format="onnx")

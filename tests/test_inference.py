@@ -1,0 +1,128 @@
+"""load_run / predict on a tiny trained run: metadata saved, EMA weights, image kinds, resizing, clear errors."""
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pytorch_utils import load_run, predict
+from pytorch_utils.data.transforms import test_preset
+from pytorch_utils.errors import CheckpointError, ConfigError, DatasetError
+from pytorch_utils.recipes import run_recipe
+
+TINY = dict(data="synthetic", epochs=1, train_limit=64, test_limit=32, batch_size=16, num_workers=0, progress=False,
+            lr_finder=None)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = run_recipe("strixbee_l1", out_dir=out, device="cpu", ema_decay=0.9, **TINY)
+    return out, result
+
+
+def test_checkpoint_and_run_json_carry_what_predict_needs(run):
+    out, result = run
+    saved = json.loads((out / "run.json").read_text())
+    ckpt = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
+    for config in (saved, ckpt["config"]):
+        assert config["classes"] == list(result.classes)
+        assert config["mean"] == pytest.approx(result.mean) and config["std"] == pytest.approx(result.std)
+        assert config["input_size"] == [32, 32]
+    assert [r["epoch"] for r in json.loads((out / "history.json").read_text())] == [1]
+    assert (out / "history.csv").read_text().splitlines()[0].startswith("epoch,")
+
+
+def test_load_run_gives_the_ema_weights_and_the_metadata(run):
+    out, result = run
+    loaded = load_run(out)
+    assert loaded.weights == "ema" and loaded.source.name == "best.pt"
+    assert loaded.classes == list(result.classes) and loaded.input_size == (32, 32)
+    assert loaded.recipe["model"] == "strixbee_l1" and not loaded.model.training
+    for (name, a), b in zip(loaded.model.state_dict().items(), result.eval_model.state_dict().values()):
+        assert torch.equal(a, b.cpu()), name  # the EMA copy, not the raw model
+    assert load_run(out, which="last").source.name == "epoch-0001.pt"
+
+
+def test_predict_matches_the_test_transform_and_the_model(run):
+    out, result = run
+    loaded = load_run(out)
+    images = result.test_loader.dataset.images[:5]  # uint8 (5, 32, 32, 3)
+    preds = predict(loaded, images, top_k=3)
+    tf = test_preset(result.mean, result.std)
+    with torch.no_grad():
+        probs = torch.softmax(loaded.model(torch.stack([tf(im) for im in images])), dim=1)
+    assert len(preds) == 5
+    for p, row in zip(preds, probs):
+        top = row.topk(3)
+        assert p["index"] == top.indices.tolist() and p["probs"] == pytest.approx(top.values.tolist(), abs=1e-6)
+        assert p["classes"] == [loaded.classes[i] for i in p["index"]]
+        assert p["probs"] == sorted(p["probs"], reverse=True) and 0 <= p["probs"][-1] <= p["probs"][0] <= 1
+    # The same images as files (PNG: lossless), as PIL images and through the run folder give the same answer.
+    assert predict(out, [Image.fromarray(im) for im in images], top_k=3) == [
+        {**p, "input": f"image {i}"} for i, p in enumerate(preds)]
+    flip = predict(loaded, images[:2], top_k=1, tta="flip")
+    assert len(flip) == 2 and 0 < flip[0]["probs"][0] <= 1
+
+
+def test_predict_on_files_of_other_sizes_and_modes_and_a_folder(run, tmp_path, caplog):
+    out, _ = run
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "big.jpg")
+    Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8), mode="L").save(tmp_path / "gray.png")
+    Image.fromarray(rng.integers(0, 256, (40, 30, 4), dtype=np.uint8), mode="RGBA").save(tmp_path / "rgba.png")
+    (tmp_path / "notes.txt").write_text("not an image")  # ignored in a folder: not an image suffix
+    with caplog.at_level(logging.INFO, logger="pytorch_utils"):
+        preds = predict(out, tmp_path, top_k=2)
+    assert [p["input"].rsplit("/", 1)[-1] for p in preds] == ["big.jpg", "gray.png", "rgba.png"]
+    assert all(len(p["classes"]) == 2 for p in preds)
+    assert "resized 2 of 3 image(s)" in caplog.text and "to the training size 32x32" in caplog.text
+    single = predict(out, str(tmp_path / "gray.png"), top_k=2)[0]
+    assert single["index"] == preds[1]["index"] and single["probs"] == pytest.approx(preds[1]["probs"])
+
+
+def test_clear_errors(run, tmp_path):
+    out, _ = run
+    with pytest.raises(CheckpointError, match="holds no training run"):
+        load_run(tmp_path)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    with pytest.raises(DatasetError, match="cannot read image .*broken.jpg"):
+        predict(out, bad)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="holds no images"):
+        predict(out, tmp_path / "empty")
+    with pytest.raises(ConfigError, match="top_k must be"):
+        predict(out, np.zeros((32, 32, 3), np.uint8), top_k=0)
+    with pytest.raises(ConfigError, match="bare model"):
+        predict(torch.nn.Linear(2, 2), np.zeros((32, 32, 3), np.uint8))
+
+
+def test_a_checkpoint_of_another_model_is_refused(run, tmp_path):
+    out, _ = run
+    other = tmp_path / "other"
+    (other / "checkpoints").mkdir(parents=True)
+    ckpt = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
+    ckpt["config"]["recipe"]["model"] = "strixbee_l2"
+    torch.save(ckpt, other / "checkpoints" / "best.pt")
+    with pytest.raises(CheckpointError, match="strixbee_l1.*strixbee_l2|strixbee_l2.*strixbee_l1"):
+        load_run(other)
+
+
+def test_an_older_run_recovers_the_metadata_from_its_data(run, tmp_path):
+    out, result = run
+    old = tmp_path / "old"
+    (old / "checkpoints").mkdir(parents=True)
+    ckpt = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
+    for key in ("classes", "mean", "std", "input_size"):
+        del ckpt["config"][key]
+    torch.save(ckpt, old / "checkpoints" / "best.pt")
+    loaded = load_run(old)
+    assert loaded.classes == list(result.classes) and loaded.mean == pytest.approx(result.mean)
+    assert loaded.notes and "recovered from the data set 'synthetic'" in loaded.notes[0]
+    ckpt["config"]["data"] = str(tmp_path / "gone.zip")
+    torch.save(ckpt, old / "checkpoints" / "best.pt")
+    with pytest.raises(CheckpointError, match="saved without classes, mean, std, input_size"):
+        load_run(old)
