@@ -44,3 +44,11 @@ class CheckpointError(PytorchUtilsError, RuntimeError):
 
 class ModelArgumentError(ConfigError, TypeError):
     """Keyword arguments a model builder does not accept (also a TypeError, as a bad call would raise)."""
+
+
+class DiskFullError(PytorchUtilsError, OSError):
+    """No space left (or the disk quota is used up) while writing a file; the file it replaces is intact."""
+
+
+class RunLockedError(PytorchUtilsError, RuntimeError):
+    """The output folder belongs to a run that is still going (another process holds its lock)."""
