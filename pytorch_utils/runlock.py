@@ -132,8 +132,8 @@ class RunLock:
             except FileExistsError:
                 pass
         else:
-            log.info(f"removed a stale lock in {str(self.out_dir)!r} (pid {holder.get('pid')} on "
-                     f"{holder.get('host')}, started {holder.get('started')}, is no longer running)")
+            who = f"pid {holder['pid']} on {holder.get('host')}" if holder.get("pid") else "an unreadable lock"
+            log.info(f"removed a stale lock in {str(self.out_dir)!r} ({who} is no longer running)")
         aside.unlink(missing_ok=True)
 
     def _heartbeat(self) -> None:
