@@ -184,7 +184,7 @@ def cli_message(text: str, parser: argparse.ArgumentParser) -> str:
         flag = action.option_strings[-1]
         if action.nargs == 0:  # store_true
             return flag if value == "True" else f"without {flag}" if value == "False" else match.group(0)
-        value = value.strip("'\"")
+        value = value if " " in value else value.strip("'\"")  # a quoted path with spaces stays quoted
         return f"{flag} {'none' if value == 'None' else value}" if value else flag
 
     return _ARGUMENT.sub(spell, text)
