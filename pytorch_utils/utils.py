@@ -184,4 +184,4 @@ def amp_dtype_for(amp: Optional[AmpMode], device: torch.device) -> Optional[torc
         if device.type == "cpu":
             raise ConfigError("amp='fp16' needs a GPU; use amp='bf16' or amp=None on the CPU")
         return torch.float16
-    raise ConfigError(f"unknown amp {amp!r}; valid: None, {', '.join(map(repr, AMP_MODES))}")
+    raise ConfigError(f"unknown amp option {amp!r}; valid: None, {', '.join(map(repr, AMP_MODES))}")

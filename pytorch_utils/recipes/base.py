@@ -360,7 +360,7 @@ def parse_override(recipe: Recipe, text: str) -> Dict[str, Any]:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
         if not _takes_text(hint):  # a field that takes text keeps the raw text (checked below)
-            raise ConfigError(f"override {key}=...: {raw!r} is not valid JSON ({exc.msg}); e.g. "
+            raise ConfigError(f"override {text!r}: {raw!r} is not valid JSON ({exc.msg}); e.g. "
                               f"'{key}={_example(key)}'") from None
         value = raw
     if isinstance(value, int) and not isinstance(value, bool) and _type_ok(0.5, hint):
@@ -372,7 +372,7 @@ def parse_override(recipe: Recipe, text: str) -> Dict[str, Any]:
         if key == "phases" and isinstance(value, list):
             value = [_as_phase(p) for p in value]
     except TypeError as exc:
-        raise ConfigError(f"override {key}=...: {exc}") from None
+        raise ConfigError(f"override {text!r}: {exc}") from None
     check_fields(dataclasses.replace(recipe, **{key: value}))
     return {key: value}
 
