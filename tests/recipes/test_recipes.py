@@ -315,3 +315,24 @@ def test_misspelled_phase_scheduler_from_the_cli_is_refused_before_any_data_or_l
     assert code == 2 and err.startswith("error: unknown scheduler 'cosin'") and "phases[0].scheduler" in err
     assert "does not exist" not in err and "Traceback" not in err
     assert not out.exists()  # nothing was created either
+
+
+def test_every_listed_name_works_where_it_is_used():
+    import torch
+
+    from pytorch_utils.recipes.base import OPTIMIZERS, build_optimizer
+    from pytorch_utils.train.tta import TTA_MODES, get_tta
+    from pytorch_utils.utils import AMP_MODES, amp_dtype_for
+
+    model = torch.nn.Linear(4, 2)
+    kinds = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    for name in OPTIMIZERS.names():
+        opt = build_optimizer(get_recipe("default", optimizer=name, lr=0.02), model)
+        assert type(opt) is kinds[name] and opt.param_groups[0]["lr"] == 0.02
+    x = torch.randn(3, 3, 8, 8)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    for mode in TTA_MODES:
+        fn = get_tta(mode)
+        assert (fn is None) == (mode == "none") and (fn is None or fn(conv, x).shape == (3, 2))
+    cpu = torch.device("cpu")
+    assert [amp_dtype_for(m, cpu) for m in AMP_MODES if m != "fp16"] == [None, None, torch.bfloat16]
