@@ -24,14 +24,21 @@ EPILOG = """examples:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for tests and docs); its choices come from the package's name lists."""
+def name_lists() -> Dict[str, List[str]]:
+    """The package's one list per set of names, which the flags' choices and help read (imported on use: heavy)."""
     from pytorch_utils.data.transforms import list_presets
     from pytorch_utils.recipes.base import LOADER_KINDS, OPTIMIZERS
     from pytorch_utils.train.schedules import SCHEDULE_NAMES
     from pytorch_utils.train.tta import TTA_MODES
     from pytorch_utils.utils import AMP_MODES
 
+    return {"optimizer": OPTIMIZERS.names(), "augmentation": list_presets(), "tta": list(TTA_MODES),
+            "amp": list(AMP_MODES), "loader": list(LOADER_KINDS), "scheduler": list(SCHEDULE_NAMES)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs); its choices come from the package's name lists."""
+    names = name_lists()
     parser = argparse.ArgumentParser(prog="python -m pytorch_utils", description=(
         "Train CIFAR-10/100 classifiers with the pytorch_utils recipes, or list models and recipes."),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,11 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "recipe's)")
     how.add_argument("--lr", type=float, help="peak learning rate set by hand: replaces the LR finder and sets the "
                                               "schedule's max_lr (min_lr = lr / 10 for One Cycle)")
-    how.add_argument("--optimizer", choices=OPTIMIZERS.names())
-    how.add_argument("--augmentation", choices=list_presets(), help="train preset (default: the recipe's)")
-    how.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the recipe's)")
-    how.add_argument("--amp", choices=AMP_MODES, help="mixed precision (auto: bf16/fp16 on CUDA, fp32 on the CPU)")
-    how.add_argument("--loader", choices=LOADER_KINDS,
+    how.add_argument("--optimizer", choices=names["optimizer"])
+    how.add_argument("--augmentation", choices=names["augmentation"], help="train preset (default: the recipe's)")
+    how.add_argument("--tta", choices=names["tta"], help="test-time augmentation (default: the recipe's)")
+    how.add_argument("--amp", choices=names["amp"], help="mixed precision (auto: bf16/fp16 on CUDA, fp32 on the CPU)")
+    how.add_argument("--loader", choices=names["loader"],
                      help="gpu = whole data set on the GPU with batched augmentation (auto: on CUDA)")
     how.add_argument("--num-workers", type=int, help="DataLoader workers (default: min(cpus, 8))")
     how.add_argument("--seed", type=int)
@@ -72,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="skip the recipe's LR finder; the schedule peaks at --lr (or the recipe's lr)")
     how.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override any recipe field, value as JSON or text (repeatable); scheduler names (also "
-                          f"inside phases): {', '.join(SCHEDULE_NAMES)}")
+                          f"inside phases): {', '.join(names['scheduler'])}")
     run = t.add_argument_group("run")
     run.add_argument("--out-dir", default=None, help="output folder (default runs/<recipe>)")
     run.add_argument("--device", default=None, help="cpu | cuda | cuda:1 | mps (default: best available)")
@@ -158,7 +165,8 @@ def _flag_names(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
 
 # A Python argument in a library message: ``out_dir``, ``train_limit=0``, ``amp='bf16'``, ``download=True``; not
 # inside a quoted value or a path ('runs/out_dir').
-_ARGUMENT = re.compile(r"(?<![\w/.'\"-])([a-z][a-z0-9_]*)(?:=('[^']*'|\"[^\"]*\"|[^\s,;)]*))?(?![\w/.-])")
+_ARGUMENT = re.compile(r"(?<![\w/.'\"-])([a-z][a-z0-9_]*)"  # a name, not inside a path or quotes
+                       r"(?:=('[^']*'|\"[^\"]*\"|[^\s,;)]*))?(?![\w/.-])")  # optionally =value
 
 
 def cli_message(text: str, parser: argparse.ArgumentParser) -> str:

@@ -69,7 +69,8 @@ def test_help_is_clear():
 
 @pytest.mark.parametrize("library, cli", [
     ("train_limit must be None or >= 1", "--train-limit must be None or >= 1"),
-    ("pass download=True to fetch it, or point root= at the folder", "pass --download to fetch it, or point --root at the folder"),
+    ("pass download=True to fetch it, or point root= at the folder",
+     "pass --download to fetch it, or point --root at the folder"),
     ("start a fresh run (resume=False)", "start a fresh run (without --resume)"),
     ("use amp='bf16' or amp=None on the CPU", "use --amp bf16 or --amp none on the CPU"),
     ("build the model with num_classes=10", "build the model with --set num_classes=10"),
