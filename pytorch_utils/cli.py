@@ -4,8 +4,12 @@ Flags become fields of the same :class:`~pytorch_utils.recipes.Recipe` dataclass
 library raises on purpose are printed as one clear line (exit code 2) instead of a traceback.
 """
 import argparse
+import contextlib
+import dataclasses
+import logging
+import re
 import sys
-from typing import List, Optional
+from typing import Dict, Iterator, List, Optional
 
 from pytorch_utils import __version__
 from pytorch_utils.errors import PytorchUtilsError
@@ -22,8 +26,21 @@ EPILOG = """examples:
 """
 
 
+def name_lists() -> Dict[str, List[str]]:
+    """The package's one list per set of names, which the flags' choices and help read (imported on use: heavy)."""
+    from pytorch_utils.data.transforms import list_presets
+    from pytorch_utils.recipes.base import LOADER_KINDS, OPTIMIZERS
+    from pytorch_utils.train.schedules import SCHEDULE_NAMES
+    from pytorch_utils.train.tta import TTA_MODES
+    from pytorch_utils.utils import AMP_MODES
+
+    return {"optimizer": OPTIMIZERS.names(), "augmentation": list_presets(), "tta": list(TTA_MODES),
+            "amp": list(AMP_MODES), "loader": list(LOADER_KINDS), "scheduler": list(SCHEDULE_NAMES)}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for tests and docs)."""
+    """The argument parser (exposed for tests and docs); its choices come from the package's name lists."""
+    names = name_lists()
     parser = argparse.ArgumentParser(prog="python -m pytorch_utils", description=(
         "Train CIFAR-10/100 classifiers with the pytorch_utils recipes, or list models and recipes."),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,11 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "recipe's)")
     how.add_argument("--lr", type=float, help="peak learning rate set by hand: replaces the LR finder and sets the "
                                               "schedule's max_lr (min_lr = lr / 10 for One Cycle)")
-    how.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
-    how.add_argument("--augmentation", help="train preset: standard, standard_no_cutout, reduced, wrn, test")
-    how.add_argument("--tta", choices=["none", "flip", "flip_translate"])
-    how.add_argument("--amp", choices=["none", "auto", "bf16", "fp16"])
-    how.add_argument("--loader", choices=["auto", "gpu", "dataloader"],
+    how.add_argument("--optimizer", choices=names["optimizer"])
+    how.add_argument("--augmentation", choices=names["augmentation"], help="train preset (default: the recipe's)")
+    how.add_argument("--tta", choices=names["tta"], help="test-time augmentation (default: the recipe's)")
+    how.add_argument("--amp", choices=names["amp"], help="mixed precision (auto: bf16/fp16 on CUDA, fp32 on the CPU)")
+    how.add_argument("--loader", choices=names["loader"],
                      help="gpu = whole data set on the GPU with batched augmentation (auto: on CUDA)")
     how.add_argument("--num-workers", type=int, help="DataLoader workers (default: min(cpus, 8))")
     how.add_argument("--seed", type=int)
@@ -65,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--no-lr-finder", action="store_true",
                      help="skip the recipe's LR finder; the schedule peaks at --lr (or the recipe's lr)")
     how.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override any recipe field, value as JSON or text (repeatable)")
+                     help="override any recipe field, value as JSON or text (repeatable); scheduler names (also "
+                          f"inside phases): {', '.join(names['scheduler'])}")
     run = t.add_argument_group("run")
     run.add_argument("--out-dir", default=None, help="output folder (default runs/<recipe>)")
     run.add_argument("--device", default=None, help="cpu | cuda | cuda:1 | mps (default: best available)")
@@ -139,29 +157,20 @@ def _cmd_train(args) -> int:
         overrides["model"] = args.model
         if not args.recipe:
             overrides["name"] = args.model
-    for flag in ("epochs", "batch_size", "optimizer", "augmentation", "amp", "loader", "num_workers", "seed",
+    for flag in ("epochs", "batch_size", "optimizer", "augmentation", "amp", "tta", "loader", "num_workers", "seed",
                  "train_limit", "test_limit", "accumulate_steps"):
         value = getattr(args, flag)
         if value is not None:
             overrides[flag] = None if value == "none" else value
-    if args.tta is not None:
-        overrides["tta"] = None if args.tta == "none" else args.tta
     if args.tensorboard:
         overrides["tensorboard"] = True
     for item in args.set:
         overrides.update(parse_override(recipe, item))
-    if args.model:
-        from pytorch_utils.models import list_models
-        from pytorch_utils.errors import UnknownNameError
-
-        if args.model not in list_models():
-            raise UnknownNameError(f"unknown model {args.model!r}; valid models: {', '.join(list_models())}")
     recipe = recipe.replace(**overrides)
     if args.lr is not None or args.no_lr_finder:
         recipe = recipe.with_peak_lr(args.lr if args.lr is not None else recipe.lr)
+    recipe.validate()  # every name and value, before any data is read
     if args.quiet:  # epoch lines and notes go through the package logger
-        import logging
-
         logging.getLogger("pytorch_utils").setLevel(logging.WARNING)
     result = run_recipe(recipe, data=args.data, out_dir=args.out_dir, device=args.device,
                         device_fallback=not args.strict_device, resume="required" if args.resume else False,
@@ -224,15 +233,79 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _flag_names(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
+    """Python argument name -> the option of ``parser`` (one subcommand's parser) that sets it."""
+    return {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "version")}
+
+
+# A Python argument in a library message: ``out_dir``, ``train_limit=0``, ``amp='bf16'``, ``download=True``; not
+# inside a quoted value or a path ('runs/out_dir').
+_ARGUMENT = re.compile(r"(?<![\w/.'\"-])([a-z][a-z0-9_]*)"  # a name, not inside a path or quotes
+                       r"(?:=('[^']*'|\"[^\"]*\"|[^\s,;)]*))?(?![\w/.-])")  # optionally =value
+
+
+def cli_message(text: str, parser: argparse.ArgumentParser) -> str:
+    """For the subcommand ``parser``: a library message with its Python argument names replaced by this CLI's spelling: ``train_limit`` ->
+    ``--train-limit``, ``download=True`` -> ``--download``, ``resume=False`` -> ``without --resume``,
+    ``amp='bf16'`` -> ``--amp bf16``, and a recipe field with no flag ``num_classes=10`` -> ``--set num_classes=10``.
+
+    The library names Python arguments only (a notebook user sees what they can type); this one mapping, read from
+    the parser, gives a CLI user the flags instead. Plain words without ``_`` or ``=`` are left alone ("device").
+    """
+    from pytorch_utils.recipes.base import Recipe
+
+    flags = _flag_names(parser)
+    fields = {f.name for f in dataclasses.fields(Recipe)}
+
+    def spell(match: "re.Match") -> str:
+        name, value = match.group(1), match.group(2)
+        action = flags.get(name)
+        if value is None:
+            return action.option_strings[-1] if action is not None and "_" in name else match.group(0)
+        if action is None:
+            return f"--set {name}={value}" if name in fields else match.group(0)
+        flag = action.option_strings[-1]
+        if action.nargs == 0:  # store_true
+            return flag if value == "True" else f"without {flag}" if value == "False" else match.group(0)
+        value = value if " " in value else value.strip("'\"")  # a quoted path with spaces stays quoted
+        return f"{flag} {'none' if value == 'None' else value}" if value else flag
+
+    return _ARGUMENT.sub(spell, text)
+
+
+@contextlib.contextmanager
+def _cli_spelling_in_logs(parser: argparse.ArgumentParser) -> Iterator[None]:
+    """While the CLI runs, notes the package logs name flags too (a filter on the package logger's handlers)."""
+
+    def rewrite(record: logging.LogRecord) -> bool:
+        record.msg, record.args = cli_message(record.getMessage(), parser), None
+        return True
+
+    handlers = logging.getLogger("pytorch_utils").handlers
+    for handler in handlers:
+        handler.addFilter(rewrite)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(rewrite)
+
+
+COMMANDS = {"train": _cmd_train, "models": _cmd_models, "recipes": _cmd_recipes, "predict": _cmd_predict,
+            "export": _cmd_export}  # subcommand -> function
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """CLI entry point; returns the exit code (0 ok, 2 for a clear user error, 130 when interrupted)."""
-    args = build_parser().parse_args(argv)
-    commands = {"train": _cmd_train, "models": _cmd_models, "recipes": _cmd_recipes, "predict": _cmd_predict,
-                "export": _cmd_export}
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Messages name the flags of the subcommand the user typed (`models` has a --num-classes, `train` has not).
+    args.parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
     try:
-        return commands[args.command](args)
+        with _cli_spelling_in_logs(args.parser):
+            return COMMANDS[args.command](args)
     except PytorchUtilsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {cli_message(str(exc), args.parser)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: checkpoints already written are kept; continue with --resume", file=sys.stderr)

@@ -48,3 +48,11 @@ class ModelArgumentError(ConfigError, TypeError):
 
 class ExportError(PytorchUtilsError, RuntimeError):
     """An exported model whose outputs differ from the eager model's, or an export the exporter refused."""
+
+
+class DiskFullError(PytorchUtilsError, OSError):
+    """No space left (or the disk quota is used up) while writing a file; the file it replaces is intact."""
+
+
+class RunLockedError(PytorchUtilsError, RuntimeError):
+    """The output folder belongs to a run that is still going (another process holds its lock)."""

@@ -4,7 +4,7 @@ import copy
 import os
 import random
 import warnings
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Literal, Optional, Union, get_args
 
 import numpy as np
 import torch
@@ -146,16 +146,21 @@ def model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def amp_dtype_for(amp: Optional[str], device: torch.device) -> Optional[torch.dtype]:
-    """Map an ``amp`` option to an autocast dtype for ``device``.
+# The amp modes, listed once: the CLI's --amp choices and Recipe.validate read AMP_MODES (None means "none").
+AmpMode = Literal["none", "auto", "bf16", "fp16"]
+AMP_MODES = get_args(AmpMode)
+
+
+def amp_dtype_for(amp: Optional[AmpMode], device: torch.device) -> Optional[torch.dtype]:
+    """Map an ``amp`` option (one of :data:`AMP_MODES`, or None) to an autocast dtype for ``device``.
 
     Args:
-        amp: None/"none"/"off" (fp32), "bf16", "fp16", or "auto" (bf16 on CUDA when supported, else fp16 on CUDA,
+        amp: None/"none" (fp32), "bf16", "fp16", or "auto" (bf16 on CUDA when supported, else fp16 on CUDA,
             fp32 elsewhere: CPU autocast is slower than fp32 for these small convnets).
     Raises:
         ConfigError: an unknown option, or fp16 requested on the CPU (no GradScaler there).
     """
-    if amp in (None, False, "none", "off", "fp32"):
+    if amp is None or amp == "none":
         return None
     if amp == "auto":
         if device.type != "cuda":
@@ -168,4 +173,4 @@ def amp_dtype_for(amp: Optional[str], device: torch.device) -> Optional[torch.dt
         if device.type == "cpu":
             raise ConfigError("amp='fp16' needs a GPU; use amp='bf16' or amp=None on the CPU")
         return torch.float16
-    raise ConfigError(f"unknown amp option {amp!r}; use one of None, 'auto', 'bf16', 'fp16'")
+    raise ConfigError(f"unknown amp option {amp!r}; valid: None, {', '.join(map(repr, AMP_MODES))}")

@@ -77,3 +77,57 @@ def test_accumulate_steps_flag_sets_the_recipe_field_and_quiet_silences_epoch_li
     import logging
 
     logging.getLogger("pytorch_utils").setLevel(logging.INFO)  # --quiet set the package logger; give it back
+
+
+@pytest.mark.parametrize("library, cli", [
+    ("train_limit must be None or >= 1", "--train-limit must be None or >= 1"),
+    ("pass download=True to fetch it, or point root= at the folder",
+     "pass --download to fetch it, or point --root at the folder"),
+    ("start a fresh run (resume=False)", "start a fresh run (without --resume)"),
+    ("use amp='bf16' or amp=None on the CPU", "use --amp bf16 or --amp none on the CPU"),
+    ("build the model with num_classes=10", "build the model with --set num_classes=10"),
+    ("pass data='cifar10', root='/a b/c'", "pass --data cifar10, --root '/a b/c'"),
+    ("choose another out_dir", "choose another --out-dir"),
+    ("in '/runs/out_dir/x': no space left on device", "in '/runs/out_dir/x': no space left on device"),
+])
+def test_cli_message_maps_python_arguments_to_this_commands_flags(library, cli):
+    import argparse
+
+    from pytorch_utils.cli import cli_message
+
+    train = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+    assert cli_message(library, train) == cli
+
+
+def test_library_errors_name_arguments_and_the_cli_names_flags(tmp_path, capsys):
+    from pytorch_utils.errors import ConfigError
+    from pytorch_utils.recipes import run_recipe
+
+    with pytest.raises(ConfigError) as info:
+        run_recipe("default", data="synthetic", out_dir=tmp_path, train_limit=0)
+    assert "train_limit must be" in str(info.value) and "--" not in str(info.value)
+    assert main(["train", "--data", "synthetic", "--train-limit", "0", "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--train-limit must be" in err and "train_limit" not in err
+
+
+def test_a_torchvision_cifar_folder_given_as_data_suggests_the_cifar_name(tmp_path, capsys):
+    from pytorch_utils.data import load_datasets
+    from pytorch_utils.errors import DatasetError
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "data_batch_1").write_bytes(b"")
+    with pytest.raises(DatasetError, match=f"pass data='cifar10', root='{tmp_path}'"):
+        load_datasets(str(folder))
+    assert main(["train", "--data", str(folder), "--out-dir", str(tmp_path / "run")]) == 2
+    assert f"--data cifar10, --root {tmp_path}" in capsys.readouterr().err
+
+
+def test_notes_logged_during_a_cli_run_name_flags(tmp_path, capsys):
+    argv = ["train", "--recipe", "strixbee_l1", "--data", "synthetic", "--epochs", "1", "--train-limit", "32",
+            "--test-limit", "16", "--batch-size", "16", "--num-workers", "0", "--no-progress", "--out-dir",
+            str(tmp_path)]
+    assert main(argv) == 0 and main(argv) == 0  # the second run moves the first one's files aside, with a note
+    out = capsys.readouterr().out
+    assert "(--resume continues a run)" in out and "resume=True" not in out

@@ -220,8 +220,8 @@ def load_cifar(name: str = "cifar10", root: PathLike = "./data", train: bool = T
         raw = cls(root=str(root), train=train, download=download)
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
         raise DatasetNotFoundError(
-            f"{key} not found under {os.path.abspath(root)!r} ({exc}); pass download=True (CLI: --download) to fetch it "
-            "(needs internet, e.g. in Colab), or point root= (CLI: --root) at the folder that holds it"
+            f"{key} not found under {os.path.abspath(root)!r} ({exc}); pass download=True to fetch it "
+            "(needs internet, e.g. in Colab), or point root= at the folder that holds it"
         ) from exc
     except OSError as exc:  # URLError and friends: no network while downloading
         raise DatasetNotFoundError(
@@ -564,13 +564,9 @@ def make_synthetic(n: int = 2000, num_classes: int = 10, size: int = 32, seed: i
 # ---------------------------------------------------------------------------------------------------- resolver
 
 
-# How each checked option is spelled on the `train` command line (num_classes has no flag of its own).
-_CLI_SPELLING = {"train_limit": "--train-limit", "test_limit": "--test-limit", "num_classes": "--set num_classes=N"}
-
-
 def _option_error(name: str, value, need: str, hint: str) -> ConfigError:
-    """ConfigError naming the option as load_datasets argument / recipe field and as spelled on the CLI."""
-    return ConfigError(f"{name} (CLI: {_CLI_SPELLING[name]}) must be {need}, got {value!r}; {hint}")
+    """ConfigError naming the load_datasets argument / recipe field (the CLI maps it to its flag)."""
+    return ConfigError(f"{name} must be {need}, got {value!r}; {hint}")
 
 
 def _check_count(name: str, value, minimum: int, hint: str) -> Optional[int]:
@@ -614,7 +610,7 @@ def load_datasets(data: PathLike, root: PathLike = "./data", download: bool = Fa
         above ``MAX_SYNTHETIC_SIZE``, or an unknown ``stats``.
     """
     # Checked up front for every source, so a bad value fails in terms of the user's option, before any loading.
-    all_hint = "pass None (omit the option) to use every image (synthetic: the default sizes 2000 / 500)"
+    all_hint = "leave it out (None) to use every image (synthetic: the default sizes 2000 / 500)"
     train_limit = _check_count("train_limit", train_limit, 1, all_hint)
     test_limit = _check_count("test_limit", test_limit, 1, all_hint)
     num_classes = _check_count("num_classes", num_classes, 2,
@@ -647,6 +643,10 @@ def load_datasets(data: PathLike, root: PathLike = "./data", download: bool = Fa
             if os.sep in text or "/" in text or text.lower().endswith(".zip") or text.startswith("."):
                 raise DatasetNotFoundError(f"data path {text!r} does not exist; accepted values: {accepted}")
             raise UnknownNameError(f"unknown data set {text!r}; accepted values: {accepted}")
+        cifar = {"cifar-10-batches-py": "cifar10", "cifar-100-python": "cifar100"}.get(path.name)
+        if cifar is not None and path.is_dir():  # torchvision's pickled batches, not an image folder
+            raise DatasetError(f"{str(path)!r} holds torchvision's {cifar} files, not images in train/<class>/; "
+                               f"pass data='{cifar}', root='{path.parent}'")
         train_ds = load_image_folder(path, "train", limit=train_limit, seed=seed, stats=stats)
         test_ds = load_image_folder(path, "test", classes=train_ds.classes, limit=test_limit, seed=seed,
                                     stats=stats)

@@ -7,16 +7,25 @@ notebook can print the recipe it runs.
 import copy
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Literal, Optional, Union
 
 import torch
 import torch.nn as nn
 
-from pytorch_utils.errors import ConfigError
+from pytorch_utils.errors import ConfigError, UnknownNameError
 from pytorch_utils.registry import Registry
 from pytorch_utils.train.callbacks import Phase, validate_phases
-from pytorch_utils.train.schedules import ScheduleSpec
+from pytorch_utils.train.schedules import SCHEDULE_NAMES, ScheduleSpec
+from pytorch_utils.train.tta import TTAMode
+from pytorch_utils.utils import AmpMode
+
+# The sets of names a recipe field takes, each listed once (the CLI's choices and Recipe.validate read them).
+LoaderKind = Literal["auto", "gpu", "dataloader"]  # auto: GPU-resident on CUDA, DataLoader on the CPU
+LOADER_KINDS = typing.get_args(LoaderKind)
+Monitor = Literal["test_acc", "test_loss", "train_acc", "train_loss"]
+MONITORS = typing.get_args(Monitor)
 
 
 @dataclass
@@ -54,7 +63,7 @@ class Recipe:
     # optimisation
     epochs: int = 20
     batch_size: int = 128
-    optimizer: str = "sgd"  # sgd | adam | adamw
+    optimizer: str = "sgd"  # a name in OPTIMIZERS: sgd | adam | adamw
     lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = False
@@ -73,20 +82,20 @@ class Recipe:
     mix_prob: float = 1.0
     phases: List[Phase] = field(default_factory=list)  # epoch ranges changing scheduler/dropout/aug/mixing/size
     # evaluation and bookkeeping
-    tta: Optional[str] = None  # None | "flip" | "flip_translate"
+    tta: Optional[TTAMode] = None  # None or a name in train.tta.TTA_MODES
     ema_decay: Optional[float] = None
     early_stopping_patience: Optional[int] = None
     early_stopping_start: Optional[int] = None  # epochs before this one never count towards the patience
-    monitor: str = "test_acc"
+    monitor: Monitor = "test_acc"
     keep_last: int = 5
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch and a new best are always saved)
     hub_repo: Optional[str] = None  # Hugging Face repo id; needs a token and a network
     hub_every: int = 10
     tensorboard: bool = False  # also log per-epoch scalars for TensorBoard (needs the optional tensorboard package)
     # speed
-    loader: str = "auto"  # auto (GPU-resident on CUDA, DataLoader on CPU) | gpu | dataloader
+    loader: LoaderKind = "auto"  # auto (GPU-resident on CUDA, DataLoader on CPU) | gpu | dataloader
     num_workers: Optional[int] = None
-    amp: Optional[str] = "auto"  # None | auto | bf16 | fp16
+    amp: Optional[AmpMode] = "auto"  # None or a name in utils.AMP_MODES: none | auto | bf16 | fp16
     channels_last: bool = True  # only applied on CUDA
     compile: bool = False
     sync_bn: bool = True  # under torchrun on GPUs: BatchNorm statistics over the global batch, as on one GPU
@@ -104,7 +113,7 @@ class Recipe:
                 if isinstance(overrides.get(key), dict):
                     overrides[key] = cls(**overrides[key])
             if isinstance(overrides.get("phases"), list):
-                overrides["phases"] = [Phase(**p) if isinstance(p, dict) else p for p in overrides["phases"]]
+                overrides["phases"] = [_as_phase(p) for p in overrides["phases"]]
         except TypeError as exc:
             raise ConfigError(f"recipe override: {exc}") from None
         return dataclasses.replace(copy.deepcopy(self), **overrides)
@@ -114,13 +123,15 @@ class Recipe:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
 
     def validate(self) -> "Recipe":
-        """Check field types and values that would otherwise fail late (after data loading); returns self.
+        """Check every field before any work: types (from the annotations), ranges, and every name the recipe uses
+        (model, optimizer, schedulers incl. those inside phases, augmentations incl. phase ones, TTA, amp, loader,
+        monitor). Returns self.
 
         Raises:
             ConfigError: names the field, the bad value and what is expected.
+            UnknownNameError: an unregistered model/optimizer/scheduler/augmentation name (lists the valid ones).
         """
-        for f in dataclasses.fields(self):
-            _check_type(f.name, getattr(self, f.name), _FIELD_TYPES.get(f.name))
+        check_fields(self)
         checks = [
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
@@ -147,18 +158,9 @@ class Recipe:
         if "num_classes" in self.model_kwargs:
             raise ConfigError("model_kwargs must not hold num_classes: set the recipe field num_classes (or leave it "
                               "None to take the data set's class count)")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
-        if self.loader not in ("auto", "gpu", "dataloader"):
-            raise ConfigError(f"loader must be 'auto', 'gpu' or 'dataloader', got {self.loader!r}")
-        if self.monitor not in MONITORS:
-            raise ConfigError(f"monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
-        if self.tta not in (None, "flip", "flip_translate"):
-            raise ConfigError(f"tta must be None, 'flip' or 'flip_translate', got {self.tta!r}")
-        if self.amp not in (None, "none", "auto", "bf16", "fp16"):
-            raise ConfigError(f"amp must be None, 'auto', 'bf16' or 'fp16', got {self.amp!r}")
         if self.phases:
             validate_phases(self.phases)
+        check_names(self)
         return self
 
     def with_lrs(self, lr_max: float, lr_min: float) -> "Recipe":
@@ -208,56 +210,116 @@ def schedule_with_lrs(spec: Optional[ScheduleSpec], lr_max: float, lr_min: float
     return ScheduleSpec(spec.name, params)
 
 
-MONITORS = ("test_acc", "test_loss", "train_acc", "train_loss")
-# Field types checked by Recipe.validate (a CLI --set epochs=abc or a Python batch_size="32" fails here, by name).
-_FIELD_TYPES = {
-    "name": str, "model": str, "data": str, "optimizer": str, "augmentation": str, "loader": str, "monitor": str,
-    "epochs": int, "batch_size": int, "keep_last": int, "checkpoint_every": int, "hub_every": int, "seed": int,
-    "accumulate_steps": int,
-    "num_classes": (int, type(None)), "train_limit": (int, type(None)), "test_limit": (int, type(None)),
-    "num_workers": (int, type(None)), "early_stopping_patience": (int, type(None)),
-    "early_stopping_start": (int, type(None)),
-    "lr": float, "momentum": float, "weight_decay": float, "label_smoothing": float, "mixup_alpha": float,
-    "cutmix_alpha": float, "mix_switch_prob": float, "mix_prob": float, "ema_decay": (float, type(None)),
-    "grad_clip": (float, type(None)), "nesterov": bool, "channels_last": bool, "compile": bool, "sync_bn": bool,
-    "tensorboard": bool,
-    "model_kwargs": dict, "augmentation_kwargs": dict, "phases": list, "tta": (str, type(None)),
-    "amp": (str, type(None)), "hub_repo": (str, type(None)),
-    "scheduler": (ScheduleSpec, type(None)), "lr_finder": (LRFinderSpec, type(None)),
-}
+def _as_phase(p: Union[Phase, Dict[str, Any]]) -> Phase:
+    """A :class:`Phase` from a dict (JSON, ``--set phases=...``), its scheduler dict made a ScheduleSpec."""
+    phase = Phase(**p) if isinstance(p, dict) else p
+    if isinstance(phase.scheduler, dict):
+        phase = dataclasses.replace(phase, scheduler=ScheduleSpec(**phase.scheduler))
+    return phase
 
 
-def _check_type(name: str, value: Any, expected) -> None:
-    if expected is None:
-        return
-    kinds = expected if isinstance(expected, tuple) else (expected,)
-    if isinstance(value, bool) and bool not in kinds:  # True is an int to Python, not an epoch count
-        ok = False
-    elif float in kinds and isinstance(value, int):
-        ok = True  # lr=1 is a fine float
-    else:
-        ok = isinstance(value, kinds)
-    if not ok:
-        names = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
-        raise ConfigError(f"recipe field {name!r} must be {names}, got {value!r} ({type(value).__name__})")
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits the annotation ``hint`` (Optional/Union, Literal, List, Dict, classes)."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin is Union:
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if origin is Literal:
+        return isinstance(value, str) and value in typing.get_args(hint)
+    if origin in (list, dict):
+        return isinstance(value, origin)
+    if isinstance(value, bool) and hint is not bool:  # True is an int to Python, not an epoch count
+        return False
+    if hint is float:
+        return isinstance(value, (int, float))  # lr=1 is a fine float
+    return isinstance(value, hint)
 
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+def _takes_text(hint: Any) -> bool:
+    """Whether the annotation ``hint`` accepts some string (str, or a Literal of names)."""
+    args = typing.get_args(hint) if typing.get_origin(hint) is Union else (hint,)
+    return any(a is str or typing.get_origin(a) is Literal for a in args)
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Union:
+        return " or ".join(_describe(arg) for arg in typing.get_args(hint))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "None"
+    return getattr(origin or hint, "__name__", str(hint))
+
+
+def check_fields(obj: Any, where: str = "recipe field") -> None:
+    """Check each field of the dataclass ``obj`` (a Recipe, and the ScheduleSpec / LRFinderSpec / Phases it holds)
+    against its type annotation (``typing.get_type_hints``).
+
+    Raises:
+        ConfigError: ``recipe field 'epochs' must be int, got 'abc' (str)``; for names from a fixed list,
+            ``monitor must be one of 'test_acc', ..., got 'bogus'``.
+    """
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, hint = getattr(obj, f.name), hints[f.name]
+        if not _type_ok(value, hint):
+            if any(typing.get_origin(a) is Literal for a in (hint, *typing.get_args(hint))):
+                raise ConfigError(f"{f.name} must be {_describe(hint)}, got {value!r}")
+            raise ConfigError(f"{where} {f.name!r} must be {_describe(hint)}, got {value!r} ({type(value).__name__})")
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            if dataclasses.is_dataclass(item) and not isinstance(item, type):
+                check_fields(item, f"{f.name}[{i}] field" if isinstance(value, list) else f"{f.name} field")
+
+
+def check_names(recipe: "Recipe") -> None:
+    """Check every registered name ``recipe`` uses: model, optimizer, schedulers (also inside phases) and
+    augmentation presets (also inside phases), each against its one list.
+
+    Raises:
+        UnknownNameError: names the field (``phases[1].scheduler``), the bad name and the valid ones.
+    """
+    from pytorch_utils.data.transforms import list_presets
+    from pytorch_utils.models import list_models
+
+    wanted = [("model", recipe.model, list_models()), ("optimizer", recipe.optimizer, OPTIMIZERS.names()),
+              ("augmentation", recipe.augmentation, list_presets())]
+    if recipe.scheduler is not None:
+        wanted.append(("scheduler", recipe.scheduler.name, SCHEDULE_NAMES))
+    for i, phase in enumerate(recipe.phases):
+        if phase.scheduler is not None:
+            wanted.append((f"phases[{i}].scheduler", phase.scheduler.name, SCHEDULE_NAMES))
+        if phase.augmentation is not None:
+            wanted.append((f"phases[{i}].augmentation", phase.augmentation, list_presets()))
+    for where, name, valid in wanted:
+        if name not in valid:
+            kind = where.split(".")[-1]
+            place = f"{where} of recipe {recipe.name!r}" if kind != where else f"recipe {recipe.name!r}"
+            raise UnknownNameError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(valid)} ({place})")
+
+
+# name -> builder(params, recipe, fused_kwargs): the one list of optimizer names.
+OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry("optimizer")
+OPTIMIZERS.register(lambda params, r, kw: torch.optim.SGD(
+    params, lr=r.lr, momentum=r.momentum, nesterov=r.nesterov, weight_decay=r.weight_decay, **kw), name="sgd")
+OPTIMIZERS.register(lambda params, r, kw: torch.optim.Adam(
+    params, lr=r.lr, weight_decay=r.weight_decay, **kw), name="adam")
+OPTIMIZERS.register(lambda params, r, kw: torch.optim.AdamW(
+    params, lr=r.lr, weight_decay=r.weight_decay, **kw), name="adamw")
 
 
 def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
-    """The recipe's optimizer over ``model``'s parameters."""
+    """The recipe's optimizer (a name in :data:`OPTIMIZERS`) over ``model``'s trainable parameters.
+
+    Raises:
+        UnknownNameError: an optimizer name that is not registered.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     # Fused kernels update all parameters in one launch on CUDA; the CPU keeps the default implementation.
     fused = {"fused": True} if params and params[0].is_cuda else {}
-    if recipe.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
-                               weight_decay=recipe.weight_decay, **fused)
-    if recipe.optimizer == "adam":
-        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay, **fused)
-    if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay, **fused)
-    raise ConfigError(f"unknown optimizer {recipe.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS.get(recipe.optimizer)(params, recipe, fused)
 
 
 _RECIPES: Registry[Recipe] = Registry("recipe")
@@ -296,27 +358,25 @@ def parse_override(recipe: Recipe, text: str) -> Dict[str, Any]:
     names = {f.name: f for f in dataclasses.fields(recipe)}
     if key not in names:
         raise ConfigError(f"unknown recipe field {key!r}; valid fields: {', '.join(sorted(names))}")
+    hint = typing.get_type_hints(Recipe)[key]
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        kinds = _FIELD_TYPES.get(key, str)
-        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
-        if str not in kinds:
-            raise ConfigError(f"--set {key}=...: {raw!r} is not valid JSON ({exc.msg}); e.g. --set "
+        if not _takes_text(hint):  # a field that takes text keeps the raw text (checked below)
+            raise ConfigError(f"override {text!r}: {raw!r} is not valid JSON ({exc.msg}); e.g. "
                               f"'{key}={_example(key)}'") from None
         value = raw
-    current = getattr(recipe, key)
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+    if isinstance(value, int) and not isinstance(value, bool) and _type_ok(0.5, hint):
+        value = float(value)  # a float field given as 1 holds 1.0, as the dataclass default would
     nested = {"scheduler": ScheduleSpec, "lr_finder": LRFinderSpec}
     try:
         if key in nested and isinstance(value, dict):
             value = nested[key](**value)
         if key == "phases" and isinstance(value, list):
-            value = [Phase(**p) if isinstance(p, dict) else p for p in value]
+            value = [_as_phase(p) for p in value]
     except TypeError as exc:
-        raise ConfigError(f"--set {key}=...: {exc}") from None
-    _check_type(key, value, _FIELD_TYPES.get(key))
+        raise ConfigError(f"override {text!r}: {exc}") from None
+    check_fields(dataclasses.replace(recipe, **{key: value}))
     return {key: value}
 
 

@@ -16,6 +16,7 @@ from pytorch_utils.data.gpu import GPULoader
 from pytorch_utils.errors import CheckpointError, ConfigError
 from pytorch_utils.io import atomic_write_text, check_writable_dir, ensure_writable_dir
 from pytorch_utils.models import count_parameters, create_model
+from pytorch_utils.runlock import acquire_run_lock, releases_run_locks
 from pytorch_utils.recipes.base import Recipe, build_optimizer, get_recipe, schedule_with_lrs
 from pytorch_utils.train import distributed as dist_utils
 from pytorch_utils.train.callbacks import EarlyStopping, PhaseSchedule, validate_phases
@@ -144,7 +145,7 @@ def check_resume_compatible(checkpoint: Dict[str, Any], recipe: Recipe, data: st
         lines.append(f"data: saved {config['data']!r}, now {str(data)!r}")
     if lines:
         raise CheckpointError(f"{source} was written with other settings ({'; '.join(lines)}); resume with the "
-                              "settings in run.json, or start a new run with another --out-dir")
+                              "settings in run.json, or start a new run with another out_dir")
 
 
 def find_resume_checkpoint(resume: Union[bool, str], out_dir: Path, recipe: Recipe, data: str
@@ -169,7 +170,7 @@ def find_resume_checkpoint(resume: Union[bool, str], out_dir: Path, recipe: Reci
         if resume == "required":
             extra = f" (corrupt: {', '.join(skipped)})" if skipped else ""
             raise CheckpointError(f"resume requested but {str(ckpt_dir)!r} holds no checkpoint{extra}; "
-                                  "run without --resume to start fresh")
+                                  "start a fresh run (resume=False)")
         return None
     check_resume_compatible(ckpt, recipe, data)
     return ckpt
@@ -195,7 +196,7 @@ def archive_previous_run(out_dir: Path) -> Optional[Path]:
     dest.mkdir(parents=True)
     for path in present:
         path.rename(dest / path.name)
-    log.info(f"an earlier run's files in {str(out_dir)!r} were moved to {str(dest)!r} (use --resume to continue a run)")
+    log.info(f"an earlier run's files in {str(out_dir)!r} were moved to {str(dest)!r} (resume=True continues a run)")
     return dest
 
 
@@ -232,6 +233,7 @@ def _prepare(recipe: Union[Recipe, str], overrides: Dict[str, Any], data, out_di
     data = data or recipe.data
     if rank == 0:
         check_writable_dir(out_dir)
+        acquire_run_lock(out_dir)  # a second run into this folder is refused while this one runs
     else:  # under torchrun only rank 0 reports progress (a worker process: its package logger is ours to set)
         logging.getLogger("pytorch_utils").setLevel(logging.WARNING)
     checkpoint = find_resume_checkpoint(resume, out_dir, recipe, data)
@@ -345,6 +347,7 @@ def _finish(run: _Run, history: History, model: nn.Module, seconds: float) -> Di
     return final
 
 
+@releases_run_locks  # the run-folder lock taken in _prepare is released however run_recipe ends
 def run_recipe(recipe: Union[Recipe, str], data: Optional[str] = None, out_dir: Union[str, Path, None] = None, *,
                device=None, device_fallback: bool = True, resume: Union[bool, str] = False, root: str = "./data",
                download: bool = False, progress: bool = True, **overrides) -> RunResult:

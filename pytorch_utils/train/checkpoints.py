@@ -6,6 +6,7 @@ scheduler (ReduceLROnPlateau, or one a user passed to ``fit``), the history so f
 made of tensors and plain Python values so it loads with ``torch.load(weights_only=True)``.
 """
 import json
+import logging
 import os
 import re
 import shutil
@@ -18,11 +19,12 @@ import torch
 
 from pytorch_utils import __version__
 from pytorch_utils.errors import CheckpointError, ConfigError
-from pytorch_utils.io import atomic_write, ensure_writable_dir
+from pytorch_utils.io import atomic_write, disk_full_error, ensure_writable_dir
 from pytorch_utils.train import distributed as dist_utils
 from pytorch_utils.train.state import Callback, History, TrainState
 from pytorch_utils.utils import get_rng_state, set_rng_state, unwrap_model
 
+_log = logging.getLogger(__name__)
 FORMAT = 1
 EPOCH_FILE = re.compile(r"^epoch-(\d+)\.pt$")
 
@@ -92,8 +94,43 @@ def link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, tmp)
     except OSError:  # file systems without hard links (some mounted drives)
-        shutil.copyfile(src, tmp)
+        try:
+            shutil.copyfile(src, tmp)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise (disk_full_error(exc, dst) or exc) from None
     os.replace(tmp, dst)
+
+
+def repair_best(directory, checkpoint: Dict[str, Any]) -> Optional[Path]:
+    """Make ``directory/best.pt`` hold the best epoch that ``checkpoint`` (the newest one) records.
+
+    A kill between writing an epoch's checkpoint and updating ``best.pt`` leaves ``best.pt`` at an older epoch (or
+    missing); the epoch file it should equal is then still there, so it is linked (or copied) over ``best.pt``.
+
+    Returns:
+        the repaired path, or None when ``best.pt`` was already current or the best epoch's file is gone (a warning
+        is logged then: ``every > 1`` keeps a best between two saves only in memory).
+    """
+    epoch = (checkpoint.get("best") or {}).get("epoch")
+    if epoch is None:
+        return None
+    best_path = Path(directory) / "best.pt"
+    try:  # mmap: only the small "epoch" entry is read, not a 146 MB WRN state
+        held = torch.load(best_path, map_location="cpu", weights_only=True, mmap=True).get("epoch")
+    except Exception:  # missing, truncated or not ours: all mean "rewrite it"
+        held = None
+    if held == epoch:
+        return None
+    source = Path(directory) / f"epoch-{epoch:04d}.pt"
+    if not source.is_file():
+        _log.warning(f"{str(best_path)!r} holds epoch {held}, not the best epoch {epoch}, whose checkpoint is gone; "
+                     "it is replaced at the next improvement")
+        return None
+    link_or_copy(source, best_path)
+    _log.info(f"{str(best_path)!r} held epoch {held}; restored it to the best epoch {epoch} (a kill before it was "
+              "updated)")
+    return best_path
 
 
 def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
@@ -123,7 +160,7 @@ def check_model_name(checkpoint: Dict[str, Any], name: Optional[str], source: st
     saved_name = checkpoint.get("model_name")
     if saved_name and name and saved_name != name:
         raise CheckpointError(f"{source} holds a {saved_name!r} model but the model to restore is {name!r}; "
-                              "use the same --model/recipe as the run that wrote it, or another --out-dir")
+                              "use the same model/recipe as the run that wrote it, or another out_dir")
 
 
 def restore_model(model: torch.nn.Module, checkpoint: Dict[str, Any], source: str = "checkpoint") -> None:
@@ -275,10 +312,12 @@ class CheckpointManager(Callback):
             if self.resume == "required":
                 extra = f" ({len(self.skipped)} corrupt: {', '.join(self.skipped)})" if self.skipped else ""
                 raise CheckpointError(f"resume requested but {str(self.directory)!r} holds no usable checkpoint"
-                                      f"{extra}; run without --resume to start fresh")
+                                      f"{extra}; start a fresh run (resume=False)")
             return None
         self.best = ckpt.get("best")
         self.resumed_from = Path(ckpt["_path"])
+        if dist_utils.is_main_process():
+            repair_best(self.directory, ckpt)  # a kill between the epoch file and best.pt leaves best.pt stale
         return ckpt
 
     def on_fit_start(self, state: TrainState) -> None:

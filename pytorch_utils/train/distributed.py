@@ -55,12 +55,12 @@ def init_distributed(backend: str = None, device=None) -> Tuple[int, int, torch.
     wanted = None if device is None or str(device) == "auto" else torch.device(device)
     if wanted is not None and wanted.type == "cuda" and wanted.index is not None:
         raise ConfigError(f"device {str(wanted)!r} names one GPU, but under torchrun each rank takes the GPU of its "
-                          "LOCAL_RANK; pass --device cuda (or cpu)")
+                          "LOCAL_RANK; pass device='cuda' (or device='cpu')")
     use_cuda = torch.cuda.is_available() and backend != "gloo" and (wanted is None or wanted.type == "cuda")
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
             raise ConfigError(f"torchrun started rank {local_rank} on a node with {torch.cuda.device_count()} GPU(s); "
-                              "use --nproc_per_node <= the number of GPUs, or --device cpu")
+                              "use torchrun --nproc_per_node <= the number of GPUs, or device='cpu'")
         torch.cuda.set_device(local_rank)
     if not is_distributed():
         dist.init_process_group(backend=backend or ("nccl" if use_cuda else "gloo"))

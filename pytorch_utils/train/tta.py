@@ -3,7 +3,7 @@
 Views are cheap tensor ops on the (already normalized) batch, so TTA runs on the GPU path as well as on the CPU.
 """
 import math
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Literal, Optional, Sequence, Tuple, Union, get_args
 
 import torch
 import torch.nn.functional as F
@@ -44,16 +44,24 @@ def tta_logits(model, x: torch.Tensor, views: Sequence[Tuple[bool, int, int]]) -
 FLIP_VIEWS = ((False, 0, 0), (True, 0, 0))
 FLIP_TRANSLATE_VIEWS = FLIP_VIEWS + tuple((f, dx, dy) for f in (False, True) for dx, dy in ((2, 0), (-2, 0), (0, 2), (0, -2)))
 
-_TTA = {"flip": FLIP_VIEWS, "flip_translate": FLIP_TRANSLATE_VIEWS}
+# The TTA modes, listed once: the CLI's --tta choices, Recipe.validate and get_tta read TTA_MODES.
+TTAMode = Literal["none", "flip", "flip_translate"]
+TTA_MODES = get_args(TTAMode)
+_VIEWS = {"flip": FLIP_VIEWS, "flip_translate": FLIP_TRANSLATE_VIEWS}
+assert set(_VIEWS) == set(TTA_MODES) - {"none"}
 
 
-def get_tta(tta: Union[str, Callable, None]) -> Optional[Callable]:
-    """Resolve a TTA option: None/"none", "flip", "flip_translate" or a callable ``(model, x) -> logits``."""
+def get_tta(tta: Union[TTAMode, Callable, None]) -> Optional[Callable]:
+    """Resolve a TTA option: None or one of :data:`TTA_MODES`, or a callable ``(model, x) -> logits``.
+
+    Raises:
+        UnknownNameError: a name that is not in :data:`TTA_MODES` (the message lists them).
+    """
     if tta is None or tta == "none":
         return None
     if callable(tta):
         return tta
-    if tta not in _TTA:
-        raise UnknownNameError(f"unknown tta {tta!r}; valid: none, {', '.join(_TTA)}")
-    views = _TTA[tta]
+    if tta not in TTA_MODES:
+        raise UnknownNameError(f"unknown tta {tta!r}; valid: {', '.join(TTA_MODES)}")
+    views = _VIEWS[tta]
     return lambda model, x: tta_logits(model, x, views)

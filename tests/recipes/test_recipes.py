@@ -240,3 +240,105 @@ def test_s8_offers_the_seeds_own_network_beside_wrn28_10():
     wrn, resnet = get_recipe("s8_c100"), get_recipe("s8_c100_resnet")
     assert (wrn.model, resnet.model) == ("wrn28_10", "s8_resnet")
     assert resnet.replace(model="wrn28_10", name="s8_c100", description=wrn.description) == wrn
+
+
+# ------------------------------------------------------------------ one list per set of names, checked before work
+def _cli_choices(dest):
+    import argparse
+
+    from pytorch_utils.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+    return tuple(next(a for a in sub._actions if a.dest == dest).choices)
+
+
+def test_cli_choices_are_the_package_name_lists():
+    from pytorch_utils.data.transforms import list_presets
+    from pytorch_utils.recipes.base import LOADER_KINDS, OPTIMIZERS
+    from pytorch_utils.train.tta import TTA_MODES
+    from pytorch_utils.utils import AMP_MODES
+
+    assert _cli_choices("optimizer") == tuple(OPTIMIZERS.names()) == ("adam", "adamw", "sgd")
+    assert _cli_choices("augmentation") == tuple(list_presets())
+    assert _cli_choices("tta") == TTA_MODES and _cli_choices("amp") == AMP_MODES
+    assert _cli_choices("loader") == LOADER_KINDS
+
+
+@pytest.mark.parametrize("override, error, words", [
+    ({"model": "resnet9000"}, UnknownNameError, ["model", "resnet9000", "s10_resnet"]),
+    ({"optimizer": "adamx"}, UnknownNameError, ["optimizer", "adamx", "adamw"]),
+    ({"scheduler": ScheduleSpec("cosin")}, UnknownNameError, ["scheduler", "cosin", "cosine_warm_restarts"]),
+    ({"augmentation": "strong"}, UnknownNameError, ["augmentation", "strong", "standard"]),
+    ({"phases": [{"start": 1, "end": 2, "scheduler": {"name": "cosin"}}]}, UnknownNameError,
+     ["phases[0].scheduler", "cosin"]),
+    ({"phases": [{"start": 1, "end": 1}, {"start": 2, "end": 3, "augmentation": "wrm"}]}, UnknownNameError,
+     ["phases[1].augmentation", "wrm", "wrn"]),
+    ({"tta": "flipp"}, ConfigError, ["tta", "flipp", "flip_translate"]),
+    ({"amp": "fp8"}, ConfigError, ["amp", "fp8", "bf16"]),
+    ({"loader": "gpux"}, ConfigError, ["loader", "gpux", "dataloader"]),
+    ({"phases": [{"start": 1, "end": 2, "dropout": "high"}]}, ConfigError, ["dropout", "float", "high"]),
+])
+def test_validate_checks_every_name_the_recipe_uses(override, error, words):
+    with pytest.raises(error) as info:
+        get_recipe("default").replace(**override).validate()
+    assert all(w in str(info.value) for w in words), str(info.value)
+
+
+def test_registered_recipes_use_only_registered_names():
+    for name in list_recipes():
+        get_recipe(name).validate()
+
+
+def test_field_types_come_from_the_annotations():
+    import dataclasses
+
+    import pytorch_utils.recipes.base as base
+
+    assert not hasattr(base, "_FIELD_TYPES")
+
+    @dataclasses.dataclass
+    class Extended(Recipe):  # a field added later is checked with no second table to update
+        accumulate_steps: int = 1
+
+    with pytest.raises(ConfigError, match="'accumulate_steps' must be int, got 'two'"):
+        Extended(accumulate_steps="two").validate()
+    assert Extended(accumulate_steps=2).validate().accumulate_steps == 2
+
+
+def test_misspelled_phase_scheduler_from_the_cli_is_refused_before_any_data_or_lr_work(tmp_path, capsys, monkeypatch):
+    import pytorch_utils.recipes.runner as runner
+    import pytorch_utils.train.lr_finder as lr_finder
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("data loading or the LR sweep ran before the recipe was checked")
+
+    monkeypatch.setattr(runner, "load_datasets", no_work)
+    monkeypatch.setattr(lr_finder, "find_lr", no_work)
+    out = tmp_path / "run"
+    code = main(["train", "--recipe", "s10", "--data", str(tmp_path / "no_such_data"), "--out-dir", str(out),
+                 "--set", 'phases=[{"start": 1, "end": 24, "scheduler": {"name": "cosin"}}]'])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: unknown scheduler 'cosin'") and "phases[0].scheduler" in err
+    assert "does not exist" not in err and "Traceback" not in err
+    assert not out.exists()  # nothing was created either
+
+
+def test_every_listed_name_works_where_it_is_used():
+    import torch
+
+    from pytorch_utils.recipes.base import OPTIMIZERS, build_optimizer
+    from pytorch_utils.train.tta import TTA_MODES, get_tta
+    from pytorch_utils.utils import AMP_MODES, amp_dtype_for
+
+    model = torch.nn.Linear(4, 2)
+    kinds = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    for name in OPTIMIZERS.names():
+        opt = build_optimizer(get_recipe("default", optimizer=name, lr=0.02), model)
+        assert type(opt) is kinds[name] and opt.param_groups[0]["lr"] == 0.02
+    x = torch.randn(3, 3, 8, 8)
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    for mode in TTA_MODES:
+        fn = get_tta(mode)
+        assert (fn is None) == (mode == "none") and (fn is None or fn(conv, x).shape == (3, 2))
+    cpu = torch.device("cpu")
+    assert [amp_dtype_for(m, cpu) for m in AMP_MODES if m != "fp16"] == [None, None, torch.bfloat16]

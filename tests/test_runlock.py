@@ -1,0 +1,105 @@
+"""The run-folder lock: a live run's folder is refused, a stale lock (killed run) is taken over, always released."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pytorch_utils.cli import main
+from pytorch_utils.errors import DatasetNotFoundError, RunLockedError
+from pytorch_utils.recipes import run_recipe
+from pytorch_utils.runlock import LOCK_NAME, RunLock
+
+SMOKE = ["--data", "synthetic", "--epochs", "1", "--train-limit", "32", "--test-limit", "16", "--batch-size", "16",
+         "--num-workers", "0", "--no-progress", "--recipe", "strixbee_l1"]
+HOLDER = """
+import sys, time
+from pytorch_utils.runlock import RunLock
+with RunLock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_lock_file_records_the_holder_and_is_removed_on_release(tmp_path):
+    out = tmp_path / "a" / "run"
+    with RunLock(out) as lock:
+        info = json.loads(lock.path.read_text())
+        assert info["pid"] == os.getpid() and info["host"] == socket.gethostname() and info["started"]
+        with pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):  # this process's own run, twice
+            RunLock(out).acquire()
+    assert not (out / LOCK_NAME).exists()
+    assert not (tmp_path / "a").exists()  # the folders it created were left empty, so they are gone
+
+
+def test_a_second_process_is_refused_while_the_first_holds_the_folder(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              env=env)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockedError) as info:
+            RunLock(tmp_path).acquire()
+        assert str(tmp_path) in str(info.value) and f"pid {holder.pid}" in str(info.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    # SIGKILL left the lock behind; its pid is dead now, so the folder is free again
+    assert (tmp_path / LOCK_NAME).exists()
+    with RunLock(tmp_path):
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize("content", ["garbage{", json.dumps({"pid": "dead", "host": socket.gethostname()}), None])
+def test_stale_or_unreadable_locks_do_not_block(tmp_path, content):
+    text = content if content is not None else json.dumps({"pid": _dead_pid(), "host": socket.gethostname(),
+                                                           "started": "earlier"})
+    (tmp_path / LOCK_NAME).write_text(text)
+    with RunLock(tmp_path):
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_lock_from_another_host_counts_while_its_heartbeat_is_fresh(tmp_path):
+    path = tmp_path / LOCK_NAME
+    path.write_text(json.dumps({"pid": 1, "host": "other-colab-vm", "started": "today"}))
+    with pytest.raises(RunLockedError, match="other-colab-vm"):
+        RunLock(tmp_path).acquire()
+    old = time.time() - 3600
+    os.utime(path, (old, old))  # a killed session stops touching its lock
+    with RunLock(tmp_path):
+        pass
+
+
+def test_cli_refuses_a_live_folder_and_resume_ignores_a_stale_lock(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SMOKE, "--out-dir", str(out)]) == 0
+    assert not (out / LOCK_NAME).exists()  # released at the end
+    capsys.readouterr()
+    with RunLock(out):  # a run still going in this folder
+        assert main(["train", *SMOKE, "--out-dir", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and str(out) in err and f"pid {os.getpid()}" in err
+        assert "--out-dir" in err and "out_dir" not in err.replace("--out-dir", "")
+    assert (out / "checkpoints" / "epoch-0001.pt").is_file() and not (out / "previous").exists()  # untouched
+    (out / LOCK_NAME).write_text(json.dumps({"pid": _dead_pid(), "host": socket.gethostname()}))  # a killed run's
+    assert main(["train", *SMOKE[:3], "2", *SMOKE[4:], "--out-dir", str(out), "--resume"]) == 0
+    assert (out / "checkpoints" / "epoch-0002.pt").is_file() and not (out / LOCK_NAME).exists()
+
+
+def test_run_recipe_releases_the_lock_when_it_fails(tmp_path):
+    with pytest.raises(DatasetNotFoundError):  # fails after the lock was taken
+        run_recipe("strixbee_l1", data=str(tmp_path / "no_such_data"), out_dir=tmp_path / "run", epochs=1,
+                   progress=False)
+    assert not (tmp_path / "run").exists()  # lock released, and the folder it made for it removed
+    with RunLock(tmp_path / "run"):
+        pass
