@@ -23,11 +23,14 @@ from pytorch_utils.data.datasets import (
     DATASET_NAMES,
     ArrayDataset,
     clear_image_cache,
+    find_eval_split,
+    image_extensions,
     load_cifar,
     load_datasets,
     load_image_folder,
     make_synthetic,
     stratified_indices,
+    to_rgb,
 )
 from pytorch_utils.data.loaders import (
     EpochDataLoader,
@@ -54,7 +57,7 @@ __all__ = [
     "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_CLASSES", "CIFAR100_MEAN", "CIFAR100_STD",
     "DATASET_STATS", "DATASET_NAMES",
     "ArrayDataset", "load_cifar", "load_image_folder", "make_synthetic", "load_datasets", "clear_image_cache",
-    "stratified_indices",
+    "stratified_indices", "find_eval_split", "image_extensions", "to_rgb",
     "AlbumentationsTransform", "train_preset", "test_preset", "wrn_preset", "reduced_preset", "get_preset",
     "list_presets", "seed_compose",
     "compute_mean_std",

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from pytorch_utils.data.constants import CIFAR10_MEAN, CIFAR10_STD
-from pytorch_utils.data.datasets import as_stats
+from pytorch_utils.data.arrays import as_stats
 from pytorch_utils.data.loaders import epoch_indices, shard_size
 from pytorch_utils.errors import ConfigError, DatasetError, UnknownNameError
 
