@@ -71,8 +71,8 @@ def load_datasets(data: PathLike, root: PathLike = "./data", download: bool = Fa
     Raises:
         UnknownNameError: an unknown name. DatasetNotFoundError: a path that does not exist or CIFAR files
         missing. DatasetError: torchvision's CIFAR folder given as a path (the message gives ``data``/``root``),
-        or an image folder problem (see ``load_image_folder``). ConfigError: a limit below 1, ``num_classes`` below 2 or contradicting the data, a synthetic size
-        above ``MAX_SYNTHETIC_SIZE``, or an unknown ``stats``.
+        or an image folder problem (see ``load_image_folder``). ConfigError: a limit below 1, ``num_classes``
+        below 2 or contradicting the data, a synthetic size above ``MAX_SYNTHETIC_SIZE``, or an unknown ``stats``.
     """
     # Checked up front for every source, so a bad value fails in terms of the user's option, before any loading.
     all_hint = "pass None (omit the option) to use every image (synthetic: the default sizes 2000 / 500)"
