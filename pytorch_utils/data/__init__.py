@@ -3,11 +3,13 @@
 Typical use::
 
     train_ds, test_ds = load_datasets("cifar10", download=True)
-    train_ds.transform = get_preset("standard", train_ds.mean, train_ds.std, seed=0)
-    test_ds.transform = get_preset("test", train_ds.mean, train_ds.std)
-    train_loader = make_loader(train_ds, 512, train=True, seed=0)
+    size, note = choose_input_size(model, train_ds.image_size)   # the data's own size unless the model needs 32
+    train_loader = make_loader(train_ds, 512, train=True, seed=0)  # or gpu.GPULoader(train_ds, ...): same contract
+    train_loader.set_augmentation("standard", size=size)          # a preset of list_presets()
+    test_loader = make_loader(test_ds, 512, train=False)
+    test_loader.set_augmentation("test", size=size)
     for epoch in range(epochs):
-        set_loader_epoch(train_loader, epoch)
+        train_loader.set_epoch(epoch)                              # explicit, as DistributedSampler
         ...
 """
 from pytorch_utils.data.constants import (
@@ -32,6 +34,7 @@ from pytorch_utils.data.datasets import (
     stratified_indices,
     to_rgb,
 )
+from pytorch_utils.data.input_size import choose_input_size
 from pytorch_utils.data.loaders import (
     EpochDataLoader,
     EpochSampler,
@@ -44,8 +47,11 @@ from pytorch_utils.data.loaders import (
 from pytorch_utils.data.stats import compute_mean_std
 from pytorch_utils.data.transforms import (
     AlbumentationsTransform,
+    get_augmentation,
     get_preset,
     list_presets,
+    preset_options,
+    register_augmentation,
     reduced_preset,
     seed_compose,
     test_preset,
@@ -59,7 +65,8 @@ __all__ = [
     "ArrayDataset", "load_cifar", "load_image_folder", "make_synthetic", "load_datasets", "clear_image_cache",
     "stratified_indices", "find_eval_split", "image_extensions", "to_rgb",
     "AlbumentationsTransform", "train_preset", "test_preset", "wrn_preset", "reduced_preset", "get_preset",
-    "list_presets", "seed_compose",
+    "list_presets", "seed_compose", "get_augmentation", "register_augmentation", "preset_options",
+    "choose_input_size",
     "compute_mean_std",
     "default_num_workers", "derive_seed", "EpochSampler", "EpochDataLoader", "EpochWorkerInit", "make_loader",
     "set_loader_epoch",
