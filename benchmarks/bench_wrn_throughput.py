@@ -116,9 +116,10 @@ def build_loader(train_ds, loader: str, workers: Optional[int], args: argparse.N
     from pytorch_utils.data.gpu import GPULoader
 
     if loader == "gpu":
-        return GPULoader(train_ds, batch_size=args.batch_size, train=True, device=device,
-                         augmentation=args.augmentation, seed=args.seed, channels_last=channels_last,
-                         dtype=dtype or torch.float32)
+        gpu = GPULoader(train_ds, batch_size=args.batch_size, train=True, device=device, seed=args.seed,
+                        channels_last=channels_last, dtype=dtype or torch.float32)
+        gpu.set_augmentation(args.augmentation)
+        return gpu
     ds = copy.copy(train_ds)
     ds.transform = get_preset(args.augmentation, train_ds.mean, train_ds.std, seed=args.seed)
     return make_loader(ds, args.batch_size, train=True, num_workers=workers, seed=args.seed)

@@ -66,8 +66,8 @@ def test_mixed_sizes_and_non_rgb(tmp_path):
         load_image_folder(tmp_path / "mixed", "train")
     (tmp_path / "gray" / "train" / "cat").mkdir(parents=True)
     Image.new("L", (32, 32)).save(tmp_path / "gray" / "train" / "cat" / "0.png")
-    with pytest.raises(DatasetError, match="L"):
-        load_image_folder(tmp_path / "gray", "train")
+    # Grayscale is converted to RGB on load now (issue 12 item 4), no longer refused.
+    assert load_image_folder(tmp_path / "gray", "train").images.shape == (1, 32, 32, 3)
 
 
 def test_labels_out_of_range():

@@ -3,11 +3,13 @@
 Typical use::
 
     train_ds, test_ds = load_datasets("cifar10", download=True)
-    train_ds.transform = get_preset("standard", train_ds.mean, train_ds.std, seed=0)
-    test_ds.transform = get_preset("test", train_ds.mean, train_ds.std)
-    train_loader = make_loader(train_ds, 512, train=True, seed=0)
+    size, note = choose_input_size(model, train_ds.image_size)   # the data's own size unless the model needs 32
+    train_loader = make_loader(train_ds, 512, train=True, seed=0)  # or gpu.GPULoader(train_ds, ...): same contract
+    train_loader.set_augmentation("standard", size=size)          # a preset of list_presets()
+    test_loader = make_loader(test_ds, 512, train=False)
+    test_loader.set_augmentation("test", size=size)
     for epoch in range(epochs):
-        set_loader_epoch(train_loader, epoch)
+        train_loader.set_epoch(epoch)                              # explicit, as DistributedSampler
         ...
 """
 from pytorch_utils.data.constants import (
@@ -23,12 +25,16 @@ from pytorch_utils.data.datasets import (
     DATASET_NAMES,
     ArrayDataset,
     clear_image_cache,
+    find_eval_split,
+    image_extensions,
     load_cifar,
     load_datasets,
     load_image_folder,
     make_synthetic,
     stratified_indices,
+    to_rgb,
 )
+from pytorch_utils.data.input_size import choose_input_size
 from pytorch_utils.data.loaders import (
     EpochDataLoader,
     EpochSampler,
@@ -39,27 +45,28 @@ from pytorch_utils.data.loaders import (
     set_loader_epoch,
 )
 from pytorch_utils.data.stats import compute_mean_std
-# The augmentation presets need albumentations (7.7 MB with its dependencies): imported on first use of one of
-# these names, so the GPU-resident path (and a machine without albumentations) never loads it.
-_TRANSFORMS = ("AlbumentationsTransform", "get_preset", "list_presets", "reduced_preset", "seed_compose",
-               "test_preset", "train_preset", "wrn_preset")
-
-
-def __getattr__(name):
-    if name in _TRANSFORMS:
-        from pytorch_utils.data import transforms
-
-        return getattr(transforms, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+from pytorch_utils.data.transforms import (
+    AlbumentationsTransform,
+    get_augmentation,
+    get_preset,
+    list_presets,
+    preset_options,
+    register_augmentation,
+    reduced_preset,
+    seed_compose,
+    test_preset,
+    train_preset,
+    wrn_preset,
+)
 
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_CLASSES", "CIFAR100_MEAN", "CIFAR100_STD",
     "DATASET_STATS", "DATASET_NAMES",
     "ArrayDataset", "load_cifar", "load_image_folder", "make_synthetic", "load_datasets", "clear_image_cache",
-    "stratified_indices",
+    "stratified_indices", "find_eval_split", "image_extensions", "to_rgb",
     "AlbumentationsTransform", "train_preset", "test_preset", "wrn_preset", "reduced_preset", "get_preset",
-    "list_presets", "seed_compose",
+    "list_presets", "seed_compose", "get_augmentation", "register_augmentation", "preset_options",
+    "choose_input_size",
     "compute_mean_std",
     "default_num_workers", "derive_seed", "EpochSampler", "EpochDataLoader", "EpochWorkerInit", "make_loader",
     "set_loader_epoch",

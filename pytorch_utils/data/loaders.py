@@ -3,9 +3,9 @@
 A resumed run only needs the epoch number to replay exactly the same batches: the sampler's permutation and every
 worker's random state are derived from (seed, epoch[, worker_id]), never from generator state carried over from
 earlier epochs. Call ``set_loader_epoch(loader, epoch)`` (or ``loader.set_epoch(epoch)``, or
-``loader.sampler.set_epoch(epoch)``) before iterating each epoch. A ``make_loader`` loader iterated again without
-a ``set_epoch`` in between moves on to the next epoch by itself, so hand-written loops still get a fresh shuffle
-each epoch (as the GPU loader of ``pytorch_utils.data.gpu`` does); a resumed run must call ``set_epoch``.
+``loader.sampler.set_epoch(epoch)``) before iterating each epoch, as with ``DistributedSampler``: a loader
+iterated again without a ``set_epoch`` in between replays the same epoch (both loaders, this one and the GPU
+loader of ``pytorch_utils.data.gpu``, follow this rule; ``fit`` calls ``set_epoch`` before every epoch).
 
 Note: albumentations 2.0.8 does not reseed a Compose inside DataLoader workers: each worker receives a copy of the
 same random state, so workers (and, with fresh workers each epoch, epochs) repeat one augmentation sequence. The
@@ -94,7 +94,6 @@ class EpochSampler(Sampler):
         self.even = bool(even)
         self.drop_last = drop_last and self.even
         self.epoch = 0
-        self.set_epoch_calls = 0  # lets a loader tell "set_epoch was called" from "iterated again without it"
         if not self.even:
             self.num_samples = shard_size(self.n, self.num_replicas, self.rank)
             self.total_size = self.n
@@ -108,7 +107,6 @@ class EpochSampler(Sampler):
     def set_epoch(self, epoch: int) -> None:
         """Select the permutation of ``epoch`` (call before iterating each epoch)."""
         self.epoch = int(epoch)
-        self.set_epoch_calls += 1
 
     def indices(self) -> np.ndarray:
         """This rank's indices for the current epoch, as an int64 array."""
@@ -166,18 +164,46 @@ class EpochWorkerInit:
 class EpochDataLoader(DataLoader):
     """A DataLoader over an ``EpochSampler`` whose augmentation randomness also follows (seed, epoch).
 
-    Built by ``make_loader``. ``set_epoch(e)`` selects the epoch; at the start of each iteration the epoch is read
-    from the sampler, handed to the worker init (workers are created fresh each epoch), and with
-    ``num_workers=0`` the main-process transform is reseeded as worker 0 would be, so 0 and 1 workers give the
-    same batches. Iterating again with no ``set_epoch`` call since the last iteration advances to the next epoch.
+    Built by ``make_loader``. The contract shared with the GPU-resident loader: ``set_epoch(e)`` selects the epoch
+    (as ``DistributedSampler``; iterating again without it replays the same epoch, batches and augmentations
+    included), and ``set_augmentation(name, size=None, **options)`` is the one augmentation switch. At the start
+    of each iteration the epoch is read from the sampler and handed to the worker init (workers are created fresh
+    each epoch); with ``num_workers=0`` the main-process transform is reseeded as worker 0 would be, so 0 and 1
+    workers give the same batches.
     """
 
-    _iterated_at_calls: Optional[int] = None  # sampler.set_epoch_calls when the last iteration started
+    augmentation: Optional[str] = None  # the preset last set by set_augmentation (None: the data set's own)
+    size: Optional[int] = None  # its output side
+    options: Optional[dict] = None  # preset options kept across switches
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch for shuffling and augmentation."""
         self.sampler.set_epoch(epoch)
         self.worker_init_fn.epoch = int(epoch)
+
+    def set_augmentation(self, name: Optional[str], size: Optional[int] = None, **options) -> None:
+        """Put preset ``name``'s albumentations transform on the data set; takes effect at the next iteration.
+
+        Args:
+            name: a preset of ``list_presets()`` (None: "test", no augmentation).
+            size: output side, or None to keep the current one (at first: the data's own height).
+            **options: preset options kept for later switches too (``cutout``, ``pad``, ``rotate``...); each
+                preset takes the ones it knows.
+        Raises:
+            UnknownNameError: unknown name. ConfigError: a preset without a CPU side, or bad option values.
+        """
+        from pytorch_utils.data.transforms import get_preset, preset_options
+
+        name = "test" if name in (None, "none") else name
+        ds = self.dataset
+        self.options = {**(self.options or {}), **options}
+        if size is not None:
+            self.size = int(size)
+        elif self.size is None:
+            self.size = int(ds.images.shape[1]) if hasattr(ds, "images") else 32
+        ds.transform = get_preset(name, ds.mean, ds.std, size=self.size, seed=self.worker_init_fn.seed,
+                                  **preset_options(name, self.options))
+        self.augmentation = name
 
     @property
     def epoch(self) -> int:
@@ -185,10 +211,6 @@ class EpochDataLoader(DataLoader):
         return self.sampler.epoch
 
     def __iter__(self):
-        if self._iterated_at_calls == self.sampler.set_epoch_calls:
-            # No set_epoch since the last pass: a hand-written loop; move on rather than replay the same epoch.
-            self.sampler.set_epoch(self.sampler.epoch + 1)
-        self._iterated_at_calls = self.sampler.set_epoch_calls
         # Read from the sampler so a bare loader.sampler.set_epoch(e) call is honoured too.
         epoch = self.sampler.epoch
         self.worker_init_fn.epoch = epoch
@@ -202,8 +224,8 @@ def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: Opt
                 num_replicas: int = 1, rank: int = 0) -> EpochDataLoader:
     """A reproducible DataLoader: shuffled per (seed, epoch) when ``train``, sharded over ``num_replicas`` ranks.
 
-    Call ``set_loader_epoch(loader, epoch)`` before each epoch (without it, each new pass moves to the next epoch,
-    counting from 0). The same seed, epoch and ``num_workers`` give the
+    Call ``set_loader_epoch(loader, epoch)`` before each epoch (without it, every pass replays epoch 0, as with
+    ``DistributedSampler``). The same seed, epoch and ``num_workers`` give the
     same batches, augmentations included (the data set's albumentations transform is reseeded per worker and
     epoch), so a resumed run replays its epochs exactly.
 

@@ -1,21 +1,42 @@
-"""Augmentation presets (albumentations 2.x) and the adapter that makes a Compose a data set transform.
+"""Augmentation presets: one registry of names, each with its CPU albumentations (2.x) side and its GPU pipeline.
 
-Every preset: optional resize > augmentations > ``Normalize(mean, std, max_pixel_value=255)`` > ``ToTensorV2``,
+``list_presets()`` is the one list of augmentation names. CPU side: resize to the output size (a no-op at that
+size) > augmentations > ``Normalize(mean, std, max_pixel_value=255)`` > ``ToTensorV2``,
 wrapped in ``AlbumentationsTransform`` so it takes one HWC uint8 image (numpy or PIL) and returns a float32 CHW
 tensor. Fill values for padding, rotation borders and cutout holes are the data set mean on the 0-255 scale, so
-after normalization they are ~0 and carry no signal.
+after normalization they are ~0 and carry no signal. GPU side: the batched equivalents of ``gpu_ops``, used by the
+GPU-resident loader.
 """
-import random
-from typing import List, Optional, Sequence, Tuple
+from __future__ import annotations
 
-import albumentations as A
-import cv2
+import importlib
+import inspect
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
 import numpy as np
 import torch
-from albumentations.pytorch import ToTensorV2
 
+from pytorch_utils.data import gpu_ops as ops
 from pytorch_utils.errors import ConfigError
 from pytorch_utils.registry import Registry
+
+
+class _Lazy:
+    """A module imported on its first attribute use. albumentations and OpenCV (7.7 MB of wheels, about a second
+    to import) serve only the DataLoader path: the GPU-resident path and a machine without them never load them."""
+
+    def __init__(self, name: str):
+        self._name, self._module = name, None
+
+    def __getattr__(self, attr: str):
+        if self._module is None:
+            self._module = importlib.import_module(self._name)
+        return getattr(self._module, attr)
+
+
+A, cv2, _albu_torch = _Lazy("albumentations"), _Lazy("cv2"), _Lazy("albumentations.pytorch")
 
 Stats = Sequence[float]
 
@@ -88,7 +109,7 @@ def _check(mean: Stats, std: Stats, size: int) -> None:
 
 
 def _finish(ops, mean: Stats, std: Stats, seed: Optional[int]) -> AlbumentationsTransform:
-    ops = list(ops) + [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
+    ops = list(ops) + [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), _albu_torch.ToTensorV2()]
     compose = A.Compose(ops, seed=seed)
     if seed is not None:
         seed_compose(compose, seed)
@@ -96,8 +117,9 @@ def _finish(ops, mean: Stats, std: Stats, seed: Optional[int]) -> Albumentations
 
 
 def _resize(size: int):
-    # CIFAR images are 32x32; other sizes are reached by resizing first (progressive resizing 32 -> 36 -> 40).
-    return [A.Resize(size, size)] if size != 32 else []
+    # Any input size reaches ``size`` (a no-op when it already is): data of another size, progressive resizing.
+    # INTER_AREA when shrinking averages pixels instead of skipping them (no aliasing).
+    return [A.Resize(size, size, area_for_downscale="image")]
 
 
 def _cutout(cutout: int, size: int, fill, p: float):
@@ -115,7 +137,7 @@ def train_preset(mean: Stats, std: Stats, size: int = 32, pad: int = 4, flip: bo
 
     Args:
         mean, std: per-channel stats on the [0, 1] scale (normalization, and the fill colour).
-        size: output side; images are resized to it first when it is not 32.
+        size: output side; images of another size are resized to it first.
         pad: border added on each side before the random crop (constant, filled with the mean).
         flip: random horizontal flip (p=0.5).
         cutout: side of the single square hole; 0 disables cutout.
@@ -142,7 +164,7 @@ def train_preset(mean: Stats, std: Stats, size: int = 32, pad: int = 4, flip: bo
 
 
 def test_preset(mean: Stats, std: Stats, size: int = 32) -> AlbumentationsTransform:
-    """Evaluation transform: resize (only when ``size != 32``) > normalize > tensor. Deterministic.
+    """Evaluation transform: resize to ``size`` (a no-op at that size) > normalize > tensor. Deterministic.
 
     Args:
         mean, std: per-channel stats on the [0, 1] scale.
@@ -200,32 +222,137 @@ def reduced_preset(mean: Stats, std: Stats, size: int = 32, pad: int = 4,
     return train_preset(mean, std, size=size, pad=pad, flip=True, cutout=0, seed=seed)
 
 
-_PRESETS: Registry[AlbumentationsTransform] = Registry("augmentation preset")
-_PRESETS.register(lambda mean, std, size=32, seed=None, **kw: test_preset(mean, std, size=size, **kw), name="test")
-_PRESETS.register(train_preset, name="standard")
-_PRESETS.register(lambda mean, std, size=32, seed=None, **kw: train_preset(mean, std, size, cutout=0, seed=seed, **kw),
-                  name="standard_no_cutout")
-_PRESETS.register(wrn_preset, name="wrn")
-_PRESETS.register(reduced_preset, name="reduced")
+def _standard_no_cutout(mean: Stats, std: Stats, size: int = 32, pad: int = 4,
+                        seed: Optional[int] = None) -> AlbumentationsTransform:
+    """The standard preset without cutout: pad > random crop > flip > normalize."""
+    return train_preset(mean, std, size=size, pad=pad, cutout=0, seed=seed)
+
+
+def _test(mean: Stats, std: Stats, size: int = 32, seed: Optional[int] = None) -> AlbumentationsTransform:
+    return test_preset(mean, std, size=size)  # deterministic: the seed has nothing to draw
+
+
+# ---------------------------------------------------------------------------------------------- GPU pipelines
+
+
+@dataclass(frozen=True)
+class GPUAugment:
+    """Options of the GPU pipelines; the names and defaults are the CPU presets' keywords.
+
+    ``fill`` is the data set mean in pixel units (a (3,) float tensor on the batch's device, so no host copy per
+    batch); ``size`` the output side.
+    """
+    size: int
+    fill: torch.Tensor
+    pad: int = 4
+    cutout: int = 8
+    cutout_p: float = 0.5
+    rotate: float = 15.0
+    scale: Tuple[float, float] = (0.75, 1.0)
+
+
+GPUPipeline = Callable[[torch.Tensor, GPUAugment, Optional[torch.Generator]], torch.Tensor]
+
+
+def _gpu_test(x: torch.Tensor, o: GPUAugment, g: Optional[torch.Generator]) -> torch.Tensor:
+    return ops.resize(x, o.size)
+
+
+def _gpu_crop_flip(x: torch.Tensor, o: GPUAugment, g: Optional[torch.Generator]) -> torch.Tensor:
+    x = ops.resize(x, o.size)
+    if o.pad:  # pad 0 would be an identity crop
+        x = ops.random_crop_with_padding(x, o.size, o.pad, o.fill, g)
+    return ops.random_flip(x, 0.5, g)
+
+
+def _gpu_standard(x: torch.Tensor, o: GPUAugment, g: Optional[torch.Generator]) -> torch.Tensor:
+    x = _gpu_crop_flip(x, o, g)
+    return ops.cutout(x, o.cutout, o.fill, o.cutout_p, g) if o.cutout and o.cutout_p > 0 else x
+
+
+def _gpu_wrn(x: torch.Tensor, o: GPUAugment, g: Optional[torch.Generator]) -> torch.Tensor:
+    # The resized crop resizes too, so progressive sizes need no separate resize.
+    x = ops.random_resized_crop_rotate(x, o.size, o.fill, scale=o.scale, rotate=o.rotate, generator=g)
+    x = ops.random_flip(x, 0.5, g)
+    return ops.cutout(x, o.cutout, o.fill, o.cutout_p, g) if o.cutout else x
+
+
+# ---------------------------------------------------------------------------------------------- the registry
+
+
+class Augmentation(NamedTuple):
+    """One augmentation preset: its CPU albumentations builder and its GPU pipeline (None where a side is missing).
+
+    ``cpu(mean, std, size=..., seed=..., **options) -> AlbumentationsTransform``;
+    ``gpu(uint8 or float pixel batch (N, 3, H, W), GPUAugment, generator) -> pixel batch (N, 3, size, size)``.
+    """
+    cpu: Optional[Callable[..., AlbumentationsTransform]]
+    gpu: Optional[GPUPipeline]
+
+
+_AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation preset")
+
+
+def register_augmentation(name: str, cpu: Optional[Callable[..., AlbumentationsTransform]] = None,
+                          gpu: Optional[GPUPipeline] = None) -> None:
+    """Add a preset under ``name`` (the one list of augmentation names; ``list_presets`` reads it).
+
+    Raises:
+        ValueError: the name is taken.
+    """
+    _AUGMENTATIONS.register(Augmentation(cpu, gpu), name=name)
+
+
+register_augmentation("test", _test, _gpu_test)
+register_augmentation("standard", train_preset, _gpu_standard)
+register_augmentation("standard_no_cutout", _standard_no_cutout, _gpu_crop_flip)
+register_augmentation("wrn", wrn_preset, _gpu_wrn)
+register_augmentation("reduced", reduced_preset, _gpu_crop_flip)
+
+
+def get_augmentation(name: str, side: str) -> Callable:
+    """The CPU builder (``side="cpu"``) or the GPU pipeline (``side="gpu"``) of preset ``name``.
+
+    Raises:
+        UnknownNameError: unknown name (lists the valid ones). ConfigError: the preset has no such side (names
+        the preset, the side, and the presets that have it).
+    """
+    assert side in ("cpu", "gpu"), side
+    found = getattr(_AUGMENTATIONS.get(name), side)
+    if found is None:
+        have = [n for n in list_presets() if getattr(_AUGMENTATIONS.get(n), side) is not None]
+        where = "GPU-resident loader (loader='gpu')" if side == "gpu" else "DataLoader (loader='dataloader')"
+        raise ConfigError(f"augmentation preset {name!r} has no {side.upper()} pipeline, so the {where} cannot "
+                          f"use it; pick another loader, or one of {', '.join(have)}")
+    return found
+
+
+def preset_options(name: str, options: Dict[str, Any]) -> Dict[str, Any]:
+    """The subset of ``options`` (e.g. a recipe's ``augmentation_kwargs``) that the CPU preset ``name`` takes, so
+    one set of options can serve presets that take different ones (``cutout`` means nothing to "test")."""
+    params = inspect.signature(get_augmentation(name, "cpu")).parameters
+    return {k: v for k, v in options.items() if k in params and k not in ("mean", "std", "size", "seed")}
 
 
 def get_preset(name: str, mean: Stats, std: Stats, size: int = 32, seed: Optional[int] = None,
                **kw) -> AlbumentationsTransform:
-    """Build a preset by name: "test", "standard", "standard_no_cutout", "wrn" or "reduced".
+    """Build the CPU (albumentations) side of a preset by name (see ``list_presets()``).
 
     Args:
-        name: preset name (see ``list_presets()``).
+        name: preset name: "test", "standard", "standard_no_cutout", "wrn", "reduced", or one registered with
+            ``register_augmentation``.
         mean, std: per-channel stats on the [0, 1] scale (e.g. ``train_ds.mean``, ``train_ds.std``).
-        size: output side (train at 36/40 and test at 32 for progressive resizing).
+        size: output side; images of another size are resized first (train at 36/40 and test at 32 for
+            progressive resizing).
         seed: seed of the Compose (ignored by "test", which is deterministic).
         **kw: preset-specific options (``cutout``, ``pad``, ``rotate``...).
     Returns:
         AlbumentationsTransform.
     Raises:
-        UnknownNameError: unknown name (the message lists the valid ones). ConfigError: an option the preset
-        does not take, or bad values.
+        UnknownNameError: unknown name (the message lists the valid ones). ConfigError: no CPU side, an option
+        the preset does not take, or bad values.
     """
-    builder = _PRESETS.get(name)
+    builder = get_augmentation(name, "cpu")
     try:
         return builder(mean, std, size=size, seed=seed, **kw)
     except TypeError as exc:
@@ -235,6 +362,5 @@ def get_preset(name: str, mean: Stats, std: Stats, size: int = 32, seed: Optiona
 
 
 def list_presets() -> List[str]:
-    """Names accepted by ``get_preset``, sorted."""
-    return _PRESETS.names()
-
+    """Names of the augmentation presets (the one list: CLI choices and ``Recipe.validate`` read it), sorted."""
+    return _AUGMENTATIONS.names()

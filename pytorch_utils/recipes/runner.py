@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from pytorch_utils.data import load_datasets, make_loader
 from pytorch_utils.data.gpu import GPULoader
+from pytorch_utils.data.input_size import choose_input_size
 from pytorch_utils.errors import CheckpointError, ConfigError
 from pytorch_utils.io import atomic_write_text, check_writable_dir, ensure_writable_dir
 from pytorch_utils.models import count_parameters, create_model
@@ -65,30 +66,26 @@ def check_model_data(model: nn.Module, num_classes: int) -> None:
                           f"model with num_classes={num_classes} (or pick the matching data set)")
 
 
-def _make_loaders(recipe: Recipe, train_ds, test_ds, device: torch.device, rank: int, world: int):
+def _make_loaders(recipe: Recipe, train_ds, test_ds, device: torch.device, rank: int, world: int, size: int):
     use_gpu = recipe.loader == "gpu" or (recipe.loader == "auto" and device.type == "cuda")
-    aug_kw = dict(recipe.augmentation_kwargs)
+    aug_kw = {k: v for k, v in recipe.augmentation_kwargs.items() if k != "size"}  # the size is decided apart
     if use_gpu:
         # Under bf16 autocast the first conv casts its input to bf16 anyway: hand it bf16 and halve the traffic.
         dtype = amp_dtype_for(recipe.amp, device) if amp_dtype_for(recipe.amp, device) == torch.bfloat16 \
             else torch.float32
         channels_last = recipe.channels_last and device.type == "cuda"
-        train = GPULoader(train_ds, batch_size=recipe.batch_size, train=True, device=device,
-                          augmentation=recipe.augmentation, seed=recipe.seed, channels_last=channels_last,
-                          dtype=dtype, num_replicas=world, rank=rank, **aug_kw)
-        test = GPULoader(test_ds, batch_size=max(recipe.batch_size, 512), train=False, device=device,
-                         augmentation=None, seed=recipe.seed, channels_last=channels_last, dtype=dtype,
-                         num_replicas=world, rank=rank)
-        return train, test, "gpu"
-    from pytorch_utils.data.transforms import get_preset  # local: albumentations only for the DataLoader path
-
-    train_ds.transform = get_preset(recipe.augmentation, train_ds.mean, train_ds.std, seed=recipe.seed, **aug_kw)
-    test_ds.transform = get_preset("test", train_ds.mean, train_ds.std)
-    train = make_loader(train_ds, recipe.batch_size, train=True, num_workers=recipe.num_workers, seed=recipe.seed,
-                        num_replicas=world, rank=rank)
-    test = make_loader(test_ds, max(recipe.batch_size, 512), train=False, num_workers=recipe.num_workers,
-                       seed=recipe.seed, num_replicas=world, rank=rank)
-    return train, test, "dataloader"
+        common = dict(device=device, seed=recipe.seed, channels_last=channels_last, dtype=dtype,
+                      num_replicas=world, rank=rank)
+        train = GPULoader(train_ds, batch_size=recipe.batch_size, train=True, **common)
+        test = GPULoader(test_ds, batch_size=max(recipe.batch_size, 512), train=False, **common)
+    else:
+        train = make_loader(train_ds, recipe.batch_size, train=True, num_workers=recipe.num_workers,
+                            seed=recipe.seed, num_replicas=world, rank=rank)
+        test = make_loader(test_ds, max(recipe.batch_size, 512), train=False, num_workers=recipe.num_workers,
+                           seed=recipe.seed, num_replicas=world, rank=rank)
+    train.set_augmentation(recipe.augmentation, size=size, **aug_kw)
+    test.set_augmentation("test", size=size)  # evaluation stays at the declared size (also under progressive resizing)
+    return train, test, "gpu" if use_gpu else "dataloader"
 
 
 # Recipe fields a resumed run may change: bookkeeping and speed settings that do not change what is trained.
@@ -213,6 +210,7 @@ class _Run:
     checkpoint: Optional[Dict[str, Any]]
     progress: bool
     history_writer: Optional[HistoryWriter] = None  # rank 0 only: history.json/.csv after every epoch
+    input_size: Optional[int] = None  # the square side evaluation runs at, chosen in _build
 
     @property
     def main(self) -> bool:
@@ -252,7 +250,13 @@ def _build(run: _Run, root: str, download: bool):
     check_model_data(model, num_classes)
     if run.checkpoint is not None:
         restore_model(model, run.checkpoint, source=run.checkpoint["_path"])  # a mismatch fails now, not after a sweep
-    train_loader, test_loader, kind = _make_loaders(recipe, train_ds, test_ds, device, run.rank, run.world)
+    # The recipe's declared size (augmentation_kwargs["size"], else the first phase's input_size) or the data's own;
+    # a model that cannot take it is resized or refused here, before any training.
+    requested = recipe.augmentation_kwargs.get("size") or next((p.input_size for p in recipe.phases if p.input_size),
+                                                               None)
+    run.input_size, _ = choose_input_size(model, train_ds.image_size, requested)
+    train_loader, test_loader, kind = _make_loaders(recipe, train_ds, test_ds, device, run.rank, run.world,
+                                                    run.input_size)
     per_rank = f" per rank, {recipe.batch_size * run.world} in all over {run.world} ranks" if run.world > 1 else ""
     log.info(f"recipe {recipe.name}: {recipe.model} ({count_parameters(model):,} params) on {run.data} "
              f"({len(train_ds)} train / {len(test_ds)} test, {num_classes} classes), device {device}, "
@@ -379,7 +383,7 @@ def run_recipe(recipe: Union[Recipe, str], data: Optional[str] = None, out_dir: 
     config = {"recipe": recipe.to_dict(), "data": str(run.data), "lr_finder": None,
               # What load_run/predict need to use the model without its data set (classes, normalization, size).
               "classes": list(train_ds.classes), "mean": list(train_ds.mean), "std": list(train_ds.std),
-              "input_size": list(train_ds.image_size)}
+              "input_size": [run.input_size, run.input_size]}
     if run.main and run.checkpoint is None:  # marks the folder as a started run (see find_resume_checkpoint)
         atomic_write_text(run.out_dir / "run.json", json.dumps(config, indent=2, default=str))
     # The sweep takes hard labels: a mixer's soft-target loss is for training only.

@@ -146,16 +146,34 @@ def test_resumed_loader_replays_the_epoch(synth):
     assert same_batches(collect(resumed, 2), last)
 
 
-def test_a_loop_without_set_epoch_moves_to_the_next_epoch(synth):
+def test_iterating_again_without_set_epoch_replays_the_epoch_on_both_loaders(synth):
+    # One epoch rule (as DistributedSampler): only set_epoch moves a loader on; was "moves to the next epoch".
+    from pytorch_utils.data.gpu import GPULoader
+
     ds = augmented(synth)
     loader = make_loader(ds, 16, train=True, num_workers=0, seed=2)
-    first = [(x, y) for x, y in loader]
-    second = [(x, y) for x, y in loader]
-    assert loader.epoch == 1
-    reference = make_loader(ds, 16, train=True, num_workers=0, seed=2)
-    assert same_batches(first, collect(reference, 0)) and same_batches(second, collect(reference, 1))
-    set_loader_epoch(loader, 0)  # an explicit epoch always wins, also when it repeats the last one
-    assert same_batches(collect(loader, 0), first)
+    gpu = GPULoader(synth, batch_size=16, train=True, device="cpu", seed=2)
+    gpu.set_augmentation("standard")
+    for ld in (loader, gpu):
+        first = [(x.clone(), y.clone()) for x, y in ld]
+        second = [(x.clone(), y.clone()) for x, y in ld]
+        assert ld.epoch == 0 and same_batches(first, second)
+        assert not same_batches(collect(ld, 1), first)
+        assert same_batches(collect(ld, 0), first)  # an explicit epoch always wins
+
+
+def test_set_augmentation_puts_the_preset_on_the_data_set_at_the_data_size(synth):
+    big = ArrayDataset(np.repeat(np.repeat(synth.images, 2, axis=1), 2, axis=2), synth.targets, synth.classes)
+    loader = make_loader(big, 16, train=True, num_workers=0, seed=0)
+    loader.set_augmentation("standard", cutout=4)
+    x, _ = next(iter(loader))
+    assert x.shape[-2:] == (64, 64) and loader.size == 64  # follows the data's own size by default
+    loader.set_augmentation("reduced", size=40)  # a phase switch: options kept, "reduced" takes no cutout
+    assert next(iter(loader))[0].shape[-2:] == (40, 40) and loader.options == {"cutout": 4}
+    expected = get_preset("reduced", big.mean, big.std, size=40, seed=0)
+    assert repr(big.transform) == repr(expected)
+    loader.set_augmentation(None)  # None is "test": deterministic, keeps the size
+    assert torch.equal(big[0][0], get_preset("test", big.mean, big.std, size=40)(big.images[0]))
 
 
 def test_workers_and_epochs_do_not_repeat_one_augmentation_sequence():

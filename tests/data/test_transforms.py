@@ -54,9 +54,13 @@ def test_presets_end_with_normalize_then_tensor_and_cutout_zero_disables_it():
     assert not any(isinstance(t, A.CoarseDropout) for t in ops)
     assert any(isinstance(t, A.CoarseDropout) for t in train_preset(MEAN, STD).compose.transforms)
     assert not any(isinstance(t, A.CoarseDropout) for t in get_preset("reduced", MEAN, STD).compose.transforms)
-    # no resize at the native CIFAR size, a resize first otherwise
-    assert not any(isinstance(t, A.Resize) for t in eval_preset(MEAN, STD).compose.transforms)
+    # a resize first, which leaves an image of the target size untouched and brings any other size to it
     assert isinstance(eval_preset(MEAN, STD, size=36).compose.transforms[0], A.Resize)
+    img = np.random.default_rng(0).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    plain = (torch.from_numpy(img).permute(2, 0, 1).float() / 255 - torch.tensor(MEAN).view(3, 1, 1)) \
+        / torch.tensor(STD).view(3, 1, 1)
+    assert torch.allclose(eval_preset(MEAN, STD)(img), plain, atol=1e-6)
+    assert eval_preset(MEAN, STD, size=32)(np.zeros((64, 48, 3), np.uint8)).shape == (3, 32, 32)
 
 
 def test_cutout_cuts_exactly_one_8x8_hole_filled_with_the_mean():

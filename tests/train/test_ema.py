@@ -151,14 +151,15 @@ def test_state_dict_round_trip():
 
 def test_fit_with_gpu_loader_and_ema_updates_every_step():
     """The engine drives the GPU loader (set_epoch, len) and the EMA (one update per step, EMA evaluated)."""
+    from pytorch_utils.data import ArrayDataset
     from pytorch_utils.data.gpu import GPULoader
     from pytorch_utils.train.loop import fit
 
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)
-    targets = rng.integers(0, 3, 64)
-    train = GPULoader(images, targets, batch_size=16, train=True, device="cpu", size=8, cutout=4, pad=2)
-    test = GPULoader(images, targets, batch_size=32, train=False, device="cpu", size=8)
+    ds = ArrayDataset(rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8), rng.integers(0, 3, 64), "abc")
+    train = GPULoader(ds, batch_size=16, train=True, device="cpu")
+    train.set_augmentation("standard", cutout=4, pad=2)
+    test = GPULoader(ds, batch_size=32, train=False, device="cpu")
     model = small_net()
     ema = ModelEMA(model, decay=0.9)
     history = fit(model, train, test, epochs=2, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),

@@ -1,0 +1,50 @@
+"""CIFAR-10/100 through torchvision (``download=True`` fetches them, e.g. in Colab)."""
+import os
+from typing import Callable, Optional
+
+import numpy as np
+
+from pytorch_utils.data.arrays import ArrayDataset, PathLike
+from pytorch_utils.data.constants import DATASET_STATS
+from pytorch_utils.errors import DatasetNotFoundError, UnknownNameError
+
+
+
+def load_cifar(name: str = "cifar10", root: PathLike = "./data", train: bool = True, download: bool = False,
+               transform: Optional[Callable] = None) -> ArrayDataset:
+    """CIFAR-10/100 through torchvision, as an ArrayDataset with the package's mean/std/classes.
+
+    Args:
+        name: "cifar10" or "cifar100".
+        root: folder holding (or receiving) torchvision's ``cifar-10-batches-py`` / ``cifar-100-python``.
+        train: training split (50k) or test split (10k).
+        download: fetch the archive if missing (needs internet, e.g. in Colab).
+        transform: callable stored on the data set, applied per image.
+    Returns:
+        ArrayDataset of uint8 (N, 32, 32, 3) images.
+    Raises:
+        UnknownNameError: unknown ``name``. DatasetNotFoundError: files missing and ``download=False``, or the
+        download failed.
+    """
+    import torchvision
+
+    key = str(name).lower()
+    if key not in DATASET_STATS:
+        raise UnknownNameError(f"unknown CIFAR data set {name!r}; valid names: {', '.join(sorted(DATASET_STATS))}")
+    mean, std, classes = DATASET_STATS[key]
+    cls = torchvision.datasets.CIFAR10 if key == "cifar10" else torchvision.datasets.CIFAR100
+    try:
+        raw = cls(root=str(root), train=train, download=download)
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
+        raise DatasetNotFoundError(
+            f"{key} not found under {os.path.abspath(root)!r} ({exc}); pass download=True to fetch it "
+            "(needs internet, e.g. in Colab), or point root= at the folder that holds it"
+        ) from exc
+    except OSError as exc:  # URLError and friends: no network while downloading
+        raise DatasetNotFoundError(
+            f"downloading {key} into {os.path.abspath(root)!r} failed ({exc}); download=True needs internet "
+            "(e.g. Colab); offline, use an image folder or zip of the data instead"
+        ) from exc
+    return ArrayDataset(np.asarray(raw.data, dtype=np.uint8), np.asarray(raw.targets, dtype=np.int64), classes,
+                        transform=transform, mean=mean, std=std)
+
