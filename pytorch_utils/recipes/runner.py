@@ -323,7 +323,7 @@ def _schedule_and_callbacks(run: _Run, optimizer, lr_values, steps_per_epoch: in
     scheduler = None
     if recipe.phases:
         phases = [dataclasses.replace(p, scheduler=with_lrs(p.scheduler)) for p in recipe.phases]
-        callbacks.append(PhaseSchedule(validate_phases(phases, epochs=recipe.epochs), seed=recipe.seed))
+        callbacks.append(PhaseSchedule(validate_phases(phases, epochs=recipe.epochs)))
     else:
         scheduler = build_schedule(with_lrs(recipe.scheduler), optimizer, steps_per_epoch, recipe.epochs)
     if recipe.early_stopping_patience:

@@ -155,26 +155,6 @@ def set_dropout(model: nn.Module, p: float) -> int:
     return count
 
 
-def set_augmentation(loader, name: str, size: Optional[int] = None, seed: Optional[int] = None) -> None:
-    """Switch a training loader's augmentation preset (and input size) between epochs.
-
-    A GPU loader has ``set_augmentation``; a DataLoader gets a new albumentations preset on its dataset (workers are
-    not persistent, so the next epoch's workers see it).
-    """
-    if hasattr(loader, "set_augmentation"):
-        loader.set_augmentation(name, size=size)
-        return
-    dataset = getattr(loader, "dataset", None)
-    if dataset is None or not hasattr(dataset, "transform"):
-        raise ConfigError("cannot change augmentation: the loader has no dataset with a `transform` attribute")
-    from pytorch_utils.data.constants import CIFAR10_MEAN, CIFAR10_STD
-    from pytorch_utils.data.transforms import get_preset
-
-    mean = getattr(dataset, "mean", None) or CIFAR10_MEAN
-    std = getattr(dataset, "std", None) or CIFAR10_STD
-    dataset.transform = get_preset(name, mean, std, size=size or 32, seed=seed)
-
-
 class PhaseSchedule(Callback):
     """Applies :class:`Phase` settings for the epoch about to run, and supplies the phases' LR schedule.
 
@@ -185,12 +165,11 @@ class PhaseSchedule(Callback):
     Args:
         phases: contiguous phases covering the run (see :func:`validate_phases`).
         steps_per_epoch: optimizer steps per epoch (default: what ``fit`` counts from the train loader).
-        seed: augmentation seed for presets built here.
     """
 
-    def __init__(self, phases: Sequence[Phase], steps_per_epoch: Optional[int] = None, seed: Optional[int] = None):
+    def __init__(self, phases: Sequence[Phase], steps_per_epoch: Optional[int] = None):
         self.phases = validate_phases(phases)
-        self.steps_per_epoch, self.seed = steps_per_epoch, seed
+        self.steps_per_epoch = steps_per_epoch
         self.applied: Dict[str, Any] = {}
 
     def index_for(self, epoch: int) -> int:
@@ -212,7 +191,8 @@ class PhaseSchedule(Callback):
             set_dropout(state.model, settings["dropout"])
         aug = (settings.get("augmentation"), settings.get("input_size"))
         if aug != (self.applied.get("augmentation"), self.applied.get("input_size")) and aug[0] is not None:
-            set_augmentation(state.train_loader, aug[0], size=aug[1], seed=self.seed)
+            # The one augmentation switch of both package loaders (make_loader, GPULoader); they keep their seed.
+            state.train_loader.set_augmentation(aug[0], size=aug[1])
         if state.mixer is not None:
             state.mixer.mixup_alpha = float(settings.get("mixup_alpha", state.mixer.mixup_alpha))
             state.mixer.cutmix_alpha = float(settings.get("cutmix_alpha", state.mixer.cutmix_alpha))
@@ -222,6 +202,10 @@ class PhaseSchedule(Callback):
 
     def on_fit_start(self, state: TrainState) -> None:
         self.applied = {}
+        if any(p.augmentation or p.input_size for p in self.phases) and not hasattr(state.train_loader,
+                                                                                   "set_augmentation"):
+            raise ConfigError("a phase changes the augmentation or input size, but the training loader has no "
+                              "set_augmentation(); build it with make_loader(...) or GPULoader(...)")
         schedule = phase_schedule(self.phases, self.steps_per_epoch or state.steps_per_epoch, state.epochs,
                                   initial_lr(state.optimizer))
         if schedule is not None:
