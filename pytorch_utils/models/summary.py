@@ -156,15 +156,12 @@ def _untraceable_layers(model, input_size, probe_device) -> List[Tuple[str, nn.M
             hooks.append(module.register_forward_hook(check(name)))
     try:
         with _probe(model, probe_device):
-            model(*[torch.rand(2, *s, device=probe_device) for s in _shapes(input_size)])
+            shapes = input_size if isinstance(input_size, list) else [input_size]
+            model(*[torch.rand(2, *s, device=probe_device) for s in shapes])
     finally:
         for h in hooks:
             h.remove()
     return found
-
-
-def _shapes(input_size) -> list:
-    return input_size if isinstance(input_size, list) else [input_size]
 
 
 def _describe(value) -> str:
