@@ -1,14 +1,12 @@
-"""Model zoo: ``create_model(name, num_classes=..., **kwargs)`` and ``list_models()``.
-
-Each model family lives in its own module and registers thin builders with ``@register_model``; importing this
-package imports every family so the registry is complete.
-"""
+"""Model zoo: ``create_model(name, num_classes=..., **kwargs)`` and ``list_models()``; each family module registers
+its builders with ``@register_model``."""
 import inspect
+import numbers
 from typing import List
 
 import torch.nn as nn
 
-from pytorch_utils.errors import ModelArgumentError
+from pytorch_utils.errors import ConfigError, ModelArgumentError
 from pytorch_utils.registry import Registry
 
 _MODELS: Registry[nn.Module] = Registry("model")
@@ -16,16 +14,11 @@ register_model = _MODELS.register
 
 
 def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
-    """Build a registered model.
+    """Build registered model ``name`` (returning logits) with ``num_classes`` outputs and family options ``kwargs``.
 
-    Args:
-        name: registered model name (see ``list_models()``).
-        num_classes: size of the output layer; models return logits.
-        **kwargs: family-specific options (``dropout``, ``depth``, ``widen_factor``...).
     Raises:
-        UnknownNameError: ``name`` is not registered (the message lists the valid names).
-        ModelArgumentError (a ConfigError and TypeError): a keyword the model does not take (the message lists
-        the ones it takes). ConfigError: a bad value (the model's own check).
+        UnknownNameError: ``name`` is not registered. ModelArgumentError (a ConfigError and TypeError): a keyword
+        the model does not take (the message lists the ones it takes). ConfigError: a bad value.
     """
     builder = _MODELS.get(name)
     # Bind first, so a TypeError raised inside the model code is not misreported as a bad keyword.
@@ -42,7 +35,7 @@ def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
 
 
 def _keyword_names(builder) -> List[str]:
-    """Names of the keyword arguments ``builder`` accepts, with their defaults (``dropout=0.0``)."""
+    """The keyword arguments ``builder`` accepts, with their defaults (``dropout=0.0``)."""
     out = []
     for p in inspect.signature(builder).parameters.values():
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
@@ -58,12 +51,19 @@ def list_models() -> List[str]:
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
-    """Number of (trainable: ``requires_grad``) parameters of ``model``, each distinct ``nn.Parameter`` once (a layer
-    used twice counts once), which is also what ``summary()`` reports as its totals."""
+    """Distinct (``requires_grad``) parameters of ``model``: a shared layer counts once, as in ``summary()``."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-# Importing the families registers them (kept at the bottom: they import register_model from here).
+def check_model_args(num_classes, dropout) -> None:
+    """Raise ConfigError for a class count that is not a positive integer or a dropout outside [0, 1)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
+
+
+# At the bottom: the families import register_model and check_model_args from here.
 from pytorch_utils.models import resnet_s8, resnet_s10, strixbee, wide_resnet  # noqa: E402,F401
 from pytorch_utils.models.costs import ModelCost, model_cost  # noqa: E402,F401
 from pytorch_utils.models.summary import summary  # noqa: E402,F401

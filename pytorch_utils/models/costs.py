@@ -6,21 +6,16 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from pytorch_utils.utils import preserved
+from pytorch_utils.utils import eval_mode, model_device
 
 __all__ = ["ModelCost", "model_cost"]
 
 
 @dataclass(frozen=True)
 class ModelCost:
-    """Cost of one forward pass of one image.
-
-    Attributes:
-        params: distinct parameters (a shared layer once, every ``nn.Parameter``).
-        macs: multiply-accumulates per image of the forward pass (torch's FLOP count / 2; convolutions and matrix
-            products only: BatchNorm, activations and pooling are a few % more and not counted).
-        input_size: (C, H, W) the count was made for.
-    """
+    """Cost of one forward pass of one image of ``input_size`` (C, H, W): distinct ``params``, and ``macs``
+    (torch's FLOP count / 2: convolutions and matrix products only; BatchNorm, activations and pooling, a few %
+    more, are not counted)."""
 
     params: int
     macs: int
@@ -33,17 +28,13 @@ class ModelCost:
 
 
 def model_cost(model: nn.Module, input_size: Sequence[int] = (3, 32, 32)) -> ModelCost:
-    """Parameters and forward MACs per image of ``model`` for input of shape ``input_size`` (C, H, W).
+    """ModelCost of ``model`` for input of shape ``input_size`` (C, H, W), counted by ``FlopCounterMode``.
 
-    The probe runs in eval mode under ``no_grad`` on the model's own device (the meta device works and costs no
-    compute); eval mode leaves BatchNorm statistics alone, and every module's own mode is put back afterwards.
-    Returns:
-        ModelCost; MACs come from ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs / 2).
+    The probe runs in eval mode under ``no_grad`` on the model's own device (the meta device costs no compute);
+    every module's own mode is put back afterwards.
     """
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
     counter = FlopCounterMode(display=False)
-    with preserved(model, weights=False, rng=False, train=False), torch.no_grad(), counter:
-        model(torch.zeros(1, *input_size, device=device))
+    with eval_mode(model), torch.no_grad(), counter:
+        model(torch.zeros(1, *input_size, device=model_device(model)))
     params = sum(p.numel() for p in model.parameters())
     return ModelCost(params=params, macs=counter.get_total_flops() // 2, input_size=tuple(input_size))

@@ -9,30 +9,21 @@ reports (about 82 % on CIFAR-100 after 200 epochs), is this one: 30,032,292 para
             changes, then the add and a ReLU (He et al., "Deep Residual Learning", 2016, option B shortcuts)
     head:   global average pool > Dropout > Linear 512->classes (with bias)
 
-Cost per 32x32 image, measured with ``pytorch_utils.models.costs.model_cost`` (torch's FlopCounterMode, CPU):
-30.03 M parameters and 1.46 G multiply-accumulates (MACs), against WRN-28-10's 36.55 M and 5.95 G: an epoch of this
-network is about a quarter of a WRN-28-10 epoch in arithmetic (training is about 3x the forward MACs: 50,000 images
-x 3 x 1.46 G = 0.22 P MACs per CIFAR epoch, WRN-28-10 0.89 P). ``python benchmarks/model_costs.py`` prints the table.
+Cost per 32x32 image (``model_cost``; ``python benchmarks/model_costs.py`` prints the table): 1.46 G MACs against
+WRN-28-10's 5.95 G, so an epoch is about a quarter of a WRN-28-10 epoch in arithmetic.
 """
-import numbers
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pytorch_utils.errors import ConfigError
-from pytorch_utils.models import register_model
+from pytorch_utils.models import check_model_args, register_model
 
 __all__ = ["BasicBlock", "S8ResNet", "s8_resnet"]
 
 
 class BasicBlock(nn.Module):
-    """Conv3x3(stride) > BN > ReLU > Conv3x3 > BN, plus the (projected) input, then ReLU.
+    """Conv3x3(stride) > BN > ReLU > Conv3x3 > BN, plus the input, then ReLU.
 
-    Args:
-        c_in: input channels.
-        c_out: output channels.
-        stride: stride of the first conv and of the projection.
     ``shortcut`` is a 1x1 Conv (no bias) > BN when the shape changes, else None (identity, no module).
     """
 
@@ -49,28 +40,23 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Block output (N, c_out, H / stride, W / stride) for x of shape (N, c_in, H, W)."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + (x if self.shortcut is None else self.shortcut(x)))
 
 
 class S8ResNet(nn.Module):
-    """The S8 seed's ResNet: stem, four stages of BasicBlocks, global average pool > Dropout > Linear.
+    """The S8 seed's ResNet: (N, 3, H, W) with H, W >= 8 -> logits (N, num_classes).
 
-    Args:
-        num_classes: output size.
-        dropout: probability of the Dropout before the Linear head (module kept at p=0 so phases can change it).
-        blocks: BasicBlocks per stage (the seed: 5).
-        widths: channels of the four stages (the seed: 64, 128, 256, 512).
-    Input (N, 3, H, W) (32x32 for CIFAR; any H, W >= 8 works); output logits (N, num_classes).
+    ``dropout`` is the Dropout before the Linear head (kept at p=0 so phases can change it); ``blocks`` BasicBlocks
+    per stage, of ``widths`` channels.
     """
 
     cam_layer: str = "layer4"  # last stage (4x4 for 32x32 input) before global pooling
 
     def __init__(self, num_classes: int = 100, dropout: float = 0.0, blocks: int = 5, widths=(64, 128, 256, 512)):
         super().__init__()
-        _check_args(num_classes, dropout)
+        check_model_args(num_classes, dropout)
         self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         c_in = widths[0]
@@ -82,30 +68,14 @@ class S8ResNet(nn.Module):
         self.fc = nn.Linear(c_in, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (N, num_classes) for x of shape (N, 3, H, W)."""
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         return self.fc(self.dropout(x))
 
 
-def _check_args(num_classes, dropout) -> None:
-    """Raise ConfigError for a bad class count or dropout probability."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
-        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
-
-
 @register_model
 def s8_resnet(num_classes: int = 100, dropout: float = 0.0) -> S8ResNet:
-    """The network the S8 seed trained (its numbers come from it): 30,032,292 parameters for 100 classes
-    (29,986,122 for 10), 1.46 G MACs per 32x32 image (WRN-28-10: 5.95 G).
-
-    Args:
-        num_classes: output size (the seed: CIFAR-100).
-        dropout: probability of the Dropout before the Linear head (the S8 phases set 0.3 then 0.2).
-    Returns:
-        an ``S8ResNet`` returning logits.
-    """
+    """The network the S8 seed trained: 30,032,292 parameters for 100 classes (29,986,122 for 10); the S8 phases
+    set ``dropout`` to 0.3 then 0.2."""
     return S8ResNet(num_classes=num_classes, dropout=dropout)

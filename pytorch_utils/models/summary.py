@@ -3,6 +3,7 @@ import ast
 import contextlib
 import io
 import re
+import types
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -10,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from pytorch_utils.errors import ConfigError
-from pytorch_utils.utils import preserved
+from pytorch_utils.utils import eval_mode
 
 __all__ = ["ModelSummary", "summary"]
 
@@ -20,24 +21,15 @@ _ROW = re.compile(r"^\s*(?P<name>\S+-\d+)\s+(?P<shape>\[.*\])\s+(?P<params>[\d,]
 _TOTAL = re.compile(r"^Total params: ([\d,]+)", re.MULTILINE)
 _TRAINABLE = re.compile(r"^Trainable params: ([\d,]+)", re.MULTILINE)
 _NON_TRAINABLE = re.compile(r"^Non-trainable params: ([\d,]+)", re.MULTILINE)
-_PARAMS_SIZE = re.compile(
-    r"^Params size \(MB\): (?P<params>[\d.]+)\nEstimated Total Size \(MB\): (?P<est>[\d.]+)", re.MULTILINE
-)
+_PARAMS_SIZE = re.compile(r"^Params size \(MB\): (?P<params>[\d.]+)\nEstimated Total Size \(MB\): (?P<est>[\d.]+)",
+                          re.MULTILINE)
 
 
 @dataclass
 class ModelSummary:
-    """torchsummary's table, the model's true parameter totals and the rows parsed from the table.
-
-    Attributes:
-        text: the table as torchsummary prints it, with the true totals and any notes below it.
-        total_params: distinct parameters of the model (a shared layer once, every ``nn.Parameter``).
-        trainable_params: those of them with ``requires_grad``.
-        layers: one (name such as "Conv2d-1", output shape with batch -1, parameter count) per row.
-        torchsummary_total: what torchsummary's rows add up to (may differ from ``total_params``).
-        torchsummary_trainable: torchsummary's trainable sum.
-        notes: the notes printed under the table (differing totals, layers without a row).
-    """
+    """torchsummary's table ``text`` (with the true totals and ``notes`` below it), the model's distinct
+    (``requires_grad``) parameter totals, torchsummary's own sums, and one ``layers`` row per table line:
+    (name such as "Conv2d-1", output shape with batch -1, parameter count)."""
 
     text: str
     total_params: int
@@ -46,57 +38,36 @@ class ModelSummary:
     torchsummary_total: Optional[int] = None
     torchsummary_trainable: Optional[int] = None
     notes: List[str] = field(default_factory=list)
-    # Whether summary() already printed the table: the notebook display hook then shows the totals only, so a cell
-    # ending in `summary(model, ...)` does not show the table twice.
+    # Already printed: the notebook display hook then shows the totals only, not the table a second time.
     printed: bool = field(default=False, compare=False, repr=False)
 
     def __str__(self) -> str:
         return self.text
 
     def __repr__(self) -> str:
-        return (
-            f"ModelSummary(layers={len(self.layers)}, total_params={self.total_params:,}, "
-            f"trainable_params={self.trainable_params:,})"
-        )
+        return (f"ModelSummary(layers={len(self.layers)}, total_params={self.total_params:,}, "
+                f"trainable_params={self.trainable_params:,})")
 
     def _repr_pretty_(self, printer, cycle) -> None:
-        # IPython/Jupyter display hook: show the table itself when the summary is a cell's last expression.
         printer.text(repr(self) if (cycle or self.printed) else self.text)
 
 
-def summary(
-    model: nn.Module,
-    input_size: Union[Sequence[int], List[Sequence[int]]] = (3, 32, 32),
-    device: Optional[Union[str, torch.device]] = None,
-    batch_size: int = -1,
-    print_table: bool = True,
-) -> ModelSummary:
-    """Run torchsummary on ``model`` and return its table, with the model's true parameter totals, as data.
+def summary(model: nn.Module, input_size: Union[Sequence[int], List[Sequence[int]]] = (3, 32, 32),
+            device: Optional[Union[str, torch.device]] = None, batch_size: int = -1,
+            print_table: bool = True) -> ModelSummary:
+    """torchsummary's table of ``model`` as a ModelSummary (printed too with ``print_table``), with true totals.
 
-    torchsummary's rows are kept as the course prints them, but its totals only add up ``weight``/``bias`` of each
-    called layer (a layer called twice counts twice; a bare ``nn.Parameter`` or an LSTM's ``weight_ih_l0`` not at
-    all; a row is trainable by its weight alone). The totals printed and returned here are the model's own: every
-    distinct ``nn.Parameter`` once, trainable = ``requires_grad``; a note under the table gives torchsummary's sums
-    when they differ. A layer whose input or output torchsummary cannot size (a tuple holding tuples such as an
-    LSTM's ``(out, (h, c))``, a dict, None) gets no row, and a note names it.
-
-    The forward pass runs in eval mode under ``no_grad`` so BatchNorm running statistics are not updated; the
-    model's per-module training flags are restored afterwards and the model is never moved.
+    torchsummary's totals add ``weight``/``bias`` of each called layer (a layer called twice counts twice, a bare
+    ``nn.Parameter`` not at all); the totals here count every distinct parameter once, with a note when they
+    differ. A layer whose input or output torchsummary cannot size (a tuple of tuples, a dict, None) gets no row,
+    and a note. The probe runs in eval mode under ``no_grad``; modes are restored and the model is never moved.
 
     Args:
-        model: the network (float32 parameters).
-        input_size: one input shape without the batch dimension, e.g. (3, 32, 32), or a list of shapes for
-            models taking several inputs.
-        device: where the probe input is created; defaults to the device of the model's parameters. Must be
-            the model's device ("cpu" or "cuda").
-        batch_size: batch size shown in the table's shapes and size estimate (-1 = unspecified).
-        print_table: also print the table (for notebooks).
-    Returns:
-        ModelSummary with the text, true total/trainable counts, torchsummary's own sums, notes and the rows.
+        input_size: one input shape without the batch dimension, or a list of them for several inputs.
+        device: "cpu" or "cuda", the model's device (default). batch_size: shown in the table (-1 = unspecified).
     Raises:
-        ConfigError: the device is not cpu/cuda, is unavailable, or differs from the model's device, or the
-            model is not float32 (torchsummary always feeds float32 input), or torchsummary fails even without
-            the layers it cannot size (the message names them).
+        ConfigError: a device that is not cpu/cuda, unavailable, or not the model's; a model not float32; or
+            torchsummary failing even without the layers it cannot size (the message names them).
     """
     probe_device = _resolve_device(model, device)
     input_size = [tuple(s) for s in input_size] if isinstance(input_size, list) else tuple(input_size)
@@ -104,8 +75,8 @@ def summary(
     try:
         text = _torchsummary_text(model, input_size, batch_size, probe_device, hidden)
     except (AttributeError, IndexError, TypeError):
-        # torchsummary's hook failed on some layer's input or output; find those layers and try once without them.
-        # A model that fails for its own reasons fails again in the probe, with its own error.
+        # torchsummary's hook failed on some layer's input or output: retry once without those layers (a model
+        # that fails for its own reasons fails again in the probe, with its own error).
         hidden = _untraceable_layers(model, input_size, probe_device)
         if not hidden:
             raise
@@ -131,8 +102,8 @@ def _probe(model: nn.Module, probe_device: torch.device):
     cuda_ctx = torch.cuda.device(probe_device) if probe_device.type == "cuda" else contextlib.nullcontext()
     try:
         # torchsummary removes its hooks only after a successful forward: a model that raises (e.g.
-        # InputShapeError) must not keep them, hence the hook bookkeeping beside preserved().
-        with preserved(model, weights=False, rng=False, train=False), torch.no_grad(), cuda_ctx:
+        # InputShapeError) must not keep them, hence the hook bookkeeping beside eval_mode().
+        with eval_mode(model), torch.no_grad(), cuda_ctx:
             yield
     finally:
         for m, keys in hooks_before.items():
@@ -158,20 +129,14 @@ def _torchsummary_text(model, input_size, batch_size, probe_device, hidden) -> s
     return buffer.getvalue().rstrip("\n")
 
 
-class _NoHandle:
-    """Stands in for the handle of a hook that was never registered."""
-
-    def remove(self) -> None:
-        pass
-
-
-def _no_hook(*args, **kwargs) -> _NoHandle:
-    return _NoHandle()
+def _no_hook(*args, **kwargs):
+    """Stands in for ``register_forward_hook``: registers nothing, returns a handle whose ``remove`` does nothing."""
+    return types.SimpleNamespace(remove=lambda: None)
 
 
 def _untraceable_layers(model, input_size, probe_device) -> List[Tuple[str, nn.Module, str]]:
-    """(qualified name, module, what it passes) for each layer whose first input or output torchsummary cannot
-    size: it needs a tensor in, and a tensor or a flat list/tuple of tensors out."""
+    """(name, module, what it passes) for each layer whose first input is not a tensor or whose output is not a
+    tensor or a flat list/tuple of tensors (what torchsummary cannot size)."""
     found, hooks = [], []
 
     def check(name):
@@ -191,15 +156,12 @@ def _untraceable_layers(model, input_size, probe_device) -> List[Tuple[str, nn.M
             hooks.append(module.register_forward_hook(check(name)))
     try:
         with _probe(model, probe_device):
-            model(*[torch.rand(2, *s, device=probe_device) for s in _shapes(input_size)])
+            shapes = input_size if isinstance(input_size, list) else [input_size]
+            model(*[torch.rand(2, *s, device=probe_device) for s in shapes])
     finally:
         for h in hooks:
             h.remove()
     return found
-
-
-def _shapes(input_size) -> list:
-    return input_size if isinstance(input_size, list) else [input_size]
 
 
 def _describe(value) -> str:
@@ -212,7 +174,7 @@ def _describe(value) -> str:
 
 def _with_true_totals(table: ModelSummary, model: nn.Module, hidden) -> ModelSummary:
     """``table`` with the model's own deduplicated totals in place of torchsummary's, and notes on differences."""
-    params = list(model.parameters())  # distinct Parameter objects: a shared layer's weights come once
+    params = list(model.parameters())  # distinct Parameters: a shared layer once
     total = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
     notes = [
@@ -237,8 +199,7 @@ def _with_true_totals(table: ModelSummary, model: nn.Module, hidden) -> ModelSum
 
 
 def _fix_sizes(match, total: int) -> str:
-    """The "Params size" and "Estimated Total Size" lines recomputed from the true total (4 bytes a parameter,
-    torchsummary's own assumption)."""
+    """The "Params size" and "Estimated Total Size" lines for the true total (4 bytes a parameter, as torchsummary)."""
     params_mb = total * 4.0 / 1024 ** 2
     estimated = float(match.group("est")) - float(match.group("params")) + params_mb
     return f"Params size (MB): {params_mb:0.2f}\nEstimated Total Size (MB): {estimated:0.2f}"
@@ -275,12 +236,8 @@ def _parse(text: str) -> ModelSummary:
     total, trainable = _TOTAL.search(text), _TRAINABLE.search(text)
     if total is None or trainable is None:  # torchsummary changed its format; fail loudly, not with zeros
         raise RuntimeError(f"could not parse the torchsummary table:\n{text}")
-    return ModelSummary(
-        text=text,
-        total_params=int(total.group(1).replace(",", "")),
-        trainable_params=int(trainable.group(1).replace(",", "")),
-        layers=layers,
-    )
+    return ModelSummary(text=text, total_params=int(total.group(1).replace(",", "")),
+                        trainable_params=int(trainable.group(1).replace(",", "")), layers=layers)
 
 
 def _to_tuple(value):

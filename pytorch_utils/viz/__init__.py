@@ -1,12 +1,5 @@
-"""Plots for training runs: data in, matplotlib Figure out (and an optional PNG).
-
-Every function returns its ``Figure`` and takes ``save=path`` to write a PNG (parent directories are created).
-Figures are built without pyplot, so calling these in a loop does not accumulate open figures; in a notebook a
-returned figure shows when it is the cell's last expression (or with ``display(fig)``). See ``images.py`` for why.
-
-GradCAM (``gradcam``, ``plot_gradcam``) imports pytorch-grad-cam only when called. viz never evaluates or trains:
-it takes results (``evaluate(...)``'s dict, a history, an LR-finder result) and a model only for GradCAM.
-"""
+"""Plots for training runs: results in (``evaluate``'s dict, a history, an LR-finder result; a model only for
+GradCAM), a pyplot-free matplotlib ``Figure`` out, saved as PNG with ``save=path`` (see ``images.py``)."""
 from pytorch_utils.viz.confusion import (confusion_matrix, most_confused_pairs, per_class_accuracy, per_class_csv,
                                          per_class_markdown, per_class_report, plot_confusion_matrix,
                                          plot_per_class_accuracy)

@@ -1,7 +1,6 @@
-"""Confusion matrix, per-class accuracy, the most confused class pairs, and per-class precision/recall/F1.
-
-The counts are numpy; precision, recall and F1 come from scikit-learn (``precision_recall_fscore_support``).
-"""
+"""Confusion matrix, per-class accuracy, the most confused class pairs, and per-class precision/recall/F1 (sklearn)."""
+import csv
+import io
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -25,15 +24,9 @@ def _labels(x, what: str) -> np.ndarray:
 
 
 def confusion_matrix(targets, preds, num_classes: int) -> np.ndarray:
-    """Count matrix ``cm[true, pred]``.
+    """Counts ``cm[true, pred]``: int64 numpy (num_classes, num_classes) for labels (N,) in ``[0, num_classes)``.
 
-    Args:
-        targets, preds: labels (N,) (tensors or arrays), each in ``[0, num_classes)``.
-        num_classes: matrix size.
-    Returns:
-        int64 numpy array (num_classes, num_classes); rows are true classes, columns predicted classes.
-    Raises:
-        ConfigError: different lengths or a label outside the range.
+    Raises ConfigError for different lengths or a label outside the range.
     """
     targets, preds = _labels(targets, "targets"), _labels(preds, "preds")
     if int(num_classes) != num_classes or num_classes < 1:
@@ -44,7 +37,6 @@ def confusion_matrix(targets, preds, num_classes: int) -> np.ndarray:
     for name, arr in (("targets", targets), ("preds", preds)):
         if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
             raise ConfigError(f"{name} has labels outside [0, {num_classes}): min {arr.min()}, max {arr.max()}")
-    # One bincount over the flattened (true, pred) cell index: O(N), no Python loop.
     flat = np.bincount(targets * num_classes + preds, minlength=num_classes * num_classes)
     return flat.reshape(num_classes, num_classes).astype(np.int64)
 
@@ -63,29 +55,17 @@ def _names(classes: Optional[Sequence[str]], n: int) -> List[str]:
 
 
 def per_class_accuracy(cm) -> np.ndarray:
-    """Accuracy of each true class in percent (recall): ``diag / row sum * 100``; NaN for classes with no samples.
-
-    Args:
-        cm: confusion matrix (rows true, columns predicted).
-    Returns:
-        float64 numpy array (C,).
-    """
+    """Accuracy (recall) of each true class of ``cm`` in percent: float64 (C,), NaN for classes with no samples."""
     cm = _check_cm(cm).astype(np.float64)
     support = cm.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(support > 0, 100.0 * np.diag(cm) / support, np.nan)
 
 
-def most_confused_pairs(cm, classes: Optional[Sequence[str]] = None, k: Optional[int] = 10) -> List[Tuple[str, str, int]]:
-    """The most frequent mistakes: ``(true_name, pred_name, count)`` sorted by count, highest first.
-
-    The diagonal (correct predictions) and zero cells are excluded; ties keep (true, pred) index order.
-
-    Args:
-        cm: confusion matrix; classes: class names (None uses the indices as strings); k: at most this many (None: all).
-    Returns:
-        list of tuples.
-    """
+def most_confused_pairs(cm, classes: Optional[Sequence[str]] = None,
+                        k: Optional[int] = 10) -> List[Tuple[str, str, int]]:
+    """At most ``k`` (None: all) off-diagonal non-zero cells as ``(true_name, pred_name, count)``, highest count
+    first; ties keep (true, pred) index order."""
     cm = _check_cm(cm)
     names = _names(classes, cm.shape[0])
     off = cm.copy()
@@ -106,16 +86,10 @@ def _tick_fontsize(ax, n: int) -> float:
 def plot_confusion_matrix(cm, classes: Optional[Sequence[str]] = None, normalize: Union[bool, str] = False, ax=None,
                           save: Optional[PathLike] = None, title: Optional[str] = None,
                           hide_diagonal: Optional[bool] = None) -> Figure:
-    """The confusion matrix as a seaborn heatmap (rows true, columns predicted).
+    """The confusion matrix as a seaborn heatmap (rows true, columns predicted; values written up to 20 classes).
 
-    Args:
-        cm: count matrix (C, C); classes: class names.
-        normalize: False for counts, "true" (or True) to divide each row by its total (recall per cell).
-        ax: draw into this axes (its figure is returned); save: PNG path; title: axes title.
-        hide_diagonal: grey out the correct predictions so the colour scale spans the mistakes only (default: True
-            for more than 20 classes, where the diagonal would otherwise make every confusion look white).
-    Returns:
-        the Figure. Cell values are written only for at most 20 classes.
+    ``normalize`` "true" (or True) divides each row by its total. ``hide_diagonal`` greys out the correct predictions
+    so the colours span the mistakes only (default: beyond 20 classes, where the diagonal makes all else white).
     """
     import seaborn as sns  # local: seaborn's import is slow and only this plot needs it
     from matplotlib.ticker import MaxNLocator
@@ -171,17 +145,10 @@ HORIZONTAL_MIN_CLASSES = 31  # from here on the bars are horizontal: one readabl
 
 def plot_per_class_accuracy(cm, classes: Optional[Sequence[str]] = None, ax=None, save: Optional[PathLike] = None,
                             title: Optional[str] = None, order: Optional[str] = None) -> Figure:
-    """Bar chart of :func:`per_class_accuracy` with the values written on the bars and a dashed overall-accuracy line.
+    """Bar chart of :func:`per_class_accuracy` with values on the bars and a dashed overall-accuracy line.
 
-    Up to 30 classes the bars are vertical; beyond that they are horizontal, one row per class, with a figure height
-    that grows with the class count so that 100 class names stay readable at notebook width.
-
-    Args:
-        cm: confusion matrix; classes: class names; ax: draw into this axes; save: PNG path; title: axes title.
-        order: "sorted" (weakest class first) or "index" (class order); default "sorted" for more than 30
-            classes, else "index".
-    Returns:
-        the Figure.
+    Beyond 30 classes the bars are horizontal, one readable row per class, and ``order`` defaults to "sorted"
+    (weakest first) instead of "index".
     """
     cm = _check_cm(cm)
     n = cm.shape[0]
@@ -195,10 +162,7 @@ def plot_per_class_accuracy(cm, classes: Optional[Sequence[str]] = None, ax=None
     idx = np.argsort(np.where(np.isnan(acc), np.inf, acc), kind="stable") if order == "sorted" else np.arange(n)
     acc, names = acc[idx], [names[i] for i in idx]
     horizontal = n >= HORIZONTAL_MIN_CLASSES
-    if horizontal:
-        figsize = (7.5, float(max(4.0, 0.2 * n + 1.2)))
-    else:
-        figsize = (float(np.clip(0.6 * n + 2, 6.0, 24.0)), 4.2)
+    figsize = (7.5, max(4.0, 0.2 * n + 1.2)) if horizontal else (float(np.clip(0.6 * n + 2, 6.0, 24.0)), 4.2)
     fig, ax = axes_and_figure(ax, figsize)
     pos = np.arange(n)
     values = np.nan_to_num(acc, nan=0.0)
@@ -243,17 +207,11 @@ def plot_per_class_accuracy(cm, classes: Optional[Sequence[str]] = None, ax=None
 
 def per_class_report(targets, preds, classes: Optional[Sequence[str]] = None,
                      num_classes: Optional[int] = None) -> List[dict]:
-    """Precision, recall, F1 and support per class, plus the macro and weighted averages (scikit-learn).
+    """Precision, recall, F1 and support per class, then the "macro avg" and "weighted avg" rows, as dicts
+    ``{"class", "precision", "recall", "f1", "support"}`` (fractions, int counts), as ``classification_report``.
 
-    Computed by ``sklearn.metrics.precision_recall_fscore_support`` over every class index (a class with no
-    prediction or no sample gets 0, not a warning), so the numbers equal ``classification_report``'s.
-
-    Args:
-        targets, preds: labels (N,), tensors or arrays; classes: names (default the label numbers);
-        num_classes: default ``len(classes)``, else the largest label + 1.
-    Returns:
-        one dict per class ``{"class", "precision", "recall", "f1", "support"}`` (fractions in [0, 1], support an
-        int count of true samples), then the rows ``"macro avg"`` and ``"weighted avg"``.
+    A class without predictions or samples gets 0; ``num_classes`` defaults to ``len(classes)``, else the largest
+    label + 1.
     """
     from sklearn.metrics import precision_recall_fscore_support
 
@@ -281,9 +239,6 @@ def per_class_markdown(rows: Sequence[dict]) -> str:
 
 def per_class_csv(rows: Sequence[dict]) -> str:
     """A :func:`per_class_report` as CSV text (fractions with 6 decimals)."""
-    import csv
-    import io
-
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["class", "precision", "recall", "f1", "support"])

@@ -27,17 +27,10 @@ def _number(value) -> Optional[float]:
 
 
 def clean_history(history: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
-    """The records of a run as they should be plotted: one per epoch, in epoch order.
+    """A new list of the history's records, one per epoch in epoch order.
 
-    A record without "epoch" is numbered one after the previous record. When a run was resumed from a checkpoint,
-    the history holds the epochs after the checkpoint twice; a record whose epoch is not after the previous one
-    starts a new segment that supersedes every earlier record from that epoch on (so the last record of each epoch
-    wins, and stale epochs the resumed run never reached are dropped).
-
-    Args:
-        history: list of dicts (a ``History``).
-    Returns:
-        a new list of dicts sorted by epoch, with unique epochs.
+    A record without "epoch" is numbered after the previous one. A record whose epoch is not after the previous one
+    (a resumed run) supersedes every earlier record from that epoch on.
     """
     kept: List[Dict[str, Any]] = []
     last_epoch = 0.0
@@ -75,21 +68,21 @@ def _mark_events(ax, stops, boundaries, label_phases: bool) -> None:
         ax.axvline(x, color="crimson", linestyle="--", linewidth=1.2, label=f"early stop (epoch {x})")
 
 
-def _integer_epochs(ax) -> None:
-    """Whole-epoch ticks: a 3-epoch run would otherwise get 1.0, 1.5, 2.0, ... (epochs are counted, not measured)."""
+def _epoch_axes(ax, ylabel: str, title: str) -> None:
+    """Labels, grid and whole-epoch ticks (a 3-epoch run would otherwise get 1.0, 1.5, 2.0, ...)."""
     from matplotlib.ticker import MaxNLocator
 
-    # min_n_ticks=1: with the default 2 a one-epoch run has a single integer in view and falls back to 0.945, ...
+    ax.set_xlabel("epoch")
+    # min_n_ticks=1: with the default 2, a one-epoch run falls back to 0.945, ...
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
 
 
 def _format_linear_lr(ax, values: List[float]) -> None:
-    """Readable ticks on a linear LR axis.
-
-    A constant or nearly constant LR (0.1 falling to 0.09995) makes matplotlib zoom into the tiny range and label
-    it 0.099975, 0.099980, ... (or with an offset); widen such a range to +-10% of its level and print ticks with at
-    most 4 significant digits (enough for any tick step of a range spanning 5% or more).
-    """
+    """Readable ticks on a linear LR axis: a nearly constant LR (matplotlib would label 0.099975, 0.099980, ...)
+    gets a range widened to +-10% of its level, and ticks show at most 4 significant digits."""
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     lo, hi = min(values), max(values)
@@ -103,23 +96,12 @@ def _format_linear_lr(ax, values: List[float]) -> None:
 
 def plot_history(history: Union[PathLike, Sequence[Mapping[str, Any]]], save: Optional[PathLike] = None,
                  title: Optional[str] = None) -> Figure:
-    """Loss and accuracy (train and test) per epoch, and the learning rate on its own panel.
+    """Loss and accuracy (train and test) per epoch, and the learning rate (if recorded) on a third panel.
 
-    Handles real-world histories: keys that are missing or None in some epochs are skipped point by point; resumed
-    runs are de-duplicated (see :func:`clean_history`); a record with ``early_stop`` True gets a red dashed line;
-    when records carry "phase", each phase change gets a dotted line labelled with the new phase. The LR axis is
-    logarithmic when the LR spans more than one decade (else a nearly constant LR gets a widened, plainly labelled
-    axis). Epoch ticks are whole numbers. The best test accuracy is starred.
-
-    Args:
-        history: list of per-epoch dicts with "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"; or a
-            run folder, its ``history.json`` or its ``history.csv`` (read with ``train.history.read_history``; a
-            run cut off mid-way has both files up to its last finished epoch).
-        save: PNG path; title: figure title.
-    Returns:
-        the Figure (3 panels, or 2 when no record has an LR).
-    Raises:
-        ConfigError: the history is empty, or a path holds no readable history.
+    ``history`` is a list of per-epoch dicts, or a run folder / its ``history.json`` / ``history.csv``. Missing or
+    None values are skipped, resumed runs de-duplicated (:func:`clean_history`); early stops and phase changes get
+    vertical lines, the best test accuracy a star; the LR axis is logarithmic when the LR spans over a decade.
+    Raises ConfigError for an empty history or a path without one.
     """
     records = clean_history(as_records(history))
     if not records:
@@ -157,11 +139,7 @@ def plot_history(history: Union[PathLike, Sequence[Mapping[str, Any]]], save: Op
         if not drawn:
             ax.text(0.5, 0.5, f"no {metric} recorded", ha="center", va="center", transform=ax.transAxes)
         _mark_events(ax, stops, boundaries, label_phases=ax is axes[0])
-        ax.set_xlabel("epoch")
-        _integer_epochs(ax)
-        ax.set_ylabel(ylabel)
-        ax.set_title(ylabel.split(" ")[0])
-        ax.grid(alpha=0.3)
+        _epoch_axes(ax, ylabel, ylabel.split(" ")[0])
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
 
@@ -174,11 +152,7 @@ def plot_history(history: Union[PathLike, Sequence[Mapping[str, Any]]], save: Op
         else:
             _format_linear_lr(ax, lr_y)
         _mark_events(ax, stops, boundaries, label_phases=False)
-        ax.set_xlabel("epoch")
-        _integer_epochs(ax)
-        ax.set_ylabel("learning rate")
-        ax.set_title("learning rate")
-        ax.grid(alpha=0.3)
+        _epoch_axes(ax, "learning rate", "learning rate")
 
     if title:
         fig.suptitle(title)

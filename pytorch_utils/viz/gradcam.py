@@ -1,24 +1,24 @@
 """GradCAM heatmaps (via pytorch-grad-cam) and an image | overlay grid.
 
-pytorch-grad-cam does the CAM maths; this module adds what course notebooks kept getting wrong around it: choosing the
-layer by name, in-place ReLUs (they overwrite the hooked activations, which breaks the backward hook), and putting
-the model back exactly as it was (mode, ``requires_grad`` flags, ``.grad`` tensors, ReLU flags).
+Around pytorch-grad-cam's maths this adds what course notebooks kept getting wrong: choosing the layer by name,
+in-place ReLUs (they break the backward hook), and putting the model back exactly as it was.
 """
 import math
 from typing import List, Optional, Sequence, Tuple, Union
 
+import matplotlib
 import numpy as np
 import torch
 import torch.nn as nn
 from matplotlib.figure import Figure
 
 from pytorch_utils.errors import ConfigError, UnknownNameError
-from pytorch_utils.utils import model_device, preserved, unwrap_model
+from pytorch_utils.utils import eval_mode, model_device, unwrap_model
 from pytorch_utils.viz.images import (PathLike, class_name, finish, imshow, new_figure, to_display, to_numpy)
 
 __all__ = ["gradcam", "plot_gradcam", "resolve_target_layer", "conv_layer_names", "overlay_heatmap", "CAM_METHODS"]
 
-# Name -> class name in pytorch_grad_cam; all are gradient-based and cheap (one forward/backward per batch).
+# Name -> class name in pytorch_grad_cam (all gradient-based: one forward/backward per batch).
 CAM_METHODS = {
     "gradcam": "GradCAM",
     "gradcam++": "GradCAMPlusPlus",
@@ -37,12 +37,10 @@ HOOK_POINTS = ("output", "input")  # what of the target module GradCAM explains:
 
 
 class _InputTap:
-    """Stands in for a module in pytorch-grad-cam's ``target_layers`` so that the module's *input* is explained.
+    """A target layer for pytorch-grad-cam that explains the module's *input*.
 
-    pytorch-grad-cam only calls ``register_forward_hook`` on a target layer and reads the hook's ``output``; handing
-    it the input instead reaches tensors no module returns (a residual sum computed in ``forward``) without adding a
-    module to the model, which would change its summary table. The hooks live on the real module, so
-    ``release()`` removes them as usual.
+    pytorch-grad-cam only calls ``register_forward_hook`` and reads the hook's ``output``; handing it the input
+    reaches tensors no module returns (a residual sum in ``forward``) without adding a module to the model.
     """
 
     def __init__(self, module: nn.Module):
@@ -56,7 +54,7 @@ class _InputTap:
 
 
 def _resolve(base: nn.Module, target_layer) -> Tuple[str, nn.Module, str]:
-    """``(spec, module, hook_point)`` for a layer name / ``"name:input"`` spec / module / None (see the public API)."""
+    """``(spec, module, hook_point)`` for a target layer (see :func:`resolve_target_layer`)."""
     modules = dict(base.named_modules())
     if isinstance(target_layer, nn.Module):
         for name, m in modules.items():
@@ -83,21 +81,14 @@ def _resolve(base: nn.Module, target_layer) -> Tuple[str, nn.Module, str]:
 
 
 def resolve_target_layer(model: nn.Module, target_layer: Union[str, nn.Module, None] = None) -> Tuple[str, nn.Module]:
-    """The layer GradCAM hooks: ``target_layer`` by dotted name, else ``model.cam_layer``, else the last Conv2d.
+    """``(name, module)`` GradCAM hooks: ``target_layer`` (a module of the model, or a dotted name), else
+    ``model.cam_layer``, else the last Conv2d; wrappers (DataParallel, torch.compile) are looked through.
 
-    A name may end in ``":input"`` (e.g. ``"pool:input"``): GradCAM then explains the tensor going *into* that
-    module, which reaches values computed in ``forward`` that no module returns, such as a residual sum
-    ``x + self.res2(x)`` feeding the final pool. ``":output"`` is the same as the bare name.
-
-    Args:
-        model: the classifier (DataParallel / torch.compile wrappers are looked through).
-        target_layer: a dotted module name (optionally with ``:input``), a module of the model, or None.
-    Returns:
-        ``(name, module)``: the name as given (with its ``:input`` suffix), and the module it refers to.
+    A name may end in ``":input"`` (e.g. ``"pool:input"``) to explain the tensor going *into* that module, such as a
+    residual sum computed in ``forward``; ``":output"`` is the bare name. The name is returned as given.
     Raises:
-        UnknownNameError: no module has that name (the message lists candidate conv layers).
-        ConfigError: no name given, no ``cam_layer`` and no Conv2d in the model; a module not in the model; or a
-            suffix other than ``:input`` / ``:output``.
+        UnknownNameError: no module has that name. ConfigError: nothing to pick, a module not in the model, or
+            another suffix.
     """
     spec, module, _ = _resolve(unwrap_model(model), target_layer)
     return spec, module
@@ -123,11 +114,8 @@ def _as_batch(inputs) -> torch.Tensor:
 
 
 class _ClassTarget:
-    """The logit of one class (what pytorch-grad-cam's ClassifierOutputTarget returns), range-checked.
-
-    Indexing the logits with a class the model does not have gives a bare IndexError deep inside pytorch-grad-cam
-    (or, for a negative class, silently explains another class); the check names the class and the valid range.
-    """
+    """The logit of one class, like pytorch-grad-cam's ClassifierOutputTarget but range-checked (it raises a bare
+    IndexError deep inside for a class the model does not have)."""
 
     def __init__(self, category: int):
         self.category = int(category)
@@ -142,27 +130,17 @@ class _ClassTarget:
 
 def gradcam(model: nn.Module, inputs, target_layer: Union[str, nn.Module, None] = None, targets=None,
             method: str = "gradcam", batch_size: int = 64) -> np.ndarray:
-    """Class activation maps for a batch of model inputs.
+    """Class activation maps: float32 numpy (N, H, W) in [0, 1] for normalized float inputs (N, C, H, W) or (C, H, W).
 
-    The model is put in eval mode (BatchNorm/Dropout as at test time) and its parameters are frozen while the maps
-    are computed (gradients flow to the inputs instead, so ``.grad`` of the weights is never touched); every
-    ``nn.ReLU(inplace=True)`` is switched to out-of-place. All of it is restored in ``finally``: each module's own
-    mode, ``requires_grad`` flags, ``.grad`` tensors and ReLU flags; the hooks are removed. In-place ops called
-    functionally inside ``forward`` (``F.relu(x, inplace=True)``) cannot be switched and may still break the hooks.
+    The model runs in eval mode with frozen parameters (gradients flow to the inputs) and out-of-place ReLUs; modes,
+    ``requires_grad`` flags, ``.grad`` tensors and ReLU flags are restored and the hooks removed afterwards
+    (functional in-place ops inside ``forward`` cannot be switched).
 
     Args:
-        model: classifier returning logits; it stays on its device and the inputs follow it.
-        inputs: normalized float (N, C, H, W) (or one (C, H, W) image), tensor or array.
-        target_layer: dotted module name, optionally ``"name:input"`` (default: ``model.cam_layer``, else the last
-            Conv2d), or a module; see :func:`resolve_target_layer`.
-        targets: class index per image (a sequence of N ints, or one int for all); None explains the predicted class.
-        method: "gradcam" (default), "gradcam++", "hirescam", "xgradcam" or "layercam".
-        batch_size: images per forward/backward pass (bounds memory).
-    Returns:
-        float32 numpy (N, H, W): one map per image at the input's spatial size, each scaled to [0, 1].
+        target_layer: see :func:`resolve_target_layer`. targets: a class per image, or one for all; None explains
+            the predicted class. method: one of ``CAM_METHODS``. batch_size: images per forward/backward pass.
     Raises:
-        UnknownNameError: unknown layer name or method. ConfigError: bad inputs, or a target count or class that
-        does not fit (the message gives the valid range).
+        UnknownNameError: unknown layer name or method. ConfigError: bad inputs, or targets that do not fit.
     """
     base = unwrap_model(model)
     _, layer, point = _resolve(base, target_layer)
@@ -192,8 +170,7 @@ def gradcam(model: nn.Module, inputs, target_layer: Union[str, nn.Module, None] 
     relus = [m for m in base.modules() if isinstance(m, nn.ReLU) and m.inplace]
     cam = None
     maps = []
-    # Every module gets its own flag back: a model may be partly in eval mode (a frozen BatchNorm).
-    with preserved(base, weights=False, rng=False, train=False):
+    with eval_mode(base):
         try:
             for m in relus:
                 m.inplace = False
@@ -222,8 +199,6 @@ def gradcam(model: nn.Module, inputs, target_layer: Union[str, nn.Module, None] 
 
 def overlay_heatmap(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
     """Alpha-blend a [0, 1] heatmap (H, W), coloured with ``cmap``, over an (H, W, 3) image in [0, 1]."""
-    import matplotlib
-
     colored = matplotlib.colormaps[cmap](np.clip(cam, 0.0, 1.0))[..., :3]
     img = image if image.shape[-1] == 3 else np.repeat(image, 3, axis=-1)
     return np.clip((1.0 - alpha) * img + alpha * colored, 0.0, 1.0).astype(np.float32)
@@ -232,8 +207,7 @@ def overlay_heatmap(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, cmap
 def _to_model_input(images, mean, std) -> torch.Tensor:
     """Normalized float (N, C, H, W) tensor from model inputs as given, or from uint8 (N, H, W, C) images."""
     arr = images if isinstance(images, torch.Tensor) else np.asarray(images)
-    if (isinstance(arr, np.ndarray) and arr.dtype == np.uint8) or (
-            isinstance(arr, torch.Tensor) and arr.dtype == torch.uint8):
+    if arr.dtype in (np.uint8, torch.uint8):
         if mean is None or std is None:
             raise ConfigError("uint8 images need mean and std to be normalized for the model")
         x = to_display(arr)  # (N, H, W, C) in [0, 1]
@@ -244,38 +218,18 @@ def _to_model_input(images, mean, std) -> torch.Tensor:
 
 @torch.no_grad()
 def _predict(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    with preserved(model, weights=False, rng=False, train=False):  # each module's own mode comes back
+    with eval_mode(model):
         return model(x.to(model_device(model))).argmax(dim=1).cpu().numpy()
 
 
-def plot_gradcam(
-    model: nn.Module,
-    images,
-    targets,
-    preds,
-    classes: Optional[Sequence[str]],
-    mean: Optional[Sequence[float]] = None,
-    std: Optional[Sequence[float]] = None,
-    target: str = "pred",
-    target_layer: Union[str, nn.Module, None] = None,
-    k: int = 8,
-    save: Optional[PathLike] = None,
-    alpha: float = 0.5,
-    method: str = "gradcam",
-    title: Optional[str] = None,
-) -> Figure:
+def plot_gradcam(model: nn.Module, images, targets, preds, classes: Optional[Sequence[str]],
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None, target: str = "pred",
+                 target_layer: Union[str, nn.Module, None] = None, k: int = 8, save: Optional[PathLike] = None,
+                 alpha: float = 0.5, method: str = "gradcam", title: Optional[str] = None) -> Figure:
     """For each of the first ``k`` images: the image and its GradCAM overlay, titled with true/pred labels.
 
-    Args:
-        model: the classifier; images: normalized float (N, 3, H, W) model inputs (or uint8 (N, H, W, 3) images,
-            normalized here with mean/std), e.g. ``select_misclassified(evaluate(...))["images"]``.
-        targets: true labels (N,); preds: predicted labels (N,) or None to predict them here.
-        classes: class names; mean, std: normalization statistics (for display).
-        target: "pred" explains the predicted class, "true" the true class.
-        target_layer: dotted layer name or ``"name:input"`` (default ``model.cam_layer``); k: at most this many images.
-        save: PNG path; alpha: heatmap opacity; method: CAM method (see :func:`gradcam`); title: figure title.
-    Returns:
-        the Figure.
+    ``images`` are normalized float (N, 3, H, W) model inputs, or uint8 (N, H, W, 3) images normalized here with
+    mean/std; ``preds`` None predicts them here; ``target`` "pred" or "true" is the class explained.
     """
     if target not in ("pred", "true"):
         raise ConfigError(f'target must be "pred" or "true", got {target!r}')
@@ -297,8 +251,8 @@ def plot_gradcam(
     fig = new_figure((1.8 * 2 * pairs_per_row, 2.1 * rows + 0.3))
     axes = fig.subplots(rows, 2 * pairs_per_row, squeeze=False)
     for j in range(rows * pairs_per_row):
-        ax_img, ax_cam = axes[j // pairs_per_row, 2 * (j % pairs_per_row)], axes[j // pairs_per_row,
-                                                                                 2 * (j % pairs_per_row) + 1]
+        row, col = divmod(j, pairs_per_row)
+        ax_img, ax_cam = axes[row, 2 * col], axes[row, 2 * col + 1]
         if j >= n:
             ax_img.axis("off")
             ax_cam.axis("off")

@@ -1,15 +1,13 @@
-"""Image grids: de-normalization, a batch grid, and a before/after augmentation grid.
+"""Image grids (de-normalization, a batch grid, a before/after augmentation grid) and the helpers of every viz plot.
 
-Figure policy (shared by every module of ``pytorch_utils.viz``): figures are built with
-``matplotlib.figure.Figure`` directly, never through ``pyplot``. pyplot keeps every figure it creates alive until
-``plt.close`` is called, so a helper called in a loop (or by ``report``) would leak memory and trigger the
-"more than 20 figures" warning. A bare ``Figure`` is garbage-collected like any object, needs no GUI backend
-(headless servers, CI), and still renders in Jupyter/Colab when it is the last expression of a cell (IPython's inline
-formatter handles ``Figure`` objects); call ``IPython.display.display(fig)`` to show one that is not. When the caller
-passes ``ax=...`` the figure is the caller's and is left as it is.
+Figures are built as ``matplotlib.figure.Figure`` directly, never through ``pyplot``: pyplot keeps every figure
+alive until ``plt.close``, so a plot called in a loop (or by ``report``) would leak memory. A bare ``Figure`` is
+garbage-collected, needs no GUI backend, and still renders as a notebook cell's last expression (or via ``display``).
 """
+import copy
 import math
 import os
+import random
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple, Union
 
@@ -19,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pytorch_utils.errors import ConfigError
+from pytorch_utils.utils import get_rng_state, set_rng_state
 
 __all__ = ["denormalize", "show_batch", "show_augmentations", "SAVE_DPI"]
 
@@ -26,15 +25,9 @@ SAVE_DPI = 120  # enough for 32x32 thumbnails and tick labels, small enough for 
 PathLike = Union[str, os.PathLike]
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# helpers shared by the other viz modules (private: the public API is the plotting functions)
-# ----------------------------------------------------------------------------------------------------------------
 def new_figure(figsize: Tuple[float, float]) -> Figure:
-    """A pyplot-free figure (see the module docstring for why) with an Agg canvas.
-
-    A bare ``Figure`` gets a generic canvas that re-renders the whole figure every time a text size is measured;
-    seaborn measures every tick label, which made a 100-class heatmap take seconds. Agg caches its renderer.
-    """
+    """A pyplot-free figure with an Agg canvas (it caches its renderer: with the generic canvas, seaborn measuring
+    every tick label made a 100-class heatmap take seconds)."""
     fig = Figure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)  # attaches itself as fig.canvas
     return fig
@@ -58,7 +51,7 @@ def finish(fig: Figure, save: Optional[PathLike]) -> Figure:
 
 
 def to_numpy(x) -> np.ndarray:
-    """A numpy copy-free view of a tensor / array / sequence (tensors are detached and moved to the CPU)."""
+    """A tensor (detached, on the CPU), array or sequence as a numpy array, without copying where possible."""
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
@@ -74,15 +67,9 @@ def _stats(values, what: str, channels: int) -> np.ndarray:
 
 
 def denormalize(images, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Undo ``(x - mean) / std`` and return displayable float32 images, channels last, clipped to [0, 1].
+    """Undo ``(x - mean) / std`` of (C, H, W) or (N, C, H, W) images: float32 numpy, channels last, in [0, 1].
 
-    Args:
-        images: normalized images, channels first: a tensor or array (C, H, W) or (N, C, H, W).
-        mean, std: the per-channel statistics used for normalization (on the [0, 1] scale).
-    Returns:
-        float32 numpy array (H, W, C) or (N, H, W, C) with values in [0, 1].
-    Raises:
-        ConfigError: not a 3-d/4-d array, or mean/std do not match the channel count.
+    Raises ConfigError for another shape or mean/std not matching the channel count.
     """
     x = to_numpy(images).astype(np.float32, copy=False)
     if x.ndim not in (3, 4):
@@ -90,16 +77,12 @@ def denormalize(images, mean: Sequence[float], std: Sequence[float]) -> np.ndarr
     channels = x.shape[-3]
     m = _stats(mean, "mean", channels).reshape(channels, 1, 1)
     s = _stats(std, "std", channels).reshape(channels, 1, 1)
-    out = np.clip(x * s + m, 0.0, 1.0)
-    return np.moveaxis(out, -3, -1)
+    return np.moveaxis(np.clip(x * s + m, 0.0, 1.0), -3, -1)
 
 
 def to_display(images, mean=None, std=None) -> np.ndarray:
-    """Images in any of the package's layouts -> float32 (N, H, W, C) in [0, 1].
-
-    Accepted: uint8 channels-last (N, H, W, C) (raw dataset arrays), uint8 channels-first, or float channels-first
-    normalized tensors (loader batches; need mean/std). A single image gets a batch axis.
-    """
+    """uint8 images (channels last or first) or normalized float (N, C, H, W) ones (need mean/std) -> float32
+    (N, H, W, C) in [0, 1]; a single image gets a batch axis."""
     x = to_numpy(images)
     if x.ndim == 3:
         x = x[None]
@@ -123,10 +106,8 @@ def imshow(ax, img: np.ndarray) -> None:
         ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1)
     else:
         ax.imshow(img)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_visible(False)
+    ax.set(xticks=[], yticks=[])
+    ax.spines[:].set_visible(False)
 
 
 def class_name(classes: Optional[Sequence[str]], label) -> str:
@@ -156,32 +137,14 @@ def empty_figure(message: str, save: Optional[PathLike] = None) -> Figure:
     return finish(fig, save)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# public plots
-# ----------------------------------------------------------------------------------------------------------------
-def show_batch(
-    images,
-    targets,
-    classes: Optional[Sequence[str]],
-    mean: Optional[Sequence[float]] = None,
-    std: Optional[Sequence[float]] = None,
-    preds=None,
-    ncols: int = 8,
-    max_images: int = 32,
-    title: Optional[str] = None,
-    save: Optional[PathLike] = None,
-) -> Figure:
-    """A grid of images titled with their class names (and predictions, green when right, red when wrong).
+def show_batch(images, targets, classes: Optional[Sequence[str]], mean: Optional[Sequence[float]] = None,
+               std: Optional[Sequence[float]] = None, preds=None, ncols: int = 8, max_images: int = 32,
+               title: Optional[str] = None, save: Optional[PathLike] = None) -> Figure:
+    """A grid of the first ``max_images`` images titled with their class names, or with "true: X" over "pred: Y"
+    (green when right, red when wrong) given ``preds``.
 
-    Args:
-        images: normalized float (N, 3, H, W) tensors (loader batches; need mean/std) or uint8 (N, H, W, 3) arrays.
-        targets: labels (N,); classes: class names (None shows the numbers).
-        mean, std: per-channel normalization statistics.
-        preds: optional predicted labels (N,); titles become "true: X" over "pred: Y".
-        ncols: grid width; max_images: at most this many images are shown (the first ones).
-        title: figure title; save: PNG path.
-    Returns:
-        the Figure.
+    ``images`` are normalized float (N, 3, H, W) tensors (need mean/std) or uint8 (N, H, W, 3) arrays; ``targets``
+    and ``preds`` labels (N,); ``classes`` names (None shows the numbers).
     """
     imgs = to_display(images, mean, std)
     targets = to_numpy(targets).reshape(-1)
@@ -208,8 +171,7 @@ def show_batch(
             ax.set_title(name, fontsize=9)
         else:
             right = int(preds[i]) == int(targets[i])
-            # Two labelled lines, as in the misclassified grid: "X / Y" did not say which was which, and long
-            # (CIFAR-100) names on one line ran into the neighbouring titles.
+            # Two lines: long (CIFAR-100) names on one line ran into the neighbouring titles.
             ax.set_title(f"true: {name}\npred: {class_name(classes, preds[i])}", fontsize=8,
                          color="darkgreen" if right else "crimson")
     if title:
@@ -228,8 +190,6 @@ def _transform_output_to_image(out, mean, std) -> np.ndarray:
 
 def _seeded_copy(transform: Callable, seed: int) -> Callable:
     """A seeded deep copy of a transform that can be reseeded, else the transform itself (never mutated)."""
-    import copy
-
     if not hasattr(transform, "set_random_seed"):
         return transform
     try:
@@ -240,35 +200,18 @@ def _seeded_copy(transform: Callable, seed: int) -> Callable:
     return clone
 
 
-def show_augmentations(
-    dataset_images_uint8,
-    transform: Callable,
-    classes: Optional[Sequence[str]] = None,
-    mean: Optional[Sequence[float]] = None,
-    std: Optional[Sequence[float]] = None,
-    n: int = 8,
-    repeats: int = 4,
-    seed: int = 0,
-    save: Optional[PathLike] = None,
-    targets=None,
-) -> Figure:
-    """Before/after augmentation: each row is an original image followed by ``repeats`` augmented versions.
+def show_augmentations(dataset_images_uint8, transform: Callable, classes: Optional[Sequence[str]] = None,
+                       mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None, n: int = 8,
+                       repeats: int = 4, seed: int = 0, save: Optional[PathLike] = None, targets=None) -> Figure:
+    """Before/after augmentation: ``n`` random images (rows), each followed by ``repeats`` augmented versions.
 
     Args:
         dataset_images_uint8: uint8 (N, H, W, 3) images, or a data set with ``.images`` (and ``.targets``).
-        transform: callable uint8 HWC image -> normalized CHW tensor (a training preset).
-        classes: class names for the row labels (needs targets).
-        mean, std: the normalization statistics the transform applies (to undo it for display).
-        n: how many images (rows), picked at random with ``seed``; repeats: augmented copies per image.
-        seed: seeds the image choice and the augmentations: a transform with ``set_random_seed`` (the package's
-            albumentations presets) is deep-copied and the copy seeded, so the caller's training transform keeps its
-            own random stream; torch/numpy/python global RNGs are seeded inside a scope that restores them after.
-        save: PNG path; targets: labels (N,) when a bare array is passed.
-    Returns:
-        the Figure.
+        transform: uint8 HWC image -> normalized CHW tensor (mean, std undo it for display).
+        seed: seeds the image choice and the augmentations; a transform with ``set_random_seed`` is seeded as a
+            deep copy, and the global RNGs are restored afterwards, so the caller's random streams are untouched.
+        targets: labels (N,) when a bare array is passed (row labels use ``classes``).
     """
-    import random
-
     images = dataset_images_uint8
     if targets is None:
         targets = getattr(images, "targets", None)
@@ -285,19 +228,17 @@ def show_augmentations(
     idx = np.sort(rng.choice(len(images), size=min(n, len(images)), replace=False))
 
     transform = _seeded_copy(transform, seed)
-    py_state, np_state = random.getstate(), np.random.get_state()
+    rng_state = get_rng_state()
     rows = []
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            for i in idx:
-                augmented = [_transform_output_to_image(transform(images[i]), mean, std) for _ in range(repeats)]
-                rows.append((images[i].astype(np.float32) / 255.0, augmented))
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        for i in idx:
+            augmented = [_transform_output_to_image(transform(images[i]), mean, std) for _ in range(repeats)]
+            rows.append((images[i].astype(np.float32) / 255.0, augmented))
     finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
+        set_rng_state(rng_state)
 
     cols = 1 + repeats
     fig = new_figure((1.6 * cols, 1.6 * len(rows) + 0.3))

@@ -12,8 +12,8 @@ SUGGESTION_TITLES = {"steepest": "steepest descent", "valley": "valley"}
 
 
 def y_limits(result) -> Tuple[float, float]:
-    """Y range of the plot: the whole curve from the first step up to a little past the loss minimum (10% of the
-    points, at least 3), padded; the diverging tail beyond that runs off the top instead of flattening the rest."""
+    """Y range: the curve up to a little past the loss minimum (10% of the points, at least 3), padded; the diverging
+    tail runs off the top instead of flattening the rest."""
     losses = np.asarray(result.losses, dtype=np.float64)
     n = len(losses)
     finite = np.isfinite(losses)
@@ -32,22 +32,9 @@ def y_limits(result) -> Tuple[float, float]:
 
 
 def plot_lr_finder(result, ax=None, save: Optional[PathLike] = None) -> Figure:
-    """Draw an :class:`~pytorch_utils.train.lr_finder.LRFinderResult`: loss vs LR (log x axis), ``lr_max`` marked by a
-    point and a vertical line, ``lr_min`` by a dashed line, both labelled with their values; the title states the rule.
-    The y axis covers the curve from the first step to a little past the loss minimum (see :func:`y_limits`).
-
-    Like every ``pytorch_utils.viz`` plot, the figure is built without pyplot (see ``viz/images.py``): it shows when
-    returned from a notebook cell or passed to ``display``; ``plt.show()`` is never called.
-
-    Args:
-        result: the result of :func:`pytorch_utils.train.lr_finder.find_lr`.
-        ax: an existing matplotlib Axes to draw on; None creates a new figure.
-        save: path of a PNG to write (parent folders are created).
-    Returns:
-        the matplotlib Figure (``ax.figure`` when ``ax`` is given).
-    """
+    """Loss vs LR (log x axis) of a ``find_lr`` result, with ``lr_max`` (point and line) and ``lr_min`` (dashed)
+    marked; the title states the rule. Draws into ``ax`` when given and returns its figure."""
     fig, ax = axes_and_figure(ax, (7.0, 4.5))
-
     lrs = np.asarray(result.lrs, dtype=np.float64)
     losses = np.asarray(result.losses, dtype=np.float64)
     n = len(losses)
@@ -66,9 +53,7 @@ def plot_lr_finder(result, ax=None, save: Optional[PathLike] = None) -> Figure:
     for lr, text, color in ((result.lr_max, "LR_max", "tab:red"), (result.lr_min, "LR_min", "tab:green")):
         ax.annotate(text, xy=(lr, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3),
                     textcoords="offset points", ha="left", va="top", color=color, fontsize=9, fontweight="bold")
-
     ax.set_ylim(*y_limits(result))
-
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("smoothed training loss")
     name = SUGGESTION_TITLES.get(result.suggestion, result.suggestion)

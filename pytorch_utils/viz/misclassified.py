@@ -26,19 +26,11 @@ def _labels(x, what: str) -> np.ndarray:
 
 def find_misclassified(preds, targets, probs=None, losses=None, k: Optional[int] = None,
                        order: str = "first") -> np.ndarray:
-    """Indices of the wrongly predicted items.
+    """At most ``k`` (None: all) int64 indices i with ``preds[i] != targets[i]`` (labels (N,), or (N, C) scores).
 
-    Args:
-        preds, targets: predicted and true labels (N,) (tensors or arrays).
-        probs: (N, C) class probabilities, used by ``order="worst"`` when ``losses`` is not given.
-        losses: (N,) per-item losses, used by ``order="worst"`` (highest first).
-        k: return at most this many (None: all wrong items).
-        order: "first" keeps dataset order; "worst" sorts by highest loss, else by lowest true-class probability
-            (ties keep dataset order).
-    Returns:
-        int64 array of indices i with ``preds[i] != targets[i]``, nothing else.
-    Raises:
-        ConfigError: mismatched lengths, a bad ``k`` or ``order``, or "worst" without probs or losses.
+    ``order`` "first" keeps dataset order; "worst" sorts by highest ``losses`` (N,), else by lowest true-class
+    ``probs`` (N, C); ties keep dataset order.
+    Raises ConfigError for mismatched lengths, a bad ``k`` or ``order``, or "worst" without probs or losses.
     """
     preds, targets = _labels(preds, "preds"), _labels(targets, "targets")
     if preds.shape != targets.shape:
@@ -67,39 +59,19 @@ def find_misclassified(preds, targets, probs=None, losses=None, k: Optional[int]
     return wrong if k is None else wrong[: int(k)]
 
 
-def plot_misclassified(
-    images,
-    targets,
-    preds,
-    classes: Optional[Sequence[str]],
-    mean: Optional[Sequence[float]] = None,
-    std: Optional[Sequence[float]] = None,
-    probs=None,
-    k: int = 16,
-    order: str = "worst",
-    ncols: Optional[int] = None,
-    save: Optional[PathLike] = None,
-    title: Optional[str] = None,
-) -> Figure:
-    """A grid of up to ``k`` misclassified images titled "true: X / pred: Y (87%)".
+def plot_misclassified(images, targets, preds, classes: Optional[Sequence[str]], mean: Optional[Sequence[float]] = None,
+                       std: Optional[Sequence[float]] = None, probs=None, k: int = 16, order: str = "worst",
+                       ncols: Optional[int] = None, save: Optional[PathLike] = None,
+                       title: Optional[str] = None) -> Figure:
+    """A grid of up to ``k`` misclassified images (of all those given) titled "true: X" over "pred: Y (87%)".
 
-    The items are chosen with :func:`find_misclassified` from all the images given (pass the whole evaluated set,
-    or only the wrong ones: right ones are skipped either way). The percentage is the predicted class's probability
-    and is shown when ``probs`` is given.
-
-    Args:
-        images: normalized float (N, 3, H, W) tensors (need mean/std) or uint8 (N, H, W, 3) arrays.
-        targets, preds: labels (N,); classes: class names (any number of classes).
-        mean, std: per-channel normalization statistics.
-        probs: (N, C) class probabilities; needed for order="worst" (without them "first" is used).
-        k: how many images at most; order: "worst" (lowest true-class probability) or "first".
-        ncols: grid width (default: near-square, at most 8 wide); save: PNG path; title: figure title.
-    Returns:
-        the Figure (a message figure when nothing is misclassified).
+    ``images`` are normalized float (N, 3, H, W) tensors (need mean/std) or uint8 (N, H, W, 3) arrays. The
+    percentage is the predicted class's probability from ``probs`` (N, C); without probs ``order`` "worst" (lowest
+    true-class probability first) falls back to "first". Nothing misclassified gives a message figure.
     """
     targets_np, preds_np = _labels(targets, "targets"), _labels(preds, "preds")
     if order == "worst" and probs is None:
-        order = "first"  # nothing to rank by; dataset order is the honest fallback
+        order = "first"
     idx = find_misclassified(preds_np, targets_np, probs=probs, k=k, order=order)
     if len(idx) == 0:
         return empty_figure("no misclassified images", save)
@@ -115,11 +87,11 @@ def plot_misclassified(
         i = idx[j]
         imshow(ax, imgs[j])
         conf = f" ({100 * float(probs_np[j, preds_np[i]]):.0f}%)" if probs_np is not None else ""
-        # Two lines rather than one "true: X / pred: Y": long class names (CIFAR-100) would overlap neighbours.
+        # Two lines: long class names (CIFAR-100) on one line would overlap the neighbours.
         ax.set_title(f"true: {class_name(classes, targets_np[i])}\npred: {class_name(classes, preds_np[i])}{conf}",
                      fontsize=8, color="crimson")
-    fig.suptitle(title or f"{len(idx)} misclassified ({'lowest true-class probability first' if order == 'worst' else 'dataset order'})",
-                 fontsize=10)
+    ranking = "lowest true-class probability first" if order == "worst" else "dataset order"
+    fig.suptitle(title or f"{len(idx)} misclassified ({ranking})", fontsize=10)
     return finish(fig, save)
 
 
@@ -133,13 +105,9 @@ def _take(images, idx: np.ndarray):
 def select_misclassified(res: Dict[str, Any], k: Optional[int] = 16, order: str = "worst") -> Dict[str, Any]:
     """The misclassified part of an ``evaluate(..., return_outputs=True, return_inputs=True)`` result.
 
-    Args:
-        res: the evaluate result (needs logits, probs, preds, targets, inputs).
-        k, order: as in :func:`find_misclassified` ("worst" ranks by per-item cross-entropy).
-    Returns:
-        dict with ``indices`` (int64 numpy), ``images`` (normalized CPU tensor (k, C, H, W)), ``targets``, ``preds``
-        (CPU int64 tensors), ``probs`` (CPU (k, C)), ``losses`` (per-item cross-entropy), ``acc`` (percent, whole set),
-        ``num_wrong`` and ``samples``.
+    ``k``, ``order`` as in :func:`find_misclassified` ("worst": highest cross-entropy first). Returns a dict of
+    ``indices`` (int64 numpy), CPU tensors ``images``, ``targets``, ``preds``, ``probs``, ``losses`` of the chosen
+    items, and ``acc`` (percent), ``num_wrong`` and ``samples`` of the whole set.
     """
     losses = F.cross_entropy(res["logits"].float(), res["targets"], reduction="none")
     idx = find_misclassified(res["preds"], res["targets"], losses=losses, k=k, order=order)

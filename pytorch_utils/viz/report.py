@@ -22,12 +22,12 @@ from pytorch_utils.viz.confusion import (confusion_matrix, most_confused_pairs, 
                                          per_class_markdown, per_class_report, plot_confusion_matrix,
                                          plot_per_class_accuracy)
 from pytorch_utils.viz.curves import clean_history, plot_history
-from pytorch_utils.viz.images import PathLike, show_augmentations, show_batch
+from pytorch_utils.viz.images import PathLike, show_augmentations, show_batch, to_display
 from pytorch_utils.viz.misclassified import plot_misclassified, select_misclassified
 
 __all__ = ["report", "show_report", "history_summary", "ReportData", "ReportSettings"]
 
-# Display order and captions of the images in index.md / index.html ({target} is filled in by _sections).
+# Display order and captions of the images in index.md / index.html.
 SECTIONS = (
     ("curves", "Training curves"),
     ("lr_finder", "LR finder"),
@@ -42,27 +42,15 @@ SECTIONS = (
 GRADCAM_TARGETS = {"pred": "predicted", "true": "true"}
 
 
-def _sections(gradcam_target: str = "pred") -> List[tuple]:
-    """SECTIONS with the GradCAM caption naming the class that was explained."""
-    return [(key, caption.format(target=GRADCAM_TARGETS[gradcam_target])) for key, caption in SECTIONS]
-
-
 def history_summary(history: Optional[Sequence[Mapping[str, Any]]]) -> Dict[str, Any]:
-    """Final and best accuracies of a run (after de-duplicating resumed epochs); empty dict for no history.
-
-    Returns:
-        dict with ``epochs`` (last epoch number), ``final_train_acc``, ``final_test_acc``, ``best_test_acc``,
-        ``best_epoch`` (None where not recorded) and ``early_stopped`` (bool).
-    """
+    """``epochs`` (the last), ``final_train_acc``, ``final_test_acc``, ``best_test_acc``, ``best_epoch`` (None where
+    not recorded) and ``early_stopped`` of a history (de-duplicated); an empty dict for no history."""
     records = clean_history(history or [])
     if not records:
         return {}
 
     def last(key):
-        for rec in reversed(records):
-            if rec.get(key) is not None:
-                return float(rec[key])
-        return None
+        return next((float(r[key]) for r in reversed(records) if r.get(key) is not None), None)
 
     with_acc = [r for r in records if r.get("test_acc") is not None]
     best = max(with_acc, key=lambda r: r["test_acc"]) if with_acc else None
@@ -155,29 +143,19 @@ def _brief(exc: BaseException, limit: int = 300) -> str:
 
 
 def _uint8_images(data: "ReportData", inputs: torch.Tensor, mean, std):
-    """Raw images for the augmentation preview: ``data.train_images`` when given, else the evaluated (normalized)
-    inputs turned back into uint8."""
+    """``data.train_images``, else the evaluated inputs back as uint8, for the augmentation preview."""
     if data.train_images is not None:
         return data.train_images
-    from pytorch_utils.viz.images import to_display
-
     return np.round(to_display(inputs[:64], mean, std) * 255.0).astype(np.uint8)
 
 
 @dataclass
 class ReportData:
-    """What a report shows, gathered by the caller (viz never evaluates or trains).
+    """What a report shows, gathered by the caller (``recipes.report_data(result)`` for a run).
 
-    Attributes:
-        evaluation: ``evaluate(model, test_loader, return_outputs=True, return_inputs=True)``'s dict: ``logits``
-            (N, C), ``probs``, ``preds``, ``targets`` (N,), ``inputs`` (normalized (N, 3, H, W)), ``loss``, ``acc``
-            (percent), ``samples``. ``pytorch_utils.recipes.report_data(result)`` builds it for a run.
-        classes: class names (default the label numbers); mean, std: normalization (default: CIFAR's, with a note).
-        history: the run's per-epoch records, or a run folder / history file.
-        lr_finder: an ``LRFinderResult`` to plot, or None.
-        model: the classifier, used only for GradCAM (None: no GradCAM).
-        train_transform: a training transform (uint8 HWC -> normalized CHW) to preview; train_images: uint8
-            (N, H, W, 3) images (or a data set with ``.images``) to preview it on (default: the evaluated images).
+    ``evaluation`` is ``evaluate(model, loader, return_outputs=True, return_inputs=True)``'s dict; ``mean``/``std``
+    default to CIFAR's (with a note); ``history`` may be a run folder; ``model`` is only for GradCAM;
+    ``train_transform`` is previewed on ``train_images`` (uint8 (N, H, W, 3), default: the evaluated images).
     """
 
     evaluation: Dict[str, Any]
@@ -226,8 +204,7 @@ def _stats(data: ReportData, num_classes: int, notes: List[str]):
     if classes is not None and len(classes) != num_classes:
         raise ConfigError(f"{len(classes)} class names but the model outputs {num_classes} classes")
     if mean is None or std is None:
-        # Nothing says how the inputs were normalized: guess from the class count, and say so (a wrong guess only
-        # tints the displayed images, but silently it looks like a data bug).
+        # Guess from the class count, and say so: silently, a wrong guess's tinted images would look like a data bug.
         cifar100 = num_classes == 100
         missing = " and ".join(w for w, v in (("mean", mean), ("std", std)) if v is None)
         mean = mean if mean is not None else (CIFAR100_MEAN if cifar100 else CIFAR10_MEAN)
@@ -265,8 +242,8 @@ def _draw(data: ReportData, res, cfg: ReportSettings, stats, mis, save, notes: L
                                                  "(green: right, red: wrong)"))
     if data.train_transform is not None:  # a preview must never cost the rest of the report
         source = _uint8_images(data, res["inputs"], mean, std)
-        _try("augmentations", "Augmentation preview", lambda p: show_augmentations(source, data.train_transform, classes, mean, std, n=6,
-                                                           repeats=5, save=p), save, notes)
+        _try("augmentations", "Augmentation preview", lambda p: show_augmentations(
+            source, data.train_transform, classes, mean, std, n=6, repeats=5, save=p), save, notes)
     save("misclassified", lambda p: plot_misclassified(
         mis["images"], mis["targets"], mis["preds"], classes, mean, std, probs=mis["probs"], k=cfg.k, order="first",
         save=p, title=f"{mis['num_wrong']} of {mis['samples']} misclassified; the {len(mis['indices'])} "
@@ -275,9 +252,9 @@ def _draw(data: ReportData, res, cfg: ReportSettings, stats, mis, save, notes: L
         from pytorch_utils.viz.gradcam import plot_gradcam
 
         # RuntimeError: what torch raises when hooks meet an unusual model (in-place ops in forward, shapes).
-        _try("gradcam", "GradCAM", lambda p: plot_gradcam(data.model, mis["images"], mis["targets"], mis["preds"], classes,
-                                               mean, std, target=cfg.gradcam_target, target_layer=cfg.target_layer,
-                                               k=cfg.gradcam_k, save=p), save, notes,
+        _try("gradcam", "GradCAM", lambda p: plot_gradcam(
+            data.model, mis["images"], mis["targets"], mis["preds"], classes, mean, std, target=cfg.gradcam_target,
+            target_layer=cfg.target_layer, k=cfg.gradcam_k, save=p), save, notes,
              errors=(PytorchUtilsError, RuntimeError))
     elif cfg.gradcam and data.model is not None:
         notes.append("GradCAM skipped: no misclassified images.")
@@ -289,23 +266,14 @@ def _draw(data: ReportData, res, cfg: ReportSettings, stats, mis, save, notes: L
 
 def report(data: ReportData, out_dir: PathLike, settings: Optional[ReportSettings] = None,
            **overrides) -> Dict[str, Path]:
-    """Write every diagnostic plot of an evaluated model, a per-class table and an index page.
+    """Write every diagnostic plot of ``data`` into ``out_dir``, a per-class table and an index page.
 
-    Files (PNG unless noted): ``curves`` (with a history), ``lr_finder`` (with an LR-finder result), ``batch``
-    (``batch_k`` test images evenly spaced through the set, titled with true and predicted class),
-    ``augmentations`` (with a ``train_transform``), ``misclassified`` (the ``k`` highest-loss mistakes),
-    ``gradcam`` (with a model; on the first ``gradcam_k`` of them), ``confusion_matrix`` (+ ``_normalized``),
-    ``per_class_accuracy``; ``per_class.md`` / ``per_class.csv`` (precision, recall, F1, support per class from
-    scikit-learn, see :func:`~pytorch_utils.viz.confusion.per_class_report`); ``index.md`` and ``index.html``
-    with the summary numbers, the images, the per-class table, the most confused pairs and notes. A GradCAM or
-    augmentation preview that cannot run is skipped with a note rather than failing the report.
-
-    Args:
-        data: a :class:`ReportData` (the evaluation and what belongs with it).
-        out_dir: folder for the files (created).
-        settings: a :class:`ReportSettings`; ``overrides`` replace its fields (``title="..."``, ``gradcam_k=4``).
+    PNGs (each when its data is there): ``curves``, ``lr_finder``, ``batch``, ``augmentations``, ``misclassified``,
+    ``gradcam``, ``confusion_matrix`` (+ ``_normalized``), ``per_class_accuracy``; then ``per_class.md``/``.csv``
+    (:func:`~pytorch_utils.viz.confusion.per_class_report`), ``index.md`` and ``index.html``. A GradCAM or augmentation
+    preview that cannot run becomes a note. ``overrides`` replace fields of ``settings`` (``gradcam_k=4``).
     Returns:
-        dict name -> Path: the PNGs written, ``per_class_md``, ``per_class_csv``, ``index_md``, ``index_html``.
+        dict name -> Path: the PNGs, ``per_class_md``, ``per_class_csv``, ``index_md``, ``index_html``.
     Raises:
         ConfigError: an unknown setting or ``gradcam_target``, or class names that do not fit the logits.
     """
@@ -342,7 +310,8 @@ def _write_index(out: Path, paths: Dict[str, Path], cfg: ReportSettings, data: R
         i = int(np.nanargmin(worst))
         rows.append(("Weakest class", f"{classes[i]} ({worst[i]:.2f}%)"))
     images = {k: v for k, v in paths.items() if v.suffix == ".png"}
-    sections = _sections(cfg.gradcam_target)
+    target = GRADCAM_TARGETS[cfg.gradcam_target]
+    sections = [(key, caption.format(target=target)) for key, caption in SECTIONS]
     paths["index_md"] = out / "index.md"
     _write_markdown(paths["index_md"], cfg.title, rows, pairs, images, notes, sections, table)
     paths["index_html"] = out / "index.html"
@@ -353,13 +322,8 @@ def _write_index(out: Path, paths: Dict[str, Path], cfg: ReportSettings, data: R
 
 
 def show_report(paths: Mapping[str, PathLike]):
-    """An IPython HTML object showing a report inline (images embedded, so it works in Colab's sandboxed output).
-
-    Args:
-        paths: the dict returned by :func:`report` (needs ``index_html``; otherwise the PNGs are shown in a list).
-    Returns:
-        ``IPython.display.HTML``; the last expression of a cell displays it.
-    """
+    """``IPython.display.HTML`` showing :func:`report`'s ``paths`` inline (its index page, else the PNGs), images
+    embedded so it works in Colab's sandboxed output."""
     from IPython.display import HTML  # local: IPython exists in notebooks, not necessarily elsewhere
 
     def data_uri(path: Path) -> str:
