@@ -13,11 +13,7 @@ os.umask(_UMASK)
 
 
 def ensure_writable_dir(path: PathLike) -> Path:
-    """Create ``path`` (and parents) if needed and check that files can be written there.
-
-    Raises:
-        ConfigError: the directory cannot be created or written (names the path and the OS reason).
-    """
+    """Create ``path`` (and parents) if needed; ConfigError (path and OS reason) when it cannot be written."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -30,19 +26,11 @@ def ensure_writable_dir(path: PathLike) -> Path:
 
 
 def check_writable_dir(path: PathLike) -> Path:
-    """Check, without creating anything, that ``path`` is or can become a writable directory.
-
-    Used before a run does any work, so a bad ``--out-dir`` fails in a second instead of after training, and a run
-    that fails for another reason leaves no empty folder behind.
-
-    Raises:
-        ConfigError: a file is in the way, or the nearest existing folder is not writable.
-    """
+    """Check, creating nothing, that ``path`` is or can become a writable directory (before a run does any work);
+    ConfigError when a file is in the way or the nearest existing folder is not writable."""
     path = Path(path)
     probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
+    while not probe.exists() and probe.parent != probe:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         raise ConfigError(f"output directory {str(path)!r} is not writable ({str(probe)!r} is a file, not a folder); "
@@ -54,11 +42,7 @@ def check_writable_dir(path: PathLike) -> Path:
 
 
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename the temporary file over ``path`` (same directory, so the rename is atomic).
-
-    Returns:
-        the final path.
-    """
+    """Call ``write(tmp_path)``, then rename the temporary file over ``path`` (same folder: atomic); return ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = None
@@ -81,11 +65,8 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
 
 
 def disk_full_error(exc: BaseException, path: PathLike) -> Optional[DiskFullError]:
-    """A one-line :class:`DiskFullError` when ``exc`` means "no space left" while writing ``path``, else None.
-
-    Recognizes ``OSError`` ENOSPC / EDQUOT (open, write, fsync) and the ``RuntimeError`` torch's zip writer raises
-    when the disk fills mid-save ("unexpected pos ..." or "file write failed", torch/csrc/.../inline_container.cc).
-    """
+    """A one-line :class:`DiskFullError` when ``exc`` means "no space left" while writing ``path``, else None
+    (OSError ENOSPC / EDQUOT, or the RuntimeError of torch's zip writer: torch/csrc/.../inline_container.cc)."""
     if isinstance(exc, OSError):
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
     else:
@@ -101,9 +82,4 @@ def disk_full_error(exc: BaseException, path: PathLike) -> Optional[DiskFullErro
 
 def atomic_write_text(path: PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-
-    return atomic_write(path, write)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -1,12 +1,10 @@
 """A lock on a run's output folder, so two runs never write into one folder at the same time.
 
-The lock is the file ``<out_dir>/.lock``, created atomically (``O_CREAT | O_EXCL``: of two runs starting together
-exactly one creates it) and holding JSON ``{"pid", "host", "started", "pid_start"}``. A lock is *live* while its
-process runs: on the same host, the pid exists and (Linux) started at the recorded time, so a pid reused after a
-kill does not count; from another host (a Drive folder shared by two Colab sessions) while the holder's heartbeat
-keeps the file's mtime fresh. A stale lock (killed run) never blocks a fresh run or ``resume``: it is replaced, with
-a note. The lock is released when the run ends, also on errors and Ctrl-C.
+The lock is ``<out_dir>/.lock``, created with ``O_CREAT | O_EXCL``, holding JSON ``{"pid", "host", "started",
+"pid_start"}``. It is live while its process runs (same host: the pid exists and started at the recorded time, so a
+reused pid does not count; another host, e.g. a shared Drive folder: while the heartbeat keeps its mtime fresh).
 """
+import contextlib
 import functools
 import json
 import logging
@@ -52,7 +50,7 @@ def _pid_alive(pid: int, start: Optional[str]) -> bool:
 
 
 def read_lock(path: Path) -> Optional[Dict[str, Any]]:
-    """The holder recorded in lock file ``path`` (dict), ``{}`` when unreadable (a kill mid-write), None if absent."""
+    """The holder recorded in ``path`` (dict), ``{}`` when unreadable (a kill mid-write), None if absent."""
     try:
         info = json.loads(path.read_text())
     except FileNotFoundError:
@@ -63,7 +61,7 @@ def read_lock(path: Path) -> Optional[Dict[str, Any]]:
 
 
 def lock_is_live(path: Path, info: Dict[str, Any]) -> bool:
-    """Whether the run recorded in ``info`` (read from ``path``) is still going (see the module docstring)."""
+    """Whether the run recorded in ``info`` (read from ``path``) is still going."""
     if not isinstance(info.get("pid"), int):
         return False  # garbage or half-written: no run can be identified, so none can be hurt
     if info.get("host") != socket.gethostname():
@@ -77,12 +75,8 @@ def lock_is_live(path: Path, info: Dict[str, Any]) -> bool:
 
 
 class RunLock:
-    """The lock on ``out_dir`` (created with its parents when missing); use ``with RunLock(out_dir):`` or
-    :meth:`acquire` / :meth:`release`. Folders it created are removed on release when the run left them empty.
-
-    Raises (acquire):
-        RunLockedError: a live run holds the folder (the message names the folder, pid, host and start time).
-    """
+    """The lock on ``out_dir`` (created with its parents; removed on release if left empty): ``with RunLock(d):``
+    or :meth:`acquire` (RunLockedError when a live run holds it) / :meth:`release`."""
 
     def __init__(self, out_dir):
         self.out_dir = Path(out_dir)
@@ -127,10 +121,8 @@ class RunLock:
         except FileNotFoundError:
             return
         if read_lock(aside) != holder:  # a live run replaced the stale lock in between: put its lock back
-            try:
+            with contextlib.suppress(FileExistsError):
                 os.link(aside, self.path)
-            except FileExistsError:
-                pass
         else:
             who = f"pid {holder['pid']} on {holder.get('host')}" if holder.get("pid") else "an unreadable lock"
             log.info(f"removed a stale lock in {str(self.out_dir)!r} ({who} is no longer running)")
@@ -165,12 +157,8 @@ class RunLock:
 
 
 def acquire_run_lock(out_dir) -> RunLock:
-    """Take the lock on ``out_dir``; inside a function decorated with :func:`releases_run_locks` it is released
-    when that function returns or raises (otherwise call ``.release()``).
-
-    Raises:
-        RunLockedError: a live run holds the folder.
-    """
+    """Take the lock on ``out_dir`` (RunLockedError when live); released when the enclosing
+    :func:`releases_run_locks` function ends, otherwise call ``.release()``."""
     lock = RunLock(out_dir).acquire()
     scopes = getattr(_SCOPES, "stack", None)
     if scopes:

@@ -1,10 +1,6 @@
 """Checkpoints that survive a Colab disconnect: atomic writes, keep-last-N + best, exact resume, optional Hub push.
-
-A checkpoint is one dict saved with ``torch.save``: model, optimizer, scaler and EMA state, the epoch and the number
-of optimizer steps applied (all a schedule that is a function of the step needs), the state of a stateful torch
-scheduler (ReduceLROnPlateau, or one a user passed to ``fit``), the history so far, the RNG states of python/numpy/torch, the run's config and the library version. Everything in it is
-made of tensors and plain Python values so it loads with ``torch.load(weights_only=True)``.
-"""
+A checkpoint is one dict of tensors and plain values, so it loads with ``torch.load(weights_only=True)``."""
+import copy
 import json
 import logging
 import os
@@ -48,8 +44,7 @@ def _rng_to_plain(state: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _rng_from_plain(plain: Dict[str, Any]) -> Dict[str, Any]:
-    py = plain["python"]
-    n = plain["numpy"]
+    py, n = plain["python"], plain["numpy"]
     state = {
         "python": (py[0], tuple(py[1]), py[2]),
         "numpy": (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]),
@@ -103,15 +98,8 @@ def link_or_copy(src: Path, dst: Path) -> None:
 
 
 def repair_best(directory, checkpoint: Dict[str, Any]) -> Optional[Path]:
-    """Make ``directory/best.pt`` hold the best epoch that ``checkpoint`` (the newest one) records.
-
-    A kill between writing an epoch's checkpoint and updating ``best.pt`` leaves ``best.pt`` at an older epoch (or
-    missing); the epoch file it should equal is then still there, so it is linked (or copied) over ``best.pt``.
-
-    Returns:
-        the repaired path, or None when ``best.pt`` was already current or the best epoch's file is gone (a warning
-        is logged then: ``every > 1`` keeps a best between two saves only in memory).
-    """
+    """Link the best epoch's file over a stale ``directory/best.pt`` (a kill between the two writes); returns the
+    repaired path, or None when it was current or the best epoch's file is gone (logged as a warning)."""
     epoch = (checkpoint.get("best") or {}).get("epoch")
     if epoch is None:
         return None
@@ -134,29 +122,22 @@ def repair_best(directory, checkpoint: Dict[str, Any]) -> Optional[Path]:
 
 
 def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
-    """Load and sanity-check a checkpoint written by this module (``weights_only=True``).
-
-    Raises:
-        CheckpointError: missing, truncated/corrupt, or not one of ours (the message names the file).
-    """
+    """Load a checkpoint of this module; CheckpointError (naming the file) when missing, corrupt or not ours."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, bad pickle, disk error: all mean "unusable"
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated "
+                              f"({type(exc).__name__}: {exc})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
         raise CheckpointError(f"{str(path)!r} is not a pytorch_utils checkpoint (format {FORMAT})")
     return ckpt
 
 
 def check_model_name(checkpoint: Dict[str, Any], name: Optional[str], source: str = "checkpoint") -> None:
-    """Refuse a checkpoint saved from another registered model than ``name`` (None: nothing to compare).
-
-    Raises:
-        CheckpointError: names both models and what to do.
-    """
+    """Raise CheckpointError for a checkpoint saved from another model than ``name`` (None: nothing to compare)."""
     saved_name = checkpoint.get("model_name")
     if saved_name and name and saved_name != name:
         raise CheckpointError(f"{source} holds a {saved_name!r} model but the model to restore is {name!r}; "
@@ -164,11 +145,7 @@ def check_model_name(checkpoint: Dict[str, Any], name: Optional[str], source: st
 
 
 def restore_model(model: torch.nn.Module, checkpoint: Dict[str, Any], source: str = "checkpoint") -> None:
-    """Load the checkpoint's weights into ``model``, refusing one saved from a different architecture.
-
-    Raises:
-        CheckpointError: the model name differs or the state dict does not fit (names both sides).
-    """
+    """Load the checkpoint's weights into ``model``; CheckpointError when the model name or state dict differs."""
     target = unwrap_model(model)
     saved_name = checkpoint.get("model_name")
     check_model_name(checkpoint, getattr(target, "model_name", None), source)
@@ -181,11 +158,8 @@ def restore_model(model: torch.nn.Module, checkpoint: Dict[str, Any], source: st
 
 
 def restore_state(state: TrainState, checkpoint: Dict[str, Any], source: str = "checkpoint") -> None:
-    """Put a checkpoint back into a :class:`TrainState`: weights, optimizer, step, a stateful scheduler's state,
-    scaler, EMA, epoch, history, RNG (``fit`` calls this before any callback hook).
-
-    A checkpoint without ``step`` (written before steps were counted) counts ``epoch * steps_per_epoch``.
-    """
+    """Put a checkpoint back into a :class:`TrainState` (``fit`` calls this before any callback hook); one without
+    ``step`` (written before steps were counted) counts ``epoch * steps_per_epoch``."""
     restore_model(state.model, checkpoint, source)
     state.optimizer.load_state_dict(checkpoint["optimizer"])
     if checkpoint.get("scheduler") is not None and hasattr(state.scheduler, "load_state_dict"):
@@ -202,19 +176,13 @@ def restore_state(state: TrainState, checkpoint: Dict[str, Any], source: str = "
 
 def epoch_files(directory) -> List[Path]:
     """Epoch checkpoints (``epoch-0007.pt``) in ``directory``, oldest first (empty when it does not exist)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    files = [p for p in directory.glob("epoch-*.pt") if EPOCH_FILE.match(p.name)]
+    files = [p for p in Path(directory).glob("epoch-*.pt") if EPOCH_FILE.match(p.name)]
     return sorted(files, key=lambda p: int(EPOCH_FILE.match(p.name).group(1)))
 
 
 def latest_checkpoint(directory, skipped: Optional[List[str]] = None) -> Optional[Dict[str, Any]]:
-    """The newest intact epoch checkpoint in ``directory`` (dict with ``_path``), or None.
-
-    Corrupt or truncated files (a kill mid-write on a file system without atomic rename, a full disk) are reported
-    by name in one warning line each, appended to ``skipped``, and the previous checkpoint is tried.
-    """
+    """The newest intact epoch checkpoint in ``directory`` (dict with ``_path``), or None; corrupt files are
+    warned about, appended to ``skipped`` and passed over."""
     for path in reversed(epoch_files(directory)):
         try:
             ckpt = load_checkpoint(path)
@@ -229,24 +197,16 @@ def latest_checkpoint(directory, skipped: Optional[List[str]] = None) -> Optiona
 
 
 class CheckpointManager(Callback):
-    """Saves a checkpoint after every epoch, keeps the last ``keep_last`` plus the best, and resumes runs.
-
-    Files in ``directory``: ``epoch-0007.pt`` (one per kept epoch), ``best.pt`` (best by ``monitor``),
-    ``last.json`` (what the newest checkpoint is, for people). Only rank 0 writes.
+    """Saves ``epoch-0007.pt`` files (the last ``keep_last``) and ``best.pt`` (by ``monitor``, ``mode`` "max" or
+    "min") in ``directory``, and resumes runs. Only rank 0 writes.
 
     Args:
-        directory: where checkpoints go (created; must be writable).
-        keep_last: how many epoch checkpoints to keep (>= 1).
-        monitor, mode: the history key deciding "best" and whether higher ("max") or lower ("min") is better.
-        resume: hand ``fit`` the newest intact checkpoint to restore before any hook (:meth:`checkpoint_to_resume`);
-            corrupt ones are reported by name and skipped. ``resume="required"`` raises CheckpointError when there
-            is none; True starts fresh in that case.
+        resume: hand ``fit`` the newest intact checkpoint (:meth:`checkpoint_to_resume`); "required" raises
+            CheckpointError when there is none, True starts fresh then.
         config: the run's config (dict or dataclass), stored in each checkpoint.
-        hub: optional :class:`HubPusher`.
-        every: epochs between epoch checkpoints (the last epoch is always saved). With ``every > 1`` a new best
-            between two saves is kept as a copy in memory and written as ``best.pt`` at the next save, so training
-            is not slowed by a full write at every improvement (a kill in between loses only that best copy).
-        checkpoint: an already loaded checkpoint to resume from (instead of looking for the newest one).
+        every: epochs between epoch checkpoints (the last is always saved). A new best in between is kept in memory
+            and written as ``best.pt`` at the next save, so an improvement does not cost a full write.
+        checkpoint: an already loaded checkpoint to resume from instead of the newest one.
     """
 
     def __init__(self, directory, keep_last: int = 5, monitor: str = "test_acc", mode: str = "max",
@@ -259,38 +219,25 @@ class CheckpointManager(Callback):
         if mode not in ("max", "min"):
             raise ConfigError(f"mode must be 'max' or 'min', got {mode!r}")
         self.directory = Path(directory)
+        self.best_path = self.directory / "best.pt"
         if dist_utils.is_main_process():
             ensure_writable_dir(self.directory)
         self.keep_last, self.monitor, self.mode = keep_last, monitor, mode
         self.resume, self.config, self.hub, self.every = resume, config, hub, every
-        # A checkpoint the caller already loaded and checked (run_recipe does so before any work): resume from it.
         self.preloaded = checkpoint
         self.best: Optional[Dict[str, Any]] = None
         self.skipped: List[str] = []  # corrupt checkpoints found while resuming
-        self.resumed_from: Optional[Path] = None
         self._pending_best: Optional[Dict[str, Any]] = None
-
-    # -- files -------------------------------------------------------------------------------------------------
-    def epoch_files(self) -> List[Path]:
-        """Epoch checkpoints in the directory, oldest first."""
-        return epoch_files(self.directory)
-
-    @property
-    def best_path(self) -> Path:
-        return self.directory / "best.pt"
 
     def latest(self) -> Optional[Dict[str, Any]]:
         """The newest intact epoch checkpoint (dict, with ``_path``), skipping and reporting corrupt ones."""
         return latest_checkpoint(self.directory, self.skipped)
 
     def _is_better(self, value: Optional[float]) -> bool:
-        if value is None:
-            return False
-        if self.best is None:
-            return True
+        if value is None or self.best is None:
+            return value is not None
         return value > self.best["value"] if self.mode == "max" else value < self.best["value"]
 
-    # -- callback hooks ----------------------------------------------------------------------------------------
     def remove_stale_temporaries(self) -> List[Path]:
         """Delete temporary files left by a write that was killed (they never replaced a checkpoint)."""
         stale = list(self.directory.glob(".*.tmp"))
@@ -299,11 +246,7 @@ class CheckpointManager(Callback):
         return stale
 
     def checkpoint_to_resume(self) -> Optional[Dict[str, Any]]:
-        """The checkpoint ``fit`` restores before any hook (None without ``resume`` or when there is none yet).
-
-        Raises:
-            CheckpointError: ``resume="required"`` and no usable checkpoint (names the corrupt files found).
-        """
+        """The checkpoint ``fit`` restores before any hook, or None; CheckpointError if required and missing."""
         if not self.resume:
             return None
         ckpt = self.preloaded if self.preloaded is not None else self.latest()
@@ -315,7 +258,6 @@ class CheckpointManager(Callback):
                                       f"{extra}; start a fresh run (resume=False)")
             return None
         self.best = ckpt.get("best")
-        self.resumed_from = Path(ckpt["_path"])
         if dist_utils.is_main_process():
             repair_best(self.directory, ckpt)  # a kill between the epoch file and best.pt leaves best.pt stale
         return ckpt
@@ -335,7 +277,8 @@ class CheckpointManager(Callback):
         last = state.epoch >= state.epochs or state.stop
         if state.epoch % self.every and not last:
             if improved:  # keep the best until the next save: a copy on the model's device, no disk write now
-                self._pending_best = _clone_tensors(make_checkpoint(state, self.config, self.best))
+                # deepcopy clones the tensors: state_dicts alias the live weights.
+                self._pending_best = copy.deepcopy(make_checkpoint(state, self.config, self.best))
             return
         path = self.directory / f"epoch-{state.epoch:04d}.pt"
         record["checkpoint"] = path.name
@@ -345,8 +288,7 @@ class CheckpointManager(Callback):
             link_or_copy(path, self.best_path)
             self._pending_best = None
         self.write_pending_best()
-        # Prune only after the new file is safely in place.
-        for old in self.epoch_files()[:-self.keep_last]:
+        for old in epoch_files(self.directory)[:-self.keep_last]:  # only after the new file is in place
             old.unlink(missing_ok=True)
         if self.hub is not None:
             self.hub.maybe_push(self.directory, path, state.epoch, best_changed, record)
@@ -362,25 +304,9 @@ class CheckpointManager(Callback):
         self.write_pending_best()
 
 
-def _clone_tensors(obj: Any) -> Any:
-    """A deep copy of a checkpoint dict whose tensors are cloned where they live (state_dicts alias live weights)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
-    if isinstance(obj, dict):
-        return {k: _clone_tensors(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_clone_tensors(v) for v in obj)
-    return obj
-
-
 class HubPusher:
-    """Pushes checkpoints to a Hugging Face Hub model repo: every ``every`` epochs and whenever the best improves.
-
-    Needs ``pip install huggingface_hub``, a token (``HF_TOKEN`` or ``huggingface-cli login``) and a network. Missing
-    package or token fail at construction with a clear ConfigError (before any training). A push that fails later
-    (network down) is reported with a warning and recorded in the epoch record: a flaky network must not kill a run
-    whose checkpoints are safe on disk.
-    """
+    """Pushes checkpoints to a Hugging Face Hub repo every ``every`` epochs and when the best improves. A missing
+    package, token or Hub is a ConfigError here; a failed push later only warns (the checkpoints are safe on disk)."""
 
     def __init__(self, repo_id: str, token: Optional[str] = None, every: int = 10, push_best: bool = True,
                  private: bool = True, create: bool = True):

@@ -1,13 +1,12 @@
-"""torch.distributed helpers: the engine works the same with or without ``torchrun``.
-
-Under ``torchrun --nproc_per_node N`` call :func:`init_distributed` first; the engine then sums its metrics across
-ranks, and only rank 0 logs and writes files.
-"""
+"""torch.distributed helpers: the engine works the same with or without ``torchrun`` (call :func:`init_distributed`
+first; only rank 0 logs and writes files)."""
 import os
 from typing import Tuple
 
 import torch
 import torch.distributed as dist
+
+from pytorch_utils.errors import ConfigError
 
 
 def is_distributed() -> bool:
@@ -18,11 +17,6 @@ def is_distributed() -> bool:
 def get_rank() -> int:
     """This process's rank (0 when not distributed)."""
     return dist.get_rank() if is_distributed() else 0
-
-
-def get_world_size() -> int:
-    """Number of processes (1 when not distributed)."""
-    return dist.get_world_size() if is_distributed() else 1
 
 
 def is_main_process() -> bool:
@@ -36,21 +30,11 @@ def launched_by_torchrun() -> bool:
 
 
 def init_distributed(backend: str = None, device=None) -> Tuple[int, int, torch.device]:
-    """Join the process group torchrun set up (nccl on GPU, gloo on CPU); a no-op outside torchrun.
-
-    Args:
-        backend: force a backend ("gloo", "nccl"); default from the device.
-        device: the device the user asked for ("cpu" keeps every rank on the CPU with gloo even on a GPU machine;
-            None/"auto"/"cuda" puts rank ``LOCAL_RANK`` on GPU ``LOCAL_RANK`` when CUDA is present).
-    Returns:
-        (rank, world_size, device) — the device is this rank's GPU, or the CPU.
-    Raises:
-        ConfigError: more processes on this node than GPUs, or a specific GPU index asked for under torchrun.
-    """
+    """Join torchrun's process group (nccl on GPU, gloo on CPU) -> ``(rank, world_size, device)``; outside torchrun
+    ``(0, 1, cuda-or-cpu)``. ``device="cpu"`` or ``backend="gloo"`` keeps ranks on the CPU, else rank ``LOCAL_RANK``
+    takes GPU ``LOCAL_RANK``. ConfigError for more ranks than GPUs or a device naming one GPU."""
     if not launched_by_torchrun():
         return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from pytorch_utils.errors import ConfigError
-
     local_rank = int(os.environ["LOCAL_RANK"])
     wanted = None if device is None or str(device) == "auto" else torch.device(device)
     if wanted is not None and wanted.type == "cuda" and wanted.index is not None:

@@ -1,9 +1,5 @@
-"""Exponential moving average (EMA) of a model's weights, evaluated instead of the raw weights.
-
-``ema = d * ema + (1 - d) * weights`` after every optimizer step smooths out the noise of the last steps; the EMA
-model is usually a little better than the raw one at the end of a One Cycle or cosine run. Buffers (BatchNorm
-running statistics) are copied, not averaged: they are already running averages of the raw model's activations.
-"""
+"""Exponential moving average (EMA) of a model's weights, evaluated instead of the raw weights. Buffers (BatchNorm
+statistics) are copied, not averaged: they are already running averages."""
 import contextlib
 import copy
 from typing import Any, Dict, Iterator
@@ -16,20 +12,11 @@ from pytorch_utils.utils import preserved, unwrap_model
 
 
 class ModelEMA:
-    """A frozen copy of a model whose parameters follow an exponential moving average of the model's.
+    """A frozen copy ``module`` of a model (wrappers unwrapped) whose parameters follow
+    ``ema = decay * ema + (1 - decay) * model`` at each :meth:`update` (``fit`` calls it after every optimizer step).
 
-    Call :meth:`update` after each optimizer step (the engine does when ``ema=`` is given to ``fit``) and
-    evaluate ``ema.module``. The update is a few ``torch._foreach_*`` kernels over all tensors at once, with no
-    host-device sync.
-
-    Args:
-        model: the model to follow (DDP / DataParallel / ``torch.compile`` wrappers are unwrapped).
-        decay: the EMA decay ``d`` in ``ema = d * ema + (1 - d) * model``; in [0, 1).
-        warmup: ramp the decay as ``min(decay, (1 + n) / (10 + n))`` over the first updates (n = updates so far),
-            so the early, fast-moving weights are not averaged with the random initialisation for long.
-        device: where to keep the copy; None follows the model (also when ``fit`` moves the model later).
-    Raises:
-        ConfigError: decay outside [0, 1).
+    ``decay`` in [0, 1) (else ConfigError); ``warmup``: use ``min(decay, (1 + n) / (10 + n))`` after n updates, so
+    early weights are not averaged with the initialisation for long; ``device``: None follows the model's.
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True, device=None):
@@ -39,26 +26,21 @@ class ModelEMA:
         self.warmup = bool(warmup)
         self.device = torch.device(device) if device is not None else None
         self.updates = 0
-        self.module = copy.deepcopy(unwrap_model(model))
+        self.module = copy.deepcopy(unwrap_model(model)).eval().requires_grad_(False)
         if self.device is not None:
             self.module.to(self.device)
-        self.module.eval()
-        self.module.requires_grad_(False)
 
     def current_decay(self) -> float:
-        """The decay the next :meth:`update` will use (host-side arithmetic: no device sync)."""
+        """The decay the next :meth:`update` will use."""
         if not self.warmup:
             return self.decay
-        n = self.updates
-        return min(self.decay, (1.0 + n) / (10.0 + n))
+        return min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
 
     def _follow(self, src: nn.Module) -> None:
         """With ``device=None``, move the copy to the model's device and memory format when they change."""
-        if self.device is not None:
-            return
         src_p = next(src.parameters(), None)
         ema_p = next(self.module.parameters(), None)
-        if src_p is None or ema_p is None or src_p.device == ema_p.device:
+        if self.device is not None or src_p is None or ema_p is None or src_p.device == ema_p.device:
             return
         self.module.to(src_p.device)
         # fit() converts the model to channels_last; follow, so eval of the EMA copy gets the fast layout too.
@@ -69,59 +51,42 @@ class ModelEMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Fold the model's current weights into the average and copy its buffers.
-
-        Args:
-            model: the trained model (same architecture as the copy; wrappers are unwrapped).
-        Raises:
-            ConfigError: the model's parameters or buffers do not match the copy's.
-        """
+        """Fold the model's weights into the average (one batch of ``_foreach`` kernels, no host sync) and copy its
+        buffers; ConfigError when its parameters or buffers do not match the copy's."""
         src = unwrap_model(model)
         self._follow(src)
         d = self.current_decay()
-        ema_params = list(self.module.parameters())
-        src_params = list(src.parameters())
-        ema_buffers = list(self.module.buffers())
-        src_buffers = list(src.buffers())
+        ema_params, src_params = list(self.module.parameters()), list(src.parameters())
+        ema_buffers, src_buffers = list(self.module.buffers()), list(src.buffers())
         if len(ema_params) != len(src_params) or len(ema_buffers) != len(src_buffers):
             raise ConfigError(
                 f"ModelEMA.update got a model with {len(src_params)} parameters and {len(src_buffers)} buffers, but "
-                f"the EMA copy has {len(ema_params)} and {len(ema_buffers)}; pass the model the EMA was built from"
-            )
+                f"the EMA copy has {len(ema_params)} and {len(ema_buffers)}; pass the model the EMA was built from")
         float_e, float_s, other_e, other_s = [], [], [], []
         for e, s in zip(ema_params, src_params):
-            s = s.detach()
-            if s.device != e.device:
-                # Blocking on purpose: a non_blocking device-to-host copy may not have landed when lerp reads it.
-                s = s.to(e.device)
+            # Blocking on purpose: a non_blocking device-to-host copy may not have landed when lerp reads it.
+            s = s.detach().to(e.device)
             if e.dtype.is_floating_point:
                 float_e.append(e)
-                float_s.append(s if s.dtype == e.dtype else s.to(e.dtype))
+                float_s.append(s.to(e.dtype))
             else:
                 other_e.append(e)
                 other_s.append(s)
+        other_e += ema_buffers
+        other_s += [b.detach() for b in src_buffers]
         if float_e:
-            # lerp(ema, w, 1 - d) = ema + (1 - d) (w - ema) = d ema + (1 - d) w, for all tensors in one go.
-            torch._foreach_lerp_(float_e, float_s, 1.0 - d)
-        for e, s in zip(ema_buffers, src_buffers):
-            other_e.append(e)
-            other_s.append(s.detach())
+            torch._foreach_lerp_(float_e, float_s, 1.0 - d)  # ema + (1 - d) (w - ema) = d ema + (1 - d) w
         if other_e:
-            # copy_ handles device and dtype differences; _foreach_copy_ batches the launches.
-            torch._foreach_copy_(other_e, other_s)
+            torch._foreach_copy_(other_e, other_s)  # copy_ handles device and dtype differences
         self.updates += 1
 
     def state_dict(self) -> Dict[str, Any]:
-        """Checkpoint data: the EMA weights and buffers, the update count, decay and warmup."""
+        """The EMA weights and buffers, update count, decay and warmup."""
         return {"module": self.module.state_dict(), "updates": self.updates, "decay": self.decay,
                 "warmup": self.warmup}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned (weights, update count, decay, warmup).
-
-        Raises:
-            CheckpointError: the state is not an EMA state or belongs to a different architecture.
-        """
+        """Restore :meth:`state_dict`; CheckpointError when it is not an EMA state or does not fit the model."""
         if not isinstance(state, dict) or "module" not in state:
             raise CheckpointError("not a ModelEMA state: expected a dict with a 'module' entry (from ema.state_dict())")
         try:
@@ -134,24 +99,14 @@ class ModelEMA:
 
     @contextlib.contextmanager
     def apply_to(self, model: nn.Module) -> Iterator[nn.Module]:
-        """Temporarily load the EMA weights (and buffers) into ``model``; the originals come back in ``finally``.
-
-        Useful to evaluate, save or TTA the EMA weights through code that takes the training model. The original
-        tensors are restored bit for bit (saved as clones, copied back in place, so optimizer references stay
-        valid), also when the body raises.
-
-        Args:
-            model: the trained model (wrappers are unwrapped; the wrapper itself is yielded).
-        Yields:
-            ``model``, holding the EMA weights.
-        """
+        """Temporarily load the EMA weights and buffers into ``model`` (yielded as given); the originals come back
+        bit for bit, in place, also when the body raises."""
         target = unwrap_model(model)
         ema_state = self.module.state_dict()
         missing = set(target.state_dict()) ^ set(ema_state)
         if missing:
             raise ConfigError(
                 f"apply_to got a model whose state keys differ from the EMA copy's: {sorted(missing)[:5]}")
-        # preserved() copies the originals back in place (load_state_dict), so optimizer references stay valid.
         with preserved(target, rng=False):
             target.load_state_dict(ema_state)
             yield model

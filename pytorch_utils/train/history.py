@@ -1,9 +1,5 @@
-"""Per-epoch logs that survive a disconnect: ``history.json`` and ``history.csv`` rewritten after every epoch.
-
-Both files are written atomically (temporary file + rename, as the checkpoints are), so a run killed at any moment
-leaves the previous epoch's complete files, never half a line. Optional TensorBoard scalars go through
-``torch.utils.tensorboard`` (the ``tensorboard`` package is an optional extra: ``pip install "pytorch_utils[tensorboard]"``).
-"""
+"""Per-epoch logs that survive a disconnect: ``history.json`` and ``history.csv`` rewritten atomically after every
+epoch (a kill leaves the previous epoch's complete files), plus optional TensorBoard scalars."""
 import csv
 import io
 import json
@@ -28,9 +24,7 @@ def _cell(value: Any) -> str:
     """One CSV cell: numbers and text as they are, None as empty, lists/dicts as JSON."""
     if value is None:
         return ""
-    if isinstance(value, (list, tuple, dict)):
-        return json.dumps(value)
-    return str(value)
+    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
 
 
 def history_csv(records: Sequence[Mapping[str, Any]]) -> str:
@@ -75,21 +69,14 @@ def _parse(text: str) -> Any:
 
 
 def read_history(path: PathLike) -> List[Dict[str, Any]]:
-    """Read a run's per-epoch records from a run folder, its ``history.json`` or its ``history.csv``.
-
-    A folder is read through its ``history.json`` when present, else its ``history.csv``.
-
-    Returns:
-        list of dicts, one per epoch (CSV cells parsed back to numbers, bools and None).
-    Raises:
-        ConfigError: nothing to read at ``path``, or a file that is not a history (names it).
-    """
+    """One dict per epoch from a run folder (its ``history.json``, else ``history.csv``) or either file; CSV cells
+    are parsed back to numbers, bools and None. ConfigError when there is nothing to read or it is not a history."""
     path = Path(path)
     if path.is_dir():
         found = [path / n for n in (HISTORY_JSON, HISTORY_CSV) if (path / n).is_file()]
         if not found:
             raise ConfigError(f"{str(path)!r} holds no {HISTORY_JSON} or {HISTORY_CSV}; pass a run folder "
-                                       "(the out_dir of a run that finished at least one epoch) or one of the files")
+                              "(the out_dir of a run that finished at least one epoch) or one of the files")
         path = found[0]
     if not path.is_file():
         raise ConfigError(f"history file {str(path)!r} does not exist")
@@ -106,11 +93,7 @@ def read_history(path: PathLike) -> List[Dict[str, Any]]:
 
 
 def check_tensorboard():
-    """The ``SummaryWriter`` class, or a clear error when the optional ``tensorboard`` package is missing.
-
-    Raises:
-        ConfigError: names the extra to install.
-    """
+    """The ``SummaryWriter`` class; ConfigError naming the extra to install when ``tensorboard`` is missing."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
@@ -120,23 +103,13 @@ def check_tensorboard():
 
 
 class HistoryWriter(Callback):
-    """Rewrite ``history.json`` and ``history.csv`` in ``out_dir`` after every epoch; optionally log TensorBoard
-    scalars (every numeric key of the epoch record, step = epoch) under ``out_dir/tensorboard``.
-
-    Args:
-        out_dir: the run folder (files go directly in it).
-        tensorboard: also write TensorBoard event files.
-    Raises:
-        ConfigError: ``tensorboard=True`` without the tensorboard package (checked here, before any training).
-    """
+    """Rewrite the history files in ``out_dir`` after every epoch; with ``tensorboard``, also log every numeric key
+    of the epoch record under ``out_dir/tensorboard`` (ConfigError here, before training, without the package)."""
 
     def __init__(self, out_dir: PathLike, tensorboard: bool = False):
         self.out_dir = Path(out_dir)
         self._writer_class = check_tensorboard() if tensorboard else None
         self._writer = None
-
-    def _write(self, state: TrainState) -> None:
-        write_history(state.history, self.out_dir)
 
     def on_fit_start(self, state: TrainState) -> None:
         if self._writer_class is not None:
@@ -145,7 +118,7 @@ class HistoryWriter(Callback):
                      f"(tensorboard --logdir {self.out_dir / TENSORBOARD_DIR})")
 
     def on_epoch_end(self, state: TrainState, record: Dict[str, Any]) -> None:
-        self._write(state)
+        write_history(state.history, self.out_dir)
         if self._writer is not None:
             for key, value in record.items():
                 if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool) \
@@ -154,7 +127,7 @@ class HistoryWriter(Callback):
             self._writer.flush()
 
     def on_fit_end(self, state: TrainState) -> None:
-        self._write(state)  # keys other callbacks added after on_epoch_end (best, checkpoint) land in the files
+        write_history(state.history, self.out_dir)  # with what callbacks added after on_epoch_end (best, checkpoint)
         self._close()
 
     def on_exception(self, state: TrainState, exc: BaseException) -> None:

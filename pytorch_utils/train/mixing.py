@@ -1,10 +1,5 @@
-"""Batch-level MixUp and CutMix with label smoothing folded in once, and the matching soft-target loss.
-
-The mixer runs on the device inside the training loop (after the loader), so it serves the DataLoader path and the
-GPU-resident path alike. It always returns soft targets (N, num_classes); train with :class:`SoftTargetCrossEntropy`
-(or ``nn.CrossEntropyLoss()`` *without* ``label_smoothing``: the mixer already smoothed the targets) and evaluate with
-plain cross-entropy on hard labels.
-"""
+"""Batch-level MixUp and CutMix on the device, with label smoothing folded in once, returning soft targets: train
+with :class:`SoftTargetCrossEntropy` (not a CrossEntropyLoss with ``label_smoothing``: they are already smoothed)."""
 from typing import Optional, Tuple
 
 import torch
@@ -23,11 +18,7 @@ def smooth_one_hot(targets: torch.Tensor, num_classes: int, smoothing: float = 0
 
 def cutmix_box(height: int, width: int, lam: float, generator: Optional[torch.Generator] = None
                ) -> Tuple[int, int, int, int]:
-    """A box covering about ``1 - lam`` of the image, centred uniformly and clipped to the image.
-
-    Returns:
-        (y0, y1, x0, x1) with 0 <= y0 <= y1 <= height (same for x).
-    """
+    """``(y0, y1, x0, x1)``: a box covering about ``1 - lam`` of the image, centred uniformly, clipped to it."""
     ratio = (1.0 - lam) ** 0.5
     cut_h, cut_w = int(height * ratio), int(width * ratio)
     cy = int(torch.randint(height, (1,), generator=generator))
@@ -38,17 +29,9 @@ def cutmix_box(height: int, width: int, lam: float, generator: Optional[torch.Ge
 
 
 class Mixer:
-    """MixUp / CutMix for a batch, chosen per batch, returning soft targets.
-
-    Args:
-        num_classes: width of the target rows (explicit: never guessed from a batch).
-        mixup_alpha, cutmix_alpha: Beta(alpha, alpha) parameters; 0 disables that method.
-        switch_prob: when both are enabled, probability of CutMix for a batch (else MixUp).
-        prob: probability that a batch is mixed at all (unmixed batches still get smoothed one-hot targets).
-        label_smoothing: folded into the one-hot targets once, before mixing.
-    The attributes can be changed between epochs (phase schedules lower ``mixup_alpha`` later in a run).
-    Random numbers come from torch's global RNG (lambda, box) and the batch's device RNG (permutation), so a seeded,
-    checkpointed run replays the same mixing.
+    """MixUp or CutMix, chosen per batch (CutMix with ``switch_prob`` when both alphas are > 0), for a ``prob``
+    share of batches. Alphas are Beta(alpha, alpha) parameters, 0 disables; attributes may change between epochs.
+    Random numbers come from torch's RNGs, so a seeded, checkpointed run replays the same mixing.
     """
 
     def __init__(self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
@@ -63,19 +46,17 @@ class Mixer:
         self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
         self.switch_prob, self.prob = float(switch_prob), float(prob)
         self.label_smoothing = float(label_smoothing)
-        self.last = {"method": None, "lam": 1.0}  # what the previous call did (for tests and debugging)
+        self.last = {"method": None, "lam": 1.0}  # what the previous call did, for tests and debugging
 
     @property
     def active(self) -> bool:
-        """True when some mixing can happen."""
         return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
 
     def _sample_lam(self, alpha: float) -> float:
-        dist = torch.distributions.Beta(torch.tensor(alpha), torch.tensor(alpha))
-        return float(dist.sample())
+        return float(torch.distributions.Beta(torch.tensor(alpha), torch.tensor(alpha)).sample())
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Mix a batch. Args: inputs (N, C, H, W), targets (N,) int labels. Returns (inputs, soft targets (N, K))."""
+        """(N, C, H, W) inputs and (N,) int labels -> (inputs, soft targets (N, K))."""
         soft = smooth_one_hot(targets, self.num_classes, self.label_smoothing)
         self.last = {"method": None, "lam": 1.0}
         if not self.active or float(torch.rand(())) >= self.prob:

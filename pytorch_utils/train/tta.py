@@ -1,7 +1,4 @@
-"""Test-time augmentation: average the softmax of a few views of each batch.
-
-Views are cheap tensor ops on the (already normalized) batch, so TTA runs on the GPU path as well as on the CPU.
-"""
+"""Test-time augmentation: average the softmax of a few views (tensor ops on the normalized batch) of each batch."""
 import math
 from typing import Callable, Literal, Optional, Sequence, Tuple, Union, get_args
 
@@ -12,11 +9,8 @@ from pytorch_utils.errors import UnknownNameError
 
 
 def translate(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
-    """Shift a (N, C, H, W) batch by (dx, dy) pixels, filling the uncovered border by edge replication.
-
-    A channels_last input gives a channels_last output: the replicate pad may return NCHW (and the crop is a strided
-    view either way), which would make every following conv of a channels_last model convert its input back.
-    """
+    """Shift a (N, C, H, W) batch by (dx, dy) pixels with edge replication; channels_last stays channels_last (the
+    pad may return NCHW, and every conv of a channels_last model would convert back)."""
     if dx == 0 and dy == 0:
         return x
     channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
@@ -29,10 +23,7 @@ def translate(x: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
 
 
 def tta_logits(model, x: torch.Tensor, views: Sequence[Tuple[bool, int, int]]) -> torch.Tensor:
-    """Log of the mean softmax over ``views`` = (flip, dx, dy) tuples; returns (N, C) log-probabilities.
-
-    Returning log-probabilities keeps ``argmax`` and cross-entropy meaningful for the caller.
-    """
+    """Log of the mean softmax over ``views`` = (flip, dx, dy) tuples: (N, C) log-probabilities."""
     log_probs = []
     for flip, dx, dy in views:
         v = torch.flip(x, dims=(3,)) if flip else x
@@ -42,7 +33,8 @@ def tta_logits(model, x: torch.Tensor, views: Sequence[Tuple[bool, int, int]]) -
 
 
 FLIP_VIEWS = ((False, 0, 0), (True, 0, 0))
-FLIP_TRANSLATE_VIEWS = FLIP_VIEWS + tuple((f, dx, dy) for f in (False, True) for dx, dy in ((2, 0), (-2, 0), (0, 2), (0, -2)))
+FLIP_TRANSLATE_VIEWS = FLIP_VIEWS + tuple((f, dx, dy) for f in (False, True)
+                                          for dx, dy in ((2, 0), (-2, 0), (0, 2), (0, -2)))
 
 # The TTA modes, listed once: the CLI's --tta choices, Recipe.validate and get_tta read TTA_MODES.
 TTAMode = Literal["none", "flip", "flip_translate"]
@@ -52,11 +44,7 @@ assert set(_VIEWS) == set(TTA_MODES) - {"none"}
 
 
 def get_tta(tta: Union[TTAMode, Callable, None]) -> Optional[Callable]:
-    """Resolve a TTA option: None or one of :data:`TTA_MODES`, or a callable ``(model, x) -> logits``.
-
-    Raises:
-        UnknownNameError: a name that is not in :data:`TTA_MODES` (the message lists them).
-    """
+    """Resolve None, one of :data:`TTA_MODES` (else UnknownNameError) or a callable ``(model, x) -> logits``."""
     if tta is None or tta == "none":
         return None
     if callable(tta):
