@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from pytorch_utils.data.transforms import get_preset, preset_options, seed_compose
 from pytorch_utils.errors import ConfigError
 
 
@@ -45,14 +46,10 @@ class EpochSampler(Sampler):
             raise ConfigError(f"EpochSampler needs a non-negative length, got {n!r}")
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ConfigError(f"rank must be in [0, num_replicas), got rank={rank}, num_replicas={num_replicas}")
-        self.n = int(n)
-        self.shuffle = shuffle
-        self.seed = int(seed)
-        self.num_replicas = int(num_replicas)
-        self.rank = int(rank)
+        self.n, self.shuffle, self.seed, self.epoch = int(n), shuffle, int(seed), 0
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
         self.even = bool(even)
         self.drop_last = drop_last and self.even
-        self.epoch = 0
         if not self.even:
             self.num_samples = len(range(self.rank, self.n, self.num_replicas))
             self.total_size = self.n
@@ -92,8 +89,7 @@ def _reseed_transform(dataset, seed: int) -> None:
             if hasattr(transform, "set_random_seed"):  # AlbumentationsTransform
                 transform.set_random_seed(seed)
             elif hasattr(transform, "set_random_state"):  # a bare albumentations Compose
-                transform.seed = seed
-                transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+                seed_compose(transform, seed)
             return
         dataset = getattr(dataset, "dataset", None)  # torch Subset and similar wrappers
 
@@ -141,8 +137,6 @@ class EpochDataLoader(DataLoader):
         on the data set from the next iteration. ``options`` are kept for later switches; each preset takes the
         ones it knows. Raises UnknownNameError, or ConfigError (no CPU side, bad option values).
         """
-        from pytorch_utils.data.transforms import get_preset, preset_options
-
         name = "test" if name in (None, "none") else name
         ds = self.dataset
         self.options = {**(self.options or {}), **options}
@@ -198,18 +192,11 @@ def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: Opt
             f"batch would be produced; lower batch_size to at most {per_rank}, use more data "
             "(raise the train limit), or pass drop_last=False"
         )
-    return EpochDataLoader(
-        dataset,
-        batch_size=int(batch_size),
-        sampler=sampler,
-        num_workers=num_workers,
-        drop_last=drop_last,
-        pin_memory=pin_memory,
-        worker_init_fn=EpochWorkerInit(seed),
-        # Fresh workers every epoch: a transform swapped between epochs (augmentation phases) reaches them, and
-        # each epoch's workers are seeded from that epoch.
-        persistent_workers=False,
-    )
+    # Fresh workers every epoch (persistent_workers=False): a transform swapped between epochs reaches them, and
+    # each epoch's workers are seeded from that epoch.
+    return EpochDataLoader(dataset, batch_size=int(batch_size), sampler=sampler, num_workers=num_workers,
+                           drop_last=drop_last, pin_memory=pin_memory, worker_init_fn=EpochWorkerInit(seed),
+                           persistent_workers=False)
 
 
 def set_loader_epoch(loader, epoch: int) -> None:
