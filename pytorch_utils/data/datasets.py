@@ -40,12 +40,6 @@ def _check_count(name: str, value, minimum: int, hint: str) -> Optional[int]:
     return int(value)
 
 
-def _check_num_classes(ds: ArrayDataset, num_classes: Optional[int], data: str) -> None:
-    if num_classes is not None and num_classes != ds.num_classes:
-        raise ConfigError(f"num_classes={num_classes} does not match {data!r}, which has {ds.num_classes} classes; "
-                          "drop num_classes or pick the matching data set")
-
-
 def load_datasets(data: PathLike, root: PathLike = "./data", download: bool = False,
                   train_limit: Optional[int] = None, test_limit: Optional[int] = None, seed: int = 0,
                   num_classes: Optional[int] = None, stats: str = "auto") -> Tuple[ArrayDataset, ArrayDataset]:
@@ -84,7 +78,9 @@ def load_datasets(data: PathLike, root: PathLike = "./data", download: bool = Fa
         train_ds = load_image_folder(path, "train", limit=train_limit, seed=seed, stats=stats)
         test_ds = load_image_folder(path, find_eval_split(path), classes=train_ds.classes, limit=test_limit,
                                     seed=seed, stats=stats)
-    _check_num_classes(train_ds, num_classes, str(data))
+    if num_classes is not None and num_classes != train_ds.num_classes:
+        raise ConfigError(f"num_classes={num_classes} does not match {str(data)!r}, which has {train_ds.num_classes} "
+                          "classes; drop num_classes or pick the matching data set")
     test_ds.mean, test_ds.std = train_ds.mean, train_ds.std
     return train_ds, test_ds
 

@@ -58,12 +58,11 @@ class GPULoader:
         images = torch.from_numpy(np.ascontiguousarray(dataset.images)).to(self.device)
         self.images = images.permute(0, 3, 1, 2).contiguous()
         self.targets = torch.as_tensor(dataset.targets, dtype=torch.int64).to(self.device)
-        self.native_size = tuple(int(s) for s in dataset.images.shape[1:3])
         # On the device once, so the per-batch work never copies from the host (no GPU stalls).
         self._fill = torch.tensor(pixel_fill(dataset.mean), dtype=torch.float32, device=self.device)
         self._scale, self._shift = _normalize_coefficients(dataset.mean, dataset.std, 3, self.device)
         self.options = {}
-        self.size = self.native_size[0]
+        self.size = int(dataset.images.shape[1])
         self.set_augmentation("test")
 
     @property

@@ -21,6 +21,7 @@ from pytorch_utils.errors import ConfigError
 Stats = Sequence[float]
 Fill = Union[float, Sequence[float], torch.Tensor]
 
+
 def _fill_tensor(fill: Fill, x: torch.Tensor) -> torch.Tensor:
     """The per-channel fill as a (1, C, 1, 1) tensor of ``x``'s dtype and device (rounded for integer dtypes).
 

@@ -52,13 +52,11 @@ class EpochSampler(Sampler):
         self.drop_last = drop_last and self.even
         if not self.even:
             self.num_samples = len(range(self.rank, self.n, self.num_replicas))
-            self.total_size = self.n
+        elif self.drop_last and self.n % self.num_replicas:
+            self.num_samples = self.n // self.num_replicas
         else:
-            if self.drop_last and self.n % self.num_replicas:
-                self.num_samples = self.n // self.num_replicas
-            else:
-                self.num_samples = math.ceil(self.n / self.num_replicas)
-            self.total_size = self.num_samples * self.num_replicas
+            self.num_samples = math.ceil(self.n / self.num_replicas)
+        self.total_size = self.num_samples * self.num_replicas if self.even else self.n
 
     def set_epoch(self, epoch: int) -> None:
         """Select the permutation of ``epoch`` (call before iterating each epoch)."""

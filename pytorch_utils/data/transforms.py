@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from pytorch_utils.data import gpu_ops as ops
+from pytorch_utils.data.gpu_ops import pixel_fill
 from pytorch_utils.errors import ConfigError
 from pytorch_utils.registry import Registry
 
@@ -78,11 +79,6 @@ class AlbumentationsTransform:
         return f"AlbumentationsTransform({' > '.join(names)})"
 
 
-def _fill(mean: Stats) -> Tuple[int, int, int]:
-    """The mean colour on the 0-255 scale, as the ints cv2 border/fill arguments take."""
-    return tuple(int(round(float(m) * 255)) for m in mean)
-
-
 def _check(mean: Stats, std: Stats, size: int) -> None:
     if mean is None or std is None or len(mean) != 3 or len(std) != 3:
         raise ConfigError(f"mean and std must be 3 per-channel floats on the [0, 1] scale, got {mean!r} and {std!r}; "
@@ -130,7 +126,7 @@ def train_preset(mean: Stats, std: Stats, size: int = 32, pad: int = 4, flip: bo
     _check(mean, std, size)
     if int(pad) != pad or pad < 0:
         raise ConfigError(f"pad must be a non-negative integer, got {pad!r}")
-    fill = _fill(mean)
+    fill = pixel_fill(mean)  # the ints cv2 border/fill arguments take
     ops = _resize(size)
     if pad:
         ops.append(A.PadIfNeeded(min_height=size + 2 * pad, min_width=size + 2 * pad,
@@ -158,7 +154,7 @@ def wrn_preset(mean: Stats, std: Stats, size: int = 32, rotate: float = 15, cuto
     > rotation by up to ``rotate`` degrees (p=0.5, mean fill; 0: none) > flip > cutout > normalize.
     Other arguments as ``train_preset``."""
     _check(mean, std, size)
-    fill = _fill(mean)
+    fill = pixel_fill(mean)  # the ints cv2 border/fill arguments take
     ops = [A.RandomResizedCrop(size=(size, size), scale=tuple(scale), ratio=(0.9, 1.1))]
     if rotate:
         ops.append(A.Rotate(limit=(-abs(rotate), abs(rotate)), border_mode=cv2.BORDER_CONSTANT, fill=fill, p=0.5))
