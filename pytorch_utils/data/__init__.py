@@ -13,50 +13,20 @@ Typical use::
         ...
 """
 from pytorch_utils.data.constants import (
-    CIFAR10_CLASSES,
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    CIFAR100_CLASSES,
-    CIFAR100_MEAN,
-    CIFAR100_STD,
-    DATASET_STATS,
+    CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR100_CLASSES, CIFAR100_MEAN, CIFAR100_STD, DATASET_STATS,
 )
 from pytorch_utils.data.datasets import (
-    DATASET_NAMES,
-    ArrayDataset,
-    clear_image_cache,
-    find_eval_split,
-    image_extensions,
-    load_cifar,
-    load_datasets,
-    load_image_folder,
-    make_synthetic,
-    stratified_indices,
-    to_rgb,
+    DATASET_NAMES, ArrayDataset, clear_image_cache, find_eval_split, image_extensions, load_cifar, load_datasets,
+    load_image_folder, make_synthetic, stratified_indices, to_rgb,
 )
 from pytorch_utils.data.input_size import choose_input_size
 from pytorch_utils.data.loaders import (
-    EpochDataLoader,
-    EpochSampler,
-    EpochWorkerInit,
-    default_num_workers,
-    derive_seed,
-    make_loader,
-    set_loader_epoch,
+    EpochDataLoader, EpochSampler, EpochWorkerInit, default_num_workers, derive_seed, make_loader, set_loader_epoch,
 )
 from pytorch_utils.data.stats import compute_mean_std
 from pytorch_utils.data.transforms import (
-    AlbumentationsTransform,
-    get_augmentation,
-    get_preset,
-    list_presets,
-    preset_options,
-    register_augmentation,
-    reduced_preset,
-    seed_compose,
-    test_preset,
-    train_preset,
-    wrn_preset,
+    AlbumentationsTransform, get_augmentation, get_preset, list_presets, preset_options, register_augmentation,
+    reduced_preset, seed_compose, test_preset, train_preset, wrn_preset,
 )
 
 __all__ = [

@@ -1,9 +1,5 @@
-"""The package's one in-memory data set type, ``ArrayDataset``, and the class-stratified subset choice.
-
-Every source (torchvision CIFAR, an image folder or zip, synthetic patterns) is decoded once into a uint8
-(N, H, W, 3) array plus int64 labels, so augmentation presets, the GPU batch pipeline and plots all see the same
-thing.
-"""
+"""The package's one in-memory data set type, ``ArrayDataset`` (every source is decoded into it), and the
+class-stratified subset choice."""
 import os
 from typing import Callable, Optional, Sequence, Tuple, Union
 
@@ -31,19 +27,9 @@ def as_stats(value, what: str, error=DatasetError) -> Optional[Tuple[float, floa
 
 
 def stratified_indices(targets: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """A seeded, class-stratified choice of ``n`` indices into ``targets``.
+    """``n`` sorted int64 indices into int ``targets`` (N,), chosen per class at random by ``seed`` (all if n >= N).
 
-    Each class gets a share of ``n`` proportional to its frequency (largest-remainder rounding), picked at random
-    within the class; the result is sorted so the subset keeps the source order.
-
-    Args:
-        targets: int labels (N,).
-        n: how many indices to pick; ``n >= N`` returns all of them.
-        seed: seed of the choice (same seed, same subset).
-    Returns:
-        int64 array of sorted indices.
-    Raises:
-        ConfigError: ``n < 1``.
+    Each class gets a share proportional to its frequency (largest-remainder rounding). ConfigError: ``n < 1``.
     """
     targets = np.asarray(targets)
     if int(n) != n or n < 1:
@@ -64,16 +50,14 @@ def stratified_indices(targets: np.ndarray, n: int, seed: int = 0) -> np.ndarray
 
 
 class ArrayDataset(Dataset):
-    """An in-memory image classification data set: uint8 images, int64 labels, class names and stats.
+    """An in-memory image classification data set.
 
     Args:
         images: uint8 numpy array (N, H, W, 3), RGB.
-        targets: integer labels (N,), each in ``[0, len(classes))``; stored as int64.
+        targets: integer labels (N,) in ``[0, len(classes))``; stored as int64.
         classes: class names; label ``i`` is ``classes[i]``.
-        transform: callable applied to one HWC uint8 image in ``__getitem__``; public and mutable, so a training
-            engine can swap augmentation presets between phases by assigning ``ds.transform = ...``.
-        mean, std: per-channel statistics on the [0, 1] scale, used by presets and to de-normalize for plots.
-            Computed from ``images`` on first access when not given.
+        transform: applied to one HWC uint8 image in ``__getitem__`` (None: a [0, 1] float CHW tensor); mutable.
+        mean, std: per-channel stats on the [0, 1] scale; computed from ``images`` on first access when not given.
     Raises:
         DatasetError: wrong dtype/shape, not 3 channels, length mismatch, or a label out of range.
     """
@@ -128,7 +112,6 @@ class ArrayDataset(Dataset):
 
     @property
     def num_classes(self) -> int:
-        """Number of classes (``len(classes)``)."""
         return len(self.classes)
 
     @property
@@ -177,8 +160,7 @@ class ArrayDataset(Dataset):
 
     @property
     def empty_classes(self) -> Tuple[str, ...]:
-        """Names of the classes with no item here (e.g. a class missing from a test folder): their per-class
-        accuracy is undefined."""
+        """Names of the classes with no item here (their per-class accuracy is undefined)."""
         return tuple(c for c, n in zip(self.classes, self.class_counts()) if n == 0)
 
     def __repr__(self) -> str:

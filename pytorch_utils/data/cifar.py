@@ -9,22 +9,13 @@ from pytorch_utils.data.constants import DATASET_STATS
 from pytorch_utils.errors import DatasetNotFoundError, UnknownNameError
 
 
-
 def load_cifar(name: str = "cifar10", root: PathLike = "./data", train: bool = True, download: bool = False,
                transform: Optional[Callable] = None) -> ArrayDataset:
-    """CIFAR-10/100 through torchvision, as an ArrayDataset with the package's mean/std/classes.
+    """CIFAR-10/100 ("cifar10"/"cifar100") through torchvision from/into ``root``, as an ArrayDataset of uint8
+    (N, 32, 32, 3) images with the package's mean/std/classes; ``train``: the 50k split, else the 10k test split.
 
-    Args:
-        name: "cifar10" or "cifar100".
-        root: folder holding (or receiving) torchvision's ``cifar-10-batches-py`` / ``cifar-100-python``.
-        train: training split (50k) or test split (10k).
-        download: fetch the archive if missing (needs internet, e.g. in Colab).
-        transform: callable stored on the data set, applied per image.
-    Returns:
-        ArrayDataset of uint8 (N, 32, 32, 3) images.
-    Raises:
-        UnknownNameError: unknown ``name``. DatasetNotFoundError: files missing and ``download=False``, or the
-        download failed.
+    Raises UnknownNameError (unknown ``name``) or DatasetNotFoundError (files missing and no ``download``, or the
+    download failed).
     """
     import torchvision
 

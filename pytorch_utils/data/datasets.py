@@ -1,7 +1,6 @@
-"""``load_datasets``: the single resolver the CLI and recipes use (a name or a path -> ``(train_ds, test_ds)``).
+"""``load_datasets``: the one resolver of CLI and recipes (a name or a path -> ``(train_ds, test_ds)``).
 
-The sources live in their own modules: ``arrays`` (the ArrayDataset type), ``cifar``, ``folders`` (image folders
-and zips) and ``synthetic``; their public names are re-exported here.
+The sources live in ``arrays``, ``cifar``, ``folders`` and ``synthetic``; their public names are re-exported here.
 """
 import os
 from pathlib import Path
@@ -41,36 +40,24 @@ def _check_count(name: str, value, minimum: int, hint: str) -> Optional[int]:
     return int(value)
 
 
-def _check_num_classes(ds: ArrayDataset, num_classes: Optional[int], data: str) -> None:
-    if num_classes is not None and num_classes != ds.num_classes:
-        raise ConfigError(f"num_classes={num_classes} does not match {data!r}, which has {ds.num_classes} classes; "
-                          "drop num_classes or pick the matching data set")
-
-
 def load_datasets(data: PathLike, root: PathLike = "./data", download: bool = False,
                   train_limit: Optional[int] = None, test_limit: Optional[int] = None, seed: int = 0,
                   num_classes: Optional[int] = None, stats: str = "auto") -> Tuple[ArrayDataset, ArrayDataset]:
-    """Resolve a data set name or path into ``(train_ds, test_ds)``; the single entry point of CLI and recipes.
+    """Resolve a data set name or path into ``(train_ds, test_ds)`` (no transform; test carries train's mean/std).
 
     Args:
-        data: "synthetic", "cifar10", "cifar100", or a path to a folder/zip laid out as ``train|test/<class>/*``
-            (a ``val/``, ``valid/`` or ``validation/`` folder serves as the test split when ``test/`` is absent).
-        root: torchvision download folder for CIFAR.
-        download: let torchvision download CIFAR (needs internet).
+        data: "synthetic", "cifar10", "cifar100", or a folder/zip laid out as ``train|test/<class>/*`` (``val/``,
+            ``valid/`` or ``validation/`` serve as test when ``test/`` is absent).
+        root, download: torchvision's CIFAR folder, and whether to download there (needs internet).
         train_limit, test_limit: stratified seeded subset sizes (synthetic: the set sizes, default 2000 / 500).
-        seed: seed of the subsets and of the synthetic data.
         num_classes: synthetic: number of classes (default 10); otherwise checked against the data.
-        stats: image folders/zips: "auto" or "compute", see ``load_image_folder`` ("auto" gives a folder with
-            CIFAR-10's class names the CIFAR-10 mean/std). CIFAR uses its published stats, synthetic computed ones.
-    Returns:
-        ``(train_ds, test_ds)``, both without transform; the test set carries the train set's mean/std.
+        stats: folders/zips only, see ``load_image_folder``.
     Raises:
-        UnknownNameError: an unknown name. DatasetNotFoundError: a path that does not exist or CIFAR files
-        missing. DatasetError: torchvision's CIFAR folder given as a path (the message gives ``data``/``root``),
-        or an image folder problem (see ``load_image_folder``). ConfigError: a limit below 1, ``num_classes``
-        below 2 or contradicting the data, a synthetic size above ``MAX_SYNTHETIC_SIZE``, or an unknown ``stats``.
+        UnknownNameError, DatasetNotFoundError (missing path or CIFAR files), DatasetError (torchvision's CIFAR
+        folder given as a path, or a folder problem), ConfigError (a limit below 1, ``num_classes`` below 2 or
+        contradicting the data, a synthetic size above ``MAX_SYNTHETIC_SIZE``, an unknown ``stats``).
     """
-    # Checked up front for every source, so a bad value fails in terms of the user's option, before any loading.
+    # Checked before any loading, so a bad value fails in terms of the user's option.
     all_hint = "pass None (omit the option) to use every image (synthetic: the default sizes 2000 / 500)"
     train_limit = _check_count("train_limit", train_limit, 1, all_hint)
     test_limit = _check_count("test_limit", test_limit, 1, all_hint)
@@ -91,14 +78,16 @@ def load_datasets(data: PathLike, root: PathLike = "./data", download: bool = Fa
         train_ds = load_image_folder(path, "train", limit=train_limit, seed=seed, stats=stats)
         test_ds = load_image_folder(path, find_eval_split(path), classes=train_ds.classes, limit=test_limit,
                                     seed=seed, stats=stats)
-    _check_num_classes(train_ds, num_classes, str(data))
+    if num_classes is not None and num_classes != train_ds.num_classes:
+        raise ConfigError(f"num_classes={num_classes} does not match {str(data)!r}, which has {train_ds.num_classes} "
+                          "classes; drop num_classes or pick the matching data set")
     test_ds.mean, test_ds.std = train_ds.mean, train_ds.std
     return train_ds, test_ds
 
 
 def _load_synthetic(train_limit: Optional[int], test_limit: Optional[int], seed: int,
                     num_classes: Optional[int]) -> Tuple[ArrayDataset, ArrayDataset]:
-    """The synthetic train/test pair; the limits are the set sizes (default ``SYNTHETIC_DEFAULT_SIZES``)."""
+    """The synthetic train/test pair of the given sizes (default ``SYNTHETIC_DEFAULT_SIZES``)."""
     k = 10 if num_classes is None else num_classes
     n_train = SYNTHETIC_DEFAULT_SIZES[0] if train_limit is None else train_limit
     n_test = SYNTHETIC_DEFAULT_SIZES[1] if test_limit is None else test_limit
@@ -117,8 +106,7 @@ _CIFAR_FOLDERS = {"cifar-10-batches-py": ("cifar10", "data_batch_1"), "cifar-100
 
 
 def _image_path(data: PathLike) -> Path:
-    """``data`` as an existing image folder/zip path; a clear error for a missing path, an unknown name, or
-    torchvision's CIFAR folder given as a path."""
+    """``data`` as an existing image folder/zip path (else DatasetNotFoundError, UnknownNameError or DatasetError)."""
     path = Path(data).expanduser()
     accepted = f"{', '.join(repr(n) for n in DATASET_NAMES)}, or a path to a folder/zip laid out as " \
                "<path>/train/<class>/<image>"

@@ -1,10 +1,4 @@
-"""Image folders and zips laid out as ``<root>/<split>/<class>/<image>``, decoded once into an ArrayDataset.
-
-Every format Pillow opens is read (by file extension, any letter case); images that are not 8-bit RGB (grayscale,
-palette, RGBA, CMYK, 16-bit) are converted to RGB as torchvision's ``ImageFolder`` does, 16-bit data scaled to
-8 bits first. Zips written without the UTF-8 name flag (Info-ZIP ``zip`` on Linux) get their names re-decoded, so
-class names equal the folder's.
-"""
+"""Image folders and zips laid out as ``<root>/<split>/<class>/<image>``, decoded once into an ArrayDataset."""
 import io
 import logging
 import os
@@ -34,11 +28,8 @@ PROGRESS_DELAY = 2.0
 
 @lru_cache(maxsize=1)
 def image_extensions() -> FrozenSet[str]:
-    """Lower-case file extensions (with the dot) of every image format this Pillow can decode.
-
-    Source: ``PIL.Image.registered_extensions()`` restricted to formats with an opener, minus stub formats.
-    Includes at least .jpg .jpeg .png .bmp .webp .gif .tif .tiff.
-    """
+    """Lower-case extensions (with the dot) of every format this Pillow decodes (``registered_extensions()`` with an
+    opener, minus stubs): at least .jpg .jpeg .png .bmp .webp .gif .tif .tiff."""
     from PIL import Image
 
     Image.init()
@@ -71,11 +62,8 @@ def _is_hidden(part: str) -> bool:
 
 
 def _zip_name(info: zipfile.ZipInfo) -> str:
-    """The member name as its writer meant it.
-
-    Without the UTF-8 flag (bit 11) the zip format says cp437, and ``zipfile`` decodes so; tools such as Info-ZIP
-    ``zip`` on Linux store UTF-8 bytes without setting the flag, so a name that re-decodes as UTF-8 is taken as such.
-    """
+    """The member name as its writer meant it: without the UTF-8 flag (bit 11) zipfile decodes cp437, but Info-ZIP
+    ``zip`` on Linux stores UTF-8 without the flag, so a name that re-decodes as UTF-8 is taken as such."""
     if info.flag_bits & 0x800:
         return info.filename
     try:
@@ -142,9 +130,8 @@ class _Source:
 def to_rgb(im) -> np.ndarray:
     """The pixels of a PIL image of any mode as uint8 (H, W, 3) RGB.
 
-    8-bit modes (L, LA, P, RGBA, CMYK, ...) go through ``Image.convert("RGB")`` as in torchvision's ImageFolder (an
-    alpha channel is dropped). 16-bit and 32-bit grayscale (modes ``I;16*``, ``I``, ``F``) are scaled to 8 bits
-    first (65535 -> 255; a float image in [0, 1] -> 255), where ``convert`` would clip them and turn them white.
+    8-bit modes go through ``convert("RGB")`` as in torchvision's ImageFolder (alpha dropped). Modes ``I;16*``,
+    ``I``, ``F`` are scaled to 8 bits first (65535 -> 255; a float image in [0, 1] -> 255): ``convert`` would clip.
     """
     if im.mode == "RGB":
         return np.asarray(im)
@@ -162,12 +149,9 @@ def to_rgb(im) -> np.ndarray:
 
 
 def _decode_images(source: _Source, files: Sequence[str]) -> Tuple[np.ndarray, Counter]:
-    """Decode ``files`` into one uint8 (N, H, W, 3) RGB array; a progress bar appears after ``PROGRESS_DELAY`` s.
+    """``files`` as one uint8 (N, H, W, 3) RGB array, and a count of the converted files per original mode.
 
-    Returns:
-        (images, converted): ``converted`` counts the files per original mode that were converted to RGB.
-    Raises:
-        DatasetError: naming the file that cannot be decoded, or that differs in size from the first one.
+    A progress bar appears after ``PROGRESS_DELAY`` s. DatasetError names an undecodable or differently sized file.
     """
     from tqdm.auto import tqdm
 
@@ -214,7 +198,6 @@ def _split_dir(source: _Source, split: str) -> Optional[str]:
     if source.has_dir(split):
         return split
     tops = source.top_dirs()
-    # A zip made by compressing the data folder itself wraps the splits in one top-level folder.
     if len(tops) == 1 and source.has_dir(f"{tops[0]}/{split}"):
         return f"{tops[0]}/{split}"
     return None
@@ -232,11 +215,8 @@ def _find_split_dir(source: _Source, path: Path, split: str) -> str:
 
 
 def find_eval_split(path: PathLike) -> str:
-    """The evaluation split of a folder/zip: "test", else the first of "val", "valid", "validation" present.
-
-    A val-like folder is used with a log note; when none exists "test" is returned (loading it then raises the
-    usual error).
-    """
+    """The evaluation split of a folder/zip: "test", else the first of "val", "valid", "validation" present (with
+    a log note); "test" when none is (loading it then raises the usual error)."""
     source = _Source(Path(path).expanduser().resolve())
     try:
         for split in EVAL_SPLITS:
@@ -284,36 +264,20 @@ def load_image_folder(path: PathLike, split: str = "train", classes: Optional[Se
                       transform: Optional[Callable] = None, stats: str = "auto") -> ArrayDataset:
     """Images laid out as ``split/<class>/<image>`` in a folder or a zip, decoded once into memory as RGB.
 
-    Every format Pillow decodes is read (``image_extensions()``, any letter case); non-RGB images are converted
-    (see ``to_rgb``) with one log line counting them. A zip may wrap the splits in one top-level folder; zip names
-    stored without the UTF-8 flag are re-decoded as UTF-8 when they are valid UTF-8. With ``limit``, a
-    class-stratified seeded subset is chosen from the file list *before* decoding, so small subsets of a large zip
-    load quickly. Decoded arrays are cached in-process by (path, mtime, split, limit, seed, classes, stats); the
-    returned data sets share the cached arrays (do not modify ``ds.images`` in place); ``clear_image_cache()``
-    frees them, or reloads a folder edited in place (the key holds the mtime of ``path`` itself only).
-
-    Normalization stats: with ``stats="auto"`` a folder whose class names are exactly CIFAR-10's (in CIFAR-10
-    order) is taken to *be* CIFAR-10 and gets the published CIFAR-10 mean/std, so a JPEG export of CIFAR-10
-    normalizes like torchvision's copy; any other class list gets stats computed from the loaded images. Pass
-    ``stats="compute"`` for a different data set that happens to use CIFAR-10's class names.
+    Reads every ``image_extensions()`` format; non-RGB images are converted (``to_rgb``, one log line). A zip may
+    wrap the splits in one top-level folder. ``limit`` picks a stratified seeded subset before decoding. Arrays are
+    cached in-process (key: path, mtime of ``path`` itself, split, limit, seed, classes, stats) and shared by the
+    returned data sets: do not modify ``ds.images`` in place; ``clear_image_cache()`` frees them.
 
     Args:
-        path: folder or ``.zip`` file.
-        split: sub-folder to read ("train", "test", "val", ...).
-        classes: class names in label order; default: the sorted class folder names, each of which must then hold
-            an image. Given (the training classes, when loading the evaluation split), a class without images
-            is a logged warning and shows in ``ds.empty_classes``.
-        limit: number of images to keep (stratified by class); None keeps all.
-        seed: seed of the ``limit`` choice.
-        transform: callable stored on the data set.
-        stats: "auto" (CIFAR-10 constants for CIFAR-10's class names, else computed) or "compute".
-    Returns:
-        ArrayDataset of uint8 (N, H, W, 3) images with mean/std as chosen by ``stats``.
+        classes: class names in label order (the training classes, for an evaluation split: a class without
+            images is then a logged warning and in ``ds.empty_classes``); default: the sorted class folders.
+        stats: "auto": a folder with exactly CIFAR-10's class names gets the published CIFAR-10 mean/std (a JPEG
+            export of CIFAR-10 normalizes like torchvision's copy), others computed ones; "compute": always computed.
     Raises:
-        DatasetNotFoundError: ``path`` does not exist. DatasetError: no split folder, no class folders, no images,
-        a class folder without images (``classes=None``), class folders the training classes lack, or a file
-        that cannot be decoded or differs in size from the first image (the message names the file).
-        ConfigError: an unknown ``stats`` option.
+        DatasetNotFoundError: no ``path``. DatasetError: no split folder, class folders or images, a class folder
+        without images (``classes=None``), class folders the training classes lack, or an undecodable or
+        differently sized file (named). ConfigError: an unknown ``stats`` option.
     """
     _check_stats_option(stats)
     path = Path(path).expanduser()

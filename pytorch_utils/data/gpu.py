@@ -1,13 +1,8 @@
 """GPU-resident loader: the whole uint8 data set lives on the device, batches are augmented there.
 
-CIFAR-10 is 150 MB as uint8, so it fits on any GPU. Keeping it there removes the DataLoader workers, the host to
-device copies and the per-image albumentations calls (Colab has 2 CPUs, which starve a fast GPU): each batch costs
-a gather plus a handful of batched kernels (``gpu_ops``; the design follows airbench's loader).
-
-One contract with ``make_loader``: the sample order of epoch ``e`` is a pure function of (seed, e), selected by an
-explicit ``set_epoch(e)`` (as ``DistributedSampler``; a second ``iter()`` without it replays the same epoch), and
-``set_augmentation(name, size=None, **options)`` is the one augmentation switch, reading the preset registry of
-``pytorch_utils.data.transforms``.
+CIFAR-10 is 150 MB as uint8; keeping it on the GPU removes DataLoader workers, host-to-device copies and per-image
+albumentations calls (Colab's 2 CPUs starve a fast GPU); the design follows airbench's loader. Same contract as
+``make_loader``: ``set_epoch(e)`` selects the (seed, e) order, ``set_augmentation`` is the one augmentation switch.
 """
 import math
 from typing import Iterator, Optional, Tuple
@@ -16,20 +11,10 @@ import numpy as np
 import torch
 
 from pytorch_utils.data.gpu_ops import (  # noqa: F401  (re-exported: the batch ops used to live here)
-    Fill,
-    Stats,
-    _normalize_coefficients,
-    _normalize_with,
-    cutout,
-    normalize,
-    pad_constant,
-    pixel_fill,
-    random_crop_with_padding,
-    random_flip,
-    random_resized_crop_rotate,
-    resize,
+    _normalize_coefficients, _normalize_with, cutout, normalize, pad_constant, pixel_fill, random_crop_with_padding,
+    random_flip, random_resized_crop_rotate, resize,
 )
-from pytorch_utils.data.loaders import EpochSampler, epoch_indices
+from pytorch_utils.data.loaders import EpochSampler
 from pytorch_utils.data.transforms import GPUAugment, get_augmentation, list_presets
 from pytorch_utils.errors import ConfigError
 
@@ -44,31 +29,15 @@ def _seed_for(*values: int) -> int:
 
 
 class GPULoader:
-    """Batches of an ``ArrayDataset`` held on ``device``, shuffled and augmented there.
+    """Batches of an ``ArrayDataset`` held on ``device`` (default CUDA if available), shuffled and augmented there.
 
-    Yields ``(inputs, targets)``: normalized ``dtype`` inputs (B, 3, size, size) and int64 targets (B,), both on
-    ``device``. The order of epoch ``e`` is ``EpochSampler(n, shuffle=train, seed, num_replicas, rank,
-    even=train)``'s: training pads by wrapping so every rank gets the same count, evaluation gives disjoint
-    unpadded shards holding each item once. Augmentation draws come from a device generator seeded from
-    (seed, e, rank). Call ``set_epoch(e)`` before each epoch (``fit`` does); iterating again without it replays
-    the epoch. (``iter()`` never advances the epoch: tqdm.auto calls it twice per pass.)
-
-    A new loader does no augmentation and outputs the data's own size; ``set_augmentation`` picks a preset
-    (``list_presets()``) and an output size (progressive resizing), as it does on ``make_loader``'s loader.
-
-    Args:
-        dataset: an ``ArrayDataset`` (uint8 ``images`` (N, H, W, 3), ``targets``, ``mean``/``std``); the mean is
-            the fill colour of padding, rotation corners and cutout (``round(mean * 255)``).
-        batch_size: items per batch (per rank).
-        train: shuffle and (by default) drop the incomplete last batch; False: data set order, "test" only.
-        device: where the data and batches live; default CUDA when available, else the CPU.
-        seed: base seed of shuffling and augmentation.
-        drop_last: drop the incomplete last batch; default ``train`` (always False when not training).
-        channels_last: return inputs in channels_last memory format.
-        dtype: dtype of the inputs (float32, or bfloat16/float16 to halve the traffic).
-        num_replicas, rank: distributed sharding.
-    Raises:
-        ConfigError: ``drop_last`` with fewer items per rank than one batch (no batch would be produced).
+    Yields normalized ``dtype`` inputs (B, 3, size, size) (``channels_last`` optional) and int64 targets (B,) on
+    ``device``. Epoch ``e``'s order is ``EpochSampler(n, shuffle=train, seed, num_replicas, rank, even=train)``'s;
+    augmentation draws come from a device generator seeded from (seed, e, rank). ``iter()`` never advances the
+    epoch (tqdm.auto calls it twice per pass): call ``set_epoch(e)`` before each epoch. A new loader does no
+    augmentation at the data's own size. The data set mean is the fill colour (``round(mean * 255)``).
+    ``drop_last`` defaults to ``train`` (always False when not training); an evaluation loader takes only "test".
+    Raises ConfigError: ``drop_last`` with fewer items per rank than one batch.
     """
 
     def __init__(self, dataset, *, batch_size: int, train: bool, device=None, seed: int = 0,
@@ -85,16 +54,15 @@ class GPULoader:
             raise ConfigError(f"batch_size={self.batch_size} is larger than the {self.sampler.num_samples} items per "
                               "rank and drop_last=True, so no batch would be produced; lower batch_size, use more "
                               "data, or pass drop_last=False")
-        # Upload once; permuting on the device avoids a strided host copy. (N, 3, H, W) uint8, contiguous.
+        # Upload once; permuting on the device avoids a strided host copy.
         images = torch.from_numpy(np.ascontiguousarray(dataset.images)).to(self.device)
         self.images = images.permute(0, 3, 1, 2).contiguous()
         self.targets = torch.as_tensor(dataset.targets, dtype=torch.int64).to(self.device)
-        self.native_size = tuple(int(s) for s in dataset.images.shape[1:3])
-        # Constants live on the device once, so the per-batch work never copies from the host (no GPU stalls).
+        # On the device once, so the per-batch work never copies from the host (no GPU stalls).
         self._fill = torch.tensor(pixel_fill(dataset.mean), dtype=torch.float32, device=self.device)
         self._scale, self._shift = _normalize_coefficients(dataset.mean, dataset.std, 3, self.device)
         self.options = {}
-        self.size = self.native_size[0]
+        self.size = int(dataset.images.shape[1])
         self.set_augmentation("test")
 
     @property
@@ -103,17 +71,11 @@ class GPULoader:
         return self.sampler.n
 
     def set_augmentation(self, name: Optional[str], size: Optional[int] = None, **options) -> None:
-        """Switch the augmentation preset and/or the output size; takes effect at the next iteration.
+        """Switch to preset ``name`` (None: "test") and/or output side ``size`` (None: keep) from the next iteration.
 
-        Args:
-            name: a preset of ``list_presets()`` (None: "test", no augmentation); an evaluation loader takes
-                only "test".
-            size: output side, or None to keep the current one (at first: the data's own height).
-            **options: preset options kept for later switches too (``pad``, ``cutout``, ``cutout_p``, ``rotate``,
-                ``scale``; others, such as the CPU-only ``flip``, are ignored here).
-        Raises:
-            UnknownNameError: unknown name. ConfigError: a preset without a GPU side, or augmentation on an
-            evaluation loader.
+        ``options`` are kept for later switches (``pad``, ``cutout``, ``cutout_p``, ``rotate``, ``scale``; others,
+        such as the CPU-only ``flip``, are ignored). Raises UnknownNameError, or ConfigError for a preset without a
+        GPU side or augmentation on an evaluation loader.
         """
         name = "test" if name in (None, "none") else name
         pipeline = get_augmentation(name, "gpu")
@@ -135,9 +97,7 @@ class GPULoader:
 
     def indices(self, epoch: Optional[int] = None) -> torch.Tensor:
         """This rank's sample order for ``epoch`` (default: the current one), as a CPU int64 tensor."""
-        s = self.sampler
-        epoch = s.epoch if epoch is None else int(epoch)
-        return torch.from_numpy(epoch_indices(s.n, s.shuffle, s.seed, epoch, s.num_replicas, s.rank, s.total_size))
+        return torch.from_numpy(self.sampler.indices(epoch))
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -145,8 +105,7 @@ class GPULoader:
         return math.ceil(self.sampler.num_samples / self.batch_size)
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        # Bind the epoch and preset now rather than at the first next(); nothing runs until then, so an iterator
-        # that is made and dropped (tqdm.auto makes one) costs nothing.
+        # Bind the epoch and preset now; nothing runs until the first next(), so a dropped iterator costs nothing.
         return self._batches(self.sampler.epoch, self._pipeline, self._settings)
 
     def _batches(self, epoch: int, pipeline, settings: GPUAugment) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:

@@ -1,7 +1,5 @@
-"""Batched tensor augmentations for the GPU-resident loader (pure functions of a batch and a generator).
-
-The augmentations are pure functions of a (N, C, H, W) tensor and a ``torch.Generator``. They reproduce the
-albumentations presets of ``pytorch_utils.data.transforms`` in distribution:
+"""Batched augmentations for the GPU-resident loader: pure functions of a (N, C, H, W) tensor and a
+``torch.Generator``, reproducing the albumentations presets of ``transforms`` in distribution:
 
 - ``random_crop_with_padding`` = PadIfNeeded(size + 2 * pad, constant fill) > RandomCrop(size);
 - ``random_flip`` = HorizontalFlip(p);
@@ -9,11 +7,8 @@ albumentations presets of ``pytorch_utils.data.transforms`` in distribution:
 - ``random_resized_crop_rotate`` = RandomResizedCrop > Rotate, as one bilinear ``grid_sample``;
 - ``normalize`` = Normalize(mean, std, max_pixel_value=255).
 
-Images stay in pixel units (0-255) until ``normalize``; fills are the data set mean in pixel units, rounded to an
-integer as the CPU presets do, so a filled pixel normalizes to ~0.
-
-The draws differ from albumentations' own (other generators), so GPU and CPU runs with the same seed see different
-augmentations; the sample order, however, is the one ``make_loader``/``EpochSampler`` uses for the same seed.
+Images stay in pixel units (0-255) until ``normalize``; fills are the data set mean in pixel units, rounded as the
+CPU presets do. The draws differ from albumentations' own, so GPU and CPU runs see different augmentations.
 """
 import math
 from typing import Optional, Sequence, Tuple, Union
@@ -26,14 +21,11 @@ from pytorch_utils.errors import ConfigError
 Stats = Sequence[float]
 Fill = Union[float, Sequence[float], torch.Tensor]
 
-# --------------------------------------------------------------------------------------------- augmentations
-
 
 def _fill_tensor(fill: Fill, x: torch.Tensor) -> torch.Tensor:
     """The per-channel fill as a (1, C, 1, 1) tensor of ``x``'s dtype and device (rounded for integer dtypes).
 
-    A fill already given as a tensor on ``x.device`` is used in place: building it from Python numbers copies
-    host to device, which would stall the GPU once per batch in the loader.
+    A tensor already on ``x.device`` is used in place: building it from numbers would stall the GPU every batch.
     """
     channels = x.shape[1]
     if isinstance(fill, torch.Tensor) and fill.device == x.device:
@@ -56,15 +48,8 @@ def _check_batch(x: torch.Tensor, what: str) -> None:
 
 
 def pad_constant(x: torch.Tensor, pad: int, fill: Fill) -> torch.Tensor:
-    """Pad each side of a (N, C, H, W) batch by ``pad`` pixels of a constant per-channel ``fill``.
-
-    Args:
-        x: the batch (any dtype, any device).
-        pad: border width on each side (>= 0).
-        fill: one value or one per channel, in the units of ``x`` (pixel units for uint8 batches).
-    Returns:
-        (N, C, H + 2 * pad, W + 2 * pad) tensor of ``x``'s dtype.
-    """
+    """Pad each side of a (N, C, H, W) batch by ``pad`` >= 0 pixels of ``fill`` (one value or one per channel, in
+    ``x``'s units); returns (N, C, H + 2 * pad, W + 2 * pad) of ``x``'s dtype."""
     _check_batch(x, "pad_constant")
     if pad == 0:
         return x
@@ -78,22 +63,11 @@ def pad_constant(x: torch.Tensor, pad: int, fill: Fill) -> torch.Tensor:
 
 def random_crop_with_padding(x: torch.Tensor, size: int, pad: int, fill: Fill, generator: Optional[torch.Generator]
                              = None, return_offsets: bool = False):
-    """Pad by ``pad`` with a constant fill, then take one random ``size`` x ``size`` crop per image.
+    """Pad by ``pad`` with ``fill`` (see ``pad_constant``), then take one random ``size`` x ``size`` crop per image.
 
-    Offsets (top, left) are uniform integers in ``[0, 2 * pad + H - size]`` (and likewise for W), as
-    albumentations' PadIfNeeded > RandomCrop. The crop is one gather over the padded batch: no loop over images.
-
-    Args:
-        x: (N, C, H, W) batch, any dtype/device.
-        size: crop side; ``size <= H + 2 * pad`` and ``<= W + 2 * pad``.
-        pad: border added on each side before cropping.
-        fill: per-channel pad colour in the units of ``x``.
-        generator: a ``torch.Generator`` on ``x.device`` (None: torch's default generator).
-        return_offsets: also return the (top, left) offsets, each (N,) int64 on ``x.device``.
-    Returns:
-        (N, C, size, size) tensor, or ``(crops, (top, left))``.
-    Raises:
-        ConfigError: the crop does not fit in the padded image.
+    Offsets (top, left) are uniform integers in ``[0, 2 * pad + H - size]`` (likewise W), as PadIfNeeded >
+    RandomCrop; one gather, no loop. ``generator``: on ``x.device`` (None: torch's default). Returns (N, C, size,
+    size), or ``(crops, (top, left))`` ((N,) int64 each) with ``return_offsets``. ConfigError: the crop does not fit.
     """
     _check_batch(x, "random_crop_with_padding")
     n, c, h, w = x.shape
@@ -114,16 +88,8 @@ def random_crop_with_padding(x: torch.Tensor, size: int, pad: int, fill: Fill, g
 
 def random_flip(x: torch.Tensor, p: float = 0.5, generator: Optional[torch.Generator] = None,
                 return_mask: bool = False):
-    """Flip each image of a (N, C, H, W) batch left-right with probability ``p``.
-
-    Args:
-        x: the batch.
-        p: flip probability (0: never, 1: always).
-        generator: a ``torch.Generator`` on ``x.device``.
-        return_mask: also return the (N,) bool mask of flipped images.
-    Returns:
-        the batch (new tensor), or ``(batch, mask)``.
-    """
+    """Flip each image of a (N, C, H, W) batch left-right with probability ``p``; with ``return_mask`` also the
+    (N,) bool mask of flipped images."""
     _check_batch(x, "random_flip")
     mask = torch.rand(x.shape[0], generator=generator, device=x.device) < p
     out = torch.where(mask[:, None, None, None], x.flip(3), x)
@@ -132,22 +98,11 @@ def random_flip(x: torch.Tensor, p: float = 0.5, generator: Optional[torch.Gener
 
 def cutout(x: torch.Tensor, size: int, fill: Fill, p: float = 0.5, generator: Optional[torch.Generator] = None,
            return_boxes: bool = False):
-    """Fill one ``size`` x ``size`` square per image with a constant colour, with probability ``p``.
+    """Fill one ``size`` x ``size`` square per image with ``fill``, with probability ``p`` (0 size: unchanged).
 
-    Like albumentations' CoarseDropout with one hole: the hole lies fully inside the image, its top-left corner
-    uniform in ``[0, H - size] x [0, W - size]``.
-
-    Args:
-        x: (N, C, H, W) batch.
-        size: hole side (0 returns ``x`` unchanged).
-        fill: per-channel hole colour in the units of ``x``.
-        p: probability that an image gets its hole.
-        generator: a ``torch.Generator`` on ``x.device``.
-        return_boxes: also return ``(top, left, applied)``: (N,) int64, int64 and bool tensors.
-    Returns:
-        the batch, or ``(batch, (top, left, applied))``.
-    Raises:
-        ConfigError: the hole is larger than the image.
+    Like CoarseDropout with one hole fully inside the image, its top-left corner uniform in ``[0, H - size] x
+    [0, W - size]``. With ``return_boxes`` also ``(top, left, applied)``: (N,) int64, int64 and bool tensors.
+    Raises ConfigError: the hole is larger than the image.
     """
     _check_batch(x, "cutout")
     n, _, h, w = x.shape
@@ -173,25 +128,12 @@ def cutout(x: torch.Tensor, size: int, fill: Fill, p: float = 0.5, generator: Op
 def random_resized_crop_rotate(x: torch.Tensor, size: int, fill: Fill, scale: Tuple[float, float] = (0.75, 1.0),
                                ratio: Tuple[float, float] = (0.9, 1.1), rotate: float = 15.0, rotate_p: float = 0.5,
                                generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Random resized crop followed by a random rotation, batched (bilinear resampling).
+    """Random resized crop then random rotation, batched (bilinear); returns (N, C, size, size) float (pixel units).
 
-    Per image: a box of area ``U(scale) * H * W`` and aspect ratio ``exp(U(log ratio))`` (sides rounded to whole
-    pixels, clamped to the image) at a uniform integer position, resized to ``size`` x ``size``; then, with
-    probability ``rotate_p``, a rotation by ``U(-rotate, rotate)`` degrees about the centre, the uncovered corners
-    filled with ``fill``. Two batched ``grid_sample`` calls, as albumentations' RandomResizedCrop > Rotate does
-    two interpolations; the difference: a box too large for the image is clamped instead of redrawn (up to 10
-    times, then a centre crop).
-
-    Args:
-        x: (N, C, H, W) batch; integer batches are converted to float32 (pixel units kept).
-        size: output side.
-        fill: per-channel border colour in the units of ``x``.
-        scale, ratio: crop area fraction and aspect-ratio ranges.
-        rotate: maximum absolute angle in degrees (0 disables the rotation).
-        rotate_p: probability of rotating an image.
-        generator: a ``torch.Generator`` on ``x.device``.
-    Returns:
-        (N, C, size, size) float tensor.
+    Per image: a box of area ``U(scale) * H * W`` and aspect ratio ``exp(U(log ratio))`` (whole pixels, clamped to
+    the image) at a uniform integer position, resized to ``size``; then, with probability ``rotate_p``, a rotation
+    by ``U(-rotate, rotate)`` degrees (0: none) about the centre, corners filled with ``fill``. Two ``grid_sample``
+    calls as RandomResizedCrop > Rotate; unlike albumentations a too-large box is clamped, not redrawn.
     """
     _check_batch(x, "random_resized_crop_rotate")
     n, _, h, w = x.shape
@@ -247,15 +189,8 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def normalize(x: torch.Tensor, mean: Stats, std: Stats, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``(x / 255 - mean) / std`` per channel for a batch in pixel units (uint8, or float on the 0-255 scale).
-
-    Args:
-        x: (N, C, H, W) batch of pixel values.
-        mean, std: per-channel statistics on the [0, 1] scale (sequences, or tensors already on ``x.device``).
-        dtype: output dtype (computed in float32, then cast).
-    Returns:
-        the normalized batch as ``dtype``.
-    """
+    """``(x / 255 - mean) / std`` per channel for a (N, C, H, W) batch in pixel units; ``mean``/``std`` on the
+    [0, 1] scale (sequences or tensors); computed in float32, returned as ``dtype``."""
     _check_batch(x, "normalize")
     scale, shift = _normalize_coefficients(mean, std, x.shape[1], x.device)
     return _normalize_with(x, scale, shift, dtype)

@@ -17,8 +17,7 @@ FALLBACK_SIZE = 32
 def forward_error(model: nn.Module, size: int) -> Optional[str]:
     """None when ``model`` accepts one (1, 3, size, size) input, else the first line of the error it raised.
 
-    Runs in eval mode without gradients on the model's own device; weights, buffers, train/eval flags and RNG are
-    left as they were (``utils.preserved``).
+    Runs in eval mode without gradients on the model's device; ``utils.preserved`` restores flags and RNG.
     """
     param = next(model.parameters(), None)
     x = torch.zeros(1, 3, size, size, device=param.device if param is not None else "cpu")
@@ -32,21 +31,12 @@ def forward_error(model: nn.Module, size: int) -> Optional[str]:
 
 def choose_input_size(model: nn.Module, image_size: Union[int, Sequence[int]],
                       requested: Optional[int] = None) -> Tuple[int, Optional[str]]:
-    """The square input side to train and evaluate at, and a one-line note when images get resized.
+    """``(size, note)``: the square input side to train and evaluate at, and a logged one-line note when images
+    (of ``image_size``, (H, W) or one side) get resized (else None).
 
-    Rule: a ``requested`` side (the user's or the recipe's) is used when the model takes it, else refused; without
-    one the data's own side is used (the larger one for non-square images) when the model takes it, else
-    ``FALLBACK_SIZE`` (e.g. ``s10_resnet``'s head needs 4x4 maps before its MaxPool 4, i.e. 32x32 inputs). The
-    note is also logged.
-
-    Args:
-        model: the built model (any device); probed with one zero image per candidate side.
-        image_size: the data's (H, W), or one side.
-        requested: a side fixed by the user or recipe, or None.
-    Returns:
-        (size, note): ``note`` is None when the images keep their own size.
-    Raises:
-        ConfigError: the model takes neither the requested side nor (without one) the data's side or 32.
+    Rule: a ``requested`` side is used when the model takes it (probed with one zero image), else refused; without
+    one, the data's larger side when the model takes it, else ``FALLBACK_SIZE`` (e.g. ``s10_resnet``'s head needs
+    32x32 inputs). ConfigError: the model takes neither the requested side nor (without one) the data's side or 32.
     """
     h, w = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
     name = type(model).__name__

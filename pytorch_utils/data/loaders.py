@@ -1,15 +1,9 @@
-"""DataLoaders whose shuffling and augmentation are pure functions of (seed, epoch).
+"""DataLoaders whose shuffling and augmentation are pure functions of (seed, epoch), so a resumed run replays them.
 
-A resumed run only needs the epoch number to replay exactly the same batches: the sampler's permutation and every
-worker's random state are derived from (seed, epoch[, worker_id]), never from generator state carried over from
-earlier epochs. Call ``set_loader_epoch(loader, epoch)`` (or ``loader.set_epoch(epoch)``, or
-``loader.sampler.set_epoch(epoch)``) before iterating each epoch, as with ``DistributedSampler``: a loader
-iterated again without a ``set_epoch`` in between replays the same epoch (both loaders, this one and the GPU
-loader of ``pytorch_utils.data.gpu``, follow this rule; ``fit`` calls ``set_epoch`` before every epoch).
-
-Note: albumentations 2.0.8 does not reseed a Compose inside DataLoader workers: each worker receives a copy of the
-same random state, so workers (and, with fresh workers each epoch, epochs) repeat one augmentation sequence. The
-worker init here reseeds the data set's transform per (seed, epoch, worker_id).
+Call ``set_loader_epoch(loader, epoch)`` (or ``loader.set_epoch``) before each epoch, as with
+``DistributedSampler``; without it a loader replays the same epoch (the GPU loader follows the same rule).
+albumentations 2.0.8 gives every DataLoader worker a copy of one random state, so the worker init here reseeds the
+data set's transform per (seed, epoch, worker_id).
 """
 import math
 import os
@@ -20,15 +14,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from pytorch_utils.data.transforms import get_preset, preset_options, seed_compose
 from pytorch_utils.errors import ConfigError
 
 
 def default_num_workers() -> int:
-    """A sensible DataLoader worker count for this machine: the usable CPUs, capped at 8 (0 on a 1-CPU machine).
-
-    Returns:
-        int >= 0 (2 on Colab).
-    """
+    """The usable CPUs, capped at 8 (0 on a 1-CPU machine; 2 on Colab)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not available on macOS/Windows
@@ -41,43 +32,12 @@ def derive_seed(*values: int) -> int:
     return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1)[0])
 
 
-def shard_size(n: int, num_replicas: int, rank: int) -> int:
-    """Items of rank ``rank`` when ``n`` items are dealt out without padding (every ``num_replicas``-th one)."""
-    return len(range(rank, n, num_replicas))
-
-
-def epoch_indices(n: int, shuffle: bool, seed: int, epoch: int, num_replicas: int, rank: int,
-                  total_size: int) -> np.ndarray:
-    """Rank ``rank``'s sample order for ``epoch``: a permutation that is a pure function of (seed, epoch), padded by
-    wrapping around (or cut) to ``total_size``, then every ``num_replicas``-th index from ``rank``.
-
-    ``total_size == n`` gives disjoint shards without padding (evaluation): together exactly the ``n`` items.
-    Shared by :class:`EpochSampler` and the GPU loader, so both paths visit the data in the same order.
-    """
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    if total_size > n and n:
-        order = np.resize(order, total_size)  # np.resize repeats the array: padding by wrapping
-    else:
-        order = order[:total_size]
-    return order[rank:total_size:num_replicas].astype(np.int64)
-
-
 class EpochSampler(Sampler):
-    """Shuffled (or ordered) indices whose permutation is a pure function of (seed, epoch), sharded over ranks.
+    """Indices 0..n-1, permuted per (seed, epoch) when ``shuffle``, sharded over ranks; shared with the GPU loader.
 
-    Sharding follows ``DistributedSampler``: the index list is padded by wrapping around until it divides by
-    ``num_replicas`` (or cut when ``drop_last``), and rank ``r`` takes every ``num_replicas``-th index from ``r``,
-    so all ranks get the same count. With ``even=False`` (evaluation) nothing is padded or cut: the shards are
-    disjoint and together hold every item exactly once, so summed metrics count no sample twice; rank counts may
-    then differ by one.
-
-    Args:
-        n: data set length.
-        shuffle: permute per epoch; False keeps 0..n-1.
-        seed: base seed shared by all ranks.
-        num_replicas, rank: number of processes and this one's index.
-        drop_last: cut the tail instead of padding when ``n`` does not divide by ``num_replicas``.
-        even: give every rank the same count (pad or cut); False: disjoint unpadded shards (``drop_last`` ignored).
+    As ``DistributedSampler``: the list is padded by wrapping (or cut when ``drop_last``) until it divides by
+    ``num_replicas``, and rank ``r`` takes every ``num_replicas``-th index from ``r``. With ``even=False``
+    (evaluation) nothing is padded or cut: disjoint shards hold every item once (counts may differ by one).
     """
 
     def __init__(self, n: int, shuffle: bool = True, seed: int = 0, num_replicas: int = 1, rank: int = 0,
@@ -86,32 +46,31 @@ class EpochSampler(Sampler):
             raise ConfigError(f"EpochSampler needs a non-negative length, got {n!r}")
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ConfigError(f"rank must be in [0, num_replicas), got rank={rank}, num_replicas={num_replicas}")
-        self.n = int(n)
-        self.shuffle = shuffle
-        self.seed = int(seed)
-        self.num_replicas = int(num_replicas)
-        self.rank = int(rank)
+        self.n, self.shuffle, self.seed, self.epoch = int(n), shuffle, int(seed), 0
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
         self.even = bool(even)
         self.drop_last = drop_last and self.even
-        self.epoch = 0
         if not self.even:
-            self.num_samples = shard_size(self.n, self.num_replicas, self.rank)
-            self.total_size = self.n
+            self.num_samples = len(range(self.rank, self.n, self.num_replicas))
+        elif self.drop_last and self.n % self.num_replicas:
+            self.num_samples = self.n // self.num_replicas
         else:
-            if self.drop_last and self.n % self.num_replicas:
-                self.num_samples = self.n // self.num_replicas
-            else:
-                self.num_samples = math.ceil(self.n / self.num_replicas)
-            self.total_size = self.num_samples * self.num_replicas
+            self.num_samples = math.ceil(self.n / self.num_replicas)
+        self.total_size = self.num_samples * self.num_replicas if self.even else self.n
 
     def set_epoch(self, epoch: int) -> None:
         """Select the permutation of ``epoch`` (call before iterating each epoch)."""
         self.epoch = int(epoch)
 
-    def indices(self) -> np.ndarray:
-        """This rank's indices for the current epoch, as an int64 array."""
-        return epoch_indices(self.n, self.shuffle, self.seed, self.epoch, self.num_replicas, self.rank,
-                             self.total_size)
+    def indices(self, epoch: Optional[int] = None) -> np.ndarray:
+        """This rank's indices for ``epoch`` (default: the current one), as an int64 array."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
+        if self.total_size > self.n and self.n:
+            order = np.resize(order, self.total_size)  # np.resize repeats the array: padding by wrapping
+        else:
+            order = order[:self.total_size]
+        return order[self.rank:self.total_size:self.num_replicas].astype(np.int64)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices().tolist())
@@ -128,21 +87,14 @@ def _reseed_transform(dataset, seed: int) -> None:
             if hasattr(transform, "set_random_seed"):  # AlbumentationsTransform
                 transform.set_random_seed(seed)
             elif hasattr(transform, "set_random_state"):  # a bare albumentations Compose
-                transform.seed = seed
-                transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+                seed_compose(transform, seed)
             return
         dataset = getattr(dataset, "dataset", None)  # torch Subset and similar wrappers
 
 
 class EpochWorkerInit:
-    """``worker_init_fn`` seeding each worker from (seed, epoch, worker_id).
-
-    Sets ``cv2.setNumThreads(0)`` (OpenCV threads inside forked workers oversubscribe the CPUs and can deadlock),
-    seeds ``random``, ``numpy`` and ``torch``, and reseeds the worker's copy of the data set transform.
-
-    Args:
-        seed: base seed.
-    """
+    """``worker_init_fn`` seeding ``random``, ``numpy``, ``torch`` and the worker's data set transform from (seed,
+    epoch, worker_id); sets ``cv2.setNumThreads(0)`` (OpenCV threads in forked workers oversubscribe and deadlock)."""
 
     def __init__(self, seed: int):
         self.seed = int(seed)
@@ -164,12 +116,9 @@ class EpochWorkerInit:
 class EpochDataLoader(DataLoader):
     """A DataLoader over an ``EpochSampler`` whose augmentation randomness also follows (seed, epoch).
 
-    Built by ``make_loader``. The contract shared with the GPU-resident loader: ``set_epoch(e)`` selects the epoch
-    (as ``DistributedSampler``; iterating again without it replays the same epoch, batches and augmentations
-    included), and ``set_augmentation(name, size=None, **options)`` is the one augmentation switch. At the start
-    of each iteration the epoch is read from the sampler and handed to the worker init (workers are created fresh
-    each epoch); with ``num_workers=0`` the main-process transform is reseeded as worker 0 would be, so 0 and 1
-    workers give the same batches.
+    Built by ``make_loader``; same contract as the GPU loader (``set_epoch``, ``set_augmentation``). Each iteration
+    hands the sampler's epoch to the (fresh) workers; with ``num_workers=0`` the main-process transform is reseeded
+    as worker 0 would be, so 0 and 1 workers give the same batches.
     """
 
     augmentation: Optional[str] = None  # the preset last set by set_augmentation (None: the data set's own)
@@ -182,18 +131,10 @@ class EpochDataLoader(DataLoader):
         self.worker_init_fn.epoch = int(epoch)
 
     def set_augmentation(self, name: Optional[str], size: Optional[int] = None, **options) -> None:
-        """Put preset ``name``'s albumentations transform on the data set; takes effect at the next iteration.
-
-        Args:
-            name: a preset of ``list_presets()`` (None: "test", no augmentation).
-            size: output side, or None to keep the current one (at first: the data's own height).
-            **options: preset options kept for later switches too (``cutout``, ``pad``, ``rotate``...); each
-                preset takes the ones it knows.
-        Raises:
-            UnknownNameError: unknown name. ConfigError: a preset without a CPU side, or bad option values.
+        """Put preset ``name``'s (None: "test") transform at side ``size`` (None: keep; at first the data's height)
+        on the data set from the next iteration. ``options`` are kept for later switches; each preset takes the
+        ones it knows. Raises UnknownNameError, or ConfigError (no CPU side, bad option values).
         """
-        from pytorch_utils.data.transforms import get_preset, preset_options
-
         name = "test" if name in (None, "none") else name
         ds = self.dataset
         self.options = {**(self.options or {}), **options}
@@ -222,29 +163,13 @@ class EpochDataLoader(DataLoader):
 def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: Optional[int] = None,
                 seed: Optional[int] = 0, drop_last: Optional[bool] = None, pin_memory: Optional[bool] = None,
                 num_replicas: int = 1, rank: int = 0) -> EpochDataLoader:
-    """A reproducible DataLoader: shuffled per (seed, epoch) when ``train``, sharded over ``num_replicas`` ranks.
+    """A reproducible ``EpochDataLoader``: shuffled per (seed, epoch) when ``train``, sharded over ranks.
 
-    Call ``set_loader_epoch(loader, epoch)`` before each epoch (without it, every pass replays epoch 0, as with
-    ``DistributedSampler``). The same seed, epoch and ``num_workers`` give the
-    same batches, augmentations included (the data set's albumentations transform is reseeded per worker and
-    epoch), so a resumed run replays its epochs exactly.
-
-    Args:
-        dataset: map-style data set (e.g. ``ArrayDataset``) whose ``transform`` may be swapped between epochs.
-        batch_size: items per batch (per rank).
-        train: shuffle, and drop the last incomplete batch by default.
-        num_workers: worker processes; None uses ``default_num_workers()``.
-        seed: base seed of shuffling and augmentation; None draws one at random (not reproducible).
-        drop_last: drop the incomplete last batch; default ``train``.
-        pin_memory: default ``torch.cuda.is_available()``.
-        num_replicas, rank: distributed sharding. Training: every rank gets the same number of items (padded by
-            wrapping). Evaluation (``train=False``): disjoint shards without padding, so the ranks' summed metrics
-            cover each test item exactly once (rank counts may differ by one).
-    Returns:
-        EpochDataLoader (a ``torch.utils.data.DataLoader``) with ``.sampler`` an ``EpochSampler``.
-    Raises:
-        ConfigError: ``batch_size < 1``, or ``drop_last`` with fewer items per rank than ``batch_size`` (no batch
-        would be produced).
+    Same seed, epoch and ``num_workers``: same batches, augmentations included. Call ``set_loader_epoch`` before
+    each epoch. ``seed=None`` draws one (not reproducible); ``num_workers`` defaults to ``default_num_workers()``,
+    ``drop_last`` to ``train``, ``pin_memory`` to CUDA availability. Sharding: see ``EpochSampler`` (padded when
+    training, disjoint unpadded shards otherwise). Raises ConfigError: ``batch_size < 1``, ``num_workers < 0``, or
+    ``drop_last`` with fewer items per rank than ``batch_size``.
     """
     if int(batch_size) != batch_size or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -265,32 +190,17 @@ def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: Opt
             f"batch would be produced; lower batch_size to at most {per_rank}, use more data "
             "(raise the train limit), or pass drop_last=False"
         )
-    return EpochDataLoader(
-        dataset,
-        batch_size=int(batch_size),
-        sampler=sampler,
-        num_workers=num_workers,
-        drop_last=drop_last,
-        pin_memory=pin_memory,
-        worker_init_fn=EpochWorkerInit(seed),
-        # Fresh workers every epoch: a transform swapped between epochs (augmentation phases) reaches them, and
-        # each epoch's workers are seeded from that epoch.
-        persistent_workers=False,
-    )
+    # Fresh workers every epoch (persistent_workers=False): a transform swapped between epochs reaches them, and
+    # each epoch's workers are seeded from that epoch.
+    return EpochDataLoader(dataset, batch_size=int(batch_size), sampler=sampler, num_workers=num_workers,
+                           drop_last=drop_last, pin_memory=pin_memory, worker_init_fn=EpochWorkerInit(seed),
+                           persistent_workers=False)
 
 
 def set_loader_epoch(loader, epoch: int) -> None:
-    """Tell a loader which epoch starts (shuffle order and worker seeding); call before iterating it.
-
-    Works for ``make_loader`` loaders, any loader with its own ``set_epoch`` (the GPU-resident loader), and any
-    DataLoader whose sampler (or batch sampler) has ``set_epoch``, e.g. a ``DistributedSampler``; other loaders are
-    left alone.
-
-    Args:
-        loader: the DataLoader.
-        epoch: epoch number (0-based or 1-based, but the same convention on resume).
-    """
-    if isinstance(loader, EpochDataLoader) or hasattr(loader, "set_epoch"):  # also the GPU-resident loader
+    """Select the epoch (shuffle order, worker seeds) of ``loader`` before iterating it: its own ``set_epoch`` (both
+    package loaders), else its (batch) sampler's (e.g. ``DistributedSampler``); other loaders are left alone."""
+    if hasattr(loader, "set_epoch"):
         loader.set_epoch(epoch)
         return
     for obj in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):

@@ -8,8 +8,13 @@ from pytorch_utils.errors import DatasetError
 Stats = Tuple[float, float, float]
 
 
-def _as_image_array(data) -> np.ndarray:
-    """The uint8 (N, H, W, 3) array behind ``data`` (an array or anything with an ``images`` array)."""
+def compute_mean_std(data, batch: int = 2048) -> Tuple[Stats, Stats]:
+    """Per-channel ``(mean, std)`` (3 floats each, [0, 1] scale) over all pixels of uint8 (N, H, W, 3) images, one
+    (H, W, 3) image, or an ``ArrayDataset``; DatasetError for a wrong dtype/shape or no images.
+
+    The population std over the whole data set (what ``Normalize`` needs), = ``images.reshape(-1, 3).std(0) / 255``:
+    chunks of ``batch`` images are merged with Chan's parallel update in float64 (no float copy of all images).
+    """
     images = getattr(data, "images", data)
     if not isinstance(images, np.ndarray):
         raise DatasetError(
@@ -24,26 +29,6 @@ def _as_image_array(data) -> np.ndarray:
         )
     if images.shape[0] == 0:
         raise DatasetError("compute_mean_std got an empty image array (N = 0); there is nothing to measure")
-    return images
-
-
-def compute_mean_std(data, batch: int = 2048) -> Tuple[Stats, Stats]:
-    """Per-channel mean and standard deviation over all pixels of all images.
-
-    The std is the population std of every pixel value of a channel across the whole data set (what
-    ``Normalize`` needs), not the mean of per-image stds. Chunks are merged with Chan's parallel update in
-    float64, so the result matches ``images.reshape(-1, 3).std(0) / 255`` without holding a float copy of the
-    whole data set.
-
-    Args:
-        data: uint8 numpy array (N, H, W, 3) (or one (H, W, 3) image), or an ``ArrayDataset``.
-        batch: images per chunk; bounds the temporary float64 memory.
-    Returns:
-        ``(mean, std)``: two tuples of 3 floats on the [0, 1] scale.
-    Raises:
-        DatasetError: wrong dtype/shape or no images.
-    """
-    images = _as_image_array(data)
     batch = max(1, int(batch))
     count = 0
     mean = np.zeros(3, dtype=np.float64)

@@ -8,8 +8,6 @@ from pytorch_utils.data.arrays import ArrayDataset
 from pytorch_utils.data.stats import compute_mean_std
 from pytorch_utils.errors import ConfigError
 
-
-
 # Weight of the class colour against a random per-image colour, and pixel noise (0-255 scale): tuned so raw-pixel
 # nearest-class-mean gets ~85 % on 10 classes while a small CNN reaches ~95 % in two epochs of augmented training.
 _COLOUR_MIX = 0.7
@@ -62,22 +60,12 @@ SYNTHETIC_DEFAULT_SIZES = (2000, 500)  # train, test
 
 def make_synthetic(n: int = 2000, num_classes: int = 10, size: int = 32, seed: int = 0,
                    transform: Optional[Callable] = None) -> ArrayDataset:
-    """A seeded, learnable synthetic image data set for tests and smoke runs.
+    """A seeded (same seed, same data), learnable ArrayDataset of ``n`` uint8 (size, size, 3) images with
+    computed mean/std, classes ``class_0 ... class_{k-1}`` balanced to within one.
 
-    Each class has a fixed colour, stripe orientation and stripe frequency; every image adds a random stripe
-    phase (a shift), a shifted blob, brightness jitter and Gaussian noise. A small CNN separates the classes in an
-    epoch or two, and the cues survive pad-crop-flip-cutout augmentation.
-
-    Args:
-        n: number of images (classes balanced to within one).
-        num_classes: number of classes, named ``class_0 ... class_{k-1}``.
-        size: image height and width.
-        seed: same seed, identical data.
-        transform: callable stored on the data set.
-    Returns:
-        ArrayDataset of uint8 (n, size, size, 3) images with computed mean/std.
-    Raises:
-        ConfigError: non-positive ``n`` or ``num_classes``, ``size < 4``, or ``n`` above ``MAX_SYNTHETIC_SIZE``.
+    Each class has a fixed colour, stripe angle and frequency; every image adds a random stripe phase, a shifted
+    blob, brightness jitter and noise; the cues survive pad-crop-flip-cutout. ConfigError: ``n`` or
+    ``num_classes`` below 1, ``size < 4``, or ``n`` above ``MAX_SYNTHETIC_SIZE``.
     """
     if n < 1 or num_classes < 1 or size < 4:
         raise ConfigError(f"make_synthetic needs n >= 1, num_classes >= 1 and size >= 4, got n={n}, "

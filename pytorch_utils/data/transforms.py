@@ -1,11 +1,8 @@
-"""Augmentation presets: one registry of names, each with its CPU albumentations (2.x) side and its GPU pipeline.
+"""Augmentation presets: one registry of names (``list_presets()``), each with a CPU and a GPU side.
 
-``list_presets()`` is the one list of augmentation names. CPU side: resize to the output size (a no-op at that
-size) > augmentations > ``Normalize(mean, std, max_pixel_value=255)`` > ``ToTensorV2``,
-wrapped in ``AlbumentationsTransform`` so it takes one HWC uint8 image (numpy or PIL) and returns a float32 CHW
-tensor. Fill values for padding, rotation borders and cutout holes are the data set mean on the 0-255 scale, so
-after normalization they are ~0 and carry no signal. GPU side: the batched equivalents of ``gpu_ops``, used by the
-GPU-resident loader.
+CPU side: albumentations (2.x) augmentations > ``Normalize(mean, std, max_pixel_value=255)`` > ``ToTensorV2`` in an
+``AlbumentationsTransform`` (HWC uint8 image -> float32 CHW tensor). GPU side: the batched ``gpu_ops`` equivalents.
+Fills (padding, rotation borders, cutout holes) are the data set mean on the 0-255 scale: ~0 after normalization.
 """
 from __future__ import annotations
 
@@ -19,13 +16,14 @@ import numpy as np
 import torch
 
 from pytorch_utils.data import gpu_ops as ops
+from pytorch_utils.data.gpu_ops import pixel_fill
 from pytorch_utils.errors import ConfigError
 from pytorch_utils.registry import Registry
 
 
 class _Lazy:
-    """A module imported on its first attribute use. albumentations and OpenCV (7.7 MB of wheels, about a second
-    to import) serve only the DataLoader path: the GPU-resident path and a machine without them never load them."""
+    """A module imported on first attribute use: albumentations and OpenCV (slow to import) serve only the
+    DataLoader path."""
 
     def __init__(self, name: str):
         self._name, self._module = name, None
@@ -42,27 +40,19 @@ Stats = Sequence[float]
 
 
 def seed_compose(compose: A.BaseCompose, seed: Optional[int]) -> None:
-    """Reseed an albumentations Compose so that its whole pipeline draws from one seeded stream.
+    """Reseed ``compose`` in place so its whole pipeline draws from one stream seeded by ``seed`` (None: OS entropy).
 
-    ``A.Compose(seed=s)`` in albumentations 2.0.8 gives *every* transform its own generator seeded with the same
-    ``s``, so the first decisions of different transforms are identical draws (with p=0.5 each, flip and cutout
-    then always happen together on the first image). Sharing one generator pair decorrelates them while staying
-    reproducible.
-
-    Args:
-        compose: the Compose (or any albumentations BaseCompose) to reseed in place.
-        seed: integer seed; None draws fresh OS entropy.
+    ``A.Compose(seed=s)`` (albumentations 2.0.8) seeds every transform with the same ``s``, so their first draws
+    coincide (flip and cutout always together on the first image); one shared generator pair decorrelates them.
     """
     compose.seed = seed
     compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
 class AlbumentationsTransform:
-    """Callable adapter: one HWC uint8 image (numpy or PIL) -> float32 CHW tensor through an albumentations Compose.
+    """One HWC uint8 image (numpy or PIL) -> float32 CHW tensor through ``compose`` (an ``A.Compose``).
 
-    Args:
-        compose: an ``A.Compose``; called by keyword (``compose(image=img)``), as albumentations requires. If it
-            does not end with ``ToTensorV2`` the adapter converts the HWC result (uint8 is scaled to [0, 1]).
+    Without a final ``ToTensorV2`` the HWC result is converted here (uint8 scaled to [0, 1]).
     """
 
     def __init__(self, compose: A.BaseCompose):
@@ -72,9 +62,7 @@ class AlbumentationsTransform:
 
     def __call__(self, image) -> torch.Tensor:
         if not isinstance(image, np.ndarray):  # PIL image
-            if getattr(image, "mode", "RGB") != "RGB":
-                image = image.convert("RGB")
-            image = np.asarray(image)
+            image = np.asarray(image if getattr(image, "mode", "RGB") == "RGB" else image.convert("RGB"))
         out = self.compose(image=image)["image"]
         if isinstance(out, torch.Tensor):
             return out.float()
@@ -89,11 +77,6 @@ class AlbumentationsTransform:
     def __repr__(self) -> str:
         names = [type(t).__name__ for t in getattr(self.compose, "transforms", [])]
         return f"AlbumentationsTransform({' > '.join(names)})"
-
-
-def _fill(mean: Stats) -> Tuple[int, int, int]:
-    """The mean colour on the 0-255 scale, as the ints cv2 border/fill arguments take."""
-    return tuple(int(round(float(m) * 255)) for m in mean)
 
 
 def _check(mean: Stats, std: Stats, size: int) -> None:
@@ -135,23 +118,15 @@ def train_preset(mean: Stats, std: Stats, size: int = 32, pad: int = 4, flip: bo
                  cutout_p: float = 0.5, seed: Optional[int] = None) -> AlbumentationsTransform:
     """The S10 / standard CIFAR training augmentation: pad > random crop > flip > one-hole cutout > normalize.
 
-    Args:
-        mean, std: per-channel stats on the [0, 1] scale (normalization, and the fill colour).
-        size: output side; images of another size are resized to it first.
-        pad: border added on each side before the random crop (constant, filled with the mean).
-        flip: random horizontal flip (p=0.5).
-        cutout: side of the single square hole; 0 disables cutout.
-        cutout_p: probability of cutting the hole.
-        seed: seed of the Compose (same seed, same augmentations); None is random.
-    Returns:
-        AlbumentationsTransform producing float32 (3, size, size) tensors.
-    Raises:
-        ConfigError: bad mean/std/size/pad/cutout.
+    ``mean``/``std``: per-channel stats on the [0, 1] scale (also the fill colour); ``size``: output side (other
+    sizes are resized first); ``pad``: constant border before the crop; ``flip``: horizontal flip (p=0.5);
+    ``cutout``: side of the square hole (0: none), cut with probability ``cutout_p``; ``seed``: the Compose's seed
+    (None: random). Returns float32 (3, size, size) tensors. Raises ConfigError for bad mean/std/size/pad/cutout.
     """
     _check(mean, std, size)
     if int(pad) != pad or pad < 0:
         raise ConfigError(f"pad must be a non-negative integer, got {pad!r}")
-    fill = _fill(mean)
+    fill = pixel_fill(mean)  # the ints cv2 border/fill arguments take
     ops = _resize(size)
     if pad:
         ops.append(A.PadIfNeeded(min_height=size + 2 * pad, min_width=size + 2 * pad,
@@ -164,14 +139,7 @@ def train_preset(mean: Stats, std: Stats, size: int = 32, pad: int = 4, flip: bo
 
 
 def test_preset(mean: Stats, std: Stats, size: int = 32) -> AlbumentationsTransform:
-    """Evaluation transform: resize to ``size`` (a no-op at that size) > normalize > tensor. Deterministic.
-
-    Args:
-        mean, std: per-channel stats on the [0, 1] scale.
-        size: output side.
-    Returns:
-        AlbumentationsTransform producing float32 (3, size, size) tensors.
-    """
+    """Evaluation transform: resize to ``size`` (a no-op at that size) > normalize > float32 tensor. Deterministic."""
     _check(mean, std, size)
     return _finish(_resize(size), mean, std, seed=0)
 
@@ -182,23 +150,11 @@ test_preset.__test__ = False  # its name starts with "test"; keep pytest from co
 def wrn_preset(mean: Stats, std: Stats, size: int = 32, rotate: float = 15, cutout: int = 8,
                scale: Tuple[float, float] = (0.75, 1.0), cutout_p: float = 0.5,
                seed: Optional[int] = None) -> AlbumentationsTransform:
-    """The WRN-28-10 recipe augmentation: random resized crop > rotation > flip > cutout > normalize.
-
-    The random resized crop also performs the resize, so ``size`` 36/40 works for progressive resizing.
-
-    Args:
-        mean, std: per-channel stats on the [0, 1] scale.
-        size: output side.
-        rotate: maximum rotation in degrees (applied with p=0.5, border filled with the mean); 0 disables it.
-        cutout: side of the single hole; 0 disables it.
-        scale: range of the crop area as a fraction of the image.
-        cutout_p: probability of cutting the hole.
-        seed: seed of the Compose.
-    Returns:
-        AlbumentationsTransform producing float32 (3, size, size) tensors.
-    """
+    """The WRN-28-10 recipe augmentation: random resized crop (area fraction ``scale``; it also resizes to ``size``)
+    > rotation by up to ``rotate`` degrees (p=0.5, mean fill; 0: none) > flip > cutout > normalize.
+    Other arguments as ``train_preset``."""
     _check(mean, std, size)
-    fill = _fill(mean)
+    fill = pixel_fill(mean)  # the ints cv2 border/fill arguments take
     ops = [A.RandomResizedCrop(size=(size, size), scale=tuple(scale), ratio=(0.9, 1.1))]
     if rotate:
         ops.append(A.Rotate(limit=(-abs(rotate), abs(rotate)), border_mode=cv2.BORDER_CONSTANT, fill=fill, p=0.5))
@@ -209,39 +165,18 @@ def wrn_preset(mean: Stats, std: Stats, size: int = 32, rotate: float = 15, cuto
 
 def reduced_preset(mean: Stats, std: Stats, size: int = 32, pad: int = 4,
                    seed: Optional[int] = None) -> AlbumentationsTransform:
-    """Milder training augmentation (S8 phase 2): pad > random crop > flip > normalize, no cutout.
-
-    Args:
-        mean, std: per-channel stats on the [0, 1] scale.
-        size: output side.
-        pad: border before the random crop.
-        seed: seed of the Compose.
-    Returns:
-        AlbumentationsTransform producing float32 (3, size, size) tensors.
-    """
+    """Milder training augmentation (S8 phase 2; also "standard_no_cutout"): pad > random crop > flip > normalize."""
     return train_preset(mean, std, size=size, pad=pad, flip=True, cutout=0, seed=seed)
-
-
-def _standard_no_cutout(mean: Stats, std: Stats, size: int = 32, pad: int = 4,
-                        seed: Optional[int] = None) -> AlbumentationsTransform:
-    """The standard preset without cutout: pad > random crop > flip > normalize."""
-    return train_preset(mean, std, size=size, pad=pad, cutout=0, seed=seed)
 
 
 def _test(mean: Stats, std: Stats, size: int = 32, seed: Optional[int] = None) -> AlbumentationsTransform:
     return test_preset(mean, std, size=size)  # deterministic: the seed has nothing to draw
 
 
-# ---------------------------------------------------------------------------------------------- GPU pipelines
-
-
 @dataclass(frozen=True)
 class GPUAugment:
-    """Options of the GPU pipelines; the names and defaults are the CPU presets' keywords.
-
-    ``fill`` is the data set mean in pixel units (a (3,) float tensor on the batch's device, so no host copy per
-    batch); ``size`` the output side.
-    """
+    """Options of the GPU pipelines (names and defaults: the CPU presets' keywords); ``fill``: the mean in pixel
+    units as a (3,) float tensor on the batch's device (no host copy per batch)."""
     size: int
     fill: torch.Tensor
     pad: int = 4
@@ -277,15 +212,9 @@ def _gpu_wrn(x: torch.Tensor, o: GPUAugment, g: Optional[torch.Generator]) -> to
     return ops.cutout(x, o.cutout, o.fill, o.cutout_p, g) if o.cutout else x
 
 
-# ---------------------------------------------------------------------------------------------- the registry
-
-
 class Augmentation(NamedTuple):
-    """One augmentation preset: its CPU albumentations builder and its GPU pipeline (None where a side is missing).
-
-    ``cpu(mean, std, size=..., seed=..., **options) -> AlbumentationsTransform``;
-    ``gpu(uint8 or float pixel batch (N, 3, H, W), GPUAugment, generator) -> pixel batch (N, 3, size, size)``.
-    """
+    """A preset's ``cpu(mean, std, size=, seed=, **options) -> AlbumentationsTransform`` and ``gpu(pixel batch
+    (N, 3, H, W), GPUAugment, generator) -> (N, 3, size, size)``; None where a side is missing."""
     cpu: Optional[Callable[..., AlbumentationsTransform]]
     gpu: Optional[GPUPipeline]
 
@@ -295,27 +224,21 @@ _AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation preset")
 
 def register_augmentation(name: str, cpu: Optional[Callable[..., AlbumentationsTransform]] = None,
                           gpu: Optional[GPUPipeline] = None) -> None:
-    """Add a preset under ``name`` (the one list of augmentation names; ``list_presets`` reads it).
-
-    Raises:
-        ValueError: the name is taken.
-    """
+    """Add a preset under ``name`` to the one list of augmentation names; ValueError if the name is taken."""
     _AUGMENTATIONS.register(Augmentation(cpu, gpu), name=name)
 
 
 register_augmentation("test", _test, _gpu_test)
 register_augmentation("standard", train_preset, _gpu_standard)
-register_augmentation("standard_no_cutout", _standard_no_cutout, _gpu_crop_flip)
+register_augmentation("standard_no_cutout", reduced_preset, _gpu_crop_flip)
 register_augmentation("wrn", wrn_preset, _gpu_wrn)
 register_augmentation("reduced", reduced_preset, _gpu_crop_flip)
 
 
 def get_augmentation(name: str, side: str) -> Callable:
-    """The CPU builder (``side="cpu"``) or the GPU pipeline (``side="gpu"``) of preset ``name``.
+    """The CPU builder (``side="cpu"``) or GPU pipeline (``side="gpu"``) of preset ``name``.
 
-    Raises:
-        UnknownNameError: unknown name (lists the valid ones). ConfigError: the preset has no such side (names
-        the preset, the side, and the presets that have it).
+    Raises UnknownNameError (unknown name) or ConfigError (no such side; names the presets that have it).
     """
     assert side in ("cpu", "gpu"), side
     found = getattr(_AUGMENTATIONS.get(name), side)
@@ -336,21 +259,11 @@ def preset_options(name: str, options: Dict[str, Any]) -> Dict[str, Any]:
 
 def get_preset(name: str, mean: Stats, std: Stats, size: int = 32, seed: Optional[int] = None,
                **kw) -> AlbumentationsTransform:
-    """Build the CPU (albumentations) side of a preset by name (see ``list_presets()``).
+    """The CPU (albumentations) transform of preset ``name`` (see ``list_presets()``).
 
-    Args:
-        name: preset name: "test", "standard", "standard_no_cutout", "wrn", "reduced", or one registered with
-            ``register_augmentation``.
-        mean, std: per-channel stats on the [0, 1] scale (e.g. ``train_ds.mean``, ``train_ds.std``).
-        size: output side; images of another size are resized first (train at 36/40 and test at 32 for
-            progressive resizing).
-        seed: seed of the Compose (ignored by "test", which is deterministic).
-        **kw: preset-specific options (``cutout``, ``pad``, ``rotate``...).
-    Returns:
-        AlbumentationsTransform.
-    Raises:
-        UnknownNameError: unknown name (the message lists the valid ones). ConfigError: no CPU side, an option
-        the preset does not take, or bad values.
+    ``mean``/``std``: per-channel stats on the [0, 1] scale; ``size``: output side (other sizes are resized first);
+    ``seed``: the Compose's seed ("test" is deterministic); ``**kw``: preset options (``cutout``, ``pad``...).
+    Raises UnknownNameError (unknown name) or ConfigError (no CPU side, an option it does not take, bad values).
     """
     builder = get_augmentation(name, "cpu")
     try:
