@@ -1,4 +1,5 @@
 """pytorch_utils: models, data, training engine, recipes and plots for CIFAR course notebooks."""
+import importlib
 import logging
 import sys
 
@@ -39,7 +40,5 @@ _LAZY = {"load_run": "pytorch_utils.inference", "predict": "pytorch_utils.infere
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

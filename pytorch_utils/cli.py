@@ -229,11 +229,6 @@ def _cmd_export(args) -> int:
     return 0
 
 
-def _flag_names(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
-    """Python argument name -> the option of ``parser`` (one subcommand's parser) that sets it."""
-    return {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "version")}
-
-
 # A Python argument in a library message (``out_dir``, ``amp='bf16'``), not inside quotes or a path ('runs/out_dir').
 _ARGUMENT = re.compile(r"(?<![\w/.'\"-])([a-z][a-z0-9_]*)"  # a name, not inside a path or quotes
                        r"(?:=('[^']*'|\"[^\"]*\"|[^\s,;)]*))?(?![\w/.-])")  # optionally =value
@@ -247,7 +242,7 @@ def cli_message(text: str, parser: argparse.ArgumentParser) -> str:
     """
     from pytorch_utils.recipes.base import Recipe
 
-    flags = _flag_names(parser)
+    flags = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "version")}
     fields = {f.name for f in dataclasses.fields(Recipe)}
 
     def spell(match: "re.Match") -> str:

@@ -54,10 +54,9 @@ def _pick_checkpoint(out_dir: Path, which: str) -> Dict[str, Any]:
     if not ckpt_dir.is_dir() and not (out_dir / "run.json").is_file():
         raise CheckpointError(f"{str(out_dir)!r} holds no training run (no run.json, no checkpoints/); pass the "
                               "--out-dir / out_dir of a run, e.g. runs/<recipe>")
-    if which == "best" and (ckpt_dir / "best.pt").is_file():
-        ckpt = load_checkpoint(ckpt_dir / "best.pt")
-        ckpt["_path"] = str(ckpt_dir / "best.pt")
-        return ckpt
+    best = ckpt_dir / "best.pt"
+    if which == "best" and best.is_file():
+        return {**load_checkpoint(best), "_path": str(best)}
     ckpt = latest_checkpoint(ckpt_dir)
     if ckpt is None:
         raise CheckpointError(f"the run in {str(out_dir)!r} has no intact checkpoint yet (it stopped before its "

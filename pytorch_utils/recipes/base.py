@@ -45,14 +45,12 @@ class Recipe:
 
     name: str = "default"
     description: str = ""
-    # model and data
     model: str = "s10_resnet"
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
     data: str = "cifar10"  # default data set; the CLI's --data overrides it
     num_classes: Optional[int] = None  # None: taken from the data
     train_limit: Optional[int] = None  # stratified subsets for quick runs
     test_limit: Optional[int] = None
-    # optimisation
     epochs: int = 20
     batch_size: int = 128
     optimizer: str = "sgd"  # a name in OPTIMIZERS: sgd | adam | adamw
@@ -64,7 +62,6 @@ class Recipe:
     lr_finder: Optional[LRFinderSpec] = None  # fills the scheduler's max_lr/min_lr from the range test
     grad_clip: Optional[float] = None
     accumulate_steps: int = 1  # one optimizer step per this many batches (an effective batch of N * batch_size)
-    # augmentation, mixing, regularisation
     augmentation: str = "standard"  # train preset (see pytorch_utils.data.transforms.list_presets)
     augmentation_kwargs: Dict[str, Any] = field(default_factory=dict)
     label_smoothing: float = 0.0
@@ -73,7 +70,6 @@ class Recipe:
     mix_switch_prob: float = 0.5
     mix_prob: float = 1.0
     phases: List[Phase] = field(default_factory=list)  # epoch ranges changing scheduler/dropout/aug/mixing/size
-    # evaluation and bookkeeping
     tta: Optional[TTAMode] = None  # None or a name in train.tta.TTA_MODES
     ema_decay: Optional[float] = None
     early_stopping_patience: Optional[int] = None
@@ -84,7 +80,6 @@ class Recipe:
     hub_repo: Optional[str] = None  # Hugging Face repo id; needs a token and a network
     hub_every: int = 10
     tensorboard: bool = False  # also log per-epoch scalars for TensorBoard (needs the optional tensorboard package)
-    # speed
     loader: LoaderKind = "auto"  # auto (GPU-resident on CUDA, DataLoader on CPU) | gpu | dataloader
     num_workers: Optional[int] = None
     amp: Optional[AmpMode] = "auto"  # None or a name in utils.AMP_MODES: none | auto | bf16 | fp16
@@ -312,6 +307,10 @@ def list_recipes() -> List[str]:
     return _RECIPES.names()
 
 
+_EXAMPLES = {"scheduler": '{"name": "cosine", "params": {}}', "model_kwargs": '{"dropout": 0.1}',
+             "phases": '[{"start": 1, "end": 10}]', "lr_finder": '{"end_lr": 1.0}'}
+
+
 def parse_override(recipe: Recipe, text: str) -> Dict[str, Any]:
     """Parse one ``key=value`` CLI override: the value as JSON when it parses, else as text for a field that takes
     text (``epochs=2``, ``tta=flip``, ``scheduler=null``). Raises ConfigError naming what does not fit."""
@@ -328,7 +327,7 @@ def parse_override(recipe: Recipe, text: str) -> Dict[str, Any]:
     except json.JSONDecodeError as exc:
         if not _takes_text(hint):  # a field that takes text keeps the raw text (checked below)
             raise ConfigError(f"override {text!r}: {raw!r} is not valid JSON ({exc.msg}); e.g. "
-                              f"'{key}={_example(key)}'") from None
+                              f"'{key}={_EXAMPLES.get(key, '1')}'") from None
         value = raw
     if isinstance(value, int) and not isinstance(value, bool) and _type_ok(0.5, hint):
         value = float(value)  # a float field given as 1 holds 1.0, as the dataclass default would
@@ -339,7 +338,3 @@ def parse_override(recipe: Recipe, text: str) -> Dict[str, Any]:
     check_fields(dataclasses.replace(recipe, **{key: value}))
     return {key: value}
 
-
-def _example(key: str) -> str:
-    return {"scheduler": '{"name": "cosine", "params": {}}', "model_kwargs": '{"dropout": 0.1}',
-            "phases": '[{"start": 1, "end": 10}]', "lr_finder": '{"end_lr": 1.0}'}.get(key, "1")

@@ -228,8 +228,7 @@ def _build(run: _Run, root: str, download: bool):
     check_model_data(model, num_classes)
     if run.checkpoint is not None:
         restore_model(model, run.checkpoint, source=run.checkpoint["_path"])  # a mismatch fails now, not after a sweep
-    # The recipe's declared size (augmentation_kwargs["size"], else the first phase's input_size) or the data's own;
-    # a model that cannot take it is resized or refused here, before any training.
+    # The declared size (augmentation_kwargs["size"], else the first phase's) or the data's: checked before training.
     requested = recipe.augmentation_kwargs.get("size") or next((p.input_size for p in recipe.phases if p.input_size),
                                                                None)
     run.input_size, _ = choose_input_size(model, train_ds.image_size, requested)

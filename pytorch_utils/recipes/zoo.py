@@ -83,13 +83,11 @@ def s8_c100_resnet() -> Recipe:
 
 
 def _strixbee(level: int, **kw) -> Recipe:
-    base = dict(
+    return Recipe(
         name=f"strixbee_l{level}", model=f"strixbee_l{level}", data="cifar10", epochs=50, batch_size=128,
         optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=0.0, augmentation="test",
         scheduler=ScheduleSpec("plateau", {"mode": "min", "factor": 0.1, "patience": 3}),
-    )
-    base.update(kw)
-    return Recipe(**base)
+    ).replace(**kw)
 
 
 @register_recipe(name="strixbee_l1")
