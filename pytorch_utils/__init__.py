@@ -1,4 +1,5 @@
 """pytorch_utils: models, data, training engine, recipes and plots for CIFAR course notebooks."""
+import importlib
 import logging
 import sys
 
@@ -18,12 +19,8 @@ class _StdoutHandler(logging.StreamHandler):
 
 
 def _default_logging() -> None:
-    """Epoch lines and notes go to the ``pytorch_utils`` logger (one child logger per module).
-
-    So that a notebook or the CLI shows them with no set-up, the package logger gets one stdout handler at INFO,
-    unless the application configured it already. Silence it with
-    ``logging.getLogger("pytorch_utils").setLevel(logging.WARNING)``, or redirect it with the usual logging API.
-    """
+    """Give the package logger one stdout handler at INFO (unless the application configured it), so notebooks and
+    the CLI show epoch lines with no set-up; silence with ``logging.getLogger("pytorch_utils").setLevel(...)``."""
     logger = logging.getLogger(__name__)
     if logger.handlers or logger.level != logging.NOTSET:
         return
@@ -43,7 +40,5 @@ _LAZY = {"load_run": "pytorch_utils.inference", "predict": "pytorch_utils.infere
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

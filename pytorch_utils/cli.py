@@ -1,8 +1,5 @@
-"""Command line: ``python -m pytorch_utils {train,models,recipes,predict,export}``.
-
-Flags become fields of the same :class:`~pytorch_utils.recipes.Recipe` dataclass the Python API uses; errors the
-library raises on purpose are printed as one clear line (exit code 2) instead of a traceback.
-"""
+"""Command line: ``python -m pytorch_utils {train,models,recipes,predict,export}``; flags become Recipe fields and
+library errors are printed as one line (exit code 2) instead of a traceback."""
 import argparse
 import contextlib
 import dataclasses
@@ -27,7 +24,7 @@ EPILOG = """examples:
 
 
 def name_lists() -> Dict[str, List[str]]:
-    """The package's one list per set of names, which the flags' choices and help read (imported on use: heavy)."""
+    """The package's name lists the flags' choices read (imported on use: heavy)."""
     from pytorch_utils.data.transforms import list_presets
     from pytorch_utils.recipes.base import LOADER_KINDS, OPTIMIZERS
     from pytorch_utils.train.schedules import SCHEDULE_NAMES
@@ -39,7 +36,7 @@ def name_lists() -> Dict[str, List[str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for tests and docs); its choices come from the package's name lists."""
+    """The argument parser (exposed for tests and docs)."""
     names = name_lists()
     parser = argparse.ArgumentParser(prog="python -m pytorch_utils", description=(
         "Train CIFAR-10/100 classifiers with the pytorch_utils recipes, or list models and recipes."),
@@ -192,7 +189,6 @@ def _cmd_train(args) -> int:
 
 def _cmd_predict(args) -> int:
     import json
-    import logging
 
     from pytorch_utils.errors import ConfigError
     from pytorch_utils.inference import load_run, predict
@@ -233,28 +229,20 @@ def _cmd_export(args) -> int:
     return 0
 
 
-def _flag_names(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
-    """Python argument name -> the option of ``parser`` (one subcommand's parser) that sets it."""
-    return {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "version")}
-
-
-# A Python argument in a library message: ``out_dir``, ``train_limit=0``, ``amp='bf16'``, ``download=True``; not
-# inside a quoted value or a path ('runs/out_dir').
+# A Python argument in a library message (``out_dir``, ``amp='bf16'``), not inside quotes or a path ('runs/out_dir').
 _ARGUMENT = re.compile(r"(?<![\w/.'\"-])([a-z][a-z0-9_]*)"  # a name, not inside a path or quotes
                        r"(?:=('[^']*'|\"[^\"]*\"|[^\s,;)]*))?(?![\w/.-])")  # optionally =value
 
 
 def cli_message(text: str, parser: argparse.ArgumentParser) -> str:
-    """For the subcommand ``parser``: a library message with its Python argument names replaced by this CLI's spelling: ``train_limit`` ->
+    """A library message with Python argument names spelled as the subcommand ``parser``'s flags: ``train_limit`` ->
     ``--train-limit``, ``download=True`` -> ``--download``, ``resume=False`` -> ``without --resume``,
-    ``amp='bf16'`` -> ``--amp bf16``, and a recipe field with no flag ``num_classes=10`` -> ``--set num_classes=10``.
-
-    The library names Python arguments only (a notebook user sees what they can type); this one mapping, read from
-    the parser, gives a CLI user the flags instead. Plain words without ``_`` or ``=`` are left alone ("device").
+    ``amp='bf16'`` -> ``--amp bf16``, a field with no flag ``num_classes=10`` -> ``--set num_classes=10``.
+    Plain words without ``_`` or ``=`` are left alone ("device").
     """
     from pytorch_utils.recipes.base import Recipe
 
-    flags = _flag_names(parser)
+    flags = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "version")}
     fields = {f.name for f in dataclasses.fields(Recipe)}
 
     def spell(match: "re.Match") -> str:
@@ -275,7 +263,7 @@ def cli_message(text: str, parser: argparse.ArgumentParser) -> str:
 
 @contextlib.contextmanager
 def _cli_spelling_in_logs(parser: argparse.ArgumentParser) -> Iterator[None]:
-    """While the CLI runs, notes the package logs name flags too (a filter on the package logger's handlers)."""
+    """While the CLI runs, the package's log notes name flags too."""
 
     def rewrite(record: logging.LogRecord) -> bool:
         record.msg, record.args = cli_message(record.getMessage(), parser), None

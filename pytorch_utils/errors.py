@@ -1,10 +1,5 @@
-"""Exception types raised by pytorch_utils.
-
-Every error a user can trigger with bad input is one of these, so notebooks and the CLI can catch
-``PytorchUtilsError`` and print one clear line instead of a traceback. Each subclass also derives from the
-built-in exception a caller would expect (``ValueError``, ``FileNotFoundError``, ...), so ``except ValueError``
-keeps working.
-"""
+"""Exception types raised by pytorch_utils: every error bad input can trigger is a ``PytorchUtilsError`` (one clear
+line in notebooks and the CLI), and also the built-in a caller would expect (``except ValueError`` keeps working)."""
 
 
 class PytorchUtilsError(Exception):

@@ -1,11 +1,5 @@
-"""Export a trained model to TorchScript or ONNX, with the facts needed to use it, checked against the eager model.
-
-``export(run, "model.pt")`` writes the model and ``model.pt.json`` (classes, mean/std, input size, recipe) beside
-it, then re-loads the written file and compares its logits with the eager model's on a batch. ``predict`` and
-``load_run`` accept the exported file. ONNX goes through ``torch.onnx.export`` (its packages ``onnx`` and
-``onnxscript`` are the optional extra ``pytorch_utils[onnx]``); the check runs the file with onnxruntime when it
-is installed, else with ``onnx.reference.ReferenceEvaluator`` (pure Python, slower, exact ONNX semantics).
-"""
+"""Export a trained model to TorchScript or ONNX (the extra ``pytorch_utils[onnx]``) with a metadata JSON beside it,
+checked against the eager model; ``predict`` and ``load_run`` accept the exported file."""
 import contextlib
 import io
 import json
@@ -22,7 +16,7 @@ import torch.nn as nn
 from pytorch_utils.errors import CheckpointError, ConfigError, ExportError
 from pytorch_utils.inference import LoadedRun, as_loaded_run
 from pytorch_utils.io import PathLike, atomic_write_text
-from pytorch_utils.utils import model_device, preserved
+from pytorch_utils.utils import eval_mode, model_device
 
 __all__ = ["export", "load_exported", "EXPORT_FORMATS", "ATOL", "RTOL"]
 
@@ -37,15 +31,14 @@ ONNX_HINT = 'format="onnx" needs the onnx and onnxscript packages: pip install "
 
 
 def metadata_path(path: PathLike) -> Path:
-    """Where the metadata JSON of an exported model lives: the model's file name + ``.json``."""
+    """The metadata JSON beside an exported model: its file name + ``.json``."""
     path = Path(path)
     return path.with_name(path.name + ".json")
 
 
 @contextlib.contextmanager
 def _quiet_jit():
-    """torch >= 2.9 marks torch.jit as deprecated on every call; TorchScript files still load everywhere (C++,
-    mobile, older torch), which is why they are offered, so the notice is not repeated to students."""
+    """Hide torch >= 2.9's torch.jit deprecation notice: TorchScript files still load everywhere (C++, mobile)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
         yield
@@ -72,10 +65,8 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
 
 
 class OnnxModel:
-    """Calls an ONNX file like a model: float32 (N, 3, H, W) tensor -> logits tensor (N, C), on the CPU.
-
-    Uses onnxruntime when installed, else ``onnx.reference.ReferenceEvaluator``.
-    """
+    """An ONNX file called like a model (float32 (N, 3, H, W) -> logits (N, C), CPU): onnxruntime when installed,
+    else ``onnx.reference.ReferenceEvaluator`` (pure Python, slower, exact ONNX semantics)."""
 
     def __init__(self, path: PathLike):
         try:
@@ -86,12 +77,10 @@ class OnnxModel:
             import onnxruntime
 
             self._session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            self.runtime = "onnxruntime"
         except ImportError:
             from onnx.reference import ReferenceEvaluator
 
             self._session = ReferenceEvaluator(onnx.load(str(path)))
-            self.runtime = "onnx.reference"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = self._session.run(None, {"input": x.detach().cpu().float().numpy()})[0]
@@ -112,9 +101,7 @@ def _load_model(path: Path):
 def load_exported(path: PathLike) -> LoadedRun:
     """A model written by :func:`export`, with its metadata, as a :class:`LoadedRun`.
 
-    Raises:
-        CheckpointError: the metadata JSON beside it is missing or incomplete, or the file is not an export.
-        ConfigError: an ONNX file without the onnx extra installed.
+    Raises CheckpointError (missing/incomplete metadata, not an export) or ConfigError (ONNX without its extra).
     """
     path = Path(path)
     meta_file = metadata_path(path)
@@ -132,25 +119,13 @@ def load_exported(path: PathLike) -> LoadedRun:
 
 
 def export(model_or_run, path: PathLike, format: ExportFormat = "torchscript", batch: int = 4) -> Path:
-    """Write the model as TorchScript (``torch.jit.trace``) or ONNX (``torch.onnx.export``, dynamic batch size),
-    plus ``<path>.json`` with the classes, mean/std, input size and recipe, then check the written file.
+    """Write the model (from the CPU, eval mode) as TorchScript (``torch.jit.trace``) or ONNX (dynamic batch size)
+    plus ``<path>.json`` (classes, mean/std, input size, recipe); return ``path``.
 
-    The check re-loads the file (TorchScript: ``torch.jit.load``; ONNX: onnxruntime, else the onnx reference
-    evaluator) and compares its logits with the eager model's on a seeded random batch of ``batch`` inputs at
-    the training size: ``|exported - eager| <= 1e-4 + 1e-4 * |eager|`` everywhere (``ATOL``, ``RTOL``). The model
-    is exported from the CPU in eval mode; its train/eval flags and device are left as they were.
-
-    Args:
-        model_or_run: ``load_run(...)``'s result, a run folder, or ``run_recipe``'s result.
-        path: the file to write (``.pt`` for TorchScript, ``.onnx`` for ONNX by convention); folders are created.
-        format: "torchscript" or "onnx".
-        batch: inputs in the check batch (>= 1; the ONNX file accepts any batch size).
-    Returns:
-        the path written.
-    Raises:
-        ConfigError: an unknown format, or ONNX without its extra. ExportError: the exporter failed, or the
-        exported outputs differ from the eager ones beyond the tolerance (nothing is written; an earlier file at
-        ``path`` stays).
+    The written file is re-loaded and its logits on a seeded random batch of ``batch`` inputs must match the eager
+    model's: ``|exported - eager| <= 1e-4 + 1e-4 * |eager|`` (``ATOL``, ``RTOL``). Raises ConfigError (unknown
+    format, ONNX without its extra) or ExportError (the exporter failed or the outputs differ; an earlier file at
+    ``path`` stays).
     """
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"format must be one of {', '.join(map(repr, EXPORT_FORMATS))}, got {format!r}")
@@ -164,7 +139,7 @@ def export(model_or_run, path: PathLike, format: ExportFormat = "torchscript", b
     example = torch.randn(batch, 3, *run.input_size, generator=torch.Generator().manual_seed(0))
     model, device = run.model, model_device(run.model)
     try:
-        with preserved(model, weights=False, rng=False, train=False):
+        with eval_mode(model):
             try:
                 with torch.no_grad():
                     eager = model.cpu()(example).float()

@@ -1,17 +1,12 @@
-"""After training: load a finished run and predict on images.
-
-``load_run(out_dir)`` rebuilds the trained model (best or last checkpoint, the EMA weights when the run kept an EMA)
-with what it needs to be used on its own: class names, normalization mean/std, the input size and the recipe.
-``predict(run, inputs)`` turns image files, folders, PIL images, uint8 arrays or a tensor batch into top-k class
-names with probabilities, converting them as the run's test transform did. Both also take a file written by
-:func:`pytorch_utils.exporting.export` (TorchScript or ONNX, with its metadata JSON beside it).
+"""After training: ``load_run`` rebuilds a finished run's model with its classes, mean/std and input size;
+``predict`` gives top-k classes for images. Both also take a file written by :func:`pytorch_utils.exporting.export`.
 """
 import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -21,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from pytorch_utils.errors import CheckpointError, ConfigError, DatasetError, PytorchUtilsError
 from pytorch_utils.io import PathLike
-from pytorch_utils.utils import model_device, preserved
+from pytorch_utils.utils import eval_mode, model_device
 
 __all__ = ["LoadedRun", "load_run", "predict", "load_images", "as_loaded_run", "IMAGE_SUFFIXES"]
 
@@ -33,19 +28,9 @@ METADATA_KEYS = ("classes", "mean", "std", "input_size")
 
 @dataclass
 class LoadedRun:
-    """A trained model with what it needs to be used on its own.
-
-    Attributes:
-        model: the classifier (eval mode; an ``nn.Module``, a TorchScript module, or an ONNX runner) mapping a
-            normalized float32 batch (N, 3, H, W) to logits (N, classes).
-        classes: class names, index = output position.
-        mean, std: per-channel normalization on the [0, 1] scale (RGB).
-        input_size: (H, W) the model was trained and tested at.
-        recipe: the run's recipe as a dict (empty for an exported file without one).
-        source: the checkpoint or exported file the weights came from.
-        weights: "ema", "model", "torchscript" or "onnx".
-        notes: what was recovered rather than read (older runs).
-    """
+    """A trained model (eval mode; normalized float32 (N, 3, H, W) -> logits (N, classes)) with its class names,
+    RGB mean/std on the [0, 1] scale, input size (H, W), recipe dict, source file, ``weights`` ("ema", "model",
+    "torchscript" or "onnx") and ``notes`` on metadata recovered rather than read (older runs)."""
 
     model: Callable
     classes: List[str]
@@ -58,23 +43,20 @@ class LoadedRun:
     notes: List[str] = field(default_factory=list)
 
     def metadata(self) -> Dict[str, Any]:
-        """The JSON-ready facts an exported model carries beside it."""
-        return {"classes": list(self.classes), "mean": list(self.mean), "std": list(self.std),
+            return {"classes": list(self.classes), "mean": list(self.mean), "std": list(self.std),
                 "input_size": list(self.input_size), "recipe": self.recipe}
 
 
 def _pick_checkpoint(out_dir: Path, which: str) -> Dict[str, Any]:
-    """The run's best (default) or newest checkpoint, loaded with ``weights_only=True``."""
     from pytorch_utils.train.checkpoints import latest_checkpoint, load_checkpoint
 
     ckpt_dir = out_dir / "checkpoints"
     if not ckpt_dir.is_dir() and not (out_dir / "run.json").is_file():
         raise CheckpointError(f"{str(out_dir)!r} holds no training run (no run.json, no checkpoints/); pass the "
                               "--out-dir / out_dir of a run, e.g. runs/<recipe>")
-    if which == "best" and (ckpt_dir / "best.pt").is_file():
-        ckpt = load_checkpoint(ckpt_dir / "best.pt")
-        ckpt["_path"] = str(ckpt_dir / "best.pt")
-        return ckpt
+    best = ckpt_dir / "best.pt"
+    if which == "best" and best.is_file():
+        return {**load_checkpoint(best), "_path": str(best)}
     ckpt = latest_checkpoint(ckpt_dir)
     if ckpt is None:
         raise CheckpointError(f"the run in {str(out_dir)!r} has no intact checkpoint yet (it stopped before its "
@@ -83,8 +65,7 @@ def _pick_checkpoint(out_dir: Path, which: str) -> Dict[str, Any]:
 
 
 def _recover_metadata(config: Dict[str, Any], out_dir: Path, notes: List[str]) -> Dict[str, Any]:
-    """Classes, mean/std and input size of a run saved before checkpoints carried them: from ``run.json``, else
-    from the data set the run names (CIFAR by name, or the folder/zip when it is still there)."""
+    """Classes, mean/std and input size from the checkpoint, else ``run.json``, else the run's data set (older runs)."""
     from pytorch_utils.data.datasets import DATASET_STATS, load_datasets
 
     meta = {k: config[k] for k in METADATA_KEYS if config.get(k) is not None}
@@ -113,17 +94,10 @@ def _recover_metadata(config: Dict[str, Any], out_dir: Path, notes: List[str]) -
 
 
 def load_run(out_dir: PathLike, which: str = "best", device=None) -> LoadedRun:
-    """Load a finished (or interrupted) run for prediction, or a file written by ``export``.
+    """A :class:`LoadedRun` (EMA weights when the run kept an EMA) from a run folder or an exported file.
 
-    Args:
-        out_dir: the run folder (``run.json``, ``checkpoints/``), or an exported ``.pt``/``.onnx`` file.
-        which: "best" (``best.pt``; the newest checkpoint when there is none) or "last" (the newest checkpoint).
-        device: where to put the model (default CPU).
-    Returns:
-        a :class:`LoadedRun`; the EMA weights when the run kept an EMA (what its test numbers measured).
-    Raises:
-        CheckpointError: no run in the folder, no intact checkpoint, a checkpoint of another model, or metadata
-            that is missing and cannot be recovered. ConfigError: an unknown ``which``.
+    ``which``: "best" (``best.pt``, else the newest checkpoint) or "last"; ``device``: default CPU.
+    Raises CheckpointError (no run, no intact checkpoint, another model, unrecoverable metadata) or ConfigError.
     """
     from pytorch_utils.models import create_model
     from pytorch_utils.train.checkpoints import restore_model
@@ -154,11 +128,7 @@ def load_run(out_dir: PathLike, which: str = "best", device=None) -> LoadedRun:
 
 
 def as_loaded_run(model_or_run) -> LoadedRun:
-    """A :class:`LoadedRun` from a LoadedRun, a path (run folder or exported file), or a ``run_recipe`` result.
-
-    Raises:
-        ConfigError: a bare model (it carries no classes or normalization: load the run instead).
-    """
+    """A :class:`LoadedRun` from a LoadedRun, a path or a ``run_recipe`` result; ConfigError for a bare model."""
     if isinstance(model_or_run, LoadedRun):
         return model_or_run
     if isinstance(model_or_run, (str, Path)):
@@ -176,7 +146,6 @@ def as_loaded_run(model_or_run) -> LoadedRun:
 
 
 def _open_image(path: Path) -> np.ndarray:
-    """An image file as uint8 RGB (H, W, 3) (grayscale, palette and RGBA are converted)."""
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
@@ -186,7 +155,6 @@ def _open_image(path: Path) -> np.ndarray:
 
 
 def _as_rgb(array: np.ndarray, what: str) -> np.ndarray:
-    """A uint8 (H, W), (H, W, 1|3|4) array as (H, W, 3) RGB."""
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
         raise DatasetError(f"{what}: expected a uint8 image (H, W), (H, W, 3) or (H, W, 4), got {array.dtype} "
                            f"{tuple(array.shape)}")
@@ -196,12 +164,8 @@ def _as_rgb(array: np.ndarray, what: str) -> np.ndarray:
 
 
 def load_images(inputs) -> Tuple[List[str], List[np.ndarray]]:
-    """Names and uint8 RGB (H, W, 3) arrays for paths, folders (their image files, by name), PIL images, uint8
-    arrays (one image or a batch (N, H, W, C)), or a list of those.
-
-    Raises:
-        DatasetError: a missing path, a folder with no images, an unreadable file, an array that is not an image.
-    """
+    """Names and uint8 RGB (H, W, 3) arrays for paths, folders (their images, by name), PIL images, uint8 arrays
+    (one image or a batch (N, H, W, C)), or a list of those. Raises DatasetError for anything unreadable."""
     items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     names: List[str] = []
     images: List[np.ndarray] = []
@@ -251,25 +215,12 @@ def _to_batch(run: LoadedRun, images: Sequence[np.ndarray]) -> torch.Tensor:
 
 def predict(model_or_run, inputs, top_k: int = 5, tta: Optional[str] = None,
             batch_size: int = 256) -> List[Dict[str, Any]]:
-    """Top-k classes with probabilities for each input image.
+    """Top-k classes with probabilities for each image, converted as the run's test transform did (RGB, resized to
+    the training size with a log note, normalized); a float tensor (N, 3, H, W) is taken as normalized input.
 
-    Inputs are converted as the run's test transform did: RGB (grayscale/RGBA/palette converted), resized to the
-    training size with a log note when they differ, normalized with the run's mean/std. A float tensor batch
-    (N, 3, H, W) is taken as already normalized model input.
-
-    Args:
-        model_or_run: ``load_run(...)``'s result, a run folder, an exported file, or ``run_recipe``'s result.
-        inputs: image path(s), folder(s), PIL image(s), uint8 array(s) (H, W[, C]) or (N, H, W, C), or a float
-            tensor (N, 3, H, W).
-        top_k: classes per image (capped at the number of classes).
-        tta: None or "flip" (average the softmax of the image and its horizontal mirror).
-        batch_size: images per forward pass.
-    Returns:
-        one dict per image, in input order: ``{"input": name, "classes": [top_k names, most probable first],
-        "probs": [top_k softmax probabilities in [0, 1]], "index": [class indices]}``.
-    Raises:
-        DatasetError: unreadable or missing images. ConfigError: ``top_k`` < 1, an unknown ``tta``, a tensor of the
-        wrong shape. CheckpointError: see :func:`load_run`.
+    ``model_or_run``: see :func:`as_loaded_run`; ``inputs``: see :func:`load_images`; ``tta``: None or "flip"
+    (softmax averaged with the mirror). Returns one dict per image, in order: ``{"input", "classes", "probs",
+    "index"}``, top_k each, most probable first. Raises DatasetError, ConfigError or CheckpointError.
     """
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ConfigError(f"top_k must be an integer >= 1, got {top_k!r}")
@@ -292,10 +243,8 @@ def predict(model_or_run, inputs, top_k: int = 5, tta: Optional[str] = None,
 
 
 def _probs(model: Callable, x: torch.Tensor, tta: Optional[str]) -> torch.Tensor:
-    """Softmax probabilities (N, C) on the CPU, optionally averaged with the mirrored images (eval mode; each
-    module's own train/eval flag comes back afterwards)."""
-    modes = preserved(model, weights=False, rng=False, train=False) if isinstance(model, nn.Module) \
-        else contextlib.nullcontext()
+    """Softmax probabilities (N, C) on the CPU (eval mode), optionally averaged with the mirrored images."""
+    modes = eval_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext()
     with modes, torch.no_grad():
         x = x.to(model_device(model) if isinstance(model, nn.Module) else "cpu")
         p = F.softmax(model(x).float(), dim=1)

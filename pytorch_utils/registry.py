@@ -7,11 +7,7 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Maps names to builder callables; registering a name twice raises.
-
-    Args:
-        kind: what is registered ("model", "recipe"), used in error messages.
-    """
+    """Maps names to builder callables; registering a name twice raises. ``kind`` ("model") names it in errors."""
 
     def __init__(self, kind: str):
         self.kind = kind

@@ -14,14 +14,8 @@ from pytorch_utils.errors import ConfigError
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> int:
-    """Seed python, numpy and torch (CPU and every CUDA device) for a reproducible run.
-
-    Args:
-        seed: the seed.
-        deterministic: also ask cuDNN/torch for deterministic kernels (slower on GPU).
-    Returns:
-        the seed, so it can be logged.
-    """
+    """Seed python, numpy and torch (CPU and all GPUs); ``deterministic`` also asks for deterministic kernels (slower
+    on GPU). Returns the seed."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -34,22 +28,17 @@ def seed_everything(seed: int, deterministic: bool = False) -> int:
     return seed
 
 
-def resolve_device(device: Union[str, torch.device, None] = None, fallback: bool = True) -> torch.device:
-    """Turn ``None``/"auto"/"cuda"/"cpu"/"mps" into a torch.device that exists on this machine.
+def _has_mps() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
-    Args:
-        device: the request; None or "auto" picks CUDA, then MPS, then CPU.
-        fallback: when the requested accelerator is missing, warn and use the CPU (True) or raise (False).
-    Raises:
-        ConfigError: a string torch cannot parse as a device, or an accelerator that was requested, is missing,
-        and ``fallback`` is False.
-    """
+
+def resolve_device(device: Union[str, torch.device, None] = None, fallback: bool = True) -> torch.device:
+    """A torch.device that exists here: None/"auto" picks CUDA, then MPS, then CPU. A missing accelerator warns and
+    gives the CPU (``fallback``) or raises ConfigError, as does a string torch cannot parse."""
     if device is None or str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("mps" if _has_mps() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as exc:  # torch's own message lists ~20 backend names
@@ -57,10 +46,7 @@ def resolve_device(device: Union[str, torch.device, None] = None, fallback: bool
             f"invalid device {device!r}; use 'auto' (or None) for the best available, 'cpu', 'cuda', 'cuda:0' "
             "(a GPU index), or 'mps' (Apple silicon)"
         ) from exc
-    missing = (dev.type == "cuda" and not torch.cuda.is_available()) or (
-        dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    )
-    if missing:
+    if (dev.type == "cuda" and not torch.cuda.is_available()) or (dev.type == "mps" and not _has_mps()):
         msg = (f"device {str(dev)!r} was requested but this machine has no {dev.type.upper()} "
                "(in Colab: Runtime > Change runtime type > GPU)")
         if not fallback:
@@ -101,19 +87,9 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 @contextlib.contextmanager
 def preserved(model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None, *, weights: bool = True,
               rng: bool = True, train: Optional[bool] = None):
-    """Run a block that may change training state, then put that state back exactly, also after an error.
-
-    The one save/restore helper of the package (LR finder, TTA, EMA swap, GradCAM, evaluation): on exit the model's
-    weights and buffers (``weights=True``), every submodule's own train/eval flag, the optimizer's state and LRs
-    (when one is given) and the python/numpy/torch RNG states (``rng=True``) are what they were on entry.
-
-    Args:
-        model: the module whose state is kept; ``train`` (True/False) switches it to train/eval mode for the block.
-        optimizer: also keep its ``state_dict`` (moments, step counts, param-group LRs).
-        weights: copy ``state_dict`` on entry (costs one copy of the weights in memory); False keeps only the modes.
-        rng: keep the RNG states (a sweep or augmentation in the block then does not shift later randomness).
-    Yields:
-        ``model``.
+    """Run a block, then put back exactly (also after an error) every submodule's train/eval flag, the weights and
+    buffers (``weights``: costs one copy), the ``optimizer``'s state and the RNG states (``rng``). ``train``
+    switches the model to train/eval mode for the block. Yields ``model``.
     """
     # Per-module flags: ``model.train(was)`` alone would unfreeze a BatchNorm a caller had left in eval mode.
     modes = [(m, m.training) for m in model.modules()]
@@ -152,14 +128,8 @@ AMP_MODES = get_args(AmpMode)
 
 
 def amp_dtype_for(amp: Optional[AmpMode], device: torch.device) -> Optional[torch.dtype]:
-    """Map an ``amp`` option (one of :data:`AMP_MODES`, or None) to an autocast dtype for ``device``.
-
-    Args:
-        amp: None/"none" (fp32), "bf16", "fp16", or "auto" (bf16 on CUDA when supported, else fp16 on CUDA,
-            fp32 elsewhere: CPU autocast is slower than fp32 for these small convnets).
-    Raises:
-        ConfigError: an unknown option, or fp16 requested on the CPU (no GradScaler there).
-    """
+    """The autocast dtype for ``amp`` (None/"none": fp32; "auto": bf16 or fp16 on CUDA, fp32 elsewhere since CPU
+    autocast is slower for these small convnets). Raises ConfigError for an unknown mode or fp16 on the CPU."""
     if amp is None or amp == "none":
         return None
     if amp == "auto":

@@ -1,9 +1,5 @@
-"""Recipes as data: a :class:`Recipe` dataclass, a registry, and :func:`run_recipe` that trains one end to end.
-
-A recipe names everything a seed system does (model, data, optimizer, schedule, augmentation, mixing, phases,
-checkpoints, early stopping, TTA) as plain fields, so the CLI can override any field (``--set epochs=2``) and a
-notebook can print the recipe it runs.
-"""
+"""Recipes as data: the :class:`Recipe` dataclass (every setting of a seed system as a plain field the CLI can
+override) and its registry."""
 import copy
 import dataclasses
 import json
@@ -25,25 +21,21 @@ from pytorch_utils.utils import AmpMode
 LoaderKind = Literal["auto", "gpu", "dataloader"]  # auto: GPU-resident on CUDA, DataLoader on the CPU
 LOADER_KINDS = typing.get_args(LoaderKind)
 Monitor = Literal["test_acc", "test_loss", "train_acc", "train_loss"]
-MONITORS = typing.get_args(Monitor)
 
 
 @dataclass
 class LRFinderSpec:
-    """How a recipe runs the LR range test: the sweep and the rule turning it into LR_max / LR_min."""
+    """The LR range test of a recipe: the sweep and the rule turning it into LR_max / LR_min."""
 
     start_lr: float = 1e-7
     end_lr: float = 10.0
     num_iter: int = 100  # sweep length; find_lr skips the first 10% and last 5% of the curve
     suggestion: str = "steepest"  # or "valley"
     div: float = 10.0  # LR_min = LR_max / div
-    # The sweep takes at most this many epochs' worth of the run's batches (but at least min_iter): a short smoke
-    # run on a small subset is not dominated by a 100-batch sweep, while a full run gets the full num_iter.
-    max_epochs: float = 2.0
+    max_epochs: float = 2.0  # the sweep takes at most this many epochs' batches: a smoke run is not all sweep
     min_iter: int = 20  # with the 10 % / 5 % skips, 17 candidate points: enough for a smoke run, cheap on a CPU
 
     def iterations(self, steps_per_epoch: int) -> int:
-        """Number of sweep iterations for a run with ``steps_per_epoch`` batches per epoch."""
         return int(min(self.num_iter, max(self.min_iter, self.max_epochs * steps_per_epoch)))
 
 
@@ -53,14 +45,12 @@ class Recipe:
 
     name: str = "default"
     description: str = ""
-    # model and data
     model: str = "s10_resnet"
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
     data: str = "cifar10"  # default data set; the CLI's --data overrides it
     num_classes: Optional[int] = None  # None: taken from the data
     train_limit: Optional[int] = None  # stratified subsets for quick runs
     test_limit: Optional[int] = None
-    # optimisation
     epochs: int = 20
     batch_size: int = 128
     optimizer: str = "sgd"  # a name in OPTIMIZERS: sgd | adam | adamw
@@ -72,7 +62,6 @@ class Recipe:
     lr_finder: Optional[LRFinderSpec] = None  # fills the scheduler's max_lr/min_lr from the range test
     grad_clip: Optional[float] = None
     accumulate_steps: int = 1  # one optimizer step per this many batches (an effective batch of N * batch_size)
-    # augmentation, mixing, regularisation
     augmentation: str = "standard"  # train preset (see pytorch_utils.data.transforms.list_presets)
     augmentation_kwargs: Dict[str, Any] = field(default_factory=dict)
     label_smoothing: float = 0.0
@@ -81,7 +70,6 @@ class Recipe:
     mix_switch_prob: float = 0.5
     mix_prob: float = 1.0
     phases: List[Phase] = field(default_factory=list)  # epoch ranges changing scheduler/dropout/aug/mixing/size
-    # evaluation and bookkeeping
     tta: Optional[TTAMode] = None  # None or a name in train.tta.TTA_MODES
     ema_decay: Optional[float] = None
     early_stopping_patience: Optional[int] = None
@@ -92,7 +80,6 @@ class Recipe:
     hub_repo: Optional[str] = None  # Hugging Face repo id; needs a token and a network
     hub_every: int = 10
     tensorboard: bool = False  # also log per-epoch scalars for TensorBoard (needs the optional tensorboard package)
-    # speed
     loader: LoaderKind = "auto"  # auto (GPU-resident on CUDA, DataLoader on CPU) | gpu | dataloader
     num_workers: Optional[int] = None
     amp: Optional[AmpMode] = "auto"  # None or a name in utils.AMP_MODES: none | auto | bf16 | fp16
@@ -107,13 +94,8 @@ class Recipe:
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise ConfigError(f"unknown recipe field(s) {unknown}; valid fields: {', '.join(sorted(names))}")
-        nested = {"scheduler": ScheduleSpec, "lr_finder": LRFinderSpec}
-        try:  # plain dicts (from JSON, a notebook) become the dataclasses the fields hold
-            for key, cls in nested.items():
-                if isinstance(overrides.get(key), dict):
-                    overrides[key] = cls(**overrides[key])
-            if isinstance(overrides.get("phases"), list):
-                overrides["phases"] = [_as_phase(p) for p in overrides["phases"]]
+        try:
+            overrides = {key: _from_plain(key, value) for key, value in overrides.items()}
         except TypeError as exc:
             raise ConfigError(f"recipe override: {exc}") from None
         return dataclasses.replace(copy.deepcopy(self), **overrides)
@@ -123,13 +105,9 @@ class Recipe:
         return json.loads(json.dumps(dataclasses.asdict(self), default=str))
 
     def validate(self) -> "Recipe":
-        """Check every field before any work: types (from the annotations), ranges, and every name the recipe uses
-        (model, optimizer, schedulers incl. those inside phases, augmentations incl. phase ones, TTA, amp, loader,
-        monitor). Returns self.
+        """Check every field's type, range and name before any work; returns self.
 
-        Raises:
-            ConfigError: names the field, the bad value and what is expected.
-            UnknownNameError: an unregistered model/optimizer/scheduler/augmentation name (lists the valid ones).
+        Raises ConfigError (the field, the bad value, what is expected) or UnknownNameError (lists the valid names).
         """
         check_fields(self)
         checks = [
@@ -140,7 +118,8 @@ class Recipe:
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (self.mixup_alpha >= 0 and self.cutmix_alpha >= 0, "mixup_alpha and cutmix_alpha must be >= 0"),
-            (0 <= self.mix_switch_prob <= 1 and 0 <= self.mix_prob <= 1, "mix_switch_prob and mix_prob must be in [0, 1]"),
+            (0 <= self.mix_switch_prob <= 1 and 0 <= self.mix_prob <= 1,
+             "mix_switch_prob and mix_prob must be in [0, 1]"),
             (self.ema_decay is None or 0 < self.ema_decay < 1, "ema_decay must be None or in (0, 1)"),
             (self.keep_last >= 1, "keep_last must be >= 1"),
             (self.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
@@ -164,23 +143,15 @@ class Recipe:
         return self
 
     def with_lrs(self, lr_max: float, lr_min: float) -> "Recipe":
-        """A copy without the LR finder whose schedule(s) use ``lr_max``/``lr_min`` as the finder would set them.
-
-        ``run_recipe`` fills a finder's result in the same way (see :func:`schedule_with_lrs`); a benchmark that
-        reuses one sweep for several runs calls this.
-        """
+        """A copy without the LR finder, its schedule(s) filled as the finder would (see :func:`schedule_with_lrs`)."""
         phases = [dataclasses.replace(p, scheduler=schedule_with_lrs(p.scheduler, lr_max, lr_min))
                   for p in self.phases]
         return self.replace(lr_finder=None, scheduler=schedule_with_lrs(self.scheduler, lr_max, lr_min),
                             phases=phases)
 
     def with_peak_lr(self, lr: float) -> "Recipe":
-        """A copy that trains with ``lr`` as its peak LR, for a user who sets the LR by hand (the CLI's ``--lr``).
-
-        The LR finder is switched off; a One Cycle / cyclic schedule gets ``max_lr=lr`` (and ``min_lr`` or
-        ``base_lr`` = lr / the finder's ``div``, 10 by default); schedules (or phases) that restart from an ``lr``
-        param start from ``lr``.
-        """
+        """A copy with ``lr`` as its peak LR set by hand (the CLI's ``--lr``): no LR finder, ``max_lr=lr`` and
+        ``min_lr``/``base_lr`` = lr / the finder's ``div`` (10 by default); schedules with an ``lr`` start there."""
         if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and lr > 0):
             raise ConfigError(f"lr must be a positive number, got {lr!r}")
         div = self.lr_finder.div if self.lr_finder is not None else 10.0
@@ -196,8 +167,8 @@ class Recipe:
 
 
 def schedule_with_lrs(spec: Optional[ScheduleSpec], lr_max: float, lr_min: float) -> Optional[ScheduleSpec]:
-    """``spec`` with an LR finder's result filled in: ``max_lr`` (One Cycle, cyclic, any spec with a max_lr), plus
-    ``min_lr`` (linear One Cycle) or ``base_lr`` (cyclic) from ``lr_min``; other specs are returned unchanged."""
+    """``spec`` with an LR finder's ``max_lr`` (One Cycle, cyclic, any spec with one) and ``min_lr`` (linear One
+    Cycle) or ``base_lr`` (cyclic) filled in."""
     if spec is None:
         return None
     params = dict(spec.params)
@@ -210,8 +181,19 @@ def schedule_with_lrs(spec: Optional[ScheduleSpec], lr_max: float, lr_min: float
     return ScheduleSpec(spec.name, params)
 
 
+_NESTED = {"scheduler": ScheduleSpec, "lr_finder": LRFinderSpec}
+
+
+def _from_plain(key: str, value: Any) -> Any:
+    """A field value from plain data (JSON, a notebook): dicts become the dataclasses the fields hold."""
+    if key in _NESTED and isinstance(value, dict):
+        return _NESTED[key](**value)
+    if key == "phases" and isinstance(value, list):
+        return [_as_phase(p) for p in value]
+    return value
+
+
 def _as_phase(p: Union[Phase, Dict[str, Any]]) -> Phase:
-    """A :class:`Phase` from a dict (JSON, ``--set phases=...``), its scheduler dict made a ScheduleSpec."""
     phase = Phase(**p) if isinstance(p, dict) else p
     if isinstance(phase.scheduler, dict):
         phase = dataclasses.replace(phase, scheduler=ScheduleSpec(**phase.scheduler))
@@ -219,7 +201,7 @@ def _as_phase(p: Union[Phase, Dict[str, Any]]) -> Phase:
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
-    """Whether ``value`` fits the annotation ``hint`` (Optional/Union, Literal, List, Dict, classes)."""
+    """Whether ``value`` fits the annotation ``hint``."""
     origin = typing.get_origin(hint)
     if hint is Any:
         return True
@@ -237,7 +219,6 @@ def _type_ok(value: Any, hint: Any) -> bool:
 
 
 def _takes_text(hint: Any) -> bool:
-    """Whether the annotation ``hint`` accepts some string (str, or a Literal of names)."""
     args = typing.get_args(hint) if typing.get_origin(hint) is Union else (hint,)
     return any(a is str or typing.get_origin(a) is Literal for a in args)
 
@@ -254,12 +235,9 @@ def _describe(hint: Any) -> str:
 
 
 def check_fields(obj: Any, where: str = "recipe field") -> None:
-    """Check each field of the dataclass ``obj`` (a Recipe, and the ScheduleSpec / LRFinderSpec / Phases it holds)
-    against its type annotation (``typing.get_type_hints``).
+    """Check each field of the dataclass ``obj`` (and the dataclasses it holds) against its annotation.
 
-    Raises:
-        ConfigError: ``recipe field 'epochs' must be int, got 'abc' (str)``; for names from a fixed list,
-            ``monitor must be one of 'test_acc', ..., got 'bogus'``.
+    Raises ConfigError: ``recipe field 'epochs' must be int, got 'abc' (str)``.
     """
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
@@ -275,12 +253,8 @@ def check_fields(obj: Any, where: str = "recipe field") -> None:
 
 
 def check_names(recipe: "Recipe") -> None:
-    """Check every registered name ``recipe`` uses: model, optimizer, schedulers (also inside phases) and
-    augmentation presets (also inside phases), each against its one list.
-
-    Raises:
-        UnknownNameError: names the field (``phases[1].scheduler``), the bad name and the valid ones.
-    """
+    """Check the model, optimizer, scheduler and augmentation names (also inside phases); raises UnknownNameError
+    naming the field (``phases[1].scheduler``), the bad name and the valid ones."""
     from pytorch_utils.data.transforms import list_presets
     from pytorch_utils.models import list_models
 
@@ -311,11 +285,7 @@ OPTIMIZERS.register(lambda params, r, kw: torch.optim.AdamW(
 
 
 def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
-    """The recipe's optimizer (a name in :data:`OPTIMIZERS`) over ``model``'s trainable parameters.
-
-    Raises:
-        UnknownNameError: an optimizer name that is not registered.
-    """
+    """The recipe's optimizer (a name in :data:`OPTIMIZERS`) over ``model``'s trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
     # Fused kernels update all parameters in one launch on CUDA; the CPU keeps the default implementation.
     fused = {"fused": True} if params and params[0].is_cuda else {}
@@ -327,11 +297,7 @@ register_recipe = _RECIPES.register
 
 
 def get_recipe(name: str, **overrides) -> Recipe:
-    """A fresh copy of the registered recipe ``name`` with ``overrides`` applied.
-
-    Raises:
-        UnknownNameError: unknown name (lists the valid ones). ConfigError: unknown override field.
-    """
+    """A fresh copy of the registered recipe ``name`` with ``overrides`` applied."""
     recipe = _RECIPES.get(name)()
     return recipe.replace(**overrides) if overrides else recipe
 
@@ -341,16 +307,13 @@ def list_recipes() -> List[str]:
     return _RECIPES.names()
 
 
+_EXAMPLES = {"scheduler": '{"name": "cosine", "params": {}}', "model_kwargs": '{"dropout": 0.1}',
+             "phases": '[{"start": 1, "end": 10}]', "lr_finder": '{"end_lr": 1.0}'}
+
+
 def parse_override(recipe: Recipe, text: str) -> Dict[str, Any]:
-    """Parse one ``key=value`` CLI override against the recipe's field types.
-
-    Values are read as JSON when they parse (numbers, true/false, null, lists, dicts), else as strings, so
-    ``epochs=2``, ``tta=flip``, ``model_kwargs={"dropout": 0.1}`` and ``scheduler=null`` all work.
-
-    Raises:
-        ConfigError: not ``key=value``, an unknown field, text that is not valid JSON where the field needs a number,
-            list or dict, or a nested dict with keys its type does not take.
-    """
+    """Parse one ``key=value`` CLI override: the value as JSON when it parses, else as text for a field that takes
+    text (``epochs=2``, ``tta=flip``, ``scheduler=null``). Raises ConfigError naming what does not fit."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value")
     key, raw = text.split("=", 1)
@@ -364,22 +327,14 @@ def parse_override(recipe: Recipe, text: str) -> Dict[str, Any]:
     except json.JSONDecodeError as exc:
         if not _takes_text(hint):  # a field that takes text keeps the raw text (checked below)
             raise ConfigError(f"override {text!r}: {raw!r} is not valid JSON ({exc.msg}); e.g. "
-                              f"'{key}={_example(key)}'") from None
+                              f"'{key}={_EXAMPLES.get(key, '1')}'") from None
         value = raw
     if isinstance(value, int) and not isinstance(value, bool) and _type_ok(0.5, hint):
         value = float(value)  # a float field given as 1 holds 1.0, as the dataclass default would
-    nested = {"scheduler": ScheduleSpec, "lr_finder": LRFinderSpec}
     try:
-        if key in nested and isinstance(value, dict):
-            value = nested[key](**value)
-        if key == "phases" and isinstance(value, list):
-            value = [_as_phase(p) for p in value]
+        value = _from_plain(key, value)
     except TypeError as exc:
         raise ConfigError(f"override {text!r}: {exc}") from None
     check_fields(dataclasses.replace(recipe, **{key: value}))
     return {key: value}
 
-
-def _example(key: str) -> str:
-    return {"scheduler": '{"name": "cosine", "params": {}}', "model_kwargs": '{"dropout": 0.1}',
-            "phases": '[{"start": 1, "end": 10}]', "lr_finder": '{"end_lr": 1.0}'}.get(key, "1")

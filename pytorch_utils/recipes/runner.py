@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunResult:
-    """What :func:`run_recipe` returns: the trained model, its history and where the files went."""
+    """What :func:`run_recipe` returns: the trained model, its history, loaders, data facts and where files went."""
 
     recipe: Recipe
     model: nn.Module
@@ -48,18 +48,12 @@ class RunResult:
     std: tuple
     device: torch.device
     lr_finder: Any = None  # LRFinderResult when the recipe ran the range test
-    # The model the test numbers come from: the EMA copy when the recipe keeps one, else ``model``. Plots and
-    # reports should use this one so they show what ``final["test_acc"]`` measured.
-    eval_model: Optional[nn.Module] = None
+    eval_model: Optional[nn.Module] = None  # what the test numbers measured: the EMA copy when kept, else model
     final: Dict[str, Any] = field(default_factory=dict)  # final/best accuracy, seconds, epochs run, stop reason
 
 
 def check_model_data(model: nn.Module, num_classes: int) -> None:
-    """Fail early when the model's output width differs from the data's class count.
-
-    Raises:
-        ConfigError: names both numbers and what to change.
-    """
+    """Raise ConfigError when the model's output width differs from the data's class count."""
     outputs = model_output_classes(unwrap_model(model))
     if outputs is not None and outputs != num_classes:
         raise ConfigError(f"the model outputs {outputs} classes but the data has {num_classes}; build the "
@@ -118,16 +112,9 @@ def _same_schedule_so_far(recipe: Recipe, saved_epochs: int, epochs: int) -> boo
 
 
 def check_resume_compatible(checkpoint: Dict[str, Any], recipe: Recipe, data: str) -> None:
-    """Refuse to resume ``checkpoint`` with settings that differ from the run that wrote it.
-
-    A resumed run must follow the saved schedule, data order and model exactly; a changed LR, model or data set
-    would silently produce neither the old run nor a new one. ``epochs`` may change when the epochs already run
-    followed the same schedule either way (plateau, step, warm restarts, phases whose spans stay put): that extends
-    or shortens a run.
-
-    Raises:
-        CheckpointError: names each differing field with the saved and the requested value.
-    """
+    """Raise CheckpointError (each differing field, saved and requested) when ``checkpoint`` was written with other
+    settings: a changed LR, model or data would silently give neither the old run nor a new one. ``epochs`` may
+    change when the epochs already run followed the same schedule either way (extending or shortening a run)."""
     source = checkpoint.get("_path", "the checkpoint")
     check_model_name(checkpoint, recipe.model, source)
     config = checkpoint.get("config") or {}
@@ -147,13 +134,10 @@ def check_resume_compatible(checkpoint: Dict[str, Any], recipe: Recipe, data: st
 
 def find_resume_checkpoint(resume: Union[bool, str], out_dir: Path, recipe: Recipe, data: str
                            ) -> Optional[Dict[str, Any]]:
-    """The checkpoint a run resumes from, loaded and checked before any work is done; None for a fresh start.
+    """The checkpoint a run resumes from, loaded and checked before any work; None for a fresh start (also for a
+    run stopped before its first checkpoint: seeded, epoch 1 again is what it would have done).
 
-    A folder whose run was stopped before its first checkpoint (``run.json`` but no checkpoint yet) starts again
-    from epoch 1, which, seeded, is what the interrupted run would have done.
-
-    Raises:
-        CheckpointError: ``resume="required"`` and no checkpoint (naming corrupt files found), or settings differ.
+    Raises CheckpointError: ``resume="required"`` and no checkpoint (naming corrupt ones), or settings differ.
     """
     if not resume:
         return None
@@ -174,14 +158,8 @@ def find_resume_checkpoint(resume: Union[bool, str], out_dir: Path, recipe: Reci
 
 
 def archive_previous_run(out_dir: Path) -> Optional[Path]:
-    """Move an earlier run's files out of the way of a fresh run in the same folder (nothing is deleted).
-
-    Without this, a fresh run would prune its own new checkpoints in favour of the old run's higher epoch numbers,
-    overwrite ``best.pt``, and a later ``--resume`` would continue the old run.
-
-    Returns:
-        the folder they went to (``<out_dir>/previous/<timestamp>``), or None when there was nothing to move.
-    """
+    """Move an earlier run's files to ``<out_dir>/previous/<timestamp>`` (returned; None when there were none), so a
+    fresh run neither prunes its checkpoints for the old run's, nor overwrites ``best.pt``, nor resumes the old run."""
     present = [out_dir / name for name in RUN_FILES if (out_dir / name).exists()]
     if not present:
         return None
@@ -250,8 +228,7 @@ def _build(run: _Run, root: str, download: bool):
     check_model_data(model, num_classes)
     if run.checkpoint is not None:
         restore_model(model, run.checkpoint, source=run.checkpoint["_path"])  # a mismatch fails now, not after a sweep
-    # The recipe's declared size (augmentation_kwargs["size"], else the first phase's input_size) or the data's own;
-    # a model that cannot take it is resized or refused here, before any training.
+    # The declared size (augmentation_kwargs["size"], else the first phase's) or the data's: checked before training.
     requested = recipe.augmentation_kwargs.get("size") or next((p.input_size for p in recipe.phases if p.input_size),
                                                                None)
     run.input_size, _ = choose_input_size(model, train_ds.image_size, requested)
@@ -355,27 +332,14 @@ def _finish(run: _Run, history: History, model: nn.Module, seconds: float) -> Di
 def run_recipe(recipe: Union[Recipe, str], data: Optional[str] = None, out_dir: Union[str, Path, None] = None, *,
                device=None, device_fallback: bool = True, resume: Union[bool, str] = False, root: str = "./data",
                download: bool = False, progress: bool = True, **overrides) -> RunResult:
-    """Train a recipe end to end: data, model, (LR finder), schedule, checkpoints, early stopping, history.
+    """Train a recipe (a :class:`Recipe` or a registered name, fields replaced by ``overrides``) end to end, in the
+    order of torchvision's reference ``main()``: checks > data > model > optimizer > LR > schedule > loop > save.
 
-    Reads top to bottom as torchvision's reference ``main()``: checks > data > model > optimizer > LR > schedule >
-    (resume, inside ``fit``) > loop > save. Progress lines go to this module's logger (and ``pytorch_utils.train``'s).
-
-    Args:
-        recipe: a :class:`Recipe` or a registered name; ``overrides`` replace its fields (``epochs=2``...).
-        data: "synthetic", "cifar10", "cifar100" or a folder/zip path; default the recipe's.
-        out_dir: where ``history.json``, ``run.json``, ``lr_finder.png`` and ``checkpoints/`` go
-            (default ``runs/<recipe name>``).
-        device: None picks CUDA when present; device_fallback: use the CPU when the requested GPU is missing
-            (False raises ConfigError).
-        resume: continue from the newest intact checkpoint in ``out_dir/checkpoints`` (True: start fresh when there is
-            none; "required": raise CheckpointError when there is none).
-        root, download: torchvision CIFAR folder and whether to download (needs internet: Colab).
-        progress: tqdm bars.
-    Returns:
-        a :class:`RunResult`.
-    Raises:
-        ConfigError / UnknownNameError: a bad recipe value or name; CheckpointError: a resume that does not fit.
-        All are raised before any data is loaded.
+    ``data``: "synthetic", "cifar10", "cifar100" or a folder/zip (default the recipe's); ``out_dir``: default
+    ``runs/<recipe name>``; ``device``: None picks the best, with ``device_fallback`` to the CPU; ``resume``: True
+    continues from the newest intact checkpoint if any, "required" raises CheckpointError without one; ``root``,
+    ``download``: torchvision's CIFAR. Returns a :class:`RunResult`. ConfigError, UnknownNameError and
+    CheckpointError are raised before any data is loaded.
     """
     run = _prepare(recipe, overrides, data, out_dir, device, device_fallback, resume, progress)
     recipe, device, start = run.recipe, run.device, time.perf_counter()

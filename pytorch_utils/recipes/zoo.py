@@ -6,11 +6,8 @@ from pytorch_utils.train.schedules import ScheduleSpec
 
 @register_recipe(name="default")
 def default() -> Recipe:
-    """A safe baseline for any registered model (what ``--model`` runs): Adam + One Cycle, pad-crop-flip-cutout.
-
-    Adam with a peak of 3e-3 trains every model in the registry from the first epoch; SGD at 0.1 (the classic WRN
-    setting) blows the un-normalized S10 ResNet's logits up in its first steps and stays at chance for short runs.
-    """
+    """A safe baseline for any model (what ``--model`` runs): Adam peaking at 3e-3 trains every registered model from
+    the first epoch, where SGD at 0.1 blows the un-normalized S10 ResNet's logits up."""
     return Recipe(
         name="default", description="Adam + torch One Cycle (peak 3e-3), standard CIFAR augmentation",
         model="s10_resnet", epochs=20, batch_size=128, optimizer="adam", lr=1e-3, weight_decay=1e-4,
@@ -20,11 +17,8 @@ def default() -> Recipe:
 
 @register_recipe(name="s10")
 def s10() -> Recipe:
-    """S10: the custom ResNet on CIFAR-10, 24 epochs of Adam with a linear One Cycle (peak at epoch 5, no annihilation).
-
-    LR_max is the LR finder's steepest-descent suggestion and LR_min = LR_max / 10 (never a hard-coded constant).
-    Beyond the seed: flip TTA at evaluation (cheap, no training change).
-    """
+    """S10: custom ResNet, CIFAR-10, 24 epochs of Adam with a linear One Cycle (peak at epoch 5) from the LR finder
+    (LR_min = LR_max / 10); beyond the seed, flip TTA."""
     return Recipe(
         name="s10", description="S10 custom ResNet, CIFAR-10: Adam, LR finder, One Cycle peak 5/24 no annihilation",
         model="s10_resnet", model_kwargs={"dropout": 0.0}, data="cifar10", epochs=24, batch_size=512,
@@ -58,13 +52,8 @@ def wrn_c10() -> Recipe:
 
 @register_recipe(name="s8_c100")
 def s8_c100() -> Recipe:
-    """S8: WRN-28-10 on CIFAR-100, 100 epochs in two phases declared as data.
-
-    Epochs 1-60: dropout 0.3, full augmentation, MixUp 0.2, LR warm-up 0.01 -> 0.1 (5 epochs) then
-    CosineAnnealingWarmRestarts (T_0 25). Epochs 61-100: dropout 0.2, reduced augmentation, MixUp 0.15,
-    CosineAnnealingLR from 0.05 to 0. Label smoothing 0.1, SGD momentum 0.9, weight decay 1e-3, batch 256,
-    keep the last 5 checkpoints + best, early stopping patience 15 (counted from epoch 61); Hub push every 10 epochs when ``hub_repo`` is set.
-    """
+    """S8: WRN-28-10 on CIFAR-100, 100 epochs in two phases (dropout, augmentation, MixUp, schedule), early stopping
+    patience 15 counted from epoch 61, Hub push every 10 epochs when ``hub_repo`` is set."""
     return Recipe(
         name="s8_c100", description="S8 WRN-28-10, CIFAR-100: two phases (dropout/aug/mixup/scheduler), ES 15",
         model="wrn28_10", model_kwargs={"dropout": 0.3}, data="cifar100", epochs=100, batch_size=256,
@@ -85,12 +74,8 @@ def s8_c100() -> Recipe:
 
 @register_recipe(name="s8_c100_resnet")
 def s8_c100_resnet() -> Recipe:
-    """S8 with the network the seed trained: ``s8_resnet`` (30,032,292 parameters, 1.46 G MACs per 32x32 image)
-    in place of WRN-28-10 (36,546,980 parameters, 5.95 G MACs), so about a quarter of the arithmetic per epoch.
-
-    The seed's overview names WRN-28-10, but its numbers (about 82 % after 200 epochs) come from this ResNet.
-    Everything else is ``s8_c100``; the phases' dropout sets the one Dropout before the Linear head.
-    """
+    """``s8_c100`` with the network whose numbers the seed reports (about 82 % after 200 epochs): ``s8_resnet``
+    (30.0M parameters, 1.46 G MACs per image; WRN-28-10: 36.5M, 5.95 G)."""
     return s8_c100().replace(
         name="s8_c100_resnet", model="s8_resnet",
         description="S8 seed's own ResNet (30.0M params), CIFAR-100: the s8_c100 phases, ES 15",
@@ -98,18 +83,16 @@ def s8_c100_resnet() -> Recipe:
 
 
 def _strixbee(level: int, **kw) -> Recipe:
-    base = dict(
+    return Recipe(
         name=f"strixbee_l{level}", model=f"strixbee_l{level}", data="cifar10", epochs=50, batch_size=128,
         optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=0.0, augmentation="test",
         scheduler=ScheduleSpec("plateau", {"mode": "min", "factor": 0.1, "patience": 3}),
-    )
-    base.update(kw)
-    return Recipe(**base)
+    ).replace(**kw)
 
 
 @register_recipe(name="strixbee_l1")
 def strixbee_l1() -> Recipe:
-    """Strixbee level 1: plain CNN (83,368 params, the seed's count), SGD + ReduceLROnPlateau, plain normalization, no dropout."""
+    """Strixbee level 1: plain CNN (83,368 params, the seed's count), SGD + ReduceLROnPlateau, no augmentation."""
     return _strixbee(1, description="Strixbee L1: plain CNN, no augmentation, SGD + plateau")
 
 
