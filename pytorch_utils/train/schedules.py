@@ -1,12 +1,8 @@
 """Learning-rate schedules as pure functions of the optimizer step, declared as data (:class:`ScheduleSpec`).
 
-As in nanoGPT's ``get_lr(it)``, the engine writes ``schedule(step)`` into every param group before each optimizer
-step, where ``step`` counts the optimizer steps *applied* (a step the fp16 GradScaler skips does not count). A
-checkpoint then needs only that count. Only ReduceLROnPlateau depends on the run's metrics; it stays a torch scheduler
-with state, built before a resume so resuming it is one ``load_state_dict``.
-
-Where a schedule is one torch also has (OneCycleLR, CosineAnnealingLR, CosineAnnealingWarmRestarts, CyclicLR, StepLR,
-LinearLR + SequentialLR) the formula is torch's; tests/train/test_schedules.py checks our values against torch's.
+As nanoGPT's ``get_lr(it)``: the engine writes ``schedule(step)`` before each optimizer step, ``step`` counting the
+steps applied, so a checkpoint needs only that count. Only ReduceLROnPlateau (metric-driven) stays a torch scheduler.
+Where torch has the schedule, the formula is torch's (tests/train/test_schedules.py compares the values).
 """
 import math
 from dataclasses import asdict, dataclass, field
@@ -43,16 +39,12 @@ class ScheduleSpec:
     params: Dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
-        """Plain dict (for configs and checkpoints)."""
         return asdict(self)
 
 
 class StepSchedule:
-    """``lr = schedule(step)``: a pure function of the number of optimizer steps applied, with pieces.
-
-    ``pieces`` are ``(first_step, fn)`` in order; step ``s`` uses the last piece starting at or before it, called with
-    the step counted from that piece's start (a phase list is one such piecewise function).
-    """
+    """``lr = schedule(step)`` of the optimizer steps applied. ``pieces``: ``(first_step, fn)`` in order; a step uses
+    the last piece starting at or before it, called with the step counted from that piece's start."""
 
     interval = "step"
 
@@ -150,11 +142,8 @@ REQUIRED = {"one_cycle_linear": ("max_lr", "min_lr", "peak_epoch"), "onecycle": 
 
 
 def check_spec(spec: ScheduleSpec, where: str = "scheduler") -> None:
-    """Refuse an unknown schedule name or a missing required param (for ``Recipe.validate``, before any work).
-
-    Raises:
-        UnknownNameError: the name is not in ``SCHEDULE_NAMES``; ConfigError: a required param is missing.
-    """
+    """Raise UnknownNameError for a name not in ``SCHEDULE_NAMES``, ConfigError for a missing required param or a
+    warm-up on a per-step schedule (for ``Recipe.validate``, before any work)."""
     if spec.name not in SCHEDULE_NAMES:
         raise UnknownNameError(f"{where}: unknown scheduler {spec.name!r}; valid schedulers: "
                                f"{', '.join(SCHEDULE_NAMES)}")
@@ -166,11 +155,8 @@ def check_spec(spec: ScheduleSpec, where: str = "scheduler") -> None:
 
 
 def step_function(spec: ScheduleSpec, steps_per_epoch: int, epochs: int, base_lr: float) -> Callable[[int], float]:
-    """``lr(step)`` for ``spec`` over a span of ``epochs`` epochs of ``steps_per_epoch`` optimizer steps.
-
-    ``base_lr`` is the LR a schedule without an ``lr`` param starts from (the optimizer's initial LR).
-    """
-    check_spec(spec)
+    """``lr(step)`` for a checked ``spec`` over ``epochs`` epochs of ``steps_per_epoch`` optimizer steps; ``base_lr``
+    is where a schedule without an ``lr`` param starts."""
     p = dict(spec.params)
     base = float(p.pop("lr", base_lr))
     warmup, warmup_start = int(p.pop("warmup_epochs", 0) or 0), p.pop("warmup_start_lr", None)
@@ -195,19 +181,13 @@ def step_function(spec: ScheduleSpec, steps_per_epoch: int, epochs: int, base_lr
 
 def build_schedule(spec: Optional[ScheduleSpec], optimizer: torch.optim.Optimizer, steps_per_epoch: int,
                    epochs: int):
-    """The schedule ``spec`` describes: a :class:`StepSchedule`, a ReduceLROnPlateau ("plateau"), or None (no spec).
-
-    Args:
-        spec: the schedule (a dict is accepted); optimizer: its initial LR is the default base LR (and what a
-            plateau scheduler changes); steps_per_epoch: optimizer steps per epoch; epochs: the span.
-    Raises:
-        UnknownNameError / ConfigError: see :func:`check_spec`.
-    """
+    """The schedule ``spec`` (or dict) describes: a :class:`StepSchedule` starting from the optimizer's initial LR, a
+    ReduceLROnPlateau ("plateau"), or None (no spec). Raises as :func:`check_spec`."""
     if spec is None:
         return None
     spec = ScheduleSpec(**spec) if isinstance(spec, dict) else spec
+    check_spec(spec)
     if spec.name == "plateau":
-        check_spec(spec)
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **spec.params)
         plateau.interval = "plateau"
         return plateau
@@ -215,11 +195,9 @@ def build_schedule(spec: Optional[ScheduleSpec], optimizer: torch.optim.Optimize
 
 
 def phase_schedule(phases: Sequence[Any], steps_per_epoch: int, epochs: int, base_lr: float) -> Optional[StepSchedule]:
-    """One piecewise :class:`StepSchedule` for a list of phases (objects with ``start``, ``end`` and ``scheduler``).
-
-    A phase's schedule runs from its first epoch until the next phase that declares one (or the end of the run);
-    before the first declared schedule the LR is ``base_lr``. None when no phase declares a schedule.
-    """
+    """One piecewise :class:`StepSchedule` for validated phases (with ``start`` and ``scheduler``), or None when no
+    phase declares a schedule. A phase's schedule runs until the next one that declares one; before the first, the
+    LR is ``base_lr``."""
     starts = [i for i, p in enumerate(phases) if p.scheduler is not None]
     if not starts:
         return None
@@ -235,7 +213,7 @@ def phase_schedule(phases: Sequence[Any], steps_per_epoch: int, epochs: int, bas
 
 
 def initial_lr(optimizer: torch.optim.Optimizer) -> float:
-    """The LR the optimizer was built with (``initial_lr``, which ``fit`` and torch schedulers record), else its LR."""
+    """The LR the optimizer was built with (``initial_lr``, recorded by ``fit`` and torch schedulers), else its LR."""
     group = optimizer.param_groups[0]
     return float(group.get("initial_lr", group["lr"]))
 
