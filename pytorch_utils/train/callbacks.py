@@ -1,7 +1,7 @@
 """Callbacks for ``fit``: early stopping and phase schedules (dropout / augmentation / MixUp / LR by epoch).
 
 Both derive their state from the run's history and epoch (restored by ``fit`` before any hook), so a resumed run
-behaves exactly like an uninterrupted one, whatever the order of the callbacks, without storing anything extra.
+behaves like an uninterrupted one, whatever the order of the callbacks.
 """
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence
@@ -15,24 +15,12 @@ from pytorch_utils.utils import unwrap_model
 
 
 class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
+    """Stop when ``monitor`` (an epoch-record key) has not improved by more than ``min_delta`` for ``patience`` epochs
+    (``mode`` "max" or "min"). The stopping epoch gets ``record["early_stop"] = True``; ``state.stop_reason`` says why.
 
-    The epoch that triggers it gets ``record["early_stop"] = True``; ``state.stop_reason`` says why.
-
-    ``start_epoch`` (1-based) delays it: epochs before it are not looked at at all - they set no best value and use up
-    no patience - so a schedule that is allowed to get worse for a while (warm restarts in a first phase, say) cannot
-    stop the run before a later phase starts. The earliest possible stop is then epoch ``start_epoch + patience``.
-
-    A resumed run replays the history through the same rule (``start_epoch`` included) in ``on_fit_start``; when that
-    history already used up the patience (the run had stopped early), ``state.stop`` is set right there, so no further
-    epoch is trained.
-
-    Args:
-        monitor: the epoch-record key to watch (e.g. "test_acc", "test_loss", "train_loss").
-        mode: "max" (higher is better) or "min".
-        patience: epochs without improvement before stopping (>= 1).
-        min_delta: an improvement must beat the best by more than this.
-        start_epoch: first epoch that counts; None (default) or 1 counts every epoch.
+    Epochs before ``start_epoch`` (1-based; None counts all) set no best value and use no patience, so a schedule that
+    may get worse for a while cannot stop the run early. A resumed run replays its history through the same rule in
+    ``on_fit_start``, and stops at once if that history already used up the patience.
     """
 
     def __init__(self, monitor: str = "test_acc", mode: str = "max", patience: int = 15, min_delta: float = 0.0,
@@ -46,9 +34,7 @@ class EarlyStopping(Callback):
             raise ConfigError(f"start_epoch must be None or an integer >= 1, got {start_epoch!r}")
         self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
         self.start_epoch = None if start_epoch is None else int(start_epoch)
-        self.best: Optional[float] = None
-        self.best_epoch: Optional[int] = None
-        self.wait = 0
+        self.best, self.best_epoch, self.wait = None, None, 0
 
     def _improved(self, value: float) -> bool:
         if self.best is None:
@@ -115,11 +101,8 @@ SETTINGS = ("dropout", "augmentation", "input_size", "mixup_alpha", "cutmix_alph
 
 
 def validate_phases(phases: Sequence[Phase], epochs: Optional[int] = None) -> List[Phase]:
-    """Check phases are contiguous from epoch 1, ordered, non-empty; returns them as Phase objects.
-
-    When ``epochs`` is given, phases are cut to it (a smoke run of 2 epochs keeps what covers epochs 1-2) and the last
-    kept phase is stretched to it.
-    """
+    """Check phases (Phase objects or dicts) are non-empty and contiguous from epoch 1; return them as Phase objects.
+    With ``epochs``, phases are cut to it (a 2-epoch smoke run keeps those covering epochs 1-2), the last stretched."""
     phases = [p if isinstance(p, Phase) else Phase(**p) for p in phases]
     if not phases:
         raise ConfigError("a phase schedule needs at least one phase")
@@ -128,7 +111,7 @@ def validate_phases(phases: Sequence[Phase], epochs: Optional[int] = None) -> Li
         if p.start != expected or p.end < p.start:
             raise ConfigError(f"phases must be contiguous from epoch 1: phase {p.name or p.start} covers "
                               f"{p.start}-{p.end}, expected it to start at {expected}")
-        if p.scheduler is not None and isinstance(p.scheduler, dict):
+        if isinstance(p.scheduler, dict):
             p.scheduler = ScheduleSpec(**p.scheduler)
         if p.scheduler is not None:
             check_spec(p.scheduler, where=f"phase {p.name or p.start}")
@@ -156,16 +139,9 @@ def set_dropout(model: nn.Module, p: float) -> int:
 
 
 class PhaseSchedule(Callback):
-    """Applies :class:`Phase` settings for the epoch about to run, and supplies the phases' LR schedule.
-
-    The phases' schedulers form one piecewise function of the optimizer step
-    (:func:`~pytorch_utils.train.schedules.phase_schedule`), set as ``state.scheduler`` at fit start; the other
-    settings are derived from the epoch, so a resumed run gets what the uninterrupted one had at that epoch.
-
-    Args:
-        phases: contiguous phases covering the run (see :func:`validate_phases`).
-        steps_per_epoch: optimizer steps per epoch (default: what ``fit`` counts from the train loader).
-    """
+    """Applies the :class:`Phase` settings of the epoch about to run (derived from the epoch, so a resumed run gets
+    what the uninterrupted one had); at fit start, sets the phases' one piecewise LR schedule as ``state.scheduler``.
+    ``steps_per_epoch`` defaults to what ``fit`` counts from the train loader."""
 
     def __init__(self, phases: Sequence[Phase], steps_per_epoch: Optional[int] = None):
         self.phases = validate_phases(phases)
