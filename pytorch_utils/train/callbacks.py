@@ -93,9 +93,6 @@ class Phase:
     mixup_alpha: Optional[float] = None
     cutmix_alpha: Optional[float] = None
 
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
-
 
 SETTINGS = ("dropout", "augmentation", "input_size", "mixup_alpha", "cutmix_alpha")
 

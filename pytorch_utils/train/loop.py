@@ -26,7 +26,6 @@ from pytorch_utils.train.state import Callback, History, TrainConfig, TrainState
 from pytorch_utils.utils import amp_dtype_for, model_device, preserved, resolve_device, unwrap_model
 
 log = logging.getLogger(__name__)
-SCHEDULER_INTERVALS = ("step", "batch", "epoch", "plateau")
 
 
 def scheduler_interval(scheduler, declared: Optional[str] = None) -> str:
@@ -35,7 +34,7 @@ def scheduler_interval(scheduler, declared: Optional[str] = None) -> str:
     if isinstance(scheduler, StepSchedule):
         return "step"
     declared = declared or getattr(scheduler, "interval", None)
-    if declared in SCHEDULER_INTERVALS:
+    if declared in ("step", "batch", "epoch", "plateau"):
         return declared
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         return "plateau"
@@ -44,18 +43,12 @@ def scheduler_interval(scheduler, declared: Optional[str] = None) -> str:
     return "epoch"
 
 
-def _to_device(t: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    if t.device != device:
-        t = t.to(device, non_blocking=True)
-    if channels_last and t.dim() == 4:
-        t = t.contiguous(memory_format=torch.channels_last)
-    return t
-
-
 def _inputs(inputs: torch.Tensor, model: nn.Module, device, amp_dtype, channels_last: bool) -> torch.Tensor:
     """Move a batch to the device; outside autocast, float inputs take the model's dtype (the GPU loader may hand out
     bf16 batches, which a plain fp32 ``evaluate(model, loader)`` must still accept)."""
-    inputs = _to_device(inputs, device, channels_last)
+    inputs = inputs.to(device, non_blocking=True)
+    if channels_last and inputs.dim() == 4:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
     p = next((p for p in model.parameters() if p.is_floating_point()), None)
     if amp_dtype is None and p is not None and inputs.is_floating_point() and inputs.dtype != p.dtype:
         inputs = inputs.to(p.dtype)
@@ -107,12 +100,9 @@ class _Meter:
 
 
 class _BatchNormWarmup:
-    """For the first ``steps`` updates of each BatchNorm layer, rescale PyTorch's update of the running statistics
-    from momentum ``m`` to ``max(m, 1 / (n + 1))`` (a plain average of the batches seen).
-
-    The correction is applied to the buffers outside the model (after the backward pass, which may still read them),
-    so a ``torch.compile``d model (whose momentum attribute is baked into the graph) warms up like the eager one.
-    """
+    """For the first ``steps`` updates of each BatchNorm layer, rescale PyTorch's running-statistics update from
+    momentum ``m`` to ``max(m, 1 / (n + 1))`` (a plain average). Applied to the buffers outside the model, after the
+    backward pass (which may still read them), so a compiled model (momentum baked into the graph) warms up too."""
 
     def __init__(self, model: nn.Module, steps: int):
         layers = [m for m in unwrap_model(model).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
@@ -199,7 +189,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     bad = torch.full((), -1, device=device, dtype=torch.long)
     bar = _progress_bar(loader, f"epoch {epoch}" if epoch else "train", cfg.progress)
     for i, (inputs, targets) in enumerate(loader):
-        inputs, targets = _inputs(inputs, model, device, amp_dtype, cfg.channels_last), _to_device(targets, device)
+        inputs = _inputs(inputs, model, device, amp_dtype, cfg.channels_last)
+        targets = targets.to(device, non_blocking=True)
         if i == 0:
             _check_labels(targets, model_output_classes(model))
         if cfg.mixer is not None:
@@ -253,7 +244,8 @@ def evaluate(model: nn.Module, loader, *, criterion: Optional[Callable] = None, 
     bar = _progress_bar(loader, "test", progress)
     with preserved(model, weights=False, rng=False, train=False):
         for inputs, targets in loader:
-            inputs, targets = _inputs(inputs, model, device, amp_dtype, channels_last), _to_device(targets, device)
+            inputs = _inputs(inputs, model, device, amp_dtype, channels_last)
+            targets = targets.to(device, non_blocking=True)
             with _autocast(device, amp_dtype):
                 logits = (tta_fn(model, inputs) if tta_fn is not None else model(inputs)).float()
             meter.add(criterion(logits, targets), logits, targets)

@@ -5,7 +5,7 @@ steps applied, so a checkpoint needs only that count. Only ReduceLROnPlateau (me
 Where torch has the schedule, the formula is torch's (tests/train/test_schedules.py compares the values).
 """
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -18,28 +18,19 @@ SCHEDULE_NAMES = ("constant", "one_cycle_linear", "onecycle", "cosine", "cosine_
 
 @dataclass
 class ScheduleSpec:
-    """A schedule described as data: ``name`` plus keyword ``params`` (times in epochs unless noted).
+    """A schedule as data: ``name`` plus keyword ``params`` (times in epochs). Names and params:
 
-    Names and params:
-        "constant": none.
-        "one_cycle_linear": max_lr, min_lr, peak_epoch (linear up, linear down, never below min_lr; per step).
-        "onecycle": max_lr, pct_start=0.3, div_factor=25, final_div_factor=1e4, anneal_strategy="cos" (torch
-            OneCycleLR's LR, per step; the momentum is not cycled).
-        "cosine": T_max (epochs, default: the span's length minus the warm-up), eta_min=0 (per epoch).
-        "cosine_warm_restarts": T_0 (epochs), T_mult=1, eta_min=0 (per epoch).
-        "plateau": mode="min", factor=0.1, patience=10, min_lr (torch ReduceLROnPlateau, stepped with the test loss).
-        "cyclic": base_lr, max_lr, step_size_up (epochs, default half the span), step_size_down, mode="triangular"
-            | "triangular2" | "exp_range", gamma (torch CyclicLR's LR, per step).
-        "step": step_size (epochs), gamma=0.1 (per epoch).
-    Common params: ``lr``, the LR the schedule starts from (default: the optimizer's initial LR);
-    ``warmup_epochs`` + ``warmup_start_lr`` (default lr / 10) prepend a linear warm-up to a per-epoch schedule.
+    "constant"; "one_cycle_linear": max_lr, min_lr, peak_epoch (linear up and down, never below min_lr);
+    "onecycle": max_lr, pct_start=0.3, div_factor=25, final_div_factor=1e4, anneal_strategy="cos" (torch OneCycleLR);
+    "cosine": T_max (default: the span minus the warm-up), eta_min=0; "cosine_warm_restarts": T_0, T_mult=1, eta_min=0;
+    "plateau": torch ReduceLROnPlateau's params, stepped with the test loss; "step": step_size, gamma=0.1;
+    "cyclic": base_lr, max_lr, step_size_up (default half the span), step_size_down, mode, gamma (torch CyclicLR).
+    Any: ``lr`` (start LR, default the optimizer's initial LR); per-epoch schedules also ``warmup_epochs`` and
+    ``warmup_start_lr`` (default lr / 10), a linear warm-up. One-cycle and cyclic LRs change per step, others per epoch.
     """
 
     name: str = "constant"
     params: Dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
 
 
 class StepSchedule:
@@ -77,15 +68,13 @@ def torch_one_cycle(max_lr: float, total_steps: int, pct_start: float = 0.3, div
     peak_end = float(pct_start * total_steps) - 1
     phases = ((0.0, peak_end, start, max_lr), (peak_end, total_steps - 1.0, max_lr, low))
 
-    def anneal(a: float, b: float, pct: float) -> float:
-        if anneal_strategy == "cos":
-            return b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1)
-        return (b - a) * pct + a
-
     def lr(step: int) -> float:
         first, last, a, b = phases[0] if step <= peak_end else phases[1]
         # max(): a run so short that a phase spans less than one step (a smoke run) gets that phase's end value.
-        return anneal(a, b, min(1.0, (step - first) / max(last - first, 1e-12)))
+        pct = min(1.0, (step - first) / max(last - first, 1e-12))
+        if anneal_strategy == "cos":
+            return b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1)
+        return (b - a) * pct + a
     return lr
 
 
