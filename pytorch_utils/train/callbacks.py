@@ -36,17 +36,11 @@ class EarlyStopping(Callback):
         self.start_epoch = None if start_epoch is None else int(start_epoch)
         self.best, self.best_epoch, self.wait = None, None, 0
 
-    def _improved(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        if self.mode == "max":
-            return value > self.best + self.min_delta
-        return value < self.best - self.min_delta
-
     def _observe(self, epoch: Optional[int], value: Optional[float]) -> None:
         if value is None or (self.start_epoch is not None and epoch is not None and epoch < self.start_epoch):
             return
-        if self._improved(value):
+        if self.best is None or (value > self.best + self.min_delta if self.mode == "max"
+                                 else value < self.best - self.min_delta):
             self.best, self.best_epoch, self.wait = value, epoch, 0
         else:
             self.wait += 1
@@ -75,13 +69,9 @@ class EarlyStopping(Callback):
 
 @dataclass
 class Phase:
-    """Settings that hold from epoch ``start`` to ``end`` (1-based, inclusive). None means "keep what was set".
-
-    Fields: ``scheduler`` (a :class:`ScheduleSpec` run from this phase's start until the next phase that declares
-    one; None keeps the running schedule; "plateau" is not allowed in phases),
-    ``dropout`` (p for every nn.Dropout), ``augmentation`` (train preset name), ``input_size`` (training input size,
-    progressive resizing), ``mixup_alpha``/``cutmix_alpha`` (the mixer's alphas), ``name`` (recorded per epoch).
-    """
+    """Settings from epoch ``start`` to ``end`` (1-based, inclusive); None keeps what was set. ``scheduler``: a
+    :class:`ScheduleSpec` (not "plateau") run until the next phase that declares one; ``dropout``: p of every dropout;
+    ``augmentation``/``input_size``: train preset and size; ``mixup_alpha``/``cutmix_alpha``: the mixer's alphas."""
 
     start: int
     end: int
@@ -127,22 +117,18 @@ def set_dropout(model: nn.Module, p: float) -> int:
     """Set ``p`` on every dropout module of ``model``; returns how many were changed."""
     if not 0.0 <= p < 1.0:
         raise ConfigError(f"dropout must be in [0, 1), got {p}")
-    count = 0
-    for m in unwrap_model(model).modules():
-        if isinstance(m, nn.modules.dropout._DropoutNd):
-            m.p = p
-            count += 1
-    return count
+    layers = [m for m in unwrap_model(model).modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    for m in layers:
+        m.p = p
+    return len(layers)
 
 
 class PhaseSchedule(Callback):
     """Applies the :class:`Phase` settings of the epoch about to run (derived from the epoch, so a resumed run gets
-    what the uninterrupted one had); at fit start, sets the phases' one piecewise LR schedule as ``state.scheduler``.
-    ``steps_per_epoch`` defaults to what ``fit`` counts from the train loader."""
+    what the uninterrupted one had); at fit start, sets the phases' one piecewise LR schedule as ``state.scheduler``."""
 
-    def __init__(self, phases: Sequence[Phase], steps_per_epoch: Optional[int] = None):
+    def __init__(self, phases: Sequence[Phase]):
         self.phases = validate_phases(phases)
-        self.steps_per_epoch = steps_per_epoch
         self.applied: Dict[str, Any] = {}
 
     def index_for(self, epoch: int) -> int:
@@ -175,12 +161,11 @@ class PhaseSchedule(Callback):
 
     def on_fit_start(self, state: TrainState) -> None:
         self.applied = {}
-        if any(p.augmentation or p.input_size for p in self.phases) and not hasattr(state.train_loader,
-                                                                                   "set_augmentation"):
+        switches_aug = any(p.augmentation or p.input_size for p in self.phases)
+        if switches_aug and not hasattr(state.train_loader, "set_augmentation"):
             raise ConfigError("a phase changes the augmentation or input size, but the training loader has no "
                               "set_augmentation(); build it with make_loader(...) or GPULoader(...)")
-        schedule = phase_schedule(self.phases, self.steps_per_epoch or state.steps_per_epoch, state.epochs,
-                                  initial_lr(state.optimizer))
+        schedule = phase_schedule(self.phases, state.steps_per_epoch, state.epochs, initial_lr(state.optimizer))
         if schedule is not None:
             state.scheduler = schedule
         self._apply(state, state.epoch + 1)
