@@ -1,8 +1,5 @@
-"""Callbacks for ``fit``: early stopping and phase schedules (dropout / augmentation / MixUp / LR by epoch).
-
-Both derive their state from the run's history and epoch (restored by ``fit`` before any hook), so a resumed run
-behaves like an uninterrupted one, whatever the order of the callbacks.
-"""
+"""Callbacks for ``fit``: early stopping and phase schedules (dropout / augmentation / MixUp / LR by epoch). Both
+derive their state from the restored history and epoch, so a resumed run behaves like an uninterrupted one."""
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence
 

@@ -1,9 +1,7 @@
 """The training engine: ``train_one_epoch``, ``evaluate`` and ``fit`` (in the style of torchvision's references).
 
-One backward path for fp32/bf16/fp16: a GradScaler enabled only for fp16 (nanoGPT). The LR is ``schedule(step)``,
-written before each optimizer step, ``step`` counting the steps applied (a step the GradScaler skips does not count);
-a user's torch scheduler is stepped per "batch", per "epoch" or with the test loss ("plateau"). Metrics stay on the
-device and are read every ``sync_every`` steps. ``fit`` restores a resumed run before any callback hook runs.
+One backward path for fp32/bf16/fp16 (a GradScaler enabled only for fp16, as nanoGPT); the LR is ``schedule(step)``
+of the optimizer steps applied; metrics stay on the device, read every ``sync_every`` steps (no per-step sync).
 """
 import contextlib
 import dataclasses
@@ -73,7 +71,6 @@ def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
-    """Learning rate of the optimizer's first parameter group."""
     return float(optimizer.param_groups[0]["lr"])
 
 
@@ -92,7 +89,6 @@ class _Meter:
         self.sums[2] += n
 
     def result(self, what: str) -> Dict[str, float]:
-        """``{"loss", "acc" (percent), "samples"}`` summed over all ranks."""
         loss_sum, correct, count = dist_utils.all_reduce_sum(self.sums).tolist()
         if count == 0:
             raise ConfigError(f"the {what} loader produced no batches (dataset smaller than one batch with drop_last?)")
@@ -269,15 +265,11 @@ def evaluate(model: nn.Module, loader, *, criterion: Optional[Callable] = None, 
 def fit(model: nn.Module, train_loader, test_loader=None, *, epochs: int, optimizer: torch.optim.Optimizer,
         criterion: Optional[Callable] = None, scheduler=None, callbacks: Sequence[Callback] = (),
         resume: Optional[Dict[str, Any]] = None, config: Optional[TrainConfig] = None, **settings) -> History:
-    """Train ``model`` for ``epochs`` epochs (a resumed run continues up to the same total), evaluating after each.
-
-    ``model`` is moved to ``config.device`` here (channels_last when asked); ``test_loader`` may be None; ``criterion``
-    defaults to cross-entropy. ``scheduler``: a :class:`~pytorch_utils.train.schedules.StepSchedule`, a torch
-    scheduler (stepped per ``config.interval``; resumed through its ``state_dict``), or None (a PhaseSchedule callback
-    may supply one). ``callbacks`` are called in order. ``resume``: a checkpoint dict, default the first callback's
-    ``checkpoint_to_resume()``; restored before any hook runs. ``settings`` are ``config`` fields (``amp="bf16"``).
-    Returns the :class:`History` (one dict per epoch: epoch, train_loss, train_acc, test_loss, test_acc, lr, seconds
-    + what callbacks add); each epoch's line is logged (INFO, rank 0).
+    """Train ``model`` (moved to ``config.device``) for ``epochs`` epochs in all, evaluating after each if a
+    ``test_loader`` is given. ``scheduler``: a StepSchedule, a torch scheduler (stepped per ``config.interval``), or
+    None (a PhaseSchedule may supply one). ``resume``: a checkpoint dict, default the first callback's
+    ``checkpoint_to_resume()``; restored before any hook runs. ``settings``: ``config`` fields (``amp="bf16"``).
+    Returns the :class:`History`, one record per epoch (also logged at INFO on rank 0).
     Raises ConfigError (``epochs < 1``, unknown amp) or CheckpointError (a checkpoint that does not fit).
     """
     cfg = dataclasses.replace(config or TrainConfig(), **settings)

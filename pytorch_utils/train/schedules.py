@@ -1,8 +1,7 @@
 """Learning-rate schedules as pure functions of the optimizer step, declared as data (:class:`ScheduleSpec`).
 
-As nanoGPT's ``get_lr(it)``: the engine writes ``schedule(step)`` before each optimizer step, ``step`` counting the
-steps applied, so a checkpoint needs only that count. Only ReduceLROnPlateau (metric-driven) stays a torch scheduler.
-Where torch has the schedule, the formula is torch's (tests/train/test_schedules.py compares the values).
+As nanoGPT's ``get_lr(it)``, so a checkpoint needs only the step count; ReduceLROnPlateau (metric-driven) stays a
+torch scheduler. Where torch has the schedule, the formula is torch's (tests/train/test_schedules.py compares).
 """
 import math
 from dataclasses import dataclass, field
@@ -49,9 +48,8 @@ class StepSchedule:
 
 
 def linear_one_cycle(max_lr: float, min_lr: float, total_steps: int, peak_step: int) -> Callable[[int], float]:
-    """One Cycle with linear ramps and **no annihilation** (the S10 recipe): ``min_lr`` at step 0, ``max_lr`` at
-    ``peak_step``, back to ``min_lr`` at ``total_steps - 1`` and never below it (torch's OneCycleLR ends far below
-    its start LR)."""
+    """One Cycle with linear ramps and no annihilation (the S10 recipe): ``min_lr`` at step 0, ``max_lr`` at
+    ``peak_step``, back to ``min_lr`` at ``total_steps - 1`` and never below it (unlike torch's OneCycleLR)."""
     down = max(1, total_steps - 1 - peak_step)
 
     def lr(step: int) -> float:

@@ -12,17 +12,13 @@ from pytorch_utils.io import atomic_write_text
 
 @dataclass
 class TrainConfig:
-    """How ``fit`` / ``train_one_epoch`` train (everything but the model, data, optimizer and schedule).
-
-    amp: None (fp32), "auto", "bf16" or "fp16" (fp16 adds an enabled GradScaler). grad_clip: max global grad norm.
-    accumulate_steps: one optimizer step per N batches, each loss scaled by 1 / N (schedules count optimizer steps).
-    bn_warmup: for this many first optimizer steps, BatchNorm running statistics are the plain average of the batches
-        seen, so the first evaluation of a short run uses real statistics; 0 switches it off.
-    mixer: MixUp/CutMix ``(inputs, targets) -> (inputs, targets)``; ema: ``update(model)`` after each optimizer step,
-        ``module`` is what gets evaluated; tta / eval_criterion: for evaluation (default cross-entropy).
-    interval: how a torch scheduler is stepped ("batch", "epoch", "plateau"; default: its ``interval`` or its type).
-    device: None trains where the model is, else a name ("cuda", "auto"). cudnn_benchmark: sets the global flag.
-    progress: tqdm bars; sync_every: steps between host reads of the metrics (progress bar, NaN check).
+    """How ``fit`` / ``train_one_epoch`` train. amp: None (fp32), "auto", "bf16" or "fp16" (adds a GradScaler).
+    accumulate_steps: one optimizer step per N batches, each loss scaled by 1 / N. bn_warmup: for this many first
+    optimizer steps BatchNorm statistics are the plain average of the batches seen (real statistics in a short run's
+    first evaluation); 0: off. mixer: MixUp/CutMix ``(inputs, targets) -> (inputs, targets)``; ema: ``update(model)``
+    after each optimizer step, its ``module`` is evaluated. interval: how a torch scheduler is stepped ("batch",
+    "epoch", "plateau"; default: its ``interval`` or type). device: None trains where the model is. sync_every: steps
+    between host reads of the metrics (progress bar, NaN check).
     """
 
     amp: Optional[str] = None
@@ -60,11 +56,8 @@ class History(list):
 
 @dataclass
 class TrainState:
-    """Everything a run holds between epochs; callbacks read and change it.
-
-    ``epoch``: completed epochs; ``step``: optimizer steps applied (what a StepSchedule reads); ``stop``: end the run
-    after this epoch; ``scheduler``: a StepSchedule, a torch scheduler, or None.
-    """
+    """Everything a run holds between epochs; callbacks read and change it. ``epoch``: completed epochs; ``step``:
+    optimizer steps applied (what a StepSchedule reads); ``stop``: end the run after this epoch."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
