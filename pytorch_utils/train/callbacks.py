@@ -1,6 +1,6 @@
 """Callbacks for ``fit``: early stopping and phase schedules (dropout / augmentation / MixUp / LR by epoch). Both
 derive their state from the restored history and epoch, so a resumed run behaves like an uninterrupted one."""
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch.nn as nn
@@ -105,8 +105,7 @@ def validate_phases(phases: Sequence[Phase], epochs: Optional[int] = None) -> Li
         expected = p.end + 1
     if epochs is not None:
         phases = [p for p in phases if p.start <= epochs]
-        last = phases[-1]
-        phases[-1] = Phase(**{**asdict(last), "end": epochs, "scheduler": last.scheduler})
+        phases[-1] = replace(phases[-1], end=epochs)
     return phases
 
 

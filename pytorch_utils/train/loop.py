@@ -19,7 +19,7 @@ from pytorch_utils.data.loaders import set_loader_epoch
 from pytorch_utils.errors import ConfigError, NonFiniteLossError
 from pytorch_utils.train import distributed as dist_utils
 from pytorch_utils.train.checkpoints import restore_state
-from pytorch_utils.train.schedules import StepSchedule, set_lr
+from pytorch_utils.train.schedules import StepSchedule
 from pytorch_utils.train.state import Callback, History, TrainConfig, TrainState  # noqa: F401 (re-exported)
 from pytorch_utils.utils import amp_dtype_for, model_device, preserved, resolve_device, unwrap_model
 
@@ -97,8 +97,9 @@ class _Meter:
 
 class _BatchNormWarmup:
     """For the first ``steps`` updates of each BatchNorm layer, rescale PyTorch's running-statistics update from
-    momentum ``m`` to ``max(m, 1 / (n + 1))`` (a plain average). Applied to the buffers outside the model, after the
-    backward pass (which may still read them), so a compiled model (momentum baked into the graph) warms up too."""
+    momentum ``m`` to ``max(m, 1 / (n + 1))`` (a plain average). ``before()`` a forward keeps the statistics;
+    ``after()`` its backward pass (which may still read them) rescales the update outside the model, so a compiled
+    model (momentum baked into the graph) warms up too."""
 
     def __init__(self, model: nn.Module, steps: int):
         layers = [m for m in unwrap_model(model).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
@@ -108,11 +109,9 @@ class _BatchNormWarmup:
         self.steps, self.saved = steps, []
 
     def before(self) -> None:
-        """Call before a training forward pass: keeps the running statistics it will update."""
         self.saved = [(m.running_mean.clone(), m.running_var.clone()) for m, _ in self.layers]
 
     def after(self) -> None:
-        """Call after that batch's backward pass: rescales the update the forward made."""
         with torch.no_grad():
             for (m, n), (mean, var) in zip(self.layers, self.saved):
                 k = max(m.momentum, 1.0 / (n + 1)) / m.momentum
@@ -149,8 +148,9 @@ def _check_finite(bad_step: torch.Tensor, epoch: Optional[int]) -> None:
 def _optimizer_step(model: nn.Module, optimizer, scaler, grad_clip: Optional[float], lr: Optional[float]) -> bool:
     """One optimizer step through the GradScaler (a pass-through when disabled); False when it skipped the step
     because of inf/NaN gradients (fp16), so the schedule does not advance."""
-    if lr is not None:
-        set_lr(optimizer, lr)
+    if lr is not None:  # every param group gets the same LR
+        for group in optimizer.param_groups:
+            group["lr"] = lr
     if grad_clip:
         scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)

@@ -203,9 +203,3 @@ def initial_lr(optimizer: torch.optim.Optimizer) -> float:
     """The LR the optimizer was built with (``initial_lr``, recorded by ``fit`` and torch schedulers), else its LR."""
     group = optimizer.param_groups[0]
     return float(group.get("initial_lr", group["lr"]))
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Write ``lr`` into every param group (the same LR for all of them)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
