@@ -1,9 +1,6 @@
-"""Callbacks for ``fit``: early stopping and phase schedules (dropout / augmentation / MixUp / LR by epoch).
-
-Both derive their state from the run's history and epoch (restored by ``fit`` before any hook), so a resumed run
-behaves exactly like an uninterrupted one, whatever the order of the callbacks, without storing anything extra.
-"""
-from dataclasses import asdict, dataclass
+"""Callbacks for ``fit``: early stopping and phase schedules (dropout / augmentation / MixUp / LR by epoch). Both
+derive their state from the restored history and epoch, so a resumed run behaves like an uninterrupted one."""
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch.nn as nn
@@ -15,24 +12,12 @@ from pytorch_utils.utils import unwrap_model
 
 
 class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs.
+    """Stop when ``monitor`` (an epoch-record key) has not improved by more than ``min_delta`` for ``patience`` epochs
+    (``mode`` "max" or "min"). The stopping epoch gets ``record["early_stop"] = True``; ``state.stop_reason`` says why.
 
-    The epoch that triggers it gets ``record["early_stop"] = True``; ``state.stop_reason`` says why.
-
-    ``start_epoch`` (1-based) delays it: epochs before it are not looked at at all - they set no best value and use up
-    no patience - so a schedule that is allowed to get worse for a while (warm restarts in a first phase, say) cannot
-    stop the run before a later phase starts. The earliest possible stop is then epoch ``start_epoch + patience``.
-
-    A resumed run replays the history through the same rule (``start_epoch`` included) in ``on_fit_start``; when that
-    history already used up the patience (the run had stopped early), ``state.stop`` is set right there, so no further
-    epoch is trained.
-
-    Args:
-        monitor: the epoch-record key to watch (e.g. "test_acc", "test_loss", "train_loss").
-        mode: "max" (higher is better) or "min".
-        patience: epochs without improvement before stopping (>= 1).
-        min_delta: an improvement must beat the best by more than this.
-        start_epoch: first epoch that counts; None (default) or 1 counts every epoch.
+    Epochs before ``start_epoch`` (1-based; None counts all) set no best value and use no patience, so a schedule that
+    may get worse for a while cannot stop the run early. A resumed run replays its history through the same rule in
+    ``on_fit_start``, and stops at once if that history already used up the patience.
     """
 
     def __init__(self, monitor: str = "test_acc", mode: str = "max", patience: int = 15, min_delta: float = 0.0,
@@ -46,21 +31,13 @@ class EarlyStopping(Callback):
             raise ConfigError(f"start_epoch must be None or an integer >= 1, got {start_epoch!r}")
         self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
         self.start_epoch = None if start_epoch is None else int(start_epoch)
-        self.best: Optional[float] = None
-        self.best_epoch: Optional[int] = None
-        self.wait = 0
-
-    def _improved(self, value: float) -> bool:
-        if self.best is None:
-            return True
-        if self.mode == "max":
-            return value > self.best + self.min_delta
-        return value < self.best - self.min_delta
+        self.best, self.best_epoch, self.wait = None, None, 0
 
     def _observe(self, epoch: Optional[int], value: Optional[float]) -> None:
         if value is None or (self.start_epoch is not None and epoch is not None and epoch < self.start_epoch):
             return
-        if self._improved(value):
+        if self.best is None or (value > self.best + self.min_delta if self.mode == "max"
+                                 else value < self.best - self.min_delta):
             self.best, self.best_epoch, self.wait = value, epoch, 0
         else:
             self.wait += 1
@@ -89,13 +66,9 @@ class EarlyStopping(Callback):
 
 @dataclass
 class Phase:
-    """Settings that hold from epoch ``start`` to ``end`` (1-based, inclusive). None means "keep what was set".
-
-    Fields: ``scheduler`` (a :class:`ScheduleSpec` run from this phase's start until the next phase that declares
-    one; None keeps the running schedule; "plateau" is not allowed in phases),
-    ``dropout`` (p for every nn.Dropout), ``augmentation`` (train preset name), ``input_size`` (training input size,
-    progressive resizing), ``mixup_alpha``/``cutmix_alpha`` (the mixer's alphas), ``name`` (recorded per epoch).
-    """
+    """Settings from epoch ``start`` to ``end`` (1-based, inclusive); None keeps what was set. ``scheduler``: a
+    :class:`ScheduleSpec` (not "plateau") run until the next phase that declares one; ``dropout``: p of every dropout;
+    ``augmentation``/``input_size``: train preset and size; ``mixup_alpha``/``cutmix_alpha``: the mixer's alphas."""
 
     start: int
     end: int
@@ -107,19 +80,13 @@ class Phase:
     mixup_alpha: Optional[float] = None
     cutmix_alpha: Optional[float] = None
 
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
-
 
 SETTINGS = ("dropout", "augmentation", "input_size", "mixup_alpha", "cutmix_alpha")
 
 
 def validate_phases(phases: Sequence[Phase], epochs: Optional[int] = None) -> List[Phase]:
-    """Check phases are contiguous from epoch 1, ordered, non-empty; returns them as Phase objects.
-
-    When ``epochs`` is given, phases are cut to it (a smoke run of 2 epochs keeps what covers epochs 1-2) and the last
-    kept phase is stretched to it.
-    """
+    """Check phases (Phase objects or dicts) are non-empty and contiguous from epoch 1; return them as Phase objects.
+    With ``epochs``, phases are cut to it (a 2-epoch smoke run keeps those covering epochs 1-2), the last stretched."""
     phases = [p if isinstance(p, Phase) else Phase(**p) for p in phases]
     if not phases:
         raise ConfigError("a phase schedule needs at least one phase")
@@ -128,7 +95,7 @@ def validate_phases(phases: Sequence[Phase], epochs: Optional[int] = None) -> Li
         if p.start != expected or p.end < p.start:
             raise ConfigError(f"phases must be contiguous from epoch 1: phase {p.name or p.start} covers "
                               f"{p.start}-{p.end}, expected it to start at {expected}")
-        if p.scheduler is not None and isinstance(p.scheduler, dict):
+        if isinstance(p.scheduler, dict):
             p.scheduler = ScheduleSpec(**p.scheduler)
         if p.scheduler is not None:
             check_spec(p.scheduler, where=f"phase {p.name or p.start}")
@@ -138,8 +105,7 @@ def validate_phases(phases: Sequence[Phase], epochs: Optional[int] = None) -> Li
         expected = p.end + 1
     if epochs is not None:
         phases = [p for p in phases if p.start <= epochs]
-        last = phases[-1]
-        phases[-1] = Phase(**{**asdict(last), "end": epochs, "scheduler": last.scheduler})
+        phases[-1] = replace(phases[-1], end=epochs)
     return phases
 
 
@@ -147,29 +113,18 @@ def set_dropout(model: nn.Module, p: float) -> int:
     """Set ``p`` on every dropout module of ``model``; returns how many were changed."""
     if not 0.0 <= p < 1.0:
         raise ConfigError(f"dropout must be in [0, 1), got {p}")
-    count = 0
-    for m in unwrap_model(model).modules():
-        if isinstance(m, nn.modules.dropout._DropoutNd):
-            m.p = p
-            count += 1
-    return count
+    layers = [m for m in unwrap_model(model).modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    for m in layers:
+        m.p = p
+    return len(layers)
 
 
 class PhaseSchedule(Callback):
-    """Applies :class:`Phase` settings for the epoch about to run, and supplies the phases' LR schedule.
+    """Applies the :class:`Phase` settings of the epoch about to run (derived from the epoch, so a resumed run gets
+    what the uninterrupted one had); at fit start, sets the phases' one piecewise LR schedule as ``state.scheduler``."""
 
-    The phases' schedulers form one piecewise function of the optimizer step
-    (:func:`~pytorch_utils.train.schedules.phase_schedule`), set as ``state.scheduler`` at fit start; the other
-    settings are derived from the epoch, so a resumed run gets what the uninterrupted one had at that epoch.
-
-    Args:
-        phases: contiguous phases covering the run (see :func:`validate_phases`).
-        steps_per_epoch: optimizer steps per epoch (default: what ``fit`` counts from the train loader).
-    """
-
-    def __init__(self, phases: Sequence[Phase], steps_per_epoch: Optional[int] = None):
+    def __init__(self, phases: Sequence[Phase]):
         self.phases = validate_phases(phases)
-        self.steps_per_epoch = steps_per_epoch
         self.applied: Dict[str, Any] = {}
 
     def index_for(self, epoch: int) -> int:
@@ -202,12 +157,11 @@ class PhaseSchedule(Callback):
 
     def on_fit_start(self, state: TrainState) -> None:
         self.applied = {}
-        if any(p.augmentation or p.input_size for p in self.phases) and not hasattr(state.train_loader,
-                                                                                   "set_augmentation"):
+        switches_aug = any(p.augmentation or p.input_size for p in self.phases)
+        if switches_aug and not hasattr(state.train_loader, "set_augmentation"):
             raise ConfigError("a phase changes the augmentation or input size, but the training loader has no "
                               "set_augmentation(); build it with make_loader(...) or GPULoader(...)")
-        schedule = phase_schedule(self.phases, self.steps_per_epoch or state.steps_per_epoch, state.epochs,
-                                  initial_lr(state.optimizer))
+        schedule = phase_schedule(self.phases, state.steps_per_epoch, state.epochs, initial_lr(state.optimizer))
         if schedule is not None:
             state.scheduler = schedule
         self._apply(state, state.epoch + 1)

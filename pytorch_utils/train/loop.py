@@ -1,13 +1,7 @@
 """The training engine: ``train_one_epoch``, ``evaluate`` and ``fit`` (in the style of torchvision's references).
 
-- The loader yields ``(inputs, targets)``: a torch DataLoader or the GPU-resident loader (batches already on the
-  device); ``fit`` calls ``set_epoch`` on it before every epoch.
-- One backward path for fp32/bf16/fp16: a GradScaler that is enabled only for fp16 (nanoGPT).
-- The LR is ``schedule(step)`` written into the optimizer before each optimizer step, ``step`` counting the steps
-  applied (a step the GradScaler skips does not count). A torch scheduler object passed by a user is stepped per
-  "batch" (after each applied step), per "epoch", or with the test loss ("plateau").
-- Metrics are summed on the device and read every ``sync_every`` steps and at the end of an epoch (no per-step sync).
-- ``fit`` restores a resumed run (weights, optimizer, step, history, RNG, plateau state) before any callback hook runs.
+One backward path for fp32/bf16/fp16 (a GradScaler enabled only for fp16, as nanoGPT); the LR is ``schedule(step)``
+of the optimizer steps applied; metrics stay on the device, read every ``sync_every`` steps (no per-step sync).
 """
 import contextlib
 import dataclasses
@@ -25,12 +19,11 @@ from pytorch_utils.data.loaders import set_loader_epoch
 from pytorch_utils.errors import ConfigError, NonFiniteLossError
 from pytorch_utils.train import distributed as dist_utils
 from pytorch_utils.train.checkpoints import restore_state
-from pytorch_utils.train.schedules import StepSchedule, set_lr
+from pytorch_utils.train.schedules import StepSchedule
 from pytorch_utils.train.state import Callback, History, TrainConfig, TrainState  # noqa: F401 (re-exported)
 from pytorch_utils.utils import amp_dtype_for, model_device, preserved, resolve_device, unwrap_model
 
 log = logging.getLogger(__name__)
-SCHEDULER_INTERVALS = ("step", "batch", "epoch", "plateau")
 
 
 def scheduler_interval(scheduler, declared: Optional[str] = None) -> str:
@@ -39,7 +32,7 @@ def scheduler_interval(scheduler, declared: Optional[str] = None) -> str:
     if isinstance(scheduler, StepSchedule):
         return "step"
     declared = declared or getattr(scheduler, "interval", None)
-    if declared in SCHEDULER_INTERVALS:
+    if declared in ("step", "batch", "epoch", "plateau"):
         return declared
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         return "plateau"
@@ -48,18 +41,12 @@ def scheduler_interval(scheduler, declared: Optional[str] = None) -> str:
     return "epoch"
 
 
-def _to_device(t: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    if t.device != device:
-        t = t.to(device, non_blocking=True)
-    if channels_last and t.dim() == 4:
-        t = t.contiguous(memory_format=torch.channels_last)
-    return t
-
-
 def _inputs(inputs: torch.Tensor, model: nn.Module, device, amp_dtype, channels_last: bool) -> torch.Tensor:
     """Move a batch to the device; outside autocast, float inputs take the model's dtype (the GPU loader may hand out
     bf16 batches, which a plain fp32 ``evaluate(model, loader)`` must still accept)."""
-    inputs = _to_device(inputs, device, channels_last)
+    inputs = inputs.to(device, non_blocking=True)
+    if channels_last and inputs.dim() == 4:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
     p = next((p for p in model.parameters() if p.is_floating_point()), None)
     if amp_dtype is None and p is not None and inputs.is_floating_point() and inputs.dtype != p.dtype:
         inputs = inputs.to(p.dtype)
@@ -84,7 +71,6 @@ def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
-    """Learning rate of the optimizer's first parameter group."""
     return float(optimizer.param_groups[0]["lr"])
 
 
@@ -103,7 +89,6 @@ class _Meter:
         self.sums[2] += n
 
     def result(self, what: str) -> Dict[str, float]:
-        """``{"loss", "acc" (percent), "samples"}`` summed over all ranks."""
         loss_sum, correct, count = dist_utils.all_reduce_sum(self.sums).tolist()
         if count == 0:
             raise ConfigError(f"the {what} loader produced no batches (dataset smaller than one batch with drop_last?)")
@@ -111,28 +96,22 @@ class _Meter:
 
 
 class _BatchNormWarmup:
-    """For the first ``steps`` updates of each BatchNorm layer, rescale PyTorch's update of the running statistics
-    from momentum ``m`` to ``max(m, 1 / (n + 1))`` (a plain average of the batches seen).
-
-    The correction is applied to the buffers outside the model (after the backward pass, which may still read them),
-    so a ``torch.compile``d model (whose momentum attribute is baked into the graph) warms up like the eager one.
-    """
+    """For the first ``steps`` updates of each BatchNorm layer, rescale PyTorch's running-statistics update from
+    momentum ``m`` to ``max(m, 1 / (n + 1))`` (a plain average). ``before()`` a forward keeps the statistics;
+    ``after()`` its backward pass (which may still read them) rescales the update outside the model, so a compiled
+    model (momentum baked into the graph) warms up too."""
 
     def __init__(self, model: nn.Module, steps: int):
         layers = [m for m in unwrap_model(model).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
                   and m.track_running_stats and m.momentum is not None and m.training] if steps > 0 else []
-        self.counts = [int(m.num_batches_tracked) for m in layers]  # one host read per epoch, only while warming
-        self.layers = [(m, n) for m, n in zip(layers, self.counts) if n < steps]
+        counts = [(m, int(m.num_batches_tracked)) for m in layers]  # one host read per epoch, only while warming
+        self.layers = [(m, n) for m, n in counts if n < steps]
         self.steps, self.saved = steps, []
 
     def before(self) -> None:
-        """Call before a training forward pass: keeps the running statistics it will update."""
         self.saved = [(m.running_mean.clone(), m.running_var.clone()) for m, _ in self.layers]
 
     def after(self) -> None:
-        """Call after that batch's backward pass: rescales the update the forward made."""
-        if not self.layers:
-            return
         with torch.no_grad():
             for (m, n), (mean, var) in zip(self.layers, self.saved):
                 k = max(m.momentum, 1.0 / (n + 1)) / m.momentum
@@ -169,8 +148,9 @@ def _check_finite(bad_step: torch.Tensor, epoch: Optional[int]) -> None:
 def _optimizer_step(model: nn.Module, optimizer, scaler, grad_clip: Optional[float], lr: Optional[float]) -> bool:
     """One optimizer step through the GradScaler (a pass-through when disabled); False when it skipped the step
     because of inf/NaN gradients (fp16), so the schedule does not advance."""
-    if lr is not None:
-        set_lr(optimizer, lr)
+    if lr is not None:  # every param group gets the same LR
+        for group in optimizer.param_groups:
+            group["lr"] = lr
     if grad_clip:
         scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -184,20 +164,13 @@ def _optimizer_step(model: nn.Module, optimizer, scaler, grad_clip: Optional[flo
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, criterion: Callable, *,
                     config: Optional[TrainConfig] = None, scheduler=None, scaler=None, step: int = 0,
                     epoch: Optional[int] = None, **settings) -> Dict[str, float]:
-    """Train ``model`` for one pass over ``loader`` (on the model's device).
+    """Train ``model`` (on its device) for one pass over ``loader``; ``settings`` override ``config`` fields.
 
-    Args:
-        criterion: ``criterion(logits, targets)``; must accept the targets ``config.mixer`` produces.
-        config: a :class:`TrainConfig` (amp, grad clip, accumulation, mixer, EMA...); ``settings`` override fields.
-        scheduler: a StepSchedule (LR written before each optimizer step from ``step + steps applied``), a torch
-            scheduler stepped after each applied step when its interval is "batch", or None.
-        scaler: the run's GradScaler (default: one enabled only for fp16); step: optimizer steps applied before this
-            epoch; epoch: 1-based number for the bar and error messages.
-    Returns:
-        ``{"loss", "acc", "lr", "steps", "samples", "seconds"}``: acc in percent, lr of the last step, steps = optimizer
-        steps applied.
-    Raises:
-        NonFiniteLossError: the loss became NaN/inf (names the epoch and batch).
+    ``criterion(logits, targets)`` must accept the targets ``config.mixer`` produces. ``scheduler``: a StepSchedule
+    (LR from ``step`` + steps applied), a torch scheduler stepped after each applied step when its interval is "batch",
+    or None. ``scaler``: default one enabled only for fp16. ``epoch``: 1-based, for the bar and error messages.
+    Returns ``{"loss", "acc" (percent), "lr" (last step), "steps" (applied), "samples", "seconds"}``.
+    Raises NonFiniteLossError when the loss becomes NaN/inf (names the epoch and batch).
     """
     cfg = dataclasses.replace(config or TrainConfig(), **settings)
     device = model_device(model)
@@ -212,7 +185,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     bad = torch.full((), -1, device=device, dtype=torch.long)
     bar = _progress_bar(loader, f"epoch {epoch}" if epoch else "train", cfg.progress)
     for i, (inputs, targets) in enumerate(loader):
-        inputs, targets = _inputs(inputs, model, device, amp_dtype, cfg.channels_last), _to_device(targets, device)
+        inputs = _inputs(inputs, model, device, amp_dtype, cfg.channels_last)
+        targets = targets.to(device, non_blocking=True)
         if i == 0:
             _check_labels(targets, model_output_classes(model))
         if cfg.mixer is not None:
@@ -253,13 +227,10 @@ def evaluate(model: nn.Module, loader, *, criterion: Optional[Callable] = None, 
              progress: bool = False) -> Dict[str, Any]:
     """Evaluate ``model`` on ``loader`` in eval mode under no_grad; every module's mode is restored afterwards.
 
-    Args:
-        criterion: loss on hard targets (default cross-entropy); device: default the model's; amp: as in ``fit``.
-        tta: None, "flip", "flip_translate" or a callable ``(model, inputs) -> logits`` (test-time augmentation).
-        return_outputs: also return ``logits`` (N, C), ``probs``, ``preds`` and ``targets`` as CPU tensors, for plots.
-        return_inputs: also return the (normalized) ``inputs`` as a CPU tensor; only for small sets (memory).
-    Returns:
-        ``{"loss", "acc" (percent), "samples", "seconds"}`` (+ the tensors requested).
+    ``criterion``: loss on hard targets (default cross-entropy); ``device``: default the model's; ``amp``: as in
+    ``fit``; ``tta``: None, "flip", "flip_translate" or ``(model, inputs) -> logits``.
+    Returns ``{"loss", "acc" (percent), "samples", "seconds"}``, plus CPU tensors ``logits`` (N, C), ``probs``,
+    ``preds``, ``targets`` with ``return_outputs`` and the normalized ``inputs`` with ``return_inputs`` (small sets).
     """
     from pytorch_utils.train.tta import get_tta  # tta imports nothing from here; kept local to stay import-light
 
@@ -269,7 +240,8 @@ def evaluate(model: nn.Module, loader, *, criterion: Optional[Callable] = None, 
     bar = _progress_bar(loader, "test", progress)
     with preserved(model, weights=False, rng=False, train=False):
         for inputs, targets in loader:
-            inputs, targets = _inputs(inputs, model, device, amp_dtype, channels_last), _to_device(targets, device)
+            inputs = _inputs(inputs, model, device, amp_dtype, channels_last)
+            targets = targets.to(device, non_blocking=True)
             with _autocast(device, amp_dtype):
                 logits = (tta_fn(model, inputs) if tta_fn is not None else model(inputs)).float()
             meter.add(criterion(logits, targets), logits, targets)
@@ -293,25 +265,12 @@ def evaluate(model: nn.Module, loader, *, criterion: Optional[Callable] = None, 
 def fit(model: nn.Module, train_loader, test_loader=None, *, epochs: int, optimizer: torch.optim.Optimizer,
         criterion: Optional[Callable] = None, scheduler=None, callbacks: Sequence[Callback] = (),
         resume: Optional[Dict[str, Any]] = None, config: Optional[TrainConfig] = None, **settings) -> History:
-    """Train ``model`` for ``epochs`` epochs, evaluating after each, and return the history.
-
-    Args:
-        model: moved to ``config.device`` (and channels_last when asked) here; nothing else moves it.
-        train_loader, test_loader: batch iterables (DataLoader or GPU loader); test_loader may be None.
-        epochs: total epochs of the run (a resumed run continues up to the same total).
-        optimizer, criterion: criterion defaults to cross-entropy.
-        scheduler: a :class:`~pytorch_utils.train.schedules.StepSchedule` (LR = f(optimizer steps applied)), a torch
-            scheduler (stepped per ``config.interval``: "batch", "epoch" or "plateau" with the test loss; resumed
-            through its ``state_dict``), or None (a PhaseSchedule callback may supply one).
-        callbacks: :class:`Callback` objects, called in order; their order does not change a resumed run.
-        resume: a checkpoint dict to continue from; default: the first callback whose ``checkpoint_to_resume()``
-            returns one (a ``CheckpointManager(..., resume=True)``). Restored before any hook runs.
-        config: a :class:`TrainConfig`; ``settings`` are its fields as keywords (``amp="bf16"``, ``progress=False``).
-    Returns:
-        the :class:`History`: one dict per epoch with epoch, train_loss, train_acc, test_loss, test_acc, lr,
-        seconds (+ whatever callbacks add). Each epoch's line goes to this module's logger (INFO, rank 0 only).
-    Raises:
-        ConfigError: ``epochs < 1`` or an unknown amp option; CheckpointError: a checkpoint that does not fit.
+    """Train ``model`` (moved to ``config.device``) for ``epochs`` epochs in all, evaluating after each if a
+    ``test_loader`` is given. ``scheduler``: a StepSchedule, a torch scheduler (stepped per ``config.interval``), or
+    None (a PhaseSchedule may supply one). ``resume``: a checkpoint dict, default the first callback's
+    ``checkpoint_to_resume()``; restored before any hook runs. ``settings``: ``config`` fields (``amp="bf16"``).
+    Returns the :class:`History`, one record per epoch (also logged at INFO on rank 0).
+    Raises ConfigError (``epochs < 1``, unknown amp) or CheckpointError (a checkpoint that does not fit).
     """
     cfg = dataclasses.replace(config or TrainConfig(), **settings)
     if epochs < 1:
@@ -338,27 +297,26 @@ def fit(model: nn.Module, train_loader, test_loader=None, *, epochs: int, optimi
     return state.history
 
 
+def _hook(callbacks: Sequence[Callback], name: str, *args) -> None:
+    for cb in callbacks:
+        getattr(cb, name)(*args)
+
+
 def run_fit(state: TrainState, callbacks: Sequence[Callback] = ()) -> TrainState:
     """Run the epoch loop on a prepared (and, when resuming, restored) :class:`TrainState`."""
-    for cb in callbacks:
-        cb.on_fit_start(state)
+    _hook(callbacks, "on_fit_start", state)
     try:
         while state.epoch < state.epochs and not state.stop:
-            for cb in callbacks:
-                cb.on_epoch_start(state)
+            _hook(callbacks, "on_epoch_start", state)
             record = _run_epoch(state)
-            for cb in callbacks:
-                cb.on_epoch_end(state, record)
-            for cb in callbacks:
-                cb.on_epoch_complete(state, record)
+            _hook(callbacks, "on_epoch_end", state, record)
+            _hook(callbacks, "on_epoch_complete", state, record)
             if dist_utils.is_main_process():
                 log.info(format_record(record))
     except BaseException as exc:
-        for cb in callbacks:
-            cb.on_exception(state, exc)
+        _hook(callbacks, "on_exception", state, exc)
         raise
-    for cb in callbacks:
-        cb.on_fit_end(state)
+    _hook(callbacks, "on_fit_end", state)
     return state
 
 
@@ -390,12 +348,10 @@ def _run_epoch(state: TrainState) -> Dict[str, Any]:
 def format_record(record: Dict[str, Any]) -> str:
     """One readable line for an epoch record."""
     parts = [f"epoch {record['epoch']:>3}"]
-    for key, fmt in (("train_loss", "{:.4f}"), ("train_acc", "{:.2f}%"), ("test_loss", "{:.4f}"),
-                     ("test_acc", "{:.2f}%"), ("lr", "{:.3e}"), ("seconds", "{:.1f}s")):
+    formats = (("train_loss", "{:.4f}"), ("train_acc", "{:.2f}%"), ("test_loss", "{:.4f}"), ("test_acc", "{:.2f}%"),
+               ("lr", "{:.3e}"), ("seconds", "{:.1f}s"), ("phase", "{}"), ("note", "{}"))
+    for key, fmt in formats:
         value = record.get(key)
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
             parts.append(f"{key} " + fmt.format(value))
-    for key in ("phase", "note"):
-        if record.get(key) is not None:
-            parts.append(f"{key} {record[key]}")
     return " | ".join(parts)

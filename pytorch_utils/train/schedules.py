@@ -1,15 +1,10 @@
 """Learning-rate schedules as pure functions of the optimizer step, declared as data (:class:`ScheduleSpec`).
 
-As in nanoGPT's ``get_lr(it)``, the engine writes ``schedule(step)`` into every param group before each optimizer
-step, where ``step`` counts the optimizer steps *applied* (a step the fp16 GradScaler skips does not count). A
-checkpoint then needs only that count. Only ReduceLROnPlateau depends on the run's metrics; it stays a torch scheduler
-with state, built before a resume so resuming it is one ``load_state_dict``.
-
-Where a schedule is one torch also has (OneCycleLR, CosineAnnealingLR, CosineAnnealingWarmRestarts, CyclicLR, StepLR,
-LinearLR + SequentialLR) the formula is torch's; tests/train/test_schedules.py checks our values against torch's.
+As nanoGPT's ``get_lr(it)``, so a checkpoint needs only the step count; ReduceLROnPlateau (metric-driven) stays a
+torch scheduler. Where torch has the schedule, the formula is torch's (tests/train/test_schedules.py compares).
 """
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -22,37 +17,24 @@ SCHEDULE_NAMES = ("constant", "one_cycle_linear", "onecycle", "cosine", "cosine_
 
 @dataclass
 class ScheduleSpec:
-    """A schedule described as data: ``name`` plus keyword ``params`` (times in epochs unless noted).
+    """A schedule as data: ``name`` plus keyword ``params`` (times in epochs). Names and params:
 
-    Names and params:
-        "constant": none.
-        "one_cycle_linear": max_lr, min_lr, peak_epoch (linear up, linear down, never below min_lr; per step).
-        "onecycle": max_lr, pct_start=0.3, div_factor=25, final_div_factor=1e4, anneal_strategy="cos" (torch
-            OneCycleLR's LR, per step; the momentum is not cycled).
-        "cosine": T_max (epochs, default: the span's length minus the warm-up), eta_min=0 (per epoch).
-        "cosine_warm_restarts": T_0 (epochs), T_mult=1, eta_min=0 (per epoch).
-        "plateau": mode="min", factor=0.1, patience=10, min_lr (torch ReduceLROnPlateau, stepped with the test loss).
-        "cyclic": base_lr, max_lr, step_size_up (epochs, default half the span), step_size_down, mode="triangular"
-            | "triangular2" | "exp_range", gamma (torch CyclicLR's LR, per step).
-        "step": step_size (epochs), gamma=0.1 (per epoch).
-    Common params: ``lr``, the LR the schedule starts from (default: the optimizer's initial LR);
-    ``warmup_epochs`` + ``warmup_start_lr`` (default lr / 10) prepend a linear warm-up to a per-epoch schedule.
+    "constant"; "one_cycle_linear": max_lr, min_lr, peak_epoch (linear up and down, never below min_lr);
+    "onecycle": max_lr, pct_start=0.3, div_factor=25, final_div_factor=1e4, anneal_strategy="cos" (torch OneCycleLR);
+    "cosine": T_max (default: the span minus the warm-up), eta_min=0; "cosine_warm_restarts": T_0, T_mult=1, eta_min=0;
+    "plateau": torch ReduceLROnPlateau's params, stepped with the test loss; "step": step_size, gamma=0.1;
+    "cyclic": base_lr, max_lr, step_size_up (default half the span), step_size_down, mode, gamma (torch CyclicLR).
+    Any: ``lr`` (start LR, default the optimizer's initial LR); per-epoch schedules also ``warmup_epochs`` and
+    ``warmup_start_lr`` (default lr / 10), a linear warm-up. One-cycle and cyclic LRs change per step, others per epoch.
     """
 
     name: str = "constant"
     params: Dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> Dict[str, Any]:
-        """Plain dict (for configs and checkpoints)."""
-        return asdict(self)
-
 
 class StepSchedule:
-    """``lr = schedule(step)``: a pure function of the number of optimizer steps applied, with pieces.
-
-    ``pieces`` are ``(first_step, fn)`` in order; step ``s`` uses the last piece starting at or before it, called with
-    the step counted from that piece's start (a phase list is one such piecewise function).
-    """
+    """``lr = schedule(step)`` of the optimizer steps applied. ``pieces``: ``(first_step, fn)`` in order; a step uses
+    the last piece starting at or before it, called with the step counted from that piece's start."""
 
     interval = "step"
 
@@ -66,9 +48,8 @@ class StepSchedule:
 
 
 def linear_one_cycle(max_lr: float, min_lr: float, total_steps: int, peak_step: int) -> Callable[[int], float]:
-    """One Cycle with linear ramps and **no annihilation** (the S10 recipe): ``min_lr`` at step 0, ``max_lr`` at
-    ``peak_step``, back to ``min_lr`` at ``total_steps - 1`` and never below it (torch's OneCycleLR ends far below
-    its start LR)."""
+    """One Cycle with linear ramps and no annihilation (the S10 recipe): ``min_lr`` at step 0, ``max_lr`` at
+    ``peak_step``, back to ``min_lr`` at ``total_steps - 1`` and never below it (unlike torch's OneCycleLR)."""
     down = max(1, total_steps - 1 - peak_step)
 
     def lr(step: int) -> float:
@@ -85,15 +66,13 @@ def torch_one_cycle(max_lr: float, total_steps: int, pct_start: float = 0.3, div
     peak_end = float(pct_start * total_steps) - 1
     phases = ((0.0, peak_end, start, max_lr), (peak_end, total_steps - 1.0, max_lr, low))
 
-    def anneal(a: float, b: float, pct: float) -> float:
-        if anneal_strategy == "cos":
-            return b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1)
-        return (b - a) * pct + a
-
     def lr(step: int) -> float:
         first, last, a, b = phases[0] if step <= peak_end else phases[1]
         # max(): a run so short that a phase spans less than one step (a smoke run) gets that phase's end value.
-        return anneal(a, b, min(1.0, (step - first) / max(last - first, 1e-12)))
+        pct = min(1.0, (step - first) / max(last - first, 1e-12))
+        if anneal_strategy == "cos":
+            return b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1)
+        return (b - a) * pct + a
     return lr
 
 
@@ -150,11 +129,8 @@ REQUIRED = {"one_cycle_linear": ("max_lr", "min_lr", "peak_epoch"), "onecycle": 
 
 
 def check_spec(spec: ScheduleSpec, where: str = "scheduler") -> None:
-    """Refuse an unknown schedule name or a missing required param (for ``Recipe.validate``, before any work).
-
-    Raises:
-        UnknownNameError: the name is not in ``SCHEDULE_NAMES``; ConfigError: a required param is missing.
-    """
+    """Raise UnknownNameError for a name not in ``SCHEDULE_NAMES``, ConfigError for a missing required param or a
+    warm-up on a per-step schedule (for ``Recipe.validate``, before any work)."""
     if spec.name not in SCHEDULE_NAMES:
         raise UnknownNameError(f"{where}: unknown scheduler {spec.name!r}; valid schedulers: "
                                f"{', '.join(SCHEDULE_NAMES)}")
@@ -166,11 +142,8 @@ def check_spec(spec: ScheduleSpec, where: str = "scheduler") -> None:
 
 
 def step_function(spec: ScheduleSpec, steps_per_epoch: int, epochs: int, base_lr: float) -> Callable[[int], float]:
-    """``lr(step)`` for ``spec`` over a span of ``epochs`` epochs of ``steps_per_epoch`` optimizer steps.
-
-    ``base_lr`` is the LR a schedule without an ``lr`` param starts from (the optimizer's initial LR).
-    """
-    check_spec(spec)
+    """``lr(step)`` for a checked ``spec`` over ``epochs`` epochs of ``steps_per_epoch`` optimizer steps; ``base_lr``
+    is where a schedule without an ``lr`` param starts."""
     p = dict(spec.params)
     base = float(p.pop("lr", base_lr))
     warmup, warmup_start = int(p.pop("warmup_epochs", 0) or 0), p.pop("warmup_start_lr", None)
@@ -195,19 +168,13 @@ def step_function(spec: ScheduleSpec, steps_per_epoch: int, epochs: int, base_lr
 
 def build_schedule(spec: Optional[ScheduleSpec], optimizer: torch.optim.Optimizer, steps_per_epoch: int,
                    epochs: int):
-    """The schedule ``spec`` describes: a :class:`StepSchedule`, a ReduceLROnPlateau ("plateau"), or None (no spec).
-
-    Args:
-        spec: the schedule (a dict is accepted); optimizer: its initial LR is the default base LR (and what a
-            plateau scheduler changes); steps_per_epoch: optimizer steps per epoch; epochs: the span.
-    Raises:
-        UnknownNameError / ConfigError: see :func:`check_spec`.
-    """
+    """The schedule ``spec`` (or dict) describes: a :class:`StepSchedule` starting from the optimizer's initial LR, a
+    ReduceLROnPlateau ("plateau"), or None (no spec). Raises as :func:`check_spec`."""
     if spec is None:
         return None
     spec = ScheduleSpec(**spec) if isinstance(spec, dict) else spec
+    check_spec(spec)
     if spec.name == "plateau":
-        check_spec(spec)
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **spec.params)
         plateau.interval = "plateau"
         return plateau
@@ -215,11 +182,9 @@ def build_schedule(spec: Optional[ScheduleSpec], optimizer: torch.optim.Optimize
 
 
 def phase_schedule(phases: Sequence[Any], steps_per_epoch: int, epochs: int, base_lr: float) -> Optional[StepSchedule]:
-    """One piecewise :class:`StepSchedule` for a list of phases (objects with ``start``, ``end`` and ``scheduler``).
-
-    A phase's schedule runs from its first epoch until the next phase that declares one (or the end of the run);
-    before the first declared schedule the LR is ``base_lr``. None when no phase declares a schedule.
-    """
+    """One piecewise :class:`StepSchedule` for validated phases (with ``start`` and ``scheduler``), or None when no
+    phase declares a schedule. A phase's schedule runs until the next one that declares one; before the first, the
+    LR is ``base_lr``."""
     starts = [i for i, p in enumerate(phases) if p.scheduler is not None]
     if not starts:
         return None
@@ -235,12 +200,6 @@ def phase_schedule(phases: Sequence[Any], steps_per_epoch: int, epochs: int, bas
 
 
 def initial_lr(optimizer: torch.optim.Optimizer) -> float:
-    """The LR the optimizer was built with (``initial_lr``, which ``fit`` and torch schedulers record), else its LR."""
+    """The LR the optimizer was built with (``initial_lr``, recorded by ``fit`` and torch schedulers), else its LR."""
     group = optimizer.param_groups[0]
     return float(group.get("initial_lr", group["lr"]))
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Write ``lr`` into every param group (the same LR for all of them)."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr

@@ -12,27 +12,13 @@ from pytorch_utils.io import atomic_write_text
 
 @dataclass
 class TrainConfig:
-    """How ``fit`` / ``train_one_epoch`` train: the settings that are not the model, data, optimizer or schedule.
-
-    Fields:
-        amp: None (fp32), "auto", "bf16" or "fp16" (fp16 adds an enabled GradScaler).
-        channels_last: convert the model and inputs to channels_last.
-        grad_clip: clip the global grad norm to this value (None: no clipping).
-        accumulate_steps: one optimizer step per this many batches, each batch's loss scaled by 1 / N, so N batches
-            of B train like one batch of N * B (without BatchNorm); schedules count optimizer steps.
-        bn_warmup: for this many first optimizer steps of a run, BatchNorm running statistics are the plain average
-            of the batches seen instead of decaying from mean 0 / var 1. What it buys a real run: the first
-            evaluation of a run with few batches per epoch (a 1,000-image subset) uses real statistics; after those
-            steps PyTorch's own update applies. Same for compiled and eager models. 0 switches it off.
-        mixer: MixUp/CutMix batch transform ``(inputs, targets) -> (inputs, targets)`` for training.
-        ema: weight EMA (``update(model)`` after each optimizer step; ``module`` is what gets evaluated).
-        tta: test-time augmentation for evaluation (None, "flip", "flip_translate" or a callable).
-        eval_criterion: loss on hard targets for evaluation (default cross-entropy).
-        interval: how a torch scheduler passed to ``fit`` is stepped: "batch", "epoch" or "plateau" (default: the
-            scheduler's ``interval`` attribute, else guessed from its type).
-        device: None trains where the model is; a name ("cuda", "auto") moves the model there.
-        cudnn_benchmark: on CUDA, let cuDNN autotune its kernels (sets the global flag and leaves it on).
-        progress: tqdm bars; sync_every: steps between host reads of the metrics (progress bar, NaN check).
+    """How ``fit`` / ``train_one_epoch`` train. amp: None (fp32), "auto", "bf16" or "fp16" (adds a GradScaler).
+    accumulate_steps: one optimizer step per N batches, each loss scaled by 1 / N. bn_warmup: for this many first
+    optimizer steps BatchNorm statistics are the plain average of the batches seen (real statistics in a short run's
+    first evaluation); 0: off. mixer: MixUp/CutMix ``(inputs, targets) -> (inputs, targets)``; ema: ``update(model)``
+    after each optimizer step, its ``module`` is evaluated. interval: how a torch scheduler is stepped ("batch",
+    "epoch", "plateau"; default: its ``interval`` or type). device: None trains where the model is. sync_every: steps
+    between host reads of the metrics (progress bar, NaN check).
     """
 
     amp: Optional[str] = None
@@ -61,9 +47,7 @@ class History(list):
     def best(self, key: str = "test_acc", mode: str = "max") -> Optional[Dict[str, Any]]:
         """The record with the best ``key`` (``mode`` "max" or "min"), or None when no record has it."""
         recs = [r for r in self if r.get(key) is not None]
-        if not recs:
-            return None
-        return (max if mode == "max" else min)(recs, key=lambda r: r[key])
+        return (max if mode == "max" else min)(recs, key=lambda r: r[key], default=None)
 
     def save_json(self, path) -> None:
         """Write the history as JSON (atomically)."""
@@ -72,12 +56,8 @@ class History(list):
 
 @dataclass
 class TrainState:
-    """Everything a run holds between epochs; callbacks read and change it.
-
-    ``epoch`` counts completed epochs (0 before the first), ``step`` the optimizer steps applied (what a
-    :class:`~pytorch_utils.train.schedules.StepSchedule` reads). Setting ``stop`` ends the run after this epoch.
-    ``scheduler`` is a StepSchedule, a torch scheduler stepped per ``interval``, or None.
-    """
+    """Everything a run holds between epochs; callbacks read and change it. ``epoch``: completed epochs; ``step``:
+    optimizer steps applied (what a StepSchedule reads); ``stop``: end the run after this epoch."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -88,7 +68,6 @@ class TrainState:
     epochs: int
     config: TrainConfig = field(default_factory=TrainConfig)
     scheduler: Any = None
-    interval: str = "step"
     scaler: Optional[torch.amp.GradScaler] = None
     steps_per_epoch: int = 1
     step: int = 0
@@ -96,25 +75,19 @@ class TrainState:
     history: History = field(default_factory=History)
     stop: bool = False
     stop_reason: Optional[str] = None
-    extra: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def mixer(self):
-        """The MixUp/CutMix transform in use (phases change its alphas)."""
         return self.config.mixer
 
     @property
     def ema(self):
-        """The weight EMA in use, or None."""
         return self.config.ema
 
 
 class Callback:
-    """Hooks ``fit`` calls; override what you need. Each receives the :class:`TrainState`.
-
-    A resumed run's state (weights, optimizer, step, history, RNG, plateau scheduler) is restored before the first
-    hook, so no callback depends on the order of the others.
-    """
+    """Hooks ``fit`` calls with the :class:`TrainState`; override what you need. A resumed run is restored before the
+    first hook, so no callback depends on the order of the others."""
 
     def checkpoint_to_resume(self) -> Optional[Dict[str, Any]]:
         """A checkpoint dict for ``fit`` to restore before any hook runs, or None (see CheckpointManager)."""
