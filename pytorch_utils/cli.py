@@ -167,8 +167,6 @@ def _cmd_train(args) -> int:
     if args.lr is not None or args.no_lr_finder:
         recipe = recipe.with_peak_lr(args.lr if args.lr is not None else recipe.lr)
     recipe.validate()  # every name and value, before any data is read
-    if args.quiet:  # epoch lines and notes go through the package logger
-        logging.getLogger("pytorch_utils").setLevel(logging.WARNING)
     result = run_recipe(recipe, data=args.data, out_dir=args.out_dir, device=args.device,
                         device_fallback=not args.strict_device, resume="required" if args.resume else False,
                         root=args.root, download=args.download, progress=not (args.no_progress or args.quiet))
@@ -289,6 +287,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     # Messages name the flags of the subcommand the user typed (`models` has a --num-classes, `train` has not).
     args.parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+    package_log = logging.getLogger("pytorch_utils")
+    level = package_log.level
+    if getattr(args, "quiet", False):  # epoch lines and notes go through the package logger
+        package_log.setLevel(logging.WARNING)
     try:
         with _cli_spelling_in_logs(args.parser):
             return COMMANDS[args.command](args)
@@ -298,6 +300,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: checkpoints already written are kept; continue with --resume", file=sys.stderr)
         return 130
+    finally:
+        package_log.setLevel(level)  # main() also runs inside notebooks and tests: leave the logger as it was
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def test_accumulate_steps_flag_sets_the_recipe_field_and_quiet_silences_epoch_li
     assert json.loads((tmp_path / "run.json").read_text())["recipe"]["accumulate_steps"] == 2
     import logging
 
-    logging.getLogger("pytorch_utils").setLevel(logging.INFO)  # --quiet set the package logger; give it back
+    assert logging.getLogger("pytorch_utils").level == logging.INFO  # --quiet lasts only as long as main()
 
 
 @pytest.mark.parametrize("library, cli", [
