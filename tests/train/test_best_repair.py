@@ -52,7 +52,10 @@ def test_resume_repairs_a_stale_best_pt(tmp_path):
     ckpt_dir = tmp_path / "checkpoints"
     best_epoch = load_checkpoint(ckpt_dir / "epoch-0002.pt")["best"]["epoch"]
     other = 1 if best_epoch == 2 else 2
-    shutil.copyfile(ckpt_dir / f"epoch-{other:04d}.pt", ckpt_dir / "best.pt")  # as a SIGKILL would leave it
+    # As a SIGKILL would leave it: best.pt still the older epoch. Unlink first: best.pt may be a hard link to an
+    # epoch file, and copying into it would rewrite that epoch file too.
+    (ckpt_dir / "best.pt").unlink()
+    shutil.copyfile(ckpt_dir / f"epoch-{other:04d}.pt", ckpt_dir / "best.pt")
     lines = _Lines()
     logging.getLogger("pytorch_utils.train.checkpoints").addHandler(lines)
     try:
