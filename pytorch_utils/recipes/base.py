@@ -137,9 +137,9 @@ class Recipe:
         if "num_classes" in self.model_kwargs:
             raise ConfigError("model_kwargs must not hold num_classes: set the recipe field num_classes (or leave it "
                               "None to take the data set's class count)")
+        check_names(self)  # first: a misspelled name is named with its place (phases[1].scheduler)
         if self.phases:
             validate_phases(self.phases)
-        check_names(self)
         return self
 
     def with_lrs(self, lr_max: float, lr_min: float) -> "Recipe":
