@@ -29,7 +29,8 @@ setup(
         "scikit-learn",  # the per-class precision/recall/F1 table
     ],
     extras_require={
-        "test": ["pytest", "nbval", "ipykernel", "huggingface_hub"],  # the Hub test needs the package, not a network
+        # The Hub test needs the package, not a network; the export and TensorBoard tests need their extras.
+        "test": ["pytest", "nbval", "ipykernel", "huggingface_hub", "onnx", "onnxscript", "tensorboard"],
         "hub": ["huggingface_hub"],
         "onnx": ["onnx", "onnxscript"],  # export(..., format="onnx"); onnxruntime, if installed, runs the check
         "tensorboard": ["tensorboard"],  # tensorboard=True / --tensorboard
