@@ -25,9 +25,9 @@ def test_totals_equal_count_parameters(name):
 
 def test_rows_parse_names_shapes_and_params():
     result = summary(create_model("strixbee_l1"), print_table=False)
-    assert result.layers[0] == ("Conv2d-1", (-1, 8, 32, 32), 3 * 8 * 9)
-    assert result.layers[1] == ("BatchNorm2d-2", (-1, 8, 32, 32), 16)
-    assert result.layers[-1] == (f"Linear-{len(result.layers)}", (-1, 10), 560)  # head without bias
+    assert result.layers[0] == ("Conv2d-1", (-1, 16, 32, 32), 3 * 16 * 9)
+    assert result.layers[1] == ("BatchNorm2d-2", (-1, 16, 32, 32), 32)
+    assert result.layers[-1] == (f"Linear-{len(result.layers)}", (-1, 10), 640)  # head without bias
 
 
 def test_batch_size_shows_in_shapes():
