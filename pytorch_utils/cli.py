@@ -193,17 +193,11 @@ def _cmd_predict(args) -> int:
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
-    # With --json stdout holds only the JSON: notes (e.g. resizing) go to stderr for this command.
-    moved = [h for h in logging.getLogger("pytorch_utils").handlers
-             if args.json and isinstance(h, logging.StreamHandler) and h.stream is sys.stdout]
-    for handler in moved:
-        handler.setStream(sys.stderr)
-    try:
+    # With --json stdout holds only the JSON: notes (e.g. resizing; the package's handler writes to the current
+    # sys.stdout) go to stderr for this command.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         run = load_run(args.run, which="last" if args.last else "best")
         results = predict(run, args.images, top_k=args.top_k)
-    finally:
-        for handler in moved:
-            handler.setStream(sys.stdout)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
