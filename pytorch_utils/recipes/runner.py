@@ -65,11 +65,9 @@ def _make_loaders(recipe: Recipe, train_ds, test_ds, device: torch.device, rank:
     aug_kw = {k: v for k, v in recipe.augmentation_kwargs.items() if k != "size"}  # the size is decided apart
     if use_gpu:
         # Under bf16 autocast the first conv casts its input to bf16 anyway: hand it bf16 and halve the traffic.
-        dtype = amp_dtype_for(recipe.amp, device) if amp_dtype_for(recipe.amp, device) == torch.bfloat16 \
-            else torch.float32
-        channels_last = recipe.channels_last and device.type == "cuda"
-        common = dict(device=device, seed=recipe.seed, channels_last=channels_last, dtype=dtype,
-                      num_replicas=world, rank=rank)
+        bf16 = amp_dtype_for(recipe.amp, device) == torch.bfloat16
+        common = dict(device=device, seed=recipe.seed, channels_last=recipe.channels_last and device.type == "cuda",
+                      dtype=torch.bfloat16 if bf16 else torch.float32, num_replicas=world, rank=rank)
         train = GPULoader(train_ds, batch_size=recipe.batch_size, train=True, **common)
         test = GPULoader(test_ds, batch_size=max(recipe.batch_size, 512), train=False, **common)
     else:
