@@ -24,9 +24,7 @@ log = logging.getLogger(__name__)
 
 ExportFormat = Literal["torchscript", "onnx"]
 EXPORT_FORMATS = ("torchscript", "onnx")
-# Exported and eager logits must agree to |a - b| <= ATOL + RTOL * |b| (float32 kernels may differ in summation
-# order; a real export bug is off by far more).
-ATOL, RTOL = 1e-4, 1e-4
+ATOL, RTOL = 1e-4, 1e-4  # float32 kernels may differ in summation order; a real export bug is off by far more
 
 
 def _require_onnx(exporting: bool = False):
@@ -101,10 +99,8 @@ def _load_model(path: Path):
 
 
 def load_exported(path: PathLike) -> LoadedRun:
-    """A model written by :func:`export`, with its metadata, as a :class:`LoadedRun`.
-
-    Raises CheckpointError (missing/incomplete metadata, not an export) or ConfigError (ONNX without its extra).
-    """
+    """A model written by :func:`export`, with its metadata, as a :class:`LoadedRun`. Raises CheckpointError
+    (missing/incomplete metadata, not an export) or ConfigError (ONNX without its extra)."""
     path = Path(path)
     meta_file = metadata_path(path)
     if not meta_file.is_file():
@@ -120,13 +116,10 @@ def load_exported(path: PathLike) -> LoadedRun:
 
 def export(model_or_run, path: PathLike, format: ExportFormat = "torchscript", batch: int = 4) -> Path:
     """Write the model (from the CPU, eval mode) as TorchScript (``torch.jit.trace``) or ONNX (dynamic batch size)
-    plus ``<path>.json`` (classes, mean/std, input size, recipe); return ``path``.
-
-    The written file is re-loaded and its logits on a seeded random batch of ``batch`` inputs must match the eager
-    model's: ``|exported - eager| <= 1e-4 + 1e-4 * |eager|`` (``ATOL``, ``RTOL``). Raises ConfigError (unknown
-    format, ONNX without its extra) or ExportError (the exporter failed or the outputs differ; an earlier file at
-    ``path`` stays).
-    """
+    plus ``<path>.json`` (classes, mean/std, input size, recipe); return ``path``. The written file is re-loaded
+    and its logits on a seeded random batch of ``batch`` inputs must match the eager model's within ``ATOL`` +
+    ``RTOL * |eager|``. Raises ConfigError (unknown format, ONNX without its extra) or ExportError (the exporter
+    failed or the outputs differ; an earlier file at ``path`` stays)."""
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"format must be one of {', '.join(map(repr, EXPORT_FORMATS))}, got {format!r}")
     run = as_loaded_run(model_or_run)

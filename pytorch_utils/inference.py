@@ -1,6 +1,5 @@
-"""After training: ``load_run`` rebuilds a finished run's model with its classes, mean/std and input size;
-``predict`` gives top-k classes for images. Both also take a file written by :func:`pytorch_utils.exporting.export`.
-"""
+"""After training: ``load_run`` rebuilds a finished run's model with its classes, mean/std and input size; ``predict``
+gives top-k classes for images. Both also take a file written by :func:`pytorch_utils.exporting.export`."""
 import contextlib
 import json
 import logging
@@ -100,10 +99,8 @@ def _recover_metadata(config: Dict[str, Any], out_dir: Path, notes: List[str]) -
 
 def load_run(out_dir: PathLike, which: str = "best", device=None) -> LoadedRun:
     """A :class:`LoadedRun` (EMA weights when the run kept an EMA) from a run folder or an exported file.
-
-    ``which``: "best" (``best.pt``, else the newest checkpoint) or "last"; ``device``: default CPU.
-    Raises CheckpointError (no run, no intact checkpoint, another model, unrecoverable metadata) or ConfigError.
-    """
+    ``which``: "best" (``best.pt``, else the newest checkpoint) or "last"; ``device``: default CPU. Raises
+    CheckpointError (no run, no intact checkpoint, another model, unrecoverable metadata) or ConfigError."""
     from pytorch_utils.models import create_model
     from pytorch_utils.train.checkpoints import restore_model
 
@@ -217,11 +214,9 @@ def predict(model_or_run, inputs, top_k: int = 5, tta: Optional[str] = None,
             batch_size: int = 256) -> List[Dict[str, Any]]:
     """Top-k classes with probabilities for each image, converted as the run's test transform did (RGB, resized to
     the training size with a log note, normalized); a float tensor (N, 3, H, W) is taken as normalized input.
-
     ``model_or_run``: see :func:`as_loaded_run`; ``inputs``: see :func:`load_images`; ``tta``: None or "flip"
     (softmax averaged with the mirror). Returns one dict per image, in order: ``{"input", "classes", "probs",
-    "index"}``, top_k each, most probable first. Raises DatasetError, ConfigError or CheckpointError.
-    """
+    "index"}``, top_k each, most probable first. Raises DatasetError, ConfigError or CheckpointError."""
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ConfigError(f"top_k must be an integer >= 1, got {top_k!r}")
     if tta not in (None, "none", "flip"):
