@@ -117,9 +117,9 @@ def load_exported(path: PathLike) -> LoadedRun:
 def export(model_or_run, path: PathLike, format: ExportFormat = "torchscript", batch: int = 4) -> Path:
     """Write the model (from the CPU, eval mode) as TorchScript (``torch.jit.trace``) or ONNX (dynamic batch size)
     plus ``<path>.json`` (classes, mean/std, input size, recipe); return ``path``. The written file is re-loaded
-    and its logits on a seeded random batch of ``batch`` inputs must match the eager model's within ``ATOL`` +
-    ``RTOL * |eager|``. Raises ConfigError (unknown format, ONNX without its extra) or ExportError (the exporter
-    failed or the outputs differ; an earlier file at ``path`` stays)."""
+    and its logits on a seeded random batch of ``batch`` inputs must match the eager model's: ``|exported - eager|
+    <= 1e-4 + 1e-4 * |eager|`` (``ATOL``, ``RTOL``). Raises ConfigError (unknown format, ONNX without its extra)
+    or ExportError (the exporter failed or the outputs differ; an earlier file at ``path`` stays)."""
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"format must be one of {', '.join(map(repr, EXPORT_FORMATS))}, got {format!r}")
     run = as_loaded_run(model_or_run)

@@ -65,15 +65,13 @@ def _make_loaders(recipe: Recipe, train_ds, test_ds, device: torch.device, rank:
     if use_gpu:
         # Under bf16 autocast the first conv casts its input to bf16 anyway: hand it bf16 and halve the traffic.
         bf16 = amp_dtype_for(recipe.amp, device) == torch.bfloat16
-        common = dict(device=device, seed=recipe.seed, channels_last=recipe.channels_last and device.type == "cuda",
-                      dtype=torch.bfloat16 if bf16 else torch.float32, num_replicas=world, rank=rank)
-        train = GPULoader(train_ds, batch_size=recipe.batch_size, train=True, **common)
-        test = GPULoader(test_ds, batch_size=max(recipe.batch_size, 512), train=False, **common)
+        make, kwargs = GPULoader, dict(device=device, channels_last=recipe.channels_last and device.type == "cuda",
+                                       dtype=torch.bfloat16 if bf16 else torch.float32)
     else:
-        train = make_loader(train_ds, recipe.batch_size, train=True, num_workers=recipe.num_workers,
-                            seed=recipe.seed, num_replicas=world, rank=rank)
-        test = make_loader(test_ds, max(recipe.batch_size, 512), train=False, num_workers=recipe.num_workers,
-                           seed=recipe.seed, num_replicas=world, rank=rank)
+        make, kwargs = make_loader, dict(num_workers=recipe.num_workers)
+    kwargs.update(seed=recipe.seed, num_replicas=world, rank=rank)
+    train = make(train_ds, batch_size=recipe.batch_size, train=True, **kwargs)
+    test = make(test_ds, batch_size=max(recipe.batch_size, 512), train=False, **kwargs)
     train.set_augmentation(recipe.augmentation, size=size, **aug_kw)
     test.set_augmentation("test", size=size)  # evaluation stays at the declared size (also under progressive resizing)
     return train, test, "gpu" if use_gpu else "dataloader"
@@ -87,11 +85,9 @@ RUN_FILES = ("run.json", "history.json", "history.csv", "summary.json", "lr_find
 
 def _depends_on_span(spec: Optional[ScheduleSpec]) -> bool:
     """True when a schedule's shape follows the length of the span it runs for (so changing it reshapes it)."""
-    if spec is None:
-        return False
-    return (spec.name in ("one_cycle_linear", "onecycle")
-            or (spec.name == "cosine" and "T_max" not in spec.params)
-            or (spec.name == "cyclic" and "step_size_up" not in spec.params))
+    return spec is not None and (spec.name in ("one_cycle_linear", "onecycle")
+                                 or (spec.name == "cosine" and "T_max" not in spec.params)
+                                 or (spec.name == "cyclic" and "step_size_up" not in spec.params))
 
 
 def _schedule_spans(recipe: Recipe, epochs: int) -> list:
