@@ -44,17 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pytorch_utils {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,models,recipes,predict,export}")
 
-    t = sub.add_parser("train", help="train a recipe or a model", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Train a registered recipe (--recipe) or a model with the default recipe (--model). "
-                                   "Prints one line per epoch and the final test accuracy; writes history.json, "
-                                   "summary.json, run.json and checkpoints/ under --out-dir.")
+    t = sub.add_parser("train", help="train a recipe or a model", epilog=EPILOG, description=(
+        "Train a registered recipe (--recipe) or a model with the default recipe (--model). Prints one line per "
+        "epoch and the final test accuracy; writes history.json, summary.json, run.json and checkpoints/ under "
+        "--out-dir."), formatter_class=argparse.RawDescriptionHelpFormatter)
     what = t.add_argument_group("what to train")
     what.add_argument("--recipe", default=None, help="registered recipe (see `recipes`); default: 'default'")
     what.add_argument("--model", default=None, help="registered model (see `models`); overrides the recipe's model")
-    what.add_argument("--data", default=None,
-                      help="synthetic | cifar10 | cifar100 | path to a folder or .zip laid out as "
-                           "train|test/<class>/*.jpg (default: the recipe's data set)")
+    what.add_argument("--data", default=None, help="synthetic | cifar10 | cifar100 | path to a folder or .zip laid "
+                                                   "out as train|test/<class>/*.jpg (default: the recipe's data set)")
     what.add_argument("--root", default="./data", help="folder for torchvision CIFAR files (default ./data)")
     what.add_argument("--download", action="store_true", help="let torchvision download CIFAR (needs internet)")
     what.add_argument("--train-limit", type=int, default=None, help="train on a stratified subset of this size")
@@ -78,9 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="one optimizer step per N batches (an effective batch of N x --batch-size)")
     how.add_argument("--no-lr-finder", action="store_true",
                      help="skip the recipe's LR finder; the schedule peaks at --lr (or the recipe's lr)")
-    how.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override any recipe field, value as JSON or text (repeatable); scheduler names (also "
-                          f"inside phases): {', '.join(names['scheduler'])}")
+    how.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any recipe field, "
+                     f"value as JSON or text (repeatable); scheduler names (also inside phases): "
+                     f"{', '.join(names['scheduler'])}")
     run = t.add_argument_group("run")
     run.add_argument("--out-dir", default=None, help="output folder (default runs/<recipe>)")
     run.add_argument("--device", default=None, help="cpu | cuda | cuda:1 | mps (default: best available)")
@@ -90,9 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue from the newest intact checkpoint in <out-dir>/checkpoints (error if none)")
     run.add_argument("--no-progress", action="store_true", help="no tqdm bars (epoch lines are still printed)")
     run.add_argument("--quiet", action="store_true", help="print only the final result")
-    run.add_argument("--tensorboard", action="store_true",
-                     help="also write TensorBoard scalars to <out-dir>/tensorboard (pip install "
-                          "\"pytorch_utils[tensorboard]\")")
+    run.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to "
+                     "<out-dir>/tensorboard (pip install \"pytorch_utils[tensorboard]\")")
 
     m = sub.add_parser("models", help="list registered models with parameter counts")
     m.add_argument("--num-classes", type=int, default=10)
@@ -103,9 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_after_training(sub) -> None:
     """The ``predict`` and ``export`` subcommands (use a finished run)."""
-    p = sub.add_parser("predict", help="top-k classes for image files or folders, with a trained run",
-                       description="Load a run (best checkpoint, EMA weights when it kept an EMA) or an exported "
-                                   "file and print the top-k classes of each image (resized to the training size).")
+    p = sub.add_parser("predict", help="top-k classes for image files or folders, with a trained run", description=(
+        "Load a run (best checkpoint, EMA weights when it kept an EMA) or an exported file and print the top-k "
+        "classes of each image (resized to the training size)."))
     p.add_argument("--run", required=True, help="run folder (--out-dir of train) or a file written by export")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders of images")
     p.add_argument("--top-k", type=int, default=3, help="classes per image (default 3)")
@@ -113,8 +110,7 @@ def _add_after_training(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
     e = sub.add_parser("export", help="export a trained run to TorchScript or ONNX (plus a metadata .json)",
                        description="Write the run's model (EMA weights when it kept an EMA) and <file>.json with its "
-                                   "classes, mean/std and input size; the exported outputs are checked against the "
-                                   "eager model's.")
+                                   "classes, mean/std and input size, checked against the eager model's outputs.")
     e.add_argument("--run", required=True, help="run folder (--out-dir of train)")
     from pytorch_utils.exporting import EXPORT_FORMATS  # the one list of export formats
 
@@ -188,22 +184,12 @@ def _cmd_train(args) -> int:
 def _cmd_predict(args) -> int:
     import json
 
-    from pytorch_utils.errors import ConfigError
     from pytorch_utils.inference import load_run, predict
 
-    if args.top_k < 1:
-        raise ConfigError(f"--top-k must be >= 1, got {args.top_k}")
     # With --json stdout holds only the JSON: notes (e.g. resizing) go to stderr for this command.
-    moved = [h for h in logging.getLogger("pytorch_utils").handlers
-             if args.json and isinstance(h, logging.StreamHandler) and h.stream is sys.stdout]
-    for handler in moved:
-        handler.setStream(sys.stderr)
-    try:
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         run = load_run(args.run, which="last" if args.last else "best")
         results = predict(run, args.images, top_k=args.top_k)
-    finally:
-        for handler in moved:
-            handler.setStream(sys.stdout)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

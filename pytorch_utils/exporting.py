@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from pytorch_utils.errors import CheckpointError, ConfigError, ExportError
-from pytorch_utils.inference import LoadedRun, as_loaded_run
+from pytorch_utils.inference import METADATA_KEYS, LoadedRun, as_loaded_run
 from pytorch_utils.io import PathLike, atomic_write_text
 from pytorch_utils.utils import eval_mode, model_device
 
@@ -24,10 +24,19 @@ log = logging.getLogger(__name__)
 
 ExportFormat = Literal["torchscript", "onnx"]
 EXPORT_FORMATS = ("torchscript", "onnx")
-# Exported and eager logits must agree to |a - b| <= ATOL + RTOL * |b| (float32 kernels may differ in summation
-# order; a real export bug is off by far more).
-ATOL, RTOL = 1e-4, 1e-4
-ONNX_HINT = 'format="onnx" needs the onnx and onnxscript packages: pip install "pytorch_utils[onnx]"'
+ATOL, RTOL = 1e-4, 1e-4  # float32 kernels may differ in summation order; a real export bug is off by far more
+
+
+def _require_onnx(exporting: bool = False):
+    """The ``onnx`` module (and, to export, onnxscript); ConfigError naming the extra when one is missing."""
+    try:
+        import onnx
+        if exporting:
+            import onnxscript  # noqa: F401
+    except ImportError:
+        raise ConfigError('format="onnx" needs the onnx and onnxscript packages: pip install "pytorch_utils[onnx]"'
+                          ) from None
+    return onnx
 
 
 def metadata_path(path: PathLike) -> Path:
@@ -53,12 +62,6 @@ def _write_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> N
 
 
 def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError:
-        raise ConfigError(ONNX_HINT) from None
-
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates each stage on stdout
         torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"], dynamo=True,
                           dynamic_shapes=({0: torch.export.Dim("batch")},), external_data=False)
@@ -69,10 +72,7 @@ class OnnxModel:
     else ``onnx.reference.ReferenceEvaluator`` (pure Python, slower, exact ONNX semantics)."""
 
     def __init__(self, path: PathLike):
-        try:
-            import onnx
-        except ImportError:
-            raise ConfigError(ONNX_HINT) from None
+        onnx = _require_onnx()
         try:
             import onnxruntime
 
@@ -99,39 +99,34 @@ def _load_model(path: Path):
 
 
 def load_exported(path: PathLike) -> LoadedRun:
-    """A model written by :func:`export`, with its metadata, as a :class:`LoadedRun`.
-
-    Raises CheckpointError (missing/incomplete metadata, not an export) or ConfigError (ONNX without its extra).
-    """
+    """A model written by :func:`export`, with its metadata, as a :class:`LoadedRun`. Raises CheckpointError
+    (missing/incomplete metadata, not an export) or ConfigError (ONNX without its extra)."""
     path = Path(path)
     meta_file = metadata_path(path)
     if not meta_file.is_file():
         raise CheckpointError(f"{str(path)!r} has no metadata file {meta_file.name!r} beside it (export writes one; "
                               "it holds the class names and normalization): export again, or pass the run folder")
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    missing = [k for k in ("classes", "mean", "std", "input_size") if k not in meta]
+    missing = [k for k in METADATA_KEYS if k not in meta]
     if missing:
         raise CheckpointError(f"{str(meta_file)!r} lacks {', '.join(missing)}; export the run again")
     model, kind = _load_model(path)
-    return LoadedRun(model=model, classes=[str(c) for c in meta["classes"]], mean=tuple(meta["mean"]),
-                     std=tuple(meta["std"]), input_size=tuple(meta["input_size"]), recipe=meta.get("recipe") or {},
-                     source=path, weights=kind)
+    return LoadedRun.from_metadata(model, meta, recipe=meta.get("recipe") or {}, source=path, weights=kind)
 
 
 def export(model_or_run, path: PathLike, format: ExportFormat = "torchscript", batch: int = 4) -> Path:
     """Write the model (from the CPU, eval mode) as TorchScript (``torch.jit.trace``) or ONNX (dynamic batch size)
-    plus ``<path>.json`` (classes, mean/std, input size, recipe); return ``path``.
-
-    The written file is re-loaded and its logits on a seeded random batch of ``batch`` inputs must match the eager
-    model's: ``|exported - eager| <= 1e-4 + 1e-4 * |eager|`` (``ATOL``, ``RTOL``). Raises ConfigError (unknown
-    format, ONNX without its extra) or ExportError (the exporter failed or the outputs differ; an earlier file at
-    ``path`` stays).
-    """
+    plus ``<path>.json`` (classes, mean/std, input size, recipe); return ``path``. The written file is re-loaded
+    and its logits on a seeded random batch of ``batch`` inputs must match the eager model's: ``|exported - eager|
+    <= 1e-4 + 1e-4 * |eager|`` (``ATOL``, ``RTOL``). Raises ConfigError (unknown format, ONNX without its extra)
+    or ExportError (the exporter failed or the outputs differ; an earlier file at ``path`` stays)."""
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"format must be one of {', '.join(map(repr, EXPORT_FORMATS))}, got {format!r}")
     run = as_loaded_run(model_or_run)
     if not isinstance(run.model, nn.Module) or isinstance(run.model, torch.jit.ScriptModule):
         raise ConfigError("export needs the trained model, not an already exported file: pass the run folder")
+    if format == "onnx":
+        _require_onnx(exporting=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written and checked under a temporary name, then renamed: a failed export never replaces a good one.
@@ -144,8 +139,6 @@ def export(model_or_run, path: PathLike, format: ExportFormat = "torchscript", b
                 with torch.no_grad():
                     eager = model.cpu()(example).float()
                 (_write_torchscript if format == "torchscript" else _write_onnx)(model, example, tmp)
-            except ConfigError:
-                raise
             except Exception as exc:  # the exporters raise many types; the message is what helps
                 raise ExportError(f"{format} export of {type(model).__name__} failed: {type(exc).__name__}: "
                                   f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc

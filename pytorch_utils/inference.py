@@ -1,6 +1,5 @@
-"""After training: ``load_run`` rebuilds a finished run's model with its classes, mean/std and input size;
-``predict`` gives top-k classes for images. Both also take a file written by :func:`pytorch_utils.exporting.export`.
-"""
+"""After training: ``load_run`` rebuilds a finished run's model with its classes, mean/std and input size; ``predict``
+gives top-k classes for images. Both also take a file written by :func:`pytorch_utils.exporting.export`."""
 import contextlib
 import json
 import logging
@@ -42,8 +41,13 @@ class LoadedRun:
     weights: str = "model"
     notes: List[str] = field(default_factory=list)
 
+    @classmethod
+    def from_metadata(cls, model: Callable, meta: Dict[str, Any], **kwargs) -> "LoadedRun":
+        return cls(model=model, classes=[str(c) for c in meta["classes"]], mean=tuple(meta["mean"]),
+                   std=tuple(meta["std"]), input_size=tuple(int(v) for v in meta["input_size"]), **kwargs)
+
     def metadata(self) -> Dict[str, Any]:
-            return {"classes": list(self.classes), "mean": list(self.mean), "std": list(self.std),
+        return {"classes": list(self.classes), "mean": list(self.mean), "std": list(self.std),
                 "input_size": list(self.input_size), "recipe": self.recipe}
 
 
@@ -95,10 +99,8 @@ def _recover_metadata(config: Dict[str, Any], out_dir: Path, notes: List[str]) -
 
 def load_run(out_dir: PathLike, which: str = "best", device=None) -> LoadedRun:
     """A :class:`LoadedRun` (EMA weights when the run kept an EMA) from a run folder or an exported file.
-
-    ``which``: "best" (``best.pt``, else the newest checkpoint) or "last"; ``device``: default CPU.
-    Raises CheckpointError (no run, no intact checkpoint, another model, unrecoverable metadata) or ConfigError.
-    """
+    ``which``: "best" (``best.pt``, else the newest checkpoint) or "last"; ``device``: default CPU. Raises
+    CheckpointError (no run, no intact checkpoint, another model, unrecoverable metadata) or ConfigError."""
     from pytorch_utils.models import create_model
     from pytorch_utils.train.checkpoints import restore_model
 
@@ -122,9 +124,8 @@ def load_run(out_dir: PathLike, which: str = "best", device=None) -> LoadedRun:
     weights = {"model": ema["module"], "model_name": ckpt.get("model_name")} if ema else ckpt
     restore_model(model, weights, source=ckpt["_path"])
     model.to(device or "cpu").eval()
-    return LoadedRun(model=model, classes=[str(c) for c in meta["classes"]], mean=tuple(meta["mean"]),
-                     std=tuple(meta["std"]), input_size=tuple(int(v) for v in meta["input_size"]), recipe=recipe,
-                     source=Path(ckpt["_path"]), weights="ema" if ema else "model", notes=notes)
+    return LoadedRun.from_metadata(model, meta, recipe=recipe, source=Path(ckpt["_path"]),
+                                   weights="ema" if ema else "model", notes=notes)
 
 
 def as_loaded_run(model_or_run) -> LoadedRun:
@@ -134,13 +135,11 @@ def as_loaded_run(model_or_run) -> LoadedRun:
     if isinstance(model_or_run, (str, Path)):
         return load_run(model_or_run)
     if hasattr(model_or_run, "eval_model") and hasattr(model_or_run, "classes"):  # a RunResult
-        dataset = getattr(model_or_run.test_loader, "dataset", None)
-        size = tuple(getattr(dataset, "image_size", (32, 32)))
-        recipe = model_or_run.recipe.to_dict() if hasattr(model_or_run.recipe, "to_dict") else {}
-        return LoadedRun(model=model_or_run.eval_model, classes=list(model_or_run.classes),
-                         mean=tuple(model_or_run.mean), std=tuple(model_or_run.std), input_size=size, recipe=recipe,
-                         source=Path(model_or_run.out_dir), weights="ema" if model_or_run.eval_model is not
-                         model_or_run.model else "model")
+        result = model_or_run
+        size = getattr(getattr(result.test_loader, "dataset", None), "image_size", (32, 32))
+        return LoadedRun(model=result.eval_model, classes=list(result.classes), mean=tuple(result.mean),
+                         std=tuple(result.std), input_size=tuple(size), recipe=result.recipe.to_dict(),
+                         source=Path(result.out_dir), weights="model" if result.eval_model is result.model else "ema")
     raise ConfigError(f"expected a run folder, an exported file, load_run(...) or run_recipe(...)'s result, got "
                       f"{type(model_or_run).__name__}; a bare model carries no class names or normalization")
 
@@ -185,12 +184,10 @@ def load_images(inputs) -> Tuple[List[str], List[np.ndarray]]:
         elif isinstance(item, Image.Image):
             names.append(f"image {i}")
             images.append(np.asarray(item.convert("RGB")))
-        elif isinstance(item, np.ndarray) and item.ndim == 4:
-            names += [f"image {i}.{j}" for j in range(len(item))]
-            images += [_as_rgb(a, f"image {i}.{j}") for j, a in enumerate(item)]
         elif isinstance(item, np.ndarray):
-            names.append(f"image {i}")
-            images.append(_as_rgb(item, f"image {i}"))
+            batch = {f"image {i}.{j}": a for j, a in enumerate(item)} if item.ndim == 4 else {f"image {i}": item}
+            names += list(batch)
+            images += [_as_rgb(a, name) for name, a in batch.items()]
         else:
             raise DatasetError(f"input {i}: expected an image path, a folder, a PIL image or a uint8 array, got "
                                f"{type(item).__name__}")
@@ -202,7 +199,7 @@ def _to_batch(run: LoadedRun, images: Sequence[np.ndarray]) -> torch.Tensor:
     from pytorch_utils.data.transforms import test_preset
 
     h, w = run.input_size
-    resized = [(im.shape[0], im.shape[1]) for im in images if im.shape[:2] != (h, w)]
+    resized = [im.shape[:2] for im in images if im.shape[:2] != (h, w)]
     if resized:
         sizes = ", ".join(sorted({f"{a}x{b}" for a, b in resized}))
         log.info(f"resized {len(resized)} of {len(images)} image(s) ({sizes}, HxW) to the training size {h}x{w}")
@@ -217,11 +214,9 @@ def predict(model_or_run, inputs, top_k: int = 5, tta: Optional[str] = None,
             batch_size: int = 256) -> List[Dict[str, Any]]:
     """Top-k classes with probabilities for each image, converted as the run's test transform did (RGB, resized to
     the training size with a log note, normalized); a float tensor (N, 3, H, W) is taken as normalized input.
-
     ``model_or_run``: see :func:`as_loaded_run`; ``inputs``: see :func:`load_images`; ``tta``: None or "flip"
     (softmax averaged with the mirror). Returns one dict per image, in order: ``{"input", "classes", "probs",
-    "index"}``, top_k each, most probable first. Raises DatasetError, ConfigError or CheckpointError.
-    """
+    "index"}``, top_k each, most probable first. Raises DatasetError, ConfigError or CheckpointError."""
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ConfigError(f"top_k must be an integer >= 1, got {top_k!r}")
     if tta not in (None, "none", "flip"):

@@ -1,9 +1,7 @@
-"""A lock on a run's output folder, so two runs never write into one folder at the same time.
-
-The lock is ``<out_dir>/.lock``, created with ``O_CREAT | O_EXCL``, holding JSON ``{"pid", "host", "started",
-"pid_start"}``. It is live while its process runs (same host: the pid exists and started at the recorded time, so a
-reused pid does not count; another host, e.g. a shared Drive folder: while the heartbeat keeps its mtime fresh).
-"""
+"""A lock on a run's output folder, so two runs never write into one folder at the same time. The lock is
+``<out_dir>/.lock``, created with ``O_CREAT | O_EXCL``, holding JSON ``{"pid", "host", "started", "pid_start"}``.
+It is live while its process runs (same host: the pid exists and started at the recorded time, so a reused pid does
+not count; another host, e.g. a shared Drive folder: while the heartbeat keeps its mtime fresh)."""
 import contextlib
 import functools
 import json
@@ -110,10 +108,9 @@ class RunLock:
         if holder is None:
             return  # released in the meantime: try again
         if lock_is_live(self.path, holder):
-            raise RunLockedError(
-                f"{str(self.out_dir)!r} is in use by a running run (pid {holder['pid']} on {holder.get('host')}, "
-                f"started {holder.get('started')}); wait for it to finish, stop it, or choose another out_dir "
-                f"(if no such run exists, delete {str(self.path)!r})")
+            raise RunLockedError(f"{str(self.out_dir)!r} is in use by a running run (pid {holder['pid']} on "
+                                 f"{holder.get('host')}, started {holder.get('started')}); wait for it to finish, stop "
+                                 f"it, or choose another out_dir (if no such run exists, delete {str(self.path)!r})")
         # Rename first (atomic: of two runs clearing the same stale lock only one succeeds), then drop it.
         aside = self.path.with_name(f"{LOCK_NAME}.stale-{os.getpid()}")
         try:
@@ -138,11 +135,9 @@ class RunLock:
     def release(self) -> None:
         """Remove the lock (when it is still ours) and the folders acquire created, if the run left them empty."""
         self._stop.set()
-        held = str(self.path) in _HELD
-        _HELD.discard(str(self.path))
-        holder = read_lock(self.path)
-        if held and holder and holder.get("pid") == os.getpid():
+        if str(self.path) in _HELD and (read_lock(self.path) or {}).get("pid") == os.getpid():
             self.path.unlink(missing_ok=True)
+        _HELD.discard(str(self.path))
         for folder in self._created:
             try:
                 folder.rmdir()  # only succeeds when empty: a failed run leaves no empty folder behind

@@ -21,9 +21,8 @@ from pytorch_utils.runlock import acquire_run_lock, releases_run_locks
 from pytorch_utils.recipes.base import Recipe, build_optimizer, get_recipe, schedule_with_lrs
 from pytorch_utils.train import distributed as dist_utils
 from pytorch_utils.train.callbacks import EarlyStopping, PhaseSchedule, validate_phases
-from pytorch_utils.train.checkpoints import (
-    CheckpointManager, HubPusher, check_model_name, latest_checkpoint, restore_model,
-)
+from pytorch_utils.train.checkpoints import (CheckpointManager, HubPusher, check_model_name, latest_checkpoint,
+                                            restore_model)
 from pytorch_utils.train.history import HistoryWriter
 from pytorch_utils.train.loop import History, fit, model_output_classes
 from pytorch_utils.train.mixing import Mixer, SoftTargetCrossEntropy
@@ -65,18 +64,14 @@ def _make_loaders(recipe: Recipe, train_ds, test_ds, device: torch.device, rank:
     aug_kw = {k: v for k, v in recipe.augmentation_kwargs.items() if k != "size"}  # the size is decided apart
     if use_gpu:
         # Under bf16 autocast the first conv casts its input to bf16 anyway: hand it bf16 and halve the traffic.
-        dtype = amp_dtype_for(recipe.amp, device) if amp_dtype_for(recipe.amp, device) == torch.bfloat16 \
-            else torch.float32
-        channels_last = recipe.channels_last and device.type == "cuda"
-        common = dict(device=device, seed=recipe.seed, channels_last=channels_last, dtype=dtype,
-                      num_replicas=world, rank=rank)
-        train = GPULoader(train_ds, batch_size=recipe.batch_size, train=True, **common)
-        test = GPULoader(test_ds, batch_size=max(recipe.batch_size, 512), train=False, **common)
+        bf16 = amp_dtype_for(recipe.amp, device) == torch.bfloat16
+        make, kwargs = GPULoader, dict(device=device, channels_last=recipe.channels_last and device.type == "cuda",
+                                       dtype=torch.bfloat16 if bf16 else torch.float32)
     else:
-        train = make_loader(train_ds, recipe.batch_size, train=True, num_workers=recipe.num_workers,
-                            seed=recipe.seed, num_replicas=world, rank=rank)
-        test = make_loader(test_ds, max(recipe.batch_size, 512), train=False, num_workers=recipe.num_workers,
-                           seed=recipe.seed, num_replicas=world, rank=rank)
+        make, kwargs = make_loader, dict(num_workers=recipe.num_workers)
+    kwargs.update(seed=recipe.seed, num_replicas=world, rank=rank)
+    train = make(train_ds, batch_size=recipe.batch_size, train=True, **kwargs)
+    test = make(test_ds, batch_size=max(recipe.batch_size, 512), train=False, **kwargs)
     train.set_augmentation(recipe.augmentation, size=size, **aug_kw)
     test.set_augmentation("test", size=size)  # evaluation stays at the declared size (also under progressive resizing)
     return train, test, "gpu" if use_gpu else "dataloader"
@@ -90,11 +85,9 @@ RUN_FILES = ("run.json", "history.json", "history.csv", "summary.json", "lr_find
 
 def _depends_on_span(spec: Optional[ScheduleSpec]) -> bool:
     """True when a schedule's shape follows the length of the span it runs for (so changing it reshapes it)."""
-    if spec is None:
-        return False
-    return (spec.name in ("one_cycle_linear", "onecycle")
-            or (spec.name == "cosine" and "T_max" not in spec.params)
-            or (spec.name == "cyclic" and "step_size_up" not in spec.params))
+    return spec is not None and (spec.name in ("one_cycle_linear", "onecycle")
+                                 or (spec.name == "cosine" and "T_max" not in spec.params)
+                                 or (spec.name == "cyclic" and "step_size_up" not in spec.params))
 
 
 def _schedule_spans(recipe: Recipe, epochs: int) -> list:
@@ -135,10 +128,8 @@ def check_resume_compatible(checkpoint: Dict[str, Any], recipe: Recipe, data: st
 def find_resume_checkpoint(resume: Union[bool, str], out_dir: Path, recipe: Recipe, data: str
                            ) -> Optional[Dict[str, Any]]:
     """The checkpoint a run resumes from, loaded and checked before any work; None for a fresh start (also for a
-    run stopped before its first checkpoint: seeded, epoch 1 again is what it would have done).
-
-    Raises CheckpointError: ``resume="required"`` and no checkpoint (naming corrupt ones), or settings differ.
-    """
+    run stopped before its first checkpoint: seeded, epoch 1 again is what it would have done). Raises
+    CheckpointError: ``resume="required"`` and no checkpoint (naming corrupt ones), or settings differ."""
     if not resume:
         return None
     ckpt_dir = out_dir / "checkpoints"
@@ -314,14 +305,11 @@ def _schedule_and_callbacks(run: _Run, optimizer, lr_values, steps_per_epoch: in
 def _finish(run: _Run, history: History, model: nn.Module, seconds: float) -> Dict[str, Any]:
     """The run's summary numbers; rank 0 writes ``history.json`` and ``summary.json``."""
     best, last = history.best("test_acc"), (history[-1] if history else {})
-    final = {
-        "recipe": run.recipe.name, "model": run.recipe.model, "data": str(run.data), "device": str(run.device),
-        "epochs_run": len(history), "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
-        "best_test_acc": best["test_acc"] if best else None, "best_epoch": best["epoch"] if best else None,
-        "train_acc": last.get("train_acc"), "seconds": seconds,
-        "stopped_early": any(r.get("early_stop") for r in history),
-        "parameters": count_parameters(model), "tta": run.recipe.tta,
-    }
+    final = {"recipe": run.recipe.name, "model": run.recipe.model, "data": str(run.data), "device": str(run.device),
+             "epochs_run": len(history), "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
+             "best_test_acc": best["test_acc"] if best else None, "best_epoch": best["epoch"] if best else None,
+             "train_acc": last.get("train_acc"), "seconds": seconds, "parameters": count_parameters(model),
+             "stopped_early": any(r.get("early_stop") for r in history), "tta": run.recipe.tta}
     if run.main:
         history.save_json(run.out_dir / "history.json")
         atomic_write_text(run.out_dir / "summary.json", json.dumps(final, indent=2))
@@ -334,13 +322,11 @@ def run_recipe(recipe: Union[Recipe, str], data: Optional[str] = None, out_dir: 
                download: bool = False, progress: bool = True, **overrides) -> RunResult:
     """Train a recipe (a :class:`Recipe` or a registered name, fields replaced by ``overrides``) end to end, in the
     order of torchvision's reference ``main()``: checks > data > model > optimizer > LR > schedule > loop > save.
-
     ``data``: "synthetic", "cifar10", "cifar100" or a folder/zip (default the recipe's); ``out_dir``: default
     ``runs/<recipe name>``; ``device``: None picks the best, with ``device_fallback`` to the CPU; ``resume``: True
     continues from the newest intact checkpoint if any, "required" raises CheckpointError without one; ``root``,
     ``download``: torchvision's CIFAR. Returns a :class:`RunResult`. ConfigError, UnknownNameError and
-    CheckpointError are raised before any data is loaded.
-    """
+    CheckpointError are raised before any data is loaded."""
     run = _prepare(recipe, overrides, data, out_dir, device, device_fallback, resume, progress)
     recipe, device, start = run.recipe, run.device, time.perf_counter()
     train_ds, model, train_loader, test_loader, optimizer, criterion, mixer = _build(run, root, download)
@@ -375,8 +361,8 @@ def run_recipe(recipe: Union[Recipe, str], data: Optional[str] = None, out_dir: 
                   grad_clip=recipe.grad_clip, accumulate_steps=recipe.accumulate_steps, ema=ema, tta=recipe.tta,
                   progress=run.progress)
     final = _finish(run, history, model, time.perf_counter() - start)
-    return RunResult(recipe=recipe, model=unwrap_model(model), history=history, out_dir=run.out_dir,
-                     eval_model=ema.module if ema is not None else unwrap_model(model),
-                     train_loader=train_loader, test_loader=test_loader, classes=tuple(train_ds.classes),
-                     mean=tuple(train_ds.mean), std=tuple(train_ds.std), device=device, lr_finder=lr_result,
-                     final=final)
+    model = unwrap_model(model)
+    return RunResult(recipe=recipe, model=model, history=history, out_dir=run.out_dir, train_loader=train_loader,
+                     test_loader=test_loader, classes=tuple(train_ds.classes), mean=tuple(train_ds.mean),
+                     std=tuple(train_ds.std), device=device, lr_finder=lr_result,
+                     eval_model=ema.module if ema is not None else model, final=final)

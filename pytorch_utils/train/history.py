@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
@@ -55,14 +56,9 @@ def _parse(text: str) -> Any:
         return None
     if text in ("True", "False"):
         return text == "True"
-    for kind in (int, float):
+    for parse in (int, float, json.loads) if text[:1] in "[{" else (int, float):
         try:
-            return kind(text)
-        except ValueError:
-            pass
-    if text[:1] in "[{":
-        try:
-            return json.loads(text)
+            return parse(text)
         except ValueError:
             pass
     return text
@@ -141,6 +137,6 @@ class HistoryWriter(Callback):
 
 def as_records(history: Union[PathLike, Sequence[Mapping[str, Any]]]) -> List[Mapping[str, Any]]:
     """``history`` itself when it is a list of records, else :func:`read_history` of the path."""
-    if isinstance(history, (str, Path)) or hasattr(history, "__fspath__"):
+    if isinstance(history, (str, os.PathLike)):
         return read_history(history)
     return list(history)
