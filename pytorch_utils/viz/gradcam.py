@@ -3,7 +3,6 @@
 Around pytorch-grad-cam's maths this adds what course notebooks kept getting wrong: choosing the layer by name,
 in-place ReLUs (they break the backward hook), and putting the model back exactly as it was.
 """
-import math
 from typing import List, Optional, Sequence, Tuple, Union
 
 import matplotlib
@@ -14,7 +13,8 @@ from matplotlib.figure import Figure
 
 from pytorch_utils.errors import ConfigError, UnknownNameError
 from pytorch_utils.utils import eval_mode, model_device, unwrap_model
-from pytorch_utils.viz.images import (PathLike, class_name, finish, imshow, new_figure, to_display, to_numpy)
+from pytorch_utils.viz.images import (PathLike, class_name, finish, image_grid, imshow, to_display, to_numpy,
+                                      true_pred_title)
 
 __all__ = ["gradcam", "plot_gradcam", "resolve_target_layer", "conv_layer_names", "overlay_heatmap", "CAM_METHODS"]
 
@@ -246,23 +246,13 @@ def plot_gradcam(model: nn.Module, images, targets, preds, classes: Optional[Seq
     maps = gradcam(model, x, target_layer=target_layer, targets=explained, method=method)
     shown = to_display(x, mean, std)
 
-    pairs_per_row = min(n, 4)
-    rows = math.ceil(n / pairs_per_row)
-    fig = new_figure((1.8 * 2 * pairs_per_row, 2.1 * rows + 0.3))
-    axes = fig.subplots(rows, 2 * pairs_per_row, squeeze=False)
-    for j in range(rows * pairs_per_row):
-        row, col = divmod(j, pairs_per_row)
-        ax_img, ax_cam = axes[row, 2 * col], axes[row, 2 * col + 1]
-        if j >= n:
-            ax_img.axis("off")
-            ax_cam.axis("off")
-            continue
-        right = preds_np[j] == targets_np[j]
-        imshow(ax_img, shown[j])
-        ax_img.set_title(f"true: {class_name(classes, targets_np[j])}\npred: {class_name(classes, preds_np[j])}",
-                         fontsize=8, color="darkgreen" if right else "crimson")
-        imshow(ax_cam, overlay_heatmap(shown[j], maps[j], alpha=alpha))
-        ax_cam.set_title(f"CAM for: {target} {class_name(classes, explained[j])}", fontsize=8)
+    # Image and overlay side by side, at most 4 pairs a row.
+    fig, axes = image_grid(2 * n, 2 * min(n, 4), (1.8, 2.1), 0.3)
+    for j in range(n):
+        imshow(axes[2 * j], shown[j])
+        true_pred_title(axes[2 * j], classes, targets_np[j], preds_np[j])
+        imshow(axes[2 * j + 1], overlay_heatmap(shown[j], maps[j], alpha=alpha))
+        axes[2 * j + 1].set_title(f"CAM for: {target} {class_name(classes, explained[j])}", fontsize=8)
     layer_name, _ = resolve_target_layer(model, target_layer)
     name, _, point = layer_name.partition(":")
     where = f"the input of layer '{name}'" if point == "input" else f"layer '{name}'"

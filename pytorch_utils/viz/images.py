@@ -128,6 +128,25 @@ def grid_shape(n: int, ncols: Optional[int], max_cols: int = 8) -> Tuple[int, in
     return math.ceil(n / ncols), ncols
 
 
+def image_grid(n: int, ncols: Optional[int], cell: Tuple[float, float], extra_height: float = 0.0):
+    """``(fig, axes)``: a :func:`grid_shape` grid of ``cell``-sized (inches) cells; the first ``n`` axes in row order,
+    the unused ones hidden."""
+    rows, cols = grid_shape(n, ncols)
+    fig = new_figure((cell[0] * cols, cell[1] * rows + extra_height))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.axis("off")
+    return fig, axes[:n]
+
+
+def true_pred_title(ax, classes: Optional[Sequence[str]], target, pred, suffix: str = "") -> None:
+    """Title "true: X" over "pred: Y<suffix>", green when right, red when wrong (on one line, long CIFAR-100 names
+    ran into the neighbouring titles)."""
+    color = "darkgreen" if int(pred) == int(target) else "crimson"
+    ax.set_title(f"true: {class_name(classes, target)}\npred: {class_name(classes, pred)}{suffix}", fontsize=8,
+                 color=color)
+
+
 def empty_figure(message: str, save: Optional[PathLike] = None) -> Figure:
     """A small figure that says why there is nothing to plot (better than an error in a report)."""
     fig = new_figure((4, 1.5))
@@ -157,23 +176,14 @@ def show_batch(images, targets, classes: Optional[Sequence[str]], mean: Optional
     n = min(len(imgs), int(max_images))
     if n == 0:
         return empty_figure("no images to show", save)
-    rows, cols = grid_shape(n, ncols)
     row_height = 1.75 if preds is None else 2.0  # two-line titles need the room
-    fig = new_figure((1.6 * cols, row_height * rows + (0.4 if title else 0)))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        if i >= n:
-            ax.axis("off")
-            continue
+    fig, axes = image_grid(n, ncols, (1.6, row_height), 0.4 if title else 0)
+    for i, ax in enumerate(axes):
         imshow(ax, imgs[i])
-        name = class_name(classes, targets[i])
         if preds is None:
-            ax.set_title(name, fontsize=9)
+            ax.set_title(class_name(classes, targets[i]), fontsize=9)
         else:
-            right = int(preds[i]) == int(targets[i])
-            # Two lines: long (CIFAR-100) names on one line ran into the neighbouring titles.
-            ax.set_title(f"true: {name}\npred: {class_name(classes, preds[i])}", fontsize=8,
-                         color="darkgreen" if right else "crimson")
+            true_pred_title(ax, classes, targets[i], preds[i])
     if title:
         fig.suptitle(title)
     return finish(fig, save)
@@ -244,14 +254,11 @@ def show_augmentations(dataset_images_uint8, transform: Callable, classes: Optio
     fig = new_figure((1.6 * cols, 1.6 * len(rows) + 0.3))
     axes = fig.subplots(len(rows), cols, squeeze=False)
     for r, (orig, augmented) in enumerate(rows):
-        imshow(axes[r, 0], orig)
         label = class_name(classes, to_numpy(targets)[idx[r]]) if targets is not None else f"#{idx[r]}"
         axes[r, 0].set_ylabel(label, fontsize=9)
-        for c, img in enumerate(augmented, start=1):
+        for c, img in enumerate([orig] + augmented):
             imshow(axes[r, c], img)
-        if r == 0:
-            axes[r, 0].set_title("original", fontsize=9)
-            for c in range(1, cols):
-                axes[r, c].set_title(f"augmented {c}", fontsize=9)
+    for c, ax in enumerate(axes[0]):
+        ax.set_title(f"augmented {c}" if c else "original", fontsize=9)
     fig.suptitle("before and after augmentation")
     return finish(fig, save)

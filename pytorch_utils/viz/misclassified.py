@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from pytorch_utils.errors import ConfigError
-from pytorch_utils.viz.images import (PathLike, class_name, empty_figure, finish, grid_shape, imshow, new_figure,
-                                      to_display, to_numpy)
+from pytorch_utils.viz.images import (PathLike, empty_figure, finish, image_grid, imshow, to_display, to_numpy,
+                                      true_pred_title)
 
 __all__ = ["find_misclassified", "plot_misclassified", "select_misclassified"]
 
@@ -77,19 +77,11 @@ def plot_misclassified(images, targets, preds, classes: Optional[Sequence[str]],
         return empty_figure("no misclassified images", save)
     imgs = to_display(_take(images, idx), mean, std)
     probs_np = to_numpy(probs)[idx] if probs is not None else None
-    rows, cols = grid_shape(len(idx), ncols)
-    fig = new_figure((1.9 * cols, 2.05 * rows + 0.3))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for j, ax in enumerate(axes.flat):
-        if j >= len(idx):
-            ax.axis("off")
-            continue
-        i = idx[j]
+    fig, axes = image_grid(len(idx), ncols, (1.9, 2.05), 0.3)
+    for j, (ax, i) in enumerate(zip(axes, idx)):
         imshow(ax, imgs[j])
         conf = f" ({100 * float(probs_np[j, preds_np[i]]):.0f}%)" if probs_np is not None else ""
-        # Two lines: long class names (CIFAR-100) on one line would overlap the neighbours.
-        ax.set_title(f"true: {class_name(classes, targets_np[i])}\npred: {class_name(classes, preds_np[i])}{conf}",
-                     fontsize=8, color="crimson")
+        true_pred_title(ax, classes, targets_np[i], preds_np[i], conf)
     ranking = "lowest true-class probability first" if order == "worst" else "dataset order"
     fig.suptitle(title or f"{len(idx)} misclassified ({ranking})", fontsize=10)
     return finish(fig, save)
