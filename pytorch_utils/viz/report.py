@@ -9,7 +9,7 @@ import html
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -84,49 +84,36 @@ def _summary_rows(ev: Dict[str, Any], hist: Dict[str, Any]) -> List[tuple]:
     return rows
 
 
-def _write_markdown(path: Path, title, rows, pairs, images: Dict[str, Path], notes: List[str],
-                    sections: Sequence[tuple], table: Sequence[dict]) -> None:
-    lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {_md_cell(k)} | {_md_cell(v)} |" for k, v in rows]
-    lines += [""]
-    for key, caption in sections:
-        if key in images:
-            lines += [f"## {caption}", "", f"![{key}]({images[key].name})", ""]
-    lines += ["## Per-class precision, recall and F1", "", per_class_markdown(table)]
-    lines += ["## Most confused pairs", ""]
-    if pairs:
-        lines += ["| true | predicted | count |", "|---|---|---:|"]
-        lines += [f"| {_md_cell(t)} | {_md_cell(p)} | {c} |" for t, p, c in pairs]
-    else:
-        lines += ["No mistakes."]
-    if notes:
-        lines += ["", "## Notes", ""] + [f"- {_md_cell(n)}" for n in notes]
-    atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def _html_body(title, rows, pairs, images: Dict[str, Path], notes: List[str], sections: Sequence[tuple],
-               table: Sequence[dict]) -> str:
+def _index_pages(title, rows, pairs, images: Dict[str, Path], notes: List[str], sections: Sequence[tuple],
+                 table: Sequence[dict]) -> Tuple[str, str]:
+    """``index.md`` and the ``<body>`` of ``index.html``, built side by side so both list the same things in order."""
     e = html.escape
-    parts = [f"<h1>{e(title)}</h1>", "<table>"]
-    parts += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows]
-    parts += ["</table>"]
+    md = [f"# {title}", "", "| metric | value |", "|---|---|"] + [f"| {_md_cell(k)} | {_md_cell(v)} |" for k, v in rows]
+    htm = [f"<h1>{e(title)}</h1>", "<table>"] + [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows]
+    md += [""]
+    htm += ["</table>"]
     for key, caption in sections:
         if key in images:
-            parts += [f"<h2>{e(caption)}</h2>", f'<img src="{e(images[key].name)}" alt="{e(key)}">']
-    parts += ["<h2>Per-class precision, recall and F1</h2>",
-              "<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"]
-    parts += [f"<tr><td>{e(str(r['class']))}</td><td>{100 * r['precision']:.1f}%</td><td>{100 * r['recall']:.1f}%"
-              f"</td><td>{100 * r['f1']:.1f}%</td><td>{r['support']}</td></tr>" for r in table]
-    parts += ["</table>", "<h2>Most confused pairs</h2>"]
+            md += [f"## {caption}", "", f"![{key}]({images[key].name})", ""]
+            htm += [f"<h2>{e(caption)}</h2>", f'<img src="{e(images[key].name)}" alt="{e(key)}">']
+    md += ["## Per-class precision, recall and F1", "", per_class_markdown(table), "## Most confused pairs", ""]
+    htm += ["<h2>Per-class precision, recall and F1</h2>",
+            "<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"]
+    htm += [f"<tr><td>{e(str(r['class']))}</td><td>{100 * r['precision']:.1f}%</td><td>{100 * r['recall']:.1f}%"
+            f"</td><td>{100 * r['f1']:.1f}%</td><td>{r['support']}</td></tr>" for r in table]
+    htm += ["</table>", "<h2>Most confused pairs</h2>"]
     if pairs:
-        parts += ["<table><tr><th>true</th><th>predicted</th><th>count</th></tr>"]
-        parts += [f"<tr><td>{e(t)}</td><td>{e(p)}</td><td>{c}</td></tr>" for t, p, c in pairs]
-        parts += ["</table>"]
+        md += ["| true | predicted | count |", "|---|---|---:|"]
+        md += [f"| {_md_cell(t)} | {_md_cell(p)} | {c} |" for t, p, c in pairs]
+        htm += ["<table><tr><th>true</th><th>predicted</th><th>count</th></tr>"]
+        htm += [f"<tr><td>{e(t)}</td><td>{e(p)}</td><td>{c}</td></tr>" for t, p, c in pairs] + ["</table>"]
     else:
-        parts += ["<p>No mistakes.</p>"]
+        md += ["No mistakes."]
+        htm += ["<p>No mistakes.</p>"]
     if notes:
-        parts += ["<h2>Notes</h2><ul>"] + [f"<li>{e(n)}</li>" for n in notes] + ["</ul>"]
-    return "\n".join(parts)
+        md += ["", "## Notes", ""] + [f"- {_md_cell(n)}" for n in notes]
+        htm += ["<h2>Notes</h2><ul>"] + [f"<li>{e(n)}</li>" for n in notes] + ["</ul>"]
+    return "\n".join(md) + "\n", "\n".join(htm)
 
 
 def _style(root: str) -> str:
@@ -312,13 +299,11 @@ def _write_index(out: Path, paths: Dict[str, Path], cfg: ReportSettings, data: R
     images = {k: v for k, v in paths.items() if v.suffix == ".png"}
     target = GRADCAM_TARGETS[cfg.gradcam_target]
     sections = [(key, caption.format(target=target)) for key, caption in SECTIONS]
-    paths["index_md"] = out / "index.md"
-    _write_markdown(paths["index_md"], cfg.title, rows, pairs, images, notes, sections, table)
-    paths["index_html"] = out / "index.html"
-    body = _html_body(cfg.title, rows, pairs, images, notes, sections, table)
-    atomic_write_text(paths["index_html"], "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-                                           f"<title>{html.escape(cfg.title)}</title><style>{_style('body')}</style>"
-                                           f"</head><body>\n{body}\n</body></html>\n")
+    md, body = _index_pages(cfg.title, rows, pairs, images, notes, sections, table)
+    paths["index_md"] = atomic_write_text(out / "index.md", md)
+    paths["index_html"] = atomic_write_text(out / "index.html", "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+                                            f"<title>{html.escape(cfg.title)}</title><style>{_style('body')}</style>"
+                                            f"</head><body>\n{body}\n</body></html>\n")
 
 
 def show_report(paths: Mapping[str, PathLike]):
