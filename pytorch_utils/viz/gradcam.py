@@ -19,13 +19,8 @@ from pytorch_utils.viz.images import (PathLike, class_name, finish, image_grid, 
 __all__ = ["gradcam", "plot_gradcam", "resolve_target_layer", "conv_layer_names", "overlay_heatmap", "CAM_METHODS"]
 
 # Name -> class name in pytorch_grad_cam (all gradient-based: one forward/backward per batch).
-CAM_METHODS = {
-    "gradcam": "GradCAM",
-    "gradcam++": "GradCAMPlusPlus",
-    "hirescam": "HiResCAM",
-    "xgradcam": "XGradCAM",
-    "layercam": "LayerCAM",
-}
+CAM_METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM", "xgradcam": "XGradCAM",
+               "layercam": "LayerCAM"}
 
 
 def conv_layer_names(model: nn.Module) -> List[str]:
@@ -149,15 +144,15 @@ def gradcam(model: nn.Module, inputs, target_layer: Union[str, nn.Module, None] 
     x = _as_batch(inputs)
     n = len(x)
     if targets is not None:
-        t = to_numpy(targets).reshape(-1).astype(np.int64)
-        if t.size == 1 and n != 1:
-            t = np.repeat(t, n)
-        if len(t) != n:
-            raise ConfigError(f"{len(t)} CAM targets for {n} images")
-        if t.size and t.min() < 0:
-            raise ConfigError(f"GradCAM target class {int(t.min())} is negative; targets are class indices >= 0")
-        targets = t
-    if int(batch_size) < 1:
+        targets = to_numpy(targets).reshape(-1).astype(np.int64)
+        if targets.size == 1 and n != 1:
+            targets = np.repeat(targets, n)
+        if len(targets) != n:
+            raise ConfigError(f"{len(targets)} CAM targets for {n} images")
+        if targets.size and targets.min() < 0:
+            raise ConfigError(f"GradCAM target class {int(targets.min())} is negative; targets are class indices >= 0")
+    bs = int(batch_size)
+    if bs < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
     if n == 0:
         return np.zeros((0,) + tuple(x.shape[-2:]), dtype=np.float32)
@@ -165,11 +160,9 @@ def gradcam(model: nn.Module, inputs, target_layer: Union[str, nn.Module, None] 
     params = list(base.parameters())
     # Inputs follow the model: its device, and its floating dtype (a .half() model gets half inputs).
     dtype = next((p.dtype for p in params if p.is_floating_point()), torch.float32)
-    saved_flags = [p.requires_grad for p in params]
-    saved_grads = [p.grad for p in params]
+    saved = [(p.requires_grad, p.grad) for p in params]
     relus = [m for m in base.modules() if isinstance(m, nn.ReLU) and m.inplace]
-    cam = None
-    maps = []
+    cam, maps = None, []
     with eval_mode(base):
         try:
             for m in relus:
@@ -178,23 +171,19 @@ def gradcam(model: nn.Module, inputs, target_layer: Union[str, nn.Module, None] 
                 p.requires_grad_(False)
             cam = cam_cls(model=base, target_layers=[hooked])
             with torch.enable_grad():  # callers may be inside torch.no_grad()
-                for start in range(0, n, int(batch_size)):
-                    xb = x[start:start + int(batch_size)].detach().to(device=device, dtype=dtype)
-                    xb.requires_grad_(True)
-                    tb = None if targets is None else [_ClassTarget(c) for c in targets[start:start + int(batch_size)]]
+                for start in range(0, n, bs):
+                    xb = x[start:start + bs].detach().to(device=device, dtype=dtype).requires_grad_(True)
+                    tb = None if targets is None else [_ClassTarget(c) for c in targets[start:start + bs]]
                     maps.append(np.asarray(cam(input_tensor=xb, targets=tb), dtype=np.float32))
         finally:
             if cam is not None:
                 cam.activations_and_grads.release()  # remove the hooks now, not whenever the CAM is garbage-collected
             for m in relus:
                 m.inplace = True
-            for p, flag, grad in zip(params, saved_flags, saved_grads):
+            for p, (flag, grad) in zip(params, saved):
                 p.requires_grad_(flag)
                 p.grad = grad
-    out = np.concatenate(maps)
-    if out.ndim == 2:  # pytorch-grad-cam squeezes nothing today; keep (N, H, W) if that ever changes
-        out = out[None]
-    return np.clip(out, 0.0, 1.0)
+    return np.clip(np.concatenate(maps), 0.0, 1.0)
 
 
 def overlay_heatmap(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:

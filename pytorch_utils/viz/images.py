@@ -149,8 +149,7 @@ def true_pred_title(ax, classes: Optional[Sequence[str]], target, pred, suffix: 
 
 def empty_figure(message: str, save: Optional[PathLike] = None) -> Figure:
     """A small figure that says why there is nothing to plot (better than an error in a report)."""
-    fig = new_figure((4, 1.5))
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = axes_and_figure(None, (4, 1.5))
     ax.axis("off")
     ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11)
     return finish(fig, save)
@@ -222,12 +221,10 @@ def show_augmentations(dataset_images_uint8, transform: Callable, classes: Optio
             deep copy, and the global RNGs are restored afterwards, so the caller's random streams are untouched.
         targets: labels (N,) when a bare array is passed (row labels use ``classes``).
     """
-    images = dataset_images_uint8
-    if targets is None:
-        targets = getattr(images, "targets", None)
-    if classes is None:
-        classes = getattr(images, "classes", None)
-    images = to_numpy(getattr(images, "images", images))
+    data = dataset_images_uint8
+    targets = targets if targets is not None else getattr(data, "targets", None)
+    classes = classes if classes is not None else getattr(data, "classes", None)
+    images = to_numpy(getattr(data, "images", data))
     if images.ndim != 4 or images.dtype != np.uint8:
         raise ConfigError(f"show_augmentations expects uint8 (N, H, W, C) images, got {images.dtype} {images.shape}")
     if n < 1 or repeats < 1:
@@ -246,17 +243,17 @@ def show_augmentations(dataset_images_uint8, transform: Callable, classes: Optio
         np.random.seed(seed % 2**32)
         for i in idx:
             augmented = [_transform_output_to_image(transform(images[i]), mean, std) for _ in range(repeats)]
-            rows.append((images[i].astype(np.float32) / 255.0, augmented))
+            rows.append([images[i].astype(np.float32) / 255.0] + augmented)
     finally:
         set_rng_state(rng_state)
 
     cols = 1 + repeats
     fig = new_figure((1.6 * cols, 1.6 * len(rows) + 0.3))
     axes = fig.subplots(len(rows), cols, squeeze=False)
-    for r, (orig, augmented) in enumerate(rows):
+    for r, row in enumerate(rows):
         label = class_name(classes, to_numpy(targets)[idx[r]]) if targets is not None else f"#{idx[r]}"
         axes[r, 0].set_ylabel(label, fontsize=9)
-        for c, img in enumerate([orig] + augmented):
+        for c, img in enumerate(row):
             imshow(axes[r, c], img)
     for c, ax in enumerate(axes[0]):
         ax.set_title(f"augmented {c}" if c else "original", fontsize=9)

@@ -72,18 +72,6 @@ def _md_cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _summary_rows(ev: Dict[str, Any], hist: Dict[str, Any]) -> List[tuple]:
-    rows = [("Test accuracy (this evaluation)", _fmt_pct(ev["acc"])), ("Test loss", f"{ev['loss']:.4f}"),
-            ("Test samples", str(ev["samples"])), ("Misclassified", str(ev["num_wrong"]))]
-    if hist:
-        rows += [("Epochs", str(hist["epochs"]) + (" (early stopped)" if hist["early_stopped"] else "")),
-                 ("Final train accuracy", _fmt_pct(hist["final_train_acc"])),
-                 ("Final test accuracy", _fmt_pct(hist["final_test_acc"])),
-                 ("Best test accuracy", _fmt_pct(hist["best_test_acc"])
-                  + (f" (epoch {hist['best_epoch']})" if hist["best_epoch"] is not None else ""))]
-    return rows
-
-
 def _index_pages(title, rows, pairs, images: Dict[str, Path], notes: List[str], sections: Sequence[tuple],
                  table: Sequence[dict]) -> Tuple[str, str]:
     """``index.md`` and the ``<body>`` of ``index.html``, built side by side so both list the same things in order."""
@@ -127,13 +115,6 @@ def _brief(exc: BaseException, limit: int = 300) -> str:
     """``"Type: message"`` on one line, cut to ``limit`` characters (torch errors can run to pages)."""
     text = " ".join(f"{type(exc).__name__}: {exc}".split())
     return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _uint8_images(data: "ReportData", inputs: torch.Tensor, mean, std):
-    """``data.train_images``, else the evaluated inputs back as uint8, for the augmentation preview."""
-    if data.train_images is not None:
-        return data.train_images
-    return np.round(to_display(inputs[:64], mean, std) * 255.0).astype(np.uint8)
 
 
 @dataclass
@@ -228,7 +209,9 @@ def _draw(data: ReportData, res, cfg: ReportSettings, stats, mis, save, notes: L
                                            title=f"{nb} test images, evenly spaced through the test set "
                                                  "(green: right, red: wrong)"))
     if data.train_transform is not None:  # a preview must never cost the rest of the report
-        source = _uint8_images(data, res["inputs"], mean, std)
+        source = data.train_images
+        if source is None:  # the evaluated images back as uint8
+            source = np.round(to_display(res["inputs"][:64], mean, std) * 255.0).astype(np.uint8)
         _try("augmentations", "Augmentation preview", lambda p: show_augmentations(
             source, data.train_transform, classes, mean, std, n=6, repeats=5, save=p), save, notes)
     save("misclassified", lambda p: plot_misclassified(
@@ -290,8 +273,15 @@ def _write_index(out: Path, paths: Dict[str, Path], cfg: ReportSettings, data: R
     res, classes = data.evaluation, [r["class"] for r in table[:-2]]
     cm = confusion_matrix(res["targets"], res["preds"], len(classes))
     pairs = most_confused_pairs(cm, classes, k=cfg.top_pairs)
-    ev = {"acc": res["acc"], "loss": res["loss"], "samples": res["samples"], "num_wrong": mis["num_wrong"]}
-    rows = _summary_rows(ev, history_summary(as_records(data.history)) if data.history is not None else {})
+    rows = [("Test accuracy (this evaluation)", _fmt_pct(res["acc"])), ("Test loss", f"{res['loss']:.4f}"),
+            ("Test samples", str(res["samples"])), ("Misclassified", str(mis["num_wrong"]))]
+    hist = history_summary(as_records(data.history)) if data.history is not None else {}
+    if hist:
+        rows += [("Epochs", str(hist["epochs"]) + (" (early stopped)" if hist["early_stopped"] else "")),
+                 ("Final train accuracy", _fmt_pct(hist["final_train_acc"])),
+                 ("Final test accuracy", _fmt_pct(hist["final_test_acc"])),
+                 ("Best test accuracy", _fmt_pct(hist["best_test_acc"])
+                  + (f" (epoch {hist['best_epoch']})" if hist["best_epoch"] is not None else ""))]
     worst = per_class_accuracy(cm)
     if np.isfinite(worst).any():
         i = int(np.nanargmin(worst))
