@@ -17,9 +17,8 @@ ANNOTATE_MAX_CLASSES = 20  # beyond this the numbers overlap and the heatmap col
 
 def _labels(x, what: str) -> np.ndarray:
     arr = to_numpy(x).reshape(-1)
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if not np.all(np.equal(np.mod(arr, 1), 0)):
-            raise ConfigError(f"{what} must be integer class labels")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer) and np.any(np.mod(arr, 1) != 0):
+        raise ConfigError(f"{what} must be integer class labels")
     return arr.astype(np.int64)
 
 

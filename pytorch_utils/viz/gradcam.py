@@ -81,9 +81,8 @@ def resolve_target_layer(model: nn.Module, target_layer: Union[str, nn.Module, N
 
     A name may end in ``":input"`` (e.g. ``"pool:input"``) to explain the tensor going *into* that module, such as a
     residual sum computed in ``forward``; ``":output"`` is the bare name. The name is returned as given.
-    Raises:
-        UnknownNameError: no module has that name. ConfigError: nothing to pick, a module not in the model, or
-            another suffix.
+    Raises UnknownNameError when no module has that name; ConfigError for nothing to pick, a module not in the
+    model, or another suffix.
     """
     spec, module, _ = _resolve(unwrap_model(model), target_layer)
     return spec, module
@@ -134,8 +133,7 @@ def gradcam(model: nn.Module, inputs, target_layer: Union[str, nn.Module, None] 
     Args:
         target_layer: see :func:`resolve_target_layer`. targets: a class per image, or one for all; None explains
             the predicted class. method: one of ``CAM_METHODS``. batch_size: images per forward/backward pass.
-    Raises:
-        UnknownNameError: unknown layer name or method. ConfigError: bad inputs, or targets that do not fit.
+    Raises UnknownNameError for an unknown layer name or method, ConfigError for bad inputs or targets that do not fit.
     """
     base = unwrap_model(model)
     _, layer, point = _resolve(base, target_layer)

@@ -118,20 +118,15 @@ def class_name(classes: Optional[Sequence[str]], label) -> str:
     return str(label)
 
 
-def grid_shape(n: int, ncols: Optional[int], max_cols: int = 8) -> Tuple[int, int]:
-    """(rows, cols) for ``n`` cells: ``ncols`` when given, else a near-square grid at most ``max_cols`` wide."""
+def image_grid(n: int, ncols: Optional[int], cell: Tuple[float, float], extra_height: float = 0.0):
+    """``(fig, axes)``: ``n`` cells of ``cell`` inches, ``ncols`` wide (default: near-square, at most 8); the first
+    ``n`` axes in row order, the unused ones hidden."""
     if ncols is None:
-        ncols = min(max_cols, max(1, math.ceil(math.sqrt(n))))
+        ncols = min(8, max(1, math.ceil(math.sqrt(n))))
     if int(ncols) < 1:
         raise ConfigError(f"ncols must be >= 1, got {ncols!r}")
-    ncols = max(1, min(int(ncols), n))
-    return math.ceil(n / ncols), ncols
-
-
-def image_grid(n: int, ncols: Optional[int], cell: Tuple[float, float], extra_height: float = 0.0):
-    """``(fig, axes)``: a :func:`grid_shape` grid of ``cell``-sized (inches) cells; the first ``n`` axes in row order,
-    the unused ones hidden."""
-    rows, cols = grid_shape(n, ncols)
+    cols = max(1, min(int(ncols), n))
+    rows = math.ceil(n / cols)
     fig = new_figure((cell[0] * cols, cell[1] * rows + extra_height))
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[n:]:

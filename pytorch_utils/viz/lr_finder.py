@@ -36,8 +36,7 @@ def plot_lr_finder(result, ax=None, save: Optional[PathLike] = None) -> Figure:
     fig, ax = axes_and_figure(ax, (7.0, 4.5))
     lrs = np.asarray(result.lrs, dtype=np.float64)
     losses = np.asarray(result.losses, dtype=np.float64)
-    n = len(losses)
-    lo, hi = result.skip_start, max(result.skip_start, n - result.skip_end)
+    lo, hi = result.skip_start, max(result.skip_start, len(losses) - result.skip_end)
 
     # The skipped ends are drawn faintly: they are shown for honesty but did not take part in the suggestion.
     ax.plot(lrs, losses, color="tab:blue", alpha=0.3, linewidth=1)

@@ -242,10 +242,8 @@ def report(data: ReportData, out_dir: PathLike, settings: Optional[ReportSetting
     ``gradcam``, ``confusion_matrix`` (+ ``_normalized``), ``per_class_accuracy``; then ``per_class.md``/``.csv``
     (:func:`~pytorch_utils.viz.confusion.per_class_report`), ``index.md`` and ``index.html``. A GradCAM or augmentation
     preview that cannot run becomes a note. ``overrides`` replace fields of ``settings`` (``gradcam_k=4``).
-    Returns:
-        dict name -> Path: the PNGs, ``per_class_md``, ``per_class_csv``, ``index_md``, ``index_html``.
-    Raises:
-        ConfigError: an unknown setting or ``gradcam_target``, or class names that do not fit the logits.
+    Returns ``{name: Path}``: the PNGs, ``per_class_md``, ``per_class_csv``, ``index_md``, ``index_html``. Raises
+    ConfigError for an unknown setting or ``gradcam_target``, or class names that do not fit the logits.
     """
     cfg = _settings(settings, overrides)
     out = ensure_writable_dir(out_dir)
