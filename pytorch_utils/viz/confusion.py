@@ -17,9 +17,8 @@ ANNOTATE_MAX_CLASSES = 20  # beyond this the numbers overlap and the heatmap col
 
 def _labels(x, what: str) -> np.ndarray:
     arr = to_numpy(x).reshape(-1)
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if not np.all(np.equal(np.mod(arr, 1), 0)):
-            raise ConfigError(f"{what} must be integer class labels")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer) and np.any(np.mod(arr, 1) != 0):
+        raise ConfigError(f"{what} must be integer class labels")
     return arr.astype(np.int64)
 
 
@@ -104,9 +103,10 @@ def plot_confusion_matrix(cm, classes: Optional[Sequence[str]] = None, normalize
     if normalize:
         support = cm.sum(axis=1, keepdims=True).astype(np.float64)
         data = np.divide(cm, support, out=np.zeros(cm.shape, dtype=np.float64), where=support > 0)
-        fmt, vmax, cbar_label = ".2f", 1.0, "fraction of the true class"
+        fmt, vmax, cbar_label, ticks = ".2f", 1.0, "fraction of the true class", None
     else:
         data, fmt, vmax, cbar_label = cm, "d", None, "count"
+        ticks = MaxNLocator(integer=True)  # counts: no 2.5-image ticks
     mask = None
     if hide_diagonal:
         mask = np.eye(n, dtype=bool)
@@ -114,9 +114,7 @@ def plot_confusion_matrix(cm, classes: Optional[Sequence[str]] = None, normalize
         # The largest mistake sets the top of the scale (at least 1 count / a tiny fraction, so all-zero still draws).
         vmax = max(float(off.max()) if off.size else 0.0, 1.0 if not normalize else 1e-3)
         cbar_label += " (mistakes only)"
-    cbar_kws = {"label": cbar_label, "shrink": 0.8}
-    if not normalize:
-        cbar_kws["ticks"] = MaxNLocator(integer=True)  # counts: no 2.5-image ticks
+    cbar_kws = {"label": cbar_label, "shrink": 0.8, "ticks": ticks}
     side = float(np.clip(0.5 * n + 2.5, 6.0, 16.0))
     fig, ax = axes_and_figure(ax, (side + 1.2, side))
     annotate = n <= ANNOTATE_MAX_CLASSES
@@ -174,14 +172,11 @@ def plot_per_class_accuracy(cm, classes: Optional[Sequence[str]] = None, ax=None
         overall = 100.0 * np.trace(cm) / total
         line = ax.axvline if horizontal else ax.axhline
         line(overall, color="crimson", linestyle="--", linewidth=1, zorder=1, label=f"overall {overall:.2f}%")
-    label_box = {"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.85}
     if horizontal:
         bars = ax.barh(pos, values, height=0.75, color="tab:blue", edgecolor="none", zorder=2)
         row_points = ax.get_position().height * fig.get_figheight() * 72.0 / n  # also right for a caller's axes
-        size = float(np.clip(0.55 * row_points, 4.5, 9.0))
-        ax.bar_label(bars, labels=labels, fontsize=size, padding=2, bbox=label_box, zorder=3)
-        ax.set_yticks(pos)
-        ax.set_yticklabels(names, fontsize=size)
+        label_size = float(np.clip(0.55 * row_points, 4.5, 9.0))
+        ax.set_yticks(pos, names, fontsize=label_size)
         ax.set_ylim(n - 0.4, -0.6)  # first (weakest, when sorted) class at the top
         ax.set_xlim(0, 112)  # room for the value labels right of 100% bars
         ax.set_xlabel("accuracy (%)")
@@ -190,13 +185,14 @@ def plot_per_class_accuracy(cm, classes: Optional[Sequence[str]] = None, ax=None
         ax.tick_params(axis="x", labeltop=True)
     else:
         bars = ax.bar(pos, values, color="tab:blue", edgecolor="none", zorder=2)
-        ax.bar_label(bars, labels=labels, fontsize=8, padding=2, bbox=label_box, zorder=3)
-        ax.set_xticks(pos)
-        ax.set_xticklabels(names, rotation=45, ha="right", rotation_mode="anchor", fontsize=_tick_fontsize(ax, n))
+        label_size = 8
+        ax.set_xticks(pos, names, rotation=45, ha="right", rotation_mode="anchor", fontsize=_tick_fontsize(ax, n))
         ax.set_xlim(-0.6, n - 0.4)
         ax.set_ylim(0, 108)  # headroom for the value labels above 100% bars
         ax.set_ylabel("accuracy (%)")
         ax.grid(axis="y", alpha=0.3)
+    label_box = {"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.85}
+    ax.bar_label(bars, labels=labels, fontsize=label_size, padding=2, bbox=label_box, zorder=3)
     ax.set_axisbelow(True)
     # The overall value goes in the title, not a legend: any legend corner covers some bar's value label.
     sorted_note = ", weakest first" if order == "sorted" else ""
@@ -219,13 +215,15 @@ def per_class_report(targets, preds, classes: Optional[Sequence[str]] = None,
     n = len(classes) if classes is not None else num_classes or int(max(targets.max(), preds.max())) + 1
     names = _names(classes, n)
     labels = list(range(n))
+
+    def row(name, p, r, f, s) -> dict:
+        return {"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+
     p, r, f, s = precision_recall_fscore_support(targets, preds, labels=labels, zero_division=0)
-    rows = [{"class": names[i], "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-             "support": int(s[i])} for i in labels]
+    rows = [row(names[i], p[i], r[i], f[i], s[i]) for i in labels]
     for avg in ("macro", "weighted"):
         pa, ra, fa, _ = precision_recall_fscore_support(targets, preds, labels=labels, average=avg, zero_division=0)
-        rows.append({"class": f"{avg} avg", "precision": float(pa), "recall": float(ra), "f1": float(fa),
-                     "support": int(s.sum())})
+        rows.append(row(f"{avg} avg", pa, ra, fa, s.sum()))
     return rows
 
 

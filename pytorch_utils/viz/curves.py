@@ -108,14 +108,11 @@ def plot_history(history: Union[PathLike, Sequence[Mapping[str, Any]]], save: Op
         raise ConfigError("plot_history needs at least one epoch record; the history is empty")
 
     stops = [r["epoch"] for r in records if r.get("early_stop") is True]
-    boundaries = []
-    prev_phase = records[0].get("phase")
+    boundaries, phase = [], records[0].get("phase")
     for a, b in zip(records, records[1:]):
-        phase = b.get("phase")
-        if phase is not None and phase != prev_phase:
+        if b.get("phase") not in (None, phase):  # a record without a phase continues the previous one
+            phase = b["phase"]
             boundaries.append(((a["epoch"] + b["epoch"]) / 2, phase))
-        if phase is not None:
-            prev_phase = phase
 
     lr_x, lr_y = _series(records, "lr")
     panels = 3 if lr_y else 2
@@ -124,20 +121,18 @@ def plot_history(history: Union[PathLike, Sequence[Mapping[str, Any]]], save: Op
     marker = "o" if len(records) <= 30 else None  # dots help short runs; they clutter long ones
 
     for ax, metric, ylabel in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy (%)")):
-        drawn = False
         for split, color in (("train", "tab:blue"), ("test", "tab:orange")):
             xs, ys = _series(records, f"{split}_{metric}")
             if xs:
                 ax.plot(xs, ys, color=color, marker=marker, markersize=3, label=split)
-                drawn = True
+        if not ax.lines:
+            ax.text(0.5, 0.5, f"no {metric} recorded", ha="center", va="center", transform=ax.transAxes)
         if metric == "acc":
             xs, ys = _series(records, "test_acc")
             if ys:
                 best = int(np.argmax(ys))
                 ax.plot([xs[best]], [ys[best]], marker="*", markersize=12, color="gold", markeredgecolor="black",
                         linestyle="none", label=f"best test {ys[best]:.2f}% (epoch {xs[best]})")
-        if not drawn:
-            ax.text(0.5, 0.5, f"no {metric} recorded", ha="center", va="center", transform=ax.transAxes)
         _mark_events(ax, stops, boundaries, label_phases=ax is axes[0])
         _epoch_axes(ax, ylabel, ylabel.split(" ")[0])
         if ax.get_legend_handles_labels()[0]:
@@ -146,8 +141,7 @@ def plot_history(history: Union[PathLike, Sequence[Mapping[str, Any]]], save: Op
     if lr_y:
         ax = axes[2]
         ax.plot(lr_x, lr_y, color="tab:green", marker=marker, markersize=3)
-        positive = [v for v in lr_y if v > 0]
-        if positive and len(positive) == len(lr_y) and max(positive) / min(positive) > 10:
+        if min(lr_y) > 0 and max(lr_y) / min(lr_y) > 10:
             ax.set_yscale("log")
         else:
             _format_linear_lr(ax, lr_y)

@@ -3,7 +3,6 @@
 Around pytorch-grad-cam's maths this adds what course notebooks kept getting wrong: choosing the layer by name,
 in-place ReLUs (they break the backward hook), and putting the model back exactly as it was.
 """
-import math
 from typing import List, Optional, Sequence, Tuple, Union
 
 import matplotlib
@@ -14,18 +13,14 @@ from matplotlib.figure import Figure
 
 from pytorch_utils.errors import ConfigError, UnknownNameError
 from pytorch_utils.utils import eval_mode, model_device, unwrap_model
-from pytorch_utils.viz.images import (PathLike, class_name, finish, imshow, new_figure, to_display, to_numpy)
+from pytorch_utils.viz.images import (PathLike, class_name, finish, image_grid, imshow, to_display, to_numpy,
+                                      true_pred_title)
 
 __all__ = ["gradcam", "plot_gradcam", "resolve_target_layer", "conv_layer_names", "overlay_heatmap", "CAM_METHODS"]
 
 # Name -> class name in pytorch_grad_cam (all gradient-based: one forward/backward per batch).
-CAM_METHODS = {
-    "gradcam": "GradCAM",
-    "gradcam++": "GradCAMPlusPlus",
-    "hirescam": "HiResCAM",
-    "xgradcam": "XGradCAM",
-    "layercam": "LayerCAM",
-}
+CAM_METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM", "xgradcam": "XGradCAM",
+               "layercam": "LayerCAM"}
 
 
 def conv_layer_names(model: nn.Module) -> List[str]:
@@ -86,9 +81,8 @@ def resolve_target_layer(model: nn.Module, target_layer: Union[str, nn.Module, N
 
     A name may end in ``":input"`` (e.g. ``"pool:input"``) to explain the tensor going *into* that module, such as a
     residual sum computed in ``forward``; ``":output"`` is the bare name. The name is returned as given.
-    Raises:
-        UnknownNameError: no module has that name. ConfigError: nothing to pick, a module not in the model, or
-            another suffix.
+    Raises UnknownNameError when no module has that name; ConfigError for nothing to pick, a module not in the
+    model, or another suffix.
     """
     spec, module, _ = _resolve(unwrap_model(model), target_layer)
     return spec, module
@@ -139,8 +133,7 @@ def gradcam(model: nn.Module, inputs, target_layer: Union[str, nn.Module, None] 
     Args:
         target_layer: see :func:`resolve_target_layer`. targets: a class per image, or one for all; None explains
             the predicted class. method: one of ``CAM_METHODS``. batch_size: images per forward/backward pass.
-    Raises:
-        UnknownNameError: unknown layer name or method. ConfigError: bad inputs, or targets that do not fit.
+    Raises UnknownNameError for an unknown layer name or method, ConfigError for bad inputs or targets that do not fit.
     """
     base = unwrap_model(model)
     _, layer, point = _resolve(base, target_layer)
@@ -149,15 +142,15 @@ def gradcam(model: nn.Module, inputs, target_layer: Union[str, nn.Module, None] 
     x = _as_batch(inputs)
     n = len(x)
     if targets is not None:
-        t = to_numpy(targets).reshape(-1).astype(np.int64)
-        if t.size == 1 and n != 1:
-            t = np.repeat(t, n)
-        if len(t) != n:
-            raise ConfigError(f"{len(t)} CAM targets for {n} images")
-        if t.size and t.min() < 0:
-            raise ConfigError(f"GradCAM target class {int(t.min())} is negative; targets are class indices >= 0")
-        targets = t
-    if int(batch_size) < 1:
+        targets = to_numpy(targets).reshape(-1).astype(np.int64)
+        if targets.size == 1 and n != 1:
+            targets = np.repeat(targets, n)
+        if len(targets) != n:
+            raise ConfigError(f"{len(targets)} CAM targets for {n} images")
+        if targets.size and targets.min() < 0:
+            raise ConfigError(f"GradCAM target class {int(targets.min())} is negative; targets are class indices >= 0")
+    bs = int(batch_size)
+    if bs < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size!r}")
     if n == 0:
         return np.zeros((0,) + tuple(x.shape[-2:]), dtype=np.float32)
@@ -165,11 +158,9 @@ def gradcam(model: nn.Module, inputs, target_layer: Union[str, nn.Module, None] 
     params = list(base.parameters())
     # Inputs follow the model: its device, and its floating dtype (a .half() model gets half inputs).
     dtype = next((p.dtype for p in params if p.is_floating_point()), torch.float32)
-    saved_flags = [p.requires_grad for p in params]
-    saved_grads = [p.grad for p in params]
+    saved = [(p.requires_grad, p.grad) for p in params]
     relus = [m for m in base.modules() if isinstance(m, nn.ReLU) and m.inplace]
-    cam = None
-    maps = []
+    cam, maps = None, []
     with eval_mode(base):
         try:
             for m in relus:
@@ -178,23 +169,19 @@ def gradcam(model: nn.Module, inputs, target_layer: Union[str, nn.Module, None] 
                 p.requires_grad_(False)
             cam = cam_cls(model=base, target_layers=[hooked])
             with torch.enable_grad():  # callers may be inside torch.no_grad()
-                for start in range(0, n, int(batch_size)):
-                    xb = x[start:start + int(batch_size)].detach().to(device=device, dtype=dtype)
-                    xb.requires_grad_(True)
-                    tb = None if targets is None else [_ClassTarget(c) for c in targets[start:start + int(batch_size)]]
+                for start in range(0, n, bs):
+                    xb = x[start:start + bs].detach().to(device=device, dtype=dtype).requires_grad_(True)
+                    tb = None if targets is None else [_ClassTarget(c) for c in targets[start:start + bs]]
                     maps.append(np.asarray(cam(input_tensor=xb, targets=tb), dtype=np.float32))
         finally:
             if cam is not None:
                 cam.activations_and_grads.release()  # remove the hooks now, not whenever the CAM is garbage-collected
             for m in relus:
                 m.inplace = True
-            for p, flag, grad in zip(params, saved_flags, saved_grads):
+            for p, (flag, grad) in zip(params, saved):
                 p.requires_grad_(flag)
                 p.grad = grad
-    out = np.concatenate(maps)
-    if out.ndim == 2:  # pytorch-grad-cam squeezes nothing today; keep (N, H, W) if that ever changes
-        out = out[None]
-    return np.clip(out, 0.0, 1.0)
+    return np.clip(np.concatenate(maps), 0.0, 1.0)
 
 
 def overlay_heatmap(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
@@ -246,23 +233,13 @@ def plot_gradcam(model: nn.Module, images, targets, preds, classes: Optional[Seq
     maps = gradcam(model, x, target_layer=target_layer, targets=explained, method=method)
     shown = to_display(x, mean, std)
 
-    pairs_per_row = min(n, 4)
-    rows = math.ceil(n / pairs_per_row)
-    fig = new_figure((1.8 * 2 * pairs_per_row, 2.1 * rows + 0.3))
-    axes = fig.subplots(rows, 2 * pairs_per_row, squeeze=False)
-    for j in range(rows * pairs_per_row):
-        row, col = divmod(j, pairs_per_row)
-        ax_img, ax_cam = axes[row, 2 * col], axes[row, 2 * col + 1]
-        if j >= n:
-            ax_img.axis("off")
-            ax_cam.axis("off")
-            continue
-        right = preds_np[j] == targets_np[j]
-        imshow(ax_img, shown[j])
-        ax_img.set_title(f"true: {class_name(classes, targets_np[j])}\npred: {class_name(classes, preds_np[j])}",
-                         fontsize=8, color="darkgreen" if right else "crimson")
-        imshow(ax_cam, overlay_heatmap(shown[j], maps[j], alpha=alpha))
-        ax_cam.set_title(f"CAM for: {target} {class_name(classes, explained[j])}", fontsize=8)
+    # Image and overlay side by side, at most 4 pairs a row.
+    fig, axes = image_grid(2 * n, 2 * min(n, 4), (1.8, 2.1), 0.3)
+    for j in range(n):
+        imshow(axes[2 * j], shown[j])
+        true_pred_title(axes[2 * j], classes, targets_np[j], preds_np[j])
+        imshow(axes[2 * j + 1], overlay_heatmap(shown[j], maps[j], alpha=alpha))
+        axes[2 * j + 1].set_title(f"CAM for: {target} {class_name(classes, explained[j])}", fontsize=8)
     layer_name, _ = resolve_target_layer(model, target_layer)
     name, _, point = layer_name.partition(":")
     where = f"the input of layer '{name}'" if point == "input" else f"layer '{name}'"

@@ -118,20 +118,33 @@ def class_name(classes: Optional[Sequence[str]], label) -> str:
     return str(label)
 
 
-def grid_shape(n: int, ncols: Optional[int], max_cols: int = 8) -> Tuple[int, int]:
-    """(rows, cols) for ``n`` cells: ``ncols`` when given, else a near-square grid at most ``max_cols`` wide."""
+def image_grid(n: int, ncols: Optional[int], cell: Tuple[float, float], extra_height: float = 0.0):
+    """``(fig, axes)``: ``n`` cells of ``cell`` inches, ``ncols`` wide (default: near-square, at most 8); the first
+    ``n`` axes in row order, the unused ones hidden."""
     if ncols is None:
-        ncols = min(max_cols, max(1, math.ceil(math.sqrt(n))))
+        ncols = min(8, max(1, math.ceil(math.sqrt(n))))
     if int(ncols) < 1:
         raise ConfigError(f"ncols must be >= 1, got {ncols!r}")
-    ncols = max(1, min(int(ncols), n))
-    return math.ceil(n / ncols), ncols
+    cols = max(1, min(int(ncols), n))
+    rows = math.ceil(n / cols)
+    fig = new_figure((cell[0] * cols, cell[1] * rows + extra_height))
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[n:]:
+        ax.axis("off")
+    return fig, axes[:n]
+
+
+def true_pred_title(ax, classes: Optional[Sequence[str]], target, pred, suffix: str = "") -> None:
+    """Title "true: X" over "pred: Y<suffix>", green when right, red when wrong (on one line, long CIFAR-100 names
+    ran into the neighbouring titles)."""
+    color = "darkgreen" if int(pred) == int(target) else "crimson"
+    ax.set_title(f"true: {class_name(classes, target)}\npred: {class_name(classes, pred)}{suffix}", fontsize=8,
+                 color=color)
 
 
 def empty_figure(message: str, save: Optional[PathLike] = None) -> Figure:
     """A small figure that says why there is nothing to plot (better than an error in a report)."""
-    fig = new_figure((4, 1.5))
-    ax = fig.add_subplot(1, 1, 1)
+    fig, ax = axes_and_figure(None, (4, 1.5))
     ax.axis("off")
     ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11)
     return finish(fig, save)
@@ -157,23 +170,14 @@ def show_batch(images, targets, classes: Optional[Sequence[str]], mean: Optional
     n = min(len(imgs), int(max_images))
     if n == 0:
         return empty_figure("no images to show", save)
-    rows, cols = grid_shape(n, ncols)
     row_height = 1.75 if preds is None else 2.0  # two-line titles need the room
-    fig = new_figure((1.6 * cols, row_height * rows + (0.4 if title else 0)))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        if i >= n:
-            ax.axis("off")
-            continue
+    fig, axes = image_grid(n, ncols, (1.6, row_height), 0.4 if title else 0)
+    for i, ax in enumerate(axes):
         imshow(ax, imgs[i])
-        name = class_name(classes, targets[i])
         if preds is None:
-            ax.set_title(name, fontsize=9)
+            ax.set_title(class_name(classes, targets[i]), fontsize=9)
         else:
-            right = int(preds[i]) == int(targets[i])
-            # Two lines: long (CIFAR-100) names on one line ran into the neighbouring titles.
-            ax.set_title(f"true: {name}\npred: {class_name(classes, preds[i])}", fontsize=8,
-                         color="darkgreen" if right else "crimson")
+            true_pred_title(ax, classes, targets[i], preds[i])
     if title:
         fig.suptitle(title)
     return finish(fig, save)
@@ -212,12 +216,10 @@ def show_augmentations(dataset_images_uint8, transform: Callable, classes: Optio
             deep copy, and the global RNGs are restored afterwards, so the caller's random streams are untouched.
         targets: labels (N,) when a bare array is passed (row labels use ``classes``).
     """
-    images = dataset_images_uint8
-    if targets is None:
-        targets = getattr(images, "targets", None)
-    if classes is None:
-        classes = getattr(images, "classes", None)
-    images = to_numpy(getattr(images, "images", images))
+    data = dataset_images_uint8
+    targets = targets if targets is not None else getattr(data, "targets", None)
+    classes = classes if classes is not None else getattr(data, "classes", None)
+    images = to_numpy(getattr(data, "images", data))
     if images.ndim != 4 or images.dtype != np.uint8:
         raise ConfigError(f"show_augmentations expects uint8 (N, H, W, C) images, got {images.dtype} {images.shape}")
     if n < 1 or repeats < 1:
@@ -236,22 +238,19 @@ def show_augmentations(dataset_images_uint8, transform: Callable, classes: Optio
         np.random.seed(seed % 2**32)
         for i in idx:
             augmented = [_transform_output_to_image(transform(images[i]), mean, std) for _ in range(repeats)]
-            rows.append((images[i].astype(np.float32) / 255.0, augmented))
+            rows.append([images[i].astype(np.float32) / 255.0] + augmented)
     finally:
         set_rng_state(rng_state)
 
     cols = 1 + repeats
     fig = new_figure((1.6 * cols, 1.6 * len(rows) + 0.3))
     axes = fig.subplots(len(rows), cols, squeeze=False)
-    for r, (orig, augmented) in enumerate(rows):
-        imshow(axes[r, 0], orig)
+    for r, row in enumerate(rows):
         label = class_name(classes, to_numpy(targets)[idx[r]]) if targets is not None else f"#{idx[r]}"
         axes[r, 0].set_ylabel(label, fontsize=9)
-        for c, img in enumerate(augmented, start=1):
+        for c, img in enumerate(row):
             imshow(axes[r, c], img)
-        if r == 0:
-            axes[r, 0].set_title("original", fontsize=9)
-            for c in range(1, cols):
-                axes[r, c].set_title(f"augmented {c}", fontsize=9)
+    for c, ax in enumerate(axes[0]):
+        ax.set_title(f"augmented {c}" if c else "original", fontsize=9)
     fig.suptitle("before and after augmentation")
     return finish(fig, save)

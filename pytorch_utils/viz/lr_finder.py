@@ -19,11 +19,10 @@ def y_limits(result) -> Tuple[float, float]:
     finite = np.isfinite(losses)
     if not finite.any():
         return -0.05, 1.05
-    searched = np.where(finite, losses, np.inf)[result.skip_start:max(result.skip_start, n - result.skip_end)]
-    if searched.size and np.isfinite(searched).any():
-        minimum = result.skip_start + int(np.argmin(searched))
-    else:
-        minimum = int(np.argmin(np.where(finite, losses, np.inf)))
+    masked = np.where(finite, losses, np.inf)
+    start = result.skip_start
+    searched = masked[start:max(start, n - result.skip_end)]
+    minimum = start + int(np.argmin(searched)) if np.isfinite(searched).any() else int(np.argmin(masked))
     stop = min(n, minimum + max(3, n // 10) + 1)
     shown = losses[:stop][finite[:stop]]
     low, high = float(shown.min()), float(shown.max())
@@ -37,22 +36,19 @@ def plot_lr_finder(result, ax=None, save: Optional[PathLike] = None) -> Figure:
     fig, ax = axes_and_figure(ax, (7.0, 4.5))
     lrs = np.asarray(result.lrs, dtype=np.float64)
     losses = np.asarray(result.losses, dtype=np.float64)
-    n = len(losses)
-    lo, hi = result.skip_start, max(result.skip_start, n - result.skip_end)
+    lo, hi = result.skip_start, max(result.skip_start, len(losses) - result.skip_end)
 
     # The skipped ends are drawn faintly: they are shown for honesty but did not take part in the suggestion.
     ax.plot(lrs, losses, color="tab:blue", alpha=0.3, linewidth=1)
     ax.plot(lrs[lo:hi], losses[lo:hi], color="tab:blue", linewidth=1.8, label="smoothed loss")
-    idx = result.suggestion_index
-    ax.scatter([result.lr_max], [losses[idx]], s=70, color="tab:red", zorder=3)
-    ax.axvline(result.lr_max, color="tab:red", linewidth=1.2, label=f"LR_max = {result.lr_max:.2e}")
-    ax.axvline(result.lr_min, color="tab:green", linewidth=1.2, linestyle="--",
-               label=f"LR_min = {result.lr_min:.2e}")
-    ax.set_xscale("log")
-    # Name both lines where they stand as well as in the legend (the legend can sit far from them).
-    for lr, text, color in ((result.lr_max, "LR_max", "tab:red"), (result.lr_min, "LR_min", "tab:green")):
+    ax.scatter([result.lr_max], [losses[result.suggestion_index]], s=70, color="tab:red", zorder=3)
+    for lr, text, color, style in ((result.lr_max, "LR_max", "tab:red", "-"),
+                                   (result.lr_min, "LR_min", "tab:green", "--")):
+        ax.axvline(lr, color=color, linewidth=1.2, linestyle=style, label=f"{text} = {lr:.2e}")
+        # Named where it stands as well as in the legend (the legend can sit far from the line).
         ax.annotate(text, xy=(lr, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3),
                     textcoords="offset points", ha="left", va="top", color=color, fontsize=9, fontweight="bold")
+    ax.set_xscale("log")
     ax.set_ylim(*y_limits(result))
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("smoothed training loss")

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from pytorch_utils.errors import ConfigError
-from pytorch_utils.viz.images import (PathLike, class_name, empty_figure, finish, grid_shape, imshow, new_figure,
-                                      to_display, to_numpy)
+from pytorch_utils.viz.images import (PathLike, empty_figure, finish, image_grid, imshow, to_display, to_numpy,
+                                      true_pred_title)
 
 __all__ = ["find_misclassified", "plot_misclassified", "select_misclassified"]
 
@@ -75,31 +75,20 @@ def plot_misclassified(images, targets, preds, classes: Optional[Sequence[str]],
     idx = find_misclassified(preds_np, targets_np, probs=probs, k=k, order=order)
     if len(idx) == 0:
         return empty_figure("no misclassified images", save)
-    imgs = to_display(_take(images, idx), mean, std)
+    if isinstance(images, torch.Tensor):  # only the chosen rows are converted, not the whole set
+        images = images[torch.as_tensor(idx, device=images.device)]
+    else:
+        images = np.asarray(images)[idx]
+    imgs = to_display(images, mean, std)
     probs_np = to_numpy(probs)[idx] if probs is not None else None
-    rows, cols = grid_shape(len(idx), ncols)
-    fig = new_figure((1.9 * cols, 2.05 * rows + 0.3))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for j, ax in enumerate(axes.flat):
-        if j >= len(idx):
-            ax.axis("off")
-            continue
-        i = idx[j]
+    fig, axes = image_grid(len(idx), ncols, (1.9, 2.05), 0.3)
+    for j, (ax, i) in enumerate(zip(axes, idx)):
         imshow(ax, imgs[j])
         conf = f" ({100 * float(probs_np[j, preds_np[i]]):.0f}%)" if probs_np is not None else ""
-        # Two lines: long class names (CIFAR-100) on one line would overlap the neighbours.
-        ax.set_title(f"true: {class_name(classes, targets_np[i])}\npred: {class_name(classes, preds_np[i])}{conf}",
-                     fontsize=8, color="crimson")
+        true_pred_title(ax, classes, targets_np[i], preds_np[i], conf)
     ranking = "lowest true-class probability first" if order == "worst" else "dataset order"
     fig.suptitle(title or f"{len(idx)} misclassified ({ranking})", fontsize=10)
     return finish(fig, save)
-
-
-def _take(images, idx: np.ndarray):
-    """Rows ``idx`` of a tensor or array, without converting the whole set first."""
-    if isinstance(images, torch.Tensor):
-        return images[torch.as_tensor(idx, dtype=torch.long, device=images.device)]
-    return np.asarray(images)[idx]
 
 
 def select_misclassified(res: Dict[str, Any], k: Optional[int] = 16, order: str = "worst") -> Dict[str, Any]:
@@ -112,14 +101,6 @@ def select_misclassified(res: Dict[str, Any], k: Optional[int] = 16, order: str 
     losses = F.cross_entropy(res["logits"].float(), res["targets"], reduction="none")
     idx = find_misclassified(res["preds"], res["targets"], losses=losses, k=k, order=order)
     t = torch.as_tensor(idx, dtype=torch.long)
-    return {
-        "indices": idx,
-        "images": res["inputs"][t],
-        "targets": res["targets"][t],
-        "preds": res["preds"][t],
-        "probs": res["probs"][t],
-        "losses": losses[t],
-        "acc": res["acc"],
-        "num_wrong": int((res["preds"] != res["targets"]).sum()),
-        "samples": int(len(res["targets"])),
-    }
+    chosen = {key: res[key][t] for key in ("targets", "preds", "probs")}
+    return {"indices": idx, "images": res["inputs"][t], **chosen, "losses": losses[t], "acc": res["acc"],
+            "num_wrong": int((res["preds"] != res["targets"]).sum()), "samples": int(len(res["targets"]))}

@@ -9,7 +9,7 @@ import html
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -72,61 +72,36 @@ def _md_cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _summary_rows(ev: Dict[str, Any], hist: Dict[str, Any]) -> List[tuple]:
-    rows = [("Test accuracy (this evaluation)", _fmt_pct(ev["acc"])), ("Test loss", f"{ev['loss']:.4f}"),
-            ("Test samples", str(ev["samples"])), ("Misclassified", str(ev["num_wrong"]))]
-    if hist:
-        rows += [("Epochs", str(hist["epochs"]) + (" (early stopped)" if hist["early_stopped"] else "")),
-                 ("Final train accuracy", _fmt_pct(hist["final_train_acc"])),
-                 ("Final test accuracy", _fmt_pct(hist["final_test_acc"])),
-                 ("Best test accuracy", _fmt_pct(hist["best_test_acc"])
-                  + (f" (epoch {hist['best_epoch']})" if hist["best_epoch"] is not None else ""))]
-    return rows
-
-
-def _write_markdown(path: Path, title, rows, pairs, images: Dict[str, Path], notes: List[str],
-                    sections: Sequence[tuple], table: Sequence[dict]) -> None:
-    lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {_md_cell(k)} | {_md_cell(v)} |" for k, v in rows]
-    lines += [""]
-    for key, caption in sections:
-        if key in images:
-            lines += [f"## {caption}", "", f"![{key}]({images[key].name})", ""]
-    lines += ["## Per-class precision, recall and F1", "", per_class_markdown(table)]
-    lines += ["## Most confused pairs", ""]
-    if pairs:
-        lines += ["| true | predicted | count |", "|---|---|---:|"]
-        lines += [f"| {_md_cell(t)} | {_md_cell(p)} | {c} |" for t, p, c in pairs]
-    else:
-        lines += ["No mistakes."]
-    if notes:
-        lines += ["", "## Notes", ""] + [f"- {_md_cell(n)}" for n in notes]
-    atomic_write_text(path, "\n".join(lines) + "\n")
-
-
-def _html_body(title, rows, pairs, images: Dict[str, Path], notes: List[str], sections: Sequence[tuple],
-               table: Sequence[dict]) -> str:
+def _index_pages(title, rows, pairs, images: Dict[str, Path], notes: List[str], sections: Sequence[tuple],
+                 table: Sequence[dict]) -> Tuple[str, str]:
+    """``index.md`` and the ``<body>`` of ``index.html``, built side by side so both list the same things in order."""
     e = html.escape
-    parts = [f"<h1>{e(title)}</h1>", "<table>"]
-    parts += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows]
-    parts += ["</table>"]
+    md = [f"# {title}", "", "| metric | value |", "|---|---|"] + [f"| {_md_cell(k)} | {_md_cell(v)} |" for k, v in rows]
+    htm = [f"<h1>{e(title)}</h1>", "<table>"] + [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows]
+    md += [""]
+    htm += ["</table>"]
     for key, caption in sections:
         if key in images:
-            parts += [f"<h2>{e(caption)}</h2>", f'<img src="{e(images[key].name)}" alt="{e(key)}">']
-    parts += ["<h2>Per-class precision, recall and F1</h2>",
-              "<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"]
-    parts += [f"<tr><td>{e(str(r['class']))}</td><td>{100 * r['precision']:.1f}%</td><td>{100 * r['recall']:.1f}%"
-              f"</td><td>{100 * r['f1']:.1f}%</td><td>{r['support']}</td></tr>" for r in table]
-    parts += ["</table>", "<h2>Most confused pairs</h2>"]
+            md += [f"## {caption}", "", f"![{key}]({images[key].name})", ""]
+            htm += [f"<h2>{e(caption)}</h2>", f'<img src="{e(images[key].name)}" alt="{e(key)}">']
+    md += ["## Per-class precision, recall and F1", "", per_class_markdown(table), "## Most confused pairs", ""]
+    htm += ["<h2>Per-class precision, recall and F1</h2>",
+            "<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"]
+    htm += [f"<tr><td>{e(str(r['class']))}</td><td>{100 * r['precision']:.1f}%</td><td>{100 * r['recall']:.1f}%"
+            f"</td><td>{100 * r['f1']:.1f}%</td><td>{r['support']}</td></tr>" for r in table]
+    htm += ["</table>", "<h2>Most confused pairs</h2>"]
     if pairs:
-        parts += ["<table><tr><th>true</th><th>predicted</th><th>count</th></tr>"]
-        parts += [f"<tr><td>{e(t)}</td><td>{e(p)}</td><td>{c}</td></tr>" for t, p, c in pairs]
-        parts += ["</table>"]
+        md += ["| true | predicted | count |", "|---|---|---:|"]
+        md += [f"| {_md_cell(t)} | {_md_cell(p)} | {c} |" for t, p, c in pairs]
+        htm += ["<table><tr><th>true</th><th>predicted</th><th>count</th></tr>"]
+        htm += [f"<tr><td>{e(t)}</td><td>{e(p)}</td><td>{c}</td></tr>" for t, p, c in pairs] + ["</table>"]
     else:
-        parts += ["<p>No mistakes.</p>"]
+        md += ["No mistakes."]
+        htm += ["<p>No mistakes.</p>"]
     if notes:
-        parts += ["<h2>Notes</h2><ul>"] + [f"<li>{e(n)}</li>" for n in notes] + ["</ul>"]
-    return "\n".join(parts)
+        md += ["", "## Notes", ""] + [f"- {_md_cell(n)}" for n in notes]
+        htm += ["<h2>Notes</h2><ul>"] + [f"<li>{e(n)}</li>" for n in notes] + ["</ul>"]
+    return "\n".join(md) + "\n", "\n".join(htm)
 
 
 def _style(root: str) -> str:
@@ -140,13 +115,6 @@ def _brief(exc: BaseException, limit: int = 300) -> str:
     """``"Type: message"`` on one line, cut to ``limit`` characters (torch errors can run to pages)."""
     text = " ".join(f"{type(exc).__name__}: {exc}".split())
     return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _uint8_images(data: "ReportData", inputs: torch.Tensor, mean, std):
-    """``data.train_images``, else the evaluated inputs back as uint8, for the augmentation preview."""
-    if data.train_images is not None:
-        return data.train_images
-    return np.round(to_display(inputs[:64], mean, std) * 255.0).astype(np.uint8)
 
 
 @dataclass
@@ -241,7 +209,9 @@ def _draw(data: ReportData, res, cfg: ReportSettings, stats, mis, save, notes: L
                                            title=f"{nb} test images, evenly spaced through the test set "
                                                  "(green: right, red: wrong)"))
     if data.train_transform is not None:  # a preview must never cost the rest of the report
-        source = _uint8_images(data, res["inputs"], mean, std)
+        source = data.train_images
+        if source is None:  # the evaluated images back as uint8
+            source = np.round(to_display(res["inputs"][:64], mean, std) * 255.0).astype(np.uint8)
         _try("augmentations", "Augmentation preview", lambda p: show_augmentations(
             source, data.train_transform, classes, mean, std, n=6, repeats=5, save=p), save, notes)
     save("misclassified", lambda p: plot_misclassified(
@@ -272,10 +242,8 @@ def report(data: ReportData, out_dir: PathLike, settings: Optional[ReportSetting
     ``gradcam``, ``confusion_matrix`` (+ ``_normalized``), ``per_class_accuracy``; then ``per_class.md``/``.csv``
     (:func:`~pytorch_utils.viz.confusion.per_class_report`), ``index.md`` and ``index.html``. A GradCAM or augmentation
     preview that cannot run becomes a note. ``overrides`` replace fields of ``settings`` (``gradcam_k=4``).
-    Returns:
-        dict name -> Path: the PNGs, ``per_class_md``, ``per_class_csv``, ``index_md``, ``index_html``.
-    Raises:
-        ConfigError: an unknown setting or ``gradcam_target``, or class names that do not fit the logits.
+    Returns ``{name: Path}``: the PNGs, ``per_class_md``, ``per_class_csv``, ``index_md``, ``index_html``. Raises
+    ConfigError for an unknown setting or ``gradcam_target``, or class names that do not fit the logits.
     """
     cfg = _settings(settings, overrides)
     out = ensure_writable_dir(out_dir)
@@ -303,8 +271,15 @@ def _write_index(out: Path, paths: Dict[str, Path], cfg: ReportSettings, data: R
     res, classes = data.evaluation, [r["class"] for r in table[:-2]]
     cm = confusion_matrix(res["targets"], res["preds"], len(classes))
     pairs = most_confused_pairs(cm, classes, k=cfg.top_pairs)
-    ev = {"acc": res["acc"], "loss": res["loss"], "samples": res["samples"], "num_wrong": mis["num_wrong"]}
-    rows = _summary_rows(ev, history_summary(as_records(data.history)) if data.history is not None else {})
+    rows = [("Test accuracy (this evaluation)", _fmt_pct(res["acc"])), ("Test loss", f"{res['loss']:.4f}"),
+            ("Test samples", str(res["samples"])), ("Misclassified", str(mis["num_wrong"]))]
+    hist = history_summary(as_records(data.history)) if data.history is not None else {}
+    if hist:
+        rows += [("Epochs", str(hist["epochs"]) + (" (early stopped)" if hist["early_stopped"] else "")),
+                 ("Final train accuracy", _fmt_pct(hist["final_train_acc"])),
+                 ("Final test accuracy", _fmt_pct(hist["final_test_acc"])),
+                 ("Best test accuracy", _fmt_pct(hist["best_test_acc"])
+                  + (f" (epoch {hist['best_epoch']})" if hist["best_epoch"] is not None else ""))]
     worst = per_class_accuracy(cm)
     if np.isfinite(worst).any():
         i = int(np.nanargmin(worst))
@@ -312,13 +287,11 @@ def _write_index(out: Path, paths: Dict[str, Path], cfg: ReportSettings, data: R
     images = {k: v for k, v in paths.items() if v.suffix == ".png"}
     target = GRADCAM_TARGETS[cfg.gradcam_target]
     sections = [(key, caption.format(target=target)) for key, caption in SECTIONS]
-    paths["index_md"] = out / "index.md"
-    _write_markdown(paths["index_md"], cfg.title, rows, pairs, images, notes, sections, table)
-    paths["index_html"] = out / "index.html"
-    body = _html_body(cfg.title, rows, pairs, images, notes, sections, table)
-    atomic_write_text(paths["index_html"], "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-                                           f"<title>{html.escape(cfg.title)}</title><style>{_style('body')}</style>"
-                                           f"</head><body>\n{body}\n</body></html>\n")
+    md, body = _index_pages(cfg.title, rows, pairs, images, notes, sections, table)
+    paths["index_md"] = atomic_write_text(out / "index.md", md)
+    paths["index_html"] = atomic_write_text(out / "index.html", "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+                                            f"<title>{html.escape(cfg.title)}</title><style>{_style('body')}</style>"
+                                            f"</head><body>\n{body}\n</body></html>\n")
 
 
 def show_report(paths: Mapping[str, PathLike]):
