@@ -65,9 +65,8 @@ def make_checkpoint(state: TrainState, config: Optional[Dict[str, Any]] = None,
         "model_name": getattr(model, "model_name", type(model).__name__),
         "model": model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
-        "scheduler": state.scheduler.state_dict() if hasattr(state.scheduler, "state_dict") else None,
-        "scaler": state.scaler.state_dict() if state.scaler is not None else None,
-        "ema": state.ema.state_dict() if state.ema is not None else None,
+        **{key: part.state_dict() if hasattr(part, "state_dict") else None
+           for key, part in (("scheduler", state.scheduler), ("scaler", state.scaler), ("ema", state.ema))},
         "epoch": state.epoch,
         "step": state.step,
         "history": _plain(list(state.history)),
@@ -147,14 +146,12 @@ def check_model_name(checkpoint: Dict[str, Any], name: Optional[str], source: st
 def restore_model(model: torch.nn.Module, checkpoint: Dict[str, Any], source: str = "checkpoint") -> None:
     """Load the checkpoint's weights into ``model``; CheckpointError when the model name or state dict differs."""
     target = unwrap_model(model)
-    saved_name = checkpoint.get("model_name")
     check_model_name(checkpoint, getattr(target, "model_name", None), source)
     try:
         target.load_state_dict(checkpoint["model"])
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0:3]
-        raise CheckpointError(f"{source} does not fit this model ({saved_name or 'unknown model'} weights): "
-                              + " ".join(first)) from None
+        raise CheckpointError(f"{source} does not fit this model ({checkpoint.get('model_name') or 'unknown model'} "
+                              "weights): " + " ".join(str(exc).strip().splitlines()[:3])) from None
 
 
 def restore_state(state: TrainState, checkpoint: Dict[str, Any], source: str = "checkpoint") -> None:
@@ -162,12 +159,9 @@ def restore_state(state: TrainState, checkpoint: Dict[str, Any], source: str = "
     ``step`` (written before steps were counted) counts ``epoch * steps_per_epoch``."""
     restore_model(state.model, checkpoint, source)
     state.optimizer.load_state_dict(checkpoint["optimizer"])
-    if checkpoint.get("scheduler") is not None and hasattr(state.scheduler, "load_state_dict"):
-        state.scheduler.load_state_dict(checkpoint["scheduler"])
-    if checkpoint.get("scaler") is not None and state.scaler is not None:
-        state.scaler.load_state_dict(checkpoint["scaler"])
-    if checkpoint.get("ema") is not None and state.ema is not None:
-        state.ema.load_state_dict(checkpoint["ema"])
+    for key, part in (("scheduler", state.scheduler), ("scaler", state.scaler), ("ema", state.ema)):
+        if checkpoint.get(key) is not None and hasattr(part, "load_state_dict"):
+            part.load_state_dict(checkpoint[key])
     state.epoch = int(checkpoint["epoch"])
     state.step = int(checkpoint.get("step", state.epoch * state.steps_per_epoch))
     state.history = History(checkpoint.get("history") or [])

@@ -171,11 +171,9 @@ def restart_smoothing(smoothed: Sequence[float], smooth_f: float, start: int) ->
 def recover_raw(smoothed: Sequence[float], smooth_f: float) -> np.ndarray:
     """The raw losses behind torch-lr-finder's record ``s[i] = f * raw[i] + (1 - f) * s[i-1]``; float64 array."""
     s = np.asarray(smoothed, dtype=np.float64)
-    if smooth_f == 0 or len(s) == 0:
+    if smooth_f == 0:
         return s.copy()
-    raw = s.copy()
-    raw[1:] = (s[1:] - (1 - smooth_f) * s[:-1]) / smooth_f
-    return raw
+    return np.concatenate([s[:1], (s[1:] - (1 - smooth_f) * s[:-1]) / smooth_f])
 
 
 # What torch's LRScheduler patches onto its optimizer; the sweep's scheduler must not leave them behind.
