@@ -31,28 +31,18 @@ def _plain(obj: Any) -> Any:
 
 
 def _rng_to_plain(state: Dict[str, Any]) -> Dict[str, Any]:
+    """``get_rng_state()`` as tensors, lists and numbers only (what ``torch.load(weights_only=True)`` accepts)."""
     name, keys, pos, has_gauss, cached = state["numpy"]
-    out = {
-        "python": [state["python"][0], list(state["python"][1]), state["python"][2]],
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-        "torch": state["torch"],
-    }
-    if "cuda" in state:
-        out["cuda"] = list(state["cuda"])
-    return out
+    version, internal, gauss = state["python"]
+    return dict(state, python=[version, list(internal), gauss],
+                numpy={"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached": float(cached)})
 
 
 def _rng_from_plain(plain: Dict[str, Any]) -> Dict[str, Any]:
     py, n = plain["python"], plain["numpy"]
-    state = {
-        "python": (py[0], tuple(py[1]), py[2]),
-        "numpy": (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]),
-        "torch": plain["torch"],
-    }
-    if "cuda" in plain:
-        state["cuda"] = plain["cuda"]
-    return state
+    return dict(plain, python=(py[0], tuple(py[1]), py[2]),
+                numpy=(n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
 
 
 def make_checkpoint(state: TrainState, config: Optional[Dict[str, Any]] = None,
@@ -192,16 +182,10 @@ def latest_checkpoint(directory, skipped: Optional[List[str]] = None) -> Optiona
 
 class CheckpointManager(Callback):
     """Saves ``epoch-0007.pt`` files (the last ``keep_last``) and ``best.pt`` (by ``monitor``, ``mode`` "max" or
-    "min") in ``directory``, and resumes runs. Only rank 0 writes.
-
-    Args:
-        resume: hand ``fit`` the newest intact checkpoint (:meth:`checkpoint_to_resume`); "required" raises
-            CheckpointError when there is none, True starts fresh then.
-        config: the run's config (dict or dataclass), stored in each checkpoint.
-        every: epochs between epoch checkpoints (the last is always saved). A new best in between is kept in memory
-            and written as ``best.pt`` at the next save, so an improvement does not cost a full write.
-        checkpoint: an already loaded checkpoint to resume from instead of the newest one.
-    """
+    "min") in ``directory``, and resumes runs; only rank 0 writes. ``resume``: hand ``fit`` the newest intact
+    checkpoint, or the given ``checkpoint`` (True: start fresh without one; "required": CheckpointError). ``config``
+    (dict or dataclass) is stored in each checkpoint. ``every``: epochs between epoch checkpoints (the last always
+    saved); a best in between waits in memory for the next save."""
 
     def __init__(self, directory, keep_last: int = 5, monitor: str = "test_acc", mode: str = "max",
                  resume=False, config: Any = None, hub: "HubPusher" = None, every: int = 1,
@@ -270,8 +254,7 @@ class CheckpointManager(Callback):
             return
         last = state.epoch >= state.epochs or state.stop
         if state.epoch % self.every and not last:
-            if improved:  # keep the best until the next save: a copy on the model's device, no disk write now
-                # deepcopy clones the tensors: state_dicts alias the live weights.
+            if improved:  # held until the next save, no disk write now; deepcopy: state_dicts alias the weights
                 self._pending_best = copy.deepcopy(make_checkpoint(state, self.config, self.best))
             return
         path = self.directory / f"epoch-{state.epoch:04d}.pt"
