@@ -36,10 +36,6 @@ def image_extensions() -> FrozenSet[str]:
                      if fmt in Image.OPEN and fmt not in _NOT_DECODABLE)
 
 
-def _is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in image_extensions()
-
-
 # A few entries hold train+test of one or two data sets; a full CIFAR-sized split is ~150 MB.
 _IMAGE_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
 _IMAGE_CACHE_SIZE = 6
@@ -57,6 +53,10 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zipf
 
 def _is_hidden(part: str) -> bool:
     return part.startswith(".") or part == "__MACOSX"
+
+
+def _is_image(name: str) -> bool:
+    return not _is_hidden(name) and os.path.splitext(name)[1].lower() in image_extensions()
 
 
 def _zip_name(info: zipfile.ZipInfo) -> str:
@@ -102,9 +102,8 @@ class _Source:
         if self.zip is None:
             for entry in os.scandir(self.path / split_dir):
                 if entry.is_dir() and not _is_hidden(entry.name):
-                    out[entry.name] = sorted(
-                        f"{split_dir}/{entry.name}/{f.name}" for f in os.scandir(entry.path)
-                        if f.is_file() and not _is_hidden(f.name) and _is_image_name(f.name))
+                    out[entry.name] = sorted(f"{split_dir}/{entry.name}/{f.name}" for f in os.scandir(entry.path)
+                                             if f.is_file() and _is_image(f.name))
             return out
         prefix = split_dir.rstrip("/") + "/"
         for n in self.members:
@@ -112,7 +111,7 @@ class _Source:
             if len(parts) < 2 or not parts[0] or _is_hidden(parts[0]):
                 continue  # files lying directly in split/ are not in a class folder
             files = out.setdefault(parts[0], [])
-            if len(parts) == 2 and parts[1] and not _is_hidden(parts[1]) and _is_image_name(parts[1]):
+            if len(parts) == 2 and _is_image(parts[1]):
                 files.append(n)
         return {c: sorted(f) for c, f in out.items()}
 
@@ -259,15 +258,12 @@ def load_image_folder(path: PathLike, split: str = "train", classes: Optional[Se
     arrays are cached per (path, its mtime, split, limit, seed, classes, stats) and shared by the returned data sets:
     do not modify ``ds.images`` in place; ``clear_image_cache()`` frees them.
 
-    Args:
-        classes: class names in label order (for an evaluation split, the training classes: one without images is
-            then a warning and in ``ds.empty_classes``); default: the sorted class folders.
-        stats: "auto": CIFAR-10's published mean/std for a folder with exactly its class names (so a JPEG export
-            normalizes like torchvision's copy), else computed; "compute": always computed.
-    Raises:
-        DatasetNotFoundError: no ``path``. DatasetError: no split folder, class folders or images, a class folder
-        without images (``classes=None``), class folders the training classes lack, or an undecodable or
-        differently sized file (named). ConfigError: an unknown ``stats`` option.
+    ``classes``: class names in label order (for an evaluation split, the training classes: one without images is
+    then a warning and in ``ds.empty_classes``); default: the sorted class folders. ``stats``: "auto": CIFAR-10's
+    published mean/std for a folder with exactly its class names (a JPEG export normalizes like torchvision's copy),
+    else computed; "compute": always computed. DatasetNotFoundError: no ``path``; ConfigError: unknown ``stats``;
+    DatasetError: no split folder, class folders or images, a class folder without images (``classes=None``), class
+    folders the training classes lack, or an undecodable or differently sized file (named).
     """
     _check_stats_option(stats)
     path = Path(path).expanduser()
