@@ -27,10 +27,8 @@ def as_stats(value, what: str, error=DatasetError) -> Optional[Tuple[float, floa
 
 
 def stratified_indices(targets: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """``n`` sorted int64 indices into int ``targets`` (N,), chosen per class at random by ``seed`` (all if n >= N).
-
-    Each class gets a share proportional to its frequency (largest-remainder rounding). ConfigError: ``n < 1``.
-    """
+    """``n`` sorted int64 indices into int ``targets`` (N,) (all if n >= N), drawn by ``seed`` within each class in
+    proportion to its frequency (largest-remainder rounding). ConfigError: ``n < 1``."""
     targets = np.asarray(targets)
     if int(n) != n or n < 1:
         raise ConfigError(f"limit must be a positive integer, got {n!r}")

@@ -1,9 +1,7 @@
-"""Augmentation presets: one registry of names (``list_presets()``), each with a CPU and a GPU side.
-
-CPU side: albumentations (2.x) augmentations > ``Normalize(mean, std, max_pixel_value=255)`` > ``ToTensorV2`` in an
-``AlbumentationsTransform`` (HWC uint8 image -> float32 CHW tensor). GPU side: the batched ``gpu_ops`` equivalents.
-Fills (padding, rotation borders, cutout holes) are the data set mean on the 0-255 scale: ~0 after normalization.
-"""
+"""Augmentation presets: one registry of names (``list_presets()``), each with a CPU side (albumentations 2.x ops >
+``Normalize`` > ``ToTensorV2`` in an ``AlbumentationsTransform``: HWC uint8 image -> float32 CHW tensor) and a GPU
+side (the batched ``gpu_ops`` equivalents). Fills (padding, rotation borders, cutout holes) are the data set mean:
+~0 after normalization."""
 from __future__ import annotations
 
 import importlib
@@ -140,9 +138,8 @@ test_preset.__test__ = False  # its name starts with "test"; keep pytest from co
 def wrn_preset(mean: Stats, std: Stats, size: int = 32, rotate: float = 15, cutout: int = 8,
                scale: Tuple[float, float] = (0.75, 1.0), cutout_p: float = 0.5,
                seed: Optional[int] = None) -> AlbumentationsTransform:
-    """The WRN-28-10 recipe augmentation: random resized crop (area fraction ``scale``; it also resizes to ``size``)
-    > rotation by up to ``rotate`` degrees (p=0.5, mean fill; 0: none) > flip > cutout > normalize.
-    Other arguments as ``train_preset``."""
+    """The WRN-28-10 recipe augmentation: random resized crop (area fraction ``scale``; also resizes to ``size``) >
+    rotation by up to ``rotate`` degrees (p=0.5, mean fill; 0: none) > flip > cutout > normalize; rest: train_preset."""
     _check(mean, std, size)
     fill = pixel_fill(mean)  # the ints cv2 border/fill arguments take
     ops = [A.RandomResizedCrop(size=(size, size), scale=tuple(scale), ratio=(0.9, 1.1))]
