@@ -27,10 +27,8 @@ def as_stats(value, what: str, error=DatasetError) -> Optional[Tuple[float, floa
 
 
 def stratified_indices(targets: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """``n`` sorted int64 indices into int ``targets`` (N,), chosen per class at random by ``seed`` (all if n >= N).
-
-    Each class gets a share proportional to its frequency (largest-remainder rounding). ConfigError: ``n < 1``.
-    """
+    """``n`` sorted int64 indices into int ``targets`` (N,) (all if n >= N), drawn by ``seed`` within each class in
+    proportion to its frequency (largest-remainder rounding). ConfigError: ``n < 1``."""
     targets = np.asarray(targets)
     if int(n) != n or n < 1:
         raise ConfigError(f"limit must be a positive integer, got {n!r}")
@@ -50,17 +48,10 @@ def stratified_indices(targets: np.ndarray, n: int, seed: int = 0) -> np.ndarray
 
 
 class ArrayDataset(Dataset):
-    """An in-memory image classification data set.
-
-    Args:
-        images: uint8 numpy array (N, H, W, 3), RGB.
-        targets: integer labels (N,) in ``[0, len(classes))``; stored as int64.
-        classes: class names; label ``i`` is ``classes[i]``.
-        transform: applied to one HWC uint8 image in ``__getitem__`` (None: a [0, 1] float CHW tensor); mutable.
-        mean, std: per-channel stats on the [0, 1] scale; computed from ``images`` on first access when not given.
-    Raises:
-        DatasetError: wrong dtype/shape, not 3 channels, length mismatch, or a label out of range.
-    """
+    """In-memory images: uint8 (N, H, W, 3) RGB ``images``, int ``targets`` (N,) (stored as int64), label ``i`` naming
+    ``classes[i]``. ``transform`` maps one HWC uint8 image (None: a [0, 1] float CHW tensor); ``mean``/``std``: [0, 1]
+    scale, computed from the images on first use when not given. DatasetError: wrong dtype/shape, length mismatch,
+    or a label out of range."""
 
     def __init__(self, images: np.ndarray, targets, classes: Sequence[str], transform: Optional[Callable] = None,
                  mean=None, std=None):
@@ -121,7 +112,6 @@ class ArrayDataset(Dataset):
 
     @property
     def mean(self) -> Tuple[float, float, float]:
-        """Per-channel mean on the [0, 1] scale (computed from the images if it was not given)."""
         if self._mean is None:
             self._mean, self._std = compute_mean_std(self.images)
         return self._mean
@@ -132,7 +122,6 @@ class ArrayDataset(Dataset):
 
     @property
     def std(self) -> Tuple[float, float, float]:
-        """Per-channel std on the [0, 1] scale (computed from the images if it was not given)."""
         if self._std is None:
             self._mean, self._std = compute_mean_std(self.images)
         return self._std
@@ -155,7 +144,7 @@ class ArrayDataset(Dataset):
         return self.subset(stratified_indices(self.targets, n, seed))
 
     def class_counts(self) -> np.ndarray:
-        """Number of items per class, shape (num_classes,)."""
+        """Items per class, shape (num_classes,)."""
         return np.bincount(self.targets, minlength=self.num_classes)
 
     @property

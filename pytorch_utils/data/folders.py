@@ -28,8 +28,7 @@ PROGRESS_DELAY = 2.0
 
 @lru_cache(maxsize=1)
 def image_extensions() -> FrozenSet[str]:
-    """Lower-case extensions (with the dot) of every format this Pillow decodes (``registered_extensions()`` with an
-    opener, minus stubs): at least .jpg .jpeg .png .bmp .webp .gif .tif .tiff."""
+    """Lower-case extensions (with the dot) of every format this Pillow can decode: .jpg .png .webp .tif ..."""
     from PIL import Image
 
     Image.init()
@@ -37,12 +36,7 @@ def image_extensions() -> FrozenSet[str]:
                      if fmt in Image.OPEN and fmt not in _NOT_DECODABLE)
 
 
-def _is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in image_extensions()
-
-
-# (resolved path, mtime, split, limit, seed, classes) -> (images, targets, classes, mean, std); a few entries are
-# enough for train+test of one or two data sets, and a full CIFAR-sized split is ~150 MB.
+# A few entries hold train+test of one or two data sets; a full CIFAR-sized split is ~150 MB.
 _IMAGE_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
 _IMAGE_CACHE_SIZE = 6
 
@@ -61,6 +55,10 @@ def _is_hidden(part: str) -> bool:
     return part.startswith(".") or part == "__MACOSX"
 
 
+def _is_image(name: str) -> bool:
+    return not _is_hidden(name) and os.path.splitext(name)[1].lower() in image_extensions()
+
+
 def _zip_name(info: zipfile.ZipInfo) -> str:
     """The member name as its writer meant it: without the UTF-8 flag (bit 11) zipfile decodes cp437, but Info-ZIP
     ``zip`` on Linux stores UTF-8 without the flag, so a name that re-decodes as UTF-8 is taken as such."""
@@ -73,19 +71,21 @@ def _zip_name(info: zipfile.ZipInfo) -> str:
 
 
 class _Source:
-    """Uniform listing/reading of a directory tree or a zip file, with names relative to the data root."""
+    """A directory tree or a zip file, listed and read with names relative to the data root."""
 
     def __init__(self, path: Path):
         self.path = path
         self.zip = zipfile.ZipFile(path) if path.is_file() else None
         self.members = {_zip_name(i): i for i in self.zip.infolist()} if self.zip is not None else {}
 
-    def close(self) -> None:
+    def __enter__(self) -> "_Source":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
         if self.zip is not None:
             self.zip.close()
 
     def top_dirs(self) -> List[str]:
-        """Visible top-level folder names."""
         if self.zip is None:
             return sorted(e.name for e in os.scandir(self.path) if e.is_dir() and not _is_hidden(e.name))
         return sorted({n.split("/")[0] for n in self.members if "/" in n and not _is_hidden(n.split("/")[0])})
@@ -102,9 +102,8 @@ class _Source:
         if self.zip is None:
             for entry in os.scandir(self.path / split_dir):
                 if entry.is_dir() and not _is_hidden(entry.name):
-                    out[entry.name] = sorted(
-                        f"{split_dir}/{entry.name}/{f.name}" for f in os.scandir(entry.path)
-                        if f.is_file() and not _is_hidden(f.name) and _is_image_name(f.name))
+                    out[entry.name] = sorted(f"{split_dir}/{entry.name}/{f.name}" for f in os.scandir(entry.path)
+                                             if f.is_file() and _is_image(f.name))
             return out
         prefix = split_dir.rstrip("/") + "/"
         for n in self.members:
@@ -112,7 +111,7 @@ class _Source:
             if len(parts) < 2 or not parts[0] or _is_hidden(parts[0]):
                 continue  # files lying directly in split/ are not in a class folder
             files = out.setdefault(parts[0], [])
-            if len(parts) == 2 and parts[1] and not _is_hidden(parts[1]) and _is_image_name(parts[1]):
+            if len(parts) == 2 and _is_image(parts[1]):
                 files.append(n)
         return {c: sorted(f) for c, f in out.items()}
 
@@ -128,11 +127,8 @@ class _Source:
 
 
 def to_rgb(im) -> np.ndarray:
-    """The pixels of a PIL image of any mode as uint8 (H, W, 3) RGB.
-
-    8-bit modes go through ``convert("RGB")`` as in torchvision's ImageFolder (alpha dropped). Modes ``I;16*``,
-    ``I``, ``F`` are scaled to 8 bits first (65535 -> 255; a float image in [0, 1] -> 255): ``convert`` would clip.
-    """
+    """A PIL image of any mode as uint8 (H, W, 3) RGB: 8-bit modes via ``convert("RGB")`` (torchvision's way, alpha
+    dropped); 16-bit, ``I`` and ``F`` scaled to 8 bits first (65535 or 1.0 -> 255), which ``convert`` would clip."""
     if im.mode == "RGB":
         return np.asarray(im)
     if im.mode in ("I", "F") or im.mode.startswith("I;16"):
@@ -149,10 +145,8 @@ def to_rgb(im) -> np.ndarray:
 
 
 def _decode_images(source: _Source, files: Sequence[str]) -> Tuple[np.ndarray, Counter]:
-    """``files`` as one uint8 (N, H, W, 3) RGB array, and a count of the converted files per original mode.
-
-    A progress bar appears after ``PROGRESS_DELAY`` s. DatasetError names an undecodable or differently sized file.
-    """
+    """``files`` as one uint8 (N, H, W, 3) RGB array, and a count of the converted files per original mode;
+    DatasetError names an undecodable or differently sized file."""
     from tqdm.auto import tqdm
 
     images, first_name, first_size = None, None, None
@@ -217,16 +211,13 @@ def _find_split_dir(source: _Source, path: Path, split: str) -> str:
 def find_eval_split(path: PathLike) -> str:
     """The evaluation split of a folder/zip: "test", else the first of "val", "valid", "validation" present (with
     a log note); "test" when none is (loading it then raises the usual error)."""
-    source = _Source(Path(path).expanduser().resolve())
-    try:
+    with _Source(Path(path).expanduser().resolve()) as source:
         for split in EVAL_SPLITS:
             if _split_dir(source, split) is not None:
                 if split != "test":
                     log.info("no test/ folder in %s: evaluating on its %s/ folder", path, split)
                 return split
-        return "test"
-    finally:
-        source.close()
+    return "test"
 
 
 def _list_split(source: _Source, path: Path, split: str,
@@ -262,22 +253,17 @@ def _list_split(source: _Source, path: Path, split: str,
 def load_image_folder(path: PathLike, split: str = "train", classes: Optional[Sequence[str]] = None,
                       limit: Optional[int] = None, seed: int = 0,
                       transform: Optional[Callable] = None, stats: str = "auto") -> ArrayDataset:
-    """Images laid out as ``split/<class>/<image>`` in a folder or a zip, decoded once into memory as RGB.
+    """Images laid out as ``split/<class>/<image>`` in a folder or a zip (splits may sit in one top-level folder),
+    decoded once into memory as RGB (``to_rgb``). ``limit`` picks a stratified seeded subset before decoding. The
+    arrays are cached per (path, its mtime, split, limit, seed, classes, stats) and shared by the returned data sets:
+    do not modify ``ds.images`` in place; ``clear_image_cache()`` frees them.
 
-    Reads every ``image_extensions()`` format; non-RGB images are converted (``to_rgb``, one log line). A zip may
-    wrap the splits in one top-level folder. ``limit`` picks a stratified seeded subset before decoding. Arrays are
-    cached in-process (key: path, mtime of ``path`` itself, split, limit, seed, classes, stats) and shared by the
-    returned data sets: do not modify ``ds.images`` in place; ``clear_image_cache()`` frees them.
-
-    Args:
-        classes: class names in label order (the training classes, for an evaluation split: a class without
-            images is then a logged warning and in ``ds.empty_classes``); default: the sorted class folders.
-        stats: "auto": a folder with exactly CIFAR-10's class names gets the published CIFAR-10 mean/std (a JPEG
-            export of CIFAR-10 normalizes like torchvision's copy), others computed ones; "compute": always computed.
-    Raises:
-        DatasetNotFoundError: no ``path``. DatasetError: no split folder, class folders or images, a class folder
-        without images (``classes=None``), class folders the training classes lack, or an undecodable or
-        differently sized file (named). ConfigError: an unknown ``stats`` option.
+    ``classes``: class names in label order (for an evaluation split, the training classes: one without images is
+    then a warning and in ``ds.empty_classes``); default: the sorted class folders. ``stats``: "auto": CIFAR-10's
+    published mean/std for a folder with exactly its class names (a JPEG export normalizes like torchvision's copy),
+    else computed; "compute": always computed. DatasetNotFoundError: no ``path``; ConfigError: unknown ``stats``;
+    DatasetError: no split folder, class folders or images, a class folder without images (``classes=None``), class
+    folders the training classes lack, or an undecodable or differently sized file (named).
     """
     _check_stats_option(stats)
     path = Path(path).expanduser()
@@ -291,15 +277,12 @@ def load_image_folder(path: PathLike, split: str = "train", classes: Optional[Se
     key = (str(path), path.stat().st_mtime_ns, split, limit, seed, tuple(classes) if classes is not None else None,
            stats)
     if key not in _IMAGE_CACHE:
-        source = _Source(path)
-        try:
+        with _Source(path) as source:
             files, targets, names = _list_split(source, path, split, classes)
             if limit is not None:
                 keep = stratified_indices(targets, limit, seed)
                 files, targets = [files[i] for i in keep], targets[keep]
             images, converted = _decode_images(source, files)
-        finally:
-            source.close()
         if converted:
             modes = ", ".join(f"{m}: {n}" for m, n in sorted(converted.items()))
             log.info("converted %d of %d images in %s/%s to RGB (%s)", sum(converted.values()), len(files), path,

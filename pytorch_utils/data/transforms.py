@@ -1,9 +1,7 @@
-"""Augmentation presets: one registry of names (``list_presets()``), each with a CPU and a GPU side.
-
-CPU side: albumentations (2.x) augmentations > ``Normalize(mean, std, max_pixel_value=255)`` > ``ToTensorV2`` in an
-``AlbumentationsTransform`` (HWC uint8 image -> float32 CHW tensor). GPU side: the batched ``gpu_ops`` equivalents.
-Fills (padding, rotation borders, cutout holes) are the data set mean on the 0-255 scale: ~0 after normalization.
-"""
+"""Augmentation presets: one registry of names (``list_presets()``), each with a CPU side (albumentations 2.x ops >
+``Normalize`` > ``ToTensorV2`` in an ``AlbumentationsTransform``: HWC uint8 image -> float32 CHW tensor) and a GPU
+side (the batched ``gpu_ops`` equivalents). Fills (padding, rotation borders, cutout holes) are the data set mean:
+~0 after normalization."""
 from __future__ import annotations
 
 import importlib
@@ -40,20 +38,15 @@ Stats = Sequence[float]
 
 
 def seed_compose(compose: A.BaseCompose, seed: Optional[int]) -> None:
-    """Reseed ``compose`` in place so its whole pipeline draws from one stream seeded by ``seed`` (None: OS entropy).
-
-    ``A.Compose(seed=s)`` (albumentations 2.0.8) seeds every transform with the same ``s``, so their first draws
-    coincide (flip and cutout always together on the first image); one shared generator pair decorrelates them.
-    """
+    """Reseed ``compose`` in place so its whole pipeline draws from one stream seeded by ``seed`` (None: OS entropy):
+    ``A.Compose(seed=s)`` (albumentations 2.0.8) seeds each transform alike, so flip and cutout would coincide."""
     compose.seed = seed
     compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
 class AlbumentationsTransform:
-    """One HWC uint8 image (numpy or PIL) -> float32 CHW tensor through ``compose`` (an ``A.Compose``).
-
-    Without a final ``ToTensorV2`` the HWC result is converted here (uint8 scaled to [0, 1]).
-    """
+    """One HWC uint8 image (numpy or PIL) -> float32 CHW tensor through ``compose`` (an ``A.Compose``); without a
+    final ``ToTensorV2`` the HWC result is converted here (uint8 scaled to [0, 1])."""
 
     def __init__(self, compose: A.BaseCompose):
         if not callable(compose):
@@ -67,8 +60,7 @@ class AlbumentationsTransform:
         if isinstance(out, torch.Tensor):
             return out.float()
         out = np.ascontiguousarray(np.asarray(out).transpose(2, 0, 1))
-        tensor = torch.from_numpy(out)
-        return tensor.float().div_(255.0) if out.dtype == np.uint8 else tensor.float()
+        return torch.from_numpy(out).float().div_(255.0 if out.dtype == np.uint8 else 1.0)
 
     def set_random_seed(self, seed: Optional[int]) -> None:
         """Reseed the wrapped Compose (see ``seed_compose``); loaders call this in each worker and epoch."""
@@ -93,9 +85,8 @@ def _check(mean: Stats, std: Stats, size: int) -> None:
 
 def _finish(ops, mean: Stats, std: Stats, seed: Optional[int]) -> AlbumentationsTransform:
     ops = list(ops) + [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), _albu_torch.ToTensorV2()]
-    compose = A.Compose(ops, seed=seed)
-    if seed is not None:
-        seed_compose(compose, seed)
+    compose = A.Compose(ops)
+    seed_compose(compose, seed)
     return AlbumentationsTransform(compose)
 
 
@@ -116,12 +107,9 @@ def _cutout(cutout: int, size: int, fill, p: float):
 
 def train_preset(mean: Stats, std: Stats, size: int = 32, pad: int = 4, flip: bool = True, cutout: int = 8,
                  cutout_p: float = 0.5, seed: Optional[int] = None) -> AlbumentationsTransform:
-    """The S10 / standard CIFAR training augmentation: pad > random crop > flip > one-hole cutout > normalize.
-
-    ``mean``/``std``: per-channel stats on the [0, 1] scale (also the fill colour); ``size``: output side (other
-    sizes are resized first); ``pad``: constant border before the crop; ``flip``: horizontal flip (p=0.5);
-    ``cutout``: side of the square hole (0: none), cut with probability ``cutout_p``; ``seed``: the Compose's seed
-    (None: random). Returns float32 (3, size, size) tensors. Raises ConfigError for bad mean/std/size/pad/cutout.
+    """The S10 / standard CIFAR training augmentation: pad > random crop > flip (p=0.5) > one square ``cutout`` hole
+    (0: none; probability ``cutout_p``) > normalize, to float32 (3, size, size). ``mean``/``std``: [0, 1] scale (also
+    the fill colour); other sizes are resized to ``size`` first; ``seed``: None is random. ConfigError: bad values.
     """
     _check(mean, std, size)
     if int(pad) != pad or pad < 0:
@@ -150,9 +138,8 @@ test_preset.__test__ = False  # its name starts with "test"; keep pytest from co
 def wrn_preset(mean: Stats, std: Stats, size: int = 32, rotate: float = 15, cutout: int = 8,
                scale: Tuple[float, float] = (0.75, 1.0), cutout_p: float = 0.5,
                seed: Optional[int] = None) -> AlbumentationsTransform:
-    """The WRN-28-10 recipe augmentation: random resized crop (area fraction ``scale``; it also resizes to ``size``)
-    > rotation by up to ``rotate`` degrees (p=0.5, mean fill; 0: none) > flip > cutout > normalize.
-    Other arguments as ``train_preset``."""
+    """The WRN-28-10 recipe augmentation: random resized crop (area fraction ``scale``; also resizes to ``size``) >
+    rotation by up to ``rotate`` degrees (p=0.5, mean fill; 0: none) > flip > cutout > normalize; rest: train_preset."""
     _check(mean, std, size)
     fill = pixel_fill(mean)  # the ints cv2 border/fill arguments take
     ops = [A.RandomResizedCrop(size=(size, size), scale=tuple(scale), ratio=(0.9, 1.1))]
@@ -236,10 +223,8 @@ register_augmentation("reduced", reduced_preset, _gpu_crop_flip)
 
 
 def get_augmentation(name: str, side: str) -> Callable:
-    """The CPU builder (``side="cpu"``) or GPU pipeline (``side="gpu"``) of preset ``name``.
-
-    Raises UnknownNameError (unknown name) or ConfigError (no such side; names the presets that have it).
-    """
+    """The CPU builder (``side="cpu"``) or GPU pipeline (``side="gpu"``) of preset ``name``; UnknownNameError, or
+    ConfigError naming the presets that have that side."""
     assert side in ("cpu", "gpu"), side
     found = getattr(_AUGMENTATIONS.get(name), side)
     if found is None:
@@ -259,12 +244,8 @@ def preset_options(name: str, options: Dict[str, Any]) -> Dict[str, Any]:
 
 def get_preset(name: str, mean: Stats, std: Stats, size: int = 32, seed: Optional[int] = None,
                **kw) -> AlbumentationsTransform:
-    """The CPU (albumentations) transform of preset ``name`` (see ``list_presets()``).
-
-    ``mean``/``std``: per-channel stats on the [0, 1] scale; ``size``: output side (other sizes are resized first);
-    ``seed``: the Compose's seed ("test" is deterministic); ``**kw``: preset options (``cutout``, ``pad``...).
-    Raises UnknownNameError (unknown name) or ConfigError (no CPU side, an option it does not take, bad values).
-    """
+    """The CPU transform of preset ``name`` (``list_presets()``); arguments as ``train_preset``, ``**kw``: preset
+    options. UnknownNameError, or ConfigError (no CPU side, an option it does not take, bad values)."""
     builder = get_augmentation(name, "cpu")
     try:
         return builder(mean, std, size=size, seed=seed, **kw)

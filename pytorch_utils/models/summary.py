@@ -18,9 +18,8 @@ __all__ = ["ModelSummary", "summary"]
 # One table row of torchsummary: "  Conv2d-1  [-1, 64, 32, 32]  1,728"; shapes may be nested lists for
 # layers returning tuples, hence the greedy bracket match.
 _ROW = re.compile(r"^\s*(?P<name>\S+-\d+)\s+(?P<shape>\[.*\])\s+(?P<params>[\d,]+)\s*$")
-_TOTAL = re.compile(r"^Total params: ([\d,]+)", re.MULTILINE)
-_TRAINABLE = re.compile(r"^Trainable params: ([\d,]+)", re.MULTILINE)
-_NON_TRAINABLE = re.compile(r"^Non-trainable params: ([\d,]+)", re.MULTILINE)
+_TOTALS = {label: re.compile(rf"^{label} params: ([\d,]+)", re.MULTILINE)
+           for label in ("Total", "Trainable", "Non-trainable")}
 _PARAMS_SIZE = re.compile(r"^Params size \(MB\): (?P<params>[\d.]+)\nEstimated Total Size \(MB\): (?P<est>[\d.]+)",
                           re.MULTILINE)
 
@@ -55,19 +54,15 @@ class ModelSummary:
 def summary(model: nn.Module, input_size: Union[Sequence[int], List[Sequence[int]]] = (3, 32, 32),
             device: Optional[Union[str, torch.device]] = None, batch_size: int = -1,
             print_table: bool = True) -> ModelSummary:
-    """torchsummary's table of ``model`` as a ModelSummary (printed too with ``print_table``), with true totals.
+    """torchsummary's table of ``model`` as a ModelSummary (printed too with ``print_table``) with true totals: each
+    distinct parameter once (torchsummary adds ``weight``/``bias`` per layer call), noted when they differ. A layer
+    torchsummary cannot size (it passes a tuple of tuples, a dict, None) gets a note instead of a row. The probe runs
+    in eval mode under ``no_grad``; modes are restored and the model is never moved.
 
-    torchsummary's totals add ``weight``/``bias`` of each called layer (a layer called twice counts twice, a bare
-    ``nn.Parameter`` not at all); the totals here count every distinct parameter once, with a note when they
-    differ. A layer whose input or output torchsummary cannot size (a tuple of tuples, a dict, None) gets no row,
-    and a note. The probe runs in eval mode under ``no_grad``; modes are restored and the model is never moved.
-
-    Args:
-        input_size: one input shape without the batch dimension, or a list of them for several inputs.
-        device: "cpu" or "cuda", the model's device (default). batch_size: shown in the table (-1 = unspecified).
-    Raises:
-        ConfigError: a device that is not cpu/cuda, unavailable, or not the model's; a model not float32; or
-            torchsummary failing even without the layers it cannot size (the message names them).
+    ``input_size``: one input shape without the batch dimension, or a list of them; ``device``: "cpu" or "cuda"
+    (default: the model's); ``batch_size``: shown in the table (-1 = unspecified). ConfigError: a device that is
+    not cpu/cuda, unavailable or not the model's; a model not float32; or torchsummary failing even without the
+    layers it cannot size (named).
     """
     probe_device = _resolve_device(model, device)
     input_size = [tuple(s) for s in input_size] if isinstance(input_size, list) else tuple(input_size)
@@ -188,10 +183,9 @@ def _with_true_totals(table: ModelSummary, model: nn.Module, hidden) -> ModelSum
             f"add up to {table.total_params:,} total / {table.trainable_params:,} trainable (it counts a layer "
             "once per call, only its weight and bias, trainable by its weight)."
         )
-    text = _TOTAL.sub(f"Total params: {total:,}", table.text)
-    text = _TRAINABLE.sub(f"Trainable params: {trainable:,}", text)
-    text = _NON_TRAINABLE.sub(f"Non-trainable params: {total - trainable:,}", text)
-    text = _PARAMS_SIZE.sub(lambda m: _fix_sizes(m, total), text)
+    text = _PARAMS_SIZE.sub(lambda m: _fix_sizes(m, total), table.text)
+    for label, value in (("Total", total), ("Trainable", trainable), ("Non-trainable", total - trainable)):
+        text = _TOTALS[label].sub(f"{label} params: {value:,}", text)
     return ModelSummary(
         text="\n".join([text, *notes]), total_params=total, trainable_params=trainable, layers=table.layers,
         torchsummary_total=table.total_params, torchsummary_trainable=table.trainable_params, notes=notes,
@@ -233,7 +227,7 @@ def _parse(text: str) -> ModelSummary:
         if row:
             shape = _to_tuple(ast.literal_eval(row.group("shape")))
             layers.append((row.group("name"), shape, int(row.group("params").replace(",", ""))))
-    total, trainable = _TOTAL.search(text), _TRAINABLE.search(text)
+    total, trainable = _TOTALS["Total"].search(text), _TOTALS["Trainable"].search(text)
     if total is None or trainable is None:  # torchsummary changed its format; fail loudly, not with zeros
         raise RuntimeError(f"could not parse the torchsummary table:\n{text}")
     return ModelSummary(text=text, total_params=int(total.group(1).replace(",", "")),

@@ -31,28 +31,18 @@ def _plain(obj: Any) -> Any:
 
 
 def _rng_to_plain(state: Dict[str, Any]) -> Dict[str, Any]:
+    """``get_rng_state()`` as tensors, lists and numbers only (what ``torch.load(weights_only=True)`` accepts)."""
     name, keys, pos, has_gauss, cached = state["numpy"]
-    out = {
-        "python": [state["python"][0], list(state["python"][1]), state["python"][2]],
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-        "torch": state["torch"],
-    }
-    if "cuda" in state:
-        out["cuda"] = list(state["cuda"])
-    return out
+    version, internal, gauss = state["python"]
+    return dict(state, python=[version, list(internal), gauss],
+                numpy={"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached": float(cached)})
 
 
 def _rng_from_plain(plain: Dict[str, Any]) -> Dict[str, Any]:
     py, n = plain["python"], plain["numpy"]
-    state = {
-        "python": (py[0], tuple(py[1]), py[2]),
-        "numpy": (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]),
-        "torch": plain["torch"],
-    }
-    if "cuda" in plain:
-        state["cuda"] = plain["cuda"]
-    return state
+    return dict(plain, python=(py[0], tuple(py[1]), py[2]),
+                numpy=(n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
 
 
 def make_checkpoint(state: TrainState, config: Optional[Dict[str, Any]] = None,
@@ -65,9 +55,8 @@ def make_checkpoint(state: TrainState, config: Optional[Dict[str, Any]] = None,
         "model_name": getattr(model, "model_name", type(model).__name__),
         "model": model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
-        "scheduler": state.scheduler.state_dict() if hasattr(state.scheduler, "state_dict") else None,
-        "scaler": state.scaler.state_dict() if state.scaler is not None else None,
-        "ema": state.ema.state_dict() if state.ema is not None else None,
+        **{key: part.state_dict() if hasattr(part, "state_dict") else None
+           for key, part in (("scheduler", state.scheduler), ("scaler", state.scaler), ("ema", state.ema))},
         "epoch": state.epoch,
         "step": state.step,
         "history": _plain(list(state.history)),
@@ -147,14 +136,12 @@ def check_model_name(checkpoint: Dict[str, Any], name: Optional[str], source: st
 def restore_model(model: torch.nn.Module, checkpoint: Dict[str, Any], source: str = "checkpoint") -> None:
     """Load the checkpoint's weights into ``model``; CheckpointError when the model name or state dict differs."""
     target = unwrap_model(model)
-    saved_name = checkpoint.get("model_name")
     check_model_name(checkpoint, getattr(target, "model_name", None), source)
     try:
         target.load_state_dict(checkpoint["model"])
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0:3]
-        raise CheckpointError(f"{source} does not fit this model ({saved_name or 'unknown model'} weights): "
-                              + " ".join(first)) from None
+        raise CheckpointError(f"{source} does not fit this model ({checkpoint.get('model_name') or 'unknown model'} "
+                              "weights): " + " ".join(str(exc).strip().splitlines()[:3])) from None
 
 
 def restore_state(state: TrainState, checkpoint: Dict[str, Any], source: str = "checkpoint") -> None:
@@ -162,12 +149,9 @@ def restore_state(state: TrainState, checkpoint: Dict[str, Any], source: str = "
     ``step`` (written before steps were counted) counts ``epoch * steps_per_epoch``."""
     restore_model(state.model, checkpoint, source)
     state.optimizer.load_state_dict(checkpoint["optimizer"])
-    if checkpoint.get("scheduler") is not None and hasattr(state.scheduler, "load_state_dict"):
-        state.scheduler.load_state_dict(checkpoint["scheduler"])
-    if checkpoint.get("scaler") is not None and state.scaler is not None:
-        state.scaler.load_state_dict(checkpoint["scaler"])
-    if checkpoint.get("ema") is not None and state.ema is not None:
-        state.ema.load_state_dict(checkpoint["ema"])
+    for key, part in (("scheduler", state.scheduler), ("scaler", state.scaler), ("ema", state.ema)):
+        if checkpoint.get(key) is not None and hasattr(part, "load_state_dict"):
+            part.load_state_dict(checkpoint[key])
     state.epoch = int(checkpoint["epoch"])
     state.step = int(checkpoint.get("step", state.epoch * state.steps_per_epoch))
     state.history = History(checkpoint.get("history") or [])
@@ -198,16 +182,10 @@ def latest_checkpoint(directory, skipped: Optional[List[str]] = None) -> Optiona
 
 class CheckpointManager(Callback):
     """Saves ``epoch-0007.pt`` files (the last ``keep_last``) and ``best.pt`` (by ``monitor``, ``mode`` "max" or
-    "min") in ``directory``, and resumes runs. Only rank 0 writes.
-
-    Args:
-        resume: hand ``fit`` the newest intact checkpoint (:meth:`checkpoint_to_resume`); "required" raises
-            CheckpointError when there is none, True starts fresh then.
-        config: the run's config (dict or dataclass), stored in each checkpoint.
-        every: epochs between epoch checkpoints (the last is always saved). A new best in between is kept in memory
-            and written as ``best.pt`` at the next save, so an improvement does not cost a full write.
-        checkpoint: an already loaded checkpoint to resume from instead of the newest one.
-    """
+    "min") in ``directory``, and resumes runs; only rank 0 writes. ``resume``: hand ``fit`` the newest intact
+    checkpoint, or the given ``checkpoint`` (True: start fresh without one; "required": CheckpointError). ``config``
+    (dict or dataclass) is stored in each checkpoint. ``every``: epochs between epoch checkpoints (the last always
+    saved); a best in between waits in memory for the next save."""
 
     def __init__(self, directory, keep_last: int = 5, monitor: str = "test_acc", mode: str = "max",
                  resume=False, config: Any = None, hub: "HubPusher" = None, every: int = 1,
@@ -276,8 +254,7 @@ class CheckpointManager(Callback):
             return
         last = state.epoch >= state.epochs or state.stop
         if state.epoch % self.every and not last:
-            if improved:  # keep the best until the next save: a copy on the model's device, no disk write now
-                # deepcopy clones the tensors: state_dicts alias the live weights.
+            if improved:  # held until the next save, no disk write now; deepcopy: state_dicts alias the weights
                 self._pending_best = copy.deepcopy(make_checkpoint(state, self.config, self.best))
             return
         path = self.directory / f"epoch-{state.epoch:04d}.pt"

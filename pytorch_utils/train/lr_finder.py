@@ -171,11 +171,9 @@ def restart_smoothing(smoothed: Sequence[float], smooth_f: float, start: int) ->
 def recover_raw(smoothed: Sequence[float], smooth_f: float) -> np.ndarray:
     """The raw losses behind torch-lr-finder's record ``s[i] = f * raw[i] + (1 - f) * s[i-1]``; float64 array."""
     s = np.asarray(smoothed, dtype=np.float64)
-    if smooth_f == 0 or len(s) == 0:
+    if smooth_f == 0:
         return s.copy()
-    raw = s.copy()
-    raw[1:] = (s[1:] - (1 - smooth_f) * s[:-1]) / smooth_f
-    return raw
+    return np.concatenate([s[:1], (s[1:] - (1 - smooth_f) * s[:-1]) / smooth_f])
 
 
 # What torch's LRScheduler patches onto its optimizer; the sweep's scheduler must not leave them behind.
@@ -288,14 +286,12 @@ def find_lr(model: nn.Module, optimizer: torch.optim.Optimizer, criterion, train
             diverge_th: float = 5, suggestion: str = "steepest", div: float = 10, device=None,
             amp: Optional[str] = None, skip_start: Optional[int] = None, skip_end: Optional[int] = None,
             progress: bool = True) -> LRFinderResult:
-    """Run an LR range test and suggest ``lr_max`` and ``lr_min = lr_max / div``; the model, optimizer (state, LRs),
-    gradients, train/eval modes and RNG states come back bit for bit, also when the sweep raises.
+    """LR range test suggesting ``lr_max`` and ``lr_min = lr_max / div`` (an :class:`LRFinderResult`); the model,
+    optimizer, gradients, train/eval modes and RNG states come back bit for bit, also when the sweep raises.
 
-    ``train_loader``: any iterable of ``(inputs, targets)`` batches (restarted when it runs out). ``start_lr`` ...
-    ``diverge_th`` go to torch-lr-finder's ``range_test``; ``suggestion``: "steepest" or "valley"; ``skip_start``,
-    ``skip_end``: None = :func:`default_skips` of ``num_iter``; ``amp``: None, "bf16", "fp16" or "auto".
-    Returns an :class:`LRFinderResult`. Raises ConfigError for bad arguments, a loader without ``(inputs, targets)``
-    batches, or a sweep that diverged before recording ``skip_start + skip_end + 2`` finite losses.
+    ``train_loader``: any iterable of ``(inputs, targets)`` batches. ``start_lr`` ... ``diverge_th`` go to
+    torch-lr-finder's ``range_test``; skips None: :func:`default_skips`; ``amp``: None, "bf16", "fp16" or "auto".
+    ConfigError: bad arguments or batches, or fewer than ``skip_start + skip_end + 2`` finite losses recorded.
     """
     start_lr, end_lr, num_iter, smooth_f, diverge_th, div, skip_start, skip_end = _validate(
         start_lr, end_lr, num_iter, step_mode, smooth_f, diverge_th, suggestion, div, skip_start, skip_end)
