@@ -23,3 +23,17 @@ def cifar_zip():
     if not CIFAR_ZIP.is_file():
         pytest.skip(f"{CIFAR_ZIP} not present")
     return CIFAR_ZIP
+
+
+@pytest.fixture(autouse=True)
+def package_logger_as_shipped():
+    """Each test starts and ends with the package logger as the package sets it up; a benchmark ``main()`` run
+    in-process re-routes it to stderr (its stdout holds JSON), which must not leak into later tests."""
+    import logging
+
+    logger = logging.getLogger("pytorch_utils")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
