@@ -15,11 +15,9 @@ from pytorch_utils.data.gpu_ops import (  # noqa: F401  (re-exported: the batch 
     random_flip, random_resized_crop_rotate, resize,
 )
 from pytorch_utils.data.loaders import EpochSampler
-from pytorch_utils.data.transforms import GPUAugment, get_augmentation, list_presets
+from pytorch_utils.data.transforms import GPUAugment, get_augmentation
 from pytorch_utils.errors import ConfigError
 
-# The preset names, read from the one registry (kept under this name for older imports).
-AUGMENTATIONS = tuple(list_presets())
 _OPTIONS = ("pad", "cutout", "cutout_p", "rotate", "scale")  # GPUAugment's settable fields
 
 

@@ -8,11 +8,7 @@ are multiples of 4, only a bias-free head gives exactly the seed's level-1 count
     trans2: 1x1 28->16 > down        stage3 (8x8): 16->32->44->64 > GAP > Linear 64->num_classes (no bias)
 
 Every conv block is Conv (no bias) > BN > ReLU > Dropout; squeezing to 16 channels keeps the level-2 stride-2
-convolutions cheap, so every level stays under 100k.
-
-- level 1: down = MaxPool 2, dropout 0: **83,368** parameters for 10 classes, the seed's count
-- level 2: down = 3x3 stride-2 conv block, dropout 0 (88,040 parameters)
-- level 3: level 2 with Dropout 0.05 after every block (88,040 parameters; Cutout is a data preset)
+convolutions cheap, so every level stays under 100k (level 1: **83,368**, the seed's count; levels 2 and 3: 88,040).
 """
 import torch
 import torch.nn as nn

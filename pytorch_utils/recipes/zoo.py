@@ -1,4 +1,4 @@
-"""The registered recipes: one per seed system of SPEC.md, plus a plain default for ``--model`` runs."""
+"""The registered recipes: one per seed system of the course, plus a plain default for ``--model`` runs."""
 from pytorch_utils.recipes.base import LRFinderSpec, Recipe, register_recipe
 from pytorch_utils.train.callbacks import Phase
 from pytorch_utils.train.schedules import ScheduleSpec

@@ -232,6 +232,9 @@ def per_class_markdown(rows: Sequence[dict]) -> str:
     lines = ["| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {str(r['class']).replace('|', '/')} | {100 * r['precision']:.1f}% | {100 * r['recall']:.1f}% | "
               f"{100 * r['f1']:.1f}% | {r['support']} |" for r in rows]
+    empty = [str(r["class"]) for r in rows if r["support"] == 0 and not str(r["class"]).endswith(" avg")]
+    if empty:  # sklearn reports 0 for them (zero_division=0): say why, beside the table
+        lines += ["", f"No test images for: {', '.join(empty)} (their recall and F1 are undefined, shown as 0)."]
     return "\n".join(lines) + "\n"
 
 

@@ -3,9 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from pytorch_utils.data import ArrayDataset
+from pytorch_utils.data import ArrayDataset, list_presets
 from pytorch_utils.data.gpu import (
-    AUGMENTATIONS,
     GPULoader,
     cutout,
     normalize,
@@ -321,7 +320,7 @@ def test_set_augmentation_test_disables_augmentation(images):
         make(images, train=False).set_augmentation("standard")
 
 
-@pytest.mark.parametrize("augmentation", AUGMENTATIONS)
+@pytest.mark.parametrize("augmentation", list_presets())
 def test_every_preset_runs_at_progressive_sizes(images, augmentation):
     loader = make(images, augmentation=augmentation)
     for size in (32, 36, 40):
