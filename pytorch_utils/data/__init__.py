@@ -31,13 +31,10 @@ from pytorch_utils.data.transforms import (
 
 __all__ = [
     "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_CLASSES", "CIFAR100_MEAN", "CIFAR100_STD",
-    "DATASET_STATS", "DATASET_NAMES",
-    "ArrayDataset", "load_cifar", "load_image_folder", "make_synthetic", "load_datasets", "clear_image_cache",
-    "stratified_indices", "find_eval_split", "image_extensions", "to_rgb",
+    "DATASET_STATS", "DATASET_NAMES", "ArrayDataset", "load_cifar", "load_image_folder", "make_synthetic",
+    "load_datasets", "clear_image_cache", "stratified_indices", "find_eval_split", "image_extensions", "to_rgb",
     "AlbumentationsTransform", "train_preset", "test_preset", "wrn_preset", "reduced_preset", "get_preset",
     "list_presets", "seed_compose", "get_augmentation", "register_augmentation", "preset_options",
-    "choose_input_size",
-    "compute_mean_std",
-    "default_num_workers", "derive_seed", "EpochSampler", "EpochDataLoader", "EpochWorkerInit", "make_loader",
-    "set_loader_epoch",
+    "choose_input_size", "compute_mean_std", "default_num_workers", "derive_seed", "EpochSampler",
+    "EpochDataLoader", "EpochWorkerInit", "make_loader", "set_loader_epoch",
 ]
