@@ -1,4 +1,4 @@
-"""Generate the course notebooks in this folder (one per system of SPEC.md) from one place.
+"""Generate the course notebooks in this folder (one per course system) from one place.
 
 Run from anywhere::
 
@@ -138,15 +138,15 @@ def config_cell(*pieces: str) -> object:
 
 
 def model_cells(num_classes: int, expected: str, extra_md: str = "", check: str = "") -> list:
-    """The summary cells; ``expected`` is the parameter count SPEC.md asks for (markdown), ``check`` the printed
+    """The summary cells; ``expected`` is the parameter count the course asks for (markdown), ``check`` the printed
     comparison (default: the count itself)."""
-    check = check or f"SPEC.md: {expected.replace('*', '')}"
+    check = check or f"course: {expected.replace('*', '')}"
     return [
         md(f"""
             ## The model
 
             `summary` runs torchsummary on a 3x32x32 input and returns the table as data; its total is checked
-            against SPEC.md ({expected} parameters). {extra_md}
+            against the course ({expected} parameters). {extra_md}
             """),
         code(f"""
             model = create_model(recipe.model, num_classes={num_classes}, **recipe.model_kwargs)
@@ -417,7 +417,7 @@ def s10() -> list:
 
             **Target.** At least **90 %** test accuracy on CIFAR-10 in **24 epochs**. The seed repos published
             92.63 % and 90.98 %, at about 21 s per epoch on a Colab GPU. The model has exactly **6,573,130**
-            parameters (SPEC.md lists the layers).
+            parameters (the course lists the layers).
 
             **What we try.**
             - Model: prep conv, then three layers (64 -> 128 -> 256 -> 512 channels) with residual blocks after
@@ -525,7 +525,7 @@ def wrn() -> list:
             ## The session
 
             **Target.** The seed "training from scratch" run published **96.68 %** CIFAR-10 test accuracy after
-            **230 epochs**, with a confusion matrix. The model must match SPEC.md: **36,489,290** parameters for
+            **230 epochs**, with a confusion matrix. The model must match the course: **36,489,290** parameters for
             10 classes.
 
             **What we try** (all read from the recipe fields printed below, none hard-coded here):
@@ -810,7 +810,7 @@ def strixbee(level: int) -> list:
         SMOKE_NOTE,
         config_cell(*pieces),
         *model_cells(10, "under 100,000", f"This level has {'83,368' if level == 1 else '88,040'}.",
-                     check="SPEC.md: under 100,000"),
+                     check="course: under 100,000"),
         *data_cells(spec["augment"], show_augmentations=level == 3),
         *train_cells(f"""
             ## Training

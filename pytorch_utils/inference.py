@@ -13,15 +13,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from pytorch_utils.data.folders import image_extensions, to_rgb
 from pytorch_utils.errors import CheckpointError, ConfigError, DatasetError, PytorchUtilsError
 from pytorch_utils.io import PathLike
 from pytorch_utils.utils import eval_mode, model_device
 
-__all__ = ["LoadedRun", "load_run", "predict", "load_images", "as_loaded_run", "IMAGE_SUFFIXES"]
+__all__ = ["LoadedRun", "load_run", "predict", "load_images", "as_loaded_run"]
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 METADATA_KEYS = ("classes", "mean", "std", "input_size")
 
 
@@ -136,9 +136,8 @@ def as_loaded_run(model_or_run) -> LoadedRun:
         return load_run(model_or_run)
     if hasattr(model_or_run, "eval_model") and hasattr(model_or_run, "classes"):  # a RunResult
         result = model_or_run
-        size = getattr(getattr(result.test_loader, "dataset", None), "image_size", (32, 32))
         return LoadedRun(model=result.eval_model, classes=list(result.classes), mean=tuple(result.mean),
-                         std=tuple(result.std), input_size=tuple(size), recipe=result.recipe.to_dict(),
+                         std=tuple(result.std), input_size=tuple(result.input_size), recipe=result.recipe.to_dict(),
                          source=Path(result.out_dir), weights="model" if result.eval_model is result.model else "ema")
     raise ConfigError(f"expected a run folder, an exported file, load_run(...) or run_recipe(...)'s result, got "
                       f"{type(model_or_run).__name__}; a bare model carries no class names or normalization")
@@ -147,7 +146,7 @@ def as_loaded_run(model_or_run) -> LoadedRun:
 def _open_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return to_rgb(im)  # as the data loader does: 16-bit scaled to 8 bits, not clipped white
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DatasetError(f"cannot read image {str(path)!r} ({type(exc).__name__}: {exc}); pass .jpg/.png "
                            "files or a folder of them") from None
@@ -172,9 +171,9 @@ def load_images(inputs) -> Tuple[List[str], List[np.ndarray]]:
         if isinstance(item, (str, Path)):
             path = Path(item)
             if path.is_dir():
-                files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+                files = sorted(p for p in path.iterdir() if p.suffix.lower() in image_extensions())
                 if not files:
-                    raise DatasetError(f"folder {str(path)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+                    raise DatasetError(f"folder {str(path)!r} holds no images (any format Pillow reads)")
             elif path.exists():
                 files = [path]
             else:
@@ -183,7 +182,7 @@ def load_images(inputs) -> Tuple[List[str], List[np.ndarray]]:
             images += [_open_image(f) for f in files]
         elif isinstance(item, Image.Image):
             names.append(f"image {i}")
-            images.append(np.asarray(item.convert("RGB")))
+            images.append(to_rgb(item))
         elif isinstance(item, np.ndarray):
             batch = {f"image {i}.{j}": a for j, a in enumerate(item)} if item.ndim == 4 else {f"image {i}": item}
             names += list(batch)

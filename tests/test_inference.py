@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from pytorch_utils import load_run, predict
+from pytorch_utils.inference import as_loaded_run, load_images
 from pytorch_utils.data.transforms import test_preset
 from pytorch_utils.errors import CheckpointError, ConfigError, DatasetError
 from pytorch_utils.recipes import run_recipe
@@ -126,3 +127,11 @@ def test_an_older_run_recovers_the_metadata_from_its_data(run, tmp_path):
     torch.save(ckpt, old / "checkpoints" / "best.pt")
     with pytest.raises(CheckpointError, match="saved without classes, mean, std, input_size"):
         load_run(old)
+
+
+def test_16_bit_images_and_run_results_are_read_as_the_run_did(run, tmp_path):
+    out, result = run
+    Image.fromarray(np.full((32, 32), 30000, dtype=np.uint16)).save(tmp_path / "deep.png")
+    _, (image,) = load_images(tmp_path / "deep.png")
+    assert image.shape == (32, 32, 3) and abs(int(image[0, 0, 0]) - 117) <= 1  # 30000 / 257, not clipped to 255
+    assert as_loaded_run(result).input_size == load_run(out).input_size == (32, 32)

@@ -46,6 +46,7 @@ class RunResult:
     mean: tuple
     std: tuple
     device: torch.device
+    input_size: Tuple[int, int] = (32, 32)  # (H, W) the model trained and was evaluated at
     lr_finder: Any = None  # LRFinderResult when the recipe ran the range test
     eval_model: Optional[nn.Module] = None  # what the test numbers measured: the EMA copy when kept, else model
     final: Dict[str, Any] = field(default_factory=dict)  # final/best accuracy, seconds, epochs run, stop reason
@@ -364,5 +365,5 @@ def run_recipe(recipe: Union[Recipe, str], data: Optional[str] = None, out_dir: 
     model = unwrap_model(model)
     return RunResult(recipe=recipe, model=model, history=history, out_dir=run.out_dir, train_loader=train_loader,
                      test_loader=test_loader, classes=tuple(train_ds.classes), mean=tuple(train_ds.mean),
-                     std=tuple(train_ds.std), device=device, lr_finder=lr_result,
+                     std=tuple(train_ds.std), device=device, input_size=(run.input_size,) * 2, lr_finder=lr_result,
                      eval_model=ema.module if ema is not None else model, final=final)

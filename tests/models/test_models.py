@@ -25,7 +25,7 @@ PARAM_COUNTS = {
     "strixbee_l3": 88_040,
 }
 
-# torchsummary rows of S10 in SPEC.md section 1 order (flatten is an op in forward, not a layer).
+# torchsummary rows of S10 in the course order (flatten is an op in forward, not a layer).
 S10_LAYERS = [
     # prep
     "Conv2d-1", "BatchNorm2d-2", "ReLU-3", "Dropout-4",

@@ -80,3 +80,29 @@ def test_interrupted_and_resumed_equals_uninterrupted_for_every_callback_order(t
     assert _strip(hist) == _strip(ref_hist)
     assert all(torch.equal(v, ref_weights[k]) for k, v in model.state_dict().items())
     assert first_lrs + second_lrs == ref_lrs  # the LR at every optimizer step
+
+
+@pytest.mark.parametrize("kind", ["batch", "plateau"])
+def test_a_users_own_torch_scheduler_resumes_through_its_state_dict(tmp_path, kind):
+    def run(folder, resume=False, interrupt_after=None):
+        seed_everything(0)
+        model = nn.Linear(8, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.5, total_steps=16) if kind == "batch"
+                 else torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=0))  # halves often
+        lrs = []
+        opt.register_step_pre_hook(lambda o, args, kwargs: lrs.append(o.param_groups[0]["lr"]))
+        callbacks = [CheckpointManager(folder, resume=resume)] + ([Interrupt(interrupt_after)] if interrupt_after
+                                                                   else [])
+        loader = DataLoader(_data(32, 1), batch_size=8)
+        try:
+            fit(model, loader, loader, epochs=4, optimizer=opt, scheduler=sched, callbacks=callbacks, progress=False)
+        except KeyboardInterrupt:
+            pass
+        return lrs, model.state_dict()
+
+    ref_lrs, ref_weights = run(tmp_path / "uninterrupted")
+    first, _ = run(tmp_path / "run", interrupt_after=2)
+    second, weights = run(tmp_path / "run", resume=True)
+    assert first + second == pytest.approx(ref_lrs) and len(set(ref_lrs)) > 1  # the LR did change
+    assert all(torch.equal(weights[k], ref_weights[k]) for k in ref_weights)
