@@ -4,6 +4,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from pytorch_utils.data import make_loader
+from pytorch_utils.train.loop import Callback
 
 
 class TinyNet(nn.Module):
@@ -46,3 +47,14 @@ def plain_loader(x, y, batch_size=32, shuffle=False):
 def state_equal(a, b):
     """True when two state dicts hold exactly equal tensors under the same keys."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class Interrupt(Callback):
+    """A Colab disconnect right after epoch ``after`` was checkpointed: raises KeyboardInterrupt (the last callback)."""
+
+    def __init__(self, after):
+        self.after = after
+
+    def on_epoch_complete(self, state, record):
+        if state.epoch == self.after:
+            raise KeyboardInterrupt

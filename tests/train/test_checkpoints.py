@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from _helpers import TinyNet, state_equal, synthetic_loaders
+from _helpers import Interrupt, TinyNet, state_equal, synthetic_loaders
 from pytorch_utils.errors import CheckpointError, ConfigError
 from pytorch_utils.train import fit, seed_everything
 from pytorch_utils.train.callbacks import Phase, PhaseSchedule
@@ -15,15 +15,6 @@ from pytorch_utils.train.mixing import Mixer, SoftTargetCrossEntropy
 from pytorch_utils.train.schedules import ScheduleSpec
 
 
-class Interrupt(Callback):
-    """Simulates a disconnect right after epoch ``after`` was checkpointed."""
-
-    def __init__(self, after):
-        self.after = after
-
-    def on_epoch_complete(self, state, record):
-        if state.epoch == self.after:
-            raise KeyboardInterrupt
 
 
 PHASES = [

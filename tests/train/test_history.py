@@ -7,21 +7,13 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from _helpers import Interrupt
 from pytorch_utils import viz
 from pytorch_utils.errors import ConfigError
 from pytorch_utils.train.history import HistoryWriter, history_csv, read_history, write_history
-from pytorch_utils.train.loop import Callback, fit
+from pytorch_utils.train.loop import fit
 
 
-class KillAfter(Callback):
-    """Stands in for a Colab disconnect: the process dies after ``epoch`` epochs."""
-
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_epoch_end(self, state, record):
-        if state.epoch == self.epoch:
-            raise KeyboardInterrupt
 
 
 def _fit(out_dir, epochs, callbacks):
@@ -35,7 +27,7 @@ def _fit(out_dir, epochs, callbacks):
 
 def test_a_run_killed_mid_way_has_a_readable_history(tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        _fit(tmp_path, 5, [HistoryWriter(tmp_path), KillAfter(3)])
+        _fit(tmp_path, 5, [HistoryWriter(tmp_path), Interrupt(3)])
     rows = list(csv.DictReader((tmp_path / "history.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     records = json.loads((tmp_path / "history.json").read_text())

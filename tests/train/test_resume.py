@@ -6,10 +6,10 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from _helpers import Interrupt
 from pytorch_utils.train import fit, seed_everything
 from pytorch_utils.train.callbacks import EarlyStopping, Phase, PhaseSchedule
 from pytorch_utils.train.checkpoints import CheckpointManager
-from pytorch_utils.train.loop import Callback
 from pytorch_utils.train.schedules import ScheduleSpec
 
 EPOCHS = 8
@@ -17,15 +17,6 @@ PHASES = [Phase(1, 3, "a", dropout=0.2, scheduler=ScheduleSpec("cosine_warm_rest
           Phase(4, EPOCHS, "b", dropout=0.1, scheduler=ScheduleSpec("cosine", {"lr": 0.2}))]
 
 
-class Interrupt(Callback):
-    """A disconnect right after epoch ``after`` was checkpointed (always the last callback)."""
-
-    def __init__(self, after):
-        self.after = after
-
-    def on_epoch_complete(self, state, record):
-        if state.epoch == self.after:
-            raise KeyboardInterrupt
 
 
 def _data(n, seed):
