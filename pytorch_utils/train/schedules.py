@@ -3,6 +3,7 @@
 As nanoGPT's ``get_lr(it)``, so a checkpoint needs only the step count; ReduceLROnPlateau (metric-driven) stays a
 torch scheduler. Where torch has the schedule, the formula is torch's (tests/train/test_schedules.py compares).
 """
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -20,10 +21,12 @@ class ScheduleSpec:
     """A schedule as data: ``name`` plus keyword ``params`` (times in epochs). Names and params:
 
     "constant"; "one_cycle_linear": max_lr, min_lr, peak_epoch (linear up and down, never below min_lr);
-    "onecycle": max_lr, pct_start=0.3, div_factor=25, final_div_factor=1e4, anneal_strategy="cos" (torch OneCycleLR);
+    "onecycle": max_lr, pct_start=0.3, div_factor=25, final_div_factor=1e4, anneal_strategy="cos", cycle_momentum=True,
+    base_momentum=0.85, max_momentum=0.95 (torch OneCycleLR: the momentum, or Adam's beta1, falls as the LR rises);
     "cosine": T_max (default: the span minus the warm-up), eta_min=0; "cosine_warm_restarts": T_0, T_mult=1, eta_min=0;
     "plateau": torch ReduceLROnPlateau's params, stepped with the test loss; "step": step_size, gamma=0.1;
-    "cyclic": base_lr, max_lr, step_size_up (default half the span), step_size_down, mode, gamma (torch CyclicLR).
+    "cyclic": base_lr, max_lr, step_size_up (default half the span), step_size_down, mode, gamma, cycle_momentum=True,
+    base_momentum=0.8, max_momentum=0.9 (torch CyclicLR; steps in epochs here).
     Any: ``lr`` (start LR, default the optimizer's initial LR); per-epoch schedules also ``warmup_epochs`` and
     ``warmup_start_lr`` (default lr / 10), a linear warm-up. One-cycle and cyclic LRs change per step, others per epoch.
     """
@@ -33,18 +36,26 @@ class ScheduleSpec:
 
 
 class StepSchedule:
-    """``lr = schedule(step)`` of the optimizer steps applied. ``pieces``: ``(first_step, fn)`` in order; a step uses
-    the last piece starting at or before it, called with the step counted from that piece's start."""
+    """``lr = schedule(step)`` of the optimizer steps applied; ``schedule.momentum(step)`` is the momentum (SGD) or
+    Adam's beta1 a momentum-cycling schedule sets, else None (the optimizer's own is kept). ``pieces``:
+    ``(first_step, lr_fn)`` or ``(first_step, lr_fn, momentum_fn)`` in order; a step uses the last piece starting at
+    or before it, called with the step counted from that piece's start."""
 
     interval = "step"
 
-    def __init__(self, pieces: Sequence[Tuple[int, Callable[[int], float]]]):
+    def __init__(self, pieces: Sequence[Tuple]):
         assert pieces and pieces[0][0] == 0, "the first piece starts at step 0"
-        self.pieces = list(pieces)
+        self.pieces = [(p[0], p[1], p[2] if len(p) > 2 else None) for p in pieces]
+
+    def _at(self, step: int, which: int) -> Optional[float]:
+        start, *fns = next(p for p in reversed(self.pieces) if p[0] <= step)
+        return None if fns[which] is None else float(fns[which](step - start))
 
     def __call__(self, step: int) -> float:
-        start, fn = next((s, f) for s, f in reversed(self.pieces) if s <= step)
-        return float(fn(step - start))
+        return self._at(step, 0)
+
+    def momentum(self, step: int) -> Optional[float]:
+        return self._at(step, 1)
 
 
 def linear_one_cycle(max_lr: float, min_lr: float, total_steps: int, peak_step: int) -> Callable[[int], float]:
@@ -59,35 +70,37 @@ def linear_one_cycle(max_lr: float, min_lr: float, total_steps: int, peak_step: 
     return lr
 
 
-def torch_one_cycle(max_lr: float, total_steps: int, pct_start: float = 0.3, div_factor: float = 25.0,
-                    final_div_factor: float = 1e4, anneal_strategy: str = "cos") -> Callable[[int], float]:
-    """The LR of ``torch.optim.lr_scheduler.OneCycleLR`` (two phases) at each step."""
-    start, low = max_lr / div_factor, max_lr / div_factor / final_div_factor
+def torch_one_cycle(start: float, peak: float, end: float, total_steps: int, pct_start: float = 0.3,
+                    anneal_strategy: str = "cos") -> Callable[[int], float]:
+    """A value of ``torch.optim.lr_scheduler.OneCycleLR`` at each step: ``start`` -> ``peak`` over the first
+    ``pct_start`` of ``total_steps``, then -> ``end`` (the LR: max_lr / div_factor -> max_lr -> max_lr / div_factor /
+    final_div_factor; the momentum: max_momentum -> base_momentum -> max_momentum)."""
     peak_end = float(pct_start * total_steps) - 1
-    phases = ((0.0, peak_end, start, max_lr), (peak_end, total_steps - 1.0, max_lr, low))
+    phases = ((0.0, peak_end, start, peak), (peak_end, total_steps - 1.0, peak, end))
 
-    def lr(step: int) -> float:
+    def value(step: int) -> float:
         first, last, a, b = phases[0] if step <= peak_end else phases[1]
         # max(): a run so short that a phase spans less than one step (a smoke run) gets that phase's end value.
         pct = min(1.0, (step - first) / max(last - first, 1e-12))
         if anneal_strategy == "cos":
             return b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1)
         return (b - a) * pct + a
-    return lr
+    return value
 
 
-def cyclic(base_lr: float, max_lr: float, up: int, down: int, mode: str = "triangular",
+def cyclic(base: float, peak: float, up: int, down: int, mode: str = "triangular",
            gamma: float = 1.0) -> Callable[[int], float]:
-    """The LR of ``torch.optim.lr_scheduler.CyclicLR`` (without momentum cycling) at each step."""
+    """A value of ``torch.optim.lr_scheduler.CyclicLR`` at each step: ``base`` -> ``peak`` over ``up`` steps, back
+    over ``down`` (the LR: base_lr -> max_lr; the momentum: max_momentum -> base_momentum)."""
     total, ratio = float(up + down), up / float(up + down)
 
-    def lr(step: int) -> float:
+    def value(step: int) -> float:
         cycle = math.floor(1 + step / total)
         x = 1.0 + step / total - cycle
         scale = x / ratio if x <= ratio else (x - 1) / (ratio - 1)
         factor = {"triangular": 1.0, "triangular2": 1 / (2.0 ** (cycle - 1)), "exp_range": gamma ** step}[mode]
-        return base_lr + (max_lr - base_lr) * scale * factor
-    return lr
+        return base + (peak - base) * scale * factor
+    return value
 
 
 def cosine(base: float, t_max: int, eta_min: float = 0.0) -> Callable[[int], float]:
@@ -126,10 +139,16 @@ def _with_warmup(fn: Callable[[int], float], base: float, epochs: int, start: Op
 
 REQUIRED = {"one_cycle_linear": ("max_lr", "min_lr", "peak_epoch"), "onecycle": ("max_lr",), "step": ("step_size",),
             "cyclic": ("base_lr", "max_lr"), "cosine_warm_restarts": ("T_0",)}
+_MOMENTUM = ("cycle_momentum", "base_momentum", "max_momentum")
+KNOWN = {"constant": (), "one_cycle_linear": (), "step": ("gamma",), "cosine": ("T_max", "eta_min"),
+         "cosine_warm_restarts": ("T_mult", "eta_min"),
+         "onecycle": ("pct_start", "div_factor", "final_div_factor", "anneal_strategy") + _MOMENTUM,
+         "cyclic": ("step_size_up", "step_size_down", "mode", "gamma") + _MOMENTUM}
+_ANY = ("lr", "warmup_epochs", "warmup_start_lr")
 
 
 def check_spec(spec: ScheduleSpec, where: str = "scheduler") -> None:
-    """Raise UnknownNameError for a name not in ``SCHEDULE_NAMES``, ConfigError for a missing required param or a
+    """Raise UnknownNameError for a name not in ``SCHEDULE_NAMES``, ConfigError for a missing or unknown param or a
     warm-up on a per-step schedule (for ``Recipe.validate``, before any work)."""
     if spec.name not in SCHEDULE_NAMES:
         raise UnknownNameError(f"{where}: unknown scheduler {spec.name!r}; valid schedulers: "
@@ -137,13 +156,22 @@ def check_spec(spec: ScheduleSpec, where: str = "scheduler") -> None:
     missing = [k for k in REQUIRED.get(spec.name, ()) if k not in spec.params]
     if missing:
         raise ConfigError(f"{where}: scheduler {spec.name!r} needs the parameter(s) {missing}")
+    if spec.name == "plateau":
+        known = set(inspect.signature(torch.optim.lr_scheduler.ReduceLROnPlateau).parameters) - {"optimizer"}
+    else:
+        known = set(REQUIRED.get(spec.name, ()) + KNOWN[spec.name] + _ANY)
+    unknown = sorted(set(spec.params) - known)
+    if unknown:
+        raise ConfigError(f"{where}: scheduler {spec.name!r} has no parameter(s) {unknown}; "
+                          f"its parameters: {', '.join(sorted(known))}")
     if spec.params.get("warmup_epochs") and spec.name not in ("cosine", "cosine_warm_restarts", "step", "constant"):
         raise ConfigError(f"{where}: warmup_epochs only combines with per-epoch schedules, not {spec.name!r}")
 
 
-def step_function(spec: ScheduleSpec, steps_per_epoch: int, epochs: int, base_lr: float) -> Callable[[int], float]:
-    """``lr(step)`` for a checked ``spec`` over ``epochs`` epochs of ``steps_per_epoch`` optimizer steps; ``base_lr``
-    is where a schedule without an ``lr`` param starts."""
+def step_function(spec: ScheduleSpec, steps_per_epoch: int, epochs: int, base_lr: float):
+    """``(lr_fn, momentum_fn or None)`` of the optimizer step for a checked ``spec`` over ``epochs`` epochs of
+    ``steps_per_epoch`` steps; ``base_lr`` is where a schedule without an ``lr`` param starts. "onecycle" and
+    "cyclic" cycle the momentum as torch does by default (``cycle_momentum=False`` turns it off)."""
     p = dict(spec.params)
     base = float(p.pop("lr", base_lr))
     warmup, warmup_start = int(p.pop("warmup_epochs", 0) or 0), p.pop("warmup_start_lr", None)
@@ -152,18 +180,25 @@ def step_function(spec: ScheduleSpec, steps_per_epoch: int, epochs: int, base_lr
         peak = int(round(p["peak_epoch"] * steps_per_epoch))
         if peak >= total:  # a shortened run (--epochs 2) still rises and falls: peak at 20 % of it (S10: 5 of 24)
             peak = min(total - 1, int(round(0.2 * total)))
-        return linear_one_cycle(float(p["max_lr"]), float(p["min_lr"]), total, peak)
-    if spec.name == "onecycle":
-        return torch_one_cycle(total_steps=total, **p)
-    if spec.name == "cyclic":
-        up = max(1, int(p.pop("step_size_up", max(1, epochs // 2)) * steps_per_epoch))
-        down = p.pop("step_size_down", None)
-        down = up if down is None else max(1, int(down * steps_per_epoch))
-        return cyclic(p.pop("base_lr"), p.pop("max_lr"), up, down, **p)
+        return linear_one_cycle(float(p["max_lr"]), float(p["min_lr"]), total, peak), None
+    if spec.name == "onecycle":  # torch OneCycleLR's defaults
+        max_lr, start = p["max_lr"], p["max_lr"] / p.get("div_factor", 25.0)
+        shape = dict(total_steps=total, pct_start=p.get("pct_start", 0.3),
+                     anneal_strategy=p.get("anneal_strategy", "cos"))
+        lr = torch_one_cycle(start, max_lr, start / p.get("final_div_factor", 1e4), **shape)
+        low, high = p.get("base_momentum", 0.85), p.get("max_momentum", 0.95)
+        return lr, (torch_one_cycle(high, low, high, **shape) if p.get("cycle_momentum", True) else None)
+    if spec.name == "cyclic":  # torch CyclicLR's defaults
+        up = max(1, int(p.get("step_size_up", max(1, epochs // 2)) * steps_per_epoch))
+        down = up if p.get("step_size_down") is None else max(1, int(p["step_size_down"] * steps_per_epoch))
+        shape = dict(up=up, down=down, mode=p.get("mode", "triangular"), gamma=p.get("gamma", 1.0))
+        high, low = p.get("max_momentum", 0.9), p.get("base_momentum", 0.8)
+        return (cyclic(p["base_lr"], p["max_lr"], **shape),
+                cyclic(high, low, **shape) if p.get("cycle_momentum", True) else None)
     fn = _epoch_fn(spec.name, p, base, max(1, epochs - warmup))
     if warmup:
         fn = _with_warmup(fn, base, warmup, warmup_start)
-    return lambda step: fn(step // steps_per_epoch)  # constant within an epoch, as torch's per-epoch stepping
+    return (lambda step: fn(step // steps_per_epoch)), None  # constant within an epoch, as torch's per-epoch stepping
 
 
 def build_schedule(spec: Optional[ScheduleSpec], optimizer: torch.optim.Optimizer, steps_per_epoch: int,
@@ -178,7 +213,7 @@ def build_schedule(spec: Optional[ScheduleSpec], optimizer: torch.optim.Optimize
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **spec.params)
         plateau.interval = "plateau"
         return plateau
-    return StepSchedule([(0, step_function(spec, steps_per_epoch, epochs, initial_lr(optimizer)))])
+    return StepSchedule([(0, *step_function(spec, steps_per_epoch, epochs, initial_lr(optimizer)))])
 
 
 def phase_schedule(phases: Sequence[Any], steps_per_epoch: int, epochs: int, base_lr: float) -> Optional[StepSchedule]:
@@ -188,14 +223,14 @@ def phase_schedule(phases: Sequence[Any], steps_per_epoch: int, epochs: int, bas
     starts = [i for i, p in enumerate(phases) if p.scheduler is not None]
     if not starts:
         return None
-    pieces: List[Tuple[int, Callable[[int], float]]] = []
+    pieces: List[Tuple] = []
     if phases[starts[0]].start > 1:
         pieces.append((0, lambda s: base_lr))
     for n, i in enumerate(starts):
         end = phases[starts[n + 1]].start - 1 if n + 1 < len(starts) else epochs
         span = max(1, min(end, epochs) - phases[i].start + 1)
-        fn = step_function(phases[i].scheduler, steps_per_epoch, span, base_lr)
-        pieces.append(((phases[i].start - 1) * steps_per_epoch, fn))
+        pieces.append(((phases[i].start - 1) * steps_per_epoch,
+                       *step_function(phases[i].scheduler, steps_per_epoch, span, base_lr)))
     return StepSchedule(pieces)
 
 

@@ -67,6 +67,59 @@ def test_our_schedule_equals_torchs_lr_sequence(spec, make, per):
     assert ours == pytest.approx(_torch_lrs(make, SPE * EPOCHS, per=per), rel=1e-9, abs=1e-12)
 
 
+def _torch_momenta(make, optimizer, steps):
+    """The momentum (SGD) or beta1 (Adam) torch's per-step scheduler gives at each of ``steps`` steps."""
+    key = "betas" if "betas" in optimizer.defaults else "momentum"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s, out = make(optimizer), []
+        for _ in range(steps):
+            value = optimizer.param_groups[0][key]
+            out.append(value[0] if key == "betas" else value)
+            optimizer.step()
+            s.step()
+    return out
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("spec, make", [
+    (ScheduleSpec("onecycle", {"max_lr": 0.3, "pct_start": 0.25}),
+     lambda o: sched.OneCycleLR(o, 0.3, total_steps=SPE * EPOCHS, pct_start=0.25)),
+    (ScheduleSpec("onecycle", {"max_lr": 0.3, "anneal_strategy": "linear", "base_momentum": 0.8,
+                               "max_momentum": 0.9}),
+     lambda o: sched.OneCycleLR(o, 0.3, total_steps=SPE * EPOCHS, anneal_strategy="linear", base_momentum=0.8,
+                                max_momentum=0.9)),
+    (ScheduleSpec("cyclic", {"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 1, "step_size_down": 2,
+                             "mode": "triangular2"}),
+     lambda o: sched.CyclicLR(o, 0.01, 0.1, step_size_up=SPE, step_size_down=2 * SPE, mode="triangular2")),
+])
+def test_cycling_schedules_cycle_the_momentum_as_torch(spec, make, optimizer):
+    def new():
+        params = [torch.nn.Parameter(torch.zeros(1))]
+        return torch.optim.SGD(params, lr=0.1, momentum=0.9) if optimizer == "sgd" else torch.optim.Adam(params)
+
+    ours = build_schedule(spec, new(), SPE, EPOCHS)
+    expected = _torch_momenta(make, new(), SPE * EPOCHS)
+    assert [ours.momentum(i) for i in range(SPE * EPOCHS)] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert min(expected) < max(expected)  # it does cycle
+    off = build_schedule(ScheduleSpec(spec.name, {**spec.params, "cycle_momentum": False}), new(), SPE, EPOCHS)
+    assert off.momentum(3) is None and build_schedule(ScheduleSpec("cosine"), new(), SPE, 2).momentum(0) is None
+
+
+def test_training_writes_the_cycled_momentum_into_the_optimizer():
+    from pytorch_utils.train.loop import train_one_epoch
+
+    model = torch.nn.Linear(4, 2)
+    for opt, read in ((torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), lambda g: g["momentum"]),
+                      (torch.optim.Adam(model.parameters()), lambda g: g["betas"][0])):
+        schedule = build_schedule(ScheduleSpec("onecycle", {"max_lr": 0.3}), opt, steps_per_epoch=4, epochs=1)
+        data = [(torch.randn(3, 4), torch.tensor([0, 1, 0])) for _ in range(4)]
+        train_one_epoch(model, data, opt, torch.nn.CrossEntropyLoss(), scheduler=schedule, step=1)
+        assert read(opt.param_groups[0]) == pytest.approx(schedule.momentum(4))  # the last step applied: 1 + 3
+        assert opt.param_groups[0]["lr"] == pytest.approx(schedule(4))
+        assert opt.param_groups[0].get("betas", (0, 0.999))[1] == 0.999  # beta2 untouched
+
+
 def test_one_cycle_first_peak_last_step():
     lrs = _ours(ScheduleSpec("one_cycle_linear", {"max_lr": 0.02, "min_lr": 0.002, "peak_epoch": 5}), 10, 24)
     assert lrs[0] == pytest.approx(0.002)  # first step: LR_min
@@ -131,4 +184,9 @@ def test_unknown_and_missing_params():
         check_spec(ScheduleSpec("one_cycle_linear", {"min_lr": 0.1, "peak_epoch": 1}))
     with pytest.raises(ConfigError, match="warmup_epochs"):
         check_spec(ScheduleSpec("onecycle", {"max_lr": 0.1, "warmup_epochs": 2}))
+    with pytest.raises(ConfigError, match=r"no parameter\(s\) \['pct_strat'\]; its parameters: .*pct_start"):
+        check_spec(ScheduleSpec("onecycle", {"max_lr": 0.1, "pct_strat": 0.2}))
+    with pytest.raises(ConfigError, match="patince"):
+        check_spec(ScheduleSpec("plateau", {"patince": 2}))
+    check_spec(ScheduleSpec("plateau", {"patience": 2, "factor": 0.5}))
     assert build_schedule(None, _opt(), 5, 4) is None
