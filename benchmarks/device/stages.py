@@ -161,8 +161,30 @@ def accuracy_without_tta(result) -> float:
     return metrics["acc"]
 
 
+def s10_report(ctx: Context, result, figures: Dict[str, Any]) -> Path:
+    """The S10 run's ``viz.report`` (PNGs, per-class table, index) and a ``run.json`` of the stage's figures, zipped
+    into ``<out>/s10_report.zip``: one file, as the GPU machine returns at most 8 (unzip it under ``assets/``)."""
+    import shutil
+
+    from pytorch_utils import viz
+    from pytorch_utils.recipes import report_data
+
+    from benchmarks import common
+
+    folder = Path(tempfile.mkdtemp(prefix="s10_report_"))
+    title = (f"s10: {ctx.data.description}, {len(result.history)} epochs, {common.device_name(result.device)}"
+             f"{' (tiny CPU twin)' if ctx.tiny else ''}")
+    viz.report(report_data(result, model=result.model), folder, title=title)
+    record = {"title": title, "figures": figures, "recipe_fields": result.recipe.to_dict(), **environment(ctx)}
+    (folder / "run.json").write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+    archive = Path(shutil.make_archive(str(ctx.out / "s10_report"), "zip", folder))
+    shutil.rmtree(folder, ignore_errors=True)
+    return archive
+
+
 def stage_c(ctx: Context) -> None:
-    """S10, 24 epochs: wall seconds from process start, seconds per epoch, final / best (TTA) and no-TTA accuracy."""
+    """S10, 24 epochs: wall seconds from process start, seconds per epoch, final / best (TTA) and no-TTA accuracy;
+    then the run's report (``s10_report.zip``), after the figures so that a slow report cannot lose them."""
     import statistics
 
     result = s10_run(ctx, **ctx.sizes("c"))
@@ -180,6 +202,11 @@ def stage_c(ctx: Context) -> None:
              goal="seed 90.98-92.63 % on CIFAR-10 (JPEG copy runs 3-4 points lower)", note=note)
     ctx.emit("s10_lr_max", (result.lr_finder.lr_max if result.lr_finder else None), "lr", note="LR finder")
     ctx.emit("s10_npy_loads", npy_used(), "loads", note="0: the zip was decoded in this process")
+    start = time.perf_counter()
+    figures = {"wall_s": wall, "s_per_epoch": statistics.median(seconds), "final_acc_tta": result.final["test_acc"],
+               "best_acc_tta": result.final["best_test_acc"], "epochs": len(seconds), "data": note}
+    archive = s10_report(ctx, result, figures)
+    ctx.emit("s10_report_s", time.perf_counter() - start, "s", note=f"{archive.name}: unzip into assets/")
 
 
 # ------------------------------------------------------------------------------------------------ d: CPU count

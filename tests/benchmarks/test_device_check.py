@@ -86,6 +86,19 @@ def test_tiny_writes_jsonl_and_markdown(tiny):
     assert "| c | s10_final_acc_tta |" in summary
 
 
+def test_tiny_zips_the_s10_report_for_assets(tiny):
+    _, records, out = tiny
+    import zipfile
+
+    with zipfile.ZipFile(out / "s10_report.zip") as archive:
+        names = set(archive.namelist())
+        run = json.loads(archive.read("run.json"))
+    assert {"curves.png", "confusion_matrix.png", "misclassified.png", "per_class.md", "index.md"} <= names
+    assert run["figures"]["epochs"] == 1 and "tiny CPU twin" in run["title"] and run["device"].startswith("CPU")
+    assert _figures(records, "c")["s10_report_s"]["value"] > 0
+    assert len(list(out.iterdir())) <= 7  # with check.log: within the 8 files the GPU machine returns
+
+
 def test_fast_path_needs_no_albumentations():
     """The GPU machine's call 1 carries no albumentations: a GPU-loader recipe run must not import it."""
     code = ("import sys, tempfile\nfrom pytorch_utils.recipes import run_recipe\n"
