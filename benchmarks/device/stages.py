@@ -13,9 +13,9 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
-from benchmarks.device.data import JPEG_NOTE, DataChoice, arrays_as_data, npy_used, resolve_data
+from benchmarks.device.data import DataChoice, arrays_as_data, npy_used, resolve_data
 
 REPO = Path(__file__).resolve().parents[2]
 CHECK = Path(__file__).resolve().parent / "check.py"
