@@ -4,7 +4,8 @@
 
 Why not nbval: the GPU machine has no Jupyter, and its wheels do not fit beside the data. A notebook cell is plain
 Python except for IPython lines: shell escapes (``!pip ...``) and magics (``%matplotlib``), which are replaced by
-``pass`` (keeping the indentation, so an ``if`` around them stays valid). The last stdout line is one JSON record:
+``pass`` (keeping the indentation, so an ``if`` around them stays valid), and ``IPython.display``, which a machine
+without IPython gets as a stand-in that prints what a notebook displays. The last stdout line is one JSON record:
 ``{"notebook", "status": "ok"|"failed", "cells", "seconds", "cell", "error"}`` (``cell``: 1-based index among the
 code cells of the one that raised). Exit status 1 when a cell raised.
 """
@@ -30,6 +31,32 @@ def cell_sources(path: Path):
     return sources
 
 
+def ipython_display_stand_in() -> None:
+    """Where IPython is missing (the GPU machine), register a stand-in ``IPython.display``: ``display`` prints each
+    object, ``HTML`` / ``Markdown`` / ``Image`` keep their data. Jupyter and Colab always have the real one."""
+    try:
+        import IPython.display  # noqa: F401
+        return
+    except ImportError:
+        pass
+    import types
+
+    class _Shown:
+        def __init__(self, data=None, **kwargs):
+            self.data, self.kwargs = data, kwargs
+
+        def __repr__(self):
+            return f"<{type(self).__name__}: {str(self.data)[:80]!r}>"
+
+    display_module = types.ModuleType("IPython.display")
+    display_module.display = lambda *objs, **kwargs: [print(obj) for obj in objs] and None
+    for name in ("HTML", "Markdown", "Image"):
+        setattr(display_module, name, type(name, (_Shown,), {}))
+    package = types.ModuleType("IPython")
+    package.display = display_module
+    sys.modules.update({"IPython": package, "IPython.display": display_module})
+
+
 def run_notebook(path: Path) -> dict:
     """Execute the code cells of ``path`` in order in one fresh namespace; return the result record."""
     import matplotlib
@@ -37,6 +64,7 @@ def run_notebook(path: Path) -> dict:
     matplotlib.use("Agg")  # figures are made and closed, never shown
     import matplotlib.pyplot as plt
 
+    ipython_display_stand_in()
     namespace = {"__name__": "__main__", "__file__": str(path)}
     start = time.perf_counter()
     sources = cell_sources(path)
