@@ -54,6 +54,8 @@ def ipython_display_stand_in() -> None:
         setattr(display_module, name, type(name, (_Shown,), {}))
     package = types.ModuleType("IPython")
     package.display = display_module
+    # What real IPython answers outside a kernel; matplotlib and pyplot read both when "IPython" is imported.
+    package.get_ipython, package.version_info = (lambda: None), (8, 24, 0, "stand-in")
     sys.modules.update({"IPython": package, "IPython.display": display_module})
 
 

@@ -30,10 +30,12 @@ def _run(path: Path, without_ipython: bool = True):
 def test_cells_run_in_one_namespace_without_ipython(tmp_path):
     nb = _notebook(tmp_path / "ok.ipynb",
                    "!pip install -q nothing\n%matplotlib inline\nfrom IPython.display import HTML, display\nx = 41",
-                   "if True:\n    %time y = 1\ndisplay(HTML('<b>report</b>'), x + 1)")
+                   "if True:\n    %time y = 1\ndisplay(HTML('<b>report</b>'), x + 1)",
+                   "from matplotlib.figure import Figure\nimport matplotlib.pyplot as plt\n"
+                   "Figure().subplots().plot([1, 2]); plt.figure(); plt.plot([1])")  # matplotlib looks at IPython
     proc, record = _run(nb)
     assert proc.returncode == 0, proc.stderr
-    assert record == {"notebook": "ok.ipynb", "status": "ok", "cells": 2, "cell": None,
+    assert record == {"notebook": "ok.ipynb", "status": "ok", "cells": 3, "cell": None,
                       "seconds": record["seconds"], "error": None}
     assert "<HTML: '<b>report</b>'>" in proc.stdout and "\n42\n" in proc.stdout
 
