@@ -63,6 +63,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--stage", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--t0", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -92,7 +93,8 @@ def _relay(stream, sink: List[dict], stage: str) -> None:
 def run_stage(stage: Stage, args: argparse.Namespace, cap_s: float) -> List[dict]:
     """Run one stage in a new process session under ``cap_s``; return its records plus the status record."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--stage", stage.key, "--device", args.device,
-           "--t0", repr(time.time())] + (["--tiny"] if args.tiny else []) + (["--out", str(args.out)])
+           "--t0", repr(time.time()), "--deadline", repr(time.time() + cap_s)] + (["--tiny"] if args.tiny else []) \
+        + ["--out", str(args.out)]
     env = dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     records: List[dict] = []

@@ -58,6 +58,7 @@ class Context:
     out: Path
     data: DataChoice
     t0: Optional[float]
+    deadline: Optional[float] = None  # time.time() at which the orchestrator kills this stage (its cap)
 
     def sizes(self, key: str):
         return (TINY if self.tiny else FULL)[key]
@@ -70,9 +71,9 @@ class Context:
         print(json.dumps(record, default=str), flush=True)
 
     def recipe_kwargs(self, **overrides) -> Dict[str, Any]:
-        """``run_recipe`` keyword arguments shared by the stages (a fresh temporary out_dir each call)."""
+        """``run_recipe`` keyword arguments shared by the stages (out_dir: default a fresh temporary folder)."""
         # Not under self.out: that folder comes back from the GPU machine, checkpoints must not.
-        out_dir = tempfile.mkdtemp(prefix=f"check_{self.stage}_")
+        out_dir = overrides.pop("out_dir", None) or tempfile.mkdtemp(prefix=f"check_{self.stage}_")
         return dict(data=self.data.data, out_dir=out_dir, device=self.device, progress=False, **overrides)
 
 
@@ -182,31 +183,51 @@ def s10_report(ctx: Context, result, figures: Dict[str, Any]) -> Path:
     return archive
 
 
-def stage_c(ctx: Context) -> None:
-    """S10, 24 epochs: wall seconds from process start, seconds per epoch, final / best (TTA) and no-TTA accuracy;
-    then the run's report (``s10_report.zip``), after the figures so that a slow report cannot lose them."""
+def probe_c(ctx: Context, spec: str) -> None:
+    """``c:<out_dir>``: the S10 run; prints its figures as one JSON line, then writes the report and prints its
+    seconds (figures first, so a report still running at the cap cannot lose them)."""
     import statistics
 
-    result = s10_run(ctx, **ctx.sizes("c"))
-    wall = time.time() - ctx.t0 if ctx.t0 else None
+    result = s10_run(ctx, out_dir=spec.split(":", 1)[1], **ctx.sizes("c"))
     seconds = [r["seconds"] for r in result.history]
-    note = _acc_note(ctx)
-    ctx.emit("s10_wall_s_from_process_start", wall, "s", goal="<= 10 s on an H100 (decode excluded: npy)"
-             if ctx.data.source == "npy" else "<= 10 s on an H100", note=f"data from {ctx.data.source}; "
-             f"call 1 decode {ctx.data.decode_s} s" if ctx.data.decode_s else f"data from {ctx.data.source}")
-    ctx.emit("s10_s_per_epoch", statistics.median(seconds), "s", goal="seed: ~21 s on Colab",
-             note=f"median of {len(seconds)} epochs (train + test)")
-    ctx.emit("s10_final_acc_tta", result.final["test_acc"], "%", goal=">= 91 % (JPEG copy)", note=note)
-    ctx.emit("s10_best_acc_tta", result.final["best_test_acc"], "%", note=note)
-    ctx.emit("s10_final_acc_no_tta", accuracy_without_tta(result), "%",
-             goal="seed 90.98-92.63 % on CIFAR-10 (JPEG copy runs 3-4 points lower)", note=note)
-    ctx.emit("s10_lr_max", (result.lr_finder.lr_max if result.lr_finder else None), "lr", note="LR finder")
-    ctx.emit("s10_npy_loads", npy_used(), "loads", note="0: the zip was decoded in this process")
+    figures = {"wall_s": time.time() - ctx.t0, "s_per_epoch": statistics.median(seconds), "epochs": len(seconds),
+               "final_acc_tta": result.final["test_acc"], "best_acc_tta": result.final["best_test_acc"],
+               "final_acc_no_tta": accuracy_without_tta(result), "npy_loads": npy_used(),
+               "lr_max": result.lr_finder.lr_max if result.lr_finder else None}
+    print(json.dumps({"figures": figures}), flush=True)
     start = time.perf_counter()
-    figures = {"wall_s": wall, "s_per_epoch": statistics.median(seconds), "final_acc_tta": result.final["test_acc"],
-               "best_acc_tta": result.final["best_test_acc"], "epochs": len(seconds), "data": note}
-    archive = s10_report(ctx, result, figures)
-    ctx.emit("s10_report_s", time.perf_counter() - start, "s", note=f"{archive.name}: unzip into assets/")
+    archive = s10_report(ctx, result, dict(figures, data=_acc_note(ctx)))
+    print(json.dumps({"report_s": time.perf_counter() - start, "report": archive.name}), flush=True)
+
+
+def stage_c(ctx: Context) -> None:
+    """S10, 24 epochs in a fresh process: wall seconds from its start, seconds per epoch, final / best (TTA) and
+    no-TTA accuracy, then its report (``s10_report.zip``); a run stopped at the cap reports the epochs it finished."""
+    out_dir = tempfile.mkdtemp(prefix="check_c_")
+    lines, _ = _wait_for(ctx, {"s10": _probe(ctx, f"c:{out_dir}")})["s10"]
+    figures = next((r["figures"] for r in lines if "figures" in r), None)
+    note = _acc_note(ctx)
+    if figures is None:
+        done = _history_so_far(out_dir)
+        ctx.emit("s10_epochs_before_cap", done["epochs"], "epochs", goal=f"{ctx.sizes('c').get('epochs', 24)}",
+                 note=f"last test acc {done['test_acc']} %, {done['seconds']} s of epochs; {note}",
+                 error=f"S10 stopped at the stage cap after {done['epochs']} epochs")
+        return
+    decode = f"; call 1 decode {ctx.data.decode_s} s" if ctx.data.decode_s else ""
+    ctx.emit("s10_wall_s_from_process_start", figures["wall_s"], "s", goal="<= 10 s on an H100" +
+             (" (decode excluded: npy)" if ctx.data.source == "npy" else ""), note=f"data from {ctx.data.source}{decode}")
+    ctx.emit("s10_s_per_epoch", figures["s_per_epoch"], "s", goal="seed: ~21 s on Colab",
+             note=f"median of {figures['epochs']} epochs (train + test)")
+    ctx.emit("s10_final_acc_tta", figures["final_acc_tta"], "%", goal=">= 91 % (JPEG copy)", note=note)
+    ctx.emit("s10_best_acc_tta", figures["best_acc_tta"], "%", note=note)
+    ctx.emit("s10_final_acc_no_tta", figures["final_acc_no_tta"], "%",
+             goal="seed 90.98-92.63 % on CIFAR-10 (JPEG copy runs 3-4 points lower)", note=note)
+    ctx.emit("s10_lr_max", figures["lr_max"], "lr", note="LR finder")
+    ctx.emit("s10_npy_loads", figures["npy_loads"], "loads", note="0: the zip was decoded in this process")
+    report = next((r for r in lines if "report_s" in r), None)
+    ctx.emit("s10_report_s", report and report["report_s"], "s",
+             note=f"{report['report']}: unzip into assets/" if report else "not written",
+             error=None if report else "the S10 report was not finished by the stage cap")
 
 
 # ------------------------------------------------------------------------------------------------ d: CPU count
@@ -231,8 +252,38 @@ def probe_d(ctx: Context, spec: str) -> None:
 
 def _probe(ctx: Context, spec: str) -> subprocess.Popen:
     """Start ``check.py --probe spec`` (a fresh process, so pinning happens before torch starts its threads)."""
-    cmd = [sys.executable, str(CHECK), "--probe", spec, "--device", ctx.device, "--out", str(ctx.out)]
+    cmd = [sys.executable, str(CHECK), "--probe", spec, "--device", ctx.device, "--out", str(ctx.out),
+           "--t0", repr(time.time())]
     return subprocess.Popen(cmd + (["--tiny"] if ctx.tiny else []), cwd=REPO, stdout=subprocess.PIPE, text=True)
+
+
+def _wait_for(ctx: Context, procs: Dict[str, subprocess.Popen], margin_s: float = 8.0):
+    """``{name: (JSON records printed, finished)}`` of probes run side by side; those still running ``margin_s``
+    before the stage's cap are killed, and what they printed until then is kept (the stage reports it)."""
+    results = {}
+    for name, proc in procs.items():
+        timeout = max(1.0, ctx.deadline - margin_s - time.time()) if ctx.deadline else None
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        lines = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+        results[name] = (lines, proc.returncode == 0)
+    return results
+
+
+def _history_so_far(out_dir: str) -> Dict[str, Any]:
+    """Epochs, last test accuracy and seconds of a run stopped early, from the history.json it writes every epoch."""
+    from pytorch_utils.train.history import read_history
+
+    try:
+        records = read_history(out_dir)
+    except (OSError, ValueError):  # stopped before its first epoch ended
+        records = []
+    return {"epochs": len(records), "test_acc": records[-1].get("test_acc") if records else None,
+            "best_acc": max((r.get("test_acc", 0) for r in records), default=None),
+            "seconds": round(sum(r["seconds"] for r in records), 1)}
 
 
 def _probe_result(proc: subprocess.Popen) -> Dict[str, Any]:
@@ -295,22 +346,31 @@ def stage_e(ctx: Context) -> None:
 
 
 def probe_f(ctx: Context, spec: str) -> None:
-    """``f:<recipe>``: one Strixbee recipe run on the fast path; its final/best accuracy and seconds."""
+    """``f:<recipe>:<out_dir>``: one Strixbee recipe run on the fast path; its final/best accuracy and seconds."""
     from pytorch_utils.recipes import run_recipe
 
-    name = spec.split(":")[1]
+    _, name, out_dir = spec.split(":", 2)
     with arrays_as_data(ctx.data):
-        result = run_recipe(name, **ctx.recipe_kwargs(loader="gpu", **ctx.sizes("f")))
+        result = run_recipe(name, **ctx.recipe_kwargs(loader="gpu", out_dir=out_dir, **ctx.sizes("f")))
     print(json.dumps({k: result.final[k] for k in ("test_acc", "best_test_acc", "best_epoch", "epochs_run",
                                                     "seconds", "parameters")}), flush=True)
 
 
 def stage_f(ctx: Context) -> None:
-    """The three levels at once (each is tiny for a GPU: run side by side they share it)."""
-    procs = {level: _probe(ctx, f"f:strixbee_l{level}") for level in (1, 2, 3)}
+    """The three levels at once (each is tiny for a GPU: run side by side they share it); a level still running at
+    the cap reports the epochs it finished and its accuracy so far."""
+    out_dirs = {level: tempfile.mkdtemp(prefix=f"check_f{level}_") for level in (1, 2, 3)}
+    results = _wait_for(ctx, {level: _probe(ctx, f"f:strixbee_l{level}:{out_dirs[level]}") for level in out_dirs})
     goals = {1: "seed L1: 78 % test (original CIFAR-10)", 2: None, 3: None}
-    for level, proc in procs.items():
-        res = _probe_result(proc)
+    for level, (lines, finished) in results.items():
+        if not finished or not lines:
+            done = _history_so_far(out_dirs[level])
+            ctx.emit(f"strixbee_l{level}_final_acc", done["test_acc"], "%", goal=goals[level],
+                     note=f"STOPPED at the cap after {done['epochs']} epochs ({done['seconds']} s); {_acc_note(ctx)}",
+                     error=f"strixbee_l{level} stopped at the stage cap after {done['epochs']} epochs")
+            ctx.emit(f"strixbee_l{level}_best_acc", done["best_acc"], "%", note="so far")
+            continue
+        res = lines[-1]
         note = f"{_acc_note(ctx)}; {res['epochs_run']} epochs, {res['parameters']:,} params, {res['seconds']:.0f} s"
         ctx.emit(f"strixbee_l{level}_final_acc", res["test_acc"], "%", goal=goals[level], note=note)
         ctx.emit(f"strixbee_l{level}_best_acc", res["best_test_acc"], "%", note=f"epoch {res['best_epoch']}")
@@ -345,7 +405,7 @@ def stage_g(ctx: Context) -> None:
 
 STAGE_FUNCTIONS = {"a": stage_a, "b": stage_b, "c": stage_c, "d": stage_d, "e": stage_e, "f": stage_f,
                    "g": stage_g}
-PROBES = {"d": probe_d, "f": probe_f}
+PROBES = {"c": probe_c, "d": probe_d, "f": probe_f}
 
 
 def child_main(args) -> int:
@@ -356,7 +416,7 @@ def child_main(args) -> int:
     out = Path(args.out or tempfile.mkdtemp(prefix="check_")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     key = args.stage or args.probe.split(":")[0]
-    ctx = Context(key, args.tiny, args.device, out, resolve_data(), args.t0)
+    ctx = Context(key, args.tiny, args.device, out, resolve_data(), args.t0, args.deadline)
     try:
         if args.probe:
             PROBES[key](ctx, args.probe)

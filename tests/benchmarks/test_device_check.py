@@ -110,3 +110,37 @@ def test_fast_path_needs_no_albumentations():
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _stages_module():
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from benchmarks.device import stages
+
+    return stages
+
+
+def test_a_probe_still_running_at_the_cap_is_killed_and_keeps_what_it_printed(tmp_path):
+    import time
+
+    stages = _stages_module()
+    ctx = stages.Context("f", True, "cpu", tmp_path, stages.resolve_data(), None, deadline=time.time() + 9.5)
+    code = "import json, time; print(json.dumps({'epoch': 1}), flush=True); time.sleep(120)"
+    slow = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    quick = subprocess.Popen([sys.executable, "-c", "print('{\"done\": true}')"], stdout=subprocess.PIPE, text=True)
+    start = time.time()
+    results = stages._wait_for(ctx, {"slow": slow, "quick": quick})  # waits until 8 s before the deadline
+    assert time.time() - start < 30 and slow.poll() is not None  # killed, not waited for
+    assert results == {"slow": ([{"epoch": 1}], False), "quick": ([{"done": True}], True)}
+
+
+def test_history_so_far_reads_the_epochs_a_stopped_run_finished(tmp_path):
+    from pytorch_utils.train.history import write_history
+
+    stages = _stages_module()
+    assert stages._history_so_far(str(tmp_path)) == {"epochs": 0, "test_acc": None, "best_acc": None,
+                                                     "seconds": 0}
+    write_history([{"epoch": 1, "test_acc": 40.0, "seconds": 2.25}, {"epoch": 2, "test_acc": 38.5, "seconds": 2.0}],
+                  tmp_path)
+    assert stages._history_so_far(str(tmp_path)) == {"epochs": 2, "test_acc": 38.5, "best_acc": 40.0,
+                                                     "seconds": 4.2}
