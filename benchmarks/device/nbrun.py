@@ -7,7 +7,8 @@ Python except for IPython lines: shell escapes (``!pip ...``) and magics (``%mat
 ``pass`` (keeping the indentation, so an ``if`` around them stays valid), and ``IPython.display``, which a machine
 without IPython gets as a stand-in that prints what a notebook displays. The last stdout line is one JSON record:
 ``{"notebook", "status": "ok"|"failed", "cells", "seconds", "cell", "error"}`` (``cell``: 1-based index among the
-code cells of the one that raised). Exit status 1 when a cell raised.
+code cells of the one that raised); before it, ``{"nbrun_cell": i, "seconds"}`` after each cell, so a run killed
+midway still says how far it got. Exit status 1 when a cell raised.
 """
 import json
 import re
@@ -73,6 +74,8 @@ def run_notebook(path: Path) -> dict:
     for index, source in enumerate(sources, 1):
         try:
             exec(compile(source, f"<{path.name} cell {index}>", "exec"), namespace)
+            sys.stdout.flush()
+            print(json.dumps({"nbrun_cell": index, "seconds": round(time.perf_counter() - start, 2)}), flush=True)
         except BaseException as exc:  # SystemExit included: a cell must not end the run silently
             traceback.print_exc()
             return {"notebook": path.name, "status": "failed", "cells": index - 1, "cell": index,

@@ -128,10 +128,12 @@ def test_a_probe_still_running_at_the_cap_is_killed_and_keeps_what_it_printed(tm
     code = "import json, time; print(json.dumps({'epoch': 1}), flush=True); time.sleep(120)"
     slow = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     quick = subprocess.Popen([sys.executable, "-c", "print('{\"done\": true}')"], stdout=subprocess.PIPE, text=True)
+    broken = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"], stdout=subprocess.PIPE, text=True)
     start = time.time()
-    results = stages._wait_for(ctx, {"slow": slow, "quick": quick})  # waits until 8 s before the deadline
+    results = stages._wait_for(ctx, {"slow": slow, "quick": quick, "broken": broken})  # until 8 s before the cap
     assert time.time() - start < 30 and slow.poll() is not None  # killed, not waited for
-    assert results == {"slow": ([{"epoch": 1}], False), "quick": ([{"done": True}], True)}
+    assert results == {"slow": ([{"epoch": 1}], "stopped"), "quick": ([{"done": True}], "ok"),
+                       "broken": ([], "failed")}
 
 
 def test_history_so_far_reads_the_epochs_a_stopped_run_finished(tmp_path):
@@ -144,3 +146,21 @@ def test_history_so_far_reads_the_epochs_a_stopped_run_finished(tmp_path):
                   tmp_path)
     assert stages._history_so_far(str(tmp_path)) == {"epochs": 2, "test_acc": 38.5, "best_acc": 40.0,
                                                      "seconds": 4.2}
+
+
+def test_stage_a_stopped_at_the_cap_reports_the_tests_it_finished(tmp_path, monkeypatch, capsys):
+    import time
+
+    stages = _stages_module()
+    fake_repo = tmp_path / "repo"
+    (fake_repo / "tests" / "cuda").mkdir(parents=True)
+    (fake_repo / "tests" / "cuda" / "test_x.py").write_text(
+        "import time\n\ndef test_quick():\n    assert True\n\ndef test_hangs():\n    time.sleep(120)\n\n"
+        "def test_never_reached():\n    pass\n")
+    monkeypatch.setattr(stages, "REPO", fake_repo)
+    ctx = stages.Context("a", True, "cpu", tmp_path, stages.resolve_data(), None, deadline=time.time() + 8 + 6)
+    stages.stage_a(ctx)
+    figures = {r["figure"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert figures["cuda_tests_passed"]["value"] == 1 and figures["cuda_tests_failed"]["value"] == 0
+    assert figures["cuda_tests_not_finished"]["value"] == 2
+    assert figures["cuda_tests_not_finished"]["error"] == "pytest stopped at the stage cap after 1 tests"

@@ -38,6 +38,8 @@ def test_cells_run_in_one_namespace_without_ipython(tmp_path):
     assert record == {"notebook": "ok.ipynb", "status": "ok", "cells": 3, "cell": None,
                       "seconds": record["seconds"], "error": None}
     assert "<HTML: '<b>report</b>'>" in proc.stdout and "\n42\n" in proc.stdout
+    progress = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"nbrun_cell"')]
+    assert [p["nbrun_cell"] for p in progress] == [1, 2, 3]  # how far a run killed midway got
 
 
 def test_a_failing_cell_is_named_and_stops_the_run(tmp_path):
