@@ -234,7 +234,8 @@ def stage_c(ctx: Context) -> None:
     report = next((r for r in lines if "report_s" in r), None)
     ctx.emit("s10_report_s", report and report["report_s"], "s",
              note=f"{report['report']}: unzip into assets/" if report else "not written",
-             error=None if report else "the S10 report was not finished by the stage cap")
+             error=None if report else next((f"report: {r['error']}" for r in lines if r.get("error")),
+                                            "the S10 report was not finished by the stage cap"))
 
 
 # ------------------------------------------------------------------------------------------------ d: CPU count

@@ -124,6 +124,7 @@ def test_report_without_history_and_gradcam_and_show(tmp_path, tiny_model, norm_
     paths = report(_data(tiny_model, loader), tmp_path, gradcam=False)
     assert "curves" not in paths and "gradcam" not in paths and "lr_finder" not in paths
     assert "curves.png" not in paths["index_md"].read_text()
+    pytest.importorskip("IPython")  # show_report is for notebooks; the test extra (ipykernel) brings IPython
     shown = show_report(paths)
     assert "data:image/png;base64," in shown.data
     assert 'src="confusion_matrix.png"' not in shown.data  # all images embedded
