@@ -204,7 +204,8 @@ def step_function(spec: ScheduleSpec, steps_per_epoch: int, epochs: int, base_lr
 def build_schedule(spec: Optional[ScheduleSpec], optimizer: torch.optim.Optimizer, steps_per_epoch: int,
                    epochs: int):
     """The schedule ``spec`` (or dict) describes: a :class:`StepSchedule` starting from the optimizer's initial LR, a
-    ReduceLROnPlateau ("plateau"), or None (no spec). Raises as :func:`check_spec`."""
+    ReduceLROnPlateau ("plateau"), or None (no spec). Raises as :func:`check_spec`, and ConfigError for a
+    momentum-cycling schedule on an optimizer with neither momentum nor betas (as torch does)."""
     if spec is None:
         return None
     spec = ScheduleSpec(**spec) if isinstance(spec, dict) else spec
@@ -213,7 +214,11 @@ def build_schedule(spec: Optional[ScheduleSpec], optimizer: torch.optim.Optimize
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **spec.params)
         plateau.interval = "plateau"
         return plateau
-    return StepSchedule([(0, *step_function(spec, steps_per_epoch, epochs, initial_lr(optimizer)))])
+    lr, momentum = step_function(spec, steps_per_epoch, epochs, initial_lr(optimizer))
+    if momentum is not None and not {"momentum", "betas"} & set(optimizer.defaults):
+        raise ConfigError(f"scheduler {spec.name!r} cycles the momentum, which {type(optimizer).__name__} does not "
+                          "have: add 'cycle_momentum': False to its params")
+    return StepSchedule([(0, lr, momentum)])
 
 
 def phase_schedule(phases: Sequence[Any], steps_per_epoch: int, epochs: int, base_lr: float) -> Optional[StepSchedule]:

@@ -106,6 +106,14 @@ def test_cycling_schedules_cycle_the_momentum_as_torch(spec, make, optimizer):
     assert off.momentum(3) is None and build_schedule(ScheduleSpec("cosine"), new(), SPE, 2).momentum(0) is None
 
 
+def test_momentum_cycling_needs_an_optimizer_with_momentum():
+    adagrad = torch.optim.Adagrad([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(ConfigError, match="Adagrad does not have: add 'cycle_momentum': False"):
+        build_schedule(ScheduleSpec("onecycle", {"max_lr": 0.1}), adagrad, 5, 2)
+    plain = build_schedule(ScheduleSpec("onecycle", {"max_lr": 0.1, "cycle_momentum": False}), adagrad, 5, 2)
+    assert plain.momentum(0) is None and plain(0) == pytest.approx(0.004)
+
+
 def test_training_writes_the_cycled_momentum_into_the_optimizer():
     from pytorch_utils.train.loop import train_one_epoch
 
