@@ -12,6 +12,7 @@ a table of both. Goals are reported beside the figures, never enforced: the exit
 itself breaks. This file imports only the standard library, so ``--plan`` works anywhere.
 """
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -90,6 +91,21 @@ def _relay(stream, sink: List[dict], stage: str) -> None:
             print(f"[{stage}] {text}", file=sys.stderr, flush=True)
 
 
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid``: a stage (started as its session's leader) and its children, which
+    it puts in process groups of their own so that it can stop them itself (Linux /proc; else the stage's group)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            session = int(stat.read_text().rsplit(")", 1)[1].split()[3])  # after "pid (name)": state ppid pgrp sid
+        except (OSError, IndexError, ValueError):
+            continue
+        if session == sid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(sid, signal.SIGKILL)
+
+
 def run_stage(stage: Stage, args: argparse.Namespace, cap_s: float) -> List[dict]:
     """Run one stage in a new process session under ``cap_s``; return its records plus the status record."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--stage", stage.key, "--device", args.device,
@@ -106,7 +122,7 @@ def run_stage(stage: Stage, args: argparse.Namespace, cap_s: float) -> List[dict
         rc = proc.wait(timeout=cap_s)
         status = "ok" if rc == 0 else "failed"
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the stage's own subprocesses (probes, notebooks, pytest) too
+        kill_session(proc.pid)  # the stage's own subprocesses (probes, notebooks, pytest) too
         rc, status = proc.wait(), "timeout"
     reader.join(timeout=5)
     errors = [r["error"] for r in records if r.get("error")]

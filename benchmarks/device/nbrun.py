@@ -49,8 +49,12 @@ def ipython_display_stand_in() -> None:
         def __repr__(self):
             return f"<{type(self).__name__}: {str(self.data)[:80]!r}>"
 
+    def display(*objs, **kwargs) -> None:
+        for obj in objs:
+            print(obj)
+
     display_module = types.ModuleType("IPython.display")
-    display_module.display = lambda *objs, **kwargs: [print(obj) for obj in objs] and None
+    display_module.display = display
     for name in ("HTML", "Markdown", "Image"):
         setattr(display_module, name, type(name, (_Shown,), {}))
     package = types.ModuleType("IPython")
@@ -74,13 +78,13 @@ def run_notebook(path: Path) -> dict:
     for index, source in enumerate(sources, 1):
         try:
             exec(compile(source, f"<{path.name} cell {index}>", "exec"), namespace)
-            sys.stdout.flush()
-            print(json.dumps({"nbrun_cell": index, "seconds": round(time.perf_counter() - start, 2)}), flush=True)
         except BaseException as exc:  # SystemExit included: a cell must not end the run silently
             traceback.print_exc()
             return {"notebook": path.name, "status": "failed", "cells": index - 1, "cell": index,
                     "seconds": round(time.perf_counter() - start, 2),
                     "error": f"{type(exc).__name__}: {exc}"[:300]}
+        else:
+            print(json.dumps({"nbrun_cell": index, "seconds": round(time.perf_counter() - start, 2)}), flush=True)
         finally:
             plt.close("all")
     return {"notebook": path.name, "status": "ok", "cells": len(sources), "cell": None,

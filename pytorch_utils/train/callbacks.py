@@ -163,6 +163,7 @@ class PhaseSchedule(Callback):
                               "set_augmentation(); build it with make_loader(...) or GPULoader(...)")
         schedule = phase_schedule(self.phases, state.steps_per_epoch, state.epochs, initial_lr(state.optimizer))
         if schedule is not None:
+            schedule.check_optimizer(state.optimizer)
             state.scheduler = schedule
         self._apply(state, state.epoch + 1)
 

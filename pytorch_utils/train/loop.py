@@ -145,15 +145,25 @@ def _check_finite(bad_step: torch.Tensor, epoch: Optional[int]) -> None:
             "inputs for NaNs, or use amp=None; the last good checkpoint (if any) is untouched.")
 
 
+def _apply_schedule(optimizer, lr: float, momentum: Optional[float]) -> None:
+    """Write ``lr`` (and ``momentum`` unless None) into every param group; the momentum goes where torch's
+    cycle_momentum puts it: Adam's beta1, else SGD's momentum."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+        if momentum is None:
+            continue
+        if "betas" in group:
+            group["betas"] = (momentum, group["betas"][1])
+        else:
+            group["momentum"] = momentum
+
+
 def _optimizer_step(model: nn.Module, optimizer, scaler, grad_clip: Optional[float], schedule, step: int) -> bool:
     """One optimizer step through the GradScaler (a pass-through when disabled), with the LR (and momentum, when it
     cycles) of a StepSchedule ``schedule`` at ``step``; False when the scaler skipped the step because of inf/NaN
     gradients (fp16), so the schedule does not advance."""
-    lr, momentum = (schedule(step), schedule.momentum(step)) if schedule is not None else (None, None)
-    for group in optimizer.param_groups if lr is not None else ():  # every param group gets the same values
-        group["lr"] = lr
-        if momentum is not None:  # as torch's cycle_momentum: Adam's beta1, else SGD's momentum
-            group.update({"betas": (momentum, group["betas"][1])} if "betas" in group else {"momentum": momentum})
+    if schedule is not None:
+        _apply_schedule(optimizer, schedule(step), schedule.momentum(step))
     if grad_clip:
         scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -180,7 +190,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     amp_dtype = amp_dtype_for(cfg.amp, device)
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     per_batch = scheduler if scheduler_interval(scheduler, cfg.interval) == "batch" else None
-    lr_at = scheduler if isinstance(scheduler, StepSchedule) else None
+    step_schedule = scheduler if isinstance(scheduler, StepSchedule) else None
     n_acc, num_batches = cfg.accumulate_steps, _num_batches(loader)
     model.train()
     optimizer.zero_grad(set_to_none=True)
@@ -207,7 +217,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
         meter.add(loss, logits, targets)
         # The first non-finite batch, remembered without a host sync; read at the sync points.
         bad = torch.where((bad < 0) & ~torch.isfinite(loss.detach()), torch.full_like(bad, i), bad)
-        if boundary and _optimizer_step(model, optimizer, scaler, cfg.grad_clip, lr_at, step + applied):
+        if boundary and _optimizer_step(model, optimizer, scaler, cfg.grad_clip, step_schedule, step + applied):
             applied += 1
             if cfg.ema is not None:
                 cfg.ema.update(model)

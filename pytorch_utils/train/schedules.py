@@ -37,13 +37,14 @@ class ScheduleSpec:
 
 class StepSchedule:
     """``lr = schedule(step)`` of the optimizer steps applied; ``schedule.momentum(step)`` is the momentum (SGD) or
-    Adam's beta1 a momentum-cycling schedule sets, else None (the optimizer's own is kept). ``pieces``:
-    ``(first_step, lr_fn)`` or ``(first_step, lr_fn, momentum_fn)`` in order; a step uses the last piece starting at
-    or before it, called with the step counted from that piece's start."""
+    Adam's beta1 a momentum-cycling schedule sets, else None: the optimizer keeps its current value (after a cycling
+    phase, the value that phase ended on, as when torch switches schedulers). ``pieces``: ``(first_step, lr_fn)`` or
+    ``(first_step, lr_fn, momentum_fn or None)`` in order; a step uses the last piece starting at or before it,
+    called with the step counted from that piece's start."""
 
     interval = "step"
 
-    def __init__(self, pieces: Sequence[Tuple]):
+    def __init__(self, pieces: Sequence[Tuple[Any, ...]]):
         assert pieces and pieces[0][0] == 0, "the first piece starts at step 0"
         self.pieces = [(p[0], p[1], p[2] if len(p) > 2 else None) for p in pieces]
 
@@ -56,6 +57,13 @@ class StepSchedule:
 
     def momentum(self, step: int) -> Optional[float]:
         return self._at(step, 1)
+
+    def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """ConfigError when a piece cycles the momentum and ``optimizer`` has neither momentum nor betas (torch
+        refuses that too)."""
+        if any(p[2] is not None for p in self.pieces) and not {"momentum", "betas"} & set(optimizer.defaults):
+            raise ConfigError(f"a scheduler cycles the momentum, which {type(optimizer).__name__} does not have: "
+                              "add 'cycle_momentum': False to its params")
 
 
 def linear_one_cycle(max_lr: float, min_lr: float, total_steps: int, peak_step: int) -> Callable[[int], float]:
@@ -145,6 +153,8 @@ KNOWN = {"constant": (), "one_cycle_linear": (), "step": ("gamma",), "cosine": (
          "onecycle": ("pct_start", "div_factor", "final_div_factor", "anneal_strategy") + _MOMENTUM,
          "cyclic": ("step_size_up", "step_size_down", "mode", "gamma") + _MOMENTUM}
 _ANY = ("lr", "warmup_epochs", "warmup_start_lr")
+CHOICES = {"onecycle": {"anneal_strategy": ("cos", "linear"), "cycle_momentum": (True, False)},
+           "cyclic": {"mode": ("triangular", "triangular2", "exp_range"), "cycle_momentum": (True, False)}}
 
 
 def check_spec(spec: ScheduleSpec, where: str = "scheduler") -> None:
@@ -164,11 +174,19 @@ def check_spec(spec: ScheduleSpec, where: str = "scheduler") -> None:
     if unknown:
         raise ConfigError(f"{where}: scheduler {spec.name!r} has no parameter(s) {unknown}; "
                           f"its parameters: {', '.join(sorted(known))}")
+    for key, allowed in CHOICES.get(spec.name, {}).items():
+        if key in spec.params and spec.params[key] not in allowed:
+            raise ConfigError(f"{where}: scheduler {spec.name!r}: {key}={spec.params[key]!r} is not one of "
+                              f"{', '.join(map(repr, allowed))}")
     if spec.params.get("warmup_epochs") and spec.name not in ("cosine", "cosine_warm_restarts", "step", "constant"):
         raise ConfigError(f"{where}: warmup_epochs only combines with per-epoch schedules, not {spec.name!r}")
 
 
-def step_function(spec: ScheduleSpec, steps_per_epoch: int, epochs: int, base_lr: float):
+StepFn = Callable[[int], float]
+
+
+def step_function(spec: ScheduleSpec, steps_per_epoch: int, epochs: int,
+                  base_lr: float) -> Tuple[StepFn, Optional[StepFn]]:
     """``(lr_fn, momentum_fn or None)`` of the optimizer step for a checked ``spec`` over ``epochs`` epochs of
     ``steps_per_epoch`` steps; ``base_lr`` is where a schedule without an ``lr`` param starts. "onecycle" and
     "cyclic" cycle the momentum as torch does by default (``cycle_momentum=False`` turns it off)."""
@@ -214,11 +232,9 @@ def build_schedule(spec: Optional[ScheduleSpec], optimizer: torch.optim.Optimize
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **spec.params)
         plateau.interval = "plateau"
         return plateau
-    lr, momentum = step_function(spec, steps_per_epoch, epochs, initial_lr(optimizer))
-    if momentum is not None and not {"momentum", "betas"} & set(optimizer.defaults):
-        raise ConfigError(f"scheduler {spec.name!r} cycles the momentum, which {type(optimizer).__name__} does not "
-                          "have: add 'cycle_momentum': False to its params")
-    return StepSchedule([(0, lr, momentum)])
+    schedule = StepSchedule([(0, *step_function(spec, steps_per_epoch, epochs, initial_lr(optimizer)))])
+    schedule.check_optimizer(optimizer)
+    return schedule
 
 
 def phase_schedule(phases: Sequence[Any], steps_per_epoch: int, epochs: int, base_lr: float) -> Optional[StepSchedule]:

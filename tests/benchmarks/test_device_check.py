@@ -125,15 +125,49 @@ def test_a_probe_still_running_at_the_cap_is_killed_and_keeps_what_it_printed(tm
 
     stages = _stages_module()
     ctx = stages.Context("f", True, "cpu", tmp_path, stages.resolve_data(), None, deadline=time.time() + 9.5)
-    code = "import json, time; print(json.dumps({'epoch': 1}), flush=True); time.sleep(120)"
-    slow = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    quick = subprocess.Popen([sys.executable, "-c", "print('{\"done\": true}')"], stdout=subprocess.PIPE, text=True)
-    broken = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"], stdout=subprocess.PIPE, text=True)
+    # The slow child starts a worker that inherits its stdout, as DataLoader workers do: stopping the child must
+    # stop the worker too, else the wait would last as long as the worker.
+    code = ("import json, subprocess, sys, time; print(json.dumps({'epoch': 1}), flush=True); print('{not json}');"
+            "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']);"
+            "print(json.dumps({'worker': w.pid}), flush=True); time.sleep(120)")
+    slow = stages._start([sys.executable, "-c", code])
+    quick = stages._start([sys.executable, "-c", "print('{\"done\": true}')"])
+    broken = stages._start([sys.executable, "-c", "raise SystemExit(3)"])
     start = time.time()
     results = stages._wait_for(ctx, {"slow": slow, "quick": quick, "broken": broken})  # until 8 s before the cap
-    assert time.time() - start < 30 and slow.poll() is not None  # killed, not waited for
+    assert time.time() - start < 5  # the worker holding the output open did not keep us waiting
+    worker = results["slow"][0].pop()["worker"]
     assert results == {"slow": ([{"epoch": 1}], "stopped"), "quick": ([{"done": True}], "ok"),
                        "broken": ([], "failed")}
+    _assert_gone(worker)  # stopped with its parent's process group
+
+
+def test_kill_session_stops_a_stage_and_the_children_in_their_own_groups():
+    sys.path.insert(0, str(CHECK.parent))
+    import check
+
+    code = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; "
+            "time.sleep(120)'], process_group=0); print(p.pid, flush=True); time.sleep(120)")
+    stage = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    child = int(stage.stdout.readline())
+    check.kill_session(stage.pid)
+    assert stage.wait(timeout=10) == -9
+    _assert_gone(child)
+
+
+def _assert_gone(pid: int) -> None:
+    """``pid`` (not our child, so not ours to wait for) ends within 10 s: its /proc entry goes or turns zombie."""
+    import time
+
+    for _ in range(100):
+        state = Path(f"/proc/{pid}/stat")
+        try:
+            if state.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except FileNotFoundError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"process {pid} survived")
 
 
 def test_history_so_far_reads_the_epochs_a_stopped_run_finished(tmp_path):

@@ -118,14 +118,30 @@ def test_training_writes_the_cycled_momentum_into_the_optimizer():
     from pytorch_utils.train.loop import train_one_epoch
 
     model = torch.nn.Linear(4, 2)
-    for opt, read in ((torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), lambda g: g["momentum"]),
-                      (torch.optim.Adam(model.parameters()), lambda g: g["betas"][0])):
-        schedule = build_schedule(ScheduleSpec("onecycle", {"max_lr": 0.3}), opt, steps_per_epoch=4, epochs=1)
-        data = [(torch.randn(3, 4), torch.tensor([0, 1, 0])) for _ in range(4)]
-        train_one_epoch(model, data, opt, torch.nn.CrossEntropyLoss(), scheduler=schedule, step=1)
-        assert read(opt.param_groups[0]) == pytest.approx(schedule.momentum(4))  # the last step applied: 1 + 3
-        assert opt.param_groups[0]["lr"] == pytest.approx(schedule(4))
-        assert opt.param_groups[0].get("betas", (0, 0.999))[1] == 0.999  # beta2 untouched
+    data = [(torch.randn(3, 4), torch.tensor([0, 1, 0])) for _ in range(4)]
+    for opt in (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), torch.optim.Adam(model.parameters())):
+        schedule = build_schedule(ScheduleSpec("onecycle", {"max_lr": 0.3, "pct_start": 0.5}), opt, 4, epochs=3)
+        train_one_epoch(model, data, opt, torch.nn.CrossEntropyLoss(), scheduler=schedule, step=0)
+        group = opt.param_groups[0]  # the last step applied is step 3, on the way up (the peak is step 5)
+        momentum = group["betas"][0] if "betas" in group else group["momentum"]
+        assert momentum == pytest.approx(schedule.momentum(3)) and group["lr"] == pytest.approx(schedule(3))
+        assert schedule.momentum(2) > momentum > schedule.momentum(4) and schedule(2) < group["lr"] < schedule(4)
+    assert opt.param_groups[0]["betas"][1] == 0.999  # Adam's beta2 untouched
+
+
+def test_phases_cycle_the_momentum_and_leave_it_where_the_cycle_ended():
+    class P:
+        def __init__(self, start, scheduler):
+            self.start, self.scheduler = start, scheduler
+
+    phases = [P(1, ScheduleSpec("onecycle", {"max_lr": 0.1})), P(3, ScheduleSpec("cosine", {"lr": 0.01}))]
+    f = phase_schedule(phases, steps_per_epoch=5, epochs=4, base_lr=0.1)
+    assert f.momentum(0) == pytest.approx(0.95) and f.momentum(9) == pytest.approx(0.95)
+    assert min(f.momentum(s) for s in range(10)) == pytest.approx(0.85, abs=0.01)
+    assert f.momentum(10) is None  # the cosine phase: the optimizer keeps the 0.95 the cycle ended on
+    adagrad = torch.optim.Adagrad([torch.nn.Parameter(torch.zeros(1))])
+    with pytest.raises(ConfigError, match="Adagrad"):
+        f.check_optimizer(adagrad)
 
 
 def test_one_cycle_first_peak_last_step():
@@ -197,4 +213,10 @@ def test_unknown_and_missing_params():
     with pytest.raises(ConfigError, match="patince"):
         check_spec(ScheduleSpec("plateau", {"patince": 2}))
     check_spec(ScheduleSpec("plateau", {"patience": 2, "factor": 0.5}))
+    for bad in ({"anneal_strategy": "cosine"}, {"cycle_momentum": "false"}):
+        with pytest.raises(ConfigError, match=f"{list(bad)[0]}=.* is not one of"):
+            check_spec(ScheduleSpec("onecycle", {"max_lr": 0.1, **bad}))
+    with pytest.raises(ConfigError, match="mode='triangle' is not one of 'triangular', 'triangular2'"):
+        check_spec(ScheduleSpec("cyclic", {"base_lr": 0.01, "max_lr": 0.1, "mode": "triangle"}))
+    check_spec(ScheduleSpec("plateau", {"mode": "max"}))  # plateau's own mode: torch's, not cyclic's
     assert build_schedule(None, _opt(), 5, 4) is None
