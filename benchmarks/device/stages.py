@@ -248,12 +248,15 @@ def probe_c(ctx: Context, spec: str) -> None:
     seconds (figures first, so a report still running at the cap cannot lose them)."""
     import statistics
 
+    from benchmarks import common
+
     result = s10_run(ctx, out_dir=spec.split(":", 1)[1], **ctx.sizes("c"))
     seconds = [r["seconds"] for r in result.history]
     figures = {"wall_s": time.time() - ctx.t0, "s_per_epoch": statistics.median(seconds), "epochs": len(seconds),
                "final_acc_tta": result.final["test_acc"], "best_acc_tta": result.final["best_test_acc"],
                "final_acc_no_tta": accuracy_without_tta(result), "npy_loads": npy_used(),
-               "lr_max": result.lr_finder.lr_max if result.lr_finder else None}
+               "lr_max": result.lr_finder.lr_max if result.lr_finder else None,
+               "peak_memory_gib": common.peak_memory_gib(result.device)}
     print(json.dumps({"figures": figures}), flush=True)
     start = time.perf_counter()
     archive = s10_report(ctx, result, dict(figures, data=_acc_note(ctx)))
@@ -285,6 +288,8 @@ def stage_c(ctx: Context) -> None:
     ctx.emit("s10_final_acc_no_tta", figures["final_acc_no_tta"], "%",
              goal="seed 90.98-92.63 % on CIFAR-10 (JPEG copy runs 3-4 points lower)", note=note)
     ctx.emit("s10_lr_max", figures["lr_max"], "lr", note="LR finder")
+    ctx.emit("s10_peak_memory_gib", figures["peak_memory_gib"], "GiB", goal="fits Colab's T4 (15 GiB)",
+             note="batch 512, tensors only, data on the GPU included (None off CUDA)")
     ctx.emit("s10_npy_loads", figures["npy_loads"], "loads",
              note="arrays decoded by call 1" if figures["npy_loads"] else "the zip was decoded in this process")
     report = next((r for r in lines if "report_s" in r), None)
@@ -383,6 +388,8 @@ def stage_e(ctx: Context) -> None:
         raise RuntimeError(f"throughput: {bench['error']}")
     ctx.emit("wrn_train_images_per_s", bench["images_per_s"], "img/s", goal=">= 9,000 img/s on an H100",
              note=f"{bench.get('variant')}, batch {bench.get('batch_size')}, loader dtype {bench.get('loader_dtype')}")
+    ctx.emit("wrn_peak_memory_gib", bench.get("peak_memory_gib"), "GiB", goal="fits Colab's T4 (15 GiB)",
+             note="training at batch 128, tensors only (None off CUDA)")
     result = wrn_phases(ctx)
     for record in result.history:
         ctx.emit(f"wrn_epoch{record['epoch']}_train_loss", record["train_loss"], "loss",

@@ -61,11 +61,13 @@ def test_tiny_stage_figures(tiny):
     for key in ("s10_final_acc_tta", "s10_best_acc_tta", "s10_final_acc_no_tta"):
         assert 0.0 <= c[key]["value"] <= 100.0 and c[key]["unit"] == "%"
     assert c["s10_wall_s_from_process_start"]["value"] > c["s10_s_per_epoch"]["value"] > 0
+    assert c["s10_peak_memory_gib"]["value"] is None and c["s10_peak_memory_gib"]["unit"] == "GiB"  # CPU
     d = _figures(records, "d")
     assert d["ratio_fast_2cpu_over_allcpu"]["value"] > 0 and d["ratio_fast_2cpu_over_allcpu"]["goal"] == "<= 1.05"
     assert d["epoch_train_s_dataloader_2cpu"]["note"] == "2 CPUs"
     e = _figures(records, "e")
     assert e["wrn_train_images_per_s"]["value"] > 0
+    assert e["wrn_peak_memory_gib"]["value"] is None  # measured on CUDA only
     assert [e[f"wrn_epoch{i}_train_loss"]["note"].split(",")[0] for i in (1, 2, 3)] == \
         ["phase cyclic 32px", "phase cosine 36px", "phase cosine 40px"]
     f = _figures(records, "f")
