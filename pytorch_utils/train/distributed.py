@@ -55,7 +55,7 @@ def init_distributed(backend: str = None, device=None) -> Tuple[int, int, torch.
 def cleanup_distributed() -> None:
     """Leave the process group if one is initialized, after every rank got here: a rank that tears its gloo
     connections down while rank 0 still writes its files can abort ("terminate called without an active exception",
-    seen once in 6 CPU torchrun runs of the CLI)."""
+    seen once in CI: the torchrun CLI test on the CPU)."""
     if is_distributed():
         dist.barrier()
         dist.destroy_process_group()

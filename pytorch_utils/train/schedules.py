@@ -158,8 +158,8 @@ CHOICES = {"onecycle": {"anneal_strategy": ("cos", "linear"), "cycle_momentum": 
 
 
 def check_spec(spec: ScheduleSpec, where: str = "scheduler") -> None:
-    """Raise UnknownNameError for a name not in ``SCHEDULE_NAMES``, ConfigError for a missing or unknown param or a
-    warm-up on a per-step schedule (for ``Recipe.validate``, before any work)."""
+    """Raise UnknownNameError for a name not in ``SCHEDULE_NAMES``, ConfigError for a missing or unknown param, a
+    value outside ``CHOICES`` or a warm-up on a per-step schedule (for ``Recipe.validate``, before any work)."""
     if spec.name not in SCHEDULE_NAMES:
         raise UnknownNameError(f"{where}: unknown scheduler {spec.name!r}; valid schedulers: "
                                f"{', '.join(SCHEDULE_NAMES)}")
