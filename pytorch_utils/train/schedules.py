@@ -153,13 +153,31 @@ KNOWN = {"constant": (), "one_cycle_linear": (), "step": ("gamma",), "cosine": (
          "onecycle": ("pct_start", "div_factor", "final_div_factor", "anneal_strategy") + _MOMENTUM,
          "cyclic": ("step_size_up", "step_size_down", "mode", "gamma") + _MOMENTUM}
 _ANY = ("lr", "warmup_epochs", "warmup_start_lr")
-CHOICES = {"onecycle": {"anneal_strategy": ("cos", "linear"), "cycle_momentum": (True, False)},
-           "cyclic": {"mode": ("triangular", "triangular2", "exp_range"), "cycle_momentum": (True, False)}}
+_TORCH_SCHEDULERS = {"onecycle": (torch.optim.lr_scheduler.OneCycleLR, {"total_steps": 100}),
+                     "cyclic": (torch.optim.lr_scheduler.CyclicLR, {}),
+                     "plateau": (torch.optim.lr_scheduler.ReduceLROnPlateau, {})}
+
+
+def _torch_checks(spec: ScheduleSpec, where: str) -> None:
+    """Build torch's own scheduler from ``spec.params`` on a throwaway optimizer, so that its checks (pct_start in
+    [0, 1], a known anneal_strategy or mode, factor < 1, ...) run before any work; its error becomes a ConfigError."""
+    if spec.name not in _TORCH_SCHEDULERS:
+        return
+    if not isinstance(spec.params.get("cycle_momentum", True), bool):  # torch would take "false" as true
+        raise ConfigError(f"{where}: scheduler {spec.name!r}: cycle_momentum must be true or false, "
+                          f"got {spec.params['cycle_momentum']!r}")
+    cls, extra = _TORCH_SCHEDULERS[spec.name]
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)
+    try:
+        cls(optimizer, **{k: v for k, v in spec.params.items() if k not in _ANY}, **extra)
+    except (TypeError, ValueError, ZeroDivisionError) as exc:
+        raise ConfigError(f"{where}: scheduler {spec.name!r} {dict(spec.params)}: {exc}") from None
 
 
 def check_spec(spec: ScheduleSpec, where: str = "scheduler") -> None:
     """Raise UnknownNameError for a name not in ``SCHEDULE_NAMES``, ConfigError for a missing or unknown param, a
-    value outside ``CHOICES`` or a warm-up on a per-step schedule (for ``Recipe.validate``, before any work)."""
+    value torch's own OneCycleLR / CyclicLR / ReduceLROnPlateau refuses, or a warm-up on a per-step schedule (for
+    ``Recipe.validate`` and the runner, before any work)."""
     if spec.name not in SCHEDULE_NAMES:
         raise UnknownNameError(f"{where}: unknown scheduler {spec.name!r}; valid schedulers: "
                                f"{', '.join(SCHEDULE_NAMES)}")
@@ -174,10 +192,7 @@ def check_spec(spec: ScheduleSpec, where: str = "scheduler") -> None:
     if unknown:
         raise ConfigError(f"{where}: scheduler {spec.name!r} has no parameter(s) {unknown}; "
                           f"its parameters: {', '.join(sorted(known))}")
-    for key, allowed in CHOICES.get(spec.name, {}).items():
-        if key in spec.params and spec.params[key] not in allowed:
-            raise ConfigError(f"{where}: scheduler {spec.name!r}: {key}={spec.params[key]!r} is not one of "
-                              f"{', '.join(map(repr, allowed))}")
+    _torch_checks(spec, where)
     if spec.params.get("warmup_epochs") and spec.name not in ("cosine", "cosine_warm_restarts", "step", "constant"):
         raise ConfigError(f"{where}: warmup_epochs only combines with per-epoch schedules, not {spec.name!r}")
 

@@ -213,10 +213,16 @@ def test_unknown_and_missing_params():
     with pytest.raises(ConfigError, match="patince"):
         check_spec(ScheduleSpec("plateau", {"patince": 2}))
     check_spec(ScheduleSpec("plateau", {"patience": 2, "factor": 0.5}))
-    for bad in ({"anneal_strategy": "cosine"}, {"cycle_momentum": "false"}):
-        with pytest.raises(ConfigError, match=f"{list(bad)[0]}=.* is not one of"):
-            check_spec(ScheduleSpec("onecycle", {"max_lr": 0.1, **bad}))
-    with pytest.raises(ConfigError, match="mode='triangle' is not one of 'triangular', 'triangular2'"):
-        check_spec(ScheduleSpec("cyclic", {"base_lr": 0.01, "max_lr": 0.1, "mode": "triangle"}))
-    check_spec(ScheduleSpec("plateau", {"mode": "max"}))  # plateau's own mode: torch's, not cyclic's
+    # Values torch's own schedulers refuse are refused here, before any data is loaded, with torch's reason.
+    for name, params, reason in (("onecycle", {"max_lr": 0.1, "anneal_strategy": "cosine"}, "anneal_strategy"),
+                                 ("onecycle", {"max_lr": 0.1, "pct_start": 2.0}, "pct_start"),
+                                 ("onecycle", {"max_lr": "abc"}, "abc"),
+                                 ("cyclic", {"base_lr": 0.01, "max_lr": 0.1, "mode": "triangle"}, "mode"),
+                                 ("plateau", {"factor": 1.5}, "Factor")):
+        with pytest.raises(ConfigError, match=f"scheduler {name!r} .*{reason}"):
+            check_spec(ScheduleSpec(name, params))
+    with pytest.raises(ConfigError, match="cycle_momentum must be true or false, got 'false'"):
+        check_spec(ScheduleSpec("onecycle", {"max_lr": 0.1, "cycle_momentum": "false"}))
+    check_spec(ScheduleSpec("plateau", {"mode": "max"}))
+    check_spec(ScheduleSpec("cyclic", {"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 15, "mode": "triangular2"}))
     assert build_schedule(None, _opt(), 5, 4) is None
