@@ -75,15 +75,21 @@ def print_plan(stages) -> None:
     print(json.dumps({"plan": True, "total_cap_s": sum(s.cap_s for s in stages)}))
 
 
+def parse_record(line: str) -> Optional[dict]:
+    """The JSON object on an output line, or None (other text, or a printed dict that is not JSON)."""
+    text = line.strip()
+    try:
+        record = json.loads(text) if text.startswith("{") else None
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def _relay(stream, sink: List[dict], stage: str) -> None:
     """Echo a stage's stdout: JSON records are collected (tagged with the stage), other lines go to stderr."""
     for line in stream:
-        text = line.strip()
-        try:
-            record = json.loads(text) if text.startswith("{") else None
-        except json.JSONDecodeError:
-            record = None
-        if isinstance(record, dict):
+        text, record = line.strip(), parse_record(line)
+        if record is not None:
             record.setdefault("stage", stage)
             sink.append(record)
             print(json.dumps(record), flush=True)

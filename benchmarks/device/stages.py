@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from benchmarks.device.check import parse_record
 from benchmarks.device.data import DataChoice, arrays_as_data, npy_used, resolve_data
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,14 +130,8 @@ def _communicate(ctx: Context, proc: subprocess.Popen, margin_s: float = 8.0) ->
 
 
 def _json_lines(out: str) -> List[Dict[str, Any]]:
-    """The JSON objects among a child's output lines (a printed dict that is not JSON is skipped)."""
-    records = []
-    for line in out.splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            record = json.loads(line) if line.startswith("{") else None
-            if isinstance(record, dict):
-                records.append(record)
-    return records
+    """The JSON objects among a child's output lines (as the orchestrator reads a stage's)."""
+    return [r for r in map(parse_record, out.splitlines()) if r is not None]
 
 
 def _wait_for(ctx: Context, procs: Dict[Any, subprocess.Popen]) -> Dict[Any, Tuple[List[Dict[str, Any]], str]]:
