@@ -13,10 +13,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from pytorch_utils import viz  # noqa: E402
-from pytorch_utils.train.lr_finder import LRFinderResult, find_lr, suggest_steepest  # noqa: E402
+from pytorch_utils.train.lr_finder import LRFinderResult, LRFinderSpec, find_lr, suggest  # noqa: E402
 from pytorch_utils.viz.lr_finder import plot_lr_finder  # noqa: E402
-
-pytestmark = pytest.mark.filterwarnings("ignore:LR suggestion .* landed on the edge:RuntimeWarning")
 
 
 def _valley_curve():
@@ -36,10 +34,10 @@ def _dip_after_divergence():
 def _result(diverged=False):
     losses = _valley_curve()
     lrs = np.logspace(-6, 1, 40).tolist()
-    idx = suggest_steepest(lrs, losses, 5, 5)
-    return LRFinderResult(lrs=lrs, losses=losses, lr_max=lrs[idx], lr_min=lrs[idx] / 10, suggestion="steepest",
-                          suggestion_index=idx, diverged=diverged, div=10.0, start_lr=1e-6, end_lr=10.0, num_iter=40,
-                          step_mode="exp", skip_start=5, skip_end=5)
+    idx = suggest(lrs, losses, "steepest", 5, 5)
+    return LRFinderResult(lrs=lrs, losses=losses, raw_losses=losses, lr_max=lrs[idx], lr_min=lrs[idx] / 10,
+                          suggestion="steepest", suggestion_index=idx, diverged=diverged, div=10.0, skip_start=5,
+                          skip_end=5)
 
 
 def test_plot_writes_a_non_blank_png_with_marks_and_rule(tmp_path):
@@ -68,10 +66,10 @@ def test_plot_y_range_shows_the_start_of_the_sweep_and_cuts_the_divergence():
     lrs, losses = _dip_after_divergence()
     losses[:5] = [2.9, 2.8, 2.6, 2.5, 2.4]  # a high start inside skip_start, above everything in the window before it
     losses[-3:] = [8.0, 12.0, 20.0]          # a diverging tail
-    idx = suggest_steepest(lrs, losses)
-    result = LRFinderResult(lrs=lrs, losses=losses, lr_max=lrs[idx], lr_min=lrs[idx] / 10, suggestion="steepest",
-                            suggestion_index=idx, diverged=True, div=10.0, start_lr=1e-6, end_lr=10.0, num_iter=100,
-                            step_mode="exp", skip_start=10, skip_end=5)
+    idx = suggest(lrs, losses, "steepest", 10, 5)
+    result = LRFinderResult(lrs=lrs, losses=losses, raw_losses=losses, lr_max=lrs[idx], lr_min=lrs[idx] / 10,
+                            suggestion="steepest", suggestion_index=idx, diverged=True, div=10.0, skip_start=10,
+                            skip_end=5)
     fig = plot_lr_finder(result)
     low, high = fig.axes[0].get_ylim()
     assert low < min(losses) < 1.2           # the minimum (1.10) is in view, with a margin
@@ -94,7 +92,7 @@ def test_find_lr_result_plots_with_the_suggestion_marked():
     x = torch.randn(128, 3, 2, 2)
     loader = DataLoader(TensorDataset(x, (x[:, 0].mean((1, 2)) > 0).long()), batch_size=16)
     result = find_lr(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), loader,
-                     start_lr=1e-5, end_lr=1.0, num_iter=20, progress=False)
+                     LRFinderSpec(start_lr=1e-5, end_lr=1.0, num_iter=20))
     ax = plot_lr_finder(result).axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert f"LR_max = {result.lr_max:.2e}" in labels
