@@ -36,6 +36,3 @@ class Registry(Generic[T]):
     def names(self) -> List[str]:
         """Registered names, sorted."""
         return sorted(self._items)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._items

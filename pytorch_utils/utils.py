@@ -13,40 +13,32 @@ import torch.nn as nn
 from pytorch_utils.errors import ConfigError
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> int:
-    """Seed python, numpy and torch (CPU and all GPUs); ``deterministic`` also asks for deterministic kernels (slower
-    on GPU). Returns the seed."""
+def seed_everything(seed: int) -> int:
+    """Seed python, numpy and torch (CPU and all GPUs) with ``seed``, an integer in [0, 2**32 - 1] (numpy's range;
+    ConfigError outside it). Returns the seed."""
+    if not 0 <= seed <= 2**32 - 1:
+        raise ConfigError(f"seed must be an integer from 0 to 2**32 - 1 = {2**32 - 1}, got {seed!r}")
     random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    torch.cuda.manual_seed_all(seed)
-    os.environ["PYTHONHASHSEED"] = str(seed)
-    if deterministic:
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # all GPUs too
+    os.environ["PYTHONHASHSEED"] = str(seed)  # for worker processes started later
     return seed
 
 
-def _has_mps() -> bool:
-    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-
-
 def resolve_device(device: Union[str, torch.device, None] = None, fallback: bool = True) -> torch.device:
-    """A torch.device that exists here: None/"auto" picks CUDA, then MPS, then CPU. A missing accelerator warns and
-    gives the CPU (``fallback``) or raises ConfigError, as does a string torch cannot parse."""
+    """A torch.device that exists here: None/"auto" picks CUDA, then MPS, then CPU; else "cpu", "cuda", "cuda:N" or
+    "mps"; ConfigError for any other string (also "meta": nothing trains there). A missing accelerator warns and gives
+    the CPU (``fallback``) or raises ConfigError."""
+    mps = torch.backends.mps.is_available()
     if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps" if _has_mps() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as exc:  # torch's own message lists ~20 backend names
-        raise ConfigError(
-            f"invalid device {device!r}; use 'auto' (or None) for the best available, 'cpu', 'cuda', 'cuda:0' "
-            "(a GPU index), or 'mps' (Apple silicon)"
-        ) from exc
-    if (dev.type == "cuda" and not torch.cuda.is_available()) or (dev.type == "mps" and not _has_mps()):
+    except (RuntimeError, TypeError, ValueError):
+        dev = None  # torch's own message lists ~20 backend names
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"invalid device {device!r}; use 'auto' (or None), 'cpu', 'cuda', 'cuda:0' (GPU 0) or 'mps'")
+    if (dev.type == "cuda" and not torch.cuda.is_available()) or (dev.type == "mps" and not mps):
         msg = (f"device {str(dev)!r} was requested but this machine has no {dev.type.upper()} "
                "(in Colab: Runtime > Change runtime type > GPU)")
         if not fallback:
@@ -68,20 +60,17 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     """Restore RNG states captured by :func:`get_rng_state`."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"].cpu() if hasattr(state["torch"], "cpu") else state["torch"])
+    torch.set_rng_state(state["torch"].cpu())  # a checkpoint may have been loaded onto the GPU
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The plain module under DistributedDataParallel / DataParallel / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    while isinstance(model, wrappers) or hasattr(model, "_orig_mod"):
+        model = model.module if isinstance(model, wrappers) else model._orig_mod
+    return model
 
 
 @contextlib.contextmanager
@@ -130,17 +119,12 @@ AMP_MODES = get_args(AmpMode)
 def amp_dtype_for(amp: Optional[AmpMode], device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype for ``amp`` (None/"none": fp32; "auto": bf16 or fp16 on CUDA, fp32 elsewhere since CPU
     autocast is slower for these small convnets). Raises ConfigError for an unknown mode or fp16 on the CPU."""
-    if amp is None or amp == "none":
-        return None
-    if amp == "auto":
-        if device.type != "cuda":
-            return None
+    if amp == "auto" and device.type == "cuda":
         # Emulated bf16 (a T4, compute capability 7.5) has no cuDNN conv kernels: such GPUs get fp16 + GradScaler.
         return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-    if amp == "bf16":
-        return torch.bfloat16
-    if amp == "fp16":
-        if device.type == "cpu":
-            raise ConfigError("amp='fp16' needs a GPU; use amp='bf16' or amp=None on the CPU")
-        return torch.float16
-    raise ConfigError(f"unknown amp option {amp!r}; valid: None, {', '.join(map(repr, AMP_MODES))}")
+    if amp == "fp16" and device.type == "cpu":
+        raise ConfigError("amp='fp16' needs a GPU; use amp='bf16' or amp=None on the CPU")
+    dtypes = {None: None, "none": None, "auto": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if amp not in dtypes:
+        raise ConfigError(f"unknown amp option {amp!r}; valid: None, {', '.join(map(repr, AMP_MODES))}")
+    return dtypes[amp]

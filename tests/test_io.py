@@ -42,7 +42,7 @@ def test_other_write_errors_are_not_reported_as_a_full_disk(tmp_path):
 
 def test_checkpoint_save_on_a_full_disk_keeps_the_earlier_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "epoch-0001.pt"
-    save_checkpoint({"format": 1, "model": {"w": torch.ones(2)}, "epoch": 1}, path)
+    save_checkpoint({"format": checkpoints.FORMAT, "model": {"w": torch.ones(2)}, "epoch": 1}, path)
 
     def full_save(obj, f):
         with open(f, "wb") as fh:
@@ -51,7 +51,7 @@ def test_checkpoint_save_on_a_full_disk_keeps_the_earlier_checkpoint(tmp_path, m
 
     monkeypatch.setattr(checkpoints.torch, "save", full_save)
     with pytest.raises(DiskFullError, match="while writing 'epoch-0001.pt'"):
-        save_checkpoint({"format": 1, "model": {"w": torch.zeros(2)}, "epoch": 2}, path)
+        save_checkpoint({"format": checkpoints.FORMAT, "model": {"w": torch.zeros(2)}, "epoch": 2}, path)
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
 

@@ -1,5 +1,6 @@
 """The run-folder lock: a live run's folder is refused, a stale lock (killed run) is taken over, always released."""
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -8,17 +9,18 @@ import time
 
 import pytest
 
+import pytorch_utils.runlock as runlock
 from pytorch_utils.cli import main
 from pytorch_utils.errors import DatasetNotFoundError, RunLockedError
 from pytorch_utils.recipes import run_recipe
-from pytorch_utils.runlock import LOCK_NAME, RunLock
+from pytorch_utils.runlock import LOCK_NAME, run_lock
 
 SMOKE = ["--data", "synthetic", "--epochs", "1", "--train-limit", "32", "--test-limit", "16", "--batch-size", "16",
          "--num-workers", "0", "--no-progress", "--recipe", "strixbee_l1"]
 HOLDER = """
 import sys, time
-from pytorch_utils.runlock import RunLock
-with RunLock(sys.argv[1]):
+from pytorch_utils.runlock import run_lock
+with run_lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(60)
 """
@@ -32,13 +34,22 @@ def _dead_pid() -> int:
 
 def test_lock_file_records_the_holder_and_is_removed_on_release(tmp_path):
     out = tmp_path / "a" / "run"
-    with RunLock(out) as lock:
-        info = json.loads(lock.path.read_text())
+    with run_lock(out) as path:
+        info = json.loads(path.read_text())
         assert info["pid"] == os.getpid() and info["host"] == socket.gethostname() and info["started"]
         with pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):  # this process's own run, twice
-            RunLock(out).acquire()
+            with run_lock(out):
+                pass
+        assert path.exists()  # the refused second run did not remove the first one's lock
     assert not (out / LOCK_NAME).exists()
     assert not (tmp_path / "a").exists()  # the folders it created were left empty, so they are gone
+
+
+def test_the_lock_is_released_when_the_run_raises(tmp_path):
+    with pytest.raises(ZeroDivisionError):
+        with run_lock(tmp_path):
+            1 / 0
+    assert not (tmp_path / LOCK_NAME).exists() and tmp_path.is_dir()  # a folder it did not create stays
 
 
 def test_a_second_process_is_refused_while_the_first_holds_the_folder(tmp_path):
@@ -48,36 +59,43 @@ def test_a_second_process_is_refused_while_the_first_holds_the_folder(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunLockedError) as info:
-            RunLock(tmp_path).acquire()
-        assert str(tmp_path) in str(info.value) and f"pid {holder.pid}" in str(info.value)
+            with run_lock(tmp_path):
+                pass
+        message = str(info.value)
+        assert str(tmp_path) in message and f"pid {holder.pid}" in message and "choose another out_dir" in message
     finally:
         holder.kill()
         holder.wait()
     # SIGKILL left the lock behind; its pid is dead now, so the folder is free again
     assert (tmp_path / LOCK_NAME).exists()
-    with RunLock(tmp_path):
+    with run_lock(tmp_path):
         assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
 
 
 @pytest.mark.parametrize("content", ["garbage{", json.dumps({"pid": "dead", "host": socket.gethostname()}), None])
-def test_stale_or_unreadable_locks_do_not_block(tmp_path, content):
+def test_stale_or_unreadable_locks_are_replaced_with_a_log_line(tmp_path, content, caplog):
     text = content if content is not None else json.dumps({"pid": _dead_pid(), "host": socket.gethostname(),
                                                            "started": "earlier"})
     (tmp_path / LOCK_NAME).write_text(text)
-    with RunLock(tmp_path):
+    with caplog.at_level(logging.INFO, logger="pytorch_utils.runlock"), run_lock(tmp_path):
         assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert f"replaced a stale lock in {str(tmp_path)!r}" in caplog.text
     assert not (tmp_path / LOCK_NAME).exists()
 
 
-def test_a_lock_from_another_host_counts_while_its_heartbeat_is_fresh(tmp_path):
+def test_a_lock_from_another_host_counts_while_its_heartbeat_is_fresh(tmp_path, monkeypatch):
     path = tmp_path / LOCK_NAME
     path.write_text(json.dumps({"pid": 1, "host": "other-colab-vm", "started": "today"}))
     with pytest.raises(RunLockedError, match="other-colab-vm"):
-        RunLock(tmp_path).acquire()
+        with run_lock(tmp_path):
+            pass
     old = time.time() - 3600
     os.utime(path, (old, old))  # a killed session stops touching its lock
-    with RunLock(tmp_path):
-        pass
+    monkeypatch.setattr(runlock, "HEARTBEAT_S", 0.05)
+    with run_lock(tmp_path):
+        os.utime(path, (old, old))
+        time.sleep(0.3)
+        assert time.time() - path.stat().st_mtime < 5  # the live holder keeps touching its own lock
 
 
 def test_cli_refuses_a_live_folder_and_resume_ignores_a_stale_lock(tmp_path, capsys):
@@ -85,7 +103,7 @@ def test_cli_refuses_a_live_folder_and_resume_ignores_a_stale_lock(tmp_path, cap
     assert main(["train", *SMOKE, "--out-dir", str(out)]) == 0
     assert not (out / LOCK_NAME).exists()  # released at the end
     capsys.readouterr()
-    with RunLock(out):  # a run still going in this folder
+    with run_lock(out):  # a run still going in this folder
         assert main(["train", *SMOKE, "--out-dir", str(out)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and str(out) in err and f"pid {os.getpid()}" in err
@@ -101,5 +119,5 @@ def test_run_recipe_releases_the_lock_when_it_fails(tmp_path):
         run_recipe("strixbee_l1", data=str(tmp_path / "no_such_data"), out_dir=tmp_path / "run", epochs=1,
                    progress=False)
     assert not (tmp_path / "run").exists()  # lock released, and the folder it made for it removed
-    with RunLock(tmp_path / "run"):
+    with run_lock(tmp_path / "run"):
         pass

@@ -1,8 +1,11 @@
+import random
+
+import numpy as np
 import pytest
 import torch
 
 from pytorch_utils.errors import ConfigError
-from pytorch_utils.utils import amp_dtype_for, resolve_device
+from pytorch_utils.utils import amp_dtype_for, resolve_device, seed_everything
 
 
 def test_amp_auto_is_fp32_on_cpu_and_explicit_options_map():
@@ -39,9 +42,20 @@ def test_resolve_device_falls_back_or_raises_without_cuda(monkeypatch):
         resolve_device("cuda", fallback=False)
 
 
-@pytest.mark.parametrize("device", ["foo", "cuda:abc", "cuda:-1", 3.5])
+@pytest.mark.parametrize("device", ["foo", "cuda:abc", "cuda:-1", 3.5, "meta", "xla"])
 def test_resolve_device_rejects_unparseable_devices_with_the_valid_forms(device):
     with pytest.raises(ConfigError) as info:
         resolve_device(device)
     msg = str(info.value)
     assert repr(device) in msg and all(f"'{form}'" in msg for form in ("auto", "cpu", "cuda", "cuda:0", "mps"))
+
+
+def test_seed_everything_refuses_seeds_numpy_cannot_take_and_reproduces_within_its_range():
+    for seed in (-1, 2**32, 2**70):
+        with pytest.raises(ConfigError, match=r"seed must be an integer from 0 to 2\*\*32 - 1"):
+            seed_everything(seed)
+    draws = []
+    for _ in range(2):
+        assert seed_everything(2**32 - 1) == 2**32 - 1
+        draws.append((random.random(), np.random.rand(), torch.rand(1).item()))
+    assert draws[0] == draws[1]
