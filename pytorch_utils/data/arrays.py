@@ -1,5 +1,6 @@
 """The package's one in-memory data set type, ``ArrayDataset`` (every source is decoded into it), and the
 class-stratified subset choice."""
+import math
 import os
 from typing import Callable, Optional, Sequence, Tuple, Union
 
@@ -7,22 +8,24 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pytorch_utils.data.stats import compute_mean_std
+from pytorch_utils.data.stats import Stats, check_images, compute_mean_std
 from pytorch_utils.errors import ConfigError, DatasetError
 
 PathLike = Union[str, os.PathLike]
 
 
-def as_stats(value, what: str, error=DatasetError) -> Optional[Tuple[float, float, float]]:
-    """``value`` as a tuple of 3 per-channel floats (None stays None); raises ``error`` naming ``what`` otherwise."""
+def as_stats(value, what: str, error=DatasetError, positive: bool = False) -> Optional[Stats]:
+    """``value`` as 3 finite per-channel floats on the [0, 1] scale, all > 0 when ``positive`` (a std to divide by;
+    a data set's may be 0); None stays None. Raises ``error`` naming ``what`` otherwise (0-255 values included)."""
     if value is None:
         return None
     try:
         out = tuple(float(v) for v in value)
-    except TypeError:
-        raise error(f"{what} must be 3 per-channel floats on the [0, 1] scale, got {value!r}") from None
-    if len(out) != 3:
-        raise error(f"{what} must be 3 per-channel floats on the [0, 1] scale, got {len(out)} values")
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 3 or not all(math.isfinite(v) and v <= 1.5 and (v > 0 or not positive) for v in out):
+        raise error(f"{what} must be 3 per-channel floats on the [0, 1] scale (not 0-255)"
+                    f"{', all > 0' if positive else ''}, got {value!r}; use ds.mean/ds.std or compute_mean_std")
     return out
 
 
@@ -55,41 +58,21 @@ class ArrayDataset(Dataset):
 
     def __init__(self, images: np.ndarray, targets, classes: Sequence[str], transform: Optional[Callable] = None,
                  mean=None, std=None):
-        if not isinstance(images, np.ndarray):
-            raise DatasetError(f"images must be a uint8 numpy array (N, H, W, 3), got {type(images).__name__}")
-        if images.dtype != np.uint8:
-            raise DatasetError(
-                f"images must have dtype uint8 (0-255 pixel values), got {images.dtype}; "
-                "convert with (x * 255).round().astype(np.uint8) if they are floats in [0, 1]"
-            )
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise DatasetError(
-                f"images must have shape (N, H, W, 3) (RGB, channels last), got shape {images.shape}; "
-                "convert grayscale/RGBA images to RGB first (e.g. PIL's Image.convert('RGB'))"
-            )
+        check_images(images, "ArrayDataset")
         targets = np.asarray(targets)
-        if targets.ndim != 1:
-            raise DatasetError(f"targets must be a 1-D array of labels, got shape {targets.shape}")
-        if targets.size and not np.issubdtype(targets.dtype, np.integer):
-            raise DatasetError(f"targets must be integer class labels, got dtype {targets.dtype}")
-        targets = targets.astype(np.int64, copy=False)
-        if len(images) != len(targets):
-            raise DatasetError(f"got {len(images)} images but {len(targets)} targets; they must match one to one")
+        if targets.shape != (len(images),) or (targets.size and not np.issubdtype(targets.dtype, np.integer)):
+            raise DatasetError(f"got {len(images)} images but {targets.size} targets of dtype {targets.dtype}, shape "
+                               f"{targets.shape}; pass one integer class label per image (a 1-D array)")
         classes = tuple(str(c) for c in classes)
-        if not classes:
-            raise DatasetError("classes is empty; pass the class names, label i naming classes[i]")
         bad = targets[(targets < 0) | (targets >= len(classes))]
         if bad.size:
-            raise DatasetError(
-                f"label {int(bad[0])} is out of range for num_classes={len(classes)} "
-                f"(labels must be in [0, {len(classes) - 1}]); check the labels or the class list"
-            )
+            raise DatasetError(f"label {int(bad[0])} is out of range for num_classes={len(classes)} (labels must be "
+                               f"in [0, {len(classes) - 1}]); check the labels or the class list")
         self.images = images
-        self.targets = targets
+        self.targets = targets.astype(np.int64, copy=False)
         self.classes = classes
         self.transform = transform
-        self._mean = as_stats(mean, "mean")
-        self._std = as_stats(std, "std")
+        self._mean, self._std = as_stats(mean, "mean"), as_stats(std, "std")
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -110,32 +93,21 @@ class ArrayDataset(Dataset):
         """(H, W) of the images."""
         return int(self.images.shape[1]), int(self.images.shape[2])
 
-    @property
-    def mean(self) -> Tuple[float, float, float]:
-        if self._mean is None:
-            self._mean, self._std = compute_mean_std(self.images)
-        return self._mean
+    def _stats(self) -> Tuple[Stats, Stats]:
+        """(mean, std) as given or set; a missing one is computed from the images on first use."""
+        if self._mean is None or self._std is None:
+            mean, std = compute_mean_std(self.images)
+            self._mean, self._std = self._mean or mean, self._std or std
+        return self._mean, self._std
 
-    @mean.setter
-    def mean(self, value) -> None:
-        self._mean = as_stats(value, "mean")
-
-    @property
-    def std(self) -> Tuple[float, float, float]:
-        if self._std is None:
-            self._mean, self._std = compute_mean_std(self.images)
-        return self._std
-
-    @std.setter
-    def std(self, value) -> None:
-        self._std = as_stats(value, "std")
+    mean = property(lambda self: self._stats()[0], lambda self, value: setattr(self, "_mean", as_stats(value, "mean")),
+                    doc="Per-channel mean on the [0, 1] scale (settable; computed from the images when not given).")
+    std = property(lambda self: self._stats()[1], lambda self, value: setattr(self, "_std", as_stats(value, "std")),
+                   doc="Per-channel std on the [0, 1] scale (settable; computed from the images when not given).")
 
     def subset(self, indices) -> "ArrayDataset":
         """A new ArrayDataset holding ``indices`` (same classes, transform, mean and std as this one)."""
         indices = np.asarray(indices, dtype=np.int64)
-        if indices.size and (indices.min() < -len(self) or indices.max() >= len(self)):
-            raise DatasetError(f"subset indices must be in [0, {len(self)}), got range "
-                               f"[{int(indices.min())}, {int(indices.max())}]")
         return ArrayDataset(self.images[indices], self.targets[indices], self.classes, self.transform,
                             self.mean, self.std)
 
@@ -155,4 +127,3 @@ class ArrayDataset(Dataset):
     def __repr__(self) -> str:
         return (f"ArrayDataset(n={len(self)}, image_size={self.image_size}, num_classes={self.num_classes}, "
                 f"transform={self.transform!r})")
-

@@ -26,16 +26,10 @@ def load_cifar(name: str = "cifar10", root: PathLike = "./data", train: bool = T
     cls = torchvision.datasets.CIFAR10 if key == "cifar10" else torchvision.datasets.CIFAR100
     try:
         raw = cls(root=str(root), train=train, download=download)
-    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
-        raise DatasetNotFoundError(
-            f"{key} not found under {os.path.abspath(root)!r} ({exc}); pass download=True to fetch it "
-            "(needs internet, e.g. in Colab), or point root= at the folder that holds it"
-        ) from exc
-    except OSError as exc:  # URLError and friends: no network while downloading
-        raise DatasetNotFoundError(
-            f"downloading {key} into {os.path.abspath(root)!r} failed ({exc}); download=True needs internet "
-            "(e.g. Colab); offline, use an image folder or zip of the data instead"
-        ) from exc
+    except (RuntimeError, OSError) as exc:  # torchvision's "Dataset not found or corrupted"; URLError: no network
+        hint = ("download=True needs internet (e.g. Colab); offline, use an image folder or zip of the data instead"
+                if download else "pass download=True to fetch it (needs internet, e.g. in Colab), or point root= at "
+                "the folder that holds it")
+        raise DatasetNotFoundError(f"cannot load {key} from {os.path.abspath(root)!r} ({exc}); {hint}") from exc
     return ArrayDataset(np.asarray(raw.data, dtype=np.uint8), np.asarray(raw.targets, dtype=np.int64), classes,
                         transform=transform, mean=mean, std=std)
-

@@ -1,42 +1,30 @@
-"""``load_datasets``: the one resolver of CLI and recipes (a name or a path -> ``(train_ds, test_ds)``).
-
-The sources live in ``arrays``, ``cifar``, ``folders`` and ``synthetic``; their public names are re-exported here.
-"""
+"""``load_datasets``: the one resolver of CLI and recipes (a name or a path -> ``(train_ds, test_ds)``); the sources
+live in ``arrays``, ``cifar``, ``folders`` and ``synthetic``."""
 import os
 from pathlib import Path
 from typing import Optional, Tuple
 
-import numpy as np
-
-from pytorch_utils.data.arrays import ArrayDataset, PathLike, as_stats, stratified_indices
+from pytorch_utils.data.arrays import ArrayDataset, PathLike
 from pytorch_utils.data.cifar import load_cifar
 from pytorch_utils.data.constants import DATASET_STATS
-from pytorch_utils.data.folders import STATS_OPTIONS, _check_stats_option, clear_image_cache, find_eval_split, \
-    image_extensions, load_image_folder, to_rgb
-from pytorch_utils.data.synthetic import MAX_SYNTHETIC_SIZE, SYNTHETIC_DEFAULT_SIZES, _synthetic_arrays, \
-    make_synthetic
-from pytorch_utils.errors import ConfigError, DatasetError, DatasetNotFoundError, UnknownNameError
+from pytorch_utils.data.folders import _check_stats_option, find_eval_split, load_image_folder
+from pytorch_utils.data.synthetic import MAX_SYNTHETIC_SIZE, SYNTHETIC_DEFAULT_SIZES, make_synthetic
+from pytorch_utils.errors import ConfigError, DatasetError, UnknownNameError
 
 DATASET_NAMES = ("synthetic", "cifar10", "cifar100")
-__all__ = ["ArrayDataset", "DATASET_NAMES", "MAX_SYNTHETIC_SIZE", "STATS_OPTIONS", "SYNTHETIC_DEFAULT_SIZES",
-           "as_stats", "clear_image_cache", "find_eval_split", "image_extensions", "load_cifar", "load_datasets",
-           "load_image_folder", "make_synthetic", "stratified_indices", "to_rgb"]
-
-def _option_error(name: str, value, need: str, hint: str) -> ConfigError:
-    """ConfigError naming the load_datasets argument / recipe field (the CLI maps it to its flag)."""
-    return ConfigError(f"{name} must be {need}, got {value!r}; {hint}")
 
 
 def _check_count(name: str, value, minimum: int, hint: str) -> Optional[int]:
-    """``value`` as an int >= ``minimum`` (None stays None); raises ConfigError naming option ``name``."""
+    """``value`` as an int >= ``minimum`` (None stays None); raises ConfigError naming the load_datasets argument /
+    recipe field ``name`` (the CLI maps it to its flag)."""
     if value is None:
         return None
     try:
-        ok = not isinstance(value, bool) and int(value) == value
+        ok = not isinstance(value, bool) and int(value) == value and value >= minimum
     except (TypeError, ValueError):
         ok = False
-    if not ok or value < minimum:
-        raise _option_error(name, value, f"None or an integer >= {minimum}", hint)
+    if not ok:
+        raise ConfigError(f"{name} must be None or an integer >= {minimum}, got {value!r}; {hint}")
     return int(value)
 
 
@@ -93,12 +81,10 @@ def _load_synthetic(train_limit: Optional[int], test_limit: Optional[int], seed:
     n_test = SYNTHETIC_DEFAULT_SIZES[1] if test_limit is None else test_limit
     for name, n in (("train_limit", n_train), ("test_limit", n_test)):
         if n > MAX_SYNTHETIC_SIZE:  # before generating anything: a typo would otherwise run for minutes
-            raise _option_error(name, n, f"at most {MAX_SYNTHETIC_SIZE} for the synthetic data set",
-                                "synthetic images are generated in memory one by one; use a smaller size")
-    train_ds = make_synthetic(n_train, num_classes=k, seed=seed)
+            raise ConfigError(f"{name} must be at most {MAX_SYNTHETIC_SIZE} for the synthetic data set, got {n}; "
+                              "synthetic images are generated in memory one by one: use a smaller size")
     # A separate seed stream: test images are new draws from the same class templates.
-    images, targets = _synthetic_arrays(n_test, k, 32, np.random.default_rng([seed, 1]))
-    return train_ds, ArrayDataset(images, targets, train_ds.classes)
+    return make_synthetic(n_train, num_classes=k, seed=seed), make_synthetic(n_test, num_classes=k, seed=[seed, 1])
 
 
 # Files that mark torchvision's own CIFAR download folders (they are pickles, not image folders).
@@ -106,19 +92,15 @@ _CIFAR_FOLDERS = {"cifar-10-batches-py": ("cifar10", "data_batch_1"), "cifar-100
 
 
 def _image_path(data: PathLike) -> Path:
-    """``data`` as an existing image folder/zip path (else DatasetNotFoundError, UnknownNameError or DatasetError)."""
-    path = Path(data).expanduser()
-    accepted = f"{', '.join(repr(n) for n in DATASET_NAMES)}, or a path to a folder/zip laid out as " \
-               "<path>/train/<class>/<image>"
-    if not path.exists():
-        text = str(data)
-        if os.sep in text or "/" in text or text.lower().endswith(".zip") or text.startswith("."):
-            raise DatasetNotFoundError(f"data path {text!r} does not exist; accepted values: {accepted}")
-        raise UnknownNameError(f"unknown data set {text!r}; accepted values: {accepted}")
+    """``data`` as an image folder/zip path (a missing one is reported by ``load_image_folder``); UnknownNameError for
+    a name that is no path, DatasetError for torchvision's CIFAR download folder."""
+    path, text = Path(data).expanduser(), str(data)
+    if not path.exists() and not (os.sep in text or "/" in text or text.lower().endswith(".zip") or text[:1] == "."):
+        raise UnknownNameError(f"unknown data set {text!r}; accepted values: {', '.join(map(repr, DATASET_NAMES))}, "
+                               "or a path to a folder/zip laid out as <path>/train/<class>/<image>")
     for folder, (name, marker) in _CIFAR_FOLDERS.items():
-        if path.is_dir() and (path.name == folder or (path / folder).is_dir()) and \
-                ((path / marker).exists() or (path / folder / marker).exists()):
-            root = path.resolve().parent if path.name == folder else path.resolve()
+        root = path.resolve().parent if path.name == folder else path.resolve()  # the folder itself, or its parent
+        if (root / folder / marker).exists():
             raise DatasetError(f"{path} is torchvision's {name} download, not an image folder; pass "
                                f"data={name!r}, root={str(root)!r}")
     return path

@@ -5,6 +5,7 @@ import os
 import struct
 import zipfile
 from collections import Counter, OrderedDict
+from contextlib import closing
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
@@ -78,10 +79,7 @@ class _Source:
         self.zip = zipfile.ZipFile(path) if path.is_file() else None
         self.members = {_zip_name(i): i for i in self.zip.infolist()} if self.zip is not None else {}
 
-    def __enter__(self) -> "_Source":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
+    def close(self) -> None:
         if self.zip is not None:
             self.zip.close()
 
@@ -159,18 +157,15 @@ def _decode_images(source: _Source, files: Sequence[str]) -> Tuple[np.ndarray, C
                     mode, size = im.mode, im.size
                     pixels = to_rgb(im) if first_size is None or size == first_size else None
             except _DECODE_ERRORS as exc:
-                raise DatasetError(
-                    f"cannot decode image {source.describe(rel)} ({type(exc).__name__}: {exc}); the file is corrupt "
-                    "or not an image: remove it or replace it with a valid image file, then load again"
-                ) from exc
+                raise DatasetError(f"cannot decode image {source.describe(rel)} ({type(exc).__name__}: {exc}); the "
+                                   "file is corrupt or not an image: remove or replace it, then load again") from exc
             if first_size is None:
                 first_name, first_size = rel, size
                 images = np.empty((len(files), size[1], size[0], 3), dtype=np.uint8)
             elif size != first_size:
-                raise DatasetError(
-                    f"images have mixed sizes: {source.describe(first_name)} is {first_size[0]}x{first_size[1]} "
-                    f"but {source.describe(rel)} is {size[0]}x{size[1]} (WxH); resize them to one size first"
-                )
+                raise DatasetError(f"images have mixed sizes: {source.describe(first_name)} is {first_size[0]}x"
+                                   f"{first_size[1]} but {source.describe(rel)} is {size[0]}x{size[1]} (WxH); resize "
+                                   "them to one size first")
             if mode != "RGB":
                 converted[mode] += 1
             images[i] = pixels
@@ -183,8 +178,8 @@ STATS_OPTIONS = ("auto", "compute")
 
 def _check_stats_option(stats) -> None:
     if stats not in STATS_OPTIONS:
-        raise ConfigError(f"unknown stats option {stats!r}; use 'auto' (CIFAR-10 constants for a folder with "
-                          "CIFAR-10's class names, else computed) or 'compute' (always computed from the images)")
+        raise ConfigError(f"unknown stats option {stats!r}; use 'auto' (CIFAR-10's for a folder with its class names, "
+                          "else computed) or 'compute' (always computed from the images)")
 
 
 def _split_dir(source: _Source, split: str) -> Optional[str]:
@@ -197,21 +192,10 @@ def _split_dir(source: _Source, split: str) -> Optional[str]:
     return None
 
 
-def _find_split_dir(source: _Source, path: Path, split: str) -> str:
-    found = _split_dir(source, split)
-    if found is not None:
-        return found
-    tops = source.top_dirs()
-    listing = ", ".join(tops[:10]) + (" ..." if len(tops) > 10 else "") if tops else "no folders"
-    also = f" (the evaluation split may also be named {', '.join(EVAL_SPLITS[1:])})" if split in EVAL_SPLITS else ""
-    raise DatasetError(f"no {split!r} folder in {path}: expected images at {path}/{split}/<class>/<image>{also}, "
-                       f"found top-level: {listing}")
-
-
 def find_eval_split(path: PathLike) -> str:
     """The evaluation split of a folder/zip: "test", else the first of "val", "valid", "validation" present (with
     a log note); "test" when none is (loading it then raises the usual error)."""
-    with _Source(Path(path).expanduser().resolve()) as source:
+    with closing(_Source(Path(path).expanduser().resolve())) as source:
         for split in EVAL_SPLITS:
             if _split_dir(source, split) is not None:
                 if split != "test":
@@ -223,11 +207,13 @@ def find_eval_split(path: PathLike) -> str:
 def _list_split(source: _Source, path: Path, split: str,
                 classes: Optional[Sequence[str]]) -> Tuple[List[str], np.ndarray, Tuple[str, ...]]:
     """(files, labels, class names) of one split; checks class folders against ``classes`` (see load_image_folder)."""
-    by_class = source.class_files(_find_split_dir(source, path, split))
-    where = f"{path}/{split}"
-    if not by_class:
-        raise DatasetError(f"no class folders in {where}: expected images at {where}/<class>/<image>, found no "
-                           "sub-folders")
+    split_dir, where = _split_dir(source, split), f"{path}/{split}"
+    if split_dir is None:
+        tops = source.top_dirs()
+        also = f" (the evaluation split may also be named {', '.join(EVAL_SPLITS[1:])})" if split in EVAL_SPLITS else ""
+        raise DatasetError(f"no {split!r} folder in {path}: expected images at {where}/<class>/<image>{also}, found "
+                           f"top-level: {', '.join(tops[:10]) + (' ...' * (len(tops) > 10)) if tops else 'no folders'}")
+    by_class = source.class_files(split_dir)
     names = tuple(sorted(by_class)) if classes is None else tuple(str(c) for c in classes)
     unknown = sorted(c for c, f in by_class.items() if f and c not in names)
     if unknown:
@@ -236,17 +222,17 @@ def _list_split(source: _Source, path: Path, split: str,
     empty = [c for c in names if not by_class.get(c)]
     if empty and len(empty) < len(names):
         if classes is None:  # this split defines the classes (training): a class without images cannot be learnt
-            raise DatasetError(
-                f"class folder(s) {empty} in {where} hold no image file Pillow can read (.jpg, .png, .webp, .bmp, "
-                ".gif, .tif, ... in any letter case); add images there or remove the folder(s)")
+            raise DatasetError(f"class folder(s) {empty} in {where} hold no image file Pillow can read (.jpg, .png, "
+                               ".webp, .bmp, .gif, .tif, ... in any letter case); add images or remove the folder(s)")
         log.warning("%s has no images of class(es) %s: their per-class results are undefined (listed in the data "
                     "set's empty_classes)", where, empty)
     files = [f for c in names for f in by_class.get(c, [])]
     labels = np.asarray([i for i, c in enumerate(names) for _ in by_class.get(c, [])], dtype=np.int64)
     if not files:
-        raise DatasetError(f"no images in {where}: expected {where}/<class>/<image> (.jpg, .png, .webp, ...), "
-                           f"found {len(by_class)} class folder(s) ({', '.join(sorted(by_class)[:5])}) without "
-                           "image files")
+        found = f"{len(by_class)} class folder(s) ({', '.join(sorted(by_class)[:5])}) without image files" \
+            if by_class else "no class folders"
+        raise DatasetError(f"no images in {where}: expected {where}/<class>/<image> (.jpg, .png, .webp, ...), found "
+                           f"{found}")
     return files, labels, names
 
 
@@ -277,7 +263,7 @@ def load_image_folder(path: PathLike, split: str = "train", classes: Optional[Se
     key = (str(path), path.stat().st_mtime_ns, split, limit, seed, tuple(classes) if classes is not None else None,
            stats)
     if key not in _IMAGE_CACHE:
-        with _Source(path) as source:
+        with closing(_Source(path)) as source:
             files, targets, names = _list_split(source, path, split, classes)
             if limit is not None:
                 keep = stratified_indices(targets, limit, seed)

@@ -4,11 +4,12 @@
 - ``random_crop_with_padding`` = PadIfNeeded(size + 2 * pad, constant fill) > RandomCrop(size);
 - ``random_flip`` = HorizontalFlip(p);
 - ``cutout`` = CoarseDropout with one size x size hole lying fully inside the image;
-- ``random_resized_crop_rotate`` = RandomResizedCrop > Rotate, as one bilinear ``grid_sample``;
-- ``normalize`` = Normalize(mean, std, max_pixel_value=255).
+- ``random_resized_crop_rotate`` = RandomResizedCrop > Rotate, as two bilinear ``grid_sample`` calls;
+- ``resize`` = Resize(size, size) (area-averaged when shrinking).
 
-Images stay in pixel units (0-255) until ``normalize``; fills are the data set mean in pixel units, rounded as the
-CPU presets do. The draws differ from albumentations' own, so GPU and CPU runs see different augmentations.
+Images stay in pixel units (0-255) until the loader normalizes them; fills are the data set mean in pixel units,
+rounded as the CPU presets do. The draws differ from albumentations' own, so GPU and CPU runs see different
+augmentations.
 """
 import math
 from typing import Optional, Sequence, Tuple, Union
@@ -16,65 +17,35 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from pytorch_utils.errors import ConfigError
-
 Stats = Sequence[float]
 Fill = Union[float, Sequence[float], torch.Tensor]
 
 
 def _fill_tensor(fill: Fill, x: torch.Tensor) -> torch.Tensor:
-    """The per-channel fill as a (1, C, 1, 1) tensor of ``x``'s dtype and device (rounded for integer dtypes).
+    """One fill value or one per channel as a (1, C or 1, 1, 1) tensor of ``x``'s dtype (rounded for integer dtypes).
 
     A tensor already on ``x.device`` is used in place: building it from numbers would stall the GPU every batch.
     """
-    channels = x.shape[1]
-    if isinstance(fill, torch.Tensor) and fill.device == x.device:
-        f = fill.reshape(-1)
-    else:
-        f = torch.as_tensor(fill, dtype=torch.float64).reshape(-1)
-    if f.numel() == 1:
-        f = f.expand(channels)
-    if f.numel() != channels:
-        raise ConfigError(f"fill must be one value or one per channel ({channels}), got {f.numel()} values")
-    if not x.dtype.is_floating_point:
-        f = f.round()
-    return f.to(device=x.device, dtype=x.dtype).view(1, channels, 1, 1)
-
-
-def _check_batch(x: torch.Tensor, what: str) -> None:
-    if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ConfigError(f"{what} expects a (N, C, H, W) tensor, got {shape}")
-
-
-def pad_constant(x: torch.Tensor, pad: int, fill: Fill) -> torch.Tensor:
-    """Pad each side of a (N, C, H, W) batch by ``pad`` >= 0 pixels of ``fill`` (one value or one per channel, in
-    ``x``'s units); returns (N, C, H + 2 * pad, W + 2 * pad) of ``x``'s dtype."""
-    _check_batch(x, "pad_constant")
-    if pad == 0:
-        return x
-    n, c, h, w = x.shape
-    # F.pad only takes one scalar for all channels; fill a fresh buffer and copy the image into its middle.
-    out = x.new_empty((n, c, h + 2 * pad, w + 2 * pad))
-    out[:] = _fill_tensor(fill, x)
-    out[:, :, pad:pad + h, pad:pad + w] = x
-    return out
+    f = torch.as_tensor(fill, device=x.device).float()  # float32: MPS has no float64
+    return (f if x.dtype.is_floating_point else f.round()).to(x.dtype).view(1, -1, 1, 1)
 
 
 def random_crop_with_padding(x: torch.Tensor, size: int, pad: int, fill: Fill, generator: Optional[torch.Generator]
                              = None, return_offsets: bool = False):
-    """Pad by ``pad`` with ``fill`` (see ``pad_constant``), then take one random ``size`` x ``size`` crop per image.
+    """Pad each side by ``pad`` pixels of ``fill`` (one value or one per channel, in ``x``'s units), then take one
+    random ``size`` x ``size`` crop per image.
 
     Offsets (top, left) are uniform integers in ``[0, 2 * pad + H - size]`` (likewise W), as PadIfNeeded >
     RandomCrop; one gather, no loop. ``generator``: on ``x.device`` (None: torch's default). Returns (N, C, size,
-    size), or ``(crops, (top, left))`` ((N,) int64 each) with ``return_offsets``. ConfigError: the crop does not fit.
+    size), or ``(crops, (top, left))`` ((N,) int64 each) with ``return_offsets``. The crop must fit.
     """
-    _check_batch(x, "random_crop_with_padding")
     n, c, h, w = x.shape
     hp, wp = h + 2 * pad, w + 2 * pad
-    if size < 1 or size > hp or size > wp or pad < 0:
-        raise ConfigError(f"cannot take a {size}x{size} crop from {h}x{w} images padded by {pad}")
-    padded = pad_constant(x, pad, fill)
+    assert 1 <= size <= min(hp, wp) and pad >= 0, f"no {size}x{size} crop in {h}x{w} images padded by {pad}"
+    # F.pad only takes one scalar for all channels: fill a fresh buffer and copy the images into its middle.
+    padded = x.new_empty((n, c, hp, wp))
+    padded[:] = _fill_tensor(fill, x)
+    padded[:, :, pad:pad + h, pad:pad + w] = x
     top = torch.randint(0, hp - size + 1, (n,), generator=generator, device=x.device)
     left = torch.randint(0, wp - size + 1, (n,), generator=generator, device=x.device)
     ar = torch.arange(size, device=x.device)
@@ -90,7 +61,6 @@ def random_flip(x: torch.Tensor, p: float = 0.5, generator: Optional[torch.Gener
                 return_mask: bool = False):
     """Flip each image of a (N, C, H, W) batch left-right with probability ``p``; with ``return_mask`` also the
     (N,) bool mask of flipped images."""
-    _check_batch(x, "random_flip")
     mask = torch.rand(x.shape[0], generator=generator, device=x.device) < p
     out = torch.where(mask[:, None, None, None], x.flip(3), x)
     return (out, mask) if return_mask else out
@@ -102,26 +72,18 @@ def cutout(x: torch.Tensor, size: int, fill: Fill, p: float = 0.5, generator: Op
 
     Like CoarseDropout with one hole fully inside the image, its top-left corner uniform in ``[0, H - size] x
     [0, W - size]``. With ``return_boxes`` also ``(top, left, applied)``: (N,) int64, int64 and bool tensors.
-    Raises ConfigError: the hole is larger than the image.
+    The hole must fit the image.
     """
-    _check_batch(x, "cutout")
     n, _, h, w = x.shape
-    if size < 0 or size > h or size > w:
-        raise ConfigError(f"cutout size must be in [0, {min(h, w)}] for {h}x{w} images, got {size}")
+    assert 0 <= size <= min(h, w), f"a {size}x{size} cutout hole does not fit {h}x{w} images"
     # Always draw, so the random stream (and every later augmentation) does not depend on p or size.
     top = torch.randint(0, h - size + 1, (n,), generator=generator, device=x.device)
     left = torch.randint(0, w - size + 1, (n,), generator=generator, device=x.device)
-    applied = torch.rand(n, generator=generator, device=x.device) < p
-    if size == 0:
-        applied = torch.zeros_like(applied)
-        out = x
-    else:
-        ys = torch.arange(h, device=x.device)[None, :] - top[:, None]  # (N, H)
-        xs = torch.arange(w, device=x.device)[None, :] - left[:, None]  # (N, W)
-        in_rows = (ys >= 0) & (ys < size)
-        in_cols = (xs >= 0) & (xs < size)
-        mask = in_rows[:, :, None] & in_cols[:, None, :] & applied[:, None, None]  # (N, H, W)
-        out = torch.where(mask[:, None], _fill_tensor(fill, x), x)
+    applied = (torch.rand(n, generator=generator, device=x.device) < p) & (size > 0)
+    ys = torch.arange(h, device=x.device)[None, :] - top[:, None]  # (N, H): row offset inside the hole
+    xs = torch.arange(w, device=x.device)[None, :] - left[:, None]  # (N, W)
+    mask = ((ys >= 0) & (ys < size))[:, :, None] & ((xs >= 0) & (xs < size))[:, None, :]  # (N, H, W)
+    out = torch.where((mask & applied[:, None, None])[:, None], _fill_tensor(fill, x), x)
     return (out, (top, left, applied)) if return_boxes else out
 
 
@@ -135,7 +97,6 @@ def random_resized_crop_rotate(x: torch.Tensor, size: int, fill: Fill, scale: Tu
     by ``U(-rotate, rotate)`` degrees (0: none) about the centre, corners filled with ``fill``. Two ``grid_sample``
     calls as RandomResizedCrop > Rotate; unlike albumentations a too-large box is clamped, not redrawn.
     """
-    _check_batch(x, "random_resized_crop_rotate")
     n, _, h, w = x.shape
     dev = x.device
     if not x.dtype.is_floating_point:
@@ -151,10 +112,7 @@ def random_resized_crop_rotate(x: torch.Tensor, size: int, fill: Fill, scale: Tu
     # Stage 1, the resized crop: output coords (normalized to [-1, 1]) map linearly into the box.
     # align_corners=False matches cv2's pixel-centre convention used by A.RandomResizedCrop.
     zero = torch.zeros_like(bw)
-    theta = torch.stack([
-        torch.stack([bw / w, zero, (2 * x0 + bw) / w - 1], dim=1),
-        torch.stack([zero, bh / h, (2 * y0 + bh) / h - 1], dim=1),
-    ], dim=1)  # (N, 2, 3)
+    theta = torch.stack([bw / w, zero, (2 * x0 + bw) / w - 1, zero, bh / h, (2 * y0 + bh) / h - 1], 1).view(n, 2, 3)
     grid = F.affine_grid(theta.to(x.dtype), [n, x.shape[1], size, size], align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     if not rotate:
@@ -163,10 +121,7 @@ def random_resized_crop_rotate(x: torch.Tensor, size: int, fill: Fill, scale: Tu
     # as with A.Rotate, the uncovered corners get the fill colour rather than image content from outside the box.
     angle = torch.deg2rad((2 * u[4] - 1) * rotate) * (u[5] < rotate_p)
     cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack([
-        torch.stack([cos, -sin, zero], dim=1),
-        torch.stack([sin, cos, zero], dim=1),
-    ], dim=1)
+    theta = torch.stack([cos, -sin, zero, sin, cos, zero], 1).view(n, 2, 3)
     grid = F.affine_grid(theta.to(x.dtype), [n, x.shape[1], size, size], align_corners=False)
     fill_t = _fill_tensor(fill, out)
     # grid_sample pads with zeros: sample (out - fill) and add fill back, so the border becomes the fill colour.
@@ -179,39 +134,12 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     ``align_corners=False``; upscaling without antialiasing matches cv2's INTER_LINEAR used by ``A.Resize``,
     downscaling antialiases, as the CPU presets' ``A.Resize(area_for_downscale="image")`` (INTER_AREA) averages.
     """
-    _check_batch(x, "resize")
     if tuple(x.shape[-2:]) == (size, size):
         return x
     if not x.dtype.is_floating_point:
         x = x.float()
     down = size < x.shape[-2] or size < x.shape[-1]
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=down)
-
-
-def normalize(x: torch.Tensor, mean: Stats, std: Stats, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``(x / 255 - mean) / std`` per channel for a (N, C, H, W) batch in pixel units; ``mean``/``std`` on the
-    [0, 1] scale (sequences or tensors); computed in float32, returned as ``dtype``."""
-    _check_batch(x, "normalize")
-    scale, shift = _normalize_coefficients(mean, std, x.shape[1], x.device)
-    return _normalize_with(x, scale, shift, dtype)
-
-
-def _normalize_coefficients(mean, std, channels: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) as (1, C, 1, 1) float32 tensors on ``device`` with ``x * scale + shift`` = normalize."""
-    # Python numbers in float64 for accuracy; tensors stay float32 on their device (MPS has no float64).
-    m = (mean.float() if isinstance(mean, torch.Tensor) else torch.tensor(mean, dtype=torch.float64)).reshape(-1)
-    s = (std.float() if isinstance(std, torch.Tensor) else torch.tensor(std, dtype=torch.float64)).reshape(-1)
-    if m.numel() != channels or s.numel() != channels:
-        raise ConfigError(f"mean and std need {channels} values (one per channel), got {m.numel()} and {s.numel()}")
-    scale = (1.0 / (255.0 * s)).to(device=device, dtype=torch.float32).view(1, channels, 1, 1)
-    shift = (-m / s).to(device=device, dtype=torch.float32).view(1, channels, 1, 1)
-    return scale, shift
-
-
-def _normalize_with(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    # One fused multiply-add: x / (255 std) - mean / std.
-    out = torch.addcmul(shift, x.float(), scale)
-    return out if dtype == torch.float32 else out.to(dtype)
 
 
 def pixel_fill(mean: Stats) -> Tuple[int, int, int]:

@@ -55,8 +55,7 @@ def choose_input_size(model: nn.Module, image_size: Union[int, Sequence[int]],
         if error is not None:
             raise ConfigError(f"{name} takes neither the data's {h}x{w} images nor {FALLBACK_SIZE}x{FALLBACK_SIZE} "
                               f"inputs ({error}); pick another model or resize the images")
-    note = None if (h, w) == (size, size) else \
-        f"images are {h}x{w}; training and evaluating at {size}x{size} ({why})"
+    note = None if (h, w) == (size, size) else f"images are {h}x{w}; training and evaluating at {size}x{size} ({why})"
     if note:
         log.info(note)
     return size, note

@@ -5,16 +5,17 @@ Call ``set_loader_epoch(loader, epoch)`` (or ``loader.set_epoch``) before each e
 albumentations 2.0.8 gives every DataLoader worker a copy of one random state, so the worker init here reseeds the
 data set's transform per (seed, epoch, worker_id).
 """
+import dataclasses
 import math
 import os
 import random
-from typing import Iterator, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pytorch_utils.data.transforms import get_preset, preset_options, seed_compose
+from pytorch_utils.data.transforms import augmentation_options, get_preset, seed_compose
 from pytorch_utils.errors import ConfigError
 
 
@@ -35,27 +36,18 @@ def derive_seed(*values: int) -> int:
 class EpochSampler(Sampler):
     """Indices 0..n-1, permuted per (seed, epoch) when ``shuffle``, sharded over ranks; shared with the GPU loader.
 
-    As ``DistributedSampler``: the list is padded by wrapping (or cut when ``drop_last``) until it divides by
-    ``num_replicas``, and rank ``r`` takes every ``num_replicas``-th index from ``r``. With ``even=False``
-    (evaluation) nothing is padded or cut: disjoint shards hold every item once (counts may differ by one).
+    As ``DistributedSampler``: the list is padded by wrapping until it divides by ``num_replicas``, and rank ``r``
+    takes every ``num_replicas``-th index from ``r``. With ``even=False`` (evaluation) nothing is padded: disjoint
+    shards hold every item once (counts may differ by one).
     """
 
     def __init__(self, n: int, shuffle: bool = True, seed: int = 0, num_replicas: int = 1, rank: int = 0,
-                 drop_last: bool = False, even: bool = True):
-        if int(n) != n or n < 0:
-            raise ConfigError(f"EpochSampler needs a non-negative length, got {n!r}")
-        if num_replicas < 1 or not 0 <= rank < num_replicas:
+                 even: bool = True):
+        if not 0 <= rank < num_replicas:
             raise ConfigError(f"rank must be in [0, num_replicas), got rank={rank}, num_replicas={num_replicas}")
         self.n, self.shuffle, self.seed, self.epoch = int(n), shuffle, int(seed), 0
-        self.num_replicas, self.rank = int(num_replicas), int(rank)
-        self.even = bool(even)
-        self.drop_last = drop_last and self.even
-        if not self.even:
-            self.num_samples = len(range(self.rank, self.n, self.num_replicas))
-        elif self.drop_last and self.n % self.num_replicas:
-            self.num_samples = self.n // self.num_replicas
-        else:
-            self.num_samples = math.ceil(self.n / self.num_replicas)
+        self.num_replicas, self.rank, self.even = int(num_replicas), int(rank), bool(even)
+        self.num_samples = math.ceil(n / num_replicas) if even else len(range(rank, n, num_replicas))
         self.total_size = self.num_samples * self.num_replicas if self.even else self.n
 
     def set_epoch(self, epoch: int) -> None:
@@ -66,11 +58,8 @@ class EpochSampler(Sampler):
         """This rank's indices for ``epoch`` (default: the current one), as an int64 array."""
         epoch = self.epoch if epoch is None else int(epoch)
         order = np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
-        if self.total_size > self.n and self.n:
-            order = np.resize(order, self.total_size)  # np.resize repeats the array: padding by wrapping
-        else:
-            order = order[:self.total_size]
-        return order[self.rank:self.total_size:self.num_replicas].astype(np.int64)
+        order = np.resize(order, self.total_size) if self.n else order  # np.resize repeats: padding by wrapping
+        return order[self.rank::self.num_replicas].astype(np.int64)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices().tolist())
@@ -113,43 +102,68 @@ class EpochWorkerInit:
             _reseed_transform(info.dataset, s)
 
 
-class EpochDataLoader(DataLoader):
-    """A DataLoader over an ``EpochSampler`` whose augmentation randomness also follows (seed, epoch).
+def check_batches(sampler: EpochSampler, batch_size: int, drop_last: bool) -> None:
+    """ConfigError when ``drop_last`` and a rank's share of ``sampler`` (the smallest unpadded shard decides, so
+    every rank raises or none does) holds less than one batch: nothing would be produced."""
+    per_rank = sampler.num_samples if sampler.even else sampler.n // sampler.num_replicas
+    if drop_last and batch_size > per_rank:
+        raise ConfigError(f"batch_size={batch_size} is larger than the {per_rank} items per rank and drop_last=True, "
+                          f"so no batch would be produced; lower batch_size to at most {per_rank}, use more data "
+                          "(raise the train limit), or pass drop_last=False")
 
-    Built by ``make_loader``; same contract as the GPU loader (``set_epoch``, ``set_augmentation``). Each iteration
-    hands the sampler's epoch to the (fresh) workers; with ``num_workers=0`` the main-process transform is reseeded
-    as worker 0 would be, so 0 and 1 workers give the same batches.
-    """
 
-    augmentation: Optional[str] = None  # the preset last set by set_augmentation (None: the data set's own)
-    size: Optional[int] = None  # its output side
-    options: Optional[dict] = None  # preset options kept across switches
+class LoaderContract:
+    """What both package loaders (``make_loader``'s and ``GPULoader``) share over their ``sampler`` (an
+    ``EpochSampler``): the epoch switch and the one augmentation switch (the preset in force, its output side, the
+    options kept across switches; each loader's ``_apply`` puts a preset on it)."""
+
+    train: bool = True
+    augmentation: Optional[str] = None  # the preset last set (None: none yet; the data set's own transform)
+    size: Optional[int] = None  # its output side (None: none yet; the data's height)
+    options: Dict[str, Any] = {}  # replaced, never changed in place
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch for shuffling and augmentation."""
+        """Select the epoch whose shuffle order and augmentation draws the next iteration produces."""
         self.sampler.set_epoch(epoch)
-        self.worker_init_fn.epoch = int(epoch)
-
-    def set_augmentation(self, name: Optional[str], size: Optional[int] = None, **options) -> None:
-        """Put preset ``name``'s (None: "test") transform at side ``size`` (None: keep; at first the data's height)
-        on the data set from the next iteration. ``options`` are kept for later switches; each preset takes the
-        ones it knows. Raises UnknownNameError, or ConfigError (no CPU side, bad option values).
-        """
-        name = "test" if name in (None, "none") else name
-        ds = self.dataset
-        self.options = {**(self.options or {}), **options}
-        if size is not None:
-            self.size = int(size)
-        elif self.size is None:
-            self.size = int(ds.images.shape[1]) if hasattr(ds, "images") else 32
-        ds.transform = get_preset(name, ds.mean, ds.std, size=self.size, seed=self.worker_init_fn.seed,
-                                  **preset_options(name, self.options))
-        self.augmentation = name
 
     @property
     def epoch(self) -> int:
-        """The epoch the next iteration will produce."""
+        """The epoch the next iteration produces."""
         return self.sampler.epoch
+
+    def set_augmentation(self, preset: Optional[str] = None, size: Optional[int] = None, **options) -> None:
+        """From the next iteration, augment with ``preset`` (None: keep the current one and its options; at first
+        "test") at output side ``size`` (None: keep the current one; at first the data's height), so a
+        progressive-resizing phase calls ``set_augmentation(None, size=40)``. ``options`` must be ones ``preset``
+        declares (see ``check_augmentation``); they are kept for later switches, each preset taking its own.
+        Raises UnknownNameError, or ConfigError (an option it does not take, a bad value, no pipeline for this
+        loader, augmentation on an evaluation loader)."""
+        name = preset if preset is not None else self.augmentation or "test"
+        size = size if size is not None else self.size or self.dataset.image_size[0]
+        augmentation_options(name, {**options, "size": size})  # this call's options: ones the preset declares
+        if not self.train and name != "test":
+            raise ConfigError(f"augmentation {name!r} on an evaluation loader (train=False); use 'test'")
+        kept = {**self.options, **options}
+        settings = augmentation_options(name, {**kept, "size": size}, strict=False)
+        self._apply(name, settings)
+        self.augmentation, self.options, self.size = name, kept, settings.size
+
+    def _apply(self, name: str, settings) -> None:
+        """Put preset ``name`` with its checked ``settings`` (a ``ResizeOptions``) on this loader."""
+
+
+class EpochDataLoader(LoaderContract, DataLoader):
+    """A DataLoader over an ``EpochSampler`` whose augmentation randomness also follows (seed, epoch).
+
+    Built by ``make_loader``; same contract as the GPU loader (``set_epoch``, ``set_augmentation``: the preset's
+    transform goes on the data set). Each iteration hands the sampler's epoch to the (fresh) workers; with
+    ``num_workers=0`` the main-process transform is reseeded as worker 0 would be, so 0 and 1 workers give the same
+    batches.
+    """
+
+    def _apply(self, name: str, settings) -> None:
+        ds = self.dataset
+        ds.transform = get_preset(name, ds.mean, ds.std, seed=self.worker_init_fn.seed, **dataclasses.asdict(settings))
 
     def __iter__(self):
         # Read from the sampler so a bare loader.sampler.set_epoch(e) call is honoured too.
@@ -168,33 +182,24 @@ def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: Opt
     Same seed, epoch and ``num_workers``: same batches, augmentations included. Call ``set_loader_epoch`` before
     each epoch. ``seed=None`` draws one (not reproducible); ``num_workers`` defaults to ``default_num_workers()``,
     ``drop_last`` to ``train``, ``pin_memory`` to CUDA availability. Sharding: see ``EpochSampler`` (padded when
-    training, disjoint unpadded shards otherwise). Raises ConfigError: ``batch_size < 1``, ``num_workers < 0``, or
-    ``drop_last`` with fewer items per rank than ``batch_size``.
+    training, disjoint unpadded shards otherwise). Raises ConfigError: ``drop_last`` with fewer items per rank than
+    ``batch_size``; torch's ValueError: ``batch_size < 1``, ``num_workers < 0``.
     """
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0])
     drop_last = train if drop_last is None else drop_last
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-    num_workers = default_num_workers() if num_workers is None else int(num_workers)
-    if num_workers < 0:
-        raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
+    num_workers = default_num_workers() if num_workers is None else num_workers
     # Evaluation must not pad: a wrapped-around sample would be counted twice in the reduced test metrics.
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, num_replicas=num_replicas, rank=rank, even=train)
-    # The smallest shard decides, so every rank raises (or none does) when unpadded shards differ by one.
-    per_rank = sampler.num_samples if train else len(dataset) // sampler.num_replicas
-    if drop_last and batch_size > per_rank:
-        raise ConfigError(
-            f"batch_size={batch_size} is larger than the {per_rank} items per rank and drop_last=True, so no "
-            f"batch would be produced; lower batch_size to at most {per_rank}, use more data "
-            "(raise the train limit), or pass drop_last=False"
-        )
+    check_batches(sampler, batch_size, drop_last)
     # Fresh workers every epoch (persistent_workers=False): a transform swapped between epochs reaches them, and
     # each epoch's workers are seeded from that epoch.
-    return EpochDataLoader(dataset, batch_size=int(batch_size), sampler=sampler, num_workers=num_workers,
-                           drop_last=drop_last, pin_memory=pin_memory, worker_init_fn=EpochWorkerInit(seed),
-                           persistent_workers=False)
+    loader = EpochDataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                             drop_last=drop_last, pin_memory=pin_memory, worker_init_fn=EpochWorkerInit(seed),
+                             persistent_workers=False)
+    loader.train = bool(train)
+    return loader
 
 
 def set_loader_epoch(loader, epoch: int) -> None:

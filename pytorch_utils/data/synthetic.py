@@ -5,7 +5,6 @@ from typing import Callable, Optional
 import numpy as np
 
 from pytorch_utils.data.arrays import ArrayDataset
-from pytorch_utils.data.stats import compute_mean_std
 from pytorch_utils.errors import ConfigError
 
 # Weight of the class colour against a random per-image colour, and pixel noise (0-255 scale): tuned so raw-pixel
@@ -58,23 +57,19 @@ MAX_SYNTHETIC_SIZE = 200_000
 SYNTHETIC_DEFAULT_SIZES = (2000, 500)  # train, test
 
 
-def make_synthetic(n: int = 2000, num_classes: int = 10, size: int = 32, seed: int = 0,
+def make_synthetic(n: int = 2000, num_classes: int = 10, size: int = 32, seed=0,
                    transform: Optional[Callable] = None) -> ArrayDataset:
-    """A seeded (same seed, same data), learnable ArrayDataset of ``n`` uint8 (size, size, 3) images with
-    computed mean/std, classes ``class_0 ... class_{k-1}`` balanced to within one.
+    """A seeded (same seed, same data), learnable ArrayDataset of ``n`` uint8 (size, size, 3) images (mean/std
+    computed from them), classes ``class_0 ... class_{k-1}`` balanced to within one.
 
     Each class has a fixed colour, stripe angle and frequency; every image adds a random stripe phase, a shifted
-    blob, brightness jitter and noise; the cues survive pad-crop-flip-cutout. ConfigError: ``n`` or
+    blob, brightness jitter and noise; the cues survive pad-crop-flip-cutout. ``seed``: anything
+    ``np.random.default_rng`` takes (an int, a list of ints). ConfigError: ``n`` or
     ``num_classes`` below 1, ``size < 4``, or ``n`` above ``MAX_SYNTHETIC_SIZE``.
     """
-    if n < 1 or num_classes < 1 or size < 4:
-        raise ConfigError(f"make_synthetic needs n >= 1, num_classes >= 1 and size >= 4, got n={n}, "
-                          f"num_classes={num_classes}, size={size}")
-    if n > MAX_SYNTHETIC_SIZE:
-        raise ConfigError(f"make_synthetic(n={n}) is above the {MAX_SYNTHETIC_SIZE:,} images it allows (generation "
-                          f"takes minutes and GBs of memory); pass n <= {MAX_SYNTHETIC_SIZE}")
+    if not (1 <= n <= MAX_SYNTHETIC_SIZE and num_classes >= 1 and size >= 4):
+        raise ConfigError(f"make_synthetic needs 1 <= n <= {MAX_SYNTHETIC_SIZE:,}, num_classes >= 1 and size >= 4, got "
+                          f"n={n}, num_classes={num_classes}, size={size}")
     images, targets = _synthetic_arrays(int(n), int(num_classes), int(size), np.random.default_rng(seed))
-    mean, std = compute_mean_std(images)
-    return ArrayDataset(images, targets, tuple(f"class_{i}" for i in range(num_classes)), transform=transform,
-                        mean=mean, std=std)
+    return ArrayDataset(images, targets, tuple(f"class_{i}" for i in range(num_classes)), transform=transform)
 

@@ -1,21 +1,23 @@
-"""Augmentation presets: one registry of names (``list_presets()``), each with a CPU side (albumentations 2.x ops >
-``Normalize`` > ``ToTensorV2`` in an ``AlbumentationsTransform``: HWC uint8 image -> float32 CHW tensor) and a GPU
-side (the batched ``gpu_ops`` equivalents). Fills (padding, rotation borders, cutout holes) are the data set mean:
-~0 after normalization."""
+"""Augmentation presets: one registry of names (``list_presets()``); each preset declares its options once (a frozen
+dataclass: types and ranges, checked by ``errors.check_fields``) that its CPU side (albumentations 2.x ops >
+``Normalize`` > ``ToTensorV2`` in an ``AlbumentationsTransform``: HWC uint8 image -> float32 CHW tensor), its GPU side
+(the batched ``gpu_ops`` equivalents) and the recipe check (``check_augmentation``) all read. Fills (padding, rotation
+borders, cutout holes) are the data set mean: ~0 after normalization."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
-import inspect
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 
 from pytorch_utils.data import gpu_ops as ops
+from pytorch_utils.data.arrays import as_stats
 from pytorch_utils.data.gpu_ops import pixel_fill
-from pytorch_utils.errors import ConfigError
+from pytorch_utils.errors import ConfigError, bounded, check_fields
 from pytorch_utils.registry import Registry
 
 
@@ -49,8 +51,6 @@ class AlbumentationsTransform:
     final ``ToTensorV2`` the HWC result is converted here (uint8 scaled to [0, 1])."""
 
     def __init__(self, compose: A.BaseCompose):
-        if not callable(compose):
-            raise ConfigError(f"AlbumentationsTransform needs an albumentations Compose, got {type(compose).__name__}")
         self.compose = compose
 
     def __call__(self, image) -> torch.Tensor:
@@ -71,161 +71,135 @@ class AlbumentationsTransform:
         return f"AlbumentationsTransform({' > '.join(names)})"
 
 
-def _check(mean: Stats, std: Stats, size: int) -> None:
-    if mean is None or std is None or len(mean) != 3 or len(std) != 3:
-        raise ConfigError(f"mean and std must be 3 per-channel floats on the [0, 1] scale, got {mean!r} and {std!r}; "
-                          "use ds.mean/ds.std or pytorch_utils.data.compute_mean_std")
-    if any(float(s) <= 0 for s in std):
-        raise ConfigError(f"std must be positive in every channel, got {tuple(std)}")
-    if any(float(m) > 1.5 for m in mean):
-        raise ConfigError(f"mean {tuple(mean)} looks like 0-255 values; pass per-channel means on the [0, 1] scale")
-    if int(size) != size or size < 1:
-        raise ConfigError(f"size must be a positive integer, got {size!r}")
+# ---- each preset family's options, declared once -----------------------------------------------------------------
 
+@dataclass(frozen=True)
+class ResizeOptions:
+    """Every preset's option: ``size``, the output side in pixels (images of another size are resized to it)."""
+    size: int = bounded(32, ge=1)
 
-def _finish(ops, mean: Stats, std: Stats, seed: Optional[int]) -> AlbumentationsTransform:
-    ops = list(ops) + [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), _albu_torch.ToTensorV2()]
-    compose = A.Compose(ops)
-    seed_compose(compose, seed)
-    return AlbumentationsTransform(compose)
-
-
-def _resize(size: int):
-    # Any input size reaches ``size`` (a no-op when it already is): data of another size, progressive resizing.
-    # INTER_AREA when shrinking averages pixels instead of skipping them (no aliasing).
-    return [A.Resize(size, size, area_for_downscale="image")]
-
-
-def _cutout(cutout: int, size: int, fill, p: float):
-    if int(cutout) != cutout or cutout < 0 or cutout > size:
-        raise ConfigError(f"cutout must be an integer hole side in [0, size={size}], got {cutout!r}; 0 disables it")
-    if cutout == 0 or p <= 0:
-        return []
-    return [A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=(cutout, cutout),
-                            hole_width_range=(cutout, cutout), fill=fill, p=p)]
-
-
-def train_preset(mean: Stats, std: Stats, size: int = 32, pad: int = 4, flip: bool = True, cutout: int = 8,
-                 cutout_p: float = 0.5, seed: Optional[int] = None) -> AlbumentationsTransform:
-    """The S10 / standard CIFAR training augmentation: pad > random crop > flip (p=0.5) > one square ``cutout`` hole
-    (0: none; probability ``cutout_p``) > normalize, to float32 (3, size, size). ``mean``/``std``: [0, 1] scale (also
-    the fill colour); other sizes are resized to ``size`` first; ``seed``: None is random. ConfigError: bad values.
-    """
-    _check(mean, std, size)
-    if int(pad) != pad or pad < 0:
-        raise ConfigError(f"pad must be a non-negative integer, got {pad!r}")
-    fill = pixel_fill(mean)  # the ints cv2 border/fill arguments take
-    ops = _resize(size)
-    if pad:
-        ops.append(A.PadIfNeeded(min_height=size + 2 * pad, min_width=size + 2 * pad,
-                                 border_mode=cv2.BORDER_CONSTANT, fill=fill))
-        ops.append(A.RandomCrop(height=size, width=size))
-    if flip:
-        ops.append(A.HorizontalFlip(p=0.5))
-    ops += _cutout(cutout, size, fill, cutout_p)
-    return _finish(ops, mean, std, seed)
-
-
-def test_preset(mean: Stats, std: Stats, size: int = 32) -> AlbumentationsTransform:
-    """Evaluation transform: resize to ``size`` (a no-op at that size) > normalize > float32 tensor. Deterministic."""
-    _check(mean, std, size)
-    return _finish(_resize(size), mean, std, seed=0)
-
-
-test_preset.__test__ = False  # its name starts with "test"; keep pytest from collecting it when imported
-
-
-def wrn_preset(mean: Stats, std: Stats, size: int = 32, rotate: float = 15, cutout: int = 8,
-               scale: Tuple[float, float] = (0.75, 1.0), cutout_p: float = 0.5,
-               seed: Optional[int] = None) -> AlbumentationsTransform:
-    """The WRN-28-10 recipe augmentation: random resized crop (area fraction ``scale``; also resizes to ``size``) >
-    rotation by up to ``rotate`` degrees (p=0.5, mean fill; 0: none) > flip > cutout > normalize; rest: train_preset."""
-    _check(mean, std, size)
-    fill = pixel_fill(mean)  # the ints cv2 border/fill arguments take
-    ops = [A.RandomResizedCrop(size=(size, size), scale=tuple(scale), ratio=(0.9, 1.1))]
-    if rotate:
-        ops.append(A.Rotate(limit=(-abs(rotate), abs(rotate)), border_mode=cv2.BORDER_CONSTANT, fill=fill, p=0.5))
-    ops.append(A.HorizontalFlip(p=0.5))
-    ops += _cutout(cutout, size, fill, cutout_p)
-    return _finish(ops, mean, std, seed)
-
-
-def reduced_preset(mean: Stats, std: Stats, size: int = 32, pad: int = 4,
-                   seed: Optional[int] = None) -> AlbumentationsTransform:
-    """Milder training augmentation (S8 phase 2; also "standard_no_cutout"): pad > random crop > flip > normalize."""
-    return train_preset(mean, std, size=size, pad=pad, flip=True, cutout=0, seed=seed)
-
-
-def _test(mean: Stats, std: Stats, size: int = 32, seed: Optional[int] = None) -> AlbumentationsTransform:
-    return test_preset(mean, std, size=size)  # deterministic: the seed has nothing to draw
+    def __post_init__(self):
+        check_fields(self, "augmentation option")
 
 
 @dataclass(frozen=True)
-class GPUAugment:
-    """Options of the GPU pipelines (names and defaults: the CPU presets' keywords); ``fill``: the mean in pixel
-    units as a (3,) float tensor on the batch's device (no host copy per batch)."""
-    size: int
-    fill: torch.Tensor
-    pad: int = 4
-    cutout: int = 8
-    cutout_p: float = 0.5
-    rotate: float = 15.0
-    scale: Tuple[float, float] = (0.75, 1.0)
+class CropFlipOptions(ResizeOptions):
+    """Pad by ``pad`` pixels of the fill > random ``size`` crop (0: neither) > horizontal flip (p=0.5) if ``flip``."""
+    pad: int = bounded(4, ge=0)
+    flip: bool = True
 
 
-GPUPipeline = Callable[[torch.Tensor, GPUAugment, Optional[torch.Generator]], torch.Tensor]
+@dataclass(frozen=True)
+class CutoutOptions(ResizeOptions):
+    """One square hole of side ``cutout`` (0: none) filled with the mean, with probability ``cutout_p``."""
+    cutout: int = bounded(8, ge=0)
+    cutout_p: float = bounded(0.5, ge=0, le=1)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.cutout > self.size:
+            raise ConfigError(f"augmentation option 'cutout' must be at most size={self.size}, got {self.cutout}")
 
 
-def _gpu_test(x: torch.Tensor, o: GPUAugment, g: Optional[torch.Generator]) -> torch.Tensor:
-    return ops.resize(x, o.size)
+@dataclass(frozen=True)
+class StandardOptions(CropFlipOptions, CutoutOptions):
+    """The S10 / standard CIFAR training augmentation: pad > random crop > flip > cutout."""
 
 
-def _gpu_crop_flip(x: torch.Tensor, o: GPUAugment, g: Optional[torch.Generator]) -> torch.Tensor:
+@dataclass(frozen=True)
+class WrnOptions(CutoutOptions):
+    """The WRN recipe's: random resized crop (area fraction in ``scale``, aspect 0.9-1.1) > rotation by up to
+    ``rotate`` degrees (p=0.5, 0: none) > flip > cutout."""
+    rotate: float = bounded(15.0, ge=0, le=180)
+    scale: Sequence[float] = (0.75, 1.0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        s = self.scale
+        if not (len(s) == 2 and all(isinstance(v, (int, float)) for v in s) and 0 < s[0] <= s[1] <= 1):
+            raise ConfigError(f"augmentation option 'scale' must be two area fractions 0 < low <= high <= 1, got {s!r}")
+
+
+# ---- the CPU side: albumentations ops before Normalize; ``fill`` is the mean in pixel units ------------------------
+
+def _cpu_resize(o: ResizeOptions, fill) -> list:
+    # A no-op at that size. INTER_AREA when shrinking averages pixels instead of skipping them (no aliasing).
+    return [A.Resize(o.size, o.size, area_for_downscale="image")]
+
+
+def _cpu_crop_flip(o: CropFlipOptions, fill) -> list:
+    out = _cpu_resize(o, fill)
+    if o.pad:
+        out += [A.PadIfNeeded(min_height=o.size + 2 * o.pad, min_width=o.size + 2 * o.pad,
+                              border_mode=cv2.BORDER_CONSTANT, fill=fill), A.RandomCrop(height=o.size, width=o.size)]
+    return out + [A.HorizontalFlip(p=0.5)] if o.flip else out
+
+
+def _cpu_cutout(o: CutoutOptions, fill) -> list:
+    hole = (o.cutout, o.cutout)
+    return [A.CoarseDropout(num_holes_range=(1, 1), hole_height_range=hole, hole_width_range=hole, fill=fill,
+                            p=o.cutout_p)] if o.cutout and o.cutout_p > 0 else []
+
+
+def _cpu_wrn(o: WrnOptions, fill) -> list:
+    out = [A.RandomResizedCrop(size=(o.size, o.size), scale=tuple(o.scale), ratio=(0.9, 1.1))]
+    if o.rotate:
+        out.append(A.Rotate(limit=(-o.rotate, o.rotate), border_mode=cv2.BORDER_CONSTANT, fill=fill, p=0.5))
+    return out + [A.HorizontalFlip(p=0.5)] + _cpu_cutout(o, fill)
+
+
+# ---- the GPU side: pixel batch (N, 3, H, W), options, fill (3,) on the batch's device, generator -------------------
+
+def _gpu_crop_flip(x: torch.Tensor, o: CropFlipOptions, fill: torch.Tensor, g: Optional[torch.Generator]):
     x = ops.resize(x, o.size)
     if o.pad:  # pad 0 would be an identity crop
-        x = ops.random_crop_with_padding(x, o.size, o.pad, o.fill, g)
-    return ops.random_flip(x, 0.5, g)
+        x = ops.random_crop_with_padding(x, o.size, o.pad, fill, g)
+    return ops.random_flip(x, 0.5, g) if o.flip else x
 
 
-def _gpu_standard(x: torch.Tensor, o: GPUAugment, g: Optional[torch.Generator]) -> torch.Tensor:
-    x = _gpu_crop_flip(x, o, g)
-    return ops.cutout(x, o.cutout, o.fill, o.cutout_p, g) if o.cutout and o.cutout_p > 0 else x
+def _gpu_cutout(x: torch.Tensor, o: CutoutOptions, fill: torch.Tensor, g: Optional[torch.Generator]):
+    return ops.cutout(x, o.cutout, fill, o.cutout_p, g) if o.cutout and o.cutout_p > 0 else x
 
 
-def _gpu_wrn(x: torch.Tensor, o: GPUAugment, g: Optional[torch.Generator]) -> torch.Tensor:
+def _gpu_wrn(x: torch.Tensor, o: WrnOptions, fill: torch.Tensor, g: Optional[torch.Generator]):
     # The resized crop resizes too, so progressive sizes need no separate resize.
-    x = ops.random_resized_crop_rotate(x, o.size, o.fill, scale=o.scale, rotate=o.rotate, generator=g)
-    x = ops.random_flip(x, 0.5, g)
-    return ops.cutout(x, o.cutout, o.fill, o.cutout_p, g) if o.cutout else x
+    x = ops.random_resized_crop_rotate(x, o.size, fill, scale=o.scale, rotate=o.rotate, generator=g)
+    return _gpu_cutout(ops.random_flip(x, 0.5, g), o, fill, g)
 
 
 class Augmentation(NamedTuple):
-    """A preset's ``cpu(mean, std, size=, seed=, **options) -> AlbumentationsTransform`` and ``gpu(pixel batch
-    (N, 3, H, W), GPUAugment, generator) -> (N, 3, size, size)``; None where a side is missing."""
-    cpu: Optional[Callable[..., AlbumentationsTransform]]
-    gpu: Optional[GPUPipeline]
+    """A preset: its ``options`` dataclass, ``cpu(options, fill) -> albumentations ops`` and ``gpu(pixel batch,
+    options, fill, generator) -> (N, 3, size, size)`` in pixel units; None where a side is missing."""
+    options: type
+    cpu: Optional[Callable[..., list]]
+    gpu: Optional[Callable[..., torch.Tensor]]
 
 
 _AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation preset")
 
 
-def register_augmentation(name: str, cpu: Optional[Callable[..., AlbumentationsTransform]] = None,
-                          gpu: Optional[GPUPipeline] = None) -> None:
+def register_augmentation(name: str, options: type = ResizeOptions, cpu: Optional[Callable[..., list]] = None,
+                          gpu: Optional[Callable[..., torch.Tensor]] = None) -> None:
     """Add a preset under ``name`` to the one list of augmentation names; ValueError if the name is taken."""
-    _AUGMENTATIONS.register(Augmentation(cpu, gpu), name=name)
+    _AUGMENTATIONS.register(Augmentation(options, cpu, gpu), name=name)
 
 
-register_augmentation("test", _test, _gpu_test)
-register_augmentation("standard", train_preset, _gpu_standard)
-register_augmentation("standard_no_cutout", reduced_preset, _gpu_crop_flip)
-register_augmentation("wrn", wrn_preset, _gpu_wrn)
-register_augmentation("reduced", reduced_preset, _gpu_crop_flip)
+register_augmentation("test", ResizeOptions, _cpu_resize, lambda x, o, fill, g: ops.resize(x, o.size))
+register_augmentation("standard", StandardOptions, lambda o, fill: _cpu_crop_flip(o, fill) + _cpu_cutout(o, fill),
+                      lambda x, o, fill, g: _gpu_cutout(_gpu_crop_flip(x, o, fill, g), o, fill, g))
+register_augmentation("standard_no_cutout", CropFlipOptions, _cpu_crop_flip, _gpu_crop_flip)
+register_augmentation("wrn", WrnOptions, _cpu_wrn, _gpu_wrn)
+register_augmentation("reduced", CropFlipOptions, _cpu_crop_flip, _gpu_crop_flip)
+
+
+def list_presets() -> List[str]:
+    """Names of the augmentation presets (the one list: CLI choices and ``Recipe.validate`` read it), sorted."""
+    return _AUGMENTATIONS.names()
 
 
 def get_augmentation(name: str, side: str) -> Callable:
-    """The CPU builder (``side="cpu"``) or GPU pipeline (``side="gpu"``) of preset ``name``; UnknownNameError, or
+    """The CPU ops builder (``side="cpu"``) or GPU pipeline (``side="gpu"``) of preset ``name``; UnknownNameError, or
     ConfigError naming the presets that have that side."""
-    assert side in ("cpu", "gpu"), side
     found = getattr(_AUGMENTATIONS.get(name), side)
     if found is None:
         have = [n for n in list_presets() if getattr(_AUGMENTATIONS.get(n), side) is not None]
@@ -235,26 +209,43 @@ def get_augmentation(name: str, side: str) -> Callable:
     return found
 
 
-def preset_options(name: str, options: Dict[str, Any]) -> Dict[str, Any]:
-    """The subset of ``options`` (e.g. a recipe's ``augmentation_kwargs``) that the CPU preset ``name`` takes, so
-    one set of options can serve presets that take different ones (``cutout`` means nothing to "test")."""
-    params = inspect.signature(get_augmentation(name, "cpu")).parameters
-    return {k: v for k, v in options.items() if k in params and k not in ("mean", "std", "size", "seed")}
+def augmentation_options(preset: str, options: Dict[str, Any], strict: bool = True) -> ResizeOptions:
+    """Preset ``preset``'s options object built from ``options`` (types and declared ranges checked). An option the
+    preset does not declare is a ConfigError naming the valid ones when ``strict``, else dropped (the loaders keep
+    options across preset switches, each preset taking its own). UnknownNameError: unknown ``preset``."""
+    declared = _AUGMENTATIONS.get(preset).options
+    valid = [f.name for f in dataclasses.fields(declared)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown and strict:
+        raise ConfigError(f"augmentation {preset!r} takes no option {', '.join(map(repr, unknown))}; its options: "
+                          f"{', '.join(valid)}")
+    return declared(**{k: v for k, v in options.items() if k in valid})
+
+
+def check_augmentation(preset: str, kwargs: Dict[str, Any]) -> None:
+    """The recipe door's check of ``augmentation`` and ``augmentation_kwargs`` (``size`` included), before any data
+    loads: UnknownNameError listing the presets, or ConfigError for an option ``preset`` does not take (naming the
+    ones it does) or a value of the wrong type or out of its declared range."""
+    augmentation_options(preset, kwargs)
 
 
 def get_preset(name: str, mean: Stats, std: Stats, size: int = 32, seed: Optional[int] = None,
-               **kw) -> AlbumentationsTransform:
-    """The CPU transform of preset ``name`` (``list_presets()``); arguments as ``train_preset``, ``**kw``: preset
-    options. UnknownNameError, or ConfigError (no CPU side, an option it does not take, bad values)."""
-    builder = get_augmentation(name, "cpu")
-    try:
-        return builder(mean, std, size=size, seed=seed, **kw)
-    except TypeError as exc:
-        if "unexpected keyword" not in str(exc):
-            raise
-        raise ConfigError(f"preset {name!r} does not take {sorted(kw)}: {exc}") from None
+               **options) -> AlbumentationsTransform:
+    """The CPU transform of preset ``name`` (``list_presets()``): its ops at output side ``size`` > Normalize >
+    float32 (3, size, size). ``mean``/``std``: [0, 1] scale (the mean is also the fill colour); ``seed``: None is
+    random; ``options``: the preset's (its options class, e.g. ``StandardOptions``). UnknownNameError, or
+    ConfigError (no CPU side, an option it does not take, bad values)."""
+    opts = augmentation_options(name, {**options, "size": size})
+    mean, std = as_stats(mean, "mean", ConfigError), as_stats(std, "std", ConfigError, positive=True)
+    compose = A.Compose(get_augmentation(name, "cpu")(opts, pixel_fill(mean)) + [
+        A.Normalize(mean=mean, std=std, max_pixel_value=255.0), _albu_torch.ToTensorV2()])
+    seed_compose(compose, seed)
+    return AlbumentationsTransform(compose)
 
 
-def list_presets() -> List[str]:
-    """Names of the augmentation presets (the one list: CLI choices and ``Recipe.validate`` read it), sorted."""
-    return _AUGMENTATIONS.names()
+def test_preset(mean: Stats, std: Stats, size: int = 32) -> AlbumentationsTransform:
+    """Evaluation transform ("test"): resize to ``size`` (a no-op at that size) > normalize. Deterministic."""
+    return get_preset("test", mean, std, size=size, seed=0)
+
+
+test_preset.__test__ = False  # its name starts with "test"; keep pytest from collecting it when imported

@@ -343,3 +343,12 @@ def test_huge_synthetic_size_fails_fast():
 def test_synthetic_limit_of_one_is_honoured():
     train, test = load_datasets("synthetic", train_limit=2, test_limit=1, num_classes=2)
     assert (len(train), len(test)) == (2, 1)
+
+
+def test_stats_are_checked_where_they_are_given_and_a_constant_set_keeps_its_zero_std():
+    constant = ArrayDataset(np.zeros((4, 8, 8, 3), np.uint8), np.zeros(4, np.int64), ("a",))
+    assert constant.std == (0.0, 0.0, 0.0)  # a data set may have no spread; only a transform divides by it
+    with pytest.raises(DatasetError, match="0-255"):
+        ArrayDataset(rgb(), np.zeros(6, np.int64), ("a",), mean=(125, 123, 114))
+    with pytest.raises(DatasetError, match="3 per-channel"):
+        constant.std = (0.2, 0.2)

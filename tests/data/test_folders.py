@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pytorch_utils.data import load_datasets, load_image_folder
-from pytorch_utils.data import folders
+from pytorch_utils.data import folders, load_datasets, load_image_folder
 from pytorch_utils.errors import DatasetError
 
 

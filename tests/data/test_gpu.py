@@ -4,17 +4,15 @@ import pytest
 import torch
 
 from pytorch_utils.data import ArrayDataset, list_presets
-from pytorch_utils.data.gpu import (
-    GPULoader,
+from pytorch_utils.data.gpu import GPULoader
+from pytorch_utils.data.gpu_ops import (
     cutout,
-    normalize,
-    pad_constant,
     pixel_fill,
     random_crop_with_padding,
     random_flip,
     random_resized_crop_rotate,
 )
-from pytorch_utils.errors import ConfigError, DatasetError, UnknownNameError
+from pytorch_utils.errors import ConfigError, UnknownNameError
 
 MEAN = (0.2, 0.4, 0.6)
 STD = (0.25, 0.5, 0.3)
@@ -33,11 +31,24 @@ def raw_images(n=50, size=32, seed=0):
     return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
-def reference_normalize(images_nhwc, mean, std):
-    x = torch.from_numpy(images_nhwc).permute(0, 3, 1, 2).double() / 255
+def normalize(x, mean, std):
+    """Normalize's reference, in float64: (x / 255 - mean) / std of a (N, 3, H, W) pixel batch."""
     m = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
-    return ((x - m) / s).float()
+    return ((x.double() / 255 - m) / s).float()
+
+
+def reference_normalize(images_nhwc, mean, std):
+    return normalize(torch.from_numpy(images_nhwc).permute(0, 3, 1, 2), mean, std)
+
+
+def pad_constant(x, pad, fill):
+    """Reference padding: ``pad`` pixels of ``fill`` (one value or one per channel) on each side."""
+    n, c, h, w = x.shape
+    out = torch.empty((n, c, h + 2 * pad, w + 2 * pad), dtype=x.dtype)
+    out[:] = torch.as_tensor(fill).view(1, -1, 1, 1).to(x.dtype)
+    out[:, :, pad:pad + h, pad:pad + w] = x
+    return out
 
 
 def epoch_batches(loader, epoch):
@@ -52,9 +63,9 @@ def same(a, b):
 # -------------------------------------------------------------------------------------------------- crop
 
 
-def test_pad_constant_fills_border_per_channel():
+def test_padding_fills_border_per_channel():
     x = rand_batch(2, 8, 8)
-    out = pad_constant(x, 3, (10, 20, 30))
+    out = random_crop_with_padding(x, 14, 3, (10, 20, 30), gen())  # the one crop of the padded size
     assert out.shape == (2, 3, 14, 14)
     assert torch.equal(out[:, :, 3:11, 3:11], x)
     border = torch.ones(14, 14, dtype=torch.bool)
@@ -97,7 +108,7 @@ def test_crop_without_padding_at_full_size_is_identity():
 def test_crop_is_reproducible_with_the_generator_and_validates_size():
     x = rand_batch(8)
     assert torch.equal(random_crop_with_padding(x, 32, 4, 0, gen(5)), random_crop_with_padding(x, 32, 4, 0, gen(5)))
-    with pytest.raises(ConfigError):
+    with pytest.raises(AssertionError):  # an internal op: its callers pass checked sizes
         random_crop_with_padding(x, 41, 4, 0, gen())
 
 
@@ -150,23 +161,23 @@ def test_cutout_probability_and_untouched_pixels():
             keep[t:t + 8, l:l + 8] = False
             assert (out[i][:, ~keep] == 127.5).all()  # float batches keep a fractional fill
         assert torch.equal(out[i][:, keep], x[i].float()[:, keep])
-    with pytest.raises(ConfigError):
+    with pytest.raises(AssertionError):
         cutout(x, 33, 0, 1.0, gen())
 
 
 # --------------------------------------------------------------------------------------------- normalize
 
 
-def test_normalize_matches_reference_for_uint8_and_float():
+def test_loader_normalizes_uint8_and_resized_float_batches_as_the_reference():
     imgs = raw_images(4)
-    x = torch.from_numpy(imgs).permute(0, 3, 1, 2)
     ref = reference_normalize(imgs, MEAN, STD)
-    assert torch.allclose(normalize(x, MEAN, STD), ref, atol=1e-5)
-    assert torch.allclose(normalize(x.float(), MEAN, STD), ref, atol=1e-5)
-    out = normalize(x, MEAN, STD, dtype=torch.bfloat16)
-    assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), ref, atol=0.05)
-    with pytest.raises(ConfigError):
-        normalize(x, MEAN[:2], STD)
+    for dtype, atol in ((torch.float32, 1e-5), (torch.bfloat16, 0.05)):
+        x = next(iter(make(imgs, train=False, dtype=dtype)))[0]  # uint8 at the data's own size
+        assert x.dtype == dtype and torch.allclose(x.float(), ref, atol=atol)
+    x = next(iter(make(imgs, train=False, size=31)))[0]  # float32 after the (antialiased) resize
+    raw = torch.from_numpy(imgs).permute(0, 3, 1, 2).float()
+    down = torch.nn.functional.interpolate(raw, size=(31, 31), mode="bilinear", antialias=True)
+    assert torch.allclose(x, normalize(down, MEAN, STD), atol=1e-4)
 
 
 def test_pixel_fill_rounds_the_mean_to_pixel_units():
@@ -207,7 +218,7 @@ def dataset(images, targets=None, mean=MEAN, std=STD):
     return ArrayDataset(images, targets, [str(i) for i in range(int(targets.max()) + 1)], mean=mean, std=std)
 
 
-OPTIONS = ("pad", "cutout", "cutout_p", "rotate", "scale")
+OPTIONS = ("pad", "flip", "cutout", "cutout_p", "rotate", "scale")
 
 
 def make(images, **kw):
@@ -351,6 +362,13 @@ def test_fill_is_the_dataset_mean_in_pixel_units():
     assert (is_fill.all(dim=1).sum(dim=(1, 2)) >= 64).all()  # at least the 8x8 hole in every image
 
 
+def test_flip_false_without_pad_or_cutout_leaves_the_images_as_they_are(images):
+    # The GPU side reads the same declared options as the CPU side (flip was CPU-only before).
+    ref = reference_normalize(images, MEAN, STD)
+    for x, y in make(images, pad=0, flip=False, cutout=0, drop_last=False):
+        assert torch.allclose(x, ref[y], atol=1e-5)
+
+
 def test_takes_the_package_data_set_and_its_stats(images):
     ds = ArrayDataset(images, np.zeros(50, np.int64), ("a",))  # stats computed by the data set
     loader = GPULoader(ds, batch_size=10, train=False, device="cpu")
@@ -371,7 +389,7 @@ def test_a_preset_without_a_gpu_side_is_a_clear_error(images, monkeypatch):
     from pytorch_utils.data import transforms
 
     monkeypatch.setitem(transforms._AUGMENTATIONS._items, "cpu_only",
-                        transforms.Augmentation(transforms._test, None))
+                        transforms.Augmentation(transforms.ResizeOptions, transforms._cpu_resize, None))
     with pytest.raises(ConfigError, match="'cpu_only' has no GPU pipeline"):
         make(images).set_augmentation("cpu_only")
     assert "cpu_only" in transforms.list_presets()

@@ -3,16 +3,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pytorch_utils.data import (
-    ArrayDataset,
-    EpochSampler,
-    default_num_workers,
-    get_preset,
-    make_loader,
-    make_synthetic,
-    set_loader_epoch,
-)
-from pytorch_utils.errors import ConfigError
+from pytorch_utils.data import ArrayDataset, get_preset, make_loader, make_synthetic, set_loader_epoch
+from pytorch_utils.data.gpu import GPULoader
+from pytorch_utils.data.loaders import EpochSampler, EpochWorkerInit, default_num_workers
+from pytorch_utils.errors import ConfigError, UnknownNameError
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +66,10 @@ def test_shards_are_disjoint_and_cover_when_divisible():
     assert sum(len(x) for x in shards) == 100
 
 
-def test_shards_pad_by_wrapping_or_drop_the_tail():
+def test_shards_pad_by_wrapping():
     padded = [list(EpochSampler(10, seed=0, num_replicas=4, rank=r)) for r in range(4)]
     assert [len(p) for p in padded] == [3, 3, 3, 3]
     assert set(sum(padded, [])) == set(range(10))  # all covered, 2 repeated as padding
-    dropped = [list(EpochSampler(10, seed=0, num_replicas=4, rank=r, drop_last=True)) for r in range(4)]
-    assert [len(d) for d in dropped] == [2, 2, 2, 2] and len(set(sum(dropped, []))) == 8
 
 
 def test_sampler_rejects_bad_rank():
@@ -121,7 +113,7 @@ def test_too_large_batch_with_drop_last_is_a_config_error(synth):
         make_loader(synth, 97, train=True, num_workers=0)
     assert "no batch" in str(err.value) and "96" in str(err.value)
     assert len(make_loader(synth, 97, train=True, num_workers=0, drop_last=False)) == 1
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError, match="batch_size"):  # torch's own check
         make_loader(synth, 0, train=False, num_workers=0)
 
 
@@ -148,8 +140,6 @@ def test_resumed_loader_replays_the_epoch(synth):
 
 def test_iterating_again_without_set_epoch_replays_the_epoch_on_both_loaders(synth):
     # One epoch rule (as DistributedSampler): only set_epoch moves a loader on; was "moves to the next epoch".
-    from pytorch_utils.data.gpu import GPULoader
-
     ds = augmented(synth)
     loader = make_loader(ds, 16, train=True, num_workers=0, seed=2)
     gpu = GPULoader(synth, batch_size=16, train=True, device="cpu", seed=2)
@@ -172,8 +162,44 @@ def test_set_augmentation_puts_the_preset_on_the_data_set_at_the_data_size(synth
     assert next(iter(loader))[0].shape[-2:] == (40, 40) and loader.options == {"cutout": 4}
     expected = get_preset("reduced", big.mean, big.std, size=40, seed=0)
     assert repr(big.transform) == repr(expected)
-    loader.set_augmentation(None)  # None is "test": deterministic, keeps the size
+    loader.set_augmentation("test")  # deterministic, keeps the size
     assert torch.equal(big[0][0], get_preset("test", big.mean, big.std, size=40)(big.images[0]))
+
+
+def loaders_of(ds, batch_size=16):
+    """Both package loaders over ``ds`` (CPU DataLoader, GPU-resident on the CPU), one contract."""
+    return [make_loader(ds, batch_size, train=True, num_workers=0, seed=0),
+            GPULoader(ds, batch_size=batch_size, train=True, device="cpu", seed=0)]
+
+
+def test_a_size_only_switch_keeps_the_preset_and_its_options_on_both_loaders(synth):
+    # Progressive resizing: a phase that sets only input_size calls set_augmentation(None, size=...).
+    for loader in loaders_of(synth):
+        loader.set_augmentation("standard", cutout=4)
+        loader.set_augmentation(None, size=40)
+        assert next(iter(loader))[0].shape[-2:] == (40, 40)
+        assert (loader.augmentation, loader.size, loader.options) == ("standard", 40, {"cutout": 4})
+        loader.set_augmentation("reduced")  # a preset-only switch keeps the size
+        assert next(iter(loader))[0].shape[-2:] == (40, 40) and loader.augmentation == "reduced"
+        loader.set_augmentation(None)  # nothing named: nothing changes
+        assert (loader.augmentation, loader.size) == ("reduced", 40)
+    cpu = make_loader(synth, 16, train=True, num_workers=0, seed=0)
+    cpu.set_augmentation(None, size=24)  # before any preset: "test" at that size
+    assert cpu.augmentation == "test" and next(iter(cpu))[0].shape[-2:] == (24, 24)
+
+
+def test_set_augmentation_refuses_what_the_preset_does_not_declare_on_both_loaders(synth):
+    for loader in loaders_of(synth):
+        with pytest.raises(ConfigError, match="cutuot"):
+            loader.set_augmentation("standard", cutuot=16)
+        with pytest.raises(ConfigError, match="'size' must be >= 1"):
+            loader.set_augmentation(None, size=-5)
+        with pytest.raises(UnknownNameError):
+            loader.set_augmentation("nope")
+        assert loader.augmentation in (None, "test") and loader.options == {}  # a refused switch changes nothing
+    evaluation = make_loader(synth, 16, train=False, num_workers=0)
+    with pytest.raises(ConfigError, match="evaluation loader"):
+        evaluation.set_augmentation("standard")
 
 
 def test_workers_and_epochs_do_not_repeat_one_augmentation_sequence():
@@ -235,8 +261,6 @@ def test_worker_init_sets_opencv_threads_to_zero(monkeypatch):
     import random
 
     import cv2
-
-    from pytorch_utils.data import EpochWorkerInit
 
     real_set = cv2.setNumThreads
     calls = []

@@ -4,16 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pytorch_utils.data import (
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    AlbumentationsTransform,
-    get_preset,
-    list_presets,
-    train_preset,
-    wrn_preset,
-)
-from pytorch_utils.data import test_preset as eval_preset  # aliased: pytest would collect a test_* name
+from pytorch_utils.data import CIFAR10_MEAN, CIFAR10_STD, check_augmentation, get_preset, list_presets
+from pytorch_utils.data.transforms import AlbumentationsTransform
+from pytorch_utils.data.transforms import test_preset as eval_preset  # aliased: pytest would collect a test_* name
 from pytorch_utils.errors import ConfigError, UnknownNameError
 
 MEAN, STD = CIFAR10_MEAN, CIFAR10_STD
@@ -49,10 +42,10 @@ def test_every_preset_gives_float_chw_of_requested_size(name, size):
 
 
 def test_presets_end_with_normalize_then_tensor_and_cutout_zero_disables_it():
-    ops = train_preset(MEAN, STD, cutout=0).compose.transforms
+    ops = get_preset("standard", MEAN, STD, cutout=0).compose.transforms
     assert [type(t).__name__ for t in ops[-2:]] == ["Normalize", "ToTensorV2"]
     assert not any(isinstance(t, A.CoarseDropout) for t in ops)
-    assert any(isinstance(t, A.CoarseDropout) for t in train_preset(MEAN, STD).compose.transforms)
+    assert any(isinstance(t, A.CoarseDropout) for t in get_preset("standard", MEAN, STD).compose.transforms)
     assert not any(isinstance(t, A.CoarseDropout) for t in get_preset("reduced", MEAN, STD).compose.transforms)
     # a resize first, which leaves an image of the target size untouched and brings any other size to it
     assert isinstance(eval_preset(MEAN, STD, size=36).compose.transforms[0], A.Resize)
@@ -64,7 +57,7 @@ def test_presets_end_with_normalize_then_tensor_and_cutout_zero_disables_it():
 
 
 def test_cutout_cuts_exactly_one_8x8_hole_filled_with_the_mean():
-    tf = train_preset(MEAN, STD, pad=0, flip=False, cutout=8, cutout_p=1.0, seed=0)
+    tf = get_preset("standard", MEAN, STD, pad=0, flip=False, cutout=8, cutout_p=1.0, seed=0)
     fill_value = torch.tensor([(f / 255 - m) / s for f, m, s in zip(FILL, MEAN, STD)]).view(3, 1, 1)
     corners = set()
     for i in range(10):
@@ -84,7 +77,7 @@ def test_cutout_cuts_exactly_one_8x8_hole_filled_with_the_mean():
 def test_flip_happens_sometimes_and_nothing_else_changes():
     img = random_image(3)
     plain, flipped = normalized(img), normalized(img[:, ::-1])
-    tf = train_preset(MEAN, STD, pad=0, flip=True, cutout=0, seed=1)
+    tf = get_preset("standard", MEAN, STD, pad=0, flip=True, cutout=0, seed=1)
     seen = []
     for _ in range(30):
         out = tf(img).numpy()
@@ -100,7 +93,7 @@ def test_random_crop_is_a_window_of_the_mean_padded_image():
     padded[:] = FILL
     padded[4:36, 4:36] = img
     windows = {(dy, dx): normalized(padded[dy:dy + 32, dx:dx + 32]) for dy in range(9) for dx in range(9)}
-    tf = train_preset(MEAN, STD, pad=4, flip=False, cutout=0, seed=2)
+    tf = get_preset("standard", MEAN, STD, pad=4, flip=False, cutout=0, seed=2)
     offsets = set()
     for _ in range(20):
         out = tf(img).numpy()
@@ -112,11 +105,11 @@ def test_random_crop_is_a_window_of_the_mean_padded_image():
 
 def test_same_seed_same_outputs_different_seed_different():
     imgs = [random_image(i) for i in range(5)]
-    run = lambda seed: [train_preset(MEAN, STD, seed=seed)(im) for im in imgs]  # noqa: E731
+    run = lambda seed: [get_preset("standard", MEAN, STD, seed=seed)(im) for im in imgs]  # noqa: E731
     a, b, c = run(7), run(7), run(8)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
-    w1, w2 = wrn_preset(MEAN, STD, seed=3), wrn_preset(MEAN, STD, seed=3)
+    w1, w2 = get_preset("wrn", MEAN, STD, seed=3), get_preset("wrn", MEAN, STD, seed=3)
     assert all(torch.equal(w1(im), w2(im)) for im in imgs)
 
 
@@ -128,7 +121,7 @@ def test_seeded_transforms_do_not_share_one_decision_stream():
     fill_value = torch.tensor([(f / 255 - m) / s for f, m, s in zip(FILL, MEAN, STD)]).view(3, 1, 1)
     agree = 0
     for seed in range(30):
-        out = train_preset(MEAN, STD, pad=0, flip=True, cutout=8, cutout_p=0.5, seed=seed)(img)
+        out = get_preset("standard", MEAN, STD, pad=0, flip=True, cutout=8, cutout_p=0.5, seed=seed)(img)
         hole = (out - fill_value).abs().amax(0) < 1e-5
         flipped = torch.allclose(out[:, ~hole], flipped_img[:, ~hole], atol=1e-5)
         agree += bool(hole.any()) == flipped
@@ -137,8 +130,8 @@ def test_seeded_transforms_do_not_share_one_decision_stream():
 
 def test_pil_input_matches_numpy_input():
     img = random_image(6, 0, 256)
-    out_np = train_preset(MEAN, STD, seed=9)(img)
-    out_pil = train_preset(MEAN, STD, seed=9)(Image.fromarray(img))
+    out_np = get_preset("standard", MEAN, STD, seed=9)(img)
+    out_pil = get_preset("standard", MEAN, STD, seed=9)(Image.fromarray(img))
     assert torch.equal(out_np, out_pil)
     gray = Image.fromarray(img[..., 0])  # mode L is converted to RGB
     assert eval_preset(MEAN, STD)(gray).shape == (3, 32, 32)
@@ -161,8 +154,50 @@ def test_unknown_preset_and_bad_arguments_raise():
     with pytest.raises(ConfigError, match="rotate"):
         get_preset("test", MEAN, STD, rotate=10)
     with pytest.raises(ConfigError):
-        train_preset((125, 123, 114), STD)  # 0-255 means
+        get_preset("standard", (125, 123, 114), STD)  # 0-255 means
     with pytest.raises(ConfigError):
-        train_preset(MEAN, STD, cutout=40)
+        get_preset("standard", MEAN, STD, cutout=40)
     with pytest.raises(ConfigError):
         eval_preset(MEAN, (0.2, 0.0, 0.2))
+
+
+# ------------------------------------------------------------------------------------ the recipe door's check
+
+
+def test_check_augmentation_accepts_every_declared_option_and_the_size():
+    for name in list_presets():
+        check_augmentation(name, {})
+        check_augmentation(name, {"size": 40})
+    check_augmentation("standard", {"size": 40, "pad": 2, "flip": False, "cutout": 16, "cutout_p": 1.0})
+    check_augmentation("wrn", {"rotate": 0, "scale": [0.5, 1.0], "cutout": 0})  # a JSON list is a fine scale
+
+
+def test_check_augmentation_refuses_a_typo_naming_the_valid_options():
+    with pytest.raises(ConfigError) as err:
+        check_augmentation("standard", {"cutuot": 16})
+    msg = str(err.value)
+    assert "'cutuot'" in msg and all(o in msg for o in ("size", "pad", "flip", "cutout", "cutout_p"))
+    with pytest.raises(ConfigError, match="'rotate'"):
+        check_augmentation("reduced", {"rotate": 10})  # an option of another preset
+    with pytest.raises(UnknownNameError) as err:
+        check_augmentation("fancy", {})
+    assert all(n in str(err.value) for n in list_presets())
+
+
+@pytest.mark.parametrize("preset,kwargs,match", [
+    ("standard", {"size": "abc"}, "'size' must be int"),
+    ("standard", {"size": -5}, "'size' must be >= 1"),
+    ("test", {"size": True}, "'size' must be int"),
+    ("standard", {"cutout": -1}, "'cutout' must be >= 0"),
+    ("standard", {"cutout": 40}, "'cutout' must be at most size=32"),
+    ("standard", {"cutout_p": 1.5}, "'cutout_p' must be >= 0 and <= 1"),
+    ("standard", {"pad": 2.5}, "'pad' must be int"),
+    ("wrn", {"rotate": float("nan")}, "'rotate'"),
+    ("wrn", {"scale": [0.9, 0.5]}, "'scale'"),
+    ("wrn", {"scale": ["a", "b"]}, "'scale'"),
+])
+def test_check_augmentation_refuses_bad_values(preset, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        check_augmentation(preset, kwargs)
+    with pytest.raises(ConfigError, match=match):  # building the preset reads the same declaration
+        get_preset(preset, MEAN, STD, **kwargs)
