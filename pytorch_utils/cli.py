@@ -3,10 +3,12 @@ library errors are printed as one line (exit code 2) instead of a traceback."""
 import argparse
 import contextlib
 import dataclasses
+import json
 import logging
 import re
 import sys
-from typing import Dict, Iterator, List, Optional
+from pathlib import Path
+from typing import List, Optional
 
 from pytorch_utils import __version__
 from pytorch_utils.errors import PytorchUtilsError
@@ -23,21 +25,14 @@ EPILOG = """examples:
 """
 
 
-def name_lists() -> Dict[str, List[str]]:
-    """The package's name lists the flags' choices read (imported on use: heavy)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs); flag choices read the package's name lists."""
     from pytorch_utils.data.transforms import list_presets
     from pytorch_utils.recipes.base import LOADER_KINDS, OPTIMIZERS
-    from pytorch_utils.train.schedules import SCHEDULE_NAMES
+    from pytorch_utils.train.schedules import SCHEDULES
     from pytorch_utils.train.tta import TTA_MODES
     from pytorch_utils.utils import AMP_MODES
 
-    return {"optimizer": OPTIMIZERS.names(), "augmentation": list_presets(), "tta": list(TTA_MODES),
-            "amp": list(AMP_MODES), "loader": list(LOADER_KINDS), "scheduler": list(SCHEDULE_NAMES)}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for tests and docs)."""
-    names = name_lists()
     parser = argparse.ArgumentParser(prog="python -m pytorch_utils", description=(
         "Train CIFAR-10/100 classifiers with the pytorch_utils recipes, or list models and recipes."),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,11 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "recipe's)")
     how.add_argument("--lr", type=float, help="peak learning rate set by hand: replaces the LR finder and sets the "
                                               "schedule's max_lr (min_lr = lr / 10 for One Cycle)")
-    how.add_argument("--optimizer", choices=names["optimizer"])
-    how.add_argument("--augmentation", choices=names["augmentation"], help="train preset (default: the recipe's)")
-    how.add_argument("--tta", choices=names["tta"], help="test-time augmentation (default: the recipe's)")
-    how.add_argument("--amp", choices=names["amp"], help="mixed precision (auto: bf16/fp16 on CUDA, fp32 on the CPU)")
-    how.add_argument("--loader", choices=names["loader"],
+    how.add_argument("--optimizer", choices=OPTIMIZERS.names())
+    how.add_argument("--augmentation", choices=list_presets(), help="train preset (default: the recipe's)")
+    how.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the recipe's)")
+    how.add_argument("--amp", choices=AMP_MODES, help="mixed precision (auto: bf16/fp16 on CUDA, fp32 on the CPU)")
+    how.add_argument("--loader", choices=LOADER_KINDS,
                      help="gpu = whole data set on the GPU with batched augmentation (auto: on CUDA)")
     how.add_argument("--num-workers", type=int, help="DataLoader workers (default: min(cpus, 8))")
     how.add_argument("--seed", type=int)
@@ -78,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="skip the recipe's LR finder; the schedule peaks at --lr (or the recipe's lr)")
     how.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any recipe field, "
                      f"value as JSON or text (repeatable); scheduler names (also inside phases): "
-                     f"{', '.join(names['scheduler'])}")
+                     f"{', '.join(SCHEDULES)}")
     run = t.add_argument_group("run")
     run.add_argument("--out-dir", default=None, help="output folder (default runs/<recipe>)")
     run.add_argument("--device", default=None, help="cpu | cuda | cuda:1 | mps (default: best available)")
@@ -100,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_after_training(sub) -> None:
     """The ``predict`` and ``export`` subcommands (use a finished run)."""
+    from pytorch_utils.exporting import EXPORT_FORMATS
+    from pytorch_utils.train.tta import TTA_MODES
+
     p = sub.add_parser("predict", help="top-k classes for image files or folders, with a trained run", description=(
         "Load a run (best checkpoint, EMA weights when it kept an EMA) or an exported file and print the top-k "
         "classes of each image (resized to the training size)."))
@@ -107,13 +105,13 @@ def _add_after_training(sub) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders of images")
     p.add_argument("--top-k", type=int, default=3, help="classes per image (default 3)")
     p.add_argument("--last", action="store_true", help="use the newest checkpoint instead of best.pt")
+    p.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation: softmax averaged over "
+                   "mirrored (flip) and shifted (flip_translate) copies, as evaluation does (default none)")
     p.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
     e = sub.add_parser("export", help="export a trained run to TorchScript or ONNX (plus a metadata .json)",
                        description="Write the run's model (EMA weights when it kept an EMA) and <file>.json with its "
                                    "classes, mean/std and input size, checked against the eager model's outputs.")
     e.add_argument("--run", required=True, help="run folder (--out-dir of train)")
-    from pytorch_utils.exporting import EXPORT_FORMATS  # the one list of export formats
-
     e.add_argument("--format", choices=EXPORT_FORMATS, default="torchscript")
     e.add_argument("--out", default=None, help="file to write (default <run>/model.pt or <run>/model.onnx)")
     e.add_argument("--last", action="store_true", help="use the newest checkpoint instead of best.pt")
@@ -182,14 +180,12 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    import json
-
     from pytorch_utils.inference import load_run, predict
 
     # With --json stdout holds only the JSON: notes (e.g. resizing) go to stderr for this command.
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
         run = load_run(args.run, which="last" if args.last else "best")
-        results = predict(run, args.images, top_k=args.top_k)
+        results = predict(run, args.images, top_k=args.top_k, tta=args.tta)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -201,8 +197,6 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from pathlib import Path
-
     from pytorch_utils.exporting import export
     from pytorch_utils.inference import load_run
 
@@ -221,8 +215,9 @@ _ARGUMENT = re.compile(r"(?<![\w/.'\"-])([a-z][a-z0-9_]*)"  # a name, not inside
 def cli_message(text: str, parser: argparse.ArgumentParser) -> str:
     """A library message with Python argument names spelled as the subcommand ``parser``'s flags: ``train_limit`` ->
     ``--train-limit``, ``download=True`` -> ``--download``, ``resume=False`` -> ``without --resume``,
-    ``amp='bf16'`` -> ``--amp bf16``, a field with no flag ``num_classes=10`` -> ``--set num_classes=10``.
-    Plain words without ``_`` or ``=`` are left alone ("device").
+    ``amp='bf16'`` -> ``--amp bf16``, a field with no flag ``num_classes=10`` -> ``--set num_classes=10``,
+    ``recipe field 'seed'`` -> ``--seed`` (``--set grad_clip`` without a flag). Plain words without ``_`` or ``=``
+    are left alone ("device").
     """
     from pytorch_utils.recipes.base import Recipe
 
@@ -242,25 +237,12 @@ def cli_message(text: str, parser: argparse.ArgumentParser) -> str:
         value = value if " " in value else value.strip("'\"")  # a quoted path with spaces stays quoted
         return f"{flag} {'none' if value == 'None' else value}" if value else flag
 
-    return _ARGUMENT.sub(spell, text)
+    def field(match: "re.Match") -> str:
+        name = match.group(1)
+        return flags[name].option_strings[-1] if name in flags else f"--set {name}" if name in fields \
+            else match.group(0)
 
-
-@contextlib.contextmanager
-def _cli_spelling_in_logs(parser: argparse.ArgumentParser) -> Iterator[None]:
-    """While the CLI runs, the package's log notes name flags too."""
-
-    def rewrite(record: logging.LogRecord) -> bool:
-        record.msg, record.args = cli_message(record.getMessage(), parser), None
-        return True
-
-    handlers = logging.getLogger("pytorch_utils").handlers
-    for handler in handlers:
-        handler.addFilter(rewrite)
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            handler.removeFilter(rewrite)
+    return _ARGUMENT.sub(spell, re.sub(r"\brecipe field '([a-z][a-z0-9_]*)'", field, text))
 
 
 COMMANDS = {"train": _cmd_train, "models": _cmd_models, "recipes": _cmd_recipes, "predict": _cmd_predict,
@@ -272,22 +254,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # Messages name the flags of the subcommand the user typed (`models` has a --num-classes, `train` has not).
-    args.parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+    command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+
+    def rewrite(record: logging.LogRecord) -> bool:  # the package's log notes name flags too
+        record.msg, record.args = cli_message(record.getMessage(), command), None
+        return True
+
     package_log = logging.getLogger("pytorch_utils")
-    level = package_log.level
+    level, handlers = package_log.level, list(package_log.handlers)
     if getattr(args, "quiet", False):  # epoch lines and notes go through the package logger
         package_log.setLevel(logging.WARNING)
+    for handler in handlers:
+        handler.addFilter(rewrite)
     try:
-        with _cli_spelling_in_logs(args.parser):
-            return COMMANDS[args.command](args)
+        return COMMANDS[args.command](args)
     except PytorchUtilsError as exc:
-        print(f"error: {cli_message(str(exc), args.parser)}", file=sys.stderr)
+        print(f"error: {cli_message(str(exc), command)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: checkpoints already written are kept; continue with --resume", file=sys.stderr)
         return 130
-    finally:
-        package_log.setLevel(level)  # main() also runs inside notebooks and tests: leave the logger as it was
+    finally:  # main() also runs inside notebooks and tests: leave the logger as it was
+        package_log.setLevel(level)
+        for handler in handlers:
+            handler.removeFilter(rewrite)
 
 
 if __name__ == "__main__":

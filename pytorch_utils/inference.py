@@ -1,11 +1,13 @@
-"""After training: ``load_run`` rebuilds a finished run's model with its classes, mean/std and input size; ``predict``
-gives top-k classes for images. Both also take a file written by :func:`pytorch_utils.exporting.export`."""
+"""After training, the readers: ``load_run`` rebuilds a finished run's model with its classes, mean/std and input size
+from a run folder or from a file written by :func:`pytorch_utils.exporting.export` (TorchScript or ONNX, with its
+metadata JSON); ``predict`` gives top-k classes for images. The writer (``exporting``) imports from here, never back."""
 import contextlib
 import json
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -14,8 +16,9 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from pytorch_utils.data.folders import image_extensions, to_rgb
-from pytorch_utils.errors import CheckpointError, ConfigError, DatasetError, PytorchUtilsError
+from pytorch_utils.errors import CheckpointError, ConfigError, DatasetError
 from pytorch_utils.io import PathLike
+from pytorch_utils.train.tta import get_tta
 from pytorch_utils.utils import eval_mode, model_device
 
 __all__ = ["LoadedRun", "load_run", "predict", "load_images", "as_loaded_run"]
@@ -28,8 +31,8 @@ METADATA_KEYS = ("classes", "mean", "std", "input_size")
 @dataclass
 class LoadedRun:
     """A trained model (eval mode; normalized float32 (N, 3, H, W) -> logits (N, classes)) with its class names,
-    RGB mean/std on the [0, 1] scale, input size (H, W), recipe dict, source file, ``weights`` ("ema", "model",
-    "torchscript" or "onnx") and ``notes`` on metadata recovered rather than read (older runs)."""
+    RGB mean/std on the [0, 1] scale, input size (H, W), recipe dict, source file and ``weights`` ("ema", "model",
+    "torchscript" or "onnx")."""
 
     model: Callable
     classes: List[str]
@@ -39,93 +42,115 @@ class LoadedRun:
     recipe: Dict[str, Any] = field(default_factory=dict)
     source: Optional[Path] = None
     weights: str = "model"
-    notes: List[str] = field(default_factory=list)
-
-    @classmethod
-    def from_metadata(cls, model: Callable, meta: Dict[str, Any], **kwargs) -> "LoadedRun":
-        return cls(model=model, classes=[str(c) for c in meta["classes"]], mean=tuple(meta["mean"]),
-                   std=tuple(meta["std"]), input_size=tuple(int(v) for v in meta["input_size"]), **kwargs)
 
     def metadata(self) -> Dict[str, Any]:
         return {"classes": list(self.classes), "mean": list(self.mean), "std": list(self.std),
                 "input_size": list(self.input_size), "recipe": self.recipe}
 
 
-def _pick_checkpoint(out_dir: Path, which: str) -> Dict[str, Any]:
-    from pytorch_utils.train.checkpoints import latest_checkpoint, load_checkpoint
-
-    ckpt_dir = out_dir / "checkpoints"
-    if not ckpt_dir.is_dir() and not (out_dir / "run.json").is_file():
-        raise CheckpointError(f"{str(out_dir)!r} holds no training run (no run.json, no checkpoints/); pass the "
-                              "--out-dir / out_dir of a run, e.g. runs/<recipe>")
-    best = ckpt_dir / "best.pt"
-    if which == "best" and best.is_file():
-        return {**load_checkpoint(best), "_path": str(best)}
-    ckpt = latest_checkpoint(ckpt_dir)
-    if ckpt is None:
-        raise CheckpointError(f"the run in {str(out_dir)!r} has no intact checkpoint yet (it stopped before its "
-                              "first epoch ended); train it (again) or resume it with --resume")
-    return ckpt
+def _checked(meta: Dict[str, Any], what: str, redo: str) -> Dict[str, Any]:
+    """The LoadedRun fields from a checkpoint's config or an export's metadata; CheckpointError (``what`` lacks ...:
+    ``redo``) when one is missing."""
+    missing = [k for k in METADATA_KEYS if meta.get(k) is None]
+    if missing:
+        raise CheckpointError(f"{what} lacks {', '.join(missing)} (class names, normalization, size): {redo}")
+    return {"classes": [str(c) for c in meta["classes"]], "mean": tuple(meta["mean"]), "std": tuple(meta["std"]),
+            "input_size": tuple(int(v) for v in meta["input_size"])}
 
 
-def _recover_metadata(config: Dict[str, Any], out_dir: Path, notes: List[str]) -> Dict[str, Any]:
-    """Classes, mean/std and input size from the checkpoint, else ``run.json``, else the run's data set (older runs)."""
-    from pytorch_utils.data.datasets import DATASET_STATS, load_datasets
+def metadata_path(path: PathLike) -> Path:
+    """The metadata JSON beside an exported model: its file name + ``.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
 
-    meta = {k: config[k] for k in METADATA_KEYS if config.get(k) is not None}
-    run_json = out_dir / "run.json"
-    if len(meta) < len(METADATA_KEYS) and run_json.is_file():
-        saved = json.loads(run_json.read_text(encoding="utf-8"))
-        meta.update({k: saved[k] for k in METADATA_KEYS if k not in meta and saved.get(k) is not None})
-    missing = [k for k in METADATA_KEYS if k not in meta]
-    if not missing:
-        return meta
-    recipe, data = config.get("recipe") or {}, str(config.get("data") or "")
+
+@contextlib.contextmanager
+def quiet_jit():
+    """Hide torch >= 2.9's torch.jit deprecation notice: TorchScript files still load everywhere (C++, mobile)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
+        yield
+
+
+def require_onnx(exporting: bool = False):
+    """The ``onnx`` module (and, to export, onnxscript); ConfigError naming the extra when one is missing."""
     try:
-        if data.lower() in DATASET_STATS:
-            mean, std, classes = DATASET_STATS[data.lower()]
-            found = {"classes": classes, "mean": mean, "std": std, "input_size": (32, 32)}
-        else:
-            train, test = load_datasets(data, train_limit=recipe.get("train_limit"), seed=recipe.get("seed", 0),
-                                        test_limit=1, num_classes=recipe.get("num_classes"))
-            found = {"classes": train.classes, "mean": train.mean, "std": train.std, "input_size": test.image_size}
-    except PytorchUtilsError as exc:
-        raise CheckpointError(f"the run in {str(out_dir)!r} was saved without {', '.join(missing)} and its data "
-                              f"{data!r} cannot be read to recover them ({exc}); put the data back where it was "
-                              "or retrain with this version") from None
-    notes.append(f"{', '.join(missing)} recovered from the data set {data!r} (the run predates saving them)")
-    return {**{k: found[k] for k in missing}, **meta}
+        import onnx
+        if exporting:
+            import onnxscript  # noqa: F401
+    except ImportError:
+        raise ConfigError('format="onnx" needs the onnx and onnxscript packages: pip install "pytorch_utils[onnx]"'
+                          ) from None
+    return onnx
 
 
-def load_run(out_dir: PathLike, which: str = "best", device=None) -> LoadedRun:
+class OnnxModel:
+    """An ONNX file called like a model (float32 (N, 3, H, W) -> logits (N, C), CPU): onnxruntime when installed,
+    else ``onnx.reference.ReferenceEvaluator`` (pure Python, slower, exact ONNX semantics)."""
+
+    def __init__(self, path: PathLike):
+        onnx = require_onnx()
+        try:
+            import onnxruntime
+
+            self._session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except ImportError:
+            from onnx.reference import ReferenceEvaluator
+
+            self._session = ReferenceEvaluator(onnx.load(str(path)))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self._session.run(None, {"input": x.detach().cpu().float().numpy()})[0]))
+
+
+def load_exported_model(path: Path) -> Tuple[Callable, str]:
+    """(model, "onnx" or "torchscript") from a file written by ``export`` (on the CPU); CheckpointError otherwise."""
+    if path.suffix.lower() == ".onnx":
+        return OnnxModel(path), "onnx"
+    try:
+        with quiet_jit():
+            return torch.jit.load(str(path), map_location="cpu").eval(), "torchscript"
+    except (RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{str(path)!r} is not a TorchScript model written by export ({exc}); pass a run "
+                              "folder, or a .pt/.onnx file from export") from None
+
+
+def _load_exported(path: Path) -> LoadedRun:
+    meta_file = metadata_path(path)
+    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+    fields = _checked(meta, f"{str(path)!r} has no metadata file {meta_file.name!r} beside it, or it",
+                      "export the run again (export writes it), or pass the run folder")
+    model, kind = load_exported_model(path)
+    return LoadedRun(model=model, **fields, recipe=meta.get("recipe") or {}, source=path, weights=kind)
+
+
+def load_run(out_dir: PathLike, which: Literal["best", "last"] = "best", device=None) -> LoadedRun:
     """A :class:`LoadedRun` (EMA weights when the run kept an EMA) from a run folder or an exported file.
     ``which``: "best" (``best.pt``, else the newest checkpoint) or "last"; ``device``: default CPU. Raises
-    CheckpointError (no run, no intact checkpoint, another model, unrecoverable metadata) or ConfigError."""
+    CheckpointError (no run, no intact checkpoint, another model, missing metadata) or ConfigError (ONNX extra)."""
     from pytorch_utils.models import create_model
-    from pytorch_utils.train.checkpoints import restore_model
+    from pytorch_utils.train.checkpoints import latest_checkpoint, load_checkpoint, restore_model
 
-    if which not in ("best", "last"):
-        raise ConfigError(f'which must be "best" or "last", got {which!r}')
+    assert which in ("best", "last"), which
     path = Path(out_dir)
     if path.is_file():
-        from pytorch_utils.exporting import load_exported
-
-        return load_exported(path)
-    if not path.is_dir():
-        raise CheckpointError(f"run folder {str(path)!r} does not exist")
-    ckpt = _pick_checkpoint(path, which)
-    config = ckpt.get("config") or {}
-    notes: List[str] = []
-    meta = _recover_metadata(config, path, notes)
-    recipe = config.get("recipe") or {}
-    name = recipe.get("model") or ckpt.get("model_name")
-    model = create_model(name, num_classes=len(meta["classes"]), **(recipe.get("model_kwargs") or {}))
-    ema = ckpt.get("ema")
-    weights = {"model": ema["module"], "model_name": ckpt.get("model_name")} if ema else ckpt
-    restore_model(model, weights, source=ckpt["_path"])
-    model.to(device or "cpu").eval()
-    return LoadedRun.from_metadata(model, meta, recipe=recipe, source=Path(ckpt["_path"]),
-                                   weights="ema" if ema else "model", notes=notes)
+        return _load_exported(path)
+    best = path / "checkpoints" / "best.pt"
+    ckpt = {**load_checkpoint(best), "_path": str(best)} if which == "best" and best.is_file() else \
+        latest_checkpoint(path / "checkpoints")
+    if ckpt is None:
+        raise CheckpointError(f"{str(path)!r} holds no training run with an intact checkpoint (not a run folder, or "
+                              "the run stopped before its first epoch ended); pass the --out-dir / out_dir of a run, "
+                              "e.g. runs/<recipe>, or train it (again) or resume it with --resume")
+    config, source = ckpt.get("config") or {}, Path(ckpt["_path"])
+    recipe, ema = config.get("recipe") or {}, ckpt.get("ema")
+    fields = _checked(config, f"the checkpoint {str(source)!r}", "train the run again with this version")
+    model = create_model(recipe.get("model") or ckpt.get("model_name"), num_classes=len(fields["classes"]),
+                         **(recipe.get("model_kwargs") or {}))
+    restore_model(model, {"model": ema["module"], "model_name": ckpt.get("model_name")} if ema else ckpt,
+                  source=str(source))
+    return LoadedRun(model=model.to(device or "cpu").eval(), **fields, recipe=recipe, source=source,
+                     weights="ema" if ema else "model")
 
 
 def as_loaded_run(model_or_run) -> LoadedRun:
@@ -147,15 +172,15 @@ def _open_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return to_rgb(im)  # as the data loader does: 16-bit scaled to 8 bits, not clipped white
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError) as exc:  # a missing file too (FileNotFoundError)
         raise DatasetError(f"cannot read image {str(path)!r} ({type(exc).__name__}: {exc}); pass .jpg/.png "
                            "files or a folder of them") from None
 
 
 def _as_rgb(array: np.ndarray, what: str) -> np.ndarray:
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
-        raise DatasetError(f"{what}: expected a uint8 image (H, W), (H, W, 3) or (H, W, 4), got {array.dtype} "
-                           f"{tuple(array.shape)}")
+        raise DatasetError(f"{what}: expected an image path, a folder, a PIL image or a uint8 array (H, W), "
+                           f"(H, W, 3) or (H, W, 4), got {array.dtype} {tuple(array.shape)}")
     if array.ndim == 2 or array.shape[2] == 1:
         return np.repeat(array.reshape(array.shape[0], array.shape[1], 1), 3, axis=2)
     return array[..., :3]  # RGBA: drop alpha, as PIL's convert("RGB") does
@@ -164,32 +189,25 @@ def _as_rgb(array: np.ndarray, what: str) -> np.ndarray:
 def load_images(inputs) -> Tuple[List[str], List[np.ndarray]]:
     """Names and uint8 RGB (H, W, 3) arrays for paths, folders (their images, by name), PIL images, uint8 arrays
     (one image or a batch (N, H, W, C)), or a list of those. Raises DatasetError for anything unreadable."""
-    items = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
     names: List[str] = []
     images: List[np.ndarray] = []
-    for i, item in enumerate(items):
+    for i, item in enumerate(inputs if isinstance(inputs, (list, tuple)) else [inputs]):
         if isinstance(item, (str, Path)):
             path = Path(item)
-            if path.is_dir():
-                files = sorted(p for p in path.iterdir() if p.suffix.lower() in image_extensions())
-                if not files:
-                    raise DatasetError(f"folder {str(path)!r} holds no images (any format Pillow reads)")
-            elif path.exists():
-                files = [path]
-            else:
-                raise DatasetError(f"image {str(path)!r} does not exist")
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in image_extensions()) \
+                if path.is_dir() else [path]
+            if not files:
+                raise DatasetError(f"folder {str(path)!r} holds no images (any format Pillow reads)")
             names += [str(f) for f in files]
             images += [_open_image(f) for f in files]
         elif isinstance(item, Image.Image):
             names.append(f"image {i}")
             images.append(to_rgb(item))
-        elif isinstance(item, np.ndarray):
+        else:  # arrays; anything else is refused by _as_rgb
+            item = np.asarray(item)
             batch = {f"image {i}.{j}": a for j, a in enumerate(item)} if item.ndim == 4 else {f"image {i}": item}
             names += list(batch)
             images += [_as_rgb(a, name) for name, a in batch.items()]
-        else:
-            raise DatasetError(f"input {i}: expected an image path, a folder, a PIL image or a uint8 array, got "
-                               f"{type(item).__name__}")
     return names, images
 
 
@@ -209,39 +227,27 @@ def _to_batch(run: LoadedRun, images: Sequence[np.ndarray]) -> torch.Tensor:
     return torch.stack([transform(im) for im in images])
 
 
-def predict(model_or_run, inputs, top_k: int = 5, tta: Optional[str] = None,
-            batch_size: int = 256) -> List[Dict[str, Any]]:
+def predict(model_or_run, inputs, top_k: int = 5, tta=None, batch_size: int = 256) -> List[Dict[str, Any]]:
     """Top-k classes with probabilities for each image, converted as the run's test transform did (RGB, resized to
     the training size with a log note, normalized); a float tensor (N, 3, H, W) is taken as normalized input.
-    ``model_or_run``: see :func:`as_loaded_run`; ``inputs``: see :func:`load_images`; ``tta``: None or "flip"
-    (softmax averaged with the mirror). Returns one dict per image, in order: ``{"input", "classes", "probs",
-    "index"}``, top_k each, most probable first. Raises DatasetError, ConfigError or CheckpointError."""
+    ``model_or_run``: see :func:`as_loaded_run`; ``inputs``: see :func:`load_images`; ``tta``: as ``evaluate``'s
+    (:func:`pytorch_utils.train.tta.get_tta`: None, "flip", "flip_translate": softmax averaged over the views).
+    Returns one dict per image, in order: ``{"input", "classes", "probs", "index"}``, top_k each, most probable
+    first. Raises DatasetError, ConfigError, UnknownNameError or CheckpointError."""
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ConfigError(f"top_k must be an integer >= 1, got {top_k!r}")
-    if tta not in (None, "none", "flip"):
-        raise ConfigError(f'tta must be None or "flip", got {tta!r}')
-    run = as_loaded_run(model_or_run)
+    forward, run = get_tta(tta) or (lambda model, x: model(x)), as_loaded_run(model_or_run)
     if isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
-        if inputs.ndim != 4 or inputs.shape[1] != 3:
-            raise ConfigError(f"a tensor batch must be float (N, 3, H, W), got {tuple(inputs.shape)}")
         names, batch = [f"image {i}" for i in range(len(inputs))], inputs.float()
-    else:
-        if isinstance(inputs, torch.Tensor):  # uint8 tensors are images, as arrays are
-            inputs = inputs.numpy()
-        names, images = load_images(inputs)
+    else:  # uint8 tensors are images, as arrays are
+        names, images = load_images(inputs.numpy() if isinstance(inputs, torch.Tensor) else inputs)
         batch = _to_batch(run, images)
-    probs = torch.cat([_probs(run.model, batch[i:i + batch_size], tta) for i in range(0, len(batch), batch_size)])
-    values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
+    model = run.model
+    with eval_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext(), torch.no_grad():
+        device = model_device(model) if isinstance(model, nn.Module) else "cpu"
+        # TTA as evaluate applies it: the mean softmax over the views, as log-probabilities.
+        logits = torch.cat([forward(model, batch[i:i + batch_size].to(device)).float().cpu()
+                            for i in range(0, len(batch), batch_size)])
+    values, indices = F.softmax(logits, dim=1).topk(min(top_k, logits.shape[1]), dim=1)
     return [{"input": n, "classes": [run.classes[j] for j in idx.tolist()], "probs": v.tolist(),
              "index": idx.tolist()} for n, v, idx in zip(names, values, indices)]
-
-
-def _probs(model: Callable, x: torch.Tensor, tta: Optional[str]) -> torch.Tensor:
-    """Softmax probabilities (N, C) on the CPU (eval mode), optionally averaged with the mirrored images."""
-    modes = eval_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext()
-    with modes, torch.no_grad():
-        x = x.to(model_device(model) if isinstance(model, nn.Module) else "cpu")
-        p = F.softmax(model(x).float(), dim=1)
-        if tta == "flip":
-            p = (p + F.softmax(model(torch.flip(x, dims=[3])).float(), dim=1)) / 2
-    return p.cpu()

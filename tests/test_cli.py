@@ -89,6 +89,8 @@ def test_accumulate_steps_flag_sets_the_recipe_field_and_quiet_silences_epoch_li
     ("pass data='cifar10', root='/a b/c'", "pass --data cifar10, --root '/a b/c'"),
     ("choose another out_dir", "choose another --out-dir"),
     ("in '/runs/out_dir/x': no space left on device", "in '/runs/out_dir/x': no space left on device"),
+    ("recipe field 'seed' must be >= 0, got -1", "--seed must be >= 0, got -1"),
+    ("recipe field 'grad_clip' must be > 0, got -1", "--set grad_clip must be > 0, got -1"),
 ])
 def test_cli_message_maps_python_arguments_to_this_commands_flags(library, cli):
     import argparse
@@ -105,7 +107,7 @@ def test_library_errors_name_arguments_and_the_cli_names_flags(tmp_path, capsys)
 
     with pytest.raises(ConfigError) as info:
         run_recipe("default", data="synthetic", out_dir=tmp_path, train_limit=0)
-    assert "train_limit must be" in str(info.value) and "--" not in str(info.value)
+    assert "'train_limit' must be" in str(info.value) and "--" not in str(info.value)
     assert main(["train", "--data", "synthetic", "--train-limit", "0", "--out-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "--train-limit must be" in err and "train_limit" not in err
@@ -131,3 +133,13 @@ def test_notes_logged_during_a_cli_run_name_flags(tmp_path, capsys):
     assert main(argv) == 0 and main(argv) == 0  # the second run moves the first one's files aside, with a note
     out = capsys.readouterr().out
     assert "(--resume continues a run)" in out and "resume=True" not in out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seed", str(2**70)], f"error: --seed must be >= 0 and <= {2**32 - 1}, got {2**70}"),
+    (["--device", "meta"], "error: invalid device 'meta'"),
+])
+def test_an_out_of_range_seed_and_the_meta_device_are_one_line_errors(flags, message, tmp_path, capsys):
+    assert main(["train", "--data", "synthetic", "--epochs", "1", "--out-dir", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pytorch_utils import predict
 from pytorch_utils.cli import main
 
 SMOKE = ["--data", "synthetic", "--epochs", "1", "--train-limit", "32", "--test-limit", "16", "--batch-size", "16",
@@ -30,9 +31,15 @@ def test_predict_prints_a_table_and_json(run_dir, tmp_path, capsys):
     assert main(["predict", "--run", str(run_dir), str(tmp_path / "a.png"), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)  # only JSON on stdout (the resize note goes to stderr)
     assert data[0]["input"].endswith("a.png") and len(data[0]["classes"]) == 3
+    assert main(["predict", "--run", str(run_dir), str(tmp_path / "a.png"), "--json", "--tta", "flip"]) == 0
+    flipped = json.loads(capsys.readouterr().out)
+    assert flipped == predict(str(run_dir), [str(tmp_path / "a.png")], top_k=3, tta="flip")
 
 
 def test_predict_errors_are_one_line(run_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--run", str(run_dir), str(tmp_path), "--tta", "rotate"])
+    assert "--tta: invalid choice: 'rotate'" in capsys.readouterr().err
     assert main(["predict", "--run", str(tmp_path), str(tmp_path)]) == 2
     assert "holds no training run" in capsys.readouterr().err
     (tmp_path / "x.jpg").write_text("no")

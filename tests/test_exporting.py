@@ -9,8 +9,8 @@ import torch.nn as nn
 import pytorch_utils
 from pytorch_utils import export, load_run, predict
 from pytorch_utils.errors import CheckpointError, ConfigError, ExportError
-from pytorch_utils.exporting import ATOL, RTOL, metadata_path
-from pytorch_utils.inference import LoadedRun
+from pytorch_utils.exporting import ATOL, RTOL
+from pytorch_utils.inference import LoadedRun, metadata_path
 from pytorch_utils.recipes import run_recipe
 
 TINY = dict(data="synthetic", epochs=1, train_limit=64, test_limit=32, batch_size=16, num_workers=0, progress=False,

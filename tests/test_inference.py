@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
 
 from pytorch_utils import load_run, predict
-from pytorch_utils.inference import as_loaded_run, load_images
 from pytorch_utils.data.transforms import test_preset
-from pytorch_utils.errors import CheckpointError, ConfigError, DatasetError
+from pytorch_utils.errors import CheckpointError, ConfigError, DatasetError, UnknownNameError
+from pytorch_utils.inference import as_loaded_run, load_images
 from pytorch_utils.recipes import run_recipe
+from pytorch_utils.train.loop import evaluate
 
 TINY = dict(data="synthetic", epochs=1, train_limit=64, test_limit=32, batch_size=16, num_workers=0, progress=False,
             lr_finder=None)
@@ -81,18 +83,22 @@ def test_predict_on_files_of_other_sizes_and_modes_and_a_folder(run, tmp_path, c
     assert all(len(p["classes"]) == 2 for p in preds)
     assert "resized 2 of 3 image(s)" in caplog.text and "to the training size 32x32" in caplog.text
     single = predict(out, str(tmp_path / "gray.png"), top_k=2)[0]
-    assert single["index"] == preds[1]["index"] and single["probs"] == pytest.approx(preds[1]["probs"], abs=1e-6)  # float32: batch of 1 vs 3
+    assert single["index"] == preds[1]["index"]
+    assert single["probs"] == pytest.approx(preds[1]["probs"], abs=1e-6)  # float32: batch of 1 vs 3
 
 
 def test_clear_errors(run, tmp_path):
     out, _ = run
-    with pytest.raises(CheckpointError, match="holds no training run"):
-        load_run(tmp_path)
+    for folder in (tmp_path, tmp_path / "absent"):
+        with pytest.raises(CheckpointError, match="holds no training run"):
+            load_run(folder)
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
     with pytest.raises(DatasetError, match="cannot read image .*broken.jpg"):
         predict(out, bad)
     (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="cannot read image .*missing.png"):
+        predict(out, [tmp_path / "missing.png"])
     with pytest.raises(DatasetError, match="holds no images"):
         predict(out, tmp_path / "empty")
     with pytest.raises(ConfigError, match="top_k must be"):
@@ -112,21 +118,36 @@ def test_a_checkpoint_of_another_model_is_refused(run, tmp_path):
         load_run(other)
 
 
-def test_an_older_run_recovers_the_metadata_from_its_data(run, tmp_path):
-    out, result = run
+def test_a_run_without_metadata_is_refused_saying_how_to_redo_it(run, tmp_path):
+    out, _ = run
     old = tmp_path / "old"
     (old / "checkpoints").mkdir(parents=True)
     ckpt = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
     for key in ("classes", "mean", "std", "input_size"):
         del ckpt["config"][key]
     torch.save(ckpt, old / "checkpoints" / "best.pt")
-    loaded = load_run(old)
-    assert loaded.classes == list(result.classes) and loaded.mean == pytest.approx(result.mean)
-    assert loaded.notes and "recovered from the data set 'synthetic'" in loaded.notes[0]
-    ckpt["config"]["data"] = str(tmp_path / "gone.zip")
-    torch.save(ckpt, old / "checkpoints" / "best.pt")
-    with pytest.raises(CheckpointError, match="saved without classes, mean, std, input_size"):
+    with pytest.raises(CheckpointError, match="lacks classes, mean, std, input_size .*train the run again") as info:
         load_run(old)
+    assert "\n" not in str(info.value)
+
+
+def test_predict_tta_equals_evaluates_tta(run):
+    """One TTA: predict(tta=...) gives the probabilities evaluate(tta=...) gives on the same normalized batch."""
+    out, result = run
+    loaded = load_run(out)
+    images = result.test_loader.dataset.images[:6]
+    batch = torch.stack([test_preset(result.mean, result.std)(im) for im in images])
+    loader = DataLoader(TensorDataset(batch, torch.zeros(len(batch), dtype=torch.long)), batch_size=4)
+    n = len(loaded.classes)
+    for mode in ("flip", "flip_translate"):
+        want = evaluate(loaded.model, loader, tta=mode, return_outputs=True)["probs"]
+        for got in (predict(loaded, images, top_k=n, tta=mode), predict(loaded, batch, top_k=n, tta=mode)):
+            probs = torch.zeros(len(images), n)
+            for i, p in enumerate(got):
+                probs[i, p["index"]] = torch.tensor(p["probs"])
+            assert torch.allclose(probs, want, atol=1e-6)
+    with pytest.raises(UnknownNameError, match="unknown tta 'mirror'"):
+        predict(loaded, images, tta="mirror")
 
 
 def test_16_bit_images_and_run_results_are_read_as_the_run_did(run, tmp_path):

@@ -1,5 +1,7 @@
 """Per-epoch logs that survive a disconnect: ``history.json`` and ``history.csv`` rewritten atomically after every
-epoch (a kill leaves the previous epoch's complete files), plus optional TensorBoard scalars."""
+epoch (a kill leaves the previous epoch's complete files), read back by ``read_history``, summarized by ``summarize``
+(the one summary: ``summary.json``, the report's index), plus optional TensorBoard scalars."""
+import contextlib
 import csv
 import io
 import json
@@ -11,33 +13,24 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
 from pytorch_utils.errors import ConfigError
 from pytorch_utils.io import PathLike, atomic_write_text
-from pytorch_utils.train.loop import Callback, TrainState
+from pytorch_utils.train.state import Callback, TrainState
 
 __all__ = ["HISTORY_JSON", "HISTORY_CSV", "HistoryWriter", "write_history", "history_csv", "read_history",
-           "check_tensorboard"]
+           "summarize", "as_records"]
 
 log = logging.getLogger(__name__)
 
 HISTORY_JSON, HISTORY_CSV, TENSORBOARD_DIR = "history.json", "history.csv", "tensorboard"
 
 
-def _cell(value: Any) -> str:
-    """One CSV cell: numbers and text as they are, None as empty, lists/dicts as JSON."""
-    if value is None:
-        return ""
-    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
-
-
 def history_csv(records: Sequence[Mapping[str, Any]]) -> str:
-    """The records as CSV text: one row per epoch, one column per key (in order of first appearance)."""
-    columns: List[str] = []
-    for rec in records:
-        columns += [k for k in rec if k not in columns]
+    """The records as CSV text: one row per epoch, one column per key (in order of first appearance); None is an
+    empty cell, lists/dicts are JSON."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
-    for rec in records:
-        writer.writerow([_cell(rec.get(k)) for k in columns])
+    writer = csv.DictWriter(out, list(dict.fromkeys(k for rec in records for k in rec)), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if v is None else json.dumps(v) if isinstance(v, (list, tuple, dict)) else v
+                      for k, v in rec.items()} for rec in records)
     return out.getvalue()
 
 
@@ -50,52 +43,50 @@ def write_history(records: Sequence[Mapping[str, Any]], out_dir: PathLike) -> Tu
     return json_path, csv_path
 
 
+_CONSTANTS = {"": None, "True": True, "False": False}
+
+
 def _parse(text: str) -> Any:
-    """A CSV cell back to a Python value: '' -> None, numbers -> int/float, true/false -> bool, JSON lists/dicts."""
-    if text == "":
-        return None
-    if text in ("True", "False"):
-        return text == "True"
-    for parse in (int, float, json.loads) if text[:1] in "[{" else (int, float):
-        try:
+    """A CSV cell back to a Python value: '' -> None, True/False, numbers -> int/float, JSON lists/dicts, else text."""
+    if text in _CONSTANTS:
+        return _CONSTANTS[text]
+    for parse in (int, float, json.loads):
+        with contextlib.suppress(ValueError):
             return parse(text)
-        except ValueError:
-            pass
     return text
 
 
 def read_history(path: PathLike) -> List[Dict[str, Any]]:
     """One dict per epoch from a run folder (its ``history.json``, else ``history.csv``) or either file; CSV cells
     are parsed back to numbers, bools and None. ConfigError when there is nothing to read or it is not a history."""
-    path = Path(path)
+    given = path = Path(path)
     if path.is_dir():
-        found = [path / n for n in (HISTORY_JSON, HISTORY_CSV) if (path / n).is_file()]
-        if not found:
-            raise ConfigError(f"{str(path)!r} holds no {HISTORY_JSON} or {HISTORY_CSV}; pass a run folder "
-                              "(the out_dir of a run that finished at least one epoch) or one of the files")
-        path = found[0]
-    if not path.is_file():
-        raise ConfigError(f"history file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8")
+        path = next((f for f in (path / HISTORY_JSON, path / HISTORY_CSV) if f.is_file()), path / HISTORY_JSON)
     try:
+        text = path.read_text(encoding="utf-8")
         if path.suffix.lower() == ".csv":
             return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(text))]
-        records = json.loads(text)
-    except (ValueError, csv.Error) as exc:
-        raise ConfigError(f"{str(path)!r} is not a readable history ({exc})") from None
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise ConfigError(f"{str(path)!r} is not a history: expected a JSON list of per-epoch objects")
-    return records
+        return [{**record} for record in json.loads(text)]  # TypeError unless a list of objects
+    except (OSError, ValueError, TypeError, csv.Error) as exc:
+        raise ConfigError(f"{str(given)!r} is not a history ({type(exc).__name__}: {exc}); pass a run folder holding "
+                          f"{HISTORY_JSON} or {HISTORY_CSV} (the out_dir of a run that finished at least one epoch) "
+                          "or one of the files") from None
 
 
-def check_tensorboard():
-    """The ``SummaryWriter`` class; ConfigError naming the extra to install when ``tensorboard`` is missing."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise ConfigError('tensorboard=True needs the tensorboard package: pip install "pytorch_utils[tensorboard]" '
-                          "(or pip install tensorboard), or run without tensorboard") from None
-    return SummaryWriter
+def summarize(records: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """The one summary of a run's per-epoch records (one per epoch: ``viz.clean_history`` de-duplicates a resumed
+    run's): ``epochs_run`` (the last epoch), the last recorded ``train_acc``, ``test_acc`` and ``test_loss``, the
+    best ``best_test_acc`` (percent) with its ``best_epoch``, and ``stopped_early``; None where nothing was recorded.
+    """
+    def last(key):
+        return next((r[key] for r in reversed(records) if r.get(key) is not None), None)
+
+    best = max((r for r in records if r.get("test_acc") is not None), key=lambda r: r["test_acc"], default=None)
+    return {"epochs_run": records[-1].get("epoch", len(records)) if records else 0, "train_acc": last("train_acc"),
+            "test_acc": last("test_acc"), "test_loss": last("test_loss"),
+            "best_test_acc": None if best is None else best["test_acc"],
+            "best_epoch": None if best is None else best.get("epoch"),
+            "stopped_early": any(r.get("early_stop") is True for r in records)}
 
 
 class HistoryWriter(Callback):
@@ -103,9 +94,15 @@ class HistoryWriter(Callback):
     of the epoch record under ``out_dir/tensorboard`` (ConfigError here, before training, without the package)."""
 
     def __init__(self, out_dir: PathLike, tensorboard: bool = False):
-        self.out_dir = Path(out_dir)
-        self._writer_class = check_tensorboard() if tensorboard else None
-        self._writer = None
+        self.out_dir, self._writer_class, self._writer = Path(out_dir), None, None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError('tensorboard=True needs the tensorboard package: pip install '
+                                  '"pytorch_utils[tensorboard]" (or pip install tensorboard), or run without '
+                                  "tensorboard") from None
+            self._writer_class = SummaryWriter
 
     def on_fit_start(self, state: TrainState) -> None:
         if self._writer_class is not None:

@@ -9,23 +9,21 @@ import html
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from pytorch_utils.errors import ConfigError, PytorchUtilsError
+from pytorch_utils.errors import ConfigError, PytorchUtilsError, bounded, check_fields
 from pytorch_utils.io import atomic_write_text, ensure_writable_dir
-from pytorch_utils.train.history import as_records
-from pytorch_utils.viz.confusion import (confusion_matrix, most_confused_pairs, per_class_accuracy, per_class_csv,
-                                         per_class_markdown, per_class_report, plot_confusion_matrix,
-                                         plot_per_class_accuracy)
+from pytorch_utils.train.history import as_records, summarize
+from pytorch_utils.viz import confusion
 from pytorch_utils.viz.curves import clean_history, plot_history
 from pytorch_utils.viz.images import PathLike, show_augmentations, show_batch, to_display
 from pytorch_utils.viz.misclassified import plot_misclassified, select_misclassified
 
-__all__ = ["report", "show_report", "history_summary", "ReportData", "ReportSettings"]
+__all__ = ["report", "show_report", "ReportData", "ReportSettings"]
 
 # Display order and captions of the images in index.md / index.html.
 SECTIONS = (
@@ -42,28 +40,6 @@ SECTIONS = (
 GRADCAM_TARGETS = {"pred": "predicted", "true": "true"}
 
 
-def history_summary(history: Optional[Sequence[Mapping[str, Any]]]) -> Dict[str, Any]:
-    """``epochs`` (the last), ``final_train_acc``, ``final_test_acc``, ``best_test_acc``, ``best_epoch`` (None where
-    not recorded) and ``early_stopped`` of a history (de-duplicated); an empty dict for no history."""
-    records = clean_history(history or [])
-    if not records:
-        return {}
-
-    def last(key):
-        return next((float(r[key]) for r in reversed(records) if r.get(key) is not None), None)
-
-    with_acc = [r for r in records if r.get("test_acc") is not None]
-    best = max(with_acc, key=lambda r: r["test_acc"]) if with_acc else None
-    return {
-        "epochs": records[-1]["epoch"],
-        "final_train_acc": last("train_acc"),
-        "final_test_acc": last("test_acc"),
-        "best_test_acc": float(best["test_acc"]) if best else None,
-        "best_epoch": best["epoch"] if best else None,
-        "early_stopped": any(r.get("early_stop") is True for r in records),
-    }
-
-
 def _fmt_pct(value) -> str:
     return "n/a" if value is None else f"{value:.2f}%"
 
@@ -72,36 +48,46 @@ def _md_cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _index_pages(title, rows, pairs, images: Dict[str, Path], notes: List[str], sections: Sequence[tuple],
-                 table: Sequence[dict]) -> Tuple[str, str]:
-    """``index.md`` and the ``<body>`` of ``index.html``, built side by side so both list the same things in order."""
-    e = html.escape
+def _index_md(title, rows, pairs, images: Dict[str, Path], notes: List[str], sections: Sequence[tuple],
+              table: Sequence[dict]) -> str:
+    """``index.md``: summary rows, images in SECTIONS order, per-class table, most confused pairs, notes."""
     md = [f"# {title}", "", "| metric | value |", "|---|---|"] + [f"| {_md_cell(k)} | {_md_cell(v)} |" for k, v in rows]
-    htm = [f"<h1>{e(title)}</h1>", "<table>"] + [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows]
-    md += [""]
-    htm += ["</table>"]
     for key, caption in sections:
         if key in images:
-            md += [f"## {caption}", "", f"![{key}]({images[key].name})", ""]
-            htm += [f"<h2>{e(caption)}</h2>", f'<img src="{e(images[key].name)}" alt="{e(key)}">']
-    md += ["## Per-class precision, recall and F1", "", per_class_markdown(table), "## Most confused pairs", ""]
-    htm += ["<h2>Per-class precision, recall and F1</h2>",
-            "<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>"]
-    htm += [f"<tr><td>{e(str(r['class']))}</td><td>{100 * r['precision']:.1f}%</td><td>{100 * r['recall']:.1f}%"
-            f"</td><td>{100 * r['f1']:.1f}%</td><td>{r['support']}</td></tr>" for r in table]
-    htm += ["</table>", "<h2>Most confused pairs</h2>"]
-    if pairs:
-        md += ["| true | predicted | count |", "|---|---|---:|"]
-        md += [f"| {_md_cell(t)} | {_md_cell(p)} | {c} |" for t, p, c in pairs]
-        htm += ["<table><tr><th>true</th><th>predicted</th><th>count</th></tr>"]
-        htm += [f"<tr><td>{e(t)}</td><td>{e(p)}</td><td>{c}</td></tr>" for t, p, c in pairs] + ["</table>"]
-    else:
-        md += ["No mistakes."]
-        htm += ["<p>No mistakes.</p>"]
+            md += ["", f"## {caption}", "", f"![{key}]({images[key].name})"]
+    md += ["", "## Per-class precision, recall and F1", "", confusion.per_class_markdown(table)]
+    md += ["## Most confused pairs", ""]
+    md += ["| true | predicted | count |", "|---|---|---:|"] + [f"| {_md_cell(t)} | {_md_cell(p)} | {c} |"
+                                                              for t, p, c in pairs] if pairs else ["No mistakes."]
     if notes:
         md += ["", "## Notes", ""] + [f"- {_md_cell(n)}" for n in notes]
-        htm += ["<h2>Notes</h2><ul>"] + [f"<li>{e(n)}</li>" for n in notes] + ["</ul>"]
-    return "\n".join(md) + "\n", "\n".join(htm)
+    return "\n".join(md) + "\n"
+
+
+def _md_to_html(md: str) -> str:
+    """``index.html``'s body from ``index.md``, so the two pages cannot drift apart: the Markdown that report
+    writes (``#`` headings, pipe tables, images, ``- `` lists, paragraphs)."""
+    e, out, open_tag = html.escape, [], None
+    for line in md.splitlines():
+        tag = "table" if line.startswith("|") else "ul" if line.startswith("- ") else None
+        if tag != open_tag:
+            out += ([f"</{open_tag}>"] if open_tag else []) + ([f"<{tag}>"] if tag else [])
+            open_tag = tag
+        image = re.fullmatch(r"!\[(.*)\]\((.*)\)", line)
+        if tag == "table" and not set(line) <= set("|-: "):  # not the header's separator row
+            cell = "th" if out[-1] == "<table>" else "td"
+            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+            out.append("<tr>" + "".join(f"<{cell}>{e(c)}</{cell}>" for c in cells) + "</tr>")
+        elif tag == "ul":
+            out.append(f"<li>{e(line[2:])}</li>")
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{e(line[level:].strip())}</h{level}>")
+        elif image:
+            out.append(f'<img src="{e(image[2])}" alt="{e(image[1])}">')
+        elif line and tag is None:
+            out.append(f"<p>{e(line)}</p>")
+    return "\n".join(out + ([f"</{open_tag}>"] if open_tag else []))
 
 
 def _style(root: str) -> str:
@@ -139,29 +125,22 @@ class ReportData:
 
 @dataclass
 class ReportSettings:
-    """How much a report shows. ``k``: misclassified images in the grid; ``gradcam_k``: images in the GradCAM grid;
-    ``batch_k``: test images in the batch grid; ``top_pairs``: rows of the most-confused table; ``gradcam_target``:
-    "pred" (explain the predicted class) or "true"; ``target_layer``: GradCAM layer (default ``model.cam_layer``)."""
+    """How much a report shows (checked when built). ``k``: misclassified images in the grid; ``gradcam_k``: images
+    in the GradCAM grid; ``batch_k``: test images in the batch grid; ``top_pairs``: rows of the most-confused table;
+    ``gradcam_target``: "pred" (explain the predicted class) or "true"; ``target_layer``: GradCAM layer (default
+    ``model.cam_layer``)."""
 
     title: str = "Training report"
-    k: int = 16
-    batch_k: int = 16
+    k: int = bounded(16, ge=0)
+    batch_k: int = bounded(16, ge=0)
     gradcam: bool = True
-    gradcam_k: int = 8
-    gradcam_target: str = "pred"
+    gradcam_k: int = bounded(8, ge=1)
+    gradcam_target: Literal["pred", "true"] = "pred"
     target_layer: Optional[str] = None
-    top_pairs: int = 10
+    top_pairs: int = bounded(10, ge=0)
 
-
-def _settings(settings: Optional[ReportSettings], overrides: Dict[str, Any]) -> ReportSettings:
-    try:
-        settings = dataclasses.replace(settings or ReportSettings(), **overrides)
-    except TypeError:
-        names = ", ".join(f.name for f in dataclasses.fields(ReportSettings))
-        raise ConfigError(f"report() got unknown settings {sorted(overrides)}; valid: {names}") from None
-    if settings.gradcam_target not in GRADCAM_TARGETS:
-        raise ConfigError(f'gradcam_target must be "pred" or "true", got {settings.gradcam_target!r}')
-    return settings
+    def __post_init__(self):
+        check_fields(self, "report setting")
 
 
 def _stats(data: ReportData, num_classes: int, notes: List[str]):
@@ -191,16 +170,16 @@ def _try(name: str, what: str, draw, save, notes: List[str], errors=(Exception,)
         notes.append(f"{what} skipped: {_brief(exc)}")
 
 
-def _draw(data: ReportData, res, cfg: ReportSettings, stats, mis, save, notes: List[str]) -> None:
+def _draw(data: ReportData, cfg: ReportSettings, stats, mis, cm, save, notes: List[str]) -> None:
     """Every plot of the report, in index order."""
-    classes, mean, std = stats
-    if data.history is not None and history_summary(as_records(data.history)):
+    (classes, mean, std), res = stats, data.evaluation
+    if data.history is not None:
         save("curves", lambda p: plot_history(data.history, save=p))
     if data.lr_finder is not None:
         from pytorch_utils.viz.lr_finder import plot_lr_finder
 
         save("lr_finder", lambda p: plot_lr_finder(data.lr_finder, save=p))
-    nb = min(int(cfg.batch_k), int(res["samples"]))
+    nb = min(cfg.batch_k, int(res["samples"]))
     if nb > 0:
         # Evenly spaced through the test set: its first images are often all of one class (folder order).
         pick = torch.as_tensor(np.linspace(0, int(res["samples"]) - 1, nb).round().astype(np.int64))
@@ -228,10 +207,27 @@ def _draw(data: ReportData, res, cfg: ReportSettings, stats, mis, save, notes: L
              errors=(PytorchUtilsError, RuntimeError))
     elif cfg.gradcam and data.model is not None:
         notes.append("GradCAM skipped: no misclassified images.")
-    cm = confusion_matrix(res["targets"], res["preds"], len(classes))
-    save("confusion_matrix", lambda p: plot_confusion_matrix(cm, classes, save=p))
-    save("confusion_matrix_normalized", lambda p: plot_confusion_matrix(cm, classes, normalize="true", save=p))
-    save("per_class_accuracy", lambda p: plot_per_class_accuracy(cm, classes, save=p))
+    for name, normalize in (("confusion_matrix", False), ("confusion_matrix_normalized", "true")):
+        save(name, lambda p: confusion.plot_confusion_matrix(cm, classes, normalize=normalize, save=p))
+    save("per_class_accuracy", lambda p: confusion.plot_per_class_accuracy(cm, classes, save=p))
+
+
+def _summary_rows(res: Dict[str, Any], mis, history, classes, cm) -> List[Tuple[str, str]]:
+    """The index's metric table: this evaluation, then the run's history (:func:`summarize`), the weakest class."""
+    rows = [("Test accuracy (this evaluation)", _fmt_pct(res["acc"])), ("Test loss", f"{res['loss']:.4f}"),
+            ("Test samples", str(res["samples"])), ("Misclassified", str(mis["num_wrong"]))]
+    if history:
+        run = summarize(history)
+        rows += [("Epochs", str(run["epochs_run"]) + (" (early stopped)" if run["stopped_early"] else "")),
+                 ("Final train accuracy", _fmt_pct(run["train_acc"])),
+                 ("Final test accuracy", _fmt_pct(run["test_acc"])),
+                 ("Best test accuracy", _fmt_pct(run["best_test_acc"])
+                  + (f" (epoch {run['best_epoch']})" if run["best_epoch"] is not None else ""))]
+    worst = confusion.per_class_accuracy(cm)
+    if np.isfinite(worst).any():
+        i = int(np.nanargmin(worst))
+        rows.append(("Weakest class", f"{classes[i]} ({worst[i]:.2f}%)"))
+    return rows
 
 
 def report(data: ReportData, out_dir: PathLike, settings: Optional[ReportSettings] = None,
@@ -243,55 +239,37 @@ def report(data: ReportData, out_dir: PathLike, settings: Optional[ReportSetting
     (:func:`~pytorch_utils.viz.confusion.per_class_report`), ``index.md`` and ``index.html``. A GradCAM or augmentation
     preview that cannot run becomes a note. ``overrides`` replace fields of ``settings`` (``gradcam_k=4``).
     Returns ``{name: Path}``: the PNGs, ``per_class_md``, ``per_class_csv``, ``index_md``, ``index_html``. Raises
-    ConfigError for an unknown setting or ``gradcam_target``, or class names that do not fit the logits.
+    ConfigError for an unknown or invalid setting, or class names that do not fit the logits.
     """
-    cfg = _settings(settings, overrides)
-    out = ensure_writable_dir(out_dir)
-    res = data.evaluation
-    notes: List[str] = []
+    try:
+        cfg = dataclasses.replace(settings or ReportSettings(), **overrides)
+    except TypeError:
+        names = ", ".join(f.name for f in dataclasses.fields(ReportSettings))
+        raise ConfigError(f"report() got unknown settings {sorted(overrides)}; valid: {names}") from None
+    out, res, notes, paths = ensure_writable_dir(out_dir), data.evaluation, [], {}
     stats = _stats(data, int(res["logits"].shape[1]), notes)
-    paths: Dict[str, Path] = {}
+    history = clean_history(as_records(data.history)) if data.history is not None else []
+    data = dataclasses.replace(data, history=history or None)  # read once; no curves for an empty history
 
     def save(name: str, draw) -> None:
         draw(out / f"{name}.png")  # each plot saves itself; the returned Figure is dropped so its memory is freed
         paths[name] = out / f"{name}.png"
 
     mis = select_misclassified(res, k=cfg.k, order="worst")
-    _draw(data, res, cfg, stats, mis, save, notes)
-    table = per_class_report(res["targets"], res["preds"], stats[0])
-    paths["per_class_md"] = atomic_write_text(out / "per_class.md", per_class_markdown(table))
-    paths["per_class_csv"] = atomic_write_text(out / "per_class.csv", per_class_csv(table))
-    _write_index(out, paths, cfg, data, mis, table, notes)
-    return paths
-
-
-def _write_index(out: Path, paths: Dict[str, Path], cfg: ReportSettings, data: ReportData, mis, table,
-                 notes: List[str]) -> None:
-    """``index.md`` and ``index.html``: summary rows, images in SECTIONS order, per-class table, pairs, notes."""
-    res, classes = data.evaluation, [r["class"] for r in table[:-2]]
-    cm = confusion_matrix(res["targets"], res["preds"], len(classes))
-    pairs = most_confused_pairs(cm, classes, k=cfg.top_pairs)
-    rows = [("Test accuracy (this evaluation)", _fmt_pct(res["acc"])), ("Test loss", f"{res['loss']:.4f}"),
-            ("Test samples", str(res["samples"])), ("Misclassified", str(mis["num_wrong"]))]
-    hist = history_summary(as_records(data.history)) if data.history is not None else {}
-    if hist:
-        rows += [("Epochs", str(hist["epochs"]) + (" (early stopped)" if hist["early_stopped"] else "")),
-                 ("Final train accuracy", _fmt_pct(hist["final_train_acc"])),
-                 ("Final test accuracy", _fmt_pct(hist["final_test_acc"])),
-                 ("Best test accuracy", _fmt_pct(hist["best_test_acc"])
-                  + (f" (epoch {hist['best_epoch']})" if hist["best_epoch"] is not None else ""))]
-    worst = per_class_accuracy(cm)
-    if np.isfinite(worst).any():
-        i = int(np.nanargmin(worst))
-        rows.append(("Weakest class", f"{classes[i]} ({worst[i]:.2f}%)"))
+    cm = confusion.confusion_matrix(res["targets"], res["preds"], len(stats[0]))
+    _draw(data, cfg, stats, mis, cm, save, notes)
+    table = confusion.per_class_report(res["targets"], res["preds"], stats[0])
+    paths["per_class_md"] = atomic_write_text(out / "per_class.md", confusion.per_class_markdown(table))
+    paths["per_class_csv"] = atomic_write_text(out / "per_class.csv", confusion.per_class_csv(table))
     images = {k: v for k, v in paths.items() if v.suffix == ".png"}
-    target = GRADCAM_TARGETS[cfg.gradcam_target]
-    sections = [(key, caption.format(target=target)) for key, caption in SECTIONS]
-    md, body = _index_pages(cfg.title, rows, pairs, images, notes, sections, table)
+    sections = [(key, caption.format(target=GRADCAM_TARGETS[cfg.gradcam_target])) for key, caption in SECTIONS]
+    md = _index_md(cfg.title, _summary_rows(res, mis, history, stats[0], cm),
+                   confusion.most_confused_pairs(cm, stats[0], k=cfg.top_pairs), images, notes, sections, table)
     paths["index_md"] = atomic_write_text(out / "index.md", md)
     paths["index_html"] = atomic_write_text(out / "index.html", "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
                                             f"<title>{html.escape(cfg.title)}</title><style>{_style('body')}</style>"
-                                            f"</head><body>\n{body}\n</body></html>\n")
+                                            f"</head><body>\n{_md_to_html(md)}\n</body></html>\n")
+    return paths
 
 
 def show_report(paths: Mapping[str, PathLike]):
@@ -299,19 +277,11 @@ def show_report(paths: Mapping[str, PathLike]):
     embedded so it works in Colab's sandboxed output."""
     from IPython.display import HTML  # local: IPython exists in notebooks, not necessarily elsewhere
 
-    def data_uri(path: Path) -> str:
-        return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
-
-    pngs = {name: Path(p) for name, p in paths.items() if str(p).endswith(".png")}
-    index = paths.get("index_html")
-    if index is not None and Path(index).exists():
-        page = Path(index).read_text(encoding="utf-8")
-        match = re.search(r"<body>(.*)</body>", page, flags=re.S)
-        body = match.group(1) if match else page
-        for path in pngs.values():
-            # The page refers to images by file name; Colab's output frame cannot read the VM's files.
-            body = body.replace(f'src="{html.escape(path.name)}"', f'src="{data_uri(path)}"')
-    else:
-        body = "\n".join(f"<h3>{html.escape(name)}</h3><img src=\"{data_uri(p)}\" style=\"max-width:100%\">"
-                         for name, p in pngs.items())
+    pngs = [Path(p) for p in paths.values() if str(p).endswith(".png")]
+    index = Path(paths.get("index_md", ""))
+    body = _md_to_html(index.read_text(encoding="utf-8") if index.is_file() else
+                       "\n".join(f"### {p.stem}\n![{p.stem}]({p.name})" for p in pngs))
+    for path in pngs:  # the page names images by file; Colab's output frame cannot read the VM's files
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        body = body.replace(f'src="{html.escape(path.name)}"', f'src="data:image/png;base64,{data}"')
     return HTML(f'<div class="pu-report"><style>{_style(".pu-report")}</style>{body}</div>')

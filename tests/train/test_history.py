@@ -5,15 +5,14 @@ import json
 import pytest
 import torch
 import torch.nn as nn
+from _helpers import Interrupt
 from torch.utils.data import DataLoader, TensorDataset
 
-from _helpers import Interrupt
 from pytorch_utils import viz
 from pytorch_utils.errors import ConfigError
-from pytorch_utils.train.history import HistoryWriter, history_csv, read_history, write_history
+from pytorch_utils.train.history import HistoryWriter, history_csv, read_history, summarize, write_history
 from pytorch_utils.train.loop import fit
-
-
+from pytorch_utils.train.state import TrainConfig
 
 
 def _fit(out_dir, epochs, callbacks):
@@ -22,7 +21,7 @@ def _fit(out_dir, epochs, callbacks):
     loader = DataLoader(TensorDataset(x, y), batch_size=8)
     model = nn.Linear(8, 2)
     return fit(model, loader, loader, epochs=epochs, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-               callbacks=callbacks, progress=False)
+               callbacks=callbacks, config=TrainConfig(progress=False))
 
 
 def test_a_run_killed_mid_way_has_a_readable_history(tmp_path):
@@ -55,11 +54,12 @@ def test_csv_cells_for_missing_values_and_nested_values():
 
 
 def test_read_history_errors(tmp_path):
-    with pytest.raises(ConfigError, match="holds no history.json or history.csv"):
+    with pytest.raises(ConfigError, match="is not a history .*pass a run folder holding history.json or history.csv"):
         read_history(tmp_path)
-    (tmp_path / "history.json").write_text('{"not": "a list"}')
-    with pytest.raises(ConfigError, match="is not a history"):
-        read_history(tmp_path / "history.json")
+    for text in ('{"not": "a list"}', "[1, 2]", "{broken"):
+        (tmp_path / "history.json").write_text(text)
+        with pytest.raises(ConfigError, match="is not a history"):
+            read_history(tmp_path / "history.json")
     write_history([{"epoch": 1, "early_stop": True}], tmp_path)
     assert read_history(tmp_path / "history.csv") == [{"epoch": 1, "early_stop": True}]
 
@@ -88,3 +88,15 @@ def test_missing_tensorboard_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_tb)
     with pytest.raises(ConfigError, match=r'pip install "pytorch_utils\[tensorboard\]"'):
         HistoryWriter(tmp_path, tensorboard=True)
+
+
+def test_summarize_is_the_one_summary_of_a_history():
+    records = [{"epoch": e, "train_acc": 30 + 5 * e, "test_acc": [40, 52, 50][e - 1], "test_loss": 2 / e}
+               for e in (1, 2, 3)]
+    records[-1]["early_stop"] = True
+    assert summarize(records) == {"epochs_run": 3, "train_acc": 45, "test_acc": 50, "test_loss": 2 / 3,
+                                  "best_test_acc": 52, "best_epoch": 2, "stopped_early": True}
+    # An epoch without an evaluation: the last recorded values, not None.
+    assert summarize(records + [{"epoch": 4, "train_acc": 60}])["test_acc"] == 50
+    assert summarize([]) == {"epochs_run": 0, "train_acc": None, "test_acc": None, "test_loss": None,
+                             "best_test_acc": None, "best_epoch": None, "stopped_early": False}

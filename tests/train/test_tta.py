@@ -96,3 +96,13 @@ def test_get_tta_options():
     assert get_tta(fn) is fn
     with pytest.raises(Exception, match="unknown tta"):
         get_tta("rotate")
+
+
+def test_flip_tta_is_the_mean_softmax_of_the_image_and_its_mirror():
+    """Pinned to the plain computation, so evaluate's and predict's one flip TTA cannot drift."""
+    model = Recorder().eval()
+    x = _batch(False)
+    with torch.no_grad():
+        expected = (F.softmax(model(x), dim=1) + F.softmax(model(torch.flip(x, dims=[3])), dim=1)) / 2
+        got = F.softmax(get_tta("flip")(model, x), dim=1)  # what evaluate and predict turn into probabilities
+    assert torch.allclose(got, expected, atol=1e-6)

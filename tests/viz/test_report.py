@@ -3,17 +3,15 @@ import sys
 import types
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
-
-import pytest
+from viz_helpers import CLASSES, MEAN, STD, TinyCamNet, leftover_hooks, model_flags, partly_frozen
 
 from pytorch_utils.errors import ConfigError
 from pytorch_utils.train.loop import evaluate
-from pytorch_utils.viz import ReportData, ReportSettings, history_summary, per_class_report, report, show_report
-
-from viz_helpers import CLASSES, MEAN, STD, TinyCamNet, leftover_hooks, model_flags, partly_frozen
+from pytorch_utils.viz import ReportData, ReportSettings, per_class_report, report, show_report
 
 report_mod = sys.modules["pytorch_utils.viz.report"]  # `pytorch_utils.viz.report` the attribute is the function
 
@@ -35,13 +33,6 @@ def _data(model, loader, classes=CLASSES, stats=True, **kwargs):
     res = evaluate(model, loader, return_outputs=True, return_inputs=True)
     return ReportData(evaluation=res, classes=classes, mean=MEAN if stats else None, std=STD if stats else None,
                       model=model, **kwargs)
-
-
-def test_history_summary_uses_deduplicated_records():
-    hist = HISTORY + [dict(HISTORY[-1], epoch=5, test_acc=99.0, early_stop=True)]
-    s = history_summary(hist)
-    assert s["epochs"] == 5 and s["best_test_acc"] == 99.0 and s["best_epoch"] == 5 and s["early_stopped"]
-    assert s["final_train_acc"] == 55 and history_summary([]) == {}
 
 
 def _flip_transform(img):
@@ -114,6 +105,8 @@ def test_report_writes_everything(tmp_path, tiny_model, norm_images, monkeypatch
     assert "Best test accuracy | 48.00% (epoch 5)" in md
     assert "Final test accuracy | 48.00%" in md
     assert "| true | predicted | count |" in md
+    assert "<tr><td>Best test accuracy</td><td>48.00% (epoch 5)</td></tr>" in html  # the page is index.md's
+    assert html.count("<table>") == md.count("|---|") == 3 and html.count("<img ") == len(pngs)
     # every row of the pairs table names two classes and a count, highest count first
     counts = [int(m) for m in re.findall(r"^\| [a-z0-9]+ \| [a-z0-9]+ \| (\d+) \|$", md, flags=re.M)]
     assert counts and counts == sorted(counts, reverse=True)
@@ -128,20 +121,19 @@ def test_report_without_history_and_gradcam_and_show(tmp_path, tiny_model, norm_
     shown = show_report(paths)
     assert "data:image/png;base64," in shown.data
     assert 'src="confusion_matrix.png"' not in shown.data  # all images embedded
+    assert "<h2>Confusion matrix (counts)</h2>" in shown.data  # the index page, captions and all
+    pngs_only = show_report({k: v for k, v in paths.items() if v.suffix == ".png"})
+    assert pngs_only.data.count("data:image/png;base64,") == len([p for p in paths.values() if p.suffix == ".png"])
 
 
 def test_report_with_real_lr_finder_plot(tmp_path, tiny_model, norm_images):
-    try:
-        from pytorch_utils.train.lr_finder import LRFinderResult
-        import pytorch_utils.viz.lr_finder  # noqa: F401
-    except Exception as exc:  # written in parallel by someone else
-        import pytest
-        pytest.skip(f"LR finder unavailable: {exc}")
+    from pytorch_utils.train.lr_finder import LRFinderResult
+
     lrs = list(np.geomspace(1e-5, 1, 60))
     losses = list(2.3 - np.sin(np.linspace(0, 2.5, 60)))
-    result = LRFinderResult(lrs=lrs, losses=losses, lr_max=lrs[30], lr_min=lrs[30] / 10, suggestion="steepest",
-                            suggestion_index=30, diverged=False, div=10, start_lr=1e-5, end_lr=1, num_iter=60,
-                            step_mode="exp", skip_start=5, skip_end=5)
+    result = LRFinderResult(lrs=lrs, losses=losses, raw_losses=losses, lr_max=lrs[30], lr_min=lrs[30] / 10,
+                            suggestion="steepest", suggestion_index=30, diverged=False, div=10, skip_start=5,
+                            skip_end=5)
     paths = report(_data(tiny_model, _loader(norm_images), history=HISTORY, lr_finder=result), tmp_path,
                    gradcam=False)
     with Image.open(paths["lr_finder"]) as img:
@@ -252,3 +244,12 @@ def test_report_history_from_a_run_folder(tmp_path, tiny_model, norm_images):
     write_history(HISTORY, tmp_path / "run")
     paths = report(_data(tiny_model, _loader(norm_images), history=tmp_path / "run"), tmp_path / "r", gradcam=False)
     assert "curves" in paths and "Best test accuracy | 48.00% (epoch 5)" in paths["index_md"].read_text()
+
+
+def test_index_summarizes_the_deduplicated_history(tmp_path, tiny_model, norm_images):
+    hist = HISTORY + [dict(HISTORY[-1], epoch=5, test_acc=99.0, early_stop=True)]  # epoch 5 again: a resumed run
+    md = report(_data(tiny_model, _loader(norm_images), history=hist), tmp_path, gradcam=False)["index_md"].read_text()
+    assert "| Epochs | 5 (early stopped) |" in md and "| Best test accuracy | 99.00% (epoch 5) |" in md
+    assert "| Final train accuracy | 55.00% |" in md
+    paths = report(_data(tiny_model, _loader(norm_images), history=[]), tmp_path / "empty", gradcam=False)
+    assert "curves" not in paths and "Epochs" not in paths["index_md"].read_text()
