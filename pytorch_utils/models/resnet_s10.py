@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from pytorch_utils.errors import InputShapeError
-from pytorch_utils.models import check_model_args, register_model
+from pytorch_utils.models import register_model
 
 __all__ = ["S10ResNet", "s10_resnet"]
 
@@ -31,7 +31,6 @@ class S10ResNet(nn.Module):
 
     def __init__(self, num_classes: int = 10, dropout: float = 0.0):
         super().__init__()
-        check_model_args(num_classes, dropout)
         self.prep = nn.Sequential(*_conv_bn_relu(3, 64, dropout))
         self.layer1 = nn.Sequential(*_conv_bn_relu(64, 128, dropout, pool=True))
         self.res1 = nn.Sequential(*_conv_bn_relu(128, 128, dropout), *_conv_bn_relu(128, 128, dropout))
@@ -43,10 +42,8 @@ class S10ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or tuple(x.shape[1:]) != (3, 32, 32):
-            raise InputShapeError(
-                f"S10ResNet expects input of shape (N, 3, 32, 32), got {tuple(x.shape)}; "
-                "resize or crop images to 3x32x32 (the MaxPool 4 head needs a 4x4 map after three 2x poolings)"
-            )
+            raise InputShapeError(f"S10ResNet expects input of shape (N, 3, 32, 32), got {tuple(x.shape)}; resize or "
+                                  "crop images to 3x32x32 (the MaxPool 4 head needs a 4x4 map after three 2x poolings)")
         x = self.prep(x)
         x = self.layer1(x)
         x = x + self.res1(x)

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pytorch_utils.models import check_model_args, register_model
+from pytorch_utils.models import register_model
 
 __all__ = ["BasicBlock", "S8ResNet", "s8_resnet"]
 
@@ -56,7 +56,6 @@ class S8ResNet(nn.Module):
 
     def __init__(self, num_classes: int = 100, dropout: float = 0.0, blocks: int = 5, widths=(64, 128, 256, 512)):
         super().__init__()
-        check_model_args(num_classes, dropout)
         self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         c_in = widths[0]

@@ -13,12 +13,9 @@ convolutions cheap, so every level stays under 100k (level 1: **83,368**, the se
 import torch
 import torch.nn as nn
 
-from pytorch_utils.errors import ConfigError
-from pytorch_utils.models import check_model_args, register_model
+from pytorch_utils.models import register_model
 
 __all__ = ["StrixbeeNet", "strixbee_l1", "strixbee_l2", "strixbee_l3"]
-
-_DOWNSAMPLE = ("maxpool", "conv")
 
 
 def _block(c_in: int, c_out: int, dropout: float, kernel_size: int = 3, stride: int = 1) -> list:
@@ -37,9 +34,6 @@ class StrixbeeNet(nn.Module):
 
     def __init__(self, num_classes: int = 10, dropout: float = 0.0, downsample: str = "maxpool"):
         super().__init__()
-        check_model_args(num_classes, dropout)
-        if downsample not in _DOWNSAMPLE:
-            raise ConfigError(f"downsample must be one of {_DOWNSAMPLE}, got {downsample!r}")
         # A 16-wide first block: an 8-wide one (also 83,368 in all) learned far slower in short runs.
         self.stage1 = nn.Sequential(*_block(3, 16, dropout), *_block(16, 32, dropout), *_block(32, 32, dropout))
         self.trans1 = self._transition(32, 16, dropout, downsample)

@@ -5,14 +5,12 @@ implementation (WRN-28-10: 36,489,290 for 10 classes, 36,546,980 for 100). Adapt
 lets the progressively resized 36x36 and 40x40 training inputs work too. ReLU and pooling are functional and an
 identity shortcut is no module, so torchsummary lists the course's rows of that implementation (78 for WRN-28-10).
 """
-import numbers
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pytorch_utils.errors import ConfigError, InputShapeError
-from pytorch_utils.models import check_model_args, register_model
+from pytorch_utils.errors import InputShapeError
+from pytorch_utils.models import register_model
 
 __all__ = ["WideBasicBlock", "WideResNet", "wide_resnet", "wrn28_10", "wrn16_2"]
 
@@ -47,15 +45,13 @@ class WideResNet(nn.Module):
     """WRN-depth-k: (N, 3, H, W) with H, W >= 8 -> logits (N, num_classes).
 
     ``depth`` = 6n + 4 (n blocks per stage); stage widths 16k, 32k, 64k for ``widen_factor`` k; ``dropout`` inside
-    every block (change ``module.p`` at run time for phases).
+    every block (change ``module.p`` at run time for phases). ``create_model`` checks the values.
     """
 
     cam_layer: str = "layer3"  # last stage (8x8 for 32x32 input) before the final BN/ReLU and global pooling
 
     def __init__(self, depth: int = 28, widen_factor: int = 10, dropout: float = 0.0, num_classes: int = 10):
         super().__init__()
-        _check_depth_width(depth, widen_factor)
-        check_model_args(num_classes, dropout)
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, padding=1, bias=True)
@@ -74,24 +70,12 @@ class WideResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] < 8 or x.shape[3] < 8:
-            raise InputShapeError(
-                f"WideResNet expects input of shape (N, 3, H, W) with H, W >= 8, got {tuple(x.shape)}; "
-                "pass RGB image batches (e.g. 3x32x32)"
-            )
+            raise InputShapeError(f"WideResNet expects input of shape (N, 3, H, W) with H, W >= 8, got "
+                                  f"{tuple(x.shape)}; pass RGB image batches (e.g. 3x32x32)")
         x = self.conv1(x)
         x = self.layer3(self.layer2(self.layer1(x)))
         x = F.adaptive_avg_pool2d(F.relu(self.bn(x)), 1)
         return self.fc(torch.flatten(x, 1))
-
-
-def _check_depth_width(depth, widen_factor) -> None:
-    """Raise ConfigError for a depth that does not give whole stages or a bad widen factor."""
-    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 10 or (depth - 4) % 6:
-        raise ConfigError(
-            f"WideResNet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34, 40...), got {depth!r}"
-        )
-    if isinstance(widen_factor, bool) or not isinstance(widen_factor, numbers.Integral) or widen_factor < 1:
-        raise ConfigError(f"widen_factor must be a positive integer, got {widen_factor!r}")
 
 
 @register_model

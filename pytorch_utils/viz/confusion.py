@@ -6,7 +6,6 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 from matplotlib.figure import Figure
 
-from pytorch_utils.errors import ConfigError
 from pytorch_utils.viz.images import PathLike, axes_and_figure, class_name, finish, to_numpy
 
 __all__ = ["confusion_matrix", "plot_confusion_matrix", "per_class_accuracy", "plot_per_class_accuracy",
@@ -15,47 +14,28 @@ __all__ = ["confusion_matrix", "plot_confusion_matrix", "per_class_accuracy", "p
 ANNOTATE_MAX_CLASSES = 20  # beyond this the numbers overlap and the heatmap colours say more
 
 
-def _labels(x, what: str) -> np.ndarray:
-    arr = to_numpy(x).reshape(-1)
-    if arr.size and not np.issubdtype(arr.dtype, np.integer) and np.any(np.mod(arr, 1) != 0):
-        raise ConfigError(f"{what} must be integer class labels")
-    return arr.astype(np.int64)
+def _labels(x) -> np.ndarray:
+    return to_numpy(x).reshape(-1).astype(np.int64)
 
 
 def confusion_matrix(targets, preds, num_classes: int) -> np.ndarray:
-    """Counts ``cm[true, pred]``: int64 numpy (num_classes, num_classes) for labels (N,) in ``[0, num_classes)``.
+    """Counts ``cm[true, pred]``: int64 numpy (num_classes, num_classes) for labels (N,) in ``[0, num_classes)``,
+    as ``sklearn.metrics.confusion_matrix(targets, preds, labels=range(num_classes))`` (a test pins them).
 
-    Raises ConfigError for different lengths or a label outside the range.
+    Raises ValueError (numpy's) for different lengths or a label outside the range.
     """
-    targets, preds = _labels(targets, "targets"), _labels(preds, "preds")
-    if int(num_classes) != num_classes or num_classes < 1:
-        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
-    num_classes = int(num_classes)
-    if targets.shape != preds.shape:
-        raise ConfigError(f"targets and preds differ in length: {len(targets)} vs {len(preds)}")
-    for name, arr in (("targets", targets), ("preds", preds)):
-        if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
-            raise ConfigError(f"{name} has labels outside [0, {num_classes}): min {arr.min()}, max {arr.max()}")
-    flat = np.bincount(targets * num_classes + preds, minlength=num_classes * num_classes)
-    return flat.reshape(num_classes, num_classes).astype(np.int64)
-
-
-def _check_cm(cm) -> np.ndarray:
-    cm = to_numpy(cm)
-    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
-        raise ConfigError(f"a confusion matrix must be square, got shape {cm.shape}")
-    return cm
+    pairs = np.stack([_labels(targets), _labels(preds)])  # different lengths: ValueError
+    flat = np.ravel_multi_index(tuple(pairs), (num_classes, num_classes))  # a label out of range: ValueError
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes).astype(np.int64)
 
 
 def _names(classes: Optional[Sequence[str]], n: int) -> List[str]:
-    if classes is not None and len(classes) != n:
-        raise ConfigError(f"{len(classes)} class names for a {n}x{n} confusion matrix")
     return [class_name(classes, i) for i in range(n)]
 
 
 def per_class_accuracy(cm) -> np.ndarray:
     """Accuracy (recall) of each true class of ``cm`` in percent: float64 (C,), NaN for classes with no samples."""
-    cm = _check_cm(cm).astype(np.float64)
+    cm = to_numpy(cm).astype(np.float64)
     support = cm.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(support > 0, 100.0 * np.diag(cm) / support, np.nan)
@@ -65,14 +45,12 @@ def most_confused_pairs(cm, classes: Optional[Sequence[str]] = None,
                         k: Optional[int] = 10) -> List[Tuple[str, str, int]]:
     """At most ``k`` (None: all) off-diagonal non-zero cells as ``(true_name, pred_name, count)``, highest count
     first; ties keep (true, pred) index order."""
-    cm = _check_cm(cm)
-    names = _names(classes, cm.shape[0])
-    off = cm.copy()
+    off = to_numpy(cm).copy()
+    names = _names(classes, off.shape[0])
     np.fill_diagonal(off, 0)
     rows, cols = np.nonzero(off > 0)  # row-major order, so the stable sort breaks ties by (true, pred)
     order = np.argsort(-off[rows, cols], kind="stable")
-    pairs = [(names[rows[i]], names[cols[i]], int(off[rows[i], cols[i]])) for i in order]
-    return pairs if k is None else pairs[: int(k)]
+    return [(names[rows[i]], names[cols[i]], int(off[rows[i], cols[i]])) for i in order][:k]
 
 
 def _tick_fontsize(ax, n: int) -> float:
@@ -93,13 +71,10 @@ def plot_confusion_matrix(cm, classes: Optional[Sequence[str]] = None, normalize
     import seaborn as sns  # local: seaborn's import is slow and only this plot needs it
     from matplotlib.ticker import MaxNLocator
 
-    cm = _check_cm(cm)
+    cm = to_numpy(cm)
     n = cm.shape[0]
     names = _names(classes, n)
-    if normalize not in (False, None, True, "true"):
-        raise ConfigError(f'normalize must be False or "true", got {normalize!r}')
-    if hide_diagonal is None:
-        hide_diagonal = n > ANNOTATE_MAX_CLASSES
+    hide_diagonal = n > ANNOTATE_MAX_CLASSES if hide_diagonal is None else hide_diagonal
     if normalize:
         support = cm.sum(axis=1, keepdims=True).astype(np.float64)
         data = np.divide(cm, support, out=np.zeros(cm.shape, dtype=np.float64), where=support > 0)
@@ -137,7 +112,6 @@ def plot_confusion_matrix(cm, classes: Optional[Sequence[str]] = None, normalize
     return finish(fig, save)
 
 
-PER_CLASS_ORDERS = ("sorted", "index")
 HORIZONTAL_MIN_CLASSES = 31  # from here on the bars are horizontal: one readable row per class
 
 
@@ -148,17 +122,14 @@ def plot_per_class_accuracy(cm, classes: Optional[Sequence[str]] = None, ax=None
     Beyond 30 classes the bars are horizontal, one readable row per class, and ``order`` defaults to "sorted"
     (weakest first) instead of "index".
     """
-    cm = _check_cm(cm)
+    cm = to_numpy(cm)
     n = cm.shape[0]
-    names = _names(classes, n)
-    if order is None:
-        order = "sorted" if n >= HORIZONTAL_MIN_CLASSES else "index"
-    if order not in PER_CLASS_ORDERS:
-        raise ConfigError(f"order must be one of {PER_CLASS_ORDERS}, got {order!r}")
+    order = order or ("sorted" if n >= HORIZONTAL_MIN_CLASSES else "index")
     acc = per_class_accuracy(cm)
     # NaN (no samples) sorts last; a stable sort keeps class order among ties.
-    idx = np.argsort(np.where(np.isnan(acc), np.inf, acc), kind="stable") if order == "sorted" else np.arange(n)
-    acc, names = acc[idx], [names[i] for i in idx]
+    weakest_first = np.argsort(np.where(np.isnan(acc), np.inf, acc), kind="stable")
+    idx = {"sorted": weakest_first, "index": np.arange(n)}[order]  # another order: KeyError
+    acc, names = acc[idx], [class_name(classes, i) for i in idx]
     horizontal = n >= HORIZONTAL_MIN_CLASSES
     figsize = (7.5, max(4.0, 0.2 * n + 1.2)) if horizontal else (float(np.clip(0.6 * n + 2, 6.0, 24.0)), 4.2)
     fig, ax = axes_and_figure(ax, figsize)
@@ -211,7 +182,7 @@ def per_class_report(targets, preds, classes: Optional[Sequence[str]] = None,
     """
     from sklearn.metrics import precision_recall_fscore_support
 
-    targets, preds = _labels(targets, "targets"), _labels(preds, "preds")
+    targets, preds = _labels(targets), _labels(preds)
     n = len(classes) if classes is not None else num_classes or int(max(targets.max(), preds.max())) + 1
     names = _names(classes, n)
     labels = list(range(n))

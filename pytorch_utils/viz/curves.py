@@ -35,27 +35,18 @@ def clean_history(history: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
     kept: List[Dict[str, Any]] = []
     last_epoch = 0.0
     for rec in history:
-        if not isinstance(rec, Mapping):
-            raise ConfigError(f"history records must be dicts, got {type(rec).__name__}")
         epoch = _number(rec.get("epoch"))
         epoch = last_epoch + 1 if epoch is None else epoch
         if kept and epoch <= kept[-1]["epoch"]:
             kept = [r for r in kept if r["epoch"] < epoch]
-        rec = dict(rec)
-        rec["epoch"] = int(epoch) if float(epoch).is_integer() else epoch
-        kept.append(rec)
+        kept.append(dict(rec, epoch=int(epoch) if float(epoch).is_integer() else epoch))
         last_epoch = epoch
     return kept
 
 
 def _series(records, key):
-    xs, ys = [], []
-    for rec in records:
-        y = _number(rec.get(key))
-        if y is not None:
-            xs.append(rec["epoch"])
-            ys.append(y)
-    return xs, ys
+    points = [(rec["epoch"], _number(rec.get(key))) for rec in records]
+    return [x for x, y in points if y is not None], [y for _, y in points if y is not None]
 
 
 def _mark_events(ax, stops, boundaries, label_phases: bool) -> None:

@@ -44,39 +44,21 @@ def axes_and_figure(ax, figsize: Tuple[float, float]):
 def finish(fig: Figure, save: Optional[PathLike]) -> Figure:
     """Save ``fig`` as PNG when ``save`` is a path (parent directories created) and return it."""
     if save is not None:
-        path = Path(save)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=SAVE_DPI, bbox_inches="tight", facecolor="white")
+        Path(save).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(save, dpi=SAVE_DPI, bbox_inches="tight", facecolor="white")
     return fig
 
 
 def to_numpy(x) -> np.ndarray:
     """A tensor (detached, on the CPU), array or sequence as a numpy array, without copying where possible."""
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _stats(values, what: str, channels: int) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.float32).reshape(-1)
-    if arr.size == 1:
-        arr = np.repeat(arr, channels)
-    if arr.size != channels:
-        raise ConfigError(f"{what} has {arr.size} values but the images have {channels} channels")
-    return arr
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 def denormalize(images, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """Undo ``(x - mean) / std`` of (C, H, W) or (N, C, H, W) images: float32 numpy, channels last, in [0, 1].
-
-    Raises ConfigError for another shape or mean/std not matching the channel count.
-    """
+    ``mean``/``std``: one value per channel, or one for all (else numpy's broadcast ValueError)."""
     x = to_numpy(images).astype(np.float32, copy=False)
-    if x.ndim not in (3, 4):
-        raise ConfigError(f"denormalize expects (C, H, W) or (N, C, H, W) images, got shape {x.shape}")
-    channels = x.shape[-3]
-    m = _stats(mean, "mean", channels).reshape(channels, 1, 1)
-    s = _stats(std, "std", channels).reshape(channels, 1, 1)
+    m, s = (np.asarray(v, dtype=np.float32).reshape(-1, 1, 1) for v in (mean, std))
     return np.moveaxis(np.clip(x * s + m, 0.0, 1.0), -3, -1)
 
 
@@ -84,10 +66,7 @@ def to_display(images, mean=None, std=None) -> np.ndarray:
     """uint8 images (channels last or first) or normalized float (N, C, H, W) ones (need mean/std) -> float32
     (N, H, W, C) in [0, 1]; a single image gets a batch axis."""
     x = to_numpy(images)
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4:
-        raise ConfigError(f"expected a batch of images (N, C, H, W) or (N, H, W, C), got shape {x.shape}")
+    x = x[None] if x.ndim == 3 else x
     channels_last = x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3)
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / 255.0
@@ -113,19 +92,13 @@ def imshow(ax, img: np.ndarray) -> None:
 def class_name(classes: Optional[Sequence[str]], label) -> str:
     """``classes[label]``, or the label itself when names are missing or the label is out of range."""
     label = int(label)
-    if classes is not None and 0 <= label < len(classes):
-        return str(classes[label])
-    return str(label)
+    return str(classes[label]) if classes is not None and 0 <= label < len(classes) else str(label)
 
 
 def image_grid(n: int, ncols: Optional[int], cell: Tuple[float, float], extra_height: float = 0.0):
     """``(fig, axes)``: ``n`` cells of ``cell`` inches, ``ncols`` wide (default: near-square, at most 8); the first
     ``n`` axes in row order, the unused ones hidden."""
-    if ncols is None:
-        ncols = min(8, max(1, math.ceil(math.sqrt(n))))
-    if int(ncols) < 1:
-        raise ConfigError(f"ncols must be >= 1, got {ncols!r}")
-    cols = max(1, min(int(ncols), n))
+    cols = max(1, min(int(ncols or min(8, math.ceil(math.sqrt(n)))), n))
     rows = math.ceil(n / cols)
     fig = new_figure((cell[0] * cols, cell[1] * rows + extra_height))
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
@@ -160,13 +133,6 @@ def show_batch(images, targets, classes: Optional[Sequence[str]], mean: Optional
     and ``preds`` labels (N,); ``classes`` names (None shows the numbers).
     """
     imgs = to_display(images, mean, std)
-    targets = to_numpy(targets).reshape(-1)
-    if len(targets) != len(imgs):
-        raise ConfigError(f"{len(imgs)} images but {len(targets)} targets")
-    if preds is not None:
-        preds = to_numpy(preds).reshape(-1)
-        if len(preds) != len(imgs):
-            raise ConfigError(f"{len(imgs)} images but {len(preds)} predictions")
     n = min(len(imgs), int(max_images))
     if n == 0:
         return empty_figure("no images to show", save)
@@ -183,25 +149,11 @@ def show_batch(images, targets, classes: Optional[Sequence[str]], mean: Optional
     return finish(fig, save)
 
 
-def _transform_output_to_image(out, mean, std) -> np.ndarray:
+def _augmented(transform: Callable, image: np.ndarray, mean, std) -> np.ndarray:
     """One transform output (normalized CHW tensor, albumentations dict, or HWC array) -> (H, W, C) in [0, 1]."""
-    if isinstance(out, dict):  # a raw albumentations Compose returns {"image": ...}
-        out = out["image"]
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    return to_display(out, mean, std)[0]
-
-
-def _seeded_copy(transform: Callable, seed: int) -> Callable:
-    """A seeded deep copy of a transform that can be reseeded, else the transform itself (never mutated)."""
-    if not hasattr(transform, "set_random_seed"):
-        return transform
-    try:
-        clone = copy.deepcopy(transform)
-    except Exception:  # an uncopyable callable: use it unseeded rather than reseed the caller's object
-        return transform
-    clone.set_random_seed(seed)
-    return clone
+    out = transform(image)
+    out = out["image"] if isinstance(out, dict) else out  # a raw albumentations Compose returns {"image": ...}
+    return to_display(out[0] if isinstance(out, (tuple, list)) else out, mean, std)[0]
 
 
 def show_augmentations(dataset_images_uint8, transform: Callable, classes: Optional[Sequence[str]] = None,
@@ -220,25 +172,19 @@ def show_augmentations(dataset_images_uint8, transform: Callable, classes: Optio
     targets = targets if targets is not None else getattr(data, "targets", None)
     classes = classes if classes is not None else getattr(data, "classes", None)
     images = to_numpy(getattr(data, "images", data))
-    if images.ndim != 4 or images.dtype != np.uint8:
-        raise ConfigError(f"show_augmentations expects uint8 (N, H, W, C) images, got {images.dtype} {images.shape}")
-    if n < 1 or repeats < 1:
-        raise ConfigError(f"n and repeats must be >= 1, got n={n}, repeats={repeats}")
     if len(images) == 0:
         return empty_figure("no images to show", save)
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(len(images), size=min(n, len(images)), replace=False))
-
-    transform = _seeded_copy(transform, seed)
+    idx = np.sort(np.random.default_rng(seed).choice(len(images), size=min(n, len(images)), replace=False))
+    if hasattr(transform, "set_random_seed"):  # seed a copy: the caller's transform keeps its own stream
+        transform = copy.deepcopy(transform)
+        transform.set_random_seed(seed)
     rng_state = get_rng_state()
-    rows = []
     try:
         torch.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed % 2**32)
-        for i in idx:
-            augmented = [_transform_output_to_image(transform(images[i]), mean, std) for _ in range(repeats)]
-            rows.append([images[i].astype(np.float32) / 255.0] + augmented)
+        rows = [[images[i].astype(np.float32) / 255.0] + [_augmented(transform, images[i], mean, std)
+                                                          for _ in range(repeats)] for i in idx]
     finally:
         set_rng_state(rng_state)
 

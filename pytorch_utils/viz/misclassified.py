@@ -12,16 +12,10 @@ from pytorch_utils.viz.images import (PathLike, empty_figure, finish, image_grid
 
 __all__ = ["find_misclassified", "plot_misclassified", "select_misclassified"]
 
-ORDERS = ("first", "worst")
 
-
-def _labels(x, what: str) -> np.ndarray:
+def _labels(x) -> np.ndarray:
     arr = to_numpy(x)
-    if arr.ndim == 2:  # soft / one-hot targets or raw scores: take the argmax
-        arr = arr.argmax(axis=1)
-    if arr.ndim != 1:
-        raise ConfigError(f"{what} must be a 1-d array of labels, got shape {arr.shape}")
-    return arr.astype(np.int64)
+    return (arr.argmax(axis=1) if arr.ndim == 2 else arr).astype(np.int64)  # (N, C) scores or soft targets: argmax
 
 
 def find_misclassified(preds, targets, probs=None, losses=None, k: Optional[int] = None,
@@ -30,33 +24,20 @@ def find_misclassified(preds, targets, probs=None, losses=None, k: Optional[int]
 
     ``order`` "first" keeps dataset order; "worst" sorts by highest ``losses`` (N,), else by lowest true-class
     ``probs`` (N, C); ties keep dataset order.
-    Raises ConfigError for mismatched lengths, a bad ``k`` or ``order``, or "worst" without probs or losses.
+    Raises ConfigError for another ``order`` or "worst" without probs or losses, ValueError (numpy's) for
+    preds and targets of different lengths.
     """
-    preds, targets = _labels(preds, "preds"), _labels(targets, "targets")
-    if preds.shape != targets.shape:
-        raise ConfigError(f"preds and targets differ in length: {len(preds)} vs {len(targets)}")
-    if order not in ORDERS:
-        raise ConfigError(f"order must be one of {ORDERS}, got {order!r}")
-    if k is not None and (int(k) != k or k < 0):
-        raise ConfigError(f"k must be a non-negative integer or None, got {k!r}")
+    preds, targets = _labels(preds), _labels(targets)
+    if order not in ("first", "worst") or (order == "worst" and probs is None and losses is None):
+        raise ConfigError(f'order must be "first", or "worst" with probs or losses to rank the mistakes; got {order!r}')
     wrong = np.flatnonzero(preds != targets)
     if order == "worst":
         if losses is not None:
-            losses = to_numpy(losses).reshape(-1).astype(np.float64)
-            if len(losses) != len(preds):
-                raise ConfigError(f"losses has {len(losses)} values for {len(preds)} predictions")
-            score = -losses[wrong]
-        elif probs is not None:
-            probs = to_numpy(probs).astype(np.float64)
-            if probs.ndim != 2 or len(probs) != len(preds):
-                raise ConfigError(f"probs must be (N, C) with N={len(preds)}, got shape {probs.shape}")
-            if len(wrong) and targets[wrong].max() >= probs.shape[1]:
-                raise ConfigError(f"a target label is >= the {probs.shape[1]} columns of probs")
-            score = probs[wrong, targets[wrong]]
+            score = -to_numpy(losses).reshape(-1).astype(np.float64)[wrong]
         else:
-            raise ConfigError('order="worst" needs probs or losses to rank the mistakes; pass one or use "first"')
+            score = to_numpy(probs).astype(np.float64)[wrong, targets[wrong]]
         wrong = wrong[np.argsort(score, kind="stable")]
-    return wrong if k is None else wrong[: int(k)]
+    return wrong[:k]
 
 
 def plot_misclassified(images, targets, preds, classes: Optional[Sequence[str]], mean: Optional[Sequence[float]] = None,
@@ -69,9 +50,8 @@ def plot_misclassified(images, targets, preds, classes: Optional[Sequence[str]],
     percentage is the predicted class's probability from ``probs`` (N, C); without probs ``order`` "worst" (lowest
     true-class probability first) falls back to "first". Nothing misclassified gives a message figure.
     """
-    targets_np, preds_np = _labels(targets, "targets"), _labels(preds, "preds")
-    if order == "worst" and probs is None:
-        order = "first"
+    targets_np, preds_np = _labels(targets), _labels(preds)
+    order = "first" if probs is None else order
     idx = find_misclassified(preds_np, targets_np, probs=probs, k=k, order=order)
     if len(idx) == 0:
         return empty_figure("no misclassified images", save)

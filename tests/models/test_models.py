@@ -247,7 +247,8 @@ def _wrn_course_rows(num_classes=10, depth=28, k=10):
                 rows.append(("Conv2d", (width, out, out), c_in * width + width))
             rows.append(("WideBasicBlock", (width, out, out), 0))
             c_in, size = width, out
-    rows += [("BatchNorm2d", (c_in, size, size), 2 * c_in), ("Linear", (num_classes,), c_in * num_classes + num_classes)]
+    rows += [("BatchNorm2d", (c_in, size, size), 2 * c_in),
+             ("Linear", (num_classes,), c_in * num_classes + num_classes)]
     return [(f"{kind}-{i}", (-1, *shape), params) for i, (kind, shape, params) in enumerate(rows, start=1)]
 
 

@@ -1,10 +1,12 @@
-"""Weight EMA: update arithmetic, buffers, warmup, wrappers, apply_to restoration, checkpoint round trip."""
+"""Weight EMA: update arithmetic (= torch's AveragedModel), buffers, warmup, wrappers, apply_to restoration,
+checkpoint round trip."""
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from pytorch_utils.errors import CheckpointError, ConfigError
+from pytorch_utils.errors import CheckpointError
 from pytorch_utils.train.ema import ModelEMA
 
 
@@ -86,12 +88,39 @@ def test_update_unwraps_wrappers():
         assert torch.allclose(pe, 0.5 * old + 0.5 * pm.detach(), atol=1e-6)
 
 
-def test_update_rejects_another_architecture_and_bad_decay():
+def test_update_rejects_another_architecture():
     ema = ModelEMA(small_net())
-    with pytest.raises(ConfigError):
+    with pytest.raises(RuntimeError):  # torch's lerp refuses tensors of other shapes
         ema.update(nn.Linear(2, 2))
-    with pytest.raises(ConfigError):
-        ModelEMA(small_net(), decay=1.0)
+
+
+@pytest.mark.parametrize("decay", [0.9, 0.5])
+def test_equals_torch_averaged_model_with_ema_avg_fn(decay):
+    """Pinned to torch: AveragedModel(multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False), whose first
+    update copies the model (ours: the copy made at construction), then lerps weights and copies buffers."""
+    model = small_net()
+    ema = ModelEMA(model, decay=decay, warmup=False)
+    reference = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+    reference.update_parameters(model)
+    for step in range(5):
+        train_step(model, seed=step)
+        ema.update(model)
+        reference.update_parameters(model)
+    ours, torch_ema = ema.module.state_dict(), reference.module.state_dict()
+    assert ours.keys() == torch_ema.keys()
+    for k, v in torch_ema.items():
+        torch.testing.assert_close(ours[k], v, atol=1e-6, rtol=0)  # weights and buffers (running stats, counts)
+
+
+def test_copy_follows_the_model_device_and_layout():
+    """fit() moves the model (device, channels_last) after a user built the EMA: the copy follows at the update."""
+    model = small_net()
+    ema = ModelEMA(model, decay=0.9, warmup=False)
+    model.to("meta", memory_format=torch.channels_last)  # another device without allocating (shapes only)
+    ema.update(model)
+    weight = ema.module[0].weight
+    assert weight.device.type == "meta" and weight.is_contiguous(memory_format=torch.channels_last)
+    assert not weight.is_contiguous() and ema.updates == 1
 
 
 def test_apply_to_swaps_and_restores_exactly():
@@ -153,6 +182,7 @@ def test_fit_with_gpu_loader_and_ema_updates_every_step():
     """The engine drives the GPU loader (set_epoch, len) and the EMA (one update per step, EMA evaluated)."""
     from pytorch_utils.data import ArrayDataset
     from pytorch_utils.data.gpu import GPULoader
+    from pytorch_utils.train import TrainConfig
     from pytorch_utils.train.loop import fit
 
     rng = np.random.default_rng(0)
@@ -163,7 +193,7 @@ def test_fit_with_gpu_loader_and_ema_updates_every_step():
     model = small_net()
     ema = ModelEMA(model, decay=0.9)
     history = fit(model, train, test, epochs=2, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-                  device="cpu", ema=ema, progress=False)
+                  config=TrainConfig(device="cpu", ema=ema, progress=False))
     assert ema.updates == 2 * len(train) == 8
     assert train.epoch == 1  # the engine's set_epoch(0), set_epoch(1)
     assert len(history) == 2 and all(np.isfinite(r["test_loss"]) for r in history)

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pytorch_utils.errors import ConfigError
+from pytorch_utils.train import mixing
 from pytorch_utils.train.mixing import Mixer, SoftTargetCrossEntropy, cutmix_box, smooth_one_hot
 
 
@@ -87,10 +87,22 @@ def test_label_smoothing_applied_once():
     assert SoftTargetCrossEntropy()(logits, y).item() == pytest.approx(F.cross_entropy(logits, y).item())
 
 
-def test_mixer_validation():
-    with pytest.raises(ConfigError):
-        Mixer(1)
-    with pytest.raises(ConfigError):
-        Mixer(10, mixup_alpha=-1)
-    with pytest.raises(ConfigError):
-        Mixer(10, label_smoothing=1.0)
+@pytest.mark.parametrize("method", ["mixup", "cutmix"])
+def test_equals_timm_mixup_for_the_same_lambda_box_and_partner(method, monkeypatch):
+    """Pinned to timm's Mixup (batch mode): its partner of image i is image N-1-i, so ours is given that
+    permutation, and both the same lambda and CutMix box (timm then corrects lambda to the pasted area, as ours)."""
+    timm_mixup = pytest.importorskip("timm.data.mixup")
+    x, y = _batch(n=8)
+    lam, box = 0.7, (2, 11, 5, 16)  # (y0, y1, x0, x1); 9 x 11 of 16 x 16 pasted
+    cutmix = method == "cutmix"
+    monkeypatch.setattr(timm_mixup.Mixup, "_params_per_batch", lambda self: (lam, cutmix))
+    monkeypatch.setattr(timm_mixup, "rand_bbox", lambda *args, **kwargs: box)
+    monkeypatch.setattr(torch, "randperm", lambda n, **kwargs: torch.arange(n - 1, -1, -1))
+    monkeypatch.setattr(Mixer, "_sample_lam", lambda self, alpha: lam)
+    monkeypatch.setattr(mixing, "cutmix_box", lambda *args, **kwargs: box)
+    alphas = {"cutmix_alpha": 1.0} if cutmix else {"mixup_alpha": 1.0}
+    theirs_x, theirs_y = timm_mixup.Mixup(**alphas, label_smoothing=0.1, num_classes=5)(x.clone(), y)
+    mixer = Mixer(5, **alphas, label_smoothing=0.1)
+    ours_x, ours_y = mixer(x, y)
+    assert torch.allclose(ours_x, theirs_x, atol=1e-6) and torch.allclose(ours_y, theirs_y, atol=1e-6)
+    assert mixer.last == {"method": method, "lam": pytest.approx(1 - 9 * 11 / 256 if cutmix else lam)}

@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from pytorch_utils.errors import ConfigError
-from pytorch_utils.viz import (confusion_matrix, most_confused_pairs, per_class_accuracy, plot_confusion_matrix,
-                               plot_per_class_accuracy)
+from pytorch_utils.viz import (confusion_matrix, most_confused_pairs, per_class_accuracy, per_class_report,
+                               plot_confusion_matrix, plot_per_class_accuracy)
 
 TARGETS = [0, 0, 0, 1, 1, 2, 2, 2, 2, 1]
 PREDS = [0, 1, 1, 1, 2, 2, 0, 0, 2, 1]
@@ -24,10 +23,40 @@ def test_confusion_matrix_counts():
 
 
 def test_confusion_matrix_rejects_bad_labels():
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError):
         confusion_matrix([0, 3], [0, 1], 3)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError):
+        confusion_matrix([0, -1], [0, 1], 3)
+    with pytest.raises(ValueError):
         confusion_matrix([0, 1], [0], 3)
+
+
+@pytest.mark.parametrize("num_classes", [3, 7])
+def test_confusion_matrix_equals_sklearn(num_classes):
+    """Pinned to scikit-learn's confusion_matrix (also for classes without samples or predictions)."""
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+    rng = np.random.default_rng(num_classes)
+    t, p = rng.integers(0, 3, 500), rng.integers(0, num_classes, 500)
+    np.testing.assert_array_equal(confusion_matrix(t, p, num_classes),
+                                  sk_confusion_matrix(t, p, labels=np.arange(num_classes)))
+
+
+def test_per_class_report_equals_sklearn_classification_report():
+    """Pinned to scikit-learn's classification_report (per class, macro and weighted averages)."""
+    from sklearn.metrics import classification_report
+
+    rng = np.random.default_rng(0)
+    t = rng.integers(0, 4, 300)
+    p = np.where(rng.random(300) < 0.6, t, rng.integers(0, 4, 300))
+    p[p == 3] = 2  # a class that is never predicted: sklearn's zero_division=0
+    theirs = classification_report(t, p, labels=range(4), target_names=NAMES + ["bird"], output_dict=True,
+                                   zero_division=0)
+    for row in per_class_report(t, p, NAMES + ["bird"]):
+        ref = theirs[row["class"]]
+        assert row["support"] == ref["support"]
+        np.testing.assert_allclose([row["precision"], row["recall"], row["f1"]],
+                                   [ref["precision"], ref["recall"], ref["f1-score"]], rtol=1e-12)
 
 
 def test_per_class_accuracy_values():
@@ -148,7 +177,7 @@ def test_per_class_accuracy_100_classes_horizontal_sorted(tmp_path, check_png):
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == NAMES100
     np.testing.assert_allclose([p.get_width() for p in ax.patches], acc)
-    with pytest.raises(ConfigError):
+    with pytest.raises(KeyError):
         plot_per_class_accuracy(cm, NAMES100, order="alphabetical")
 
 

@@ -8,7 +8,7 @@ import torch.nn as nn
 from pytorch_utils.errors import ConfigError, UnknownNameError
 from pytorch_utils.viz import conv_layer_names, gradcam, plot_gradcam, resolve_target_layer
 
-from viz_helpers import CLASSES, MEAN, STD, TinyCamNet, leftover_hooks, model_flags, partly_frozen
+from viz_helpers import CLASSES, MEAN, STD, leftover_hooks, model_flags, partly_frozen
 
 
 def _state(model):
@@ -24,6 +24,23 @@ def test_maps_shape_range_and_differ(tiny_model, norm_images):
     assert np.abs(maps[0] - maps[1]).mean() > 1e-3  # different images, different maps
     # non-square inputs keep their spatial size
     assert gradcam(tiny_model, torch.randn(2, 3, 24, 40)).shape == (2, 24, 40)
+
+
+@pytest.mark.parametrize("targets", [[3, 5, 1, 7], None])
+def test_maps_equal_pytorch_grad_cam(tiny_model, norm_images, targets):
+    """Pinned to the library: pytorch-grad-cam's GradCAM on the same model (eval mode, out-of-place ReLUs)."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    reference = copy.deepcopy(tiny_model).eval()
+    for m in reference.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    cam = GradCAM(model=reference, target_layers=[reference.features[4]])
+    expected = cam(input_tensor=norm_images[:4],
+                   targets=None if targets is None else [ClassifierOutputTarget(c) for c in targets])
+    cam.activations_and_grads.release()
+    np.testing.assert_allclose(gradcam(tiny_model, norm_images[:4], targets=targets), expected, atol=1e-6)
 
 
 def test_inplace_relu_gives_correct_maps_and_is_restored(tiny_model, norm_images):
@@ -59,7 +76,7 @@ def test_targets_change_the_map(tiny_model, norm_images):
     x = norm_images[:1].repeat(2, 1, 1, 1)
     maps = gradcam(tiny_model, x, targets=[0, 9])
     assert np.abs(maps[0] - maps[1]).mean() > 1e-3
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError):  # neither one target for all nor one per image
         gradcam(tiny_model, x, targets=[0, 1, 2])
 
 
@@ -145,7 +162,7 @@ def test_input_hook_point(tiny_model, norm_images):
     np.testing.assert_allclose(gradcam(tiny_model, norm_images[:3], target_layer="pool:input", targets=[1, 2, 3]),
                                gradcam(tiny_model, norm_images[:3], target_layer="features.5", targets=[1, 2, 3]),
                                atol=1e-5)
-    with pytest.raises(ConfigError, match="input"):
+    with pytest.raises(UnknownNameError, match="'name:input'"):
         resolve_target_layer(tiny_model, "pool:inptu")
     with pytest.raises(UnknownNameError):
         resolve_target_layer(tiny_model, "nope:input")

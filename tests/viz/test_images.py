@@ -25,9 +25,10 @@ def test_denormalize_clips_to_unit_range():
     assert denormalize(-x, MEAN, STD).min() == 0.0
 
 
-def test_denormalize_rejects_mismatched_stats():
-    with pytest.raises(ConfigError):
+def test_denormalize_rejects_mismatched_stats_and_takes_one_value_for_all():
+    with pytest.raises(ValueError, match="broadcast"):  # 2 values for 3 channels
         denormalize(torch.zeros(2, 3, 4, 4), (0.5, 0.5), (0.5, 0.5))
+    np.testing.assert_allclose(denormalize(torch.zeros(1, 3, 2, 2), 0.5, 0.25), np.full((1, 2, 2, 3), 0.5))
 
 
 def test_show_batch_from_normalized_and_uint8(tmp_path, check_png, uint8_images, norm_images):

