@@ -29,8 +29,9 @@ setup(
         "scikit-learn",  # the per-class precision/recall/F1 table
     ],
     extras_require={
-        # The Hub test needs the package, not a network; the export and TensorBoard tests need their extras.
-        "test": ["pytest", "nbval", "ipykernel", "huggingface_hub", "onnx", "onnxscript", "tensorboard"],
+        # The Hub test needs the package, not a network; the export and TensorBoard tests need their extras; ruff is the
+        # lint CI runs; timm's Mixup is what our MixUp/CutMix targets are tested against.
+        "test": ["pytest", "nbval", "ipykernel", "huggingface_hub", "onnx", "onnxscript", "tensorboard", "ruff", "timm"],
         "hub": ["huggingface_hub"],
         "onnx": ["onnx", "onnxscript"],  # export(..., format="onnx"); onnxruntime, if installed, runs the check
         "tensorboard": ["tensorboard"],  # tensorboard=True / --tensorboard

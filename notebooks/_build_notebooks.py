@@ -102,7 +102,6 @@ SMOKE_NOTE = md("""
     """)
 
 IMPORTS = """
-    import dataclasses
     import shutil
     import tempfile
     from pathlib import Path
@@ -115,7 +114,7 @@ IMPORTS = """
     from pytorch_utils import export, load_run, predict, viz
     from pytorch_utils.data import get_preset, load_datasets
     from pytorch_utils.models import create_model, summary
-    from pytorch_utils.recipes import get_recipe, report_data, run_recipe
+    from pytorch_utils.recipes import get_recipe, report_data, run_recipe, smoke_recipe
     from pytorch_utils.train import evaluate
 """
 
@@ -369,18 +368,14 @@ CLEANUP = code("""
 """)
 
 
-def smoke_zip_lines(train: int, test: int, batch: int, extra: str = "") -> str:
-    """The SMOKE branch of a config cell for notebooks that use real images when the zip is at hand.
-
-    ``extra``: more ``recipe.replace`` keyword arguments, e.g. ``"lr_finder=..."``.
-    """
-    more = f",\n                            {extra}" if extra else ""
+def smoke_zip_lines(train: int, test: int, batch: int) -> str:
+    """The SMOKE branch of a config cell for notebooks that use real images when the zip is at hand."""
     return f"""
 if SMOKE:
-    # Real images when the course's JPEG CIFAR-10 copy is at hand (this repo's CI), else the synthetic set.
+    # The package's smoke profile, on real images when the course's JPEG CIFAR-10 copy is at hand (this repo's CI).
     SMOKE_ZIP = Path("{SMOKE_ZIP}")
-    recipe = recipe.replace(data=str(SMOKE_ZIP) if SMOKE_ZIP.exists() else "synthetic", train_limit={train},
-                            test_limit={test}, epochs=1, batch_size={batch}, num_workers=0{more})
+    recipe = smoke_recipe(recipe, str(SMOKE_ZIP) if SMOKE_ZIP.exists() else "synthetic", train_limit={train},
+                          test_limit={test}, batch_size={batch})
     OUT_DIR = Path(tempfile.mkdtemp(prefix=f"{{recipe.name}}_smoke_"))
     ASSETS = OUT_DIR / "report"
 """
@@ -405,7 +400,7 @@ def s10() -> list:
         OUT_DIR = Path("runs") / recipe.name   # history.json, run.json, lr_finder.png, checkpoints/
         ASSETS = Path("assets") / "s10"        # the report's PNGs
     """
-    smoke = smoke_zip_lines(256, 128, 32, "lr_finder=dataclasses.replace(recipe.lr_finder, num_iter=20, min_iter=17)")
+    smoke = smoke_zip_lines(256, 128, 32)
     return [
         *header("S10_custom_resnet_cifar10.ipynb", "S10 - a custom ResNet on CIFAR-10 in 24 epochs", """
             The "DAWNBench ResNet" of session 10: a 9-layer ResNet trained with Adam and a One Cycle policy whose
@@ -499,9 +494,8 @@ DRIVE = """
 # the smoke runs of the WRN notebooks keep a few dozen images.
 WRN_SMOKE = """
     if SMOKE:
-        # WRN-28-10 is heavy on a CPU: a few dozen synthetic images, one epoch, batch 16.
-        recipe = recipe.replace(data="synthetic", train_limit=32, test_limit=32, epochs=1, batch_size=16,
-                                num_workers=0{extra})
+        # WRN-28-10 is heavy on a CPU: the smoke profile with a few dozen synthetic images, one epoch, batch 16.
+        recipe = smoke_recipe(recipe, "synthetic", train_limit=32, test_limit=32, batch_size=16){extra}
         OUT_DIR = Path(tempfile.mkdtemp(prefix=f"{{recipe.name}}_smoke_"))
         ASSETS = OUT_DIR / "report"
 """
@@ -602,7 +596,7 @@ def s8() -> list:
         HUB_REPO = None  # e.g. "your-hf-user/s8-wrn28-10-cifar100"
         recipe = recipe.replace(hub_repo=HUB_REPO)
     """
-    pieces = (config, DRIVE, WRN_SMOKE.format(extra=", num_classes=100"))
+    pieces = (config, DRIVE, WRN_SMOKE.format(extra=".replace(num_classes=100)"))
     return [
         *header("S8_wrn28_10_cifar100.ipynb", "S8 - WRN-28-10 on CIFAR-100 in 100 epochs", """
             The same Wide ResNet on the harder 100-class data set, trained in two phases declared as data, with

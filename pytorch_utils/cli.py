@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--download", action="store_true", help="let torchvision download CIFAR (needs internet)")
     what.add_argument("--train-limit", type=int, default=None, help="train on a stratified subset of this size")
     what.add_argument("--test-limit", type=int, default=None, help="test on a stratified subset of this size")
+    what.add_argument("--smoke", action="store_true", help="the smoke profile: a tiny run of the whole recipe (1 epoch "
+                      "or --epochs on 256/128 images or the limits, batch 32 or --batch-size, a 20-step LR sweep; "
+                      "schedules and phases scaled to fit), data synthetic unless --data")
     how = t.add_argument_group("how (each overrides the recipe field of the same name)")
     how.add_argument("--epochs", type=int, help="number of epochs (default: the recipe's, e.g. 24 for s10, 20 for "
                                                 "the default recipe)")
@@ -140,7 +143,7 @@ def _cmd_recipes(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from pytorch_utils.recipes import get_recipe, parse_override, run_recipe
+    from pytorch_utils.recipes import get_recipe, parse_override, run_recipe, smoke_recipe
 
     recipe = get_recipe(args.recipe or "default")
     overrides = {}
@@ -157,7 +160,12 @@ def _cmd_train(args) -> int:
         overrides["tensorboard"] = True
     for item in args.set:
         overrides.update(parse_override(recipe, item))
+    smoke = {k: overrides.pop(k) for k in ("epochs", "train_limit", "test_limit", "batch_size") if k in overrides}
     recipe = recipe.replace(**overrides)
+    if args.smoke:
+        recipe = smoke_recipe(recipe, args.data or "synthetic", **smoke)
+    elif smoke:
+        recipe = recipe.replace(**smoke)
     if args.lr is not None or args.no_lr_finder:
         recipe = recipe.with_peak_lr(args.lr if args.lr is not None else recipe.lr)
     recipe.validate()  # every name and value, before any data is read

@@ -4,7 +4,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from pytorch_utils.data import make_loader
-from pytorch_utils.train.loop import Callback
+from pytorch_utils.train import Callback
 
 
 class TinyNet(nn.Module):

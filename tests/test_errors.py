@@ -19,8 +19,8 @@ from pytorch_utils.models import create_model
 from pytorch_utils.recipes import check_model_data, get_recipe
 from pytorch_utils.train import fit
 from pytorch_utils.train.checkpoints import CheckpointManager, load_checkpoint
-from pytorch_utils.train.loop import Callback
-from pytorch_utils.train.lr_finder import find_lr
+from pytorch_utils.train.state import Callback, TrainConfig
+from pytorch_utils.train.lr_finder import LRFinderSpec
 from pytorch_utils.utils import resolve_device
 
 
@@ -77,7 +77,7 @@ def test_labels_out_of_range():
     model = TinyNet(num_classes=3)  # labels go up to 3
     with pytest.raises(ConfigError, match="labels range over"):
         fit(model, plain_loader(x, y, 16), None, epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-            progress=False)
+            config=TrainConfig(progress=False))
 
 
 def test_num_classes_mismatch_between_model_and_data():
@@ -123,20 +123,26 @@ def test_nan_loss_stops_names_the_step_and_keeps_the_last_good_checkpoint(tmp_pa
 
     with pytest.raises(NonFiniteLossError, match="epoch 2, step 0"):
         fit(model, train, test, epochs=3, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-            callbacks=[CheckpointManager(tmp_path), Poison()], progress=False)
+            callbacks=[CheckpointManager(tmp_path), Poison()], config=TrainConfig(progress=False))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "epoch-0001.pt"]
     ckpt = load_checkpoint(tmp_path / "epoch-0001.pt")
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
 def test_lr_finder_range_invalid():
-    x, y = tensor_data(64)
-    model = TinyNet()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ConfigError, match="start_lr .*end_lr"):
+        LRFinderSpec(start_lr=1.0, end_lr=0.1)
     with pytest.raises(ConfigError, match="start_lr"):
-        find_lr(model, opt, nn.CrossEntropyLoss(), plain_loader(x, y, 16), start_lr=1.0, end_lr=0.1)
-    with pytest.raises(ConfigError):
-        find_lr(model, opt, nn.CrossEntropyLoss(), plain_loader(x, y, 16), start_lr=-1e-3, end_lr=1.0)
+        LRFinderSpec(start_lr=-1e-3, end_lr=1.0)
+
+
+def test_impossible_lr_finder_is_refused_before_the_missing_data_is_noticed(capsys):
+    code = main(["train", "--recipe", "s10", "--data", "/nonexistent", "--set",
+                 'lr_finder={"start_lr": 1.0, "end_lr": 0.001}'])
+    err = capsys.readouterr().err
+    assert code == 2 and "start_lr" in err and "end_lr" in err and "nonexistent" not in err
+    code = main(["train", "--recipe", "s10", "--data", "/nonexistent", "--set", 'lr_finder={"suggestion": "best"}'])
+    assert code == 2 and "suggestion" in capsys.readouterr().err
 
 
 def test_checkpoint_from_a_different_model(tmp_path, capsys):

@@ -1,8 +1,7 @@
 """``run_recipe``: data, model, optimizer, LR finder, schedule, callbacks and ``fit`` for one :class:`Recipe`."""
-import dataclasses
+import contextlib
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,18 +14,18 @@ from pytorch_utils.data import load_datasets, make_loader
 from pytorch_utils.data.gpu import GPULoader
 from pytorch_utils.data.input_size import choose_input_size
 from pytorch_utils.errors import CheckpointError, ConfigError
-from pytorch_utils.io import atomic_write_text, check_writable_dir, ensure_writable_dir
+from pytorch_utils.io import atomic_write_text, ensure_writable_dir
 from pytorch_utils.models import count_parameters, create_model
-from pytorch_utils.runlock import acquire_run_lock, releases_run_locks
-from pytorch_utils.recipes.base import Recipe, build_optimizer, get_recipe, schedule_with_lrs
+from pytorch_utils.runlock import run_lock
+from pytorch_utils.recipes.base import Recipe, build_optimizer, get_recipe
 from pytorch_utils.train import distributed as dist_utils
-from pytorch_utils.train.callbacks import EarlyStopping, PhaseSchedule, validate_phases
-from pytorch_utils.train.checkpoints import (CheckpointManager, HubPusher, check_model_name, latest_checkpoint,
-                                            restore_model)
-from pytorch_utils.train.history import HistoryWriter
-from pytorch_utils.train.loop import History, fit, model_output_classes
+from pytorch_utils.train.callbacks import EarlyStopping, PhaseSchedule
+from pytorch_utils.train.checkpoints import CheckpointManager, HubPusher, check_model_name, latest_checkpoint, repair_best
+from pytorch_utils.train.history import HistoryWriter, summarize
+from pytorch_utils.train.loop import fit, model_output_classes
+from pytorch_utils.train.state import History, TrainConfig
 from pytorch_utils.train.mixing import Mixer, SoftTargetCrossEntropy
-from pytorch_utils.train.schedules import ScheduleSpec, build_schedule, check_spec
+from pytorch_utils.train.schedules import follows_run_length
 from pytorch_utils.utils import amp_dtype_for, resolve_device, seed_everything, unwrap_model
 
 log = logging.getLogger(__name__)
@@ -84,39 +83,21 @@ RESUME_FREE_FIELDS = ("name", "description", "num_workers", "hub_repo", "hub_eve
 RUN_FILES = ("run.json", "history.json", "history.csv", "summary.json", "lr_finder.png", "checkpoints", "tensorboard")
 
 
-def _depends_on_span(spec: Optional[ScheduleSpec]) -> bool:
-    """True when a schedule's shape follows the length of the span it runs for (so changing it reshapes it)."""
-    return spec is not None and (spec.name in ("one_cycle_linear", "onecycle")
-                                 or (spec.name == "cosine" and "T_max" not in spec.params)
-                                 or (spec.name == "cyclic" and "step_size_up" not in spec.params))
-
-
-def _schedule_spans(recipe: Recipe, epochs: int) -> list:
-    """(start, end when the schedule depends on it) per phase of a run of ``epochs`` epochs."""
-    if not recipe.phases:
-        return [(1, epochs if _depends_on_span(recipe.scheduler) else None)]
-    phases = validate_phases(recipe.phases, epochs=epochs)
-    return [(p.start, p.end if _depends_on_span(p.scheduler) else None) for p in phases]
-
-
-def _same_schedule_so_far(recipe: Recipe, saved_epochs: int, epochs: int) -> bool:
-    """Whether a run of ``saved_epochs`` followed the same LR schedule as a run of ``epochs`` would have, so far."""
-    before, after = _schedule_spans(recipe, saved_epochs), _schedule_spans(recipe, epochs)
-    return len(after) >= len(before) and after[:len(before)] == before
-
-
 def check_resume_compatible(checkpoint: Dict[str, Any], recipe: Recipe, data: str) -> None:
     """Raise CheckpointError (each differing field, saved and requested) when ``checkpoint`` was written with other
     settings: a changed LR, model or data would silently give neither the old run nor a new one. ``epochs`` may
-    change when the epochs already run followed the same schedule either way (extending or shortening a run)."""
+    change when no schedule's shape follows the run's length (phases keep their declared spans, the last one
+    aside)."""
     source = checkpoint.get("_path", "the checkpoint")
     check_model_name(checkpoint, recipe.model, source)
     config = checkpoint.get("config") or {}
     saved = config.get("recipe") or {}
     current = recipe.to_dict()
     diffs = [k for k in current if k not in RESUME_FREE_FIELDS and k in saved and saved[k] != current[k]]
-    if "epochs" in diffs and isinstance(saved["epochs"], int) and not [k for k in diffs if k != "epochs"] \
-            and _same_schedule_so_far(recipe, saved["epochs"], recipe.epochs):
+    # A run past the last phase's end stretches that phase's schedule (its shape may follow the run's length).
+    stretched = recipe.phases and max(recipe.epochs, saved.get("epochs", 0)) > recipe.phases[-1].end
+    last_phase = [p.scheduler for p in recipe.phases if p.scheduler is not None][-1:] if stretched else []
+    if "epochs" in diffs and not any(follows_run_length(spec) for spec in [recipe.scheduler, *last_phase]):
         diffs.remove("epochs")
     lines = [f"{k}: saved {saved[k]!r}, now {current[k]!r}" for k in diffs]
     if config.get("data") is not None and str(config["data"]) != str(data):
@@ -146,6 +127,7 @@ def find_resume_checkpoint(resume: Union[bool, str], out_dir: Path, recipe: Reci
                                   "start a fresh run (resume=False)")
         return None
     check_resume_compatible(ckpt, recipe, data)
+    repair_best(ckpt_dir, ckpt)  # a kill between the epoch file and best.pt leaves best.pt stale
     return ckpt
 
 
@@ -188,20 +170,17 @@ class _Run:
 
 
 def _prepare(recipe: Union[Recipe, str], overrides: Dict[str, Any], data, out_dir, device, device_fallback: bool,
-             resume, progress: bool) -> _Run:
+             resume, progress: bool, cleanup: contextlib.ExitStack) -> _Run:
     """Everything that can refuse the run, before any data is loaded: the recipe, the device, the folder, a resume."""
     recipe = get_recipe(recipe) if isinstance(recipe, str) else recipe
     recipe = (recipe.replace(**overrides) if overrides else recipe).validate()
-    if recipe.scheduler is not None:  # with an LR finder, its LRs fill max_lr / min_lr later
-        check_spec(schedule_with_lrs(recipe.scheduler, 1.0, 0.1) if recipe.lr_finder else recipe.scheduler)
     launched = dist_utils.launched_by_torchrun()
     rank, world, dist_device = dist_utils.init_distributed(device=device) if launched else (0, 1, None)
     device = dist_device if dist_device is not None else resolve_device(device, fallback=device_fallback)
     out_dir = Path(out_dir or Path("runs") / recipe.name)
     data = data or recipe.data
     if rank == 0:
-        check_writable_dir(out_dir)
-        acquire_run_lock(out_dir)  # a second run into this folder is refused while this one runs
+        cleanup.enter_context(run_lock(out_dir))  # a second run into this folder is refused while this one runs
     else:  # under torchrun only rank 0 reports progress (a worker process: its package logger is ours to set)
         logging.getLogger("pytorch_utils").setLevel(logging.WARNING)
     checkpoint = find_resume_checkpoint(resume, out_dir, recipe, data)
@@ -218,8 +197,6 @@ def _build(run: _Run, root: str, download: bool):
     num_classes = train_ds.num_classes
     model = create_model(recipe.model, num_classes=num_classes, **recipe.model_kwargs)
     check_model_data(model, num_classes)
-    if run.checkpoint is not None:
-        restore_model(model, run.checkpoint, source=run.checkpoint["_path"])  # a mismatch fails now, not after a sweep
     # The declared size (augmentation_kwargs["size"], else the first phase's) or the data's: checked before training.
     requested = recipe.augmentation_kwargs.get("size") or next((p.input_size for p in recipe.phases if p.input_size),
                                                                None)
@@ -261,9 +238,7 @@ def _choose_lrs(run: _Run, model, optimizer, criterion, train_loader) -> Tuple[O
     if lr_values is None:
         from pytorch_utils.train.lr_finder import find_lr
 
-        lr_result = find_lr(model, optimizer, criterion, train_loader, start_lr=spec.start_lr, end_lr=spec.end_lr,
-                            num_iter=spec.iterations(len(train_loader)), suggestion=spec.suggestion, div=spec.div,
-                            device=run.device, amp=run.recipe.amp, progress=run.progress)
+        lr_result = find_lr(model, optimizer, criterion, train_loader, spec, device=run.device, amp=run.recipe.amp)
         lr_values = {"lr_max": lr_result.lr_max, "lr_min": lr_result.lr_min}
     # Under torchrun every rank swept its own shard: all ranks follow rank 0's schedule.
     lr_values = dist_utils.broadcast_object(lr_values)
@@ -277,47 +252,32 @@ def _choose_lrs(run: _Run, model, optimizer, criterion, train_loader) -> Tuple[O
     return lr_values, lr_result
 
 
-def _schedule_and_callbacks(run: _Run, optimizer, lr_values, steps_per_epoch: int, config: Dict[str, Any]):
-    """The LR schedule (built before ``fit`` resumes its state) and the callbacks: checkpoints, phases, early stop."""
-    recipe = run.recipe
-
-    def with_lrs(spec: Optional[ScheduleSpec]) -> Optional[ScheduleSpec]:
-        return spec if lr_values is None else schedule_with_lrs(spec, lr_values["lr_max"], lr_values["lr_min"])
-
+def _callbacks(run: _Run, recipe: Recipe, config: Dict[str, Any]) -> list:
+    """Checkpoints, phases, early stopping and the history files, in that order."""
     mode = "min" if recipe.monitor.endswith("loss") else "max"
     hub = HubPusher(recipe.hub_repo, every=recipe.hub_every) if (recipe.hub_repo and run.main) else None
     callbacks = [CheckpointManager(run.out_dir / "checkpoints", keep_last=recipe.keep_last, monitor=recipe.monitor,
-                                   mode=mode, resume=run.checkpoint is not None, checkpoint=run.checkpoint,
-                                   config=config, hub=hub, every=recipe.checkpoint_every)]
-    scheduler = None
+                                   mode=mode, config=config, hub=hub, every=recipe.checkpoint_every)]
     if recipe.phases:
-        phases = [dataclasses.replace(p, scheduler=with_lrs(p.scheduler)) for p in recipe.phases]
-        callbacks.append(PhaseSchedule(validate_phases(phases, epochs=recipe.epochs)))
-    else:
-        scheduler = build_schedule(with_lrs(recipe.scheduler), optimizer, steps_per_epoch, recipe.epochs)
+        callbacks.append(PhaseSchedule(recipe.phases))
     if recipe.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=recipe.monitor, mode=mode, patience=recipe.early_stopping_patience,
                                        start_epoch=recipe.early_stopping_start))
     if run.history_writer is not None:  # last: its files hold what the other callbacks added to each record
         callbacks.append(run.history_writer)
-    return scheduler, callbacks
+    return callbacks
 
 
 def _finish(run: _Run, history: History, model: nn.Module, seconds: float) -> Dict[str, Any]:
     """The run's summary numbers; rank 0 writes ``history.json`` and ``summary.json``."""
-    best, last = history.best("test_acc"), (history[-1] if history else {})
     final = {"recipe": run.recipe.name, "model": run.recipe.model, "data": str(run.data), "device": str(run.device),
-             "epochs_run": len(history), "test_acc": last.get("test_acc"), "test_loss": last.get("test_loss"),
-             "best_test_acc": best["test_acc"] if best else None, "best_epoch": best["epoch"] if best else None,
-             "train_acc": last.get("train_acc"), "seconds": seconds, "parameters": count_parameters(model),
-             "stopped_early": any(r.get("early_stop") for r in history), "tta": run.recipe.tta}
+             **summarize(history), "seconds": seconds, "parameters": count_parameters(model), "tta": run.recipe.tta}
     if run.main:
         history.save_json(run.out_dir / "history.json")
         atomic_write_text(run.out_dir / "summary.json", json.dumps(final, indent=2))
     return final
 
 
-@releases_run_locks  # the run-folder lock taken in _prepare is released however run_recipe ends
 def run_recipe(recipe: Union[Recipe, str], data: Optional[str] = None, out_dir: Union[str, Path, None] = None, *,
                device=None, device_fallback: bool = True, resume: Union[bool, str] = False, root: str = "./data",
                download: bool = False, progress: bool = True, **overrides) -> RunResult:
@@ -328,7 +288,13 @@ def run_recipe(recipe: Union[Recipe, str], data: Optional[str] = None, out_dir: 
     continues from the newest intact checkpoint if any, "required" raises CheckpointError without one; ``root``,
     ``download``: torchvision's CIFAR. Returns a :class:`RunResult`. ConfigError, UnknownNameError and
     CheckpointError are raised before any data is loaded."""
-    run = _prepare(recipe, overrides, data, out_dir, device, device_fallback, resume, progress)
+    with contextlib.ExitStack() as cleanup:  # the run-folder lock taken in _prepare is released however it ends
+        run = _prepare(recipe, overrides, data, out_dir, device, device_fallback, resume, progress, cleanup)
+        return _train(run, root, download)
+
+
+def _train(run: _Run, root: str, download: bool) -> RunResult:
+    """Everything after the checks: data, model, LR finder, schedule, ``fit``, summary."""
     recipe, device, start = run.recipe, run.device, time.perf_counter()
     train_ds, model, train_loader, test_loader, optimizer, criterion, mixer = _build(run, root, download)
     config = {"recipe": recipe.to_dict(), "data": str(run.data), "lr_finder": None,
@@ -343,8 +309,8 @@ def run_recipe(recipe: Union[Recipe, str], data: Optional[str] = None, out_dir: 
     config["lr_finder"] = lr_values
     if run.main and run.checkpoint is None and lr_values is not None:  # the marker above lacks the chosen LRs
         atomic_write_text(run.out_dir / "run.json", json.dumps(config, indent=2, default=str))
-    steps_per_epoch = math.ceil(len(train_loader) / recipe.accumulate_steps)
-    scheduler, callbacks = _schedule_and_callbacks(run, optimizer, lr_values, steps_per_epoch, config)
+    # The LR finder's LRs go where each schedule's registry entry says (max_lr / min_lr, or the start lr).
+    trained = recipe.with_lrs(lr_values["lr_max"], lr_values["lr_min"]) if lr_values else recipe
     ema = None
     if recipe.ema_decay:
         from pytorch_utils.train.ema import ModelEMA
@@ -356,11 +322,12 @@ def run_recipe(recipe: Union[Recipe, str], data: Optional[str] = None, out_dir: 
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if recipe.compile:
         train_model = torch.compile(train_model)
+    settings = TrainConfig(device=device, amp=recipe.amp, channels_last=recipe.channels_last and device.type == "cuda",
+                           mixer=mixer, grad_clip=recipe.grad_clip, accumulate_steps=recipe.accumulate_steps, ema=ema,
+                           tta=recipe.tta, progress=run.progress)
     history = fit(train_model, train_loader, test_loader, epochs=recipe.epochs, optimizer=optimizer,
-                  criterion=criterion, scheduler=scheduler, callbacks=callbacks, device=device, amp=recipe.amp,
-                  channels_last=recipe.channels_last and device.type == "cuda", mixer=mixer,
-                  grad_clip=recipe.grad_clip, accumulate_steps=recipe.accumulate_steps, ema=ema, tta=recipe.tta,
-                  progress=run.progress)
+                  criterion=criterion, scheduler=trained.scheduler, callbacks=_callbacks(run, trained, config),
+                  resume=run.checkpoint, config=settings)
     final = _finish(run, history, model, time.perf_counter() - start)
     model = unwrap_model(model)
     return RunResult(recipe=recipe, model=model, history=history, out_dir=run.out_dir, train_loader=train_loader,

@@ -1,11 +1,12 @@
 """Callbacks for ``fit``: early stopping and phase schedules (dropout / augmentation / MixUp / LR by epoch). Both
 derive their state from the restored history and epoch, so a resumed run behaves like an uninterrupted one."""
-from dataclasses import dataclass, replace
+import dataclasses
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch.nn as nn
 
-from pytorch_utils.errors import ConfigError
+from pytorch_utils.errors import ConfigError, bounded, check_fields
 from pytorch_utils.train.schedules import ScheduleSpec, check_spec, initial_lr, phase_schedule
 from pytorch_utils.train.state import Callback, TrainState
 from pytorch_utils.utils import unwrap_model
@@ -22,13 +23,7 @@ class EarlyStopping(Callback):
 
     def __init__(self, monitor: str = "test_acc", mode: str = "max", patience: int = 15, min_delta: float = 0.0,
                  start_epoch: Optional[int] = None):
-        if patience < 1:
-            raise ConfigError(f"patience must be >= 1, got {patience}")
-        if mode not in ("max", "min"):
-            raise ConfigError(f"mode must be 'max' or 'min', got {mode!r}")
-        if start_epoch is not None and (isinstance(start_epoch, bool) or not hasattr(start_epoch, "__index__")
-                                        or start_epoch < 1):
-            raise ConfigError(f"start_epoch must be None or an integer >= 1, got {start_epoch!r}")
+        assert patience >= 1 and mode in ("max", "min") and (start_epoch is None or start_epoch >= 1)
         self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
         self.start_epoch = None if start_epoch is None else int(start_epoch)
         self.best, self.best_epoch, self.wait = None, None, 0
@@ -66,53 +61,53 @@ class EarlyStopping(Callback):
 
 @dataclass
 class Phase:
-    """Settings from epoch ``start`` to ``end`` (1-based, inclusive); None keeps what was set. ``scheduler``: a
-    :class:`ScheduleSpec` (not "plateau") run until the next phase that declares one; ``dropout``: p of every dropout;
-    ``augmentation``/``input_size``: train preset and size; ``mixup_alpha``/``cutmix_alpha``: the mixer's alphas."""
+    """Settings from epoch ``start`` to ``end`` (1-based, inclusive; the last phase runs to the end of the run); None
+    keeps what was set. ``scheduler``: a
+    :class:`ScheduleSpec` (or dict; not "plateau") run until the next phase that declares one, shaped for that span;
+    ``dropout``: p of every dropout; ``augmentation``: the train preset; ``input_size``: the training side in pixels
+    (progressive resizing); ``mixup_alpha``/``cutmix_alpha``: the mixer's alphas. Checked when built."""
 
-    start: int
-    end: int
+    start: int = bounded(ge=1)
+    end: int = bounded(ge=1)
     name: str = ""
     scheduler: Optional[ScheduleSpec] = None
-    dropout: Optional[float] = None
+    dropout: Optional[float] = bounded(None, ge=0, lt=1)
     augmentation: Optional[str] = None
-    input_size: Optional[int] = None
-    mixup_alpha: Optional[float] = None
-    cutmix_alpha: Optional[float] = None
+    input_size: Optional[int] = bounded(None, ge=8, le=1024)
+    mixup_alpha: Optional[float] = bounded(None, ge=0)
+    cutmix_alpha: Optional[float] = bounded(None, ge=0)
+
+    def __post_init__(self):
+        if isinstance(self.scheduler, dict):
+            self.scheduler = ScheduleSpec(**self.scheduler)
+        check_fields(self, f"phase {self.name or self.start} field")
 
 
 SETTINGS = ("dropout", "augmentation", "input_size", "mixup_alpha", "cutmix_alpha")
 
 
-def validate_phases(phases: Sequence[Phase], epochs: Optional[int] = None) -> List[Phase]:
-    """Check phases (Phase objects or dicts) are non-empty and contiguous from epoch 1; return them as Phase objects.
-    With ``epochs``, phases are cut to it (a 2-epoch smoke run keeps those covering epochs 1-2), the last stretched."""
+def validate_phases(phases: Sequence[Phase]) -> List[Phase]:
+    """Phases (Phase objects or dicts) as Phase objects, checked: at least one, contiguous from epoch 1, each schedule
+    valid for its span (see :func:`check_spec`) and not "plateau". Raises ConfigError naming the phase."""
     phases = [p if isinstance(p, Phase) else Phase(**p) for p in phases]
     if not phases:
         raise ConfigError("a phase schedule needs at least one phase")
-    expected = 1
-    for p in phases:
-        if p.start != expected or p.end < p.start:
-            raise ConfigError(f"phases must be contiguous from epoch 1: phase {p.name or p.start} covers "
-                              f"{p.start}-{p.end}, expected it to start at {expected}")
-        if isinstance(p.scheduler, dict):
-            p.scheduler = ScheduleSpec(**p.scheduler)
+    starts = [p.start for p in phases if p.scheduler is not None] + [phases[-1].end + 1]
+    for i, p in enumerate(phases):
+        where = f"phase {p.name or p.start}"
+        if p.start != (phases[i - 1].end + 1 if i else 1) or p.end < p.start:
+            raise ConfigError(f"phases must be contiguous from epoch 1: {where} covers {p.start}-{p.end}, expected "
+                              f"it to start at {phases[i - 1].end + 1 if i else 1}")
         if p.scheduler is not None:
-            check_spec(p.scheduler, where=f"phase {p.name or p.start}")
+            check_spec(p.scheduler, where=where, span=next(s for s in starts if s > p.start) - p.start)
             if p.scheduler.name == "plateau":
-                raise ConfigError(f"phase {p.name or p.start}: a plateau scheduler depends on the metrics, not the "
-                                  "epoch, so it cannot be one piece of a phase schedule; use it without phases")
-        expected = p.end + 1
-    if epochs is not None:
-        phases = [p for p in phases if p.start <= epochs]
-        phases[-1] = replace(phases[-1], end=epochs)
+                raise ConfigError(f"{where}: a plateau scheduler depends on the metrics, not the epoch, so it cannot "
+                                  "be one piece of a phase schedule; use it without phases")
     return phases
 
 
 def set_dropout(model: nn.Module, p: float) -> int:
-    """Set ``p`` on every dropout module of ``model``; returns how many were changed."""
-    if not 0.0 <= p < 1.0:
-        raise ConfigError(f"dropout must be in [0, 1), got {p}")
+    """Set ``p`` (in [0, 1)) on every dropout module of ``model``; returns how many were changed."""
     layers = [m for m in unwrap_model(model).modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
     for m in layers:
         m.p = p
@@ -145,8 +140,9 @@ class PhaseSchedule(Callback):
         if "dropout" in settings:
             set_dropout(state.model, settings["dropout"])
         aug = (settings.get("augmentation"), settings.get("input_size"))
-        if aug != (self.applied.get("augmentation"), self.applied.get("input_size")) and aug[0] is not None:
-            # The one augmentation switch of both package loaders (make_loader, GPULoader); they keep their seed.
+        if aug != (self.applied.get("augmentation"), self.applied.get("input_size")):
+            # The one augmentation switch of both package loaders (make_loader, GPULoader; they keep their seed);
+            # None keeps the loader's current preset or size, so a phase may change the input size alone.
             state.train_loader.set_augmentation(aug[0], size=aug[1])
         if state.mixer is not None:
             state.mixer.mixup_alpha = float(settings.get("mixup_alpha", state.mixer.mixup_alpha))
@@ -161,7 +157,9 @@ class PhaseSchedule(Callback):
         if switches_aug and not hasattr(state.train_loader, "set_augmentation"):
             raise ConfigError("a phase changes the augmentation or input size, but the training loader has no "
                               "set_augmentation(); build it with make_loader(...) or GPULoader(...)")
-        schedule = phase_schedule(self.phases, state.steps_per_epoch, state.epochs, initial_lr(state.optimizer))
+        # The last phase runs to the end of the run (its schedule shaped for that span).
+        last = dataclasses.replace(self.phases[-1], end=max(self.phases[-1].end, state.epochs))
+        schedule = phase_schedule(self.phases[:-1] + [last], state.steps_per_epoch, initial_lr(state.optimizer))
         if schedule is not None:
             schedule.check_optimizer(state.optimizer)
             state.scheduler = schedule

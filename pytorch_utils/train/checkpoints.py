@@ -21,7 +21,7 @@ from pytorch_utils.train.state import Callback, History, TrainState
 from pytorch_utils.utils import get_rng_state, set_rng_state, unwrap_model
 
 _log = logging.getLogger(__name__)
-FORMAT = 1
+FORMAT = 2  # 2: steps_per_epoch added, schedules saved as their adapters
 EPOCH_FILE = re.compile(r"^epoch-(\d+)\.pt$")
 
 
@@ -59,6 +59,7 @@ def make_checkpoint(state: TrainState, config: Optional[Dict[str, Any]] = None,
            for key, part in (("scheduler", state.scheduler), ("scaler", state.scaler), ("ema", state.ema))},
         "epoch": state.epoch,
         "step": state.step,
+        "steps_per_epoch": state.steps_per_epoch,
         "history": _plain(list(state.history)),
         "rng": _rng_to_plain(get_rng_state()),
         "config": _plain(config or {}),
@@ -120,8 +121,12 @@ def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
     except Exception as exc:  # truncated zip, bad pickle, disk error: all mean "unusable"
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated "
                               f"({type(exc).__name__}: {exc})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
+    if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(ckpt.get("format"), int):
         raise CheckpointError(f"{str(path)!r} is not a pytorch_utils checkpoint (format {FORMAT})")
+    if ckpt["format"] != FORMAT:
+        raise CheckpointError(f"{str(path)!r} was written by pytorch_utils {ckpt.get('version')} (checkpoint format "
+                              f"{ckpt['format']}, this version reads {FORMAT}): start a fresh run, or finish that one "
+                              "with the version that wrote it")
     return ckpt
 
 
@@ -145,15 +150,19 @@ def restore_model(model: torch.nn.Module, checkpoint: Dict[str, Any], source: st
 
 
 def restore_state(state: TrainState, checkpoint: Dict[str, Any], source: str = "checkpoint") -> None:
-    """Put a checkpoint back into a :class:`TrainState` (``fit`` calls this before any callback hook); one without
-    ``step`` (written before steps were counted) counts ``epoch * steps_per_epoch``."""
+    """Put a checkpoint back into a :class:`TrainState` (``fit`` calls this before any callback hook). When the steps
+    per epoch differ from the checkpoint's (another batch size or data size), the step count is rescaled so the
+    schedule continues from the same fraction of the run, and that is logged."""
     restore_model(state.model, checkpoint, source)
     state.optimizer.load_state_dict(checkpoint["optimizer"])
     for key, part in (("scheduler", state.scheduler), ("scaler", state.scaler), ("ema", state.ema)):
         if checkpoint.get(key) is not None and hasattr(part, "load_state_dict"):
             part.load_state_dict(checkpoint[key])
-    state.epoch = int(checkpoint["epoch"])
-    state.step = int(checkpoint.get("step", state.epoch * state.steps_per_epoch))
+    state.epoch, state.step, saved = int(checkpoint["epoch"]), int(checkpoint["step"]), checkpoint["steps_per_epoch"]
+    if saved != state.steps_per_epoch:
+        state.step = round(state.step * state.steps_per_epoch / saved)
+        _log.info(f"{source} was written at {saved} steps per epoch, this run has {state.steps_per_epoch} (another "
+                  f"batch or data size): the LR schedule continues from the same point of the run, step {state.step}")
     state.history = History(checkpoint.get("history") or [])
     set_rng_state(_rng_from_plain(checkpoint["rng"]))
 
@@ -181,68 +190,36 @@ def latest_checkpoint(directory, skipped: Optional[List[str]] = None) -> Optiona
 
 
 class CheckpointManager(Callback):
-    """Saves ``epoch-0007.pt`` files (the last ``keep_last``) and ``best.pt`` (by ``monitor``, ``mode`` "max" or
-    "min") in ``directory``, and resumes runs; only rank 0 writes. ``resume``: hand ``fit`` the newest intact
-    checkpoint, or the given ``checkpoint`` (True: start fresh without one; "required": CheckpointError). ``config``
-    (dict or dataclass) is stored in each checkpoint. ``every``: epochs between epoch checkpoints (the last always
-    saved); a best in between waits in memory for the next save."""
+    """Writes ``epoch-0007.pt`` files (the last ``keep_last``) and ``best.pt`` (by ``monitor``, ``mode`` "max" or
+    "min") in ``directory``; only rank 0 writes. It only writes: a run resumes by handing ``fit`` a loaded checkpoint
+    (``resume=``), whose history gives back the best so far. ``config`` (dict or dataclass) is stored in each
+    checkpoint. ``every``: epochs between epoch checkpoints (the last always saved); a best in between waits in
+    memory for the next save."""
 
     def __init__(self, directory, keep_last: int = 5, monitor: str = "test_acc", mode: str = "max",
-                 resume=False, config: Any = None, hub: "HubPusher" = None, every: int = 1,
-                 checkpoint: Optional[Dict[str, Any]] = None):
-        if every < 1:
-            raise ConfigError(f"every must be >= 1, got {every}")
-        if keep_last < 1:
-            raise ConfigError(f"keep_last must be >= 1, got {keep_last}")
-        if mode not in ("max", "min"):
-            raise ConfigError(f"mode must be 'max' or 'min', got {mode!r}")
-        self.directory = Path(directory)
-        self.best_path = self.directory / "best.pt"
+                 config: Any = None, hub: "HubPusher" = None, every: int = 1):
+        assert every >= 1 and keep_last >= 1 and mode in ("max", "min")
+        self.directory, self.best_path = Path(directory), Path(directory) / "best.pt"
         if dist_utils.is_main_process():
             ensure_writable_dir(self.directory)
         self.keep_last, self.monitor, self.mode = keep_last, monitor, mode
-        self.resume, self.config, self.hub, self.every = resume, config, hub, every
-        self.preloaded = checkpoint
+        self.config, self.hub, self.every = config, hub, every
         self.best: Optional[Dict[str, Any]] = None
-        self.skipped: List[str] = []  # corrupt checkpoints found while resuming
         self._pending_best: Optional[Dict[str, Any]] = None
-
-    def latest(self) -> Optional[Dict[str, Any]]:
-        """The newest intact epoch checkpoint (dict, with ``_path``), skipping and reporting corrupt ones."""
-        return latest_checkpoint(self.directory, self.skipped)
 
     def _is_better(self, value: Optional[float]) -> bool:
         if value is None or self.best is None:
             return value is not None
         return value > self.best["value"] if self.mode == "max" else value < self.best["value"]
 
-    def remove_stale_temporaries(self) -> List[Path]:
-        """Delete temporary files left by a write that was killed (they never replaced a checkpoint)."""
-        stale = list(self.directory.glob(".*.tmp"))
-        for path in stale:
-            path.unlink(missing_ok=True)
-        return stale
-
-    def checkpoint_to_resume(self) -> Optional[Dict[str, Any]]:
-        """The checkpoint ``fit`` restores before any hook, or None; CheckpointError if required and missing."""
-        if not self.resume:
-            return None
-        ckpt = self.preloaded if self.preloaded is not None else self.latest()
-        self.preloaded = None
-        if ckpt is None:
-            if self.resume == "required":
-                extra = f" ({len(self.skipped)} corrupt: {', '.join(self.skipped)})" if self.skipped else ""
-                raise CheckpointError(f"resume requested but {str(self.directory)!r} holds no usable checkpoint"
-                                      f"{extra}; start a fresh run (resume=False)")
-            return None
-        self.best = ckpt.get("best")
-        if dist_utils.is_main_process():
-            repair_best(self.directory, ckpt)  # a kill between the epoch file and best.pt leaves best.pt stale
-        return ckpt
-
     def on_fit_start(self, state: TrainState) -> None:
-        if dist_utils.is_main_process():
-            self.remove_stale_temporaries()
+        self.best = None
+        for record in state.history:  # a resumed run: the best so far, from its history
+            if self._is_better(record.get(self.monitor)):
+                self.best = {"monitor": self.monitor, "value": record[self.monitor], "epoch": record["epoch"]}
+        if dist_utils.is_main_process():  # temporaries of a killed write never replaced a checkpoint
+            for path in self.directory.glob(".*.tmp"):
+                path.unlink(missing_ok=True)
 
     def on_epoch_complete(self, state: TrainState, record: Dict[str, Any]) -> None:
         value = record.get(self.monitor)

@@ -4,7 +4,6 @@ One backward path for fp32/bf16/fp16 (a GradScaler enabled only for fp16, as nan
 of the optimizer steps applied; metrics stay on the device, read every ``sync_every`` steps (no per-step sync).
 """
 import contextlib
-import dataclasses
 import logging
 import math
 import time
@@ -13,32 +12,18 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 
 from pytorch_utils.data.loaders import set_loader_epoch
 from pytorch_utils.errors import ConfigError, NonFiniteLossError
 from pytorch_utils.train import distributed as dist_utils
 from pytorch_utils.train.checkpoints import restore_state
-from pytorch_utils.train.schedules import StepSchedule
-from pytorch_utils.train.state import Callback, History, TrainConfig, TrainState  # noqa: F401 (re-exported)
+from pytorch_utils.train.schedules import as_schedule, check_length
+from pytorch_utils.train.state import Callback, History, TrainConfig, TrainState
 from pytorch_utils.utils import amp_dtype_for, model_device, preserved, resolve_device, unwrap_model
 
 log = logging.getLogger(__name__)
-
-
-def scheduler_interval(scheduler, declared: Optional[str] = None) -> str:
-    """How ``scheduler`` is stepped: "step" (a StepSchedule), else ``declared``, its ``interval`` attribute, or a
-    guess from its type ("batch" for OneCycleLR/CyclicLR, "plateau" for ReduceLROnPlateau, else "epoch")."""
-    if isinstance(scheduler, StepSchedule):
-        return "step"
-    declared = declared or getattr(scheduler, "interval", None)
-    if declared in ("step", "batch", "epoch", "plateau"):
-        return declared
-    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        return "plateau"
-    if isinstance(scheduler, (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR)):
-        return "batch"
-    return "epoch"
 
 
 def _inputs(inputs: torch.Tensor, model: nn.Module, device, amp_dtype, channels_last: bool) -> torch.Tensor:
@@ -95,31 +80,6 @@ class _Meter:
         return {"loss": loss_sum / count, "acc": 100.0 * correct / count, "samples": int(count)}
 
 
-class _BatchNormWarmup:
-    """For the first ``steps`` updates of each BatchNorm layer, rescale PyTorch's running-statistics update from
-    momentum ``m`` to ``max(m, 1 / (n + 1))`` (a plain average). ``before()`` a forward keeps the statistics;
-    ``after()`` its backward pass (which may still read them) rescales the update outside the model, so a compiled
-    model (momentum baked into the graph) warms up too."""
-
-    def __init__(self, model: nn.Module, steps: int):
-        layers = [m for m in unwrap_model(model).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                  and m.track_running_stats and m.momentum is not None and m.training] if steps > 0 else []
-        counts = [(m, int(m.num_batches_tracked)) for m in layers]  # one host read per epoch, only while warming
-        self.layers = [(m, n) for m, n in counts if n < steps]
-        self.steps, self.saved = steps, []
-
-    def before(self) -> None:
-        self.saved = [(m.running_mean.clone(), m.running_var.clone()) for m, _ in self.layers]
-
-    def after(self) -> None:
-        with torch.no_grad():
-            for (m, n), (mean, var) in zip(self.layers, self.saved):
-                k = max(m.momentum, 1.0 / (n + 1)) / m.momentum
-                m.running_mean.copy_(torch.lerp(mean, m.running_mean, k))
-                m.running_var.copy_(torch.lerp(var, m.running_var, k))
-        self.layers = [(m, n + 1) for m, n in self.layers if n + 1 < self.steps]
-
-
 def model_output_classes(model: nn.Module) -> Optional[int]:
     """Width of the model's last Linear layer (its number of classes), or None when it has none."""
     heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -127,7 +87,7 @@ def model_output_classes(model: nn.Module) -> Optional[int]:
 
 
 def _check_labels(targets: torch.Tensor, num_classes: Optional[int]) -> None:
-    """Once per epoch (one host sync): labels must index the model's outputs."""
+    """Labels must index the model's outputs (the door for a user's own loader)."""
     if num_classes is None or targets.dim() != 1 or targets.numel() == 0:
         return
     lo, hi = torch.stack([targets.min(), targets.max()]).tolist()
@@ -145,25 +105,12 @@ def _check_finite(bad_step: torch.Tensor, epoch: Optional[int]) -> None:
             "inputs for NaNs, or use amp=None; the last good checkpoint (if any) is untouched.")
 
 
-def _apply_schedule(optimizer, lr: float, momentum: Optional[float]) -> None:
-    """Write ``lr`` (and ``momentum`` unless None) into every param group; the momentum goes where torch's
-    cycle_momentum puts it: Adam's beta1, else SGD's momentum."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-        if momentum is None:
-            continue
-        if "betas" in group:
-            group["betas"] = (momentum, group["betas"][1])
-        else:
-            group["momentum"] = momentum
-
-
 def _optimizer_step(model: nn.Module, optimizer, scaler, grad_clip: Optional[float], schedule, step: int) -> bool:
     """One optimizer step through the GradScaler (a pass-through when disabled), with the LR (and momentum, when it
-    cycles) of a StepSchedule ``schedule`` at ``step``; False when the scaler skipped the step because of inf/NaN
+    cycles) ``schedule`` gives applied step ``step``; False when the scaler skipped the step because of inf/NaN
     gradients (fp16), so the schedule does not advance."""
     if schedule is not None:
-        _apply_schedule(optimizer, schedule(step), schedule.momentum(step))
+        schedule.apply(optimizer, step)
     if grad_clip:
         scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -174,55 +121,50 @@ def _optimizer_step(model: nn.Module, optimizer, scaler, grad_clip: Optional[flo
     return not scaler.is_enabled() or scaler.get_scale() >= scale  # a skipped step lowers the scale
 
 
-def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, criterion: Callable, *,
-                    config: Optional[TrainConfig] = None, scheduler=None, scaler=None, step: int = 0,
-                    epoch: Optional[int] = None, **settings) -> Dict[str, float]:
-    """Train ``model`` (on its device) for one pass over ``loader``; ``settings`` override ``config`` fields.
+def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, criterion: Callable,
+                    config: Optional[TrainConfig] = None, *, schedule=None, scaler=None, step: int = 0,
+                    epoch: Optional[int] = None) -> Dict[str, float]:
+    """Train ``model`` (on its device) for one pass over ``loader`` with the settings of ``config``.
 
-    ``criterion(logits, targets)`` must accept the targets ``config.mixer`` produces. ``scheduler``: a StepSchedule
-    (LR from ``step`` + steps applied), a torch scheduler stepped after each applied step when its interval is "batch",
-    or None. ``scaler``: default one enabled only for fp16. ``epoch``: 1-based, for the bar and error messages.
-    Returns ``{"loss", "acc" (percent), "lr" (last step), "steps" (applied), "samples", "seconds"}``.
-    Raises NonFiniteLossError when the loss becomes NaN/inf (names the epoch and batch).
+    ``criterion(logits, targets)`` must accept the targets ``config.mixer`` produces. ``schedule``: anything with
+    ``apply(optimizer, step)`` (a StepSchedule, a TorchSchedule), called before each optimizer step with ``step`` +
+    the steps applied so far, or None. ``scaler``: default one enabled only for fp16. ``epoch``: 1-based, for the bar
+    and error messages. Returns ``{"loss", "acc" (percent), "lr" (last step), "steps" (applied), "samples",
+    "seconds"}``. Raises NonFiniteLossError when the loss becomes NaN/inf (names the epoch and batch), ConfigError
+    for labels outside the model's classes.
     """
-    cfg = dataclasses.replace(config or TrainConfig(), **settings)
+    cfg = config or TrainConfig()
     device = model_device(model)
     amp_dtype = amp_dtype_for(cfg.amp, device)
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    per_batch = scheduler if scheduler_interval(scheduler, cfg.interval) == "batch" else None
-    step_schedule = scheduler if isinstance(scheduler, StepSchedule) else None
-    n_acc, num_batches = cfg.accumulate_steps, _num_batches(loader)
+    n_acc, num_batches, num_classes = cfg.accumulate_steps, _num_batches(loader), model_output_classes(model)
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    meter, warm_bn, start, applied = _Meter(device), _BatchNormWarmup(model, cfg.bn_warmup), time.perf_counter(), 0
+    meter, start, applied = _Meter(device), time.perf_counter(), 0
     bad = torch.full((), -1, device=device, dtype=torch.long)
     bar = _progress_bar(loader, f"epoch {epoch}" if epoch else "train", cfg.progress)
     for i, (inputs, targets) in enumerate(loader):
         inputs = _inputs(inputs, model, device, amp_dtype, cfg.channels_last)
         targets = targets.to(device, non_blocking=True)
-        if i == 0:
-            _check_labels(targets, model_output_classes(model))
+        if i == 0:  # one host sync per epoch
+            _check_labels(targets, num_classes)
         if cfg.mixer is not None:
             inputs, targets = cfg.mixer(inputs, targets)
         boundary = (i + 1) % n_acc == 0 or i + 1 == num_batches
         # DDP: gradients are all-reduced only on the batch that ends an accumulation group.
         sync = model.no_sync() if not boundary and hasattr(model, "no_sync") else contextlib.nullcontext()
-        warm_bn.before()
         with sync:
             with _autocast(device, amp_dtype):
                 logits = model(inputs)
                 loss = criterion(logits.float(), targets)
             scaler.scale(loss / n_acc).backward()
-        warm_bn.after()
         meter.add(loss, logits, targets)
         # The first non-finite batch, remembered without a host sync; read at the sync points.
         bad = torch.where((bad < 0) & ~torch.isfinite(loss.detach()), torch.full_like(bad, i), bad)
-        if boundary and _optimizer_step(model, optimizer, scaler, cfg.grad_clip, step_schedule, step + applied):
+        if boundary and _optimizer_step(model, optimizer, scaler, cfg.grad_clip, schedule, step + applied):
             applied += 1
             if cfg.ema is not None:
                 cfg.ema.update(model)
-            if per_batch is not None:
-                per_batch.step()
         bar.update(1)
         if (i + 1) % cfg.sync_every == 0:
             _check_finite(bad, epoch)
@@ -276,15 +218,19 @@ def evaluate(model: nn.Module, loader, *, criterion: Optional[Callable] = None, 
 
 def fit(model: nn.Module, train_loader, test_loader=None, *, epochs: int, optimizer: torch.optim.Optimizer,
         criterion: Optional[Callable] = None, scheduler=None, callbacks: Sequence[Callback] = (),
-        resume: Optional[Dict[str, Any]] = None, config: Optional[TrainConfig] = None, **settings) -> History:
+        resume: Optional[Dict[str, Any]] = None, config: Optional[TrainConfig] = None) -> History:
     """Train ``model`` (moved to ``config.device``) for ``epochs`` epochs in all, evaluating after each if a
-    ``test_loader`` is given. ``scheduler``: a StepSchedule, a torch scheduler (stepped per ``config.interval``), or
-    None (a PhaseSchedule may supply one). ``resume``: a checkpoint dict, default the first callback's
-    ``checkpoint_to_resume()``; restored before any hook runs. ``settings``: ``config`` fields (``amp="bf16"``).
-    Returns the :class:`History`, one record per epoch (also logged at INFO on rank 0).
-    Raises ConfigError (``epochs < 1``, unknown amp) or CheckpointError (a checkpoint that does not fit).
+    ``test_loader`` is given, with the settings of ``config`` (a :class:`TrainConfig`).
+
+    ``scheduler``: a :class:`ScheduleSpec` (built here for this run's length), a schedule from ``build_schedule``, a
+    torch scheduler (OneCycleLR/CyclicLR stepped per optimizer step, others per epoch, ReduceLROnPlateau with the
+    test loss), or None (a PhaseSchedule callback may supply one). ``resume``: a checkpoint dict (``load_checkpoint``)
+    restored before any hook runs; when the steps per epoch changed since it was written (batch or data size), the
+    schedule continues from the same fraction of the run. Returns the :class:`History`, one record per epoch (also
+    logged at INFO on rank 0). Raises ConfigError (``epochs < 1``, a schedule built for fewer steps than the run) or
+    CheckpointError (a checkpoint that does not fit).
     """
-    cfg = dataclasses.replace(config or TrainConfig(), **settings)
+    cfg = config or TrainConfig()
     if epochs < 1:
         raise ConfigError(f"epochs must be >= 1, got {epochs}")
     device = model_device(model) if cfg.device is None else resolve_device(cfg.device)
@@ -294,13 +240,12 @@ def fit(model: nn.Module, train_loader, test_loader=None, *, epochs: int, optimi
     amp_dtype = amp_dtype_for(cfg.amp, device)
     for group in optimizer.param_groups:  # the base LR of schedules without their own ``lr`` (as torch records it)
         group.setdefault("initial_lr", group["lr"])
+    steps_per_epoch = math.ceil(_num_batches(train_loader) / cfg.accumulate_steps)
     state = TrainState(
         model=model, optimizer=optimizer, criterion=criterion or nn.CrossEntropyLoss(), train_loader=train_loader,
-        test_loader=test_loader, device=device, epochs=epochs, config=cfg, scheduler=scheduler,
-        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
-        steps_per_epoch=math.ceil(_num_batches(train_loader) / cfg.accumulate_steps))
-    resume = resume if resume is not None else next(
-        (c for c in (cb.checkpoint_to_resume() for cb in callbacks) if c is not None), None)
+        test_loader=test_loader, device=device, epochs=epochs, config=cfg,
+        scheduler=as_schedule(scheduler, optimizer, steps_per_epoch, epochs),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), steps_per_epoch=steps_per_epoch)
     if resume is not None:
         restore_state(state, resume, source=resume.get("_path", "checkpoint"))
         if dist_utils.is_main_process():
@@ -317,6 +262,7 @@ def _hook(callbacks: Sequence[Callback], name: str, *args) -> None:
 def run_fit(state: TrainState, callbacks: Sequence[Callback] = ()) -> TrainState:
     """Run the epoch loop on a prepared (and, when resuming, restored) :class:`TrainState`."""
     _hook(callbacks, "on_fit_start", state)
+    check_length(state.scheduler, state.steps_per_epoch * state.epochs)
     try:
         while state.epoch < state.epochs and not state.stop:
             _hook(callbacks, "on_epoch_start", state)
@@ -333,11 +279,13 @@ def run_fit(state: TrainState, callbacks: Sequence[Callback] = ()) -> TrainState
 
 
 def _run_epoch(state: TrainState) -> Dict[str, Any]:
-    """Train one epoch, evaluate, step an epoch/plateau scheduler; appends and returns the epoch's record."""
+    """Train one epoch, evaluate, step a plateau scheduler; appends and returns the epoch's record."""
     cfg, epoch = state.config, state.epoch + 1  # 1-based for people
     set_loader_epoch(state.train_loader, state.epoch)
-    train = train_one_epoch(state.model, state.train_loader, state.optimizer, state.criterion, config=cfg,
-                            scheduler=state.scheduler, scaler=state.scaler, step=state.step, epoch=epoch)
+    plateau = isinstance(state.scheduler, ReduceLROnPlateau)
+    train = train_one_epoch(state.model, state.train_loader, state.optimizer, state.criterion, cfg,
+                            schedule=None if plateau else state.scheduler, scaler=state.scaler, step=state.step,
+                            epoch=epoch)
     state.step += train["steps"]
     record: Dict[str, Any] = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"],
                               "lr": train["lr"], "train_seconds": train["seconds"], "seconds": train["seconds"]}
@@ -347,11 +295,8 @@ def _run_epoch(state: TrainState) -> Dict[str, Any]:
                         channels_last=cfg.channels_last, tta=cfg.tta)
         record.update(test_loss=test["loss"], test_acc=test["acc"], test_samples=test["samples"])
         record["seconds"] += test["seconds"]
-    interval = scheduler_interval(state.scheduler, cfg.interval)
-    if state.scheduler is not None and interval == "plateau":
+    if plateau:
         state.scheduler.step(record.get("test_loss", record["train_loss"]))
-    elif state.scheduler is not None and interval == "epoch":
-        state.scheduler.step()
     state.epoch = epoch
     state.history.append(record)
     return record

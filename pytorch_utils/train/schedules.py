@@ -1,7 +1,10 @@
-"""Learning-rate schedules as pure functions of the optimizer step, declared as data (:class:`ScheduleSpec`).
+"""Learning-rate schedules: one registry entry per name (:data:`SCHEDULES`), each a pure function of the optimizer
+step (as nanoGPT's ``get_lr(it)``, so a checkpoint needs only the step count), declared as data (:class:`ScheduleSpec`).
 
-As nanoGPT's ``get_lr(it)``, so a checkpoint needs only the step count; ReduceLROnPlateau (metric-driven) stays a
-torch scheduler. Where torch has the schedule, the formula is torch's (tests/train/test_schedules.py compares).
+The engine asks one thing of a schedule: ``schedule.apply(optimizer, step)`` writes the LR (and the momentum, where it
+cycles) of applied step ``step`` before that step. ReduceLROnPlateau (metric-driven) is the one stateful exception; a
+user's own torch scheduler comes in through :class:`TorchSchedule`. Where torch has the schedule, the formula is
+torch's (tests/train/test_schedules.py compares them step by step).
 """
 import inspect
 import math
@@ -12,62 +15,22 @@ import torch
 
 from pytorch_utils.errors import ConfigError, UnknownNameError
 
-SCHEDULE_NAMES = ("constant", "one_cycle_linear", "onecycle", "cosine", "cosine_warm_restarts", "plateau",
-                  "cyclic", "step")
+Curve = Callable[[int], float]
+sched = torch.optim.lr_scheduler
 
 
 @dataclass
 class ScheduleSpec:
-    """A schedule as data: ``name`` plus keyword ``params`` (times in epochs). Names and params:
-
-    "constant"; "one_cycle_linear": max_lr, min_lr, peak_epoch (linear up and down, never below min_lr);
-    "onecycle": max_lr, pct_start=0.3, div_factor=25, final_div_factor=1e4, anneal_strategy="cos", cycle_momentum=True,
-    base_momentum=0.85, max_momentum=0.95 (torch OneCycleLR: the momentum, or Adam's beta1, falls as the LR rises);
-    "cosine": T_max (default: the span minus the warm-up), eta_min=0; "cosine_warm_restarts": T_0, T_mult=1, eta_min=0;
-    "plateau": torch ReduceLROnPlateau's params, stepped with the test loss; "step": step_size, gamma=0.1;
-    "cyclic": base_lr, max_lr, step_size_up (default half the span), step_size_down, mode, gamma, cycle_momentum=True,
-    base_momentum=0.8, max_momentum=0.9 (torch CyclicLR; steps in epochs here).
-    Any: ``lr`` (start LR, default the optimizer's initial LR); per-epoch schedules also ``warmup_epochs`` and
-    ``warmup_start_lr`` (default lr / 10), a linear warm-up. One-cycle and cyclic LRs change per step, others per epoch.
-    """
+    """A schedule as data: a ``name`` in :data:`SCHEDULES` plus keyword ``params`` (times in epochs)."""
 
     name: str = "constant"
     params: Dict[str, Any] = field(default_factory=dict)
 
 
-class StepSchedule:
-    """``lr = schedule(step)`` of the optimizer steps applied; ``schedule.momentum(step)`` is the momentum (SGD) or
-    Adam's beta1 a momentum-cycling schedule sets, else None: the optimizer keeps its current value (after a cycling
-    phase, the value that phase ended on, as when torch switches schedulers). ``pieces``: ``(first_step, lr_fn)`` or
-    ``(first_step, lr_fn, momentum_fn or None)`` in order; a step uses the last piece starting at or before it,
-    called with the step counted from that piece's start."""
+# ---- annealing pieces (each equal to torch's scheduler of the same name) -------------------------------------------
 
-    interval = "step"
-
-    def __init__(self, pieces: Sequence[Tuple[Any, ...]]):
-        assert pieces and pieces[0][0] == 0, "the first piece starts at step 0"
-        self.pieces = [(p[0], p[1], p[2] if len(p) > 2 else None) for p in pieces]
-
-    def _at(self, step: int, which: int) -> Optional[float]:
-        start, *fns = next(p for p in reversed(self.pieces) if p[0] <= step)
-        return None if fns[which] is None else float(fns[which](step - start))
-
-    def __call__(self, step: int) -> float:
-        return self._at(step, 0)
-
-    def momentum(self, step: int) -> Optional[float]:
-        return self._at(step, 1)
-
-    def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """ConfigError when a piece cycles the momentum and ``optimizer`` has neither momentum nor betas (torch
-        refuses that too)."""
-        if any(p[2] is not None for p in self.pieces) and not {"momentum", "betas"} & set(optimizer.defaults):
-            raise ConfigError(f"a scheduler cycles the momentum, which {type(optimizer).__name__} does not have: "
-                              "add 'cycle_momentum': False to its params")
-
-
-def linear_one_cycle(max_lr: float, min_lr: float, total_steps: int, peak_step: int) -> Callable[[int], float]:
-    """One Cycle with linear ramps and no annihilation (the S10 recipe): ``min_lr`` at step 0, ``max_lr`` at
+def linear_one_cycle(max_lr: float, min_lr: float, total_steps: int, peak_step: int) -> Curve:
+    """One Cycle with linear ramps and no annihilation (the S10 seed's recipe): ``min_lr`` at step 0, ``max_lr`` at
     ``peak_step``, back to ``min_lr`` at ``total_steps - 1`` and never below it (unlike torch's OneCycleLR)."""
     down = max(1, total_steps - 1 - peak_step)
 
@@ -79,27 +42,25 @@ def linear_one_cycle(max_lr: float, min_lr: float, total_steps: int, peak_step: 
 
 
 def torch_one_cycle(start: float, peak: float, end: float, total_steps: int, pct_start: float = 0.3,
-                    anneal_strategy: str = "cos") -> Callable[[int], float]:
-    """A value of ``torch.optim.lr_scheduler.OneCycleLR`` at each step: ``start`` -> ``peak`` over the first
-    ``pct_start`` of ``total_steps``, then -> ``end`` (the LR: max_lr / div_factor -> max_lr -> max_lr / div_factor /
-    final_div_factor; the momentum: max_momentum -> base_momentum -> max_momentum)."""
+                    anneal_strategy: str = "cos") -> Curve:
+    """``torch.optim.lr_scheduler.OneCycleLR``'s value at each step: ``start`` -> ``peak`` over the first
+    ``pct_start`` of ``total_steps``, then -> ``end`` (LR: max_lr / div_factor -> max_lr -> that / final_div_factor;
+    momentum: max_momentum -> base_momentum -> max_momentum)."""
     peak_end = float(pct_start * total_steps) - 1
     phases = ((0.0, peak_end, start, peak), (peak_end, total_steps - 1.0, peak, end))
 
     def value(step: int) -> float:
         first, last, a, b = phases[0] if step <= peak_end else phases[1]
-        # max(): a run so short that a phase spans less than one step (a smoke run) gets that phase's end value.
-        pct = min(1.0, (step - first) / max(last - first, 1e-12))
+        pct = min(1.0, (step - first) / max(last - first, 1e-12))  # a phase shorter than a step ends at once
         if anneal_strategy == "cos":
             return b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1)
         return (b - a) * pct + a
     return value
 
 
-def cyclic(base: float, peak: float, up: int, down: int, mode: str = "triangular",
-           gamma: float = 1.0) -> Callable[[int], float]:
-    """A value of ``torch.optim.lr_scheduler.CyclicLR`` at each step: ``base`` -> ``peak`` over ``up`` steps, back
-    over ``down`` (the LR: base_lr -> max_lr; the momentum: max_momentum -> base_momentum)."""
+def cyclic(base: float, peak: float, up: int, down: int, mode: str = "triangular", gamma: float = 1.0) -> Curve:
+    """``torch.optim.lr_scheduler.CyclicLR``'s value at each step: ``base`` -> ``peak`` over ``up`` steps, back over
+    ``down`` (LR: base_lr -> max_lr; momentum: max_momentum -> base_momentum)."""
     total, ratio = float(up + down), up / float(up + down)
 
     def value(step: int) -> float:
@@ -111,12 +72,12 @@ def cyclic(base: float, peak: float, up: int, down: int, mode: str = "triangular
     return value
 
 
-def cosine(base: float, t_max: int, eta_min: float = 0.0) -> Callable[[int], float]:
-    """CosineAnnealingLR: ``eta_min + (base - eta_min) (1 + cos(pi t / T_max)) / 2`` for epoch ``t``."""
+def cosine(base: float, t_max: int, eta_min: float = 0.0) -> Curve:
+    """CosineAnnealingLR: ``eta_min + (base - eta_min) (1 + cos(pi t / T_max)) / 2`` at epoch ``t``."""
     return lambda t: eta_min + (base - eta_min) * (1 + math.cos(math.pi * t / t_max)) / 2
 
 
-def cosine_warm_restarts(base: float, t_0: int, t_mult: int = 1, eta_min: float = 0.0) -> Callable[[int], float]:
+def cosine_warm_restarts(base: float, t_0: int, t_mult: int = 1, eta_min: float = 0.0) -> Curve:
     """CosineAnnealingWarmRestarts at epoch ``t``: cosine over cycles of ``T_0``, ``T_0 * T_mult``, ... epochs."""
     def lr(t: int) -> float:
         if t_mult == 1:
@@ -128,146 +89,267 @@ def cosine_warm_restarts(base: float, t_0: int, t_mult: int = 1, eta_min: float 
     return lr
 
 
-def _epoch_fn(name: str, p: Dict[str, Any], base: float, span: int) -> Callable[[int], float]:
-    if name == "cosine":
-        return cosine(base, p.pop("T_max", span), p.pop("eta_min", 0.0))
-    if name == "cosine_warm_restarts":
-        return cosine_warm_restarts(base, p.pop("T_0"), p.pop("T_mult", 1), p.pop("eta_min", 0.0))
-    if name == "step":
-        step_size, gamma = p.pop("step_size"), p.pop("gamma", 0.1)
-        return lambda t: base * gamma ** (t // step_size)
-    return lambda t: base  # constant
+# ---- the registry ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Schedule:
+    """One schedule name. ``curves(params, base_lr, steps_per_epoch, epochs)`` -> ``(lr_fn, momentum_fn or None)`` of
+    the step (None for "plateau"); ``required``/``optional`` parameters; ``finder``: parameter -> "lr_max" or "lr_min",
+    what an LR finder (or ``--lr``) fills; ``epoch_params``: parameters counted in epochs (the smoke profile scales
+    them); ``sized_unless``: the shape follows the run's length unless this parameter is set ("" = always, None =
+    never); ``torch_cls``: torch's own scheduler, built once from the params on a throwaway optimizer so torch's value checks run before any work."""
+
+    curves: Optional[Callable]
+    required: Tuple[str, ...] = ()
+    optional: Tuple[str, ...] = ()
+    finder: Dict[str, str] = field(default_factory=lambda: {"lr": "lr_max"})
+    epoch_params: Tuple[str, ...] = ()
+    sized_unless: Optional[str] = None
+    torch_cls: Optional[type] = None
 
 
-def _with_warmup(fn: Callable[[int], float], base: float, epochs: int, start: Optional[float]):
-    """LinearLR(start / base -> 1 over ``epochs``) then ``fn`` restarted at 0, as torch's SequentialLR."""
-    start = base / 10 if start is None else float(start)
-    return lambda t: start + (base - start) * t / epochs if t < epochs else fn(t - epochs)
+def _epochwise(fn: Callable[[Dict[str, Any], float, int], Curve]):
+    """A per-epoch curve ``fn(params, base_lr, span)`` of the epoch, with the optional linear warm-up (torch's
+    LinearLR from ``warmup_start_lr`` (default base / 10) then the curve restarted at 0, as SequentialLR)."""
+    def curves(p, base_lr, steps_per_epoch, epochs):
+        base, warmup = float(p.get("lr", base_lr)), int(p.get("warmup_epochs", 0))
+        start = float(p.get("warmup_start_lr", base / 10))
+        curve = fn(p, base, max(1, epochs - warmup))
+        by_epoch = (lambda t: start + (base - start) * t / warmup if t < warmup else curve(t - warmup))
+        return (lambda step: by_epoch(step // steps_per_epoch)), None
+    return curves
 
 
-REQUIRED = {"one_cycle_linear": ("max_lr", "min_lr", "peak_epoch"), "onecycle": ("max_lr",), "step": ("step_size",),
-            "cyclic": ("base_lr", "max_lr"), "cosine_warm_restarts": ("T_0",)}
-_MOMENTUM = ("cycle_momentum", "base_momentum", "max_momentum")
-KNOWN = {"constant": (), "one_cycle_linear": (), "step": ("gamma",), "cosine": ("T_max", "eta_min"),
-         "cosine_warm_restarts": ("T_mult", "eta_min"),
-         "onecycle": ("pct_start", "div_factor", "final_div_factor", "anneal_strategy") + _MOMENTUM,
-         "cyclic": ("step_size_up", "step_size_down", "mode", "gamma") + _MOMENTUM}
-_ANY = ("lr", "warmup_epochs", "warmup_start_lr")
-_TORCH_SCHEDULERS = {"onecycle": (torch.optim.lr_scheduler.OneCycleLR, {"total_steps": 100}),
-                     "cyclic": (torch.optim.lr_scheduler.CyclicLR, {}),
-                     "plateau": (torch.optim.lr_scheduler.ReduceLROnPlateau, {})}
-
-
-def _torch_checks(spec: ScheduleSpec, where: str) -> None:
-    """Build torch's own scheduler from ``spec.params`` on a throwaway optimizer, so that its checks (pct_start in
-    [0, 1], a known anneal_strategy or mode, factor < 1, ...) run before any work; its error becomes a ConfigError."""
-    if spec.name not in _TORCH_SCHEDULERS:
-        return
-    if not isinstance(spec.params.get("cycle_momentum", True), bool):  # torch would take "false" as true
-        raise ConfigError(f"{where}: scheduler {spec.name!r}: cycle_momentum must be true or false, "
-                          f"got {spec.params['cycle_momentum']!r}")
-    cls, extra = _TORCH_SCHEDULERS[spec.name]
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)
-    try:
-        cls(optimizer, **{k: v for k, v in spec.params.items() if k not in _ANY}, **extra)
-    except (TypeError, ValueError, ZeroDivisionError) as exc:
-        raise ConfigError(f"{where}: scheduler {spec.name!r} {dict(spec.params)}: {exc}") from None
-
-
-def check_spec(spec: ScheduleSpec, where: str = "scheduler") -> None:
-    """Raise UnknownNameError for a name not in ``SCHEDULE_NAMES``, ConfigError for a missing or unknown param, a
-    value torch's own OneCycleLR / CyclicLR / ReduceLROnPlateau refuses, or a warm-up on a per-step schedule (for
-    ``Recipe.validate`` and the runner, before any work)."""
-    if spec.name not in SCHEDULE_NAMES:
-        raise UnknownNameError(f"{where}: unknown scheduler {spec.name!r}; valid schedulers: "
-                               f"{', '.join(SCHEDULE_NAMES)}")
-    missing = [k for k in REQUIRED.get(spec.name, ()) if k not in spec.params]
-    if missing:
-        raise ConfigError(f"{where}: scheduler {spec.name!r} needs the parameter(s) {missing}")
-    if spec.name == "plateau":
-        known = set(inspect.signature(torch.optim.lr_scheduler.ReduceLROnPlateau).parameters) - {"optimizer"}
-    else:
-        known = set(REQUIRED.get(spec.name, ()) + KNOWN[spec.name] + _ANY)
-    unknown = sorted(set(spec.params) - known)
-    if unknown:
-        raise ConfigError(f"{where}: scheduler {spec.name!r} has no parameter(s) {unknown}; "
-                          f"its parameters: {', '.join(sorted(known))}")
-    _torch_checks(spec, where)
-    if spec.params.get("warmup_epochs") and spec.name not in ("cosine", "cosine_warm_restarts", "step", "constant"):
-        raise ConfigError(f"{where}: warmup_epochs only combines with per-epoch schedules, not {spec.name!r}")
-
-
-StepFn = Callable[[int], float]
-
-
-def step_function(spec: ScheduleSpec, steps_per_epoch: int, epochs: int,
-                  base_lr: float) -> Tuple[StepFn, Optional[StepFn]]:
-    """``(lr_fn, momentum_fn or None)`` of the optimizer step for a checked ``spec`` over ``epochs`` epochs of
-    ``steps_per_epoch`` steps; ``base_lr`` is where a schedule without an ``lr`` param starts. "onecycle" and
-    "cyclic" cycle the momentum as torch does by default (``cycle_momentum=False`` turns it off)."""
-    p = dict(spec.params)
-    base = float(p.pop("lr", base_lr))
-    warmup, warmup_start = int(p.pop("warmup_epochs", 0) or 0), p.pop("warmup_start_lr", None)
+def _one_cycle_linear(p, base_lr, steps_per_epoch, epochs):
     total = steps_per_epoch * epochs
-    if spec.name == "one_cycle_linear":
-        peak = int(round(p["peak_epoch"] * steps_per_epoch))
-        if peak >= total:  # a shortened run (--epochs 2) still rises and falls: peak at 20 % of it (S10: 5 of 24)
-            peak = min(total - 1, int(round(0.2 * total)))
-        return linear_one_cycle(float(p["max_lr"]), float(p["min_lr"]), total, peak), None
-    if spec.name == "onecycle":  # torch OneCycleLR's defaults
-        max_lr, start = p["max_lr"], p["max_lr"] / p.get("div_factor", 25.0)
-        shape = dict(total_steps=total, pct_start=p.get("pct_start", 0.3),
-                     anneal_strategy=p.get("anneal_strategy", "cos"))
-        lr = torch_one_cycle(start, max_lr, start / p.get("final_div_factor", 1e4), **shape)
-        low, high = p.get("base_momentum", 0.85), p.get("max_momentum", 0.95)
-        return lr, (torch_one_cycle(high, low, high, **shape) if p.get("cycle_momentum", True) else None)
-    if spec.name == "cyclic":  # torch CyclicLR's defaults
-        up = max(1, int(p.get("step_size_up", max(1, epochs // 2)) * steps_per_epoch))
-        down = up if p.get("step_size_down") is None else max(1, int(p["step_size_down"] * steps_per_epoch))
-        shape = dict(up=up, down=down, mode=p.get("mode", "triangular"), gamma=p.get("gamma", 1.0))
-        high, low = p.get("max_momentum", 0.9), p.get("base_momentum", 0.8)
-        return (cyclic(p["base_lr"], p["max_lr"], **shape),
-                cyclic(high, low, **shape) if p.get("cycle_momentum", True) else None)
-    fn = _epoch_fn(spec.name, p, base, max(1, epochs - warmup))
-    if warmup:
-        fn = _with_warmup(fn, base, warmup, warmup_start)
-    return (lambda step: fn(step // steps_per_epoch)), None  # constant within an epoch, as torch's per-epoch stepping
+    return linear_one_cycle(p["max_lr"], p["min_lr"], total, round(p["peak_epoch"] * steps_per_epoch)), None
 
 
-def build_schedule(spec: Optional[ScheduleSpec], optimizer: torch.optim.Optimizer, steps_per_epoch: int,
-                   epochs: int):
-    """The schedule ``spec`` (or dict) describes: a :class:`StepSchedule` starting from the optimizer's initial LR, a
-    ReduceLROnPlateau ("plateau"), or None (no spec). Raises as :func:`check_spec`, and ConfigError for a
-    momentum-cycling schedule on an optimizer with neither momentum nor betas (as torch does)."""
+def _onecycle(p, base_lr, steps_per_epoch, epochs):
+    start = p["max_lr"] / p.get("div_factor", 25.0)
+    shape = dict(total_steps=steps_per_epoch * epochs, pct_start=p.get("pct_start", 0.3),
+                 anneal_strategy=p.get("anneal_strategy", "cos"))
+    low, high = p.get("base_momentum", 0.85), p.get("max_momentum", 0.95)
+    return (torch_one_cycle(start, p["max_lr"], start / p.get("final_div_factor", 1e4), **shape),
+            torch_one_cycle(high, low, high, **shape) if p.get("cycle_momentum", True) else None)
+
+
+def _cyclic(p, base_lr, steps_per_epoch, epochs):
+    up = max(1, int(p.get("step_size_up", max(1, epochs // 2)) * steps_per_epoch))
+    down = up if p.get("step_size_down") is None else max(1, int(p["step_size_down"] * steps_per_epoch))
+    shape = dict(up=up, down=down, mode=p.get("mode", "triangular"), gamma=p.get("gamma", 1.0))
+    high, low = p.get("max_momentum", 0.9), p.get("base_momentum", 0.8)
+    return (cyclic(p["base_lr"], p["max_lr"], **shape),
+            cyclic(high, low, **shape) if p.get("cycle_momentum", True) else None)
+
+
+_WARMUP = ("lr", "warmup_epochs", "warmup_start_lr")
+_MOMENTUM = ("cycle_momentum", "base_momentum", "max_momentum")
+SCHEDULES: Dict[str, Schedule] = {
+    "constant": Schedule(_epochwise(lambda p, base, span: lambda t: base), optional=_WARMUP,
+                         epoch_params=("warmup_epochs",)),
+    "step": Schedule(_epochwise(lambda p, base, span: lambda t: base * p.get("gamma", 0.1) ** (t // p["step_size"])),
+                     required=("step_size",), optional=("gamma",) + _WARMUP,
+                     epoch_params=("step_size", "warmup_epochs")),
+    "cosine": Schedule(_epochwise(lambda p, base, span: cosine(base, p.get("T_max", span), p.get("eta_min", 0.0))),
+                       optional=("T_max", "eta_min") + _WARMUP, epoch_params=("T_max", "warmup_epochs"),
+                       sized_unless="T_max"),
+    "cosine_warm_restarts": Schedule(
+        _epochwise(lambda p, base, span: cosine_warm_restarts(base, p["T_0"], p.get("T_mult", 1),
+                                                              p.get("eta_min", 0.0))),
+        required=("T_0",), optional=("T_mult", "eta_min") + _WARMUP, epoch_params=("T_0", "warmup_epochs")),
+    "one_cycle_linear": Schedule(_one_cycle_linear, required=("max_lr", "min_lr", "peak_epoch"),
+                                 finder={"max_lr": "lr_max", "min_lr": "lr_min"}, epoch_params=("peak_epoch",),
+                                 sized_unless=""),
+    "onecycle": Schedule(_onecycle, required=("max_lr",), optional=("pct_start", "div_factor", "final_div_factor",
+                                                                    "anneal_strategy") + _MOMENTUM,
+                         finder={"max_lr": "lr_max"}, sized_unless="",
+                         torch_cls=sched.OneCycleLR),
+    "cyclic": Schedule(_cyclic, required=("base_lr", "max_lr"),
+                       optional=("step_size_up", "step_size_down", "mode", "gamma") + _MOMENTUM,
+                       finder={"max_lr": "lr_max", "base_lr": "lr_min"},
+                       epoch_params=("step_size_up", "step_size_down"), sized_unless="step_size_up", torch_cls=sched.CyclicLR),
+    "plateau": Schedule(None, optional=("lr",) + tuple(inspect.signature(sched.ReduceLROnPlateau).parameters)[1:],
+                        torch_cls=sched.ReduceLROnPlateau),
+}
+
+
+def follows_run_length(spec: Optional[ScheduleSpec]) -> bool:
+    """True when the schedule's shape depends on the length of the span it runs for."""
+    kind = SCHEDULES[spec.name] if spec is not None else None
+    return kind is not None and kind.sized_unless is not None and (kind.sized_unless == ""
+                                                                   or kind.sized_unless not in spec.params)
+
+
+def with_found_lrs(spec: Optional[ScheduleSpec], lr_max: float, lr_min: float) -> Optional[ScheduleSpec]:
+    """``spec`` with the LRs an LR finder (or ``--lr``) found written into the parameters its entry names: max_lr /
+    min_lr / base_lr for the cycles, the start ``lr`` for the others (plateau included)."""
+    if spec is None:
+        return None
+    found = {"lr_max": lr_max, "lr_min": lr_min}
+    return ScheduleSpec(spec.name, {**spec.params, **{k: found[v] for k, v in SCHEDULES[spec.name].finder.items()}})
+
+
+def check_spec(spec: ScheduleSpec, where: str = "scheduler", span: Optional[int] = None) -> None:
+    """The one check of a schedule spec, at the doors (recipe validation, ``fit``): UnknownNameError for a name not in
+    :data:`SCHEDULES`; ConfigError for a missing or unknown parameter, a value torch's own scheduler refuses (its reason
+    quoted), a warm-up on a per-step schedule, or (with ``span``, the epochs it runs for) a peak past the span."""
+    if spec.name not in SCHEDULES:
+        raise UnknownNameError(f"{where}: unknown scheduler {spec.name!r}; valid schedulers: {', '.join(SCHEDULES)}")
+    kind, p = SCHEDULES[spec.name], spec.params
+    missing = [k for k in kind.required if k not in p]
+    unknown = sorted(set(p) - set(kind.required + kind.optional))
+    if missing or unknown:
+        raise ConfigError(f"{where}: scheduler {spec.name!r} " + (f"needs the parameter(s) {missing}" if missing else
+                          f"has no parameter(s) {unknown}; its parameters: "
+                          f"{', '.join(sorted(kind.required + kind.optional))}"))
+    bad = [k for k in ("cycle_momentum",) if k in p and not isinstance(p[k], bool)]  # torch takes "false" as true
+    bad += [k for k in kind.epoch_params + tuple(kind.finder)
+            if k in p and not _positive(p[k]) and not (k == "warmup_epochs" and p[k] == 0)]
+    if span is not None and spec.name == "one_cycle_linear" and not bad and not p["peak_epoch"] < span:
+        bad.append("peak_epoch")
+    if bad:
+        raise ConfigError(f"{where}: scheduler {spec.name!r}: {bad[0]} {p[bad[0]]!r} must be "
+                          + ("true or false" if bad[0] == "cycle_momentum" else
+                             f"below the {span} epochs it runs for" if bad[0] == "peak_epoch" and span else
+                             "a positive number"))
+    if kind.torch_cls is not None:
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)
+        extra = {"total_steps": 100} if spec.name == "onecycle" else {}
+        try:
+            kind.torch_cls(optimizer, **{k: v for k, v in p.items() if k != "lr"}, **extra)
+        except (TypeError, ValueError, ZeroDivisionError) as exc:
+            raise ConfigError(f"{where}: scheduler {spec.name!r} {dict(p)}: {exc}") from None
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+
+
+# ---- what the engine runs -------------------------------------------------------------------------------------------
+
+class StepSchedule:
+    """A schedule over ``total_steps`` applied steps, from ``pieces``: ``(first_step, lr_fn, momentum_fn or None)`` in
+    order (a step uses the last piece starting at or before it, called with the step counted from that piece's
+    start). A piece without a momentum function leaves the optimizer's momentum where it is (after a cycling piece,
+    where the cycle ended, as when torch switches schedulers)."""
+
+    def __init__(self, pieces: Sequence[Tuple[int, Curve, Optional[Curve]]], total_steps: int):
+        assert pieces and pieces[0][0] == 0, "the first piece starts at step 0"
+        self.pieces, self.total_steps = list(pieces), total_steps
+
+    def _piece(self, step: int):
+        start, lr, momentum = next(p for p in reversed(self.pieces) if p[0] <= step)
+        return step - start, lr, momentum
+
+    def __call__(self, step: int) -> float:
+        """The LR of applied step ``step`` (0-based)."""
+        at, lr, _ = self._piece(step)
+        return float(lr(at))
+
+    def momentum(self, step: int) -> Optional[float]:
+        """The momentum (SGD) or Adam's beta1 at ``step`` where a piece cycles it, else None."""
+        at, _, momentum = self._piece(step)
+        return None if momentum is None else float(momentum(at))
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        """Write the LR (and cycled momentum) of ``step`` into every param group, where torch's cycle_momentum puts
+        it: Adam's beta1, else SGD's momentum."""
+        lr, momentum = self(step), self.momentum(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+            if momentum is not None and "betas" in group:
+                group["betas"] = (momentum, group["betas"][1])
+            elif momentum is not None:
+                group["momentum"] = momentum
+
+    def check_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """ConfigError when a piece cycles the momentum and ``optimizer`` has neither momentum nor betas."""
+        if any(p[2] is not None for p in self.pieces) and not {"momentum", "betas"} & set(optimizer.defaults):
+            raise ConfigError(f"a scheduler cycles the momentum, which {type(optimizer).__name__} does not have: "
+                              "add 'cycle_momentum': False to its params")
+
+
+class TorchSchedule:
+    """The adapter for a user's own torch LR scheduler: ``apply(optimizer, step)`` steps it until it has been stepped
+    once per applied step (``per_step=True``, as OneCycleLR/CyclicLR expect) or once per epoch of ``steps_per_epoch``
+    steps; the scheduler writes the LR itself. Its ``state_dict`` is saved and restored with the checkpoint (a
+    per-step torch scheduler is built for one run's total steps: a resume at another batch size is not rescaled)."""
+
+    def __init__(self, scheduler, per_step: bool, steps_per_epoch: int = 1):
+        self.scheduler, self.every = scheduler, 1 if per_step else steps_per_epoch
+        self.done = 0  # scheduler steps taken by this adapter
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        while self.done < step // self.every:
+            self.scheduler.step()
+            self.done += 1
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"scheduler": self.scheduler.state_dict(), "done": self.done}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.done = state["done"]
+
+
+def _pieces_for(spec: ScheduleSpec, steps_per_epoch: int, epochs: int, base_lr: float):
+    return SCHEDULES[spec.name].curves(spec.params, base_lr, steps_per_epoch, epochs)
+
+
+def build_schedule(spec, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int):
+    """The schedule ``spec`` (a :class:`ScheduleSpec` or dict) describes over ``epochs`` epochs of ``steps_per_epoch``
+    applied steps: a :class:`StepSchedule` whose base LR is the optimizer's initial LR, a ReduceLROnPlateau
+    ("plateau"; its ``lr`` param, if any, written into the optimizer), or None (no spec). Raises as :func:`check_spec`,
+    and ConfigError for a momentum-cycling schedule on an optimizer with neither momentum nor betas (as torch does)."""
     if spec is None:
         return None
     spec = ScheduleSpec(**spec) if isinstance(spec, dict) else spec
-    check_spec(spec)
+    check_spec(spec, span=epochs)
     if spec.name == "plateau":
-        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, **spec.params)
-        plateau.interval = "plateau"
-        return plateau
-    schedule = StepSchedule([(0, *step_function(spec, steps_per_epoch, epochs, initial_lr(optimizer)))])
+        params = dict(spec.params)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] = params.pop("lr", group["lr"])
+        return sched.ReduceLROnPlateau(optimizer, **params)
+    schedule = StepSchedule([(0, *_pieces_for(spec, steps_per_epoch, epochs, initial_lr(optimizer)))],
+                            steps_per_epoch * epochs)
     schedule.check_optimizer(optimizer)
     return schedule
 
 
-def phase_schedule(phases: Sequence[Any], steps_per_epoch: int, epochs: int, base_lr: float) -> Optional[StepSchedule]:
-    """One piecewise :class:`StepSchedule` for validated phases (with ``start`` and ``scheduler``), or None when no
-    phase declares a schedule. A phase's schedule runs until the next one that declares one; before the first, the
+def phase_schedule(phases: Sequence[Any], steps_per_epoch: int, base_lr: float) -> Optional[StepSchedule]:
+    """One piecewise :class:`StepSchedule` for validated phases (``start``, ``end``, ``scheduler``), or None when no
+    phase declares a schedule. A phase's schedule runs from its start until the next phase that declares one (or the
+    last phase's end), shaped for that span, so a shorter run trains the first epochs of it; before the first, the
     LR is ``base_lr``."""
-    starts = [i for i, p in enumerate(phases) if p.scheduler is not None]
+    starts = [p for p in phases if p.scheduler is not None]
     if not starts:
         return None
-    pieces: List[Tuple] = []
-    if phases[starts[0]].start > 1:
-        pieces.append((0, lambda s: base_lr))
-    for n, i in enumerate(starts):
-        end = phases[starts[n + 1]].start - 1 if n + 1 < len(starts) else epochs
-        span = max(1, min(end, epochs) - phases[i].start + 1)
-        pieces.append(((phases[i].start - 1) * steps_per_epoch,
-                       *step_function(phases[i].scheduler, steps_per_epoch, span, base_lr)))
-    return StepSchedule(pieces)
+    pieces: List[Tuple] = [] if starts[0].start == 1 else [(0, lambda s: base_lr, None)]
+    for phase, end in zip(starts, [p.start - 1 for p in starts[1:]] + [phases[-1].end]):
+        pieces.append(((phase.start - 1) * steps_per_epoch,
+                       *_pieces_for(phase.scheduler, steps_per_epoch, end - phase.start + 1, base_lr)))
+    return StepSchedule(pieces, steps_per_epoch * phases[-1].end)
+
+
+def as_schedule(scheduler, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int):
+    """What ``fit`` runs for its ``scheduler`` argument: a spec (or dict) built for this run, a torch scheduler wrapped
+    in :class:`TorchSchedule` (OneCycleLR/CyclicLR per step, others per epoch), ReduceLROnPlateau and schedules
+    with ``apply`` as they are."""
+    if scheduler is None or isinstance(scheduler, (ScheduleSpec, dict)):
+        return build_schedule(scheduler, optimizer, steps_per_epoch, epochs)
+    if isinstance(scheduler, sched.LRScheduler) and not isinstance(scheduler, sched.ReduceLROnPlateau):
+        return TorchSchedule(scheduler, isinstance(scheduler, (sched.OneCycleLR, sched.CyclicLR)), steps_per_epoch)
+    return scheduler
+
+
+def check_length(schedule, run_steps: int) -> None:
+    """ConfigError when a :class:`StepSchedule` was built for fewer applied steps than the run takes (its LR would
+    sit at its last value for the rest without a word)."""
+    if isinstance(schedule, StepSchedule) and schedule.total_steps < run_steps:
+        raise ConfigError(f"the LR schedule was built for {schedule.total_steps} optimizer steps but the run takes "
+                          f"{run_steps}: build it with this run's epochs and steps per epoch, or pass fit the "
+                          "ScheduleSpec itself")
 
 
 def initial_lr(optimizer: torch.optim.Optimizer) -> float:

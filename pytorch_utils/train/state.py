@@ -7,34 +7,37 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 import torch.nn as nn
 
+from pytorch_utils.errors import bounded, check_fields
 from pytorch_utils.io import atomic_write_text
+from pytorch_utils.utils import AmpMode
 
 
 @dataclass
 class TrainConfig:
-    """How ``fit`` / ``train_one_epoch`` train. amp: None (fp32), "auto", "bf16" or "fp16" (adds a GradScaler).
-    accumulate_steps: one optimizer step per N batches, each loss scaled by 1 / N. bn_warmup: for this many first
-    optimizer steps BatchNorm statistics are the plain average of the batches seen (real statistics in a short run's
-    first evaluation); 0: off. mixer: MixUp/CutMix ``(inputs, targets) -> (inputs, targets)``; ema: ``update(model)``
-    after each optimizer step, its ``module`` is evaluated. interval: how a torch scheduler is stepped ("batch",
-    "epoch", "plateau"; default: its ``interval`` or type). device: None trains where the model is. sync_every: steps
-    between host reads of the metrics (progress bar, NaN check).
+    """How ``fit`` / ``train_one_epoch`` train (checked when built: it is the door of a user's own training code).
+
+    amp: None (fp32), "none", "auto", "bf16" or "fp16" (adds a GradScaler). grad_clip: max gradient norm, None off.
+    accumulate_steps: one optimizer step per N batches, each loss scaled by 1 / N. mixer: MixUp/CutMix
+    ``(inputs, targets) -> (inputs, targets)``; ema: ``update(model)`` after each optimizer step, its ``module`` is
+    evaluated; tta: a TTA mode for evaluation; device: None trains where the model is; sync_every: steps between host
+    reads of the metrics (progress bar, NaN check).
     """
 
-    amp: Optional[str] = None
+    amp: Optional[AmpMode] = None
     channels_last: bool = False
-    grad_clip: Optional[float] = None
-    accumulate_steps: int = 1
-    bn_warmup: int = 10
+    grad_clip: Optional[float] = bounded(None, gt=0)
+    accumulate_steps: int = bounded(1, ge=1)
     mixer: Optional[Callable] = None
     ema: Any = None
     tta: Any = None
     eval_criterion: Optional[Callable] = None
-    interval: Optional[str] = None
     device: Any = None
     cudnn_benchmark: bool = True
     progress: bool = True
-    sync_every: int = 50
+    sync_every: int = bounded(50, ge=1)
+
+    def __post_init__(self):
+        check_fields(self, "TrainConfig field")
 
 
 class History(list):
@@ -88,10 +91,6 @@ class TrainState:
 class Callback:
     """Hooks ``fit`` calls with the :class:`TrainState`; override what you need. A resumed run is restored before the
     first hook, so no callback depends on the order of the others."""
-
-    def checkpoint_to_resume(self) -> Optional[Dict[str, Any]]:
-        """A checkpoint dict for ``fit`` to restore before any hook runs, or None (see CheckpointManager)."""
-        return None
 
     def on_fit_start(self, state: TrainState) -> None:
         """Once before the first epoch (a resumed run's state is already restored)."""

@@ -4,10 +4,10 @@ import pytest
 
 from pytorch_utils.cli import main
 from pytorch_utils.errors import ConfigError, UnknownNameError
-from pytorch_utils.recipes import Recipe, get_recipe, list_recipes, parse_override, run_recipe
+from pytorch_utils.recipes import Recipe, get_recipe, list_recipes, parse_override, run_recipe, smoke_recipe
 from pytorch_utils.train.schedules import ScheduleSpec
 
-SMOKE = ["--data", "synthetic", "--epochs", "1", "--train-limit", "32", "--test-limit", "16", "--batch-size", "16",
+SMOKE = ["--smoke", "--data", "synthetic", "--epochs", "1", "--train-limit", "32", "--test-limit", "16", "--batch-size", "16",
          "--num-workers", "0", "--no-progress"]
 
 
@@ -154,15 +154,16 @@ def test_resume_may_extend_a_phase_run_whose_spans_stay_put(tmp_path):
 
 def test_resumed_lr_finder_run_reuses_the_checkpointed_lrs(tmp_path):
     kw = dict(TINY, model="strixbee_l1", train_limit=256)
-    full = run_recipe("s10", "synthetic", tmp_path / "full", epochs=2, **kw)
+    s10 = smoke_recipe(get_recipe("s10"), "synthetic", epochs=2)  # the One Cycle peak scaled into 2 epochs
+    full = run_recipe(s10, "synthetic", tmp_path / "full", **kw)
     part = tmp_path / "part"
-    run_recipe("s10", "synthetic", part, epochs=2, **kw)
+    run_recipe(s10, "synthetic", part, **kw)
     # Simulate a kill after epoch 1 and a run.json rewritten by something else: the checkpoint is the truth.
     (part / "checkpoints" / "epoch-0002.pt").unlink()
     run = json.loads((part / "run.json").read_text())
     run["lr_finder"] = {"lr_max": 123.0, "lr_min": 12.3}
     (part / "run.json").write_text(json.dumps(run))
-    resumed = run_recipe("s10", "synthetic", part, epochs=2, resume=True, **kw)
+    resumed = run_recipe(s10, "synthetic", part, resume=True, **kw)
     assert resumed.lr_finder is None  # no second sweep
     assert _strip(resumed.history) == _strip(full.history)
 
@@ -184,7 +185,7 @@ def test_with_peak_lr_replaces_the_finder_and_sets_the_schedule():
     assert default.scheduler.name == "onecycle" and default.scheduler.params["max_lr"] == 0.02
     s8 = get_recipe("s8_c100").with_peak_lr(0.05)
     assert [p.scheduler.params["lr"] for p in s8.phases] == [0.05, 0.05]
-    with pytest.raises(ConfigError, match="positive"):
+    with pytest.raises(ConfigError, match="'lr' must be > 0"):
         get_recipe("s10").with_peak_lr(-1)
 
 
@@ -201,12 +202,21 @@ def test_cli_lr_sets_the_peak_the_optimizer_sees(tmp_path, capsys):
     ({"epochs": "abc"}, "'epochs' must be int"),
     ({"batch_size": "32"}, "'batch_size' must be int"),
     ({"epochs": True}, "'epochs' must be int"),
-    ({"monitor": "bogus"}, "monitor must be one of"),
-    ({"label_smoothing": 1.5}, "label_smoothing must be in"),
-    ({"keep_last": 0}, "keep_last must be >= 1"),
+    ({"monitor": "bogus"}, "'monitor' must be one of"),
+    ({"label_smoothing": 1.5}, "'label_smoothing' must be >= 0 and < 1"),
+    ({"keep_last": 0}, "'keep_last' must be >= 1"),
     ({"scheduler": "cosine"}, "'scheduler' must be ScheduleSpec or None"),
-    ({"train_limit": 0}, "train_limit must be None or >= 1"),
-    ({"ema_decay": 1.0}, "ema_decay must be None or in"),
+    ({"train_limit": 0}, "'train_limit' must be >= 1"),
+    ({"ema_decay": 1.0}, "'ema_decay' must be > 0 and < 1"),
+    ({"grad_clip": -1}, "'grad_clip' must be > 0"),
+    ({"grad_clip": float("nan")}, "'grad_clip' must be > 0"),
+    ({"lr": float("inf")}, "'lr' must be > 0"),
+    ({"weight_decay": float("inf")}, "'weight_decay' must be >= 0"),
+    ({"momentum": -1}, "'momentum' must be >= 0"),
+    ({"seed": 2**70}, "'seed' must be >= 0 and <= 4294967295"),
+    ({"augmentation_kwargs": {"cutuot": 16}}, "cutuot"),
+    ({"augmentation_kwargs": {"size": "abc"}}, "size"),
+    ({"augmentation_kwargs": {"size": -5}}, "size"),
 ])
 def test_recipe_values_are_checked_by_name(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -11,8 +11,9 @@ import torch
 import torch.nn as nn
 
 from pytorch_utils.data import get_preset, load_datasets, make_loader
-from pytorch_utils.train import fit, seed_everything
+from pytorch_utils.train import TrainConfig, fit
 from pytorch_utils.train.distributed import cleanup_distributed, init_distributed
+from pytorch_utils.utils import seed_everything
 
 
 def main(out_path: str, global_batch: int = 32) -> None:
@@ -31,7 +32,8 @@ def main(out_path: str, global_batch: int = 32) -> None:
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    history = fit(model, train_loader, test_loader, epochs=2, optimizer=opt, device="cpu", progress=False)
+    history = fit(model, train_loader, test_loader, epochs=2, optimizer=opt,
+                  config=TrainConfig(device="cpu", progress=False))
     if rank == 0:
         weights = {k: v.flatten().tolist() for k, v in plain.state_dict().items()}
         with open(out_path, "w") as fh:

@@ -5,11 +5,11 @@ import shutil
 import torch
 
 from pytorch_utils.recipes import run_recipe
-from pytorch_utils.train.checkpoints import load_checkpoint, repair_best, save_checkpoint
+from pytorch_utils.train.checkpoints import FORMAT, load_checkpoint, repair_best, save_checkpoint
 
 
 def _ckpt(epoch, best_epoch):
-    return {"format": 1, "model": {"w": torch.full((2,), float(epoch))}, "epoch": epoch,
+    return {"format": FORMAT, "model": {"w": torch.full((2,), float(epoch))}, "epoch": epoch,
             "best": {"monitor": "test_acc", "value": 50.0, "epoch": best_epoch}}
 
 

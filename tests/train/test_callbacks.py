@@ -1,16 +1,22 @@
 import pytest
 import torch
 import torch.nn as nn
+from _helpers import TinyNet, plain_loader, synthetic_loaders, tensor_data
 
-from _helpers import TinyNet, synthetic_loaders
 from pytorch_utils.errors import ConfigError
-from pytorch_utils.train import fit, seed_everything
+from pytorch_utils.train import Callback, History, TrainConfig, TrainState, fit
 from pytorch_utils.train.callbacks import (
-    EarlyStopping, Phase, PhaseSchedule, set_dropout, validate_phases,
+    EarlyStopping,
+    Phase,
+    PhaseSchedule,
+    set_dropout,
+    validate_phases,
 )
-from pytorch_utils.train.loop import Callback, History, TrainState
 from pytorch_utils.train.mixing import Mixer, SoftTargetCrossEntropy
 from pytorch_utils.train.schedules import ScheduleSpec
+from pytorch_utils.utils import seed_everything
+
+QUIET = TrainConfig(progress=False)
 
 
 def _state(history=()):
@@ -53,7 +59,7 @@ def test_early_stopping_in_fit_records_it():
     train, test = synthetic_loaders(n=64, test_n=32)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 4))  # no BatchNorm: with lr 0 nothing moves
     hist = fit(model, train, test, epochs=20, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
-               callbacks=[EarlyStopping("test_loss", "min", patience=2)], progress=False)
+               callbacks=[EarlyStopping("test_loss", "min", patience=2)], config=QUIET)
     assert len(hist) == 3 and hist[-1]["early_stop"]  # lr 0: the loss never improves after epoch 1
 
 
@@ -73,19 +79,19 @@ def test_early_stopping_resume_of_a_stopped_run_trains_no_more_epochs():
 
 
 def test_early_stopping_resumed_fit_does_not_train_another_epoch(tmp_path):
-    from pytorch_utils.train.checkpoints import CheckpointManager
+    from pytorch_utils.train.checkpoints import CheckpointManager, latest_checkpoint
 
     def run(resume):
         seed_everything(0)
         train, test = synthetic_loaders(n=64, test_n=32)
         model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 4))  # no BatchNorm: with lr 0 nothing moves
         return fit(model, train, test, epochs=20, optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
-                   callbacks=[CheckpointManager(tmp_path, resume=resume),
-                              EarlyStopping("test_loss", "min", patience=2)], progress=False)
+                   callbacks=[CheckpointManager(tmp_path), EarlyStopping("test_loss", "min", patience=2)],
+                   resume=resume, config=QUIET)
 
-    first = run(resume=False)
+    first = run(resume=None)
     assert len(first) == 3 and first[-1]["early_stop"]
-    resumed = run(resume="required")
+    resumed = run(resume=latest_checkpoint(tmp_path))
     assert [r["epoch"] for r in resumed] == [1, 2, 3]  # no epoch 4
 
 
@@ -156,12 +162,6 @@ def test_early_stopping_start_epoch_replay_matches_an_uninterrupted_run():
     assert state.stop and "epoch 6" in state.stop_reason
 
 
-@pytest.mark.parametrize("bad", [0, -3, 2.5, "5", True])
-def test_early_stopping_rejects_a_bad_start_epoch(bad):
-    with pytest.raises(ConfigError, match="start_epoch must be None or an integer >= 1"):
-        EarlyStopping(start_epoch=bad)
-
-
 def test_early_stopping_needs_the_metric():
     es = EarlyStopping(monitor="test_acc")
     with pytest.raises(ConfigError, match="test_acc"):
@@ -192,8 +192,8 @@ def test_phase_boundaries_change_dropout_mixup_augmentation_and_scheduler():
     probe = Probe()
     model = TinyNet()
     hist = fit(model, train, test, epochs=4, optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
-               criterion=SoftTargetCrossEntropy(), mixer=Mixer(4), callbacks=[PhaseSchedule(phases), probe],
-               progress=False)
+               criterion=SoftTargetCrossEntropy(), callbacks=[PhaseSchedule(phases), probe],
+               config=TrainConfig(mixer=Mixer(4), progress=False))
     s = probe.seen
     assert [x["p"] for x in s] == [0.3, 0.3, 0.2, 0.2]
     assert [x["mixup"] for x in s] == [0.2, 0.2, 0.15, 0.15]
@@ -213,13 +213,32 @@ def test_phase_boundaries_change_dropout_mixup_augmentation_and_scheduler():
     assert x_test.shape[-2:] == (32, 32)
 
 
-def test_validate_phases_rejects_gaps_and_cuts_to_epochs():
+def test_validate_phases_rejects_gaps_plateau_and_a_peak_past_the_span():
     with pytest.raises(ConfigError, match="contiguous"):
         validate_phases([Phase(1, 5), Phase(7, 10)])
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="contiguous"):
         validate_phases([Phase(2, 5)])
-    cut = validate_phases([Phase(1, 60, "a"), Phase(61, 100, "b")], epochs=2)
-    assert len(cut) == 1 and cut[0].end == 2
+    with pytest.raises(ConfigError, match="at least one phase"):
+        validate_phases([])
+    with pytest.raises(ConfigError, match="phase b: a plateau scheduler"):
+        validate_phases([Phase(1, 2, "a"), Phase(3, 4, "b", scheduler=ScheduleSpec("plateau"))])
+    # A schedule runs until the next phase that declares one: phase a's spans epochs 1-3, so a peak at 3 is too late.
+    peak = {"max_lr": 0.1, "min_lr": 0.01, "peak_epoch": 3}
+    with pytest.raises(ConfigError, match="phase a: scheduler 'one_cycle_linear': peak_epoch 3 must be below the 3"):
+        validate_phases([Phase(1, 2, "a", scheduler=ScheduleSpec("one_cycle_linear", peak)), Phase(3, 3, "b"),
+                         Phase(4, 6, "c", scheduler=ScheduleSpec("cosine"))])
+    with pytest.raises(ConfigError, match=r"phase 1: scheduler 'cosine' has no parameter\(s\) \['T_mx'\]"):
+        validate_phases([{"start": 1, "end": 2, "scheduler": {"name": "cosine", "params": {"T_mx": 2}}}])
+    phases = validate_phases([{"start": 1, "end": 2, "scheduler": {"name": "cosine"}}, {"start": 3, "end": 4}])
+    assert isinstance(phases[0], Phase) and phases[0].scheduler == ScheduleSpec("cosine")  # dicts become specs
+
+
+@pytest.mark.parametrize("field, value", [("dropout", 1.0), ("dropout", -0.1), ("input_size", 4),
+                                          ("input_size", 4096), ("mixup_alpha", -1.0), ("cutmix_alpha", float("nan")),
+                                          ("start", 0)])
+def test_phase_checks_its_fields_when_built(field, value):
+    with pytest.raises(ConfigError, match=field):
+        Phase(**{"start": 1, "end": 2, field: value})
 
 
 def test_phase_mixup_without_mixer_is_an_error():
@@ -228,12 +247,43 @@ def test_phase_mixup_without_mixer_is_an_error():
     model = TinyNet()
     with pytest.raises(ConfigError, match="mixer"):
         fit(model, train, None, epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-            callbacks=[PhaseSchedule([Phase(1, 1, mixup_alpha=0.2)])], progress=False)
+            callbacks=[PhaseSchedule([Phase(1, 1, mixup_alpha=0.2)])], config=QUIET)
 
 
 def test_set_dropout():
     model = TinyNet()
     assert set_dropout(model, 0.4) == 1
-    assert model.features[3].p == 0.4
-    with pytest.raises(ConfigError):
-        set_dropout(model, 1.0)
+    assert model.features[3].p == 0.4 and set_dropout(nn.Linear(2, 2), 0.4) == 0
+
+
+def _phase_lrs(phases, epochs):
+    """The LR at the first step of each epoch of a ``fit`` over 2 batches per epoch, and the history."""
+    x, y = tensor_data(32)
+    model = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    lrs = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: lrs.append(o.param_groups[0]["lr"]))
+    hist = fit(model, plain_loader(x, y, 16), None, epochs=epochs, optimizer=opt, callbacks=[PhaseSchedule(phases)],
+               config=QUIET)
+    return lrs[::2], hist
+
+
+def test_the_last_phase_runs_to_the_end_of_a_longer_run_and_a_shorter_run_trains_the_first_epochs():
+    import math
+
+    cosine = ScheduleSpec("cosine", {"lr": 0.1})
+    lrs, hist = _phase_lrs([Phase(1, 2, "a", dropout=0.2, scheduler=cosine)], epochs=4)
+    assert lrs == pytest.approx([0.05 * (1 + math.cos(math.pi * t / 4)) for t in range(4)])  # shaped for 4 epochs
+    assert [r["phase"] for r in hist] == ["a"] * 4
+    lrs, hist = _phase_lrs([Phase(1, 3, "a", scheduler=cosine),
+                            Phase(4, 60, "b", scheduler=ScheduleSpec("constant", {"lr": 0.01}))], epochs=2)
+    assert lrs == pytest.approx([0.05 * (1 + math.cos(math.pi * t / 3)) for t in range(2)])  # phase a's first 2
+    assert [r["phase"] for r in hist] == ["a", "a"]
+
+
+def test_a_phase_that_resizes_needs_a_loader_that_can():
+    x, y = tensor_data(32)
+    model = TinyNet()
+    with pytest.raises(ConfigError, match=r"no set_augmentation\(\); build it with make_loader"):
+        fit(model, plain_loader(x, y, 16), None, epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            callbacks=[PhaseSchedule([Phase(1, 1, input_size=40)])], config=QUIET)

@@ -2,20 +2,25 @@ import os
 
 import pytest
 import torch
-
 from _helpers import Interrupt, TinyNet, state_equal, synthetic_loaders
+
 from pytorch_utils.errors import CheckpointError, ConfigError
-from pytorch_utils.train import fit, seed_everything
+from pytorch_utils.train import Callback, TrainConfig, fit
 from pytorch_utils.train.callbacks import Phase, PhaseSchedule
 from pytorch_utils.train.checkpoints import (
-    CheckpointManager, HubPusher, load_checkpoint, restore_model, save_checkpoint,
+    FORMAT,
+    CheckpointManager,
+    HubPusher,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_model,
+    save_checkpoint,
 )
-from pytorch_utils.train.loop import Callback
 from pytorch_utils.train.mixing import Mixer, SoftTargetCrossEntropy
 from pytorch_utils.train.schedules import ScheduleSpec
+from pytorch_utils.utils import seed_everything
 
-
-
+QUIET = TrainConfig(progress=False)
 
 PHASES = [
     Phase(1, 2, "a", dropout=0.2, mixup_alpha=0.4, augmentation="standard",
@@ -30,12 +35,13 @@ def run(ckpt_dir, epochs=4, resume=False, interrupt_after=None, keep_last=5):
     train, test = synthetic_loaders(n=128, test_n=64, num_classes=4, batch_size=32)
     model = TinyNet(num_classes=4)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    callbacks = [CheckpointManager(ckpt_dir, keep_last=keep_last, resume=resume), PhaseSchedule(PHASES)]
+    callbacks = [CheckpointManager(ckpt_dir, keep_last=keep_last), PhaseSchedule(PHASES)]
     if interrupt_after:
         callbacks.append(Interrupt(interrupt_after))
     try:
         hist = fit(model, train, test, epochs=epochs, optimizer=opt, criterion=SoftTargetCrossEntropy(),
-                   mixer=Mixer(4, label_smoothing=0.1), callbacks=callbacks, progress=False)
+                   callbacks=callbacks, resume=latest_checkpoint(ckpt_dir) if resume else None,
+                   config=TrainConfig(mixer=Mixer(4, label_smoothing=0.1), progress=False))
     except KeyboardInterrupt:
         return None, model
     return hist, model
@@ -68,8 +74,10 @@ def test_keep_last_n_plus_best(tmp_path):
 def test_checkpoint_contents_load_weights_only(tmp_path):
     run(tmp_path, epochs=1)
     ckpt = torch.load(tmp_path / "epoch-0001.pt", weights_only=True)
-    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "history", "rng", "config", "version"):
+    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "steps_per_epoch", "history", "rng",
+                "config", "version"):
         assert key in ckpt
+    assert ckpt["format"] == FORMAT and ckpt["steps_per_epoch"] == 4 and ckpt["step"] == 4
     assert ckpt["epoch"] == 1 and ckpt["history"][0]["checkpoint"] == "epoch-0001.pt"
 
 
@@ -77,28 +85,41 @@ def test_corrupt_newest_checkpoint_is_reported_and_skipped(tmp_path):
     run(tmp_path, epochs=3)
     newest = tmp_path / "epoch-0003.pt"
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a kill mid-copy
-    manager = CheckpointManager(tmp_path, resume=True)
+    skipped = []
     with pytest.warns(RuntimeWarning, match="epoch-0003.pt"):
-        ckpt = manager.latest()
-    assert ckpt["epoch"] == 2 and manager.skipped == [str(newest)]
+        ckpt = latest_checkpoint(tmp_path, skipped)
+    assert ckpt["epoch"] == 2 and skipped == [str(newest)] and ckpt["_path"] == str(tmp_path / "epoch-0002.pt")
+    assert latest_checkpoint(tmp_path / "none") is None
     with pytest.raises(CheckpointError, match="corrupt"):
         load_checkpoint(newest)
 
 
 def test_resume_required_without_checkpoint(tmp_path):
-    with pytest.raises(CheckpointError, match="no usable checkpoint"):
-        seed_everything(0)
-        train, _ = synthetic_loaders(n=64, test_n=32)
-        model = TinyNet()
-        fit(model, train, None, epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-            callbacks=[CheckpointManager(tmp_path, resume="required")], progress=False)
+    from pytorch_utils.recipes import run_recipe
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "epoch-0001.pt").write_bytes(b"cut short")
+    with pytest.raises(CheckpointError, match=r"holds no checkpoint \(corrupt: .*epoch-0001.pt\)"), \
+            pytest.warns(RuntimeWarning, match="corrupt"):
+        run_recipe("strixbee_l1", "synthetic", tmp_path, resume="required", progress=False)
+
+
+def test_a_checkpoint_of_the_older_format_is_refused_naming_its_version(tmp_path):
+    save_checkpoint({"format": 1, "version": "0.9.0", "model": {}}, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match=r"pytorch_utils 0.9.0 \(checkpoint format 1, this version reads 2\)"):
+        load_checkpoint(tmp_path / "old.pt")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a pytorch_utils checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
 
 
 def test_checkpoint_from_other_model_is_refused(tmp_path):
     from pytorch_utils.models import create_model
 
     a = create_model("strixbee_l1")
-    save_checkpoint({"format": 1, "model_name": "strixbee_l1", "model": a.state_dict()}, tmp_path / "a.pt")
+    save_checkpoint({"format": FORMAT, "model_name": "strixbee_l1", "model": a.state_dict()}, tmp_path / "a.pt")
     ckpt = load_checkpoint(tmp_path / "a.pt")
     with pytest.raises(CheckpointError, match="strixbee_l1.*strixbee_l2"):
         restore_model(create_model("strixbee_l2"), ckpt)
@@ -109,7 +130,7 @@ def test_checkpoint_from_other_model_is_refused(tmp_path):
 
 def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "x.pt"
-    save_checkpoint({"format": 1, "model": {"w": torch.ones(2)}}, path)
+    save_checkpoint({"format": FORMAT, "model": {"w": torch.ones(2)}}, path)
 
     def broken_save(obj, f):
         with open(f, "wb") as fh:
@@ -118,7 +139,7 @@ def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError):
-        save_checkpoint({"format": 1, "model": {"w": torch.zeros(2)}}, path)
+        save_checkpoint({"format": FORMAT, "model": {"w": torch.zeros(2)}}, path)
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
     assert sorted(os.listdir(tmp_path)) == ["x.pt"]  # no temp file left behind
@@ -162,7 +183,7 @@ def test_checkpoint_every_n_epochs_keeps_last_and_best(tmp_path):
     train, test = synthetic_loaders(n=64, test_n=32)
     model = TinyNet()
     hist = fit(model, train, test, epochs=5, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-               callbacks=[CheckpointManager(tmp_path, every=2)], progress=False)
+               callbacks=[CheckpointManager(tmp_path, every=2)], config=QUIET)
     names = sorted(p.name for p in tmp_path.glob("epoch-*.pt"))
     assert names == ["epoch-0002.pt", "epoch-0004.pt", "epoch-0005.pt"]  # every 2nd + the last
     best_epoch = max(hist, key=lambda r: r["test_acc"])["epoch"]
@@ -182,7 +203,7 @@ def test_best_between_periodic_saves_is_held_in_memory_then_written(tmp_path):
             seen.append((state.epoch, (tmp_path / "best.pt").exists()))
 
     model = TinyNet()
-    fit(model, train, test, epochs=2, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), progress=False,
+    fit(model, train, test, epochs=2, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), config=QUIET,
         callbacks=[CheckpointManager(tmp_path, every=2), Look()])
     assert seen == [(1, False), (2, True)]
 
@@ -194,8 +215,51 @@ def test_best_between_periodic_saves_is_held_in_memory_then_written(tmp_path):
     out = tmp_path / "interrupted"
     model = TinyNet()
     with pytest.raises(KeyboardInterrupt):
-        fit(model, train, test, epochs=4, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), progress=False,
+        fit(model, train, test, epochs=4, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), config=QUIET,
             callbacks=[CheckpointManager(out, every=3), Boom()])
     best = load_checkpoint(out / "best.pt")
     assert best["epoch"] == 1 and not list(out.glob("epoch-*.pt"))
     assert state_equal(best["model"], model.state_dict())
+
+
+def test_resumed_manager_keeps_the_best_so_far_and_clears_killed_writes(tmp_path):
+    # The best so far comes from the restored history: a resumed epoch worse than it must not replace best.pt.
+    seed_everything(0)
+    train, test = synthetic_loaders(n=64, test_n=32)
+    model = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    fit(model, train, test, epochs=2, optimizer=opt, callbacks=[CheckpointManager(tmp_path)], config=QUIET)
+    ckpt = latest_checkpoint(tmp_path)
+    ckpt["history"][0]["test_acc"] = 1000.0  # epoch 1 holds the best value no later epoch can reach
+    (tmp_path / ".epoch-0003.pt.tmp").write_bytes(b"a write killed half way")
+    seen = []
+
+    class Look(Callback):
+        def on_fit_start(self, state):
+            seen.append(sorted(p.name for p in tmp_path.iterdir()))
+
+    manager = CheckpointManager(tmp_path)
+    hist = fit(model, train, test, epochs=3, optimizer=opt, callbacks=[manager, Look()], resume=ckpt, config=QUIET)
+    assert ".epoch-0003.pt.tmp" not in seen[0]
+    assert manager.best == {"monitor": "test_acc", "value": 1000.0, "epoch": 1} and "best" not in hist[-1]
+    assert load_checkpoint(tmp_path / "epoch-0003.pt")["best"]["epoch"] == 1
+
+
+@pytest.mark.parametrize("saved, now, step, expected", [(4, 5, 8, 10), (8, 4, 16, 8), (4, 4, 8, 8)])
+def test_restore_rescales_the_step_count_when_the_steps_per_epoch_changed(saved, now, step, expected):
+    # Another batch size or a data folder that grew: the schedule continues from the same fraction of the run.
+    from pytorch_utils.train import TrainState
+    from pytorch_utils.train.checkpoints import make_checkpoint, restore_state
+
+    def state(steps_per_epoch):
+        model = TinyNet()
+        return TrainState(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), criterion=None,
+                          train_loader=None, test_loader=None, device=torch.device("cpu"), epochs=4,
+                          steps_per_epoch=steps_per_epoch)
+
+    old = state(saved)
+    old.epoch, old.step = 2, step
+    new = state(now)
+    restore_state(new, make_checkpoint(old))
+    assert (new.epoch, new.step) == (2, expected)
+    assert state_equal(new.model.state_dict(), old.model.state_dict())

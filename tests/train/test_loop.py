@@ -4,12 +4,16 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-
 from _helpers import TinyNet, plain_loader, synthetic_loaders, tensor_data
+
 from pytorch_utils.errors import ConfigError, NonFiniteLossError
 from pytorch_utils.models import create_model
-from pytorch_utils.train import evaluate, fit, seed_everything, train_one_epoch
-from pytorch_utils.train.loop import Callback, History, format_record, scheduler_interval
+from pytorch_utils.train import Callback, History, TrainConfig, evaluate, fit, train_one_epoch
+from pytorch_utils.train.loop import format_record
+from pytorch_utils.train.schedules import StepSchedule
+from pytorch_utils.utils import seed_everything
+
+QUIET = TrainConfig(progress=False)
 
 
 def test_two_epochs_on_synthetic_beat_chance_by_far():
@@ -17,7 +21,7 @@ def test_two_epochs_on_synthetic_beat_chance_by_far():
     train, test = synthetic_loaders(n=1000, test_n=300, num_classes=10, batch_size=64, augmentation="standard")
     model = create_model("strixbee_l1", num_classes=10)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    hist = fit(model, train, test, epochs=2, optimizer=opt, progress=False)
+    hist = fit(model, train, test, epochs=2, optimizer=opt, config=QUIET)
     assert len(hist) == 2
     assert hist[-1]["test_acc"] > 40.0  # chance is 10 %
     for key in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"):
@@ -66,43 +70,47 @@ def test_nan_loss_raises_with_step():
     model = TinyNet()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(NonFiniteLossError, match="step 2"):
-        train_one_epoch(model, plain_loader(x, y, 16), opt, nn.CrossEntropyLoss(), progress=False, epoch=1)
+        train_one_epoch(model, plain_loader(x, y, 16), opt, nn.CrossEntropyLoss(), QUIET, epoch=1)
 
 
-class CountingScheduler:
-    def __init__(self, interval):
-        self.interval, self.calls, self.metrics = interval, 0, []
+class RecordingSchedule:
+    """A schedule of the engine's protocol: ``apply(optimizer, step)`` before each optimizer step."""
 
-    def step(self, metric=None):
-        self.calls += 1
-        if metric is not None:
-            self.metrics.append(metric)
+    def __init__(self):
+        self.steps = []
 
-    def state_dict(self):
-        return {}
+    def apply(self, optimizer, step):
+        self.steps.append(step)
+        for group in optimizer.param_groups:
+            group["lr"] = 0.1 / (step + 1)
 
 
-@pytest.mark.parametrize("interval,expected", [("batch", 3 * 4), ("epoch", 3), ("plateau", 3)])
-def test_scheduler_stepping_by_declaration(interval, expected):
+class RecordingPlateau(torch.optim.lr_scheduler.ReduceLROnPlateau):
+    def __init__(self, optimizer):
+        super().__init__(optimizer)
+        self.metrics = []
+
+    def step(self, metrics):
+        self.metrics.append(float(metrics))
+        super().step(metrics)
+
+
+def test_fit_applies_a_schedule_at_every_optimizer_step_and_a_plateau_once_per_epoch_on_the_test_loss():
     x, y = tensor_data(64)
-    sched = CountingScheduler(interval)
     model = TinyNet()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    hist = fit(model, plain_loader(x, y, 16), plain_loader(x, y, 32), epochs=3, optimizer=opt, scheduler=sched,
-               progress=False)
-    assert sched.calls == expected
-    if interval == "plateau":
-        assert sched.metrics == pytest.approx([r["test_loss"] for r in hist])
-
-
-def test_scheduler_interval_guess():
-    from pytorch_utils.train.schedules import StepSchedule
-
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-    assert scheduler_interval(StepSchedule([(0, lambda s: 0.1)]), "epoch") == "step"
-    assert scheduler_interval(torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=10)) == "batch"
-    assert scheduler_interval(torch.optim.lr_scheduler.ReduceLROnPlateau(opt)) == "plateau"
-    assert scheduler_interval(torch.optim.lr_scheduler.StepLR(opt, 2)) == "epoch"
+    schedule = RecordingSchedule()
+    hist = fit(model, plain_loader(x, y, 16), plain_loader(x, y, 32), epochs=3, optimizer=opt, scheduler=schedule,
+               config=QUIET)
+    assert schedule.steps == list(range(12))  # 3 epochs of 4 steps, counted over the run
+    assert [r["lr"] for r in hist] == pytest.approx([0.1 / 4, 0.1 / 8, 0.1 / 12])  # the LR of each epoch's last step
+    plateau = RecordingPlateau(opt)
+    hist = fit(model, plain_loader(x, y, 16), plain_loader(x, y, 32), epochs=3, optimizer=opt, scheduler=plateau,
+               config=QUIET)
+    assert plateau.metrics == pytest.approx([r["test_loss"] for r in hist])
+    plateau = RecordingPlateau(opt)  # without a test loader: the train loss
+    hist = fit(model, plain_loader(x, y, 16), None, epochs=2, optimizer=opt, scheduler=plateau, config=QUIET)
+    assert plateau.metrics == pytest.approx([r["train_loss"] for r in hist])
 
 
 def test_callbacks_see_state_and_can_stop():
@@ -117,7 +125,7 @@ def test_callbacks_see_state_and_can_stop():
 
     model = TinyNet()
     hist = fit(model, plain_loader(x, y, 16), None, epochs=5, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-               callbacks=[Probe()], progress=False)
+               callbacks=[Probe()], config=QUIET)
     assert seen == [(1, 1), (2, 2)] and len(hist) == 2 and "test_acc" not in hist[0]
 
 
@@ -126,7 +134,7 @@ def test_fit_logs_lines_and_validates(caplog):
     model = TinyNet()
     with caplog.at_level(logging.INFO, logger="pytorch_utils.train.loop"):
         fit(model, plain_loader(x, y, 16), plain_loader(x, y, 16), epochs=1,
-            optimizer=torch.optim.SGD(model.parameters(), lr=0.1), progress=False)
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1), config=QUIET)
     lines = [r.getMessage() for r in caplog.records if r.name == "pytorch_utils.train.loop"]
     assert len(lines) == 1 and lines[0].startswith("epoch   1")
     with pytest.raises(ConfigError):
@@ -137,11 +145,11 @@ def test_amp_bf16_on_cpu_runs_and_fp16_on_cpu_is_refused():
     x, y = tensor_data(32)
     model = TinyNet()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    hist = fit(model, plain_loader(x, y, 16), plain_loader(x, y, 16), epochs=1, optimizer=opt, amp="bf16",
-               progress=False)
+    hist = fit(model, plain_loader(x, y, 16), plain_loader(x, y, 16), epochs=1, optimizer=opt,
+               config=TrainConfig(amp="bf16", progress=False))
     assert math.isfinite(hist[0]["train_loss"])
     with pytest.raises(ConfigError, match="fp16"):
-        fit(model, plain_loader(x, y, 16), None, epochs=1, optimizer=opt, amp="fp16", progress=False)
+        fit(model, plain_loader(x, y, 16), None, epochs=1, optimizer=opt, config=TrainConfig(amp="fp16"))
 
 
 def test_tta_stays_finite_for_confident_wrong_predictions():
@@ -169,69 +177,41 @@ def test_bf16_batches_are_cast_to_the_model_dtype_outside_autocast():
     assert out["logits"].dtype == torch.float32
     assert torch.allclose(out["logits"], ref["logits"], atol=0.1)
     stats = train_one_epoch(model, plain_loader(x.bfloat16(), y, 16), torch.optim.SGD(model.parameters(), lr=0.01),
-                            nn.CrossEntropyLoss(), progress=False)
+                            nn.CrossEntropyLoss(), QUIET)
     assert math.isfinite(stats["loss"]) and stats["samples"] == 64
-
-
-def test_bn_warmup_averages_the_first_batches_then_restores_momentum():
-    # After one step with the warm-up the running mean is that batch's mean (momentum 1), not 0.1 of it; the
-    # layer's own momentum is back afterwards, and without the warm-up PyTorch's plain update applies.
-    x, y = tensor_data(32)
-    for warmup, expected_fraction in ((10, 1.0), (0, 0.1)):
-        torch.manual_seed(0)
-        model = TinyNet(dropout=0.0)
-        bn = model.features[1]
-        with torch.no_grad():
-            batch_mean = model.features[0](x).mean(dim=(0, 2, 3))
-        train_one_epoch(model, plain_loader(x, y, 32), torch.optim.SGD(model.parameters(), lr=0.0),
-                        nn.CrossEntropyLoss(), progress=False, bn_warmup=warmup)  # settings as keywords
-        assert torch.allclose(bn.running_mean, expected_fraction * batch_mean, atol=1e-5)
-        assert bn.momentum == 0.1
-
-
-def test_short_run_evaluates_with_real_batchnorm_statistics():
-    # 3 steps of batch 64: with PyTorch's plain momentum the running variance is still mostly the initial 1.0.
-    seed_everything(0)
-    train, test = synthetic_loaders(n=192, test_n=64, num_classes=4, batch_size=64)
-    model = TinyNet()
-    fit(model, train, test, epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), progress=False)
-    assert model.features[1].num_batches_tracked.item() == 3
-    assert model.features[1].momentum == 0.1
 
 
 def test_a_step_the_grad_scaler_skips_does_not_advance_the_schedule():
     # fp16's GradScaler, enabled on the CPU: inf gradients on the second batch make it skip that optimizer step.
     import warnings
 
-    from pytorch_utils.train.schedules import StepSchedule
+    from pytorch_utils.train.schedules import TorchSchedule
 
     x, y = tensor_data(64)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
     batch = {"i": 0}
     model.register_forward_pre_hook(lambda m, args: batch.__setitem__("i", batch["i"] + 1))
     model[1].weight.register_hook(lambda g: g * float("inf") if batch["i"] == 2 else g)
-    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     applied_lrs = []
     opt.register_step_pre_hook(lambda o, args, kwargs: applied_lrs.append(o.param_groups[0]["lr"]))
     scaler = torch.amp.GradScaler("cpu", enabled=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = train_one_epoch(model, plain_loader(x, y, 16), opt, nn.CrossEntropyLoss(), progress=False,
-                              scheduler=StepSchedule([(0, lambda s: 0.1 * (s + 1))]), scaler=scaler, step=0)
+        out = train_one_epoch(model, plain_loader(x, y, 16), opt, nn.CrossEntropyLoss(), QUIET, scaler=scaler,
+                              schedule=StepSchedule([(0, lambda s: 0.1 * (s + 1), None)], 4), step=0)
         # A user's own per-batch torch scheduler is not stepped for the skipped step either (no torch warning).
-        batch["i"] = 0
-        user = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-        user.interval = "batch"
-        train_one_epoch(model, plain_loader(x, y, 16), opt, nn.CrossEntropyLoss(), progress=False, scheduler=user,
-                        scaler=scaler)
+        batch["i"], opt.param_groups[0]["lr"] = 0, 0.1
+        user = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: s + 1.0)  # initial_lr 0.1: 0.1, 0.2, 0.3, ...
+        train_one_epoch(model, plain_loader(x, y, 16), opt, nn.CrossEntropyLoss(), QUIET, scaler=scaler,
+                        schedule=TorchSchedule(user, per_step=True), step=0)
     assert out["steps"] == 3 and applied_lrs[:3] == pytest.approx([0.1, 0.2, 0.3])  # the skipped step kept 0.2
-    assert user.last_epoch == 3
+    assert applied_lrs[3:] == pytest.approx([0.1, 0.2, 0.3])
+    assert user.last_epoch == 2  # stepped to the last applied step (step 2), not once more for the skipped one
     assert not [w for w in caught if "lr_scheduler" in str(w.message)]
 
 
 def test_accumulated_batches_equal_one_batch_of_their_size():
-    from pytorch_utils.train.schedules import StepSchedule
-
     x, y = tensor_data(64)
 
     def train(batch_size, accumulate):
@@ -240,8 +220,9 @@ def test_accumulated_batches_equal_one_batch_of_their_size():
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         lrs = []
         opt.register_step_pre_hook(lambda o, args, kwargs: lrs.append(o.param_groups[0]["lr"]))
-        hist = fit(model, plain_loader(x, y, batch_size), None, epochs=2, optimizer=opt, progress=False,
-                   scheduler=StepSchedule([(0, lambda s: 0.1 / (s + 1))]), accumulate_steps=accumulate)
+        hist = fit(model, plain_loader(x, y, batch_size), None, epochs=2, optimizer=opt,
+                   scheduler=StepSchedule([(0, lambda s: 0.1 / (s + 1), None)], 4),
+                   config=TrainConfig(accumulate_steps=accumulate, progress=False))
         return model, lrs, hist
 
     small, small_lrs, small_hist = train(8, 4)
@@ -252,21 +233,11 @@ def test_accumulated_batches_equal_one_batch_of_their_size():
     assert small_hist[-1]["train_loss"] == pytest.approx(big_hist[-1]["train_loss"], rel=1e-5)
 
 
-def test_compiled_and_eager_models_warm_up_batchnorm_the_same_way():
-    # backend="eager": dynamo wraps the model (``_orig_mod``) and traces it as for inductor, without a C++ build.
-    x, y = tensor_data(64)
-
-    def train(compiled):
-        torch.manual_seed(0)
-        model = TinyNet(dropout=0.0)
-        run = torch.compile(model, backend="eager") if compiled else model
-        stats = train_one_epoch(run, plain_loader(x, y, 16), torch.optim.SGD(model.parameters(), lr=0.05),
-                                nn.CrossEntropyLoss(), progress=False)
-        return model.features[1], stats
-
-    (eager, e_stats), (compiled, c_stats) = train(False), train(True)
-    assert torch.allclose(eager.running_mean, compiled.running_mean, atol=1e-6)
-    assert torch.allclose(eager.running_var, compiled.running_var, atol=1e-6)
-    assert c_stats["acc"] == pytest.approx(e_stats["acc"])
-    # and the warm-up really ran: 4 steps averaged, not PyTorch's 0.1-momentum decay from var 1
-    assert not torch.allclose(eager.running_var, torch.ones_like(eager.running_var), atol=0.2)
+@pytest.mark.parametrize("field, value, message", [
+    ("grad_clip", -1.0, "grad_clip"), ("grad_clip", float("nan"), "grad_clip"), ("accumulate_steps", 0, "accumulate"),
+    ("sync_every", 0, "sync_every"), ("amp", "fp32", "amp"),
+])
+def test_train_config_refuses_values_that_would_train_wrongly(field, value, message):
+    # Issue 19: grad_clip=-1 was accepted and reversed every gradient; TrainConfig is the door of a user's own code.
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**{field: value})

@@ -4,19 +4,19 @@ import itertools
 import pytest
 import torch
 import torch.nn as nn
+from _helpers import Interrupt
 from torch.utils.data import DataLoader, TensorDataset
 
-from _helpers import Interrupt
-from pytorch_utils.train import fit, seed_everything
+from pytorch_utils.train import TrainConfig, fit
 from pytorch_utils.train.callbacks import EarlyStopping, Phase, PhaseSchedule
-from pytorch_utils.train.checkpoints import CheckpointManager
+from pytorch_utils.train.checkpoints import CheckpointManager, latest_checkpoint
 from pytorch_utils.train.schedules import ScheduleSpec
+from pytorch_utils.utils import seed_everything
 
 EPOCHS = 8
 PHASES = [Phase(1, 3, "a", dropout=0.2, scheduler=ScheduleSpec("cosine_warm_restarts", {"lr": 0.2, "T_0": 2})),
           Phase(4, EPOCHS, "b", dropout=0.1, scheduler=ScheduleSpec("cosine", {"lr": 0.2}))]
-
-
+QUIET = TrainConfig(progress=False)
 
 
 def _data(n, seed):
@@ -32,12 +32,13 @@ def _run(ckpt_dir, order, resume=False, interrupt_after=None):
     lrs = []
     opt.register_step_pre_hook(lambda o, args, kwargs: lrs.append(o.param_groups[0]["lr"]))
     make = {"es": lambda: EarlyStopping(monitor="test_loss", mode="min", patience=2, start_epoch=4),
-            "ckpt": lambda: CheckpointManager(ckpt_dir, resume=resume),
+            "ckpt": lambda: CheckpointManager(ckpt_dir),
             "phases": lambda: PhaseSchedule(PHASES)}
     callbacks = [make[name]() for name in order] + ([Interrupt(interrupt_after)] if interrupt_after else [])
     train, test = DataLoader(_data(32, 1), batch_size=8), DataLoader(_data(32, 2), batch_size=16)
     try:
-        hist = fit(model, train, test, epochs=EPOCHS, optimizer=opt, callbacks=callbacks, progress=False)
+        hist = fit(model, train, test, epochs=EPOCHS, optimizer=opt, callbacks=callbacks, config=QUIET,
+                   resume=latest_checkpoint(ckpt_dir) if resume else None)
     except KeyboardInterrupt:
         return None, model, lrs
     return hist, model, lrs
@@ -73,21 +74,26 @@ def test_interrupted_and_resumed_equals_uninterrupted_for_every_callback_order(t
     assert first_lrs + second_lrs == ref_lrs  # the LR at every optimizer step
 
 
-@pytest.mark.parametrize("kind", ["batch", "plateau"])
+def _user_scheduler(kind, opt):
+    sched = torch.optim.lr_scheduler
+    return {"batch": lambda: sched.OneCycleLR(opt, max_lr=0.5, total_steps=16),
+            "epoch": lambda: sched.StepLR(opt, step_size=1, gamma=0.5),
+            "plateau": lambda: sched.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=0)}[kind]()  # halves often
+
+
+@pytest.mark.parametrize("kind", ["batch", "epoch", "plateau"])
 def test_a_users_own_torch_scheduler_resumes_through_its_state_dict(tmp_path, kind):
     def run(folder, resume=False, interrupt_after=None):
         seed_everything(0)
         model = nn.Linear(8, 2)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.5, total_steps=16) if kind == "batch"
-                 else torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=0))  # halves often
         lrs = []
         opt.register_step_pre_hook(lambda o, args, kwargs: lrs.append(o.param_groups[0]["lr"]))
-        callbacks = [CheckpointManager(folder, resume=resume)] + ([Interrupt(interrupt_after)] if interrupt_after
-                                                                   else [])
+        callbacks = [CheckpointManager(folder)] + ([Interrupt(interrupt_after)] if interrupt_after else [])
         loader = DataLoader(_data(32, 1), batch_size=8)
         try:
-            fit(model, loader, loader, epochs=4, optimizer=opt, scheduler=sched, callbacks=callbacks, progress=False)
+            fit(model, loader, loader, epochs=4, optimizer=opt, scheduler=_user_scheduler(kind, opt),
+                callbacks=callbacks, resume=latest_checkpoint(folder) if resume else None, config=QUIET)
         except KeyboardInterrupt:
             pass
         return lrs, model.state_dict()
@@ -97,3 +103,36 @@ def test_a_users_own_torch_scheduler_resumes_through_its_state_dict(tmp_path, ki
     second, weights = run(tmp_path / "run", resume=True)
     assert first + second == pytest.approx(ref_lrs) and len(set(ref_lrs)) > 1  # the LR did change
     assert all(torch.equal(weights[k], ref_weights[k]) for k in ref_weights)
+
+
+@pytest.mark.parametrize("kind", ["batch", "epoch"])
+def test_a_users_own_torch_scheduler_gives_the_lrs_of_stepping_it_by_hand(kind):
+    # By hand, as torch's docs loop: OneCycleLR stepped after every optimizer step, StepLR after every epoch.
+    loader = DataLoader(_data(32, 1), batch_size=8)
+
+    def by_hand():
+        torch.manual_seed(0)
+        model = nn.Linear(8, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        scheduler, lrs = _user_scheduler(kind, opt), []
+        for _ in range(4):
+            for x, y in loader:
+                lrs.append(opt.param_groups[0]["lr"])
+                nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+                opt.zero_grad()
+                if kind == "batch":
+                    scheduler.step()
+            if kind == "epoch":
+                scheduler.step()
+        return lrs, model.state_dict()
+
+    torch.manual_seed(0)
+    model = nn.Linear(8, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    lrs = []
+    opt.register_step_pre_hook(lambda o, args, kwargs: lrs.append(o.param_groups[0]["lr"]))
+    fit(model, loader, None, epochs=4, optimizer=opt, scheduler=_user_scheduler(kind, opt), config=QUIET)
+    ref_lrs, ref_weights = by_hand()
+    assert lrs == pytest.approx(ref_lrs, rel=1e-12) and len(set(ref_lrs)) > 2
+    assert all(torch.allclose(v, ref_weights[k]) for k, v in model.state_dict().items())

@@ -5,7 +5,18 @@ import torch
 
 from pytorch_utils.errors import ConfigError, UnknownNameError
 from pytorch_utils.train.schedules import (
-    ScheduleSpec, StepSchedule, build_schedule, check_spec, linear_one_cycle, phase_schedule,
+    SCHEDULES,
+    ScheduleSpec,
+    StepSchedule,
+    TorchSchedule,
+    as_schedule,
+    build_schedule,
+    check_length,
+    check_spec,
+    follows_run_length,
+    linear_one_cycle,
+    phase_schedule,
+    with_found_lrs,
 )
 
 sched = torch.optim.lr_scheduler
@@ -121,7 +132,7 @@ def test_training_writes_the_cycled_momentum_into_the_optimizer():
     data = [(torch.randn(3, 4), torch.tensor([0, 1, 0])) for _ in range(4)]
     for opt in (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), torch.optim.Adam(model.parameters())):
         schedule = build_schedule(ScheduleSpec("onecycle", {"max_lr": 0.3, "pct_start": 0.5}), opt, 4, epochs=3)
-        train_one_epoch(model, data, opt, torch.nn.CrossEntropyLoss(), scheduler=schedule, step=0)
+        train_one_epoch(model, data, opt, torch.nn.CrossEntropyLoss(), schedule=schedule, step=0)
         group = opt.param_groups[0]  # the last step applied is step 3, on the way up (the peak is step 5)
         momentum = group["betas"][0] if "betas" in group else group["momentum"]
         assert momentum == pytest.approx(schedule.momentum(3)) and group["lr"] == pytest.approx(schedule(3))
@@ -130,12 +141,8 @@ def test_training_writes_the_cycled_momentum_into_the_optimizer():
 
 
 def test_phases_cycle_the_momentum_and_leave_it_where_the_cycle_ended():
-    class P:
-        def __init__(self, start, scheduler):
-            self.start, self.scheduler = start, scheduler
-
-    phases = [P(1, ScheduleSpec("onecycle", {"max_lr": 0.1})), P(3, ScheduleSpec("cosine", {"lr": 0.01}))]
-    f = phase_schedule(phases, steps_per_epoch=5, epochs=4, base_lr=0.1)
+    phases = [P(1, 2, ScheduleSpec("onecycle", {"max_lr": 0.1})), P(3, 4, ScheduleSpec("cosine", {"lr": 0.01}))]
+    f = phase_schedule(phases, steps_per_epoch=5, base_lr=0.1)
     assert f.momentum(0) == pytest.approx(0.95) and f.momentum(9) == pytest.approx(0.95)
     assert min(f.momentum(s) for s in range(10)) == pytest.approx(0.85, abs=0.01)
     assert f.momentum(10) is None  # the cosine phase: the optimizer keeps the 0.95 the cycle ended on
@@ -160,10 +167,13 @@ def test_one_cycle_past_its_last_step_stays_at_min_lr():
     assert [f(s) for s in range(6)] == pytest.approx([0.01, 0.1, 0.055, 0.01, 0.01, 0.01])
 
 
-def test_one_cycle_peak_beyond_short_run_keeps_the_shape():
-    lrs = _ours(ScheduleSpec("one_cycle_linear", {"max_lr": 0.1, "min_lr": 0.01, "peak_epoch": 5}), 12, 2)
-    assert lrs[0] == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.01)
-    assert lrs.index(max(lrs)) == 5 and max(lrs) == pytest.approx(0.1)  # 20 % of 24 steps
+def test_one_cycle_peak_not_below_the_run_is_refused():
+    spec = ScheduleSpec("one_cycle_linear", {"max_lr": 0.1, "min_lr": 0.01, "peak_epoch": 5})
+    for epochs in (2, 5):  # the peak must fall inside the run: no silent reshaping for short runs
+        with pytest.raises(ConfigError, match=f"peak_epoch 5 must be below the {epochs} epochs it runs for"):
+            build_schedule(spec, _opt(), 12, epochs)
+    check_spec(spec)  # without a span (a recipe's spec before its length is known) it is fine
+    assert max(_ours(spec, 2, 6)) == pytest.approx(0.1)
 
 
 def test_onecycle_on_a_tiny_run_stays_finite():
@@ -179,26 +189,32 @@ def test_lr_param_and_default_base():
 def test_plateau_is_a_torch_scheduler_with_state():
     opt = _opt(0.1)
     plateau = build_schedule(ScheduleSpec("plateau", {"patience": 0, "factor": 0.5}), opt, 5, 4)
-    assert isinstance(plateau, sched.ReduceLROnPlateau) and plateau.interval == "plateau"
+    assert isinstance(plateau, sched.ReduceLROnPlateau)
     plateau.step(1.0)
     plateau.step(1.0)  # no improvement: halved
     assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    opt = _opt(0.1)  # its "lr" (what an LR finder fills) is written into the optimizer: the run starts there
+    build_schedule(ScheduleSpec("plateau", {"lr": 0.3}), opt, 5, 4)
+    assert opt.param_groups[0]["lr"] == opt.param_groups[0]["initial_lr"] == 0.3
+
+
+class P:
+    """What phase_schedule reads of a Phase (the phase checks are tested in test_callbacks)."""
+
+    def __init__(self, start, end, scheduler=None):
+        self.start, self.end, self.scheduler = start, end, scheduler
 
 
 def test_phase_list_is_one_piecewise_function():
-    class P:
-        def __init__(self, start, end, scheduler=None):
-            self.start, self.end, self.scheduler = start, end, scheduler
-
     phases = [P(1, 2, ScheduleSpec("cosine_warm_restarts", {"lr": 0.1, "T_0": 25})), P(3, 3),
               P(4, 5, ScheduleSpec("cosine", {"lr": 0.05}))]
-    f = phase_schedule(phases, steps_per_epoch=2, epochs=5, base_lr=0.5)
-    assert isinstance(f, StepSchedule)
+    f = phase_schedule(phases, steps_per_epoch=2, base_lr=0.5)
+    assert isinstance(f, StepSchedule) and f.total_steps == 10  # the last phase's end is the length
     assert f(0) == pytest.approx(0.1) and f(4) == f(5) < f(2) < 0.1  # phase 3 keeps the warm restarts running
     assert f(6) == pytest.approx(0.05) and f(8) == pytest.approx(0.025)  # cosine over epochs 4-5: T_max 2
-    late = phase_schedule([P(1, 1), P(2, 3, ScheduleSpec("step", {"step_size": 1}))], 2, 3, base_lr=0.5)
+    late = phase_schedule([P(1, 1), P(2, 3, ScheduleSpec("step", {"step_size": 1}))], 2, base_lr=0.5)
     assert [late(s) for s in range(6)] == pytest.approx([0.5, 0.5, 0.5, 0.5, 0.05, 0.05])
-    assert phase_schedule([P(1, 3)], 2, 3, 0.5) is None
+    assert phase_schedule([P(1, 3)], 2, 0.5) is None
 
 
 def test_unknown_and_missing_params():
@@ -219,10 +235,92 @@ def test_unknown_and_missing_params():
                                  ("onecycle", {"max_lr": "abc"}, "abc"),
                                  ("cyclic", {"base_lr": 0.01, "max_lr": 0.1, "mode": "triangle"}, "mode"),
                                  ("plateau", {"factor": 1.5}, "Factor")):
-        with pytest.raises(ConfigError, match=f"scheduler {name!r} .*{reason}"):
+        with pytest.raises(ConfigError, match=f"scheduler {name!r}.*{reason}"):
             check_spec(ScheduleSpec(name, params))
-    with pytest.raises(ConfigError, match="cycle_momentum must be true or false, got 'false'"):
+    with pytest.raises(ConfigError, match="cycle_momentum 'false' must be true or false"):
         check_spec(ScheduleSpec("onecycle", {"max_lr": 0.1, "cycle_momentum": "false"}))
     check_spec(ScheduleSpec("plateau", {"mode": "max"}))
     check_spec(ScheduleSpec("cyclic", {"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 15, "mode": "triangular2"}))
     assert build_schedule(None, _opt(), 5, 4) is None
+
+
+# Minimal parameters of each registry entry besides those an LR finder fills.
+OWN_PARAMS = {"step": {"step_size": 2}, "cosine_warm_restarts": {"T_0": 2}, "one_cycle_linear": {"peak_epoch": 1}}
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_every_schedule_takes_the_lrs_an_lr_finder_found(name):
+    # Issue 19: plateau/cosine/step/constant schedules dropped the finder's LR and trained at the optimizer's.
+    spec = with_found_lrs(ScheduleSpec(name, OWN_PARAMS.get(name, {})), 0.1, 0.01)
+    check_spec(spec, span=4)
+    opt = _opt(0.05)
+    schedule = build_schedule(spec, opt, 5, 4)
+    if name == "plateau":
+        assert opt.param_groups[0]["lr"] == 0.1
+    else:
+        lrs = [schedule(s) for s in range(20)]
+        assert max(lrs) == pytest.approx(0.1)  # the found LR_max is the peak (or the start) of every schedule
+        if name in ("constant", "step", "cosine", "cosine_warm_restarts"):
+            assert lrs[0] == pytest.approx(0.1)  # these start at it
+    assert with_found_lrs(None, 0.1, 0.01) is None
+    assert with_found_lrs(ScheduleSpec(name, {"T_0": 2}), 0.1, 0.01).params["T_0"] == 2  # its own params are kept
+
+
+def test_the_finder_fills_what_each_entry_names():
+    assert with_found_lrs(ScheduleSpec("cyclic"), 0.1, 0.01).params == {"max_lr": 0.1, "base_lr": 0.01}
+    assert with_found_lrs(ScheduleSpec("one_cycle_linear", {"peak_epoch": 2}), 0.1, 0.01).params == {
+        "peak_epoch": 2, "max_lr": 0.1, "min_lr": 0.01}
+    assert with_found_lrs(ScheduleSpec("plateau", {"lr": 0.5, "patience": 3}), 0.1, 0.01).params == {
+        "lr": 0.1, "patience": 3}
+
+
+def test_follows_run_length():
+    assert follows_run_length(ScheduleSpec("onecycle", {"max_lr": 0.1}))
+    assert follows_run_length(ScheduleSpec("one_cycle_linear", {"max_lr": 0.1, "min_lr": 0.01, "peak_epoch": 2}))
+    assert follows_run_length(ScheduleSpec("cosine")) and not follows_run_length(ScheduleSpec("cosine", {"T_max": 5}))
+    assert follows_run_length(ScheduleSpec("cyclic", {"base_lr": 0.01, "max_lr": 0.1}))
+    assert not follows_run_length(ScheduleSpec("cyclic", {"base_lr": 0.01, "max_lr": 0.1, "step_size_up": 2}))
+    for spec in (ScheduleSpec("constant"), ScheduleSpec("step", {"step_size": 2}), ScheduleSpec("plateau"), None):
+        assert not follows_run_length(spec)
+
+
+def test_check_length_refuses_a_schedule_shorter_than_its_run():
+    schedule = build_schedule(ScheduleSpec("onecycle", {"max_lr": 0.1}), _opt(), 6, 3)  # 18 steps
+    assert schedule.total_steps == 18
+    with pytest.raises(ConfigError, match=r"built for 18 optimizer steps but the run takes 21"):
+        check_length(schedule, 21)
+    check_length(schedule, 18)
+    check_length(schedule, 12)  # a longer schedule is a run stopped early: fine
+    check_length(None, 21)
+
+
+def test_as_schedule_adapts_what_fit_is_given():
+    opt = _opt()
+    assert isinstance(as_schedule(ScheduleSpec("cosine"), opt, 5, 2), StepSchedule)
+    assert as_schedule({"name": "step", "params": {"step_size": 1}}, opt, 5, 2).total_steps == 10
+    assert as_schedule(None, opt, 5, 2) is None
+    per_step = as_schedule(sched.OneCycleLR(opt, 0.1, total_steps=10), opt, 5, 2)
+    per_epoch = as_schedule(sched.StepLR(opt, 1), opt, 5, 2)
+    assert isinstance(per_step, TorchSchedule) and per_step.every == 1
+    assert isinstance(per_epoch, TorchSchedule) and per_epoch.every == 5
+    plateau = sched.ReduceLROnPlateau(opt)
+    assert as_schedule(plateau, opt, 5, 2) is plateau
+    own = StepSchedule([(0, lambda s: 0.1, None)], 10)
+    assert as_schedule(own, opt, 5, 2) is own
+
+
+def test_torch_schedule_steps_the_users_scheduler_to_the_applied_step():
+    opt = _opt(1.0)
+    adapter = TorchSchedule(sched.LambdaLR(opt, lambda s: 1.0 / (s + 1)), per_step=False, steps_per_epoch=3)
+    lrs = []
+    for step in range(9):
+        adapter.apply(opt, step)
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+    assert lrs == pytest.approx([1.0] * 3 + [0.5] * 3 + [1 / 3] * 3)
+    adapter.apply(opt, 4)  # never steps backwards (a repeated step after a skipped one)
+    assert adapter.done == 2
+    state = adapter.state_dict()
+    other = TorchSchedule(sched.LambdaLR(_opt(1.0), lambda s: 1.0 / (s + 1)), per_step=False, steps_per_epoch=3)
+    other.load_state_dict(state)
+    assert other.done == 2 and other.scheduler.last_epoch == 2
