@@ -31,7 +31,8 @@ setup(
     extras_require={
         # The Hub test needs the package, not a network; the export and TensorBoard tests need their extras; ruff is the
         # lint CI runs; timm's Mixup is what our MixUp/CutMix targets are tested against.
-        "test": ["pytest", "nbval", "ipykernel", "huggingface_hub", "onnx", "onnxscript", "tensorboard", "ruff", "timm"],
+        "test": ["pytest", "nbval", "ipykernel", "huggingface_hub", "onnx", "onnxscript", "tensorboard", "ruff",
+                 "timm"],
         "hub": ["huggingface_hub"],
         "onnx": ["onnx", "onnxscript"],  # export(..., format="onnx"); onnxruntime, if installed, runs the check
         "tensorboard": ["tensorboard"],  # tensorboard=True / --tensorboard

@@ -84,7 +84,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def build_recipe(args: argparse.Namespace, loader: str, num_workers: Optional[int], compile_: bool):
     """The recipe of one variant: the registered recipe, the run's options, ``--set`` overrides, the variant's
     loader fields (in that order, so a variant always gets its own loader)."""
-    from pytorch_utils.recipes import get_recipe, parse_override
+    from pytorch_utils.recipes import get_recipe
+    from pytorch_utils.recipes.base import parse_override
 
     recipe = get_recipe(args.recipe)
     base: Dict[str, Any] = {"seed": args.seed}

@@ -132,7 +132,8 @@ def run_variant(name: str, train_ds, args: argparse.Namespace, device, env: Dict
     import torch.nn as nn
 
     from pytorch_utils.models import count_parameters, create_model
-    from pytorch_utils.recipes import build_optimizer, get_recipe
+    from pytorch_utils.recipes import get_recipe
+    from pytorch_utils.recipes.base import build_optimizer
     from pytorch_utils.train import train_one_epoch
     from pytorch_utils.train.mixing import Mixer, SoftTargetCrossEntropy
     from pytorch_utils.utils import amp_dtype_for, seed_everything

@@ -25,8 +25,7 @@ from typing import List, Optional
 if __package__ in (None, ""):  # run as a script: make `benchmarks` and the checkout's pytorch_utils importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (data_description, data_label, device_name, emit, environment,  # noqa: E402
-                               log_package_to_stderr)
+from benchmarks.common import data_description, data_label, device_name, emit, environment, log_package_to_stderr  # noqa: E402
 
 
 def report_title(recipe_name: str, data: str, device: str, epochs: int) -> str:
@@ -37,7 +36,8 @@ def report_title(recipe_name: str, data: str, device: str, epochs: int) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the recipe, write the report and ``<assets>/run.json``, print the JSON line; returns the exit code."""
     from pytorch_utils import viz
-    from pytorch_utils.recipes import get_recipe, parse_override, report_data, run_recipe
+    from pytorch_utils.recipes import get_recipe, report_data, run_recipe
+    from pytorch_utils.recipes.base import parse_override
 
     command = shlex.join([sys.executable, *sys.argv] if argv is None
                          else [sys.executable, "-m", "benchmarks.reference_run", *argv])

@@ -286,7 +286,8 @@ def report_cells(title: str) -> list:
             `viz.show_report(paths)` shows the whole page inline.
             """),
         code(f"""
-            paths = viz.report(report_data(result), ASSETS, gradcam_k=4 if SMOKE else 8, title=f"{title} - {{DATA_LABEL}}")
+            paths = viz.report(report_data(result), ASSETS, gradcam_k=4 if SMOKE else 8,
+                               title=f"{title} - {{DATA_LABEL}}")
             for name, path in paths.items():
                 print(f"{{name:28s}} {{path}}")
             """),

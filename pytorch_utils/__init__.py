@@ -36,6 +36,7 @@ _default_logging()
 # After training (imported on first use, so ``import pytorch_utils`` stays light).
 _LAZY = {"load_run": "pytorch_utils.inference", "predict": "pytorch_utils.inference",
          "export": "pytorch_utils.exporting"}
+__all__ = list(_LAZY)
 
 
 def __getattr__(name):

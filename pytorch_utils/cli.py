@@ -143,7 +143,8 @@ def _cmd_recipes(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from pytorch_utils.recipes import get_recipe, parse_override, run_recipe, smoke_recipe
+    from pytorch_utils.recipes import get_recipe, run_recipe, smoke_recipe
+    from pytorch_utils.recipes.base import parse_override
 
     recipe = get_recipe(args.recipe or "default")
     overrides = {}

@@ -6,21 +6,30 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from _helpers import TinyNet, plain_loader, synthetic_loaders, tensor_data
 from PIL import Image
 
-from _helpers import TinyNet, plain_loader, synthetic_loaders, tensor_data
 from pytorch_utils.cli import main
-from pytorch_utils.data import ArrayDataset, load_datasets, load_image_folder, make_loader, make_synthetic
+from pytorch_utils.data import ArrayDataset, load_datasets, make_loader
+from pytorch_utils.data.folders import load_image_folder
+from pytorch_utils.data.synthetic import make_synthetic
 from pytorch_utils.errors import (
-    CheckpointError, ConfigError, DatasetError, DatasetNotFoundError, InputShapeError, NonFiniteLossError,
-    PytorchUtilsError, UnknownNameError,
+    CheckpointError,
+    ConfigError,
+    DatasetError,
+    DatasetNotFoundError,
+    InputShapeError,
+    NonFiniteLossError,
+    PytorchUtilsError,
+    UnknownNameError,
 )
 from pytorch_utils.models import create_model
-from pytorch_utils.recipes import check_model_data, get_recipe
+from pytorch_utils.recipes import get_recipe
+from pytorch_utils.recipes.runner import check_model_data
 from pytorch_utils.train import fit
 from pytorch_utils.train.checkpoints import CheckpointManager, load_checkpoint
-from pytorch_utils.train.state import Callback, TrainConfig
 from pytorch_utils.train.lr_finder import LRFinderSpec
+from pytorch_utils.train.state import Callback, TrainConfig
 from pytorch_utils.utils import resolve_device
 
 

@@ -135,7 +135,8 @@ def run_stage(stage: Stage, args: argparse.Namespace, cap_s: float) -> List[dict
     if status == "ok" and errors:
         status = "failed"
     status_record = {"stage": stage.key, "status": status, "seconds": round(time.perf_counter() - start, 2),
-                     "cap_s": cap_s, "returncode": rc, "figures": sum(r.get("figure", "environment") != "environment" for r in records),
+                     "cap_s": cap_s, "returncode": rc,
+                     "figures": sum(r.get("figure", "environment") != "environment" for r in records),
                      "errors": errors[:5]}
     print(json.dumps(status_record), flush=True)
     return records + [status_record]

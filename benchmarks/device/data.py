@@ -55,6 +55,7 @@ def load_arrays(folder: Path):
     """``(train_ds, test_ds)`` ArrayDatasets over the npy files of ``decode.py`` (CIFAR-10 mean/std, as the
     package's image-folder loader gives a folder with CIFAR-10's class names)."""
     import numpy as np
+
     from pytorch_utils.data import CIFAR10_MEAN, CIFAR10_STD, ArrayDataset
 
     classes = tuple(json.loads((folder / "meta.json").read_text())["classes"])

@@ -221,10 +221,9 @@ def s10_report(ctx: Context, result, figures: Dict[str, Any]) -> Path:
     into ``<out>/s10_report.zip``: one file, as the GPU machine returns at most 8 (unzip it under ``assets/``)."""
     import shutil
 
+    from benchmarks import common
     from pytorch_utils import viz
     from pytorch_utils.recipes import report_data
-
-    from benchmarks import common
 
     folder = Path(tempfile.mkdtemp(prefix="s10_report_"))
     title = (f"s10: {ctx.data.description}, {len(result.history)} epochs, {common.device_name(result.device)}"
@@ -275,7 +274,8 @@ def stage_c(ctx: Context) -> None:
         return
     decode = f"; call 1 decode {ctx.data.decode_s} s" if ctx.data.decode_s else ""
     ctx.emit("s10_wall_s_from_process_start", figures["wall_s"], "s", goal="<= 10 s on an H100" +
-             (" (decode excluded: npy)" if ctx.data.source == "npy" else ""), note=f"data from {ctx.data.source}{decode}")
+             (" (decode excluded: npy)" if ctx.data.source == "npy" else ""),
+             note=f"data from {ctx.data.source}{decode}")
     ctx.emit("s10_s_per_epoch", figures["s_per_epoch"], "s", goal="seed: ~21 s on Colab",
              note=f"median of {figures['epochs']} epochs (train + test)")
     ctx.emit("s10_final_acc_tta", figures["final_acc_tta"], "%", goal=">= 91 % (JPEG copy)", note=note)

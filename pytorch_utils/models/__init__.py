@@ -65,4 +65,4 @@ from pytorch_utils.models import resnet_s8, resnet_s10, strixbee, wide_resnet  #
 from pytorch_utils.models.costs import ModelCost, model_cost  # noqa: E402,F401
 from pytorch_utils.models.summary import summary  # noqa: E402,F401
 
-__all__ = ["create_model", "list_models", "register_model", "count_parameters", "summary", "model_cost", "ModelCost"]
+__all__ = ["create_model", "list_models", "register_model", "count_parameters", "summary", "model_cost"]

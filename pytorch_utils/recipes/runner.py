@@ -16,16 +16,22 @@ from pytorch_utils.data.input_size import choose_input_size
 from pytorch_utils.errors import CheckpointError, ConfigError
 from pytorch_utils.io import atomic_write_text, ensure_writable_dir
 from pytorch_utils.models import count_parameters, create_model
-from pytorch_utils.runlock import run_lock
 from pytorch_utils.recipes.base import Recipe, build_optimizer, get_recipe
+from pytorch_utils.runlock import run_lock
 from pytorch_utils.train import distributed as dist_utils
 from pytorch_utils.train.callbacks import EarlyStopping, PhaseSchedule
-from pytorch_utils.train.checkpoints import CheckpointManager, HubPusher, check_model_name, latest_checkpoint, repair_best
+from pytorch_utils.train.checkpoints import (
+    CheckpointManager,
+    HubPusher,
+    check_model_name,
+    latest_checkpoint,
+    repair_best,
+)
 from pytorch_utils.train.history import HistoryWriter, summarize
 from pytorch_utils.train.loop import fit, model_output_classes
-from pytorch_utils.train.state import History, TrainConfig
 from pytorch_utils.train.mixing import Mixer, SoftTargetCrossEntropy
 from pytorch_utils.train.schedules import follows_run_length
+from pytorch_utils.train.state import History, TrainConfig
 from pytorch_utils.utils import amp_dtype_for, resolve_device, seed_everything, unwrap_model
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from pytorch_utils.train import distributed as dist_utils
 from pytorch_utils.train.checkpoints import restore_state
 from pytorch_utils.train.schedules import as_schedule, check_length
 from pytorch_utils.train.state import Callback, History, TrainConfig, TrainState
-from pytorch_utils.utils import amp_dtype_for, model_device, preserved, resolve_device, unwrap_model
+from pytorch_utils.utils import amp_dtype_for, model_device, preserved, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -227,12 +227,11 @@ def fit(model: nn.Module, train_loader, test_loader=None, *, epochs: int, optimi
     test loss), or None (a PhaseSchedule callback may supply one). ``resume``: a checkpoint dict (``load_checkpoint``)
     restored before any hook runs; when the steps per epoch changed since it was written (batch or data size), the
     schedule continues from the same fraction of the run. Returns the :class:`History`, one record per epoch (also
-    logged at INFO on rank 0). Raises ConfigError (``epochs < 1``, a schedule built for fewer steps than the run) or
-    CheckpointError (a checkpoint that does not fit).
+    logged at INFO on rank 0). Raises ConfigError (a schedule built for fewer steps than the run, labels outside the
+    model's classes) or CheckpointError (a checkpoint that does not fit).
     """
     cfg = config or TrainConfig()
-    if epochs < 1:
-        raise ConfigError(f"epochs must be >= 1, got {epochs}")
+    assert epochs >= 1, f"epochs must be >= 1, got {epochs}"
     device = model_device(model) if cfg.device is None else resolve_device(cfg.device)
     if device.type == "cuda" and cfg.cudnn_benchmark and not torch.backends.cudnn.deterministic:
         torch.backends.cudnn.benchmark = True

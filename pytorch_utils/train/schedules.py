@@ -97,7 +97,8 @@ class Schedule:
     the step (None for "plateau"); ``required``/``optional`` parameters; ``finder``: parameter -> "lr_max" or "lr_min",
     what an LR finder (or ``--lr``) fills; ``epoch_params``: parameters counted in epochs (the smoke profile scales
     them); ``sized_unless``: the shape follows the run's length unless this parameter is set ("" = always, None =
-    never); ``torch_cls``: torch's own scheduler, built once from the params on a throwaway optimizer so torch's value checks run before any work."""
+    never); ``torch_cls``: torch's own scheduler, built once from the params on a throwaway optimizer so torch's
+    value checks run before any work."""
 
     curves: Optional[Callable]
     required: Tuple[str, ...] = ()
@@ -168,7 +169,8 @@ SCHEDULES: Dict[str, Schedule] = {
     "cyclic": Schedule(_cyclic, required=("base_lr", "max_lr"),
                        optional=("step_size_up", "step_size_down", "mode", "gamma") + _MOMENTUM,
                        finder={"max_lr": "lr_max", "base_lr": "lr_min"},
-                       epoch_params=("step_size_up", "step_size_down"), sized_unless="step_size_up", torch_cls=sched.CyclicLR),
+                       epoch_params=("step_size_up", "step_size_down"), sized_unless="step_size_up",
+                       torch_cls=sched.CyclicLR),
     "plateau": Schedule(None, optional=("lr",) + tuple(inspect.signature(sched.ReduceLROnPlateau).parameters)[1:],
                         torch_cls=sched.ReduceLROnPlateau),
 }

@@ -14,8 +14,16 @@ from matplotlib.figure import Figure
 
 from pytorch_utils.errors import ConfigError, UnknownNameError
 from pytorch_utils.utils import eval_mode, model_device, unwrap_model
-from pytorch_utils.viz.images import (PathLike, class_name, finish, image_grid, imshow, to_display, to_numpy,
-                                      true_pred_title)
+from pytorch_utils.viz.images import (
+    PathLike,
+    class_name,
+    finish,
+    image_grid,
+    imshow,
+    to_display,
+    to_numpy,
+    true_pred_title,
+)
 
 __all__ = ["gradcam", "plot_gradcam", "resolve_target_layer", "conv_layer_names", "overlay_heatmap", "CAM_METHODS"]
 

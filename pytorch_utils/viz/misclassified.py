@@ -7,8 +7,16 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from pytorch_utils.errors import ConfigError
-from pytorch_utils.viz.images import (PathLike, empty_figure, finish, image_grid, imshow, to_display, to_numpy,
-                                      true_pred_title)
+from pytorch_utils.viz.images import (
+    PathLike,
+    empty_figure,
+    finish,
+    image_grid,
+    imshow,
+    to_display,
+    to_numpy,
+    true_pred_title,
+)
 
 __all__ = ["find_misclassified", "plot_misclassified", "select_misclassified"]
 

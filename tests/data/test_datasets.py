@@ -7,17 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pytorch_utils.data import (
-    CIFAR10_CLASSES,
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    ArrayDataset,
-    compute_mean_std,
-    load_cifar,
-    load_datasets,
-    load_image_folder,
-    make_synthetic,
-)
+from pytorch_utils.data import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, ArrayDataset, compute_mean_std, load_datasets
+from pytorch_utils.data.cifar import load_cifar
+from pytorch_utils.data.folders import load_image_folder
+from pytorch_utils.data.synthetic import make_synthetic
 from pytorch_utils.errors import ConfigError, DatasetError, DatasetNotFoundError, UnknownNameError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

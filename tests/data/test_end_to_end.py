@@ -39,7 +39,7 @@ def test_fashion_mnist_style_set_trains_through_the_cli(tmp_path, capsys, caplog
 @pytest.mark.parametrize("loader", ["dataloader", "gpu"])
 def test_train_and_test_batches_have_the_declared_size_on_both_loaders(loader):
     # The runner's loader set-up: both loaders at the decided size, the phases' size switch moves training only.
-    from pytorch_utils.data import make_synthetic
+    from pytorch_utils.data.synthetic import make_synthetic
     from pytorch_utils.recipes import get_recipe
     from pytorch_utils.recipes.runner import _make_loaders
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pytorch_utils.data import folders, load_datasets, load_image_folder
+from pytorch_utils.data import folders, load_datasets
+from pytorch_utils.data.folders import load_image_folder
 from pytorch_utils.errors import DatasetError
 
 

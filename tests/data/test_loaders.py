@@ -3,9 +3,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pytorch_utils.data import ArrayDataset, get_preset, make_loader, make_synthetic, set_loader_epoch
+from pytorch_utils.data import ArrayDataset, get_preset, make_loader, set_loader_epoch
 from pytorch_utils.data.gpu import GPULoader
 from pytorch_utils.data.loaders import EpochSampler, EpochWorkerInit, default_num_workers
+from pytorch_utils.data.synthetic import make_synthetic
 from pytorch_utils.errors import ConfigError, UnknownNameError
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pytorch_utils.data import CIFAR10_MEAN, CIFAR10_STD, check_augmentation, get_preset, list_presets
-from pytorch_utils.data.transforms import AlbumentationsTransform
+from pytorch_utils.data import CIFAR10_MEAN, CIFAR10_STD, get_preset, list_presets
+from pytorch_utils.data.transforms import AlbumentationsTransform, check_augmentation
 from pytorch_utils.data.transforms import test_preset as eval_preset  # aliased: pytest would collect a test_* name
 from pytorch_utils.errors import ConfigError, UnknownNameError
 

@@ -4,11 +4,12 @@ import pytest
 
 from pytorch_utils.cli import main
 from pytorch_utils.errors import ConfigError, UnknownNameError
-from pytorch_utils.recipes import Recipe, get_recipe, list_recipes, parse_override, run_recipe, smoke_recipe
+from pytorch_utils.recipes import Recipe, get_recipe, list_recipes, run_recipe, smoke_recipe
+from pytorch_utils.recipes.base import parse_override
 from pytorch_utils.train.schedules import ScheduleSpec
 
-SMOKE = ["--smoke", "--data", "synthetic", "--epochs", "1", "--train-limit", "32", "--test-limit", "16", "--batch-size", "16",
-         "--num-workers", "0", "--no-progress"]
+SMOKE = ["--smoke", "--data", "synthetic", "--epochs", "1", "--train-limit", "32", "--test-limit", "16",
+         "--batch-size", "16", "--num-workers", "0", "--no-progress"]
 
 
 @pytest.mark.parametrize("name", list_recipes())
@@ -34,7 +35,8 @@ def test_registered_recipes_match_the_spec():
     assert s10.scheduler.name == "one_cycle_linear" and s10.scheduler.params["peak_epoch"] == 5
     assert s10.lr_finder is not None and s10.augmentation == "standard"
     s8 = get_recipe("s8_c100")
-    assert (s8.data, s8.batch_size, s8.epochs, s8.early_stopping_patience, s8.keep_last) == ("cifar100", 256, 100, 15, 5)
+    assert (s8.data, s8.batch_size, s8.epochs, s8.early_stopping_patience, s8.keep_last) == \
+        ("cifar100", 256, 100, 15, 5)
     assert [(p.start, p.end, p.dropout, p.mixup_alpha) for p in s8.phases] == [(1, 60, 0.3, 0.2), (61, 100, 0.2, 0.15)]
     assert s8.phases[0].scheduler.name == "cosine_warm_restarts" and s8.phases[0].scheduler.params["T_0"] == 25
     assert s8.phases[1].scheduler.name == "cosine" and s8.label_smoothing == 0.1 and s8.weight_decay == 1e-3
@@ -93,7 +95,7 @@ def test_num_classes_mismatch_is_reported(tmp_path, cifar_zip):
 
 def test_model_head_mismatch_is_reported():
     from pytorch_utils.models import create_model
-    from pytorch_utils.recipes import check_model_data
+    from pytorch_utils.recipes.runner import check_model_data
 
     with pytest.raises(ConfigError, match="outputs 100 classes but the data has 10"):
         check_model_data(create_model("strixbee_l1", num_classes=100), 10)

@@ -4,7 +4,7 @@ import torch.nn as nn
 from _helpers import TinyNet, plain_loader, synthetic_loaders, tensor_data
 
 from pytorch_utils.errors import ConfigError
-from pytorch_utils.train import Callback, History, TrainConfig, TrainState, fit
+from pytorch_utils.train import Callback, TrainConfig, fit
 from pytorch_utils.train.callbacks import (
     EarlyStopping,
     Phase,
@@ -14,6 +14,7 @@ from pytorch_utils.train.callbacks import (
 )
 from pytorch_utils.train.mixing import Mixer, SoftTargetCrossEntropy
 from pytorch_utils.train.schedules import ScheduleSpec
+from pytorch_utils.train.state import History, TrainState
 from pytorch_utils.utils import seed_everything
 
 QUIET = TrainConfig(progress=False)

@@ -248,8 +248,8 @@ def test_resumed_manager_keeps_the_best_so_far_and_clears_killed_writes(tmp_path
 @pytest.mark.parametrize("saved, now, step, expected", [(4, 5, 8, 10), (8, 4, 16, 8), (4, 4, 8, 8)])
 def test_restore_rescales_the_step_count_when_the_steps_per_epoch_changed(saved, now, step, expected):
     # Another batch size or a data folder that grew: the schedule continues from the same fraction of the run.
-    from pytorch_utils.train import TrainState
     from pytorch_utils.train.checkpoints import make_checkpoint, restore_state
+    from pytorch_utils.train.state import TrainState
 
     def state(steps_per_epoch):
         model = TinyNet()

@@ -8,9 +8,10 @@ from _helpers import TinyNet, plain_loader, synthetic_loaders, tensor_data
 
 from pytorch_utils.errors import ConfigError, NonFiniteLossError
 from pytorch_utils.models import create_model
-from pytorch_utils.train import Callback, History, TrainConfig, evaluate, fit, train_one_epoch
+from pytorch_utils.train import Callback, TrainConfig, evaluate, fit, train_one_epoch
 from pytorch_utils.train.loop import format_record
 from pytorch_utils.train.schedules import StepSchedule
+from pytorch_utils.train.state import History
 from pytorch_utils.utils import seed_everything
 
 QUIET = TrainConfig(progress=False)

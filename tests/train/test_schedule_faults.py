@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 from _helpers import Interrupt, TinyNet, plain_loader, tensor_data
 
-from pytorch_utils.data import make_loader, make_synthetic
+from pytorch_utils.data import make_loader
+from pytorch_utils.data.synthetic import make_synthetic
 from pytorch_utils.errors import ConfigError
 from pytorch_utils.train import TrainConfig, fit
 from pytorch_utils.train.callbacks import Phase, PhaseSchedule

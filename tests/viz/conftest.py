@@ -13,8 +13,9 @@ from PIL import Image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `import viz_helpers`
 
-from pytorch_utils.viz import SAVE_DPI  # noqa: E402
 from viz_helpers import TinyCamNet, make_uint8_images, normalize  # noqa: E402
+
+from pytorch_utils.viz.images import SAVE_DPI
 
 
 @pytest.fixture

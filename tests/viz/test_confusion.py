@@ -2,8 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from pytorch_utils.viz import (confusion_matrix, most_confused_pairs, per_class_accuracy, per_class_report,
-                               plot_confusion_matrix, plot_per_class_accuracy)
+from pytorch_utils.viz import (
+    confusion_matrix,
+    most_confused_pairs,
+    per_class_report,
+    plot_confusion_matrix,
+    plot_per_class_accuracy,
+)
+from pytorch_utils.viz.confusion import per_class_accuracy
 
 TARGETS = [0, 0, 0, 1, 1, 2, 2, 2, 2, 1]
 PREDS = [0, 1, 1, 1, 2, 2, 0, 0, 2, 1]

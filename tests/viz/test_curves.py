@@ -1,7 +1,8 @@
 import pytest
 
 from pytorch_utils.errors import ConfigError
-from pytorch_utils.viz import clean_history, plot_history
+from pytorch_utils.viz import plot_history
+from pytorch_utils.viz.curves import clean_history
 
 
 def _rec(epoch, **kw):

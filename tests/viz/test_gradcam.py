@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from viz_helpers import CLASSES, MEAN, STD, leftover_hooks, model_flags, partly_frozen
 
 from pytorch_utils.errors import ConfigError, UnknownNameError
-from pytorch_utils.viz import conv_layer_names, gradcam, plot_gradcam, resolve_target_layer
-
-from viz_helpers import CLASSES, MEAN, STD, leftover_hooks, model_flags, partly_frozen
+from pytorch_utils.viz import gradcam, plot_gradcam
+from pytorch_utils.viz.gradcam import conv_layer_names, resolve_target_layer
 
 
 def _state(model):

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 import torch
+from viz_helpers import CLASSES, MEAN, STD, normalize
 
 from pytorch_utils.errors import ConfigError
-from pytorch_utils.viz import denormalize, show_augmentations, show_batch
-
-from viz_helpers import CLASSES, MEAN, STD, normalize
+from pytorch_utils.viz import show_augmentations, show_batch
+from pytorch_utils.viz.images import denormalize
 
 
 def test_denormalize_inverts_normalization(uint8_images):

@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+from viz_helpers import CLASSES, MEAN, STD, leftover_hooks, model_flags, partly_frozen
 
 from pytorch_utils.errors import ConfigError
 from pytorch_utils.train.loop import evaluate
-from pytorch_utils.viz import find_misclassified, plot_misclassified, select_misclassified
-
-from viz_helpers import CLASSES, MEAN, STD, leftover_hooks, model_flags, partly_frozen
+from pytorch_utils.viz import plot_misclassified, select_misclassified
+from pytorch_utils.viz.misclassified import find_misclassified
 
 # index:       0  1  2  3  4  5  6  7
 TARGETS = np.array([0, 1, 2, 3, 0, 1, 2, 3])
