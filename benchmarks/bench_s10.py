@@ -82,17 +82,20 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def build_recipe(args: argparse.Namespace, loader: str, num_workers: Optional[int], compile_: bool):
-    """The recipe of one variant: the registered recipe, the run's options, ``--set`` overrides, the variant's
-    loader fields (in that order, so a variant always gets its own loader)."""
+    """The recipe of one variant: the registered recipe, the run's options (``--epochs`` through
+    :func:`common.shortened`), ``--set`` overrides, the variant's loader fields (in that order, so a variant always
+    gets its own loader)."""
     from pytorch_utils.recipes import get_recipe
     from pytorch_utils.recipes.base import parse_override
 
     recipe = get_recipe(args.recipe)
     base: Dict[str, Any] = {"seed": args.seed}
-    for key in ("epochs", "batch_size", "train_limit", "test_limit"):
+    for key in ("batch_size", "train_limit", "test_limit"):
         if getattr(args, key) is not None:
             base[key] = getattr(args, key)
     recipe = recipe.replace(**base)
+    if args.epochs is not None:
+        recipe = common.shortened(recipe, args.epochs)
     set_keys = set()
     for text in args.set:
         override = parse_override(recipe, text)
@@ -144,12 +147,13 @@ def probes(device, timings: Dict[str, float]) -> Iterator[List[str]]:
     import pytorch_utils.recipes.runner as runner
     import pytorch_utils.train.checkpoints as checkpoints
     import pytorch_utils.train.lr_finder as lr_finder
+    import pytorch_utils.viz.lr_finder as lr_plot
 
     targets = [
         (runner, "load_datasets", "data_s", _timing),
         (runner, "_make_loaders", "loaders_s", _timing),
         (lr_finder, "find_lr", "lr_finder_s", _timing),  # run_recipe imports it from the module at call time
-        (lr_finder.LRFinderResult, "plot", "lr_plot_s", _timing),
+        (lr_plot, "plot_lr_finder", "lr_plot_s", _timing),  # imported from its module at call time too
         (runner, "fit", "fit", _marking),
         (checkpoints, "make_checkpoint", "checkpoint_s", _timing),
         (checkpoints, "save_checkpoint", "checkpoint_s", _timing),

@@ -134,7 +134,7 @@ def run_variant(name: str, train_ds, args: argparse.Namespace, device, env: Dict
     from pytorch_utils.models import count_parameters, create_model
     from pytorch_utils.recipes import get_recipe
     from pytorch_utils.recipes.base import build_optimizer
-    from pytorch_utils.train import train_one_epoch
+    from pytorch_utils.train import TrainConfig, train_one_epoch
     from pytorch_utils.train.mixing import Mixer, SoftTargetCrossEntropy
     from pytorch_utils.utils import amp_dtype_for, seed_everything
 
@@ -164,16 +164,16 @@ def run_variant(name: str, train_ds, args: argparse.Namespace, device, env: Dict
     with common.timed(device, with_timing, "loader_s"):
         loader = build_loader(train_ds, loader_kind, workers, args, device, channels_last, batch_dtype)
     steps = StepLoader(loader)
-    kwargs = dict(amp={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype), mixer=mixer,
-                  channels_last=channels_last, progress=False)
+    config = TrainConfig(amp={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype), mixer=mixer,
+                         channels_last=channels_last, progress=False)
     try:
         warmup_s = 0.0
         if args.warmup:
             t = clock(device)
-            train_one_epoch(train_model, steps.take(args.warmup), optimizer, criterion, **kwargs)
+            train_one_epoch(train_model, steps.take(args.warmup), optimizer, criterion, config)
             warmup_s = clock(device) - t
         t = clock(device)
-        stats = train_one_epoch(train_model, steps.take(args.steps), optimizer, criterion, **kwargs)
+        stats = train_one_epoch(train_model, steps.take(args.steps), optimizer, criterion, config)
         timed_s = clock(device) - t
     finally:
         steps.close()

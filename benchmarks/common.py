@@ -272,6 +272,20 @@ def resolve_bench_device(text: str) -> torch.device:
     return resolve_device(None if text == "auto" else text, fallback=False)
 
 
+def shortened(recipe, epochs: int):
+    """``recipe`` (a ``pytorch_utils.recipes.Recipe``) run for ``epochs`` epochs. Fewer than its own: the smoke
+    profile's scaling (``smoke_recipe``) of what the recipe counts in epochs (the schedules' epoch parameters, e.g.
+    S10's One Cycle peak 5 of 24 -> 0.42 of 2, the phases, the early-stopping start), with the recipe's data sizes,
+    batch size, LR sweep and workers kept. As many or more: the recipe itself with that many epochs."""
+    from pytorch_utils.recipes import smoke_recipe
+
+    if epochs >= recipe.epochs:
+        return recipe.replace(epochs=epochs)
+    short = smoke_recipe(recipe, recipe.data, epochs=epochs, train_limit=recipe.train_limit,
+                         test_limit=recipe.test_limit, batch_size=recipe.batch_size)
+    return short.replace(lr_finder=recipe.lr_finder, num_workers=recipe.num_workers)
+
+
 def data_label(data: str) -> str:
     """The ``data`` field of a record: the name, or the file/folder name of a path."""
     if data.lower() in ("synthetic", "cifar10", "cifar100"):

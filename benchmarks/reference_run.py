@@ -25,7 +25,15 @@ from typing import List, Optional
 if __package__ in (None, ""):  # run as a script: make `benchmarks` and the checkout's pytorch_utils importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import data_description, data_label, device_name, emit, environment, log_package_to_stderr  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    data_description,
+    data_label,
+    device_name,
+    emit,
+    environment,
+    log_package_to_stderr,
+    shortened,
+)
 
 
 def report_title(recipe_name: str, data: str, device: str, epochs: int) -> str:
@@ -55,8 +63,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
 
     recipe = get_recipe(args.recipe)
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("train_limit", args.train_limit),
-                                   ("test_limit", args.test_limit)) if v is not None}
+    recipe = recipe.replace(**{k: v for k, v in (("train_limit", args.train_limit), ("test_limit", args.test_limit))
+                               if v is not None})
+    if args.epochs is not None:
+        recipe = shortened(recipe, args.epochs)  # fewer epochs than the recipe's: its epoch counts scaled
+    overrides = {}
     for item in args.set:
         overrides.update(parse_override(recipe, item))
     recipe = recipe.replace(**overrides)

@@ -22,9 +22,10 @@ def test_check_reports_a_notebook_edited_by_hand(tmp_path, monkeypatch):
         import _build_notebooks as builder
     finally:
         sys.path.pop(0)
-    for name in builder.NOTEBOOKS:
+    names = list(builder.NOTEBOOKS)
+    for name in names:
         (tmp_path / name).write_text((builder.HERE / name).read_text(encoding="utf-8"), encoding="utf-8")
-    edited = tmp_path / builder.NOTEBOOKS[0]
+    edited = tmp_path / names[0]
     edited.write_text(edited.read_text(encoding="utf-8").replace("pytorch_utils", "pytorch_utilz", 1),
                       encoding="utf-8")
     monkeypatch.setattr(builder, "HERE", tmp_path)

@@ -115,7 +115,7 @@ class Recipe:
         a recipe without any schedule gets a constant one at ``lr_max``."""
         scheduler = self.scheduler
         if scheduler is None and not any(p.scheduler for p in self.phases):
-            scheduler = ScheduleSpec("constant")
+            scheduler = ScheduleSpec()  # constant
         phases = [dataclasses.replace(p, scheduler=with_found_lrs(p.scheduler, lr_max, lr_min)) for p in self.phases]
         return self.replace(lr_finder=None, scheduler=with_found_lrs(scheduler, lr_max, lr_min), phases=phases)
 
@@ -229,7 +229,7 @@ def list_recipes() -> List[str]:
     return _RECIPES.names()
 
 
-_EXAMPLES = {"scheduler": '{"name": "cosine", "params": {}}', "model_kwargs": '{"dropout": 0.1}',
+_EXAMPLES = {"scheduler": '{"name": "%s", "params": {}}' % next(iter(SCHEDULES)), "model_kwargs": '{"dropout": 0.1}',
              "phases": '[{"start": 1, "end": 10}]', "lr_finder": '{"end_lr": 1.0}'}
 
 

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch.nn as nn
 
 from pytorch_utils.errors import ConfigError, bounded, check_fields
-from pytorch_utils.train.schedules import ScheduleSpec, check_spec, initial_lr, phase_schedule
+from pytorch_utils.train.schedules import SCHEDULES, ScheduleSpec, check_spec, initial_lr, phase_schedule
 from pytorch_utils.train.state import Callback, TrainState
 from pytorch_utils.utils import unwrap_model
 
@@ -62,10 +62,10 @@ class EarlyStopping(Callback):
 @dataclass
 class Phase:
     """Settings from epoch ``start`` to ``end`` (1-based, inclusive; the last phase runs to the end of the run); None
-    keeps what was set. ``scheduler``: a
-    :class:`ScheduleSpec` (or dict; not "plateau") run until the next phase that declares one, shaped for that span;
-    ``dropout``: p of every dropout; ``augmentation``: the train preset; ``input_size``: the training side in pixels
-    (progressive resizing); ``mixup_alpha``/``cutmix_alpha``: the mixer's alphas. Checked when built."""
+    keeps what was set. ``scheduler``: a :class:`ScheduleSpec` (or dict; not a metric-driven one) run until the next
+    phase that declares one, shaped for that span; ``dropout``: p of every dropout; ``augmentation``: the train
+    preset; ``input_size``: the training side in pixels (progressive resizing); ``mixup_alpha``/``cutmix_alpha``: the
+    mixer's alphas. Checked when built."""
 
     start: int = bounded(ge=1)
     end: int = bounded(ge=1)
@@ -88,7 +88,7 @@ SETTINGS = ("dropout", "augmentation", "input_size", "mixup_alpha", "cutmix_alph
 
 def validate_phases(phases: Sequence[Phase]) -> List[Phase]:
     """Phases (Phase objects or dicts) as Phase objects, checked: at least one, contiguous from epoch 1, each schedule
-    valid for its span (see :func:`check_spec`) and not "plateau". Raises ConfigError naming the phase."""
+    valid for its span (see :func:`check_spec`) and not metric-driven. Raises ConfigError naming the phase."""
     phases = [p if isinstance(p, Phase) else Phase(**p) for p in phases]
     if not phases:
         raise ConfigError("a phase schedule needs at least one phase")
@@ -100,9 +100,9 @@ def validate_phases(phases: Sequence[Phase]) -> List[Phase]:
                               f"it to start at {phases[i - 1].end + 1 if i else 1}")
         if p.scheduler is not None:
             check_spec(p.scheduler, where=where, span=next(s for s in starts if s > p.start) - p.start)
-            if p.scheduler.name == "plateau":
-                raise ConfigError(f"{where}: a plateau scheduler depends on the metrics, not the epoch, so it cannot "
-                                  "be one piece of a phase schedule; use it without phases")
+            if SCHEDULES[p.scheduler.name].curves is None:  # ReduceLROnPlateau
+                raise ConfigError(f"{where}: a {p.scheduler.name} scheduler follows the metrics, not the epoch, so it "
+                                  "cannot be one piece of a phase schedule; use it without phases")
     return phases
 
 

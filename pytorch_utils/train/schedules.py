@@ -208,13 +208,15 @@ def check_spec(spec: ScheduleSpec, where: str = "scheduler", span: Optional[int]
     bad = [k for k in ("cycle_momentum",) if k in p and not isinstance(p[k], bool)]  # torch takes "false" as true
     bad += [k for k in kind.epoch_params + tuple(kind.finder)
             if k in p and not _positive(p[k]) and not (k == "warmup_epochs" and p[k] == 0)]
+    bad += [k for k, v in p.items() if kind.torch_cls is None and not (_positive(v) or v == 0)]  # ours: numbers
     if span is not None and spec.name == "one_cycle_linear" and not bad and not p["peak_epoch"] < span:
         bad.append("peak_epoch")
     if bad:
         raise ConfigError(f"{where}: scheduler {spec.name!r}: {bad[0]} {p[bad[0]]!r} must be "
                           + ("true or false" if bad[0] == "cycle_momentum" else
                              f"below the {span} epochs it runs for" if bad[0] == "peak_epoch" and span else
-                             "a positive number"))
+                             "a positive number" if bad[0] in kind.epoch_params + tuple(kind.finder) else
+                             "a number >= 0"))
     if kind.torch_cls is not None:
         optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)
         extra = {"total_steps": 100} if spec.name == "onecycle" else {}

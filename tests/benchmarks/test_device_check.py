@@ -107,7 +107,7 @@ def test_fast_path_needs_no_albumentations():
             "run_recipe('s10', data='synthetic', out_dir=tempfile.mkdtemp(), device='cpu', progress=False,"
             " model='strixbee_l1', model_kwargs={}, train_limit=64, test_limit=32, epochs=1, batch_size=32,"
             " loader='gpu', lr_finder=None, tta=None,"
-            " scheduler={'name': 'one_cycle_linear', 'params': {'peak_epoch': 1, 'max_lr': 1e-3, 'min_lr': 1e-4}})\n"
+            " scheduler={'name': 'one_cycle_linear', 'params': {'peak_epoch': 0.2, 'max_lr': 1e-3, 'min_lr': 1e-4}})\n"
             "print(sorted(m for m in ('albumentations', 'torchsummary', 'pytorch_grad_cam') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
