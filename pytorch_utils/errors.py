@@ -80,7 +80,9 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return any(_type_ok(value, arg) for arg in typing.get_args(hint))
     if origin is Literal:
         return isinstance(value, str) and value in typing.get_args(hint)
-    if origin is not None:  # Dict[...], List[...], Tuple[...]: the container type
+    if origin is list:  # List[Phase]: every element too
+        return isinstance(value, list) and all(_type_ok(v, typing.get_args(hint)[0]) for v in value)
+    if origin is not None:  # Dict[...], Tuple[...]: the container type
         return isinstance(value, origin)
     if isinstance(value, bool) and hint is not bool:  # True is an int to Python, not an epoch count
         return False
@@ -109,6 +111,7 @@ def check_fields(obj: Any, where: str) -> None:
         bounds = f.metadata.get("bounds")
         if bounds is None or value is None:
             continue
-        if not math.isfinite(value) or not all(_OPS[k][0](value, v) for k, v in bounds.items()):
+        finite = not isinstance(value, float) or math.isfinite(value)  # an int of 400 digits is no float
+        if not finite or not all(_OPS[k][0](value, v) for k, v in bounds.items()):
             expected = " and ".join(f"{_OPS[k][1]} {v}" for k, v in bounds.items()) or "finite"
             raise ConfigError(f"{where} {f.name!r} must be {expected}, got {value!r}")

@@ -28,11 +28,11 @@ def _holder(path: Path) -> dict:
 
 def _alive(path: Path, info: dict) -> bool:
     pid = info.get("pid")
-    if not isinstance(pid, int):
-        return False  # unreadable or half-written: no run can be named, so none can be hurt
-    if info.get("host") != socket.gethostname():  # a folder shared with another machine: is its heartbeat fresh?
+    if not isinstance(pid, int) or info.get("host") != socket.gethostname():
+        # Half-written (a run is writing it this instant, or was killed doing so) or another machine's (a folder on
+        # Drive): alive while recently touched.
         with contextlib.suppress(OSError):
-            return time.time() - path.stat().st_mtime < 4 * HEARTBEAT_S
+            return time.time() - path.stat().st_mtime < (4 * HEARTBEAT_S if isinstance(pid, int) else 10)
         return False
     try:
         os.kill(pid, 0)  # signal 0 only asks whether the process exists
@@ -44,9 +44,9 @@ def _alive(path: Path, info: dict) -> bool:
 def _replace_stale(path: Path) -> None:
     holder = _holder(path)
     if _alive(path, holder):
-        raise RunLockedError(f"{str(path.parent)!r} is in use by a running run (pid {holder['pid']} on "
-                             f"{holder['host']}, started {holder.get('started')}); wait for it to finish, stop it, or "
-                             f"choose another out_dir (if no such run exists, delete {str(path)!r})")
+        raise RunLockedError(f"{str(path.parent)!r} is in use by a running run (pid {holder.get('pid', '?')} on "
+                             f"{holder.get('host', '?')}, started {holder.get('started')}); wait for it to finish, "
+                             f"stop it, or choose another out_dir (if no such run exists, delete {str(path)!r})")
     log.info(f"replaced a stale lock in {str(path.parent)!r} (pid {holder.get('pid', '?')} is no longer running)")
     path.unlink(missing_ok=True)  # (two runs replacing one stale lock in the same instant could both go on)
 

@@ -77,10 +77,19 @@ def test_stale_or_unreadable_locks_are_replaced_with_a_log_line(tmp_path, conten
     text = content if content is not None else json.dumps({"pid": _dead_pid(), "host": socket.gethostname(),
                                                            "started": "earlier"})
     (tmp_path / LOCK_NAME).write_text(text)
+    old = time.time() - 60  # an unreadable lock counts only while a run may still be writing it (seconds)
+    os.utime(tmp_path / LOCK_NAME, (old, old))
     with caplog.at_level(logging.INFO, logger="pytorch_utils.runlock"), run_lock(tmp_path):
         assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
     assert f"replaced a stale lock in {str(tmp_path)!r}" in caplog.text
     assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_lock_being_written_this_instant_counts_as_held(tmp_path):
+    (tmp_path / LOCK_NAME).write_text("")  # created, not yet written: another run's os.open just returned
+    with pytest.raises(RunLockedError, match="pid [?]"):
+        with run_lock(tmp_path):
+            pass
 
 
 def test_a_lock_from_another_host_counts_while_its_heartbeat_is_fresh(tmp_path, monkeypatch):

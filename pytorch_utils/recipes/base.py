@@ -103,11 +103,14 @@ class Recipe:
                               "None to take the data set's class count)")
         check_names(self)  # first: a misspelled name is named with its place (phases[1].scheduler)
         check_augmentation(self.augmentation, self.augmentation_kwargs)
-        recipe = self.with_lrs(1.0, 0.1) if self.lr_finder else self  # the finder fills its parameters later
-        if recipe.scheduler is not None:
-            check_spec(recipe.scheduler, span=self.epochs)
+        # The finder fills its parameters later: check with placeholders where the user gave none.
+        given = (lambda spec, filled: spec and ScheduleSpec(spec.name, {**filled.params, **spec.params}))
+        recipe = self.with_lrs(1.0, 0.1) if self.lr_finder else self
+        if self.scheduler is not None:
+            check_spec(given(self.scheduler, recipe.scheduler), span=self.epochs)
         if self.phases:
-            validate_phases(recipe.phases)
+            validate_phases([dataclasses.replace(p, scheduler=given(p.scheduler, q.scheduler))
+                             for p, q in zip(self.phases, recipe.phases)])
         return self
 
     def with_lrs(self, lr_max: float, lr_min: float) -> "Recipe":
@@ -205,7 +208,7 @@ def smoke_recipe(recipe: Recipe, data: str = "synthetic", *, epochs: int = 1, tr
     def scale(spec: Optional[ScheduleSpec]) -> Optional[ScheduleSpec]:
         if spec is None:
             return None
-        scaled = {k: (v * f if k == "peak_epoch" else max(1, round(v * f)))
+        scaled = {k: (v * f if k == "peak_epoch" else max(1 if v else 0, round(v * f)))
                   for k, v in spec.params.items() if k in SCHEDULES[spec.name].epoch_params}
         return ScheduleSpec(spec.name, {**spec.params, **scaled})
 

@@ -196,7 +196,8 @@ def _prepare(recipe: Union[Recipe, str], overrides: Dict[str, Any], data, out_di
 
 
 def _build(run: _Run, root: str, download: bool):
-    """Data, model (restored weights checked now), loaders, the run folder, optimizer, loss and mixer."""
+    """Data, model, loaders, the run folder, optimizer, loss and mixer (a resumed run's weights are restored by
+    ``fit``)."""
     recipe, device = run.recipe, run.device
     train_ds, test_ds = load_datasets(run.data, root=root, download=download, train_limit=recipe.train_limit,
                                       test_limit=recipe.test_limit, seed=recipe.seed, num_classes=recipe.num_classes)

@@ -2,7 +2,7 @@
 derive their state from the restored history and epoch, so a resumed run behaves like an uninterrupted one."""
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Literal, Optional, Sequence
 
 import torch.nn as nn
 
@@ -12,20 +12,24 @@ from pytorch_utils.train.state import Callback, TrainState
 from pytorch_utils.utils import unwrap_model
 
 
+@dataclass
 class EarlyStopping(Callback):
     """Stop when ``monitor`` (an epoch-record key) has not improved by more than ``min_delta`` for ``patience`` epochs
     (``mode`` "max" or "min"). The stopping epoch gets ``record["early_stop"] = True``; ``state.stop_reason`` says why.
 
     Epochs before ``start_epoch`` (1-based; None counts all) set no best value and use no patience, so a schedule that
     may get worse for a while cannot stop the run early. A resumed run replays its history through the same rule in
-    ``on_fit_start``, and stops at once if that history already used up the patience.
+    ``on_fit_start``, and stops at once if that history already used up the patience. Checked when built.
     """
 
-    def __init__(self, monitor: str = "test_acc", mode: str = "max", patience: int = 15, min_delta: float = 0.0,
-                 start_epoch: Optional[int] = None):
-        assert patience >= 1 and mode in ("max", "min") and (start_epoch is None or start_epoch >= 1)
-        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
-        self.start_epoch = None if start_epoch is None else int(start_epoch)
+    monitor: str = "test_acc"
+    mode: Literal["max", "min"] = "max"
+    patience: int = bounded(15, ge=1)
+    min_delta: float = bounded(0.0, ge=0)
+    start_epoch: Optional[int] = bounded(None, ge=1)
+
+    def __post_init__(self):
+        check_fields(self, "EarlyStopping field")
         self.best, self.best_epoch, self.wait = None, None, 0
 
     def _observe(self, epoch: Optional[int], value: Optional[float]) -> None:
@@ -99,7 +103,7 @@ def validate_phases(phases: Sequence[Phase]) -> List[Phase]:
             raise ConfigError(f"phases must be contiguous from epoch 1: {where} covers {p.start}-{p.end}, expected "
                               f"it to start at {phases[i - 1].end + 1 if i else 1}")
         if p.scheduler is not None:
-            check_spec(p.scheduler, where=where, span=next(s for s in starts if s > p.start) - p.start)
+            check_spec(p.scheduler, where=f"{where}: scheduler", span=next(s for s in starts if s > p.start) - p.start)
             if SCHEDULES[p.scheduler.name].curves is None:  # ReduceLROnPlateau
                 raise ConfigError(f"{where}: a {p.scheduler.name} scheduler follows the metrics, not the epoch, so it "
                                   "cannot be one piece of a phase schedule; use it without phases")

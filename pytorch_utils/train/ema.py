@@ -16,7 +16,7 @@ class ModelEMA:
     """A frozen copy ``module`` of a model (wrappers unwrapped) whose parameters follow
     ``ema = decay * ema + (1 - decay) * model`` at each :meth:`update` (``fit`` calls it after every optimizer step).
 
-    ``decay`` in [0, 1) (the recipe checks it); ``warmup``: use ``min(decay, (1 + n) / (10 + n))`` after n updates,
+    ``decay`` in (0, 1) (the recipe checks it); ``warmup``: use ``min(decay, (1 + n) / (10 + n))`` after n updates,
     so early weights are not averaged with the initialisation for long. The copy follows the model's device.
     """
 

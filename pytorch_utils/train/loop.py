@@ -227,11 +227,14 @@ def fit(model: nn.Module, train_loader, test_loader=None, *, epochs: int, optimi
     test loss), or None (a PhaseSchedule callback may supply one). ``resume``: a checkpoint dict (``load_checkpoint``)
     restored before any hook runs; when the steps per epoch changed since it was written (batch or data size), the
     schedule continues from the same fraction of the run. Returns the :class:`History`, one record per epoch (also
-    logged at INFO on rank 0). Raises ConfigError (a schedule built for fewer steps than the run, labels outside the
-    model's classes) or CheckpointError (a checkpoint that does not fit).
+    logged at INFO on rank 0). Raises ConfigError (``epochs < 1``, a scheduler with a loader that has no length, a
+    schedule built for fewer steps than the run, labels outside the model's classes) or CheckpointError (a checkpoint
+    that does not fit).
     """
     cfg = config or TrainConfig()
-    assert epochs >= 1, f"epochs must be >= 1, got {epochs}"
+    if epochs < 1 or (scheduler is not None and _num_batches(train_loader, None) is None):
+        raise ConfigError(f"epochs must be >= 1, got {epochs}" if epochs < 1 else "a scheduler needs a training "
+                          "loader with a length (len(loader)): the schedule is laid over the run's optimizer steps")
     device = model_device(model) if cfg.device is None else resolve_device(cfg.device)
     if device.type == "cuda" and cfg.cudnn_benchmark and not torch.backends.cudnn.deterministic:
         torch.backends.cudnn.benchmark = True

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from pytorch_utils.errors import ConfigError, UnknownNameError
+from pytorch_utils.errors import ConfigError, UnknownNameError, check_fields
 
 Curve = Callable[[int], float]
 sched = torch.optim.lr_scheduler
@@ -25,6 +25,9 @@ class ScheduleSpec:
 
     name: str = "constant"
     params: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_fields(self, "scheduler field")  # the types only: check_spec checks the name and params
 
 
 # ---- annealing pieces (each equal to torch's scheduler of the same name) -------------------------------------------
@@ -97,8 +100,9 @@ class Schedule:
     the step (None for "plateau"); ``required``/``optional`` parameters; ``finder``: parameter -> "lr_max" or "lr_min",
     what an LR finder (or ``--lr``) fills; ``epoch_params``: parameters counted in epochs (the smoke profile scales
     them); ``sized_unless``: the shape follows the run's length unless this parameter is set ("" = always, None =
-    never); ``torch_cls``: torch's own scheduler, built once from the params on a throwaway optimizer so torch's
-    value checks run before any work."""
+    never); ``below_span``: parameters that must be below the span's epochs; ``whole``: parameters that must be
+    whole numbers; ``torch_cls``: torch's own scheduler, built once from the params (those it takes, plus
+    ``torch_kwargs``) on a throwaway optimizer so torch's value checks run before any work."""
 
     curves: Optional[Callable]
     required: Tuple[str, ...] = ()
@@ -106,7 +110,10 @@ class Schedule:
     finder: Dict[str, str] = field(default_factory=lambda: {"lr": "lr_max"})
     epoch_params: Tuple[str, ...] = ()
     sized_unless: Optional[str] = None
+    below_span: Tuple[str, ...] = ()
+    whole: Tuple[str, ...] = ()
     torch_cls: Optional[type] = None
+    torch_kwargs: Dict[str, Any] = field(default_factory=dict)
 
 
 def _epochwise(fn: Callable[[Dict[str, Any], float, int], Curve]):
@@ -151,21 +158,22 @@ SCHEDULES: Dict[str, Schedule] = {
                          epoch_params=("warmup_epochs",)),
     "step": Schedule(_epochwise(lambda p, base, span: lambda t: base * p.get("gamma", 0.1) ** (t // p["step_size"])),
                      required=("step_size",), optional=("gamma",) + _WARMUP,
-                     epoch_params=("step_size", "warmup_epochs")),
+                     epoch_params=("step_size", "warmup_epochs"), whole=("step_size", "warmup_epochs")),
     "cosine": Schedule(_epochwise(lambda p, base, span: cosine(base, p.get("T_max", span), p.get("eta_min", 0.0))),
                        optional=("T_max", "eta_min") + _WARMUP, epoch_params=("T_max", "warmup_epochs"),
-                       sized_unless="T_max"),
+                       sized_unless="T_max", whole=("T_max", "warmup_epochs")),
     "cosine_warm_restarts": Schedule(
         _epochwise(lambda p, base, span: cosine_warm_restarts(base, p["T_0"], p.get("T_mult", 1),
                                                               p.get("eta_min", 0.0))),
-        required=("T_0",), optional=("T_mult", "eta_min") + _WARMUP, epoch_params=("T_0", "warmup_epochs")),
+        required=("T_0",), optional=("T_mult", "eta_min") + _WARMUP, epoch_params=("T_0", "warmup_epochs"),
+        whole=("warmup_epochs",), torch_cls=sched.CosineAnnealingWarmRestarts),
     "one_cycle_linear": Schedule(_one_cycle_linear, required=("max_lr", "min_lr", "peak_epoch"),
                                  finder={"max_lr": "lr_max", "min_lr": "lr_min"}, epoch_params=("peak_epoch",),
-                                 sized_unless=""),
+                                 sized_unless="", below_span=("peak_epoch",)),
     "onecycle": Schedule(_onecycle, required=("max_lr",), optional=("pct_start", "div_factor", "final_div_factor",
                                                                     "anneal_strategy") + _MOMENTUM,
                          finder={"max_lr": "lr_max"}, sized_unless="",
-                         torch_cls=sched.OneCycleLR),
+                         torch_cls=sched.OneCycleLR, torch_kwargs={"total_steps": 100}),
     "cyclic": Schedule(_cyclic, required=("base_lr", "max_lr"),
                        optional=("step_size_up", "step_size_down", "mode", "gamma") + _MOMENTUM,
                        finder={"max_lr": "lr_max", "base_lr": "lr_min"},
@@ -195,35 +203,36 @@ def with_found_lrs(spec: Optional[ScheduleSpec], lr_max: float, lr_min: float) -
 def check_spec(spec: ScheduleSpec, where: str = "scheduler", span: Optional[int] = None) -> None:
     """The one check of a schedule spec, at the doors (recipe validation, ``fit``): UnknownNameError for a name not in
     :data:`SCHEDULES`; ConfigError for a missing or unknown parameter, a value torch's own scheduler refuses (its reason
-    quoted), a warm-up on a per-step schedule, or (with ``span``, the epochs it runs for) a peak past the span."""
+    quoted) or one the entry's rules refuse (numbers, whole numbers, with ``span`` (the epochs it runs for) a peak
+    past the span)."""
     if spec.name not in SCHEDULES:
         raise UnknownNameError(f"{where}: unknown scheduler {spec.name!r}; valid schedulers: {', '.join(SCHEDULES)}")
     kind, p = SCHEDULES[spec.name], spec.params
     missing = [k for k in kind.required if k not in p]
     unknown = sorted(set(p) - set(kind.required + kind.optional))
     if missing or unknown:
-        raise ConfigError(f"{where}: scheduler {spec.name!r} " + (f"needs the parameter(s) {missing}" if missing else
+        raise ConfigError(f"{where} {spec.name!r} " + (f"needs the parameter(s) {missing}" if missing else
                           f"has no parameter(s) {unknown}; its parameters: "
                           f"{', '.join(sorted(kind.required + kind.optional))}"))
-    bad = [k for k in ("cycle_momentum",) if k in p and not isinstance(p[k], bool)]  # torch takes "false" as true
-    bad += [k for k in kind.epoch_params + tuple(kind.finder)
-            if k in p and not _positive(p[k]) and not (k == "warmup_epochs" and p[k] == 0)]
-    bad += [k for k, v in p.items() if kind.torch_cls is None and not (_positive(v) or v == 0)]  # ours: numbers
-    if span is not None and spec.name == "one_cycle_linear" and not bad and not p["peak_epoch"] < span:
-        bad.append("peak_epoch")
-    if bad:
-        raise ConfigError(f"{where}: scheduler {spec.name!r}: {bad[0]} {p[bad[0]]!r} must be "
-                          + ("true or false" if bad[0] == "cycle_momentum" else
-                             f"below the {span} epochs it runs for" if bad[0] == "peak_epoch" and span else
-                             "a positive number" if bad[0] in kind.epoch_params + tuple(kind.finder) else
-                             "a number >= 0"))
+
+    def refuse(expected: str, keys, ok: Callable[[str, Any], bool]) -> None:
+        k = next((k for k in keys if k in p and not ok(k, p[k])), None)
+        if k is not None:
+            raise ConfigError(f"{where} {spec.name!r}: {k} {p[k]!r} must be {expected}")
+
+    refuse("true or false", ("cycle_momentum",), lambda k, v: isinstance(v, bool))  # torch takes "false" as true
+    refuse("a positive number", kind.epoch_params + tuple(kind.finder),
+           lambda k, v: _positive(v) or (k == "warmup_epochs" and v == 0))
+    refuse("a whole number", kind.whole, lambda k, v: isinstance(v, int))
+    refuse("a number >= 0", () if kind.torch_cls else tuple(p), lambda k, v: _positive(v) or v == 0)  # ours
+    refuse(f"below the {span} epochs it runs for", kind.below_span if span else (), lambda k, v: v < span)
     if kind.torch_cls is not None:
         optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)
-        extra = {"total_steps": 100} if spec.name == "onecycle" else {}
+        takes = inspect.signature(kind.torch_cls).parameters
         try:
-            kind.torch_cls(optimizer, **{k: v for k, v in p.items() if k != "lr"}, **extra)
+            kind.torch_cls(optimizer, **{k: v for k, v in p.items() if k in takes}, **kind.torch_kwargs)
         except (TypeError, ValueError, ZeroDivisionError) as exc:
-            raise ConfigError(f"{where}: scheduler {spec.name!r} {dict(p)}: {exc}") from None
+            raise ConfigError(f"{where} {spec.name!r} {dict(p)}: {exc}") from None
 
 
 def _positive(value: Any) -> bool:
@@ -310,7 +319,7 @@ def build_schedule(spec, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
         return None
     spec = ScheduleSpec(**spec) if isinstance(spec, dict) else spec
     check_spec(spec, span=epochs)
-    if spec.name == "plateau":
+    if SCHEDULES[spec.name].curves is None:  # ReduceLROnPlateau, stepped with the test loss
         params = dict(spec.params)
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] = params.pop("lr", group["lr"])
@@ -348,10 +357,12 @@ def as_schedule(scheduler, optimizer: torch.optim.Optimizer, steps_per_epoch: in
 
 
 def check_length(schedule, run_steps: int) -> None:
-    """ConfigError when a :class:`StepSchedule` was built for fewer applied steps than the run takes (its LR would
-    sit at its last value for the rest without a word)."""
-    if isinstance(schedule, StepSchedule) and schedule.total_steps < run_steps:
-        raise ConfigError(f"the LR schedule was built for {schedule.total_steps} optimizer steps but the run takes "
+    """ConfigError when a :class:`StepSchedule` (or a per-step torch scheduler with ``total_steps``, as OneCycleLR)
+    was built for fewer applied steps than the run takes: its LR would sit at its last value for the rest without a
+    word, or torch would fail mid-run."""
+    total = getattr(schedule, "total_steps", getattr(getattr(schedule, "scheduler", None), "total_steps", None))
+    if total is not None and getattr(schedule, "every", 1) == 1 and total < run_steps:
+        raise ConfigError(f"the LR schedule was built for {total} optimizer steps but the run takes "
                           f"{run_steps}: build it with this run's epochs and steps per epoch, or pass fit the "
                           "ScheduleSpec itself")
 

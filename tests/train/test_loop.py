@@ -138,7 +138,7 @@ def test_fit_logs_lines_and_validates(caplog):
             optimizer=torch.optim.SGD(model.parameters(), lr=0.1), config=QUIET)
     lines = [r.getMessage() for r in caplog.records if r.name == "pytorch_utils.train.loop"]
     assert len(lines) == 1 and lines[0].startswith("epoch   1")
-    with pytest.raises(AssertionError, match="epochs"):
+    with pytest.raises(ConfigError, match="epochs must be >= 1"):
         fit(model, plain_loader(x, y, 16), None, epochs=0, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
 
 
