@@ -219,6 +219,9 @@ def test_cli_lr_sets_the_peak_the_optimizer_sees(tmp_path, capsys):
     ({"augmentation_kwargs": {"cutuot": 16}}, "cutuot"),
     ({"augmentation_kwargs": {"size": "abc"}}, "size"),
     ({"augmentation_kwargs": {"size": -5}}, "size"),
+    ({"seed": 10**400}, "'seed' must be >= 0"),
+    ({"phases": [1]}, "'phases' must be list"),
+    ({"scheduler": {"name": "cosine", "params": None}}, "'params' must be dict"),
 ])
 def test_recipe_values_are_checked_by_name(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -2,8 +2,10 @@ import warnings
 
 import pytest
 import torch
+from _helpers import TinyNet, plain_loader, tensor_data
 
 from pytorch_utils.errors import ConfigError, UnknownNameError
+from pytorch_utils.train import TrainConfig, fit
 from pytorch_utils.train.schedules import (
     SCHEDULES,
     ScheduleSpec,
@@ -324,3 +326,41 @@ def test_torch_schedule_steps_the_users_scheduler_to_the_applied_step():
     other = TorchSchedule(sched.LambdaLR(_opt(1.0), lambda s: 1.0 / (s + 1)), per_step=False, steps_per_epoch=3)
     other.load_state_dict(state)
     assert other.done == 2 and other.scheduler.last_epoch == 2
+
+
+@pytest.mark.parametrize("spec, message", [
+    (ScheduleSpec("cosine_warm_restarts", {"T_0": 1, "T_mult": 0}), "T_mult"),
+    (ScheduleSpec("cosine_warm_restarts", {"T_0": 1.5}), "T_0"),
+    (ScheduleSpec("step", {"step_size": 0.5}), "step_size 0.5 must be a whole number"),
+    (ScheduleSpec("cosine", {"eta_min": "abc"}), "eta_min 'abc' must be a number >= 0"),
+    (ScheduleSpec("cosine", {"lr": float("inf")}), "lr inf must be a positive number"),
+    (ScheduleSpec("one_cycle_linear", {"max_lr": 0.1, "min_lr": 0.01, "peak_epoch": 3}), "below the 3 epochs"),
+])
+def test_every_parameter_is_checked_at_the_door(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        check_spec(spec, span=3)
+
+
+def test_a_spec_of_the_wrong_shape_is_one_clear_error():
+    with pytest.raises(ConfigError, match="'params' must be dict"):
+        ScheduleSpec("cosine", [1])
+
+
+def test_a_users_torch_scheduler_shorter_than_the_run_is_refused_before_training():
+    x, y = tensor_data(48)
+    model = TinyNet()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ConfigError, match="built for 6 optimizer steps but the run takes 12"):
+        fit(model, plain_loader(x, y, 8), epochs=2, optimizer=opt, config=TrainConfig(progress=False),
+            scheduler=sched.OneCycleLR(opt, max_lr=0.1, total_steps=6))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_schedule_over_a_loader_without_length_is_refused():
+    x, y = tensor_data(16)
+    model = TinyNet()
+    batches = ((x[i:i + 8], y[i:i + 8]) for i in range(0, 16, 8))  # a generator: no len()
+    with pytest.raises(ConfigError, match="length"):
+        fit(model, batches, epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            scheduler=ScheduleSpec("onecycle", {"max_lr": 0.1}), config=TrainConfig(progress=False))
