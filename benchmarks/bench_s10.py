@@ -212,6 +212,7 @@ def run_variant(name: str, args: argparse.Namespace, device, env: Dict[str, Any]
         else:
             out_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"bench_s10_{name}_")))
         stack.enter_context(probes(device, timings))
+        stack.enter_context(contextlib.redirect_stdout(sys.stderr))  # torch-lr-finder prints a line: not JSON
         start = clock(device)
         common.log_package_to_stderr(quiet=args.quiet)
         result = run_recipe(recipe, data=args.data, out_dir=out_dir, device=device, device_fallback=False,

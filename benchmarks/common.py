@@ -272,18 +272,20 @@ def resolve_bench_device(text: str) -> torch.device:
     return resolve_device(None if text == "auto" else text, fallback=False)
 
 
-def shortened(recipe, epochs: int):
+def shortened(recipe, epochs: int, lr_sweep: Optional[int] = None):
     """``recipe`` (a ``pytorch_utils.recipes.Recipe``) run for ``epochs`` epochs. Fewer than its own: the smoke
     profile's scaling (``smoke_recipe``) of what the recipe counts in epochs (the schedules' epoch parameters, e.g.
     S10's One Cycle peak 5 of 24 -> 0.42 of 2, the phases, the early-stopping start), with the recipe's data sizes,
-    batch size, LR sweep and workers kept. As many or more: the recipe itself with that many epochs."""
+    batch size and workers kept, and its LR sweep unless ``lr_sweep`` (batches) is given. As many or more: the
+    recipe itself with that many epochs."""
     from pytorch_utils.recipes import smoke_recipe
 
     if epochs >= recipe.epochs:
         return recipe.replace(epochs=epochs)
     short = smoke_recipe(recipe, recipe.data, epochs=epochs, train_limit=recipe.train_limit,
-                         test_limit=recipe.test_limit, batch_size=recipe.batch_size)
-    return short.replace(lr_finder=recipe.lr_finder, num_workers=recipe.num_workers)
+                         test_limit=recipe.test_limit, batch_size=recipe.batch_size,
+                         lr_sweep=lr_sweep or getattr(recipe.lr_finder, "num_iter", 20))  # no finder: not used
+    return short.replace(num_workers=recipe.num_workers)
 
 
 def data_label(data: str) -> str:

@@ -15,6 +15,7 @@ CPU smoke run (a few seconds):
         --test-limit 32 --set batch_size=16 --assets /tmp/ref_assets --out-dir /tmp/ref_run
 """
 import argparse
+import contextlib
 import json
 import shlex
 import sys
@@ -74,7 +75,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     data = str(args.data or recipe.data)
     start = time.perf_counter()
     log_package_to_stderr()  # progress on stderr: stdout holds the JSON line
-    result = run_recipe(recipe, data=args.data, out_dir=args.out_dir, device=args.device, progress=False)
+    with contextlib.redirect_stdout(sys.stderr):  # torch-lr-finder prints a line of its own
+        result = run_recipe(recipe, data=args.data, out_dir=args.out_dir, device=args.device, progress=False)
     wall = time.perf_counter() - start
     device = device_name(result.device)
     title = report_title(recipe.name, data, device, len(result.history))

@@ -40,7 +40,7 @@ FULL: Dict[str, Dict[str, Any]] = {
 }
 _SMALL = dict(model="strixbee_l1", model_kwargs={}, train_limit=256, test_limit=128, batch_size=64, epochs=1)
 TINY: Dict[str, Dict[str, Any]] = {
-    "c": dict(_SMALL),
+    "c": dict(_SMALL, lr_sweep=20),  # the smoke profile's sweep: the recipe's 100 batches would be most of the stage
     "d": dict(_SMALL, **_S10_FIXED),
     "e_bench": ["--model", "wrn16_2", "--batch-size", "16", "--amp", "none", "--steps", "3", "--warmup", "1",
                 "--train-limit", "256"],
@@ -200,12 +200,13 @@ def stage_b(ctx: Context) -> None:
 
 def s10_run(ctx: Context, **overrides):
     """One S10 recipe run on the check's data (the fast path: loader="gpu"); ``epochs`` below the recipe's 24 scale
-    its One Cycle peak as the smoke profile does (``common.shortened``), 24 (stage c on the GPU) run the recipe."""
+    its One Cycle peak as the smoke profile does (``common.shortened``, with ``lr_sweep`` batches of LR sweep if
+    given), 24 (stage c on the GPU) run the recipe unchanged."""
     from benchmarks import common
     from pytorch_utils.recipes import get_recipe, run_recipe
 
     recipe = get_recipe("s10")
-    recipe = common.shortened(recipe, overrides.pop("epochs", recipe.epochs))
+    recipe = common.shortened(recipe, overrides.pop("epochs", recipe.epochs), overrides.pop("lr_sweep", None))
     with arrays_as_data(ctx.data):
         return run_recipe(recipe, **ctx.recipe_kwargs(**dict({"loader": "gpu"}, **overrides)))
 

@@ -69,6 +69,7 @@ def test_s10_two_paths_records(tmp_path):
     # One LR finder (the first variant's); the second variant trains with its LR_max/LR_min.
     first, second = records
     assert first["lr_source"] == "lr_finder" and first["lr_finder_s"] > 0 and first["lr_from_variant"] == "fast"
+    assert first["lr_plot_s"] > 0  # the probe found the plot (viz.lr_finder.plot_lr_finder)
     assert second["lr_source"] == "shared" and second["lr_finder_s"] is None and second["lr_from_variant"] == "fast"
     assert (second["lr_max"], second["lr_min"]) == (first["lr_max"], first["lr_min"])
     meta = json.loads((runs / "dataloader-2w" / "run.json").read_text())
@@ -92,11 +93,21 @@ def test_s10_failed_variant_is_recorded_and_the_rest_run():
 
 
 def test_s10_options_reach_the_recipe():
+    from pytorch_utils.recipes import get_recipe
+
     args = bench_s10.parse_args(["--epochs", "3", "--batch-size", "256", "--compile", "--set", "tta=null"])
     recipe = bench_s10.build_recipe(args, *common.parse_variant("dataloader-8w")[:2], False)
     assert (recipe.epochs, recipe.batch_size, recipe.tta, recipe.loader, recipe.num_workers) == (
         3, 256, None, "dataloader", 8)
     assert bench_s10.build_recipe(bench_s10.parse_args([]), "gpu", None, True).epochs == 24  # the recipe's default
+    # A shortened run gets the smoke profile's scaling (One Cycle peak 5 of 24 -> 0.625 of 3), the LR sweep and the
+    # sizes it was given; the recipe's own length runs the recipe unchanged.
+    assert recipe.scheduler.params == {"peak_epoch": 5 * 3 / 24}
+    assert recipe.lr_finder == get_recipe("s10").lr_finder and recipe.train_limit is None
+    assert common.shortened(get_recipe("s10"), 24) == get_recipe("s10")
+    full = bench_s10.build_recipe(bench_s10.parse_args(["--epochs", "24"]), "gpu", None, False)
+    assert full.scheduler == get_recipe("s10").scheduler and full.lr_finder == get_recipe("s10").lr_finder
+    assert common.shortened(get_recipe("s10"), 2, lr_sweep=20).lr_finder.num_iter == 20
     assert bench_s10.build_recipe(bench_s10.parse_args([]), "gpu", None, False).checkpoint_every == 24
     assert bench_s10.build_recipe(args, "gpu", None, False).checkpoint_every == 3  # = --epochs
     every = bench_s10.parse_args(["--checkpoint-every", "1"])
