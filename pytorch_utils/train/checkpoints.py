@@ -15,7 +15,7 @@ import torch
 
 from pytorch_utils import __version__
 from pytorch_utils.errors import CheckpointError, ConfigError
-from pytorch_utils.io import atomic_write, disk_full_error, ensure_writable_dir
+from pytorch_utils.io import atomic_write, ensure_writable_dir
 from pytorch_utils.train import distributed as dist_utils
 from pytorch_utils.train.state import Callback, History, TrainState
 from pytorch_utils.utils import get_rng_state, set_rng_state, unwrap_model
@@ -68,23 +68,22 @@ def make_checkpoint(state: TrainState, config: Optional[Dict[str, Any]] = None,
 
 
 def save_checkpoint(checkpoint: Dict[str, Any], path) -> Path:
-    """Write ``checkpoint`` to ``path`` atomically (temporary file + rename): a kill mid-write leaves the old file."""
+    """Write ``checkpoint`` to ``path`` through ``io.atomic_write`` (fresh temporary + rename: a kill mid-write
+    leaves the old file, a symlink at ``path`` is replaced); the folder must exist."""
     return atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
-    """Make ``dst`` hold ``src``'s bytes atomically: a hard link (no second write of a large file) or a copy."""
-    tmp = dst.with_name(f".{dst.name}.link.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:  # file systems without hard links (some mounted drives)
+    """Make ``dst`` hold ``src``'s bytes through ``io.atomic_write``: a hard link (no second write of a large file)
+    or, where the file system has none (some mounted drives), a copy."""
+    def fill(tmp: str) -> None:
         try:
+            os.unlink(tmp)  # the fresh temporary's name goes to the link; os.link refuses an existing name
+            os.link(src, tmp)
+        except OSError:
             shutil.copyfile(src, tmp)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise (disk_full_error(exc, dst) or exc) from None
-    os.replace(tmp, dst)
+
+    atomic_write(dst, fill)
 
 
 def repair_best(directory, checkpoint: Dict[str, Any]) -> Optional[Path]:
@@ -123,10 +122,9 @@ def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
                               f"({type(exc).__name__}: {exc})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(ckpt.get("format"), int):
         raise CheckpointError(f"{str(path)!r} is not a pytorch_utils checkpoint (format {FORMAT})")
-    if ckpt["format"] != FORMAT:
+    if ckpt["format"] > FORMAT:  # format 1 (no steps_per_epoch) is read as written at today's steps per epoch
         raise CheckpointError(f"{str(path)!r} was written by pytorch_utils {ckpt.get('version')} (checkpoint format "
-                              f"{ckpt['format']}, this version reads {FORMAT}): start a fresh run, or finish that one "
-                              "with the version that wrote it")
+                              f"{ckpt['format']}, this version reads up to {FORMAT}): use that version or newer")
     return ckpt
 
 
@@ -158,7 +156,8 @@ def restore_state(state: TrainState, checkpoint: Dict[str, Any], source: str = "
     for key, part in (("scheduler", state.scheduler), ("scaler", state.scaler), ("ema", state.ema)):
         if checkpoint.get(key) is not None and hasattr(part, "load_state_dict"):
             part.load_state_dict(checkpoint[key])
-    state.epoch, state.step, saved = int(checkpoint["epoch"]), int(checkpoint["step"]), checkpoint["steps_per_epoch"]
+    state.epoch, state.step = int(checkpoint["epoch"]), int(checkpoint["step"])
+    saved = checkpoint.get("steps_per_epoch", state.steps_per_epoch)
     if saved != state.steps_per_epoch:
         state.step = round(state.step * state.steps_per_epoch / saved)
         _log.info(f"{source} was written at {saved} steps per epoch, this run has {state.steps_per_epoch} (another "

@@ -251,19 +251,17 @@ class StepSchedule:
         assert pieces and pieces[0][0] == 0, "the first piece starts at step 0"
         self.pieces, self.total_steps = list(pieces), total_steps
 
-    def _piece(self, step: int):
-        start, lr, momentum = next(p for p in reversed(self.pieces) if p[0] <= step)
-        return step - start, lr, momentum
+    def _at(self, step: int, which: int) -> Optional[float]:
+        start, *curves = next(p for p in reversed(self.pieces) if p[0] <= step)
+        return None if curves[which] is None else float(curves[which](step - start))
 
     def __call__(self, step: int) -> float:
         """The LR of applied step ``step`` (0-based)."""
-        at, lr, _ = self._piece(step)
-        return float(lr(at))
+        return self._at(step, 0)
 
     def momentum(self, step: int) -> Optional[float]:
         """The momentum (SGD) or Adam's beta1 at ``step`` where a piece cycles it, else None."""
-        at, _, momentum = self._piece(step)
-        return None if momentum is None else float(momentum(at))
+        return self._at(step, 1)
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> None:
         """Write the LR (and cycled momentum) of ``step`` into every param group, where torch's cycle_momentum puts
@@ -306,10 +304,6 @@ class TorchSchedule:
         self.done = state["done"]
 
 
-def _pieces_for(spec: ScheduleSpec, steps_per_epoch: int, epochs: int, base_lr: float):
-    return SCHEDULES[spec.name].curves(spec.params, base_lr, steps_per_epoch, epochs)
-
-
 def build_schedule(spec, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int):
     """The schedule ``spec`` (a :class:`ScheduleSpec` or dict) describes over ``epochs`` epochs of ``steps_per_epoch``
     applied steps: a :class:`StepSchedule` whose base LR is the optimizer's initial LR, a ReduceLROnPlateau
@@ -324,8 +318,8 @@ def build_schedule(spec, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] = params.pop("lr", group["lr"])
         return sched.ReduceLROnPlateau(optimizer, **params)
-    schedule = StepSchedule([(0, *_pieces_for(spec, steps_per_epoch, epochs, initial_lr(optimizer)))],
-                            steps_per_epoch * epochs)
+    curves = SCHEDULES[spec.name].curves(spec.params, initial_lr(optimizer), steps_per_epoch, epochs)
+    schedule = StepSchedule([(0, *curves)], steps_per_epoch * epochs)
     schedule.check_optimizer(optimizer)
     return schedule
 
@@ -340,8 +334,9 @@ def phase_schedule(phases: Sequence[Any], steps_per_epoch: int, base_lr: float) 
         return None
     pieces: List[Tuple] = [] if starts[0].start == 1 else [(0, lambda s: base_lr, None)]
     for phase, end in zip(starts, [p.start - 1 for p in starts[1:]] + [phases[-1].end]):
-        pieces.append(((phase.start - 1) * steps_per_epoch,
-                       *_pieces_for(phase.scheduler, steps_per_epoch, end - phase.start + 1, base_lr)))
+        curves = SCHEDULES[phase.scheduler.name].curves(phase.scheduler.params, base_lr, steps_per_epoch,
+                                                        end - phase.start + 1)
+        pieces.append(((phase.start - 1) * steps_per_epoch, *curves))
     return StepSchedule(pieces, steps_per_epoch * phases[-1].end)
 
 

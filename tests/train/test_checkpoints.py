@@ -12,6 +12,7 @@ from pytorch_utils.train.checkpoints import (
     CheckpointManager,
     HubPusher,
     latest_checkpoint,
+    link_or_copy,
     load_checkpoint,
     restore_model,
     save_checkpoint,
@@ -104,10 +105,12 @@ def test_resume_required_without_checkpoint(tmp_path):
         run_recipe("strixbee_l1", "synthetic", tmp_path, resume="required", progress=False)
 
 
-def test_a_checkpoint_of_the_older_format_is_refused_naming_its_version(tmp_path):
-    save_checkpoint({"format": 1, "version": "0.9.0", "model": {}}, tmp_path / "old.pt")
-    with pytest.raises(CheckpointError, match=r"pytorch_utils 0.9.0 \(checkpoint format 1, this version reads 2\)"):
-        load_checkpoint(tmp_path / "old.pt")
+def test_a_checkpoint_of_a_newer_format_is_refused_naming_its_version_and_an_older_one_is_read(tmp_path):
+    save_checkpoint({"format": 3, "version": "0.9.0", "model": {}}, tmp_path / "new.pt")
+    with pytest.raises(CheckpointError, match=r"pytorch_utils 0.9.0 \(checkpoint format 3, this version reads up to 2"):
+        load_checkpoint(tmp_path / "new.pt")
+    save_checkpoint({"format": 1, "version": "0.1.0", "model": {}}, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")["version"] == "0.1.0"  # predict/export of an older run still work
     torch.save({"weights": 1}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a pytorch_utils checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
@@ -143,6 +146,43 @@ def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
     assert sorted(os.listdir(tmp_path)) == ["x.pt"]  # no temp file left behind
+
+
+def test_planted_symlinks_at_checkpoint_names_are_replaced_and_their_targets_untouched(tmp_path):
+    outside = tmp_path / "important.txt"
+    outside.write_text("keep me")
+    ckpts = tmp_path / "run"
+    ckpts.mkdir()
+    for name in ("epoch-0001.pt", "best.pt", ".epoch-0001.pt.tmp", ".best.pt.link.tmp"):  # final and old fixed names
+        (ckpts / name).symlink_to("../important.txt")
+    seed_everything(0)
+    train, test = synthetic_loaders(n=32, test_n=16)
+    model = TinyNet()
+    fit(model, train, test, epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        callbacks=[CheckpointManager(ckpts)], config=QUIET)
+    assert outside.read_text() == "keep me"
+    for name in ("epoch-0001.pt", "best.pt"):
+        assert not (ckpts / name).is_symlink() and load_checkpoint(ckpts / name)["epoch"] == 1
+
+
+def test_link_or_copy_copies_where_hard_links_fail_and_leaves_no_temporary(tmp_path, monkeypatch):
+    src = save_checkpoint({"format": FORMAT, "model": {"w": torch.ones(2)}, "epoch": 1}, tmp_path / "epoch-0001.pt")
+    (tmp_path / "best.pt").symlink_to(tmp_path / "elsewhere.pt")
+
+    def no_links(a, b):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    link_or_copy(src, tmp_path / "best.pt")
+    assert not (tmp_path / "best.pt").is_symlink() and load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
+    assert (tmp_path / "best.pt").stat().st_ino != src.stat().st_ino  # a copy
+    assert sorted(os.listdir(tmp_path)) == ["best.pt", "epoch-0001.pt"]
+
+
+def test_save_checkpoint_never_creates_a_folder(tmp_path):
+    with pytest.raises(ConfigError, match="not writable"):
+        save_checkpoint({"format": FORMAT, "model": {}}, tmp_path / "gone" / "epoch-0001.pt")
+    assert not (tmp_path / "gone").exists()
 
 
 def test_unwritable_directory(tmp_path):
