@@ -7,18 +7,15 @@ import torch
 import torch.nn as nn
 
 from pytorch_utils.errors import InputShapeError
-from pytorch_utils.models import register_model
+from pytorch_utils.models._registry import register_model
 
 __all__ = ["S10ResNet", "s10_resnet"]
 
 
 def _conv_bn_relu(c_in: int, c_out: int, dropout: float, pool: bool = False) -> list:
     """Conv3x3 (> MaxPool 2, before BN as in the course's model) > BN > ReLU > Dropout, as a list of modules."""
-    layers = [nn.Conv2d(c_in, c_out, kernel_size=3, stride=1, padding=1, bias=False)]
-    if pool:
-        layers.append(nn.MaxPool2d(2))
-    layers += [nn.BatchNorm2d(c_out), nn.ReLU(), nn.Dropout(dropout)]
-    return layers
+    conv = nn.Conv2d(c_in, c_out, kernel_size=3, stride=1, padding=1, bias=False)
+    return [conv, *([nn.MaxPool2d(2)] if pool else []), nn.BatchNorm2d(c_out), nn.ReLU(), nn.Dropout(dropout)]
 
 
 class S10ResNet(nn.Module):

@@ -13,7 +13,7 @@ convolutions cheap, so every level stays under 100k (level 1: **83,368**, the se
 import torch
 import torch.nn as nn
 
-from pytorch_utils.models import register_model
+from pytorch_utils.models._registry import register_model
 
 __all__ = ["StrixbeeNet", "strixbee_l1", "strixbee_l2", "strixbee_l3"]
 
@@ -47,12 +47,9 @@ class StrixbeeNet(nn.Module):
     @staticmethod
     def _transition(c_in: int, c_out: int, dropout: float, downsample: str) -> nn.Sequential:
         """1x1 squeeze block, then a 2x downsampling."""
-        layers = _block(c_in, c_out, dropout, kernel_size=1)
-        if downsample == "maxpool":
-            layers.append(nn.MaxPool2d(2))
-        else:
-            layers += _block(c_out, c_out, dropout, kernel_size=3, stride=2)
-        return nn.Sequential(*layers)
+        squeeze = _block(c_in, c_out, dropout, kernel_size=1)
+        down = [nn.MaxPool2d(2)] if downsample == "maxpool" else _block(c_out, c_out, dropout, kernel_size=3, stride=2)
+        return nn.Sequential(*squeeze, *down)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.trans1(self.stage1(x))

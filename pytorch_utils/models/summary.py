@@ -13,7 +13,7 @@ import torch.nn as nn
 from pytorch_utils.errors import ConfigError
 from pytorch_utils.utils import eval_mode, model_device
 
-__all__ = ["ModelSummary", "summary"]
+__all__ = ["ModelSummary", "summary", "count_parameters"]
 
 # One table row of torchsummary: "  Conv2d-1  [-1, 64, 32, 32]  1,728"; shapes may be nested lists for
 # layers returning tuples, hence the greedy bracket match.
@@ -21,6 +21,11 @@ _ROW = re.compile(r"^[ \t]*(?P<name>\S+-\d+)[ \t]+(?P<shape>\[.*\])[ \t]+(?P<par
 _TOTALS = {label: re.compile(rf"^{label} params: ([\d,]+)", re.MULTILINE)
            for label in ("Total", "Trainable", "Non-trainable")}
 _SIZES = re.compile(r"^Params size \(MB\): ([\d.]+)\nEstimated Total Size \(MB\): ([\d.]+)", re.MULTILINE)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Distinct (``requires_grad``) parameters of ``model``: a shared layer counts once, as in ``summary()``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 @dataclass
@@ -151,9 +156,7 @@ def _with_true_totals(text: str, model: nn.Module, hidden) -> ModelSummary:
     layers = [(row["name"], _to_tuple(ast.literal_eval(row["shape"])), int(row["params"].replace(",", "")))
               for row in _ROW.finditer(text)]
     theirs = [int(_TOTALS[label].search(text).group(1).replace(",", "")) for label in ("Total", "Trainable")]
-    params = list(model.parameters())  # distinct Parameters: a shared layer once
-    total = sum(p.numel() for p in params)
-    trainable = sum(p.numel() for p in params if p.requires_grad)
+    total, trainable = count_parameters(model, trainable_only=False), count_parameters(model)
     notes = [f"Note: {type(m).__name__} '{name}' {kind}, which torchsummary cannot show: it has no row (its "
              f"{sum(p.numel() for p in m.parameters()):,} parameters are in the totals)." for name, m, kind in hidden]
     if theirs != [total, trainable]:

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pytorch_utils.errors import InputShapeError
-from pytorch_utils.models import register_model
+from pytorch_utils.models._registry import register_model
 
 __all__ = ["WideBasicBlock", "WideResNet", "wide_resnet", "wrn28_10", "wrn16_2"]
 
@@ -29,9 +29,7 @@ class WideBasicBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, kernel_size=3, stride=stride, padding=1, bias=True)
-        self.shortcut = None
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Conv2d(c_in, c_out, kernel_size=1, stride=stride, bias=True)
+        self.shortcut = nn.Conv2d(c_in, c_out, kernel_size=1, stride=stride) if stride != 1 or c_in != c_out else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.dropout(self.conv1(F.relu(self.bn1(x))))
@@ -55,18 +53,13 @@ class WideResNet(nn.Module):
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, padding=1, bias=True)
-        self.layer1 = self._stage(widths[0], widths[1], n, stride=1, dropout=dropout)
-        self.layer2 = self._stage(widths[1], widths[2], n, stride=2, dropout=dropout)
-        self.layer3 = self._stage(widths[2], widths[3], n, stride=2, dropout=dropout)
+        for i, (c_in, c_out, stride) in enumerate(zip(widths, widths[1:], (1, 2, 2)), start=1):
+            # n blocks a stage; only the first changes width/stride.
+            blocks = [WideBasicBlock(c_in, c_out, stride, dropout)] + [WideBasicBlock(c_out, c_out, 1, dropout)
+                                                                       for _ in range(n - 1)]
+            self.add_module(f"layer{i}", nn.Sequential(*blocks))
         self.bn = nn.BatchNorm2d(widths[3])
         self.fc = nn.Linear(widths[3], num_classes)
-
-    @staticmethod
-    def _stage(c_in: int, c_out: int, n: int, stride: int, dropout: float) -> nn.Sequential:
-        """n blocks; only the first changes width/stride."""
-        blocks = [WideBasicBlock(c_in, c_out, stride, dropout)]
-        blocks += [WideBasicBlock(c_out, c_out, 1, dropout) for _ in range(n - 1)]
-        return nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] < 8 or x.shape[3] < 8:

@@ -97,12 +97,15 @@ class Recipe:
         kwargs, schedules, also in phases), schedule parameters (as the LR finder will fill them), phases. Returns
         self. Raises ConfigError or UnknownNameError (naming the field and the valid choices)."""
         from pytorch_utils.data.transforms import check_augmentation
+        from pytorch_utils.models import create_model
 
         if "num_classes" in self.model_kwargs:
             raise ConfigError("model_kwargs must not hold num_classes: set the recipe field num_classes (or leave it "
                               "None to take the data set's class count)")
         check_names(self)  # first: a misspelled name is named with its place (phases[1].scheduler)
         check_augmentation(self.augmentation, self.augmentation_kwargs)
+        with torch.device("meta"):  # model_kwargs bound and range-checked by the builder, no memory allocated
+            create_model(self.model, num_classes=self.num_classes or 10, **self.model_kwargs)
         # The finder fills its parameters later: check with placeholders where the user gave none.
         given = (lambda spec, filled: spec and ScheduleSpec(spec.name, {**filled.params, **spec.params}))
         recipe = self.with_lrs(1.0, 0.1) if self.lr_finder else self

@@ -151,6 +151,27 @@ def test_bad_options_raise_config_error(name, kwargs):
         create_model(name, **kwargs)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"depth": 1000, "widen_factor": 100}, "'depth' must be >= 10 and <= 40, got 1000"),
+    ({"depth": 46}, "'depth' must be >= 10 and <= 40"),
+    ({"widen_factor": 100}, "'widen_factor' must be >= 1 and <= 20, got 100"),
+    ({"num_classes": 100_000}, "'num_classes' must be >= 1 and <= 1000"),
+])
+def test_sizes_have_upper_bounds(kwargs, message):
+    """A file's config cannot ask for a model of any size: the bounds are checked before anything is built."""
+    with pytest.raises(ConfigError, match=message):
+        create_model("wide_resnet", **kwargs)
+
+
+def test_the_bounds_admit_every_recipe_and_the_largest_allowed_sizes():
+    from pytorch_utils.recipes import get_recipe, list_recipes
+
+    for name in list_recipes():
+        recipe = get_recipe(name)
+        assert isinstance(_meta_model(recipe.model, num_classes=100, **recipe.model_kwargs), nn.Module), name
+    assert _meta_model("wide_resnet", depth=40, widen_factor=20, num_classes=1000).fc.out_features == 1000
+
+
 def test_unknown_name_lists_valid_names():
     with pytest.raises(UnknownNameError) as info:
         create_model("resnet9000")
@@ -216,12 +237,12 @@ def test_unknown_keyword_names_it_and_lists_the_accepted_ones():
 
 
 def test_type_error_inside_the_model_is_not_reported_as_a_bad_keyword(monkeypatch):
-    import pytorch_utils.models as models
+    from pytorch_utils.models import _registry
 
     def broken(num_classes=10, dropout=0.0):
         return nn.Linear(2, num_classes) + 1  # a bug in the model code: TypeError
 
-    monkeypatch.setitem(models._MODELS._items, "broken_model", broken)
+    monkeypatch.setitem(_registry._MODELS._items, "broken_model", broken)
     with pytest.raises(TypeError) as info:
         create_model("broken_model", dropout=0.1)
     assert not isinstance(info.value, ConfigError)
@@ -319,3 +340,17 @@ def test_s8_resnet_costs_a_quarter_of_wrn28_10():
     assert s8.params == 30_032_292 and wrn.params == 36_546_980
     # The docstrings' numbers: 1.46 G and 5.95 G MACs per 32x32 image.
     assert round(s8.macs / 1e9, 2) == 1.46 and round(wrn.macs / 1e9, 2) == 5.95
+
+
+def test_family_modules_import_the_registry_not_the_package():
+    """No import cycle: the families register through ``_registry``, which imports nothing of ``models``."""
+    import ast
+    from pathlib import Path
+
+    import pytorch_utils.models as models
+
+    for path in Path(models.__file__).parent.glob("*.py"):
+        imported = {n.module for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom)}
+        assert "pytorch_utils.models" not in imported or path.name == "__init__.py", path.name
+        if path.name == "_registry.py":
+            assert not any(m.startswith("pytorch_utils.models") for m in imported if m)
