@@ -42,9 +42,7 @@ def stratified_indices(targets: np.ndarray, n: int, seed: int = 0) -> np.ndarray
     quota = counts * (n / total)
     take = np.floor(quota).astype(np.int64)
     # Hand the leftover slots to the classes with the largest fractional parts (ties: lower label first).
-    leftover = n - int(take.sum())
-    order = np.argsort(-(quota - take), kind="stable")
-    take[order[:leftover]] += 1
+    take[np.argsort(-(quota - take), kind="stable")[:n - int(take.sum())]] += 1
     rng = np.random.default_rng(seed)
     chosen = [rng.permutation(np.flatnonzero(targets == c))[:k] for c, k in zip(classes, take)]
     return np.sort(np.concatenate(chosen)).astype(np.int64)
@@ -68,18 +66,15 @@ class ArrayDataset(Dataset):
         if bad.size:
             raise DatasetError(f"label {int(bad[0])} is out of range for num_classes={len(classes)} (labels must be "
                                f"in [0, {len(classes) - 1}]); check the labels or the class list")
-        self.images = images
-        self.targets = targets.astype(np.int64, copy=False)
-        self.classes = classes
-        self.transform = transform
+        self.images, self.targets = images, targets.astype(np.int64, copy=False)
+        self.classes, self.transform = classes, transform
         self._mean, self._std = as_stats(mean, "mean"), as_stats(std, "std")
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, index) -> Tuple[torch.Tensor, int]:
-        image = self.images[int(index)]
-        target = int(self.targets[int(index)])
+        image, target = self.images[int(index)], int(self.targets[int(index)])
         if self.transform is not None:
             return self.transform(image), target
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0), target

@@ -1,36 +1,37 @@
 """``load_datasets``: the one resolver of CLI and recipes (a name or a path -> ``(train_ds, test_ds)``); the sources
 live in ``arrays``, ``cifar``, ``folders`` and ``synthetic``."""
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Literal, Optional, Tuple
 
 from pytorch_utils.data.arrays import ArrayDataset, PathLike
 from pytorch_utils.data.cifar import load_cifar
 from pytorch_utils.data.constants import DATASET_STATS
-from pytorch_utils.data.folders import _check_stats_option, find_eval_split, load_image_folder
+from pytorch_utils.data.folders import MAX_SIDE, find_eval_split, load_image_folder
 from pytorch_utils.data.synthetic import MAX_SYNTHETIC_SIZE, SYNTHETIC_DEFAULT_SIZES, make_synthetic
-from pytorch_utils.errors import ConfigError, DatasetError, UnknownNameError
+from pytorch_utils.errors import ConfigError, DatasetError, UnknownNameError, bounded, check_fields
 
 DATASET_NAMES = ("synthetic", "cifar10", "cifar100")
 
 
-def _check_count(name: str, value, minimum: int, hint: str) -> Optional[int]:
-    """``value`` as an int >= ``minimum`` (None stays None); raises ConfigError naming the load_datasets argument /
-    recipe field ``name`` (the CLI maps it to its flag)."""
-    if value is None:
-        return None
-    try:
-        ok = not isinstance(value, bool) and int(value) == value and value >= minimum
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ConfigError(f"{name} must be None or an integer >= {minimum}, got {value!r}; {hint}")
-    return int(value)
+@dataclass(frozen=True)
+class _Arguments:
+    """``load_datasets``' settings, declared once with their ranges and checked before anything loads."""
+    train_limit: Optional[int] = bounded(None, ge=1)  # None: every image (synthetic: 2000 / 500)
+    test_limit: Optional[int] = bounded(None, ge=1)
+    num_classes: Optional[int] = bounded(None, ge=2)  # None: taken from the data (synthetic: 10)
+    stats: Literal["auto", "compute"] = "auto"
+    max_side: int = bounded(MAX_SIDE, ge=1)
+
+    def __post_init__(self):
+        check_fields(self, "load_datasets argument")
 
 
 def load_datasets(data: PathLike, root: PathLike = "./data", download: bool = False,
                   train_limit: Optional[int] = None, test_limit: Optional[int] = None, seed: int = 0,
-                  num_classes: Optional[int] = None, stats: str = "auto") -> Tuple[ArrayDataset, ArrayDataset]:
+                  num_classes: Optional[int] = None, stats: str = "auto",
+                  max_side: int = MAX_SIDE) -> Tuple[ArrayDataset, ArrayDataset]:
     """Resolve a data set name or path into ``(train_ds, test_ds)`` (no transform; test carries train's mean/std).
 
     Args:
@@ -39,20 +40,13 @@ def load_datasets(data: PathLike, root: PathLike = "./data", download: bool = Fa
         root, download: torchvision's CIFAR folder, and whether to download there (needs internet).
         train_limit, test_limit: stratified seeded subset sizes (synthetic: the set sizes, default 2000 / 500).
         num_classes: synthetic: number of classes (default 10); otherwise checked against the data.
-        stats: folders/zips only, see ``load_image_folder``.
+        stats, max_side: folders/zips only (the longest image side accepted), see ``load_image_folder``.
     Raises:
         UnknownNameError, DatasetNotFoundError (missing path or CIFAR files), DatasetError (torchvision's CIFAR
-        folder given as a path, or a folder problem), ConfigError (a limit below 1, ``num_classes`` below 2 or
-        contradicting the data, a synthetic size above ``MAX_SYNTHETIC_SIZE``, an unknown ``stats``).
+        folder given as a path, or a folder problem), ConfigError (an argument outside ``_Arguments``' declaration,
+        ``num_classes`` contradicting the data, a synthetic size above ``MAX_SYNTHETIC_SIZE``).
     """
-    # Checked before any loading, so a bad value fails in terms of the user's option.
-    all_hint = "pass None (omit the option) to use every image (synthetic: the default sizes 2000 / 500)"
-    train_limit = _check_count("train_limit", train_limit, 1, all_hint)
-    test_limit = _check_count("test_limit", test_limit, 1, all_hint)
-    num_classes = _check_count("num_classes", num_classes, 2,
-                               "a classifier needs at least 2 classes; pass None to take the count from the data "
-                               "(synthetic: 10)")
-    _check_stats_option(stats)
+    _Arguments(train_limit, test_limit, num_classes, stats, max_side)  # before any loading
     key = str(data).lower() if isinstance(data, str) else None
     if key == "synthetic":
         train_ds, test_ds = _load_synthetic(train_limit, test_limit, seed, num_classes)
@@ -63,9 +57,9 @@ def load_datasets(data: PathLike, root: PathLike = "./data", download: bool = Fa
         test_ds = test_ds if test_limit is None else test_ds.limit(test_limit, seed=seed)
     else:
         path = _image_path(data)
-        train_ds = load_image_folder(path, "train", limit=train_limit, seed=seed, stats=stats)
+        train_ds = load_image_folder(path, "train", limit=train_limit, seed=seed, stats=stats, max_side=max_side)
         test_ds = load_image_folder(path, find_eval_split(path), classes=train_ds.classes, limit=test_limit,
-                                    seed=seed, stats=stats)
+                                    seed=seed, stats=stats, max_side=max_side)
     if num_classes is not None and num_classes != train_ds.num_classes:
         raise ConfigError(f"num_classes={num_classes} does not match {str(data)!r}, which has {train_ds.num_classes} "
                           "classes; drop num_classes or pick the matching data set")
@@ -76,9 +70,8 @@ def load_datasets(data: PathLike, root: PathLike = "./data", download: bool = Fa
 def _load_synthetic(train_limit: Optional[int], test_limit: Optional[int], seed: int,
                     num_classes: Optional[int]) -> Tuple[ArrayDataset, ArrayDataset]:
     """The synthetic train/test pair of the given sizes (default ``SYNTHETIC_DEFAULT_SIZES``)."""
-    k = 10 if num_classes is None else num_classes
-    n_train = SYNTHETIC_DEFAULT_SIZES[0] if train_limit is None else train_limit
-    n_test = SYNTHETIC_DEFAULT_SIZES[1] if test_limit is None else test_limit
+    k = num_classes or 10  # limits and num_classes are None or >= 1 (checked at the door)
+    n_train, n_test = train_limit or SYNTHETIC_DEFAULT_SIZES[0], test_limit or SYNTHETIC_DEFAULT_SIZES[1]
     for name, n in (("train_limit", n_train), ("test_limit", n_test)):
         if n > MAX_SYNTHETIC_SIZE:  # before generating anything: a typo would otherwise run for minutes
             raise ConfigError(f"{name} must be at most {MAX_SYNTHETIC_SIZE} for the synthetic data set, got {n}; "

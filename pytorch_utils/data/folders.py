@@ -4,7 +4,8 @@ import logging
 import os
 import struct
 import zipfile
-from collections import Counter, OrderedDict
+import zlib
+from collections import Counter
 from contextlib import closing
 from functools import lru_cache
 from pathlib import Path
@@ -15,41 +16,39 @@ import numpy as np
 from pytorch_utils.data.arrays import ArrayDataset, PathLike, stratified_indices
 from pytorch_utils.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 from pytorch_utils.data.stats import compute_mean_std
-from pytorch_utils.errors import ConfigError, DatasetError, DatasetNotFoundError
+from pytorch_utils.errors import DatasetError, DatasetNotFoundError
 
 log = logging.getLogger(__name__)
 
 # Folder names accepted as the evaluation split, in order of preference.
 EVAL_SPLITS = ("test", "val", "valid", "validation")
-# Pillow plugins that only identify a file (stubs needing an external handler) or need an external program.
-_NOT_DECODABLE = {"BUFR", "GRIB", "HDF5", "MPEG", "WMF", "EPS"}
+# The raster formats images are opened as (Pillow's names); any other format Pillow knows is refused by name (EPS would
+# start Ghostscript, others need external handlers or are no photos).
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# Limits on files from strangers, sized for CIFAR-sized work; a refusal names the file and the limit, before decoding.
+MAX_PIXELS = 8192 * 8192  # pixels an image may declare in its header (a 48-megapixel photo passes)
+MAX_SIDE = 256  # longest side of a data set's images: the set is held decoded (N x side^2 x 3 bytes), trained at it
+MAX_MEMBER_BYTES = 64 << 20  # declared uncompressed size of one zip member
+MAX_RATIO = 100  # declared uncompressed / compressed size of a zip member over 1 MiB (images barely compress)
 # Decoding shows a progress bar only when it takes longer than this (seconds): small sets stay quiet.
 PROGRESS_DELAY = 2.0
 
 
 @lru_cache(maxsize=1)
 def image_extensions() -> FrozenSet[str]:
-    """Lower-case extensions (with the dot) of every format this Pillow can decode: .jpg .png .webp .tif ..."""
+    """Lower-case extensions (with the dot) of ``IMAGE_FORMATS``: .jpg .jpeg .png .webp .bmp .gif .tif .tiff ..."""
     from PIL import Image
 
-    Image.init()
-    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items()
-                     if fmt in Image.OPEN and fmt not in _NOT_DECODABLE)
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in IMAGE_FORMATS)
 
 
-# A few entries hold train+test of one or two data sets; a full CIFAR-sized split is ~150 MB.
-_IMAGE_CACHE: "OrderedDict[tuple, tuple]" = OrderedDict()
-_IMAGE_CACHE_SIZE = 6
-
-
-def clear_image_cache() -> None:
-    """Forget every image folder/zip decoded by ``load_image_folder`` in this process (frees the memory)."""
-    _IMAGE_CACHE.clear()
-
-
-# What PIL (and zipfile, for a damaged member) raise on a file that is not a decodable image: UnidentifiedImageError
-# and "image file is truncated" are OSErrors; some format plugins raise SyntaxError, ValueError or struct.error.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zipfile.BadZipFile)
+# What PIL raises on a file that is not a decodable image: UnidentifiedImageError and "image file is truncated" are
+# OSErrors; some format plugins raise SyntaxError, ValueError or struct.error.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
+# What zipfile raises on a member it cannot read: encrypted (RuntimeError), Deflate64 (NotImplementedError), damaged.
+_ZIP_ERRORS = (RuntimeError, NotImplementedError, zipfile.BadZipFile, zlib.error, EOFError, OSError)
+_REZIP = "pass a folder, or a zip laid out as train/<class>/<image>, without a password, made with plain Deflate " \
+    "(e.g. Python's shutil.make_archive(name, 'zip', folder))"
 
 
 def _is_hidden(part: str) -> bool:
@@ -74,9 +73,12 @@ def _zip_name(info: zipfile.ZipInfo) -> str:
 class _Source:
     """A directory tree or a zip file, listed and read with names relative to the data root."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.zip = zipfile.ZipFile(path) if path.is_file() else None
+    def __init__(self, path: Path, max_member_bytes: int = MAX_MEMBER_BYTES):
+        self.path, self.max_member_bytes = path, max_member_bytes
+        try:
+            self.zip = zipfile.ZipFile(path) if path.is_file() else None
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            raise DatasetError(f"{path} is not a readable zip ({type(exc).__name__}: {exc}); {_REZIP}") from None
         self.members = {_zip_name(i): i for i in self.zip.infolist()} if self.zip is not None else {}
 
     def close(self) -> None:
@@ -113,15 +115,31 @@ class _Source:
                 files.append(n)
         return {c: sorted(f) for c, f in out.items()}
 
-    def open_image(self, rel: str):
-        from PIL import Image
-
+    def open(self, rel: str):
+        """A path, or the bytes of a zip member whose declared size and compression ratio passed the limits."""
         if self.zip is None:
-            return Image.open(self.path / rel)
-        return Image.open(io.BytesIO(self.zip.read(self.members[rel])))
+            return self.path / rel
+        info, where = self.members[rel], f"zip member {self.describe(rel)}"
+        over = info.file_size > min(self.max_member_bytes, max(1 << 20, MAX_RATIO * info.compress_size))
+        _refuse_over(over and f"{info.file_size:,} bytes ({info.compress_size:,} compressed)", where,
+                     f"max_member_bytes={self.max_member_bytes:,} and {MAX_RATIO}x compression above 1 MiB",
+                     "remove it from the zip")
+        try:
+            return io.BytesIO(self.zip.read(info))
+        except _ZIP_ERRORS as exc:
+            what = "is encrypted" if info.flag_bits & 1 else "uses a compression Python cannot read (Deflate64?)" \
+                if isinstance(exc, NotImplementedError) else f"is damaged ({type(exc).__name__}: {exc})"
+            raise DatasetError(f"{where} {what}; {_REZIP}") from None
 
     def describe(self, rel: str) -> str:
         return f"{self.path}{'!' if self.zip is not None else os.sep}{rel}"
+
+
+def _refuse_over(declared, name: str, limit: str, fix: str) -> None:
+    """The one check of the sizes a file declares, before it is read: DatasetError naming the file and the limit
+    when ``declared`` (what the file declares, in words; falsy: within the limits)."""
+    if declared:
+        raise DatasetError(f"{name} declares {declared}; the limit is {limit}: {fix}")
 
 
 def to_rgb(im) -> np.ndarray:
@@ -130,56 +148,69 @@ def to_rgb(im) -> np.ndarray:
     if im.mode == "RGB":
         return np.asarray(im)
     if im.mode in ("I", "F") or im.mode.startswith("I;16"):
-        a = np.asarray(im).astype(np.float64)
+        a = np.array(im, dtype=np.float32)  # exact for 16-bit values; one copy, scaled in place
         if im.mode.startswith("I;16") or a.max() > 255:
-            a = a / 257.0  # 65535 / 257 = 255: the full 16-bit range onto the full 8-bit range
+            a /= 257.0  # 65535 / 257 = 255: the full 16-bit range onto the full 8-bit range
         elif im.mode == "F" and a.max() <= 1.0:
-            a = a * 255.0
-        gray = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+            a *= 255.0
+        gray = np.clip(np.rint(a, out=a), 0, 255, out=a).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=2)
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")  # Pillow asks for this route (a warning otherwise); the alpha is dropped below
     return np.asarray(im.convert("RGB"))
 
 
-def _decode_images(source: _Source, files: Sequence[str]) -> Tuple[np.ndarray, Counter]:
+def _decode(file, name: str, max_pixels: int, max_side: Optional[int]) -> Tuple[np.ndarray, str]:
+    """(uint8 (H, W, 3) RGB pixels, PIL mode) of ``file`` (a path or binary file), see ``open_image``."""
+    from PIL import Image
+
+    pixels = mode = too_big = None
+    try:
+        with Image.open(file, formats=IMAGE_FORMATS) as im:
+            (w, h), mode = im.size, im.mode
+            if w * h > max_pixels or max(w, h) > (max_side or max(w, h)):
+                too_big = f"{w}x{h} pixels (WxH)"
+            else:
+                pixels = to_rgb(im)
+    except Image.DecompressionBombError:  # Pillow's own limit, checked when opening
+        too_big = f"more than Pillow's decompression-bomb limit of {2 * Image.MAX_IMAGE_PIXELS:,} pixels"
+    except _DECODE_ERRORS as exc:
+        raise DatasetError(f"cannot decode image {name} ({type(exc).__name__}: {exc}); accepted formats: "
+                           f"{', '.join(IMAGE_FORMATS)}: remove or replace the file") from None
+    limit = f"max_pixels={max_pixels:,}" + (f" and max_side={max_side}" if max_side else "")
+    _refuse_over(too_big, f"image {name}", limit, "resize it (e.g. to 32x32 for CIFAR-sized work) or raise the limit")
+    return pixels, mode
+
+
+def open_image(path: PathLike, max_pixels: int = MAX_PIXELS, max_side: Optional[int] = None) -> np.ndarray:
+    """One image file as uint8 (H, W, 3) RGB (``to_rgb``), opened only as one of ``IMAGE_FORMATS`` (whatever its
+    extension); DatasetError naming the file when it is none of them, unreadable, or declares more than
+    ``max_pixels`` pixels or (if given) a side over ``max_side``: checked from the header, before decoding."""
+    return _decode(path, str(path), max_pixels, max_side)[0]
+
+
+def _decode_images(source: _Source, files: Sequence[str], max_side: int) -> Tuple[np.ndarray, Counter]:
     """``files`` as one uint8 (N, H, W, 3) RGB array, and a count of the converted files per original mode;
-    DatasetError names an undecodable or differently sized file."""
+    DatasetError names an undecodable, oversized or differently sized file."""
     from tqdm.auto import tqdm
 
-    images, first_name, first_size = None, None, None
+    images, first = None, None
     converted: Counter = Counter()
     with tqdm(total=len(files), desc=f"decoding {source.path.name}", unit="img", delay=PROGRESS_DELAY,
               leave=False) as bar:
         for i, rel in enumerate(files):
-            try:
-                with source.open_image(rel) as im:
-                    mode, size = im.mode, im.size
-                    pixels = to_rgb(im) if first_size is None or size == first_size else None
-            except _DECODE_ERRORS as exc:
-                raise DatasetError(f"cannot decode image {source.describe(rel)} ({type(exc).__name__}: {exc}); the "
-                                   "file is corrupt or not an image: remove or replace it, then load again") from exc
-            if first_size is None:
-                first_name, first_size = rel, size
-                images = np.empty((len(files), size[1], size[0], 3), dtype=np.uint8)
-            elif size != first_size:
-                raise DatasetError(f"images have mixed sizes: {source.describe(first_name)} is {first_size[0]}x"
-                                   f"{first_size[1]} but {source.describe(rel)} is {size[0]}x{size[1]} (WxH); resize "
-                                   "them to one size first")
+            pixels, mode = _decode(source.open(rel), source.describe(rel), MAX_PIXELS, max_side)
+            if first is None:  # every image is at most max_side, so this allocation is bounded
+                first, images = rel, np.empty((len(files), *pixels.shape), dtype=np.uint8)
+            elif pixels.shape != images.shape[1:]:
+                (h0, w0), (h, w) = images.shape[1:3], pixels.shape[:2]
+                raise DatasetError(f"images have mixed sizes: {source.describe(first)} is {w0}x{h0} but "
+                                   f"{source.describe(rel)} is {w}x{h} (WxH); resize them to one size first")
             if mode != "RGB":
                 converted[mode] += 1
             images[i] = pixels
             bar.update()
     return images, converted
-
-
-STATS_OPTIONS = ("auto", "compute")
-
-
-def _check_stats_option(stats) -> None:
-    if stats not in STATS_OPTIONS:
-        raise ConfigError(f"unknown stats option {stats!r}; use 'auto' (CIFAR-10's for a folder with its class names, "
-                          "else computed) or 'compute' (always computed from the images)")
 
 
 def _split_dir(source: _Source, split: str) -> Optional[str]:
@@ -222,8 +253,8 @@ def _list_split(source: _Source, path: Path, split: str,
     empty = [c for c in names if not by_class.get(c)]
     if empty and len(empty) < len(names):
         if classes is None:  # this split defines the classes (training): a class without images cannot be learnt
-            raise DatasetError(f"class folder(s) {empty} in {where} hold no image file Pillow can read (.jpg, .png, "
-                               ".webp, .bmp, .gif, .tif, ... in any letter case); add images or remove the folder(s)")
+            raise DatasetError(f"class folder(s) {empty} in {where} hold no image file (.jpg, .png, .webp, .bmp, "
+                               ".gif, .tif, ... in any letter case); add images or remove the folder(s)")
         log.warning("%s has no images of class(es) %s: their per-class results are undefined (listed in the data "
                     "set's empty_classes)", where, empty)
     files = [f for c in names for f in by_class.get(c, [])]
@@ -238,46 +269,47 @@ def _list_split(source: _Source, path: Path, split: str,
 
 def load_image_folder(path: PathLike, split: str = "train", classes: Optional[Sequence[str]] = None,
                       limit: Optional[int] = None, seed: int = 0,
-                      transform: Optional[Callable] = None, stats: str = "auto") -> ArrayDataset:
+                      transform: Optional[Callable] = None, stats: str = "auto", max_side: int = MAX_SIDE,
+                      max_member_bytes: int = MAX_MEMBER_BYTES) -> ArrayDataset:
     """Images laid out as ``split/<class>/<image>`` in a folder or a zip (splits may sit in one top-level folder),
-    decoded once into memory as RGB (``to_rgb``). ``limit`` picks a stratified seeded subset before decoding. The
-    arrays are cached per (path, its mtime, split, limit, seed, classes, stats) and shared by the returned data sets:
-    do not modify ``ds.images`` in place; ``clear_image_cache()`` frees them.
+    decoded once into memory as RGB, each read as ``open_image`` reads it (sides at most ``max_side``, a zip
+    member's declared size at most ``max_member_bytes``); ``limit``: a stratified seeded subset, picked before
+    decoding. The arrays are cached per (path, mtime, arguments) and shared: do not modify ``ds.images`` in place;
+    ``clear_image_cache()`` frees them. ``classes``: names in label order (an evaluation split's: the training
+    classes, one without images is a warning and in ``ds.empty_classes``); default: the sorted class folders.
+    ``stats`` (checked by ``load_datasets``): "auto": CIFAR-10's published mean/std for a folder with exactly its
+    class names (a JPEG export normalizes like torchvision's copy), else computed; "compute": always computed.
 
-    ``classes``: class names in label order (for an evaluation split, the training classes: one without images is
-    then a warning and in ``ds.empty_classes``); default: the sorted class folders. ``stats``: "auto": CIFAR-10's
-    published mean/std for a folder with exactly its class names (a JPEG export normalizes like torchvision's copy),
-    else computed; "compute": always computed. DatasetNotFoundError: no ``path``; ConfigError: unknown ``stats``;
-    DatasetError: no split folder, class folders or images, a class folder without images (``classes=None``), class
-    folders the training classes lack, or an undecodable or differently sized file (named).
+    DatasetNotFoundError: no ``path``. DatasetError: no split folder, class folders or images, a class folder without
+    images (``classes=None``), class folders the training classes lack, an undecodable, oversized or differently
+    sized file or zip member (named), a zip that is damaged, encrypted or compressed in a way Python cannot read.
     """
-    _check_stats_option(stats)
+    assert stats in ("auto", "compute"), stats
     path = Path(path).expanduser()
     if not path.exists():
         raise DatasetNotFoundError(f"data path {str(path)!r} does not exist; pass a folder or .zip laid out as "
                                    f"<path>/{split}/<class>/<image>")
     path = path.resolve()
-    if path.is_file() and not zipfile.is_zipfile(path):
-        raise DatasetError(f"{path} is a file but not a zip; pass a folder or a .zip laid out as "
-                           f"<path>/{split}/<class>/<image>")
-    key = (str(path), path.stat().st_mtime_ns, split, limit, seed, tuple(classes) if classes is not None else None,
-           stats)
-    if key not in _IMAGE_CACHE:
-        with closing(_Source(path)) as source:
-            files, targets, names = _list_split(source, path, split, classes)
-            if limit is not None:
-                keep = stratified_indices(targets, limit, seed)
-                files, targets = [files[i] for i in keep], targets[keep]
-            images, converted = _decode_images(source, files)
-        if converted:
-            modes = ", ".join(f"{m}: {n}" for m, n in sorted(converted.items()))
-            log.info("converted %d of %d images in %s/%s to RGB (%s)", sum(converted.values()), len(files), path,
-                     split, modes)
-        cifar = stats == "auto" and names == CIFAR10_CLASSES
-        mean, std = (CIFAR10_MEAN, CIFAR10_STD) if cifar else compute_mean_std(images)
-        _IMAGE_CACHE[key] = (images, targets, names, mean, std)
-        while len(_IMAGE_CACHE) > _IMAGE_CACHE_SIZE:
-            _IMAGE_CACHE.popitem(last=False)
-    _IMAGE_CACHE.move_to_end(key)
-    images, targets, names, mean, std = _IMAGE_CACHE[key]
+    images, targets, names, mean, std = _decoded(path, path.stat().st_mtime_ns, split, limit, seed, stats, max_side,
+                                                 max_member_bytes, None if classes is None else tuple(classes))
     return ArrayDataset(images, targets, names, transform=transform, mean=mean, std=std)
+
+
+@lru_cache(maxsize=6)  # a few entries hold train+test of one or two data sets; a CIFAR-sized split is ~150 MB
+def _decoded(path: Path, mtime_ns: int, split: str, limit: Optional[int], seed: int, stats: str, max_side: int,
+             max_member_bytes: int, classes: Optional[Tuple[str, ...]]) -> tuple:
+    """(images, targets, class names, mean, std) of one split, cached per file version (``mtime_ns``) and arguments."""
+    with closing(_Source(path, max_member_bytes)) as source:
+        files, targets, names = _list_split(source, path, split, classes)
+        if limit is not None:
+            keep = stratified_indices(targets, limit, seed)
+            files, targets = [files[i] for i in keep], targets[keep]
+        images, converted = _decode_images(source, files, max_side)
+    if converted:
+        log.info("converted %d of %d images in %s/%s to RGB (%s)", sum(converted.values()), len(files), path, split,
+                 ", ".join(f"{m}: {n}" for m, n in sorted(converted.items())))
+    cifar = stats == "auto" and names == CIFAR10_CLASSES
+    return images, targets, names, *((CIFAR10_MEAN, CIFAR10_STD) if cifar else compute_mean_std(images))
+
+
+clear_image_cache = _decoded.cache_clear  # forget every decoded folder/zip of this process (frees the memory)

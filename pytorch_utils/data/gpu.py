@@ -16,15 +16,13 @@ from pytorch_utils.data.transforms import ResizeOptions, get_augmentation
 
 
 class GPULoader(LoaderContract):
-    """Batches of an ``ArrayDataset`` held on ``device`` (default CUDA if available), shuffled and augmented there.
-
-    Yields normalized ``dtype`` inputs (B, 3, size, size) (``channels_last`` optional) and int64 targets (B,) on
-    ``device``. Epoch ``e``'s order is ``EpochSampler(n, shuffle=train, seed, num_replicas, rank, even=train)``'s;
-    augmentation draws come from a device generator seeded from (seed, e, rank); ``iter()`` never advances the epoch
-    (tqdm.auto calls it twice per pass). ``set_epoch`` and ``set_augmentation``: see ``LoaderContract`` (a new
-    loader: "test" at the data's own size). The fill colour is the data set mean. ``drop_last``: default ``train``
-    (never when not training); ConfigError when it leaves no batch.
-    """
+    """Batches of an ``ArrayDataset`` held on ``device`` (default CUDA if available), shuffled and augmented there:
+    normalized ``dtype`` inputs (B, 3, size, size) (``channels_last`` optional) and int64 targets (B,) on ``device``.
+    Epoch ``e``'s order is ``EpochSampler(n, shuffle=train, seed, num_replicas, rank, even=train)``'s; augmentation
+    draws come from a device generator seeded from (seed, e, rank); ``iter()`` never advances the epoch (tqdm.auto
+    calls it twice per pass). ``set_epoch``, ``set_augmentation``: see ``LoaderContract`` (a new loader: "test" at
+    the data's own size). The fill colour is the data set mean. ``drop_last``: default ``train`` (never when not
+    training); ConfigError when it leaves no batch."""
 
     def __init__(self, dataset, *, batch_size: int, train: bool, device=None, seed: int = 0,
                  drop_last: Optional[bool] = None, channels_last: bool = False, dtype: torch.dtype = torch.float32,

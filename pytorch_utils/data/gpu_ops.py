@@ -1,15 +1,7 @@
 """Batched augmentations for the GPU-resident loader: pure functions of a (N, C, H, W) tensor and a
-``torch.Generator``, reproducing the albumentations presets of ``transforms`` in distribution:
-
-- ``random_crop_with_padding`` = PadIfNeeded(size + 2 * pad, constant fill) > RandomCrop(size);
-- ``random_flip`` = HorizontalFlip(p);
-- ``cutout`` = CoarseDropout with one size x size hole lying fully inside the image;
-- ``random_resized_crop_rotate`` = RandomResizedCrop > Rotate, as two bilinear ``grid_sample`` calls;
-- ``resize`` = Resize(size, size) (area-averaged when shrinking).
-
-Images stay in pixel units (0-255) until the loader normalizes them; fills are the data set mean in pixel units,
-rounded as the CPU presets do. The draws differ from albumentations' own, so GPU and CPU runs see different
-augmentations.
+``torch.Generator``, each reproducing in distribution the albumentations op its docstring names (the presets of
+``transforms``). Images stay in pixel units (0-255) until the loader normalizes them; fills are the data set mean in
+pixel units, rounded as the CPU presets do. The draws differ from albumentations', so GPU and CPU runs differ.
 """
 import math
 from typing import Optional, Sequence, Tuple, Union
@@ -22,10 +14,8 @@ Fill = Union[float, Sequence[float], torch.Tensor]
 
 
 def _fill_tensor(fill: Fill, x: torch.Tensor) -> torch.Tensor:
-    """One fill value or one per channel as a (1, C or 1, 1, 1) tensor of ``x``'s dtype (rounded for integer dtypes).
-
-    A tensor already on ``x.device`` is used in place: building it from numbers would stall the GPU every batch.
-    """
+    """One fill value or one per channel as a (1, C or 1, 1, 1) tensor of ``x``'s dtype (rounded for integer dtypes);
+    a tensor already on ``x.device`` is used in place (building it from numbers would stall the GPU every batch)."""
     f = torch.as_tensor(fill, device=x.device).float()  # float32: MPS has no float64
     return (f if x.dtype.is_floating_point else f.round()).to(x.dtype).view(1, -1, 1, 1)
 
@@ -59,8 +49,8 @@ def random_crop_with_padding(x: torch.Tensor, size: int, pad: int, fill: Fill, g
 
 def random_flip(x: torch.Tensor, p: float = 0.5, generator: Optional[torch.Generator] = None,
                 return_mask: bool = False):
-    """Flip each image of a (N, C, H, W) batch left-right with probability ``p``; with ``return_mask`` also the
-    (N,) bool mask of flipped images."""
+    """Flip each image of a (N, C, H, W) batch left-right with probability ``p`` (HorizontalFlip(p)); with
+    ``return_mask`` also the (N,) bool mask of flipped images."""
     mask = torch.rand(x.shape[0], generator=generator, device=x.device) < p
     out = torch.where(mask[:, None, None, None], x.flip(3), x)
     return (out, mask) if return_mask else out
@@ -98,10 +88,9 @@ def random_resized_crop_rotate(x: torch.Tensor, size: int, fill: Fill, scale: Tu
     calls as RandomResizedCrop > Rotate; unlike albumentations a too-large box is clamped, not redrawn.
     """
     n, _, h, w = x.shape
-    dev = x.device
     if not x.dtype.is_floating_point:
         x = x.float()
-    u = torch.rand(6, n, generator=generator, device=dev, dtype=torch.float32)
+    u = torch.rand(6, n, generator=generator, device=x.device, dtype=torch.float32)
     area = (scale[0] + (scale[1] - scale[0]) * u[0]) * (h * w)
     log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[1]
     bw = torch.sqrt(area * torch.exp(log_r)).round().clamp(1, w)

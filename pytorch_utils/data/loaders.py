@@ -1,9 +1,7 @@
 """DataLoaders whose shuffling and augmentation are pure functions of (seed, epoch), so a resumed run replays them.
-
-Call ``set_loader_epoch(loader, epoch)`` (or ``loader.set_epoch``) before each epoch, as with
-``DistributedSampler``; without it a loader replays the same epoch (the GPU loader follows the same rule).
-albumentations 2.0.8 gives every DataLoader worker a copy of one random state, so the worker init here reseeds the
-data set's transform per (seed, epoch, worker_id).
+Call ``set_loader_epoch(loader, epoch)`` (or ``loader.set_epoch``) before each epoch, as with ``DistributedSampler``
+(without it a loader, the GPU loader too, replays the same epoch). albumentations 2.0.8 gives every DataLoader worker
+a copy of one random state, so the worker init here reseeds the data set's transform per (seed, epoch, worker_id).
 """
 import dataclasses
 import math
@@ -35,16 +33,13 @@ def derive_seed(*values: int) -> int:
 
 class EpochSampler(Sampler):
     """Indices 0..n-1, permuted per (seed, epoch) when ``shuffle``, sharded over ranks; shared with the GPU loader.
-
-    As ``DistributedSampler``: the list is padded by wrapping until it divides by ``num_replicas``, and rank ``r``
-    takes every ``num_replicas``-th index from ``r``. With ``even=False`` (evaluation) nothing is padded: disjoint
-    shards hold every item once (counts may differ by one).
-    """
+    As ``DistributedSampler``, the list is padded by wrapping until it divides by ``num_replicas`` and rank ``r``
+    takes every ``num_replicas``-th index from ``r``; with ``even=False`` (evaluation) nothing is padded: disjoint
+    shards hold every item once (counts may differ by one)."""
 
     def __init__(self, n: int, shuffle: bool = True, seed: int = 0, num_replicas: int = 1, rank: int = 0,
                  even: bool = True):
-        if not 0 <= rank < num_replicas:
-            raise ConfigError(f"rank must be in [0, num_replicas), got rank={rank}, num_replicas={num_replicas}")
+        assert 0 <= rank < num_replicas, f"rank={rank} outside [0, num_replicas={num_replicas})"  # from the launcher
         self.n, self.shuffle, self.seed, self.epoch = int(n), shuffle, int(seed), 0
         self.num_replicas, self.rank, self.even = int(num_replicas), int(rank), bool(even)
         self.num_samples = math.ceil(n / num_replicas) if even else len(range(rank, n, num_replicas))
@@ -86,8 +81,7 @@ class EpochWorkerInit:
     epoch, worker_id); sets ``cv2.setNumThreads(0)`` (OpenCV threads in forked workers oversubscribe and deadlock)."""
 
     def __init__(self, seed: int):
-        self.seed = int(seed)
-        self.epoch = 0
+        self.seed, self.epoch = int(seed), 0
 
     def __call__(self, worker_id: int) -> None:
         import cv2
@@ -153,13 +147,10 @@ class LoaderContract:
 
 
 class EpochDataLoader(LoaderContract, DataLoader):
-    """A DataLoader over an ``EpochSampler`` whose augmentation randomness also follows (seed, epoch).
-
-    Built by ``make_loader``; same contract as the GPU loader (``set_epoch``, ``set_augmentation``: the preset's
-    transform goes on the data set). Each iteration hands the sampler's epoch to the (fresh) workers; with
-    ``num_workers=0`` the main-process transform is reseeded as worker 0 would be, so 0 and 1 workers give the same
-    batches.
-    """
+    """A DataLoader over an ``EpochSampler`` whose augmentation randomness also follows (seed, epoch); built by
+    ``make_loader``, same contract as the GPU loader (``set_augmentation`` puts the preset's transform on the data
+    set). Each iteration hands the sampler's epoch to the (fresh) workers; with ``num_workers=0`` the main-process
+    transform is reseeded as worker 0 would be, so 0 and 1 workers give the same batches."""
 
     def _apply(self, name: str, settings) -> None:
         ds = self.dataset
@@ -177,14 +168,11 @@ class EpochDataLoader(LoaderContract, DataLoader):
 def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: Optional[int] = None,
                 seed: Optional[int] = 0, drop_last: Optional[bool] = None, pin_memory: Optional[bool] = None,
                 num_replicas: int = 1, rank: int = 0) -> EpochDataLoader:
-    """A reproducible ``EpochDataLoader``: shuffled per (seed, epoch) when ``train``, sharded over ranks.
-
-    Same seed, epoch and ``num_workers``: same batches, augmentations included. Call ``set_loader_epoch`` before
-    each epoch. ``seed=None`` draws one (not reproducible); ``num_workers`` defaults to ``default_num_workers()``,
-    ``drop_last`` to ``train``, ``pin_memory`` to CUDA availability. Sharding: see ``EpochSampler`` (padded when
-    training, disjoint unpadded shards otherwise). Raises ConfigError: ``drop_last`` with fewer items per rank than
-    ``batch_size``; torch's ValueError: ``batch_size < 1``, ``num_workers < 0``.
-    """
+    """A reproducible ``EpochDataLoader``, shuffled per (seed, epoch) when ``train`` and sharded over ranks (see
+    ``EpochSampler``: padded when training): same seed, epoch and ``num_workers``, same batches, augmentations
+    included. ``seed=None`` draws one (not reproducible); defaults: ``num_workers`` ``default_num_workers()``,
+    ``drop_last`` ``train``, ``pin_memory`` CUDA availability. ConfigError: ``drop_last`` with fewer items per rank
+    than ``batch_size``; torch's ValueError: ``batch_size < 1``, ``num_workers < 0``."""
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0])
     drop_last = train if drop_last is None else drop_last

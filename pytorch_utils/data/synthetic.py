@@ -18,11 +18,8 @@ def _class_templates(num_classes: int):
     made with different seeds (train vs test) share one labelling."""
     colours, angles, freqs = [], [], []
     for c in range(num_classes):
-        hue = c / num_classes
         # Alternate saturation/value so neighbouring hues of many-class sets still differ in colour.
-        sat = (1.0, 0.55)[c % 2]
-        val = (0.9, 0.65, 0.8)[c % 3]
-        colours.append(colorsys.hsv_to_rgb(hue, sat, val))
+        colours.append(colorsys.hsv_to_rgb(c / num_classes, (1.0, 0.55)[c % 2], (0.9, 0.65, 0.8)[c % 3]))
         # Angles within [0, pi/2): a horizontal flip maps angle a to -a, which no other class uses.
         angles.append((c * 0.61803398875 % 1.0) * np.pi / 2)
         freqs.append((2.0, 3.0, 4.5)[(c // 2) % 3])

@@ -16,7 +16,7 @@ import torch
 
 from pytorch_utils.data import gpu_ops as ops
 from pytorch_utils.data.arrays import as_stats
-from pytorch_utils.data.gpu_ops import pixel_fill
+from pytorch_utils.data.gpu_ops import Stats, pixel_fill
 from pytorch_utils.errors import ConfigError, bounded, check_fields
 from pytorch_utils.registry import Registry
 
@@ -35,8 +35,6 @@ class _Lazy:
 
 
 A, cv2, _albu_torch = _Lazy("albumentations"), _Lazy("cv2"), _Lazy("albumentations.pytorch")
-
-Stats = Sequence[float]
 
 
 def seed_compose(compose: A.BaseCompose, seed: Optional[int]) -> None:
@@ -212,7 +210,8 @@ def get_augmentation(name: str, side: str) -> Callable:
 def augmentation_options(preset: str, options: Dict[str, Any], strict: bool = True) -> ResizeOptions:
     """Preset ``preset``'s options object built from ``options`` (types and declared ranges checked). An option the
     preset does not declare is a ConfigError naming the valid ones when ``strict``, else dropped (the loaders keep
-    options across preset switches, each preset taking its own). UnknownNameError: unknown ``preset``."""
+    options across preset switches, each preset taking its own). UnknownNameError: unknown ``preset`` (listing the
+    presets); ConfigError: a value of the wrong type or out of its declared range."""
     declared = _AUGMENTATIONS.get(preset).options
     valid = [f.name for f in dataclasses.fields(declared)]
     unknown = sorted(set(options) - set(valid))
@@ -222,11 +221,8 @@ def augmentation_options(preset: str, options: Dict[str, Any], strict: bool = Tr
     return declared(**{k: v for k, v in options.items() if k in valid})
 
 
-def check_augmentation(preset: str, kwargs: Dict[str, Any]) -> None:
-    """The recipe door's check of ``augmentation`` and ``augmentation_kwargs`` (``size`` included), before any data
-    loads: UnknownNameError listing the presets, or ConfigError for an option ``preset`` does not take (naming the
-    ones it does) or a value of the wrong type or out of its declared range."""
-    augmentation_options(preset, kwargs)
+# The recipe door's check of ``augmentation`` and ``augmentation_kwargs`` (``size`` included), before any data loads.
+check_augmentation = augmentation_options
 
 
 def get_preset(name: str, mean: Stats, std: Stats, size: int = 32, seed: Optional[int] = None,

@@ -300,7 +300,7 @@ def test_sharding_two_ranks_is_disjoint_and_covers(images):
         assert len(got[0]) == len(got[1]) == 25  # same count per rank
         assert set(got[0]) | set(got[1]) == set(range(n))
         assert len(set(got[0]) & set(got[1])) == 50 - n  # only the wrap-around padding repeats
-    with pytest.raises(ConfigError):
+    with pytest.raises(AssertionError):
         make(images, num_replicas=2, rank=2)
 
 

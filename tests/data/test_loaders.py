@@ -74,7 +74,7 @@ def test_shards_pad_by_wrapping():
 
 
 def test_sampler_rejects_bad_rank():
-    with pytest.raises(ConfigError):
+    with pytest.raises(AssertionError):  # an internal value: the launcher's rank
         EpochSampler(10, num_replicas=2, rank=2)
 
 
