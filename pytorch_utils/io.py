@@ -1,42 +1,59 @@
-"""Atomic file writes: a crash or a Colab disconnect mid-write never leaves a half-written file in place."""
+"""Every file the package writes goes through :func:`atomic_write` (a fresh temporary, then an atomic rename): a Colab
+disconnect mid-write leaves no half-written file, and a symlink planted in a run folder is never written through."""
+import contextlib
 import errno
 import os
 import tempfile
-import threading
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 from pytorch_utils.errors import ConfigError, DiskFullError
 
 PathLike = Union[str, os.PathLike]
+_UMASK = os.umask(0o022)  # read once (setting it is process-wide): new files get 0o666 & ~umask, as open() gives
+os.umask(_UMASK)
+
+
+def _not_writable(folder: Path, exc: OSError) -> ConfigError:
+    return ConfigError(f"output directory {str(folder)!r} is not writable ({exc.strerror or exc}); "
+                       "choose another out_dir")
 
 
 def ensure_writable_dir(path: PathLike) -> Path:
-    """Create ``path`` (and parents) if needed; ConfigError (path and OS reason) when it cannot be written."""
+    """Create ``path`` (and parents) if needed; ConfigError (path and OS reason) when it cannot be written. Called
+    once where a run or report starts: later writes never create folders."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise ConfigError(f"output directory {str(path)!r} is not writable ({exc.strerror or exc}); "
-                          "choose another out_dir") from None
+        raise _not_writable(path, exc) from None
     return path
 
 
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)``, then rename the temporary file over ``path`` (same folder: atomic); return ``path``.
-    Raises DiskFullError when the disk is full, the file at ``path`` untouched."""
+    """Call ``write(tmp_path)`` on a fresh temporary file in ``path``'s folder, then rename it over ``path``; return
+    ``path``. The temporary is created exclusively under an unguessable name (``mkstemp``: no link is followed) and
+    the rename replaces a symlink at ``path`` instead of writing through it. The folder must exist: none is created
+    (an unmounted Drive folder is not re-created on the local disk). Raises ConfigError (folder missing or read-only)
+    or DiskFullError (no space left); on any failure the temporary is removed and the file at ``path`` untouched."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")  # one per writer
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        write(str(tmp))
-        with open(tmp, "rb") as fh:  # flush to disk before the rename makes it visible
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise (disk_full_error(exc, path) or _not_writable(path.parent, exc)) from None
+    try:
+        with contextlib.suppress(OSError):  # some mounted drives refuse chmod; the file is still ours
+            os.fchmod(fd, 0o666 & ~_UMASK)
+        os.close(fd)
+        write(tmp)
+        with open(os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW), "rb") as fh:  # on disk before the rename shows it
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)  # the half-written copy; the file at ``path`` was never touched
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # the half-written copy; the file at ``path`` was never touched
         full = disk_full_error(exc, path)
         if full is None:
             raise

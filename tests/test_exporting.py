@@ -1,5 +1,9 @@
 """export: TorchScript and ONNX files + metadata, checked against the eager model; predict on the exported files."""
+import errno
 import json
+import os
+import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -7,8 +11,11 @@ import torch
 import torch.nn as nn
 
 import pytorch_utils
+import pytorch_utils.exporting as ex
+import pytorch_utils.io as io_module
 from pytorch_utils import export, load_run, predict
-from pytorch_utils.errors import CheckpointError, ConfigError, ExportError
+from pytorch_utils.cli import main
+from pytorch_utils.errors import CheckpointError, ConfigError, DiskFullError, ExportError
 from pytorch_utils.exporting import ATOL, RTOL
 from pytorch_utils.inference import LoadedRun, metadata_path
 from pytorch_utils.recipes import run_recipe
@@ -33,7 +40,7 @@ def test_export_writes_model_and_metadata_and_predict_reads_it(run_dir, tmp_path
     assert meta["classes"] == loaded.classes and meta["input_size"] == [32, 32]
     assert meta["mean"] == pytest.approx(loaded.mean) and meta["recipe"]["model"] == "strixbee_l1"
     images = np.random.default_rng(0).integers(0, 256, (3, 48, 48, 3), dtype=np.uint8)
-    eager, exported = predict(loaded, images, top_k=3), predict(path, images, top_k=3)
+    eager, exported = predict(loaded, images, top_k=3), predict(path, images, top_k=3, trust_code=True)
     for a, b in zip(eager, exported):
         assert a["index"] == b["index"] and a["probs"] == pytest.approx(b["probs"], abs=1e-4)
     assert not list(path.parent.glob(".*tmp*"))  # no temporary left behind
@@ -97,3 +104,62 @@ def test_missing_onnx_extra_is_named(run_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_onnx)
     with pytest.raises(ConfigError, match=r'pip install "pytorch_utils\[onnx\]"'):
         export(run_dir, tmp_path / "m.onnx", format="onnx")
+
+
+@pytest.fixture
+def run_copy(run_dir, tmp_path):
+    """A copy of the run as ``tmp_path/R``, with ``tmp_path/important.txt`` beside it (outside the run folder)."""
+    (tmp_path / "important.txt").write_text("keep me")
+    return shutil.copytree(run_dir, tmp_path / "R")
+
+
+@pytest.mark.parametrize("fmt, name, planted", [
+    ("torchscript", "model.pt", ".model.tmp.pt"), ("onnx", "model.onnx", ".model.tmp.onnx"),  # the old fixed names
+    ("torchscript", "model.pt", "model.pt"), ("torchscript", "model.pt", "model.pt.json")])   # the final names
+def test_a_planted_symlink_never_makes_export_write_outside_the_run(run_copy, fmt, name, planted, capsys):
+    (run_copy / planted).symlink_to("../important.txt")
+    assert main(["export", "--run", str(run_copy), "--format", fmt]) == 0
+    assert (run_copy.parent / "important.txt").read_text() == "keep me"
+    for written in (run_copy / name, run_copy / f"{name}.json"):
+        assert written.is_file() and not written.is_symlink()
+    assert not [p for p in run_copy.glob(".*") if p.name != planted]  # no temporary left
+
+
+def _full_disk(self, data):
+    with open(self, "wb") as fh:
+        fh.write(data[:10])  # a partial file, as a real full disk leaves
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_export_on_a_full_disk_is_one_line_and_leaves_no_temporary(run_copy, monkeypatch, capsys):
+    (run_copy / "model.pt").write_bytes(b"an earlier export")
+    before = sorted(os.listdir(run_copy))
+    # torch.jit.save straight onto a full disk aborts the process (a C++ terminate, exit 134): export saves into
+    # memory first, and this Python write of the bytes is what meets the full disk.
+    monkeypatch.setattr(pathlib.Path, "write_bytes", _full_disk)
+    with pytest.raises(DiskFullError, match=f"^no space left on the disk holding {str(run_copy)!r} while writing "
+                                            "'model.pt'; "):
+        export(run_copy, run_copy / "model.pt")
+    assert main(["export", "--run", str(run_copy)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no space left") and err.count("\n") == 1 and "Traceback" not in err
+    assert sorted(os.listdir(run_copy)) == before and (run_copy / "model.pt").read_bytes() == b"an earlier export"
+
+
+def test_export_into_a_read_only_folder_is_one_config_error(run_copy, monkeypatch):
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(io_module.tempfile, "NamedTemporaryFile", read_only)
+    monkeypatch.setattr(io_module.tempfile, "mkstemp", read_only)
+    with pytest.raises(ConfigError, match=rf"^output directory {str(run_copy)!r} is not writable \(Read-only"):
+        export(run_copy, run_copy / "model.pt")
+    assert not list(run_copy.glob("model.pt*"))
+
+
+def test_onnx_weights_that_need_a_second_data_file_are_refused(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(ex, "ONNX_MAX_BYTES", 1000)  # the 83k-parameter model stands in for one over 1.5 GiB
+    with pytest.raises(ExportError, match="GiB of weights: an ONNX file over 1.5 GiB needs a second data "
+                                          "file, which export does not write; use format='torchscript'"):
+        export(run_dir, tmp_path / "m.onnx", format="onnx")
+    assert not list(tmp_path.iterdir())

@@ -1,12 +1,15 @@
-"""Disk full while writing: one clear DiskFullError, the previous file intact, no temporary left behind."""
+"""atomic_write, the one writer: a fresh temporary in the existing folder, then a rename; a symlink is replaced, never
+written through; disk full is one clear DiskFullError, the previous file intact, no temporary left behind."""
 import errno
+import os
 
 import pytest
 import torch
 
+import pytorch_utils.io as io_module
 import pytorch_utils.train.checkpoints as checkpoints
 from pytorch_utils.cli import main
-from pytorch_utils.errors import DiskFullError, PytorchUtilsError
+from pytorch_utils.errors import ConfigError, DiskFullError, PytorchUtilsError
 from pytorch_utils.io import atomic_write, atomic_write_text
 from pytorch_utils.train.checkpoints import load_checkpoint, save_checkpoint
 
@@ -74,3 +77,59 @@ def test_cli_reports_a_full_disk_in_one_line_with_exit_2(tmp_path, capsys, monke
     monkeypatch.undo()
     assert load_checkpoint(tmp_path / "checkpoints" / "epoch-0001.pt")["epoch"] == 1
     assert not (tmp_path / "checkpoints" / "epoch-0002.pt").exists() and not (tmp_path / ".lock").exists()
+
+
+def test_a_symlink_at_the_final_name_is_replaced_not_written_through(tmp_path):
+    important = tmp_path / "important.txt"
+    important.write_text("keep me")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").symlink_to("../important.txt")
+    atomic_write_text(tmp_path / "run" / "summary.json", "new")
+    assert important.read_text() == "keep me"
+    assert not (tmp_path / "run" / "summary.json").is_symlink()
+    assert (tmp_path / "run" / "summary.json").read_text() == "new"
+
+
+def test_the_temporary_is_fresh_and_the_mode_follows_the_umask(tmp_path):
+    names = []
+    atomic_write(tmp_path / "a.txt", lambda tmp: (names.append(tmp), open(tmp, "w").write("x")))
+    tmp = os.path.basename(names[0])
+    assert tmp.startswith(".a.txt.") and tmp.endswith(".tmp") and tmp != ".a.txt.tmp"  # unguessable, not fixed
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_any_failure_removes_the_temporary_and_keeps_the_old_file(tmp_path):
+    target = atomic_write_text(tmp_path / "h.json", "old")
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, _fills_the_disk_after(5, KeyboardInterrupt()))
+    assert target.read_text() == "old" and sorted(os.listdir(tmp_path)) == ["h.json"]
+
+
+def test_a_missing_folder_is_not_created_but_named(tmp_path):
+    gone = tmp_path / "MyDrive" / "run"  # an unmounted Drive: never re-created on the local disk
+    with pytest.raises(ConfigError) as info:
+        atomic_write_text(gone / "history.json", "[]")
+    assert str(info.value) == (f"output directory {str(gone)!r} is not writable (No such file or directory); "
+                               "choose another out_dir")
+    assert not (tmp_path / "MyDrive").exists()
+
+
+def test_a_read_only_folder_is_one_config_error(tmp_path, monkeypatch):
+    def read_only(**kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(io_module.tempfile, "mkstemp", read_only)
+    with pytest.raises(ConfigError, match=rf"^output directory {str(tmp_path)!r} is not writable \(Read-only"):
+        atomic_write_text(tmp_path / "x.json", "{}")
+
+
+def test_a_saved_plot_replaces_a_symlink_and_is_a_png(tmp_path):
+    from pytorch_utils.viz.images import finish, new_figure
+
+    (tmp_path / "important.txt").write_text("keep me")
+    (tmp_path / "curves.png").symlink_to("important.txt")
+    finish(new_figure((2, 2)), tmp_path / "curves.png")
+    assert (tmp_path / "important.txt").read_text() == "keep me" and not (tmp_path / "curves.png").is_symlink()
+    assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG") and len(os.listdir(tmp_path)) == 2

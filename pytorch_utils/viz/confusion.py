@@ -5,6 +5,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from pytorch_utils.viz.images import PathLike, axes_and_figure, class_name, finish, to_numpy
 
@@ -69,7 +70,6 @@ def plot_confusion_matrix(cm, classes: Optional[Sequence[str]] = None, normalize
     so the colours span the mistakes only (default: beyond 20 classes, where the diagonal makes all else white).
     """
     import seaborn as sns  # local: seaborn's import is slow and only this plot needs it
-    from matplotlib.ticker import MaxNLocator
 
     cm = to_numpy(cm)
     n = cm.shape[0]
@@ -102,8 +102,7 @@ def plot_confusion_matrix(cm, classes: Optional[Sequence[str]] = None, normalize
     ax.set_xticklabels(ax.get_xticklabels(), rotation=45 if n <= 20 else 90, ha="right" if n <= 20 else "center",
                        rotation_mode="anchor" if n <= 20 else "default", fontsize=size)
     ax.set_yticklabels(ax.get_yticklabels(), rotation=0, fontsize=size)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set(xlabel="predicted", ylabel="true")
     total = int(cm.sum())
     acc = 100.0 * np.trace(cm) / total if total else float("nan")
     kind = " (normalized by true class)" if normalize else ""
@@ -148,9 +147,8 @@ def plot_per_class_accuracy(cm, classes: Optional[Sequence[str]] = None, ax=None
         row_points = ax.get_position().height * fig.get_figheight() * 72.0 / n  # also right for a caller's axes
         label_size = float(np.clip(0.55 * row_points, 4.5, 9.0))
         ax.set_yticks(pos, names, fontsize=label_size)
-        ax.set_ylim(n - 0.4, -0.6)  # first (weakest, when sorted) class at the top
-        ax.set_xlim(0, 112)  # room for the value labels right of 100% bars
-        ax.set_xlabel("accuracy (%)")
+        # First (weakest, when sorted) class at the top; room for the value labels right of 100% bars.
+        ax.set(ylim=(n - 0.4, -0.6), xlim=(0, 112), xlabel="accuracy (%)")
         ax.grid(axis="x", alpha=0.3)
         ax.xaxis.set_ticks_position("both")  # an axis at the top too: the bottom one is far away on tall figures
         ax.tick_params(axis="x", labeltop=True)
@@ -158,9 +156,7 @@ def plot_per_class_accuracy(cm, classes: Optional[Sequence[str]] = None, ax=None
         bars = ax.bar(pos, values, color="tab:blue", edgecolor="none", zorder=2)
         label_size = 8
         ax.set_xticks(pos, names, rotation=45, ha="right", rotation_mode="anchor", fontsize=_tick_fontsize(ax, n))
-        ax.set_xlim(-0.6, n - 0.4)
-        ax.set_ylim(0, 108)  # headroom for the value labels above 100% bars
-        ax.set_ylabel("accuracy (%)")
+        ax.set(xlim=(-0.6, n - 0.4), ylim=(0, 108), ylabel="accuracy (%)")  # headroom for labels above 100% bars
         ax.grid(axis="y", alpha=0.3)
     label_box = {"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.85}
     ax.bar_label(bars, labels=labels, fontsize=label_size, padding=2, bbox=label_box, zorder=3)

@@ -5,6 +5,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from pytorch_utils.errors import ConfigError
 from pytorch_utils.train.history import as_records
@@ -61,21 +62,15 @@ def _mark_events(ax, stops, boundaries, label_phases: bool) -> None:
 
 def _epoch_axes(ax, ylabel: str, title: str) -> None:
     """Labels, grid and whole-epoch ticks (a 3-epoch run would otherwise get 1.0, 1.5, 2.0, ...)."""
-    from matplotlib.ticker import MaxNLocator
-
-    ax.set_xlabel("epoch")
+    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
     # min_n_ticks=1: with the default 2, a one-epoch run falls back to 0.945, ...
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
     ax.grid(alpha=0.3)
 
 
 def _format_linear_lr(ax, values: List[float]) -> None:
     """Readable ticks on a linear LR axis: a nearly constant LR (matplotlib would label 0.099975, 0.099980, ...)
     gets a range widened to +-10% of its level, and ticks show at most 4 significant digits."""
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
-
     lo, hi = min(values), max(values)
     level = max(abs(lo), abs(hi))
     if level > 0 and hi - lo < 0.05 * level:

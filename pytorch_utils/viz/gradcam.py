@@ -13,17 +13,9 @@ import torch.nn as nn
 from matplotlib.figure import Figure
 
 from pytorch_utils.errors import ConfigError, UnknownNameError
+from pytorch_utils.io import PathLike
 from pytorch_utils.utils import eval_mode, model_device, unwrap_model
-from pytorch_utils.viz.images import (
-    PathLike,
-    class_name,
-    finish,
-    image_grid,
-    imshow,
-    to_display,
-    to_numpy,
-    true_pred_title,
-)
+from pytorch_utils.viz.images import class_name, finish, image_grid, imshow, to_display, to_numpy, true_pred_title
 
 __all__ = ["gradcam", "plot_gradcam", "resolve_target_layer", "conv_layer_names", "overlay_heatmap", "CAM_METHODS"]
 
@@ -71,9 +63,8 @@ def resolve_target_layer(model: nn.Module, target_layer: Union[str, nn.Module, N
     name, _, point = spec.partition(":")
     if name not in modules or name == "" or point not in ("", "input", "output"):
         hint = ", ".join(repr(c) for c in convs[-5:]) or "none"
-        raise UnknownNameError(f"unknown target layer {spec!r} in {type(base).__name__}; last conv layers: {hint} (any "
-                               "name from model.named_modules() works, optionally as 'name:input' to explain that "
-                               "module's input)")
+        raise UnknownNameError(f"unknown target layer {spec!r} in {type(base).__name__}; last conv layers: {hint} "
+                               "(or any name in model.named_modules(), as 'name:input' to explain that module's input)")
     return spec, modules[name]
 
 
@@ -85,10 +76,10 @@ class _ClassTarget:
         self.category = int(category)
 
     def __call__(self, output: torch.Tensor) -> torch.Tensor:
-        if not 0 <= self.category < output.shape[-1]:
-            raise ConfigError(f"GradCAM target class {self.category} is out of range: the model outputs "
-                              f"{output.shape[-1]} classes, so targets must be in [0, {output.shape[-1] - 1}]")
-        return output[..., self.category]
+        c, n = self.category, output.shape[-1]
+        if not 0 <= c < n:
+            raise ConfigError(f"GradCAM target class {c} is out of range: the model outputs {n} classes, [0, {n - 1}]")
+        return output[..., c]
 
 
 def gradcam(model: nn.Module, inputs, target_layer: Union[str, nn.Module, None] = None, targets=None,

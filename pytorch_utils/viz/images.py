@@ -6,10 +6,9 @@ garbage-collected, needs no GUI backend, and still renders as a notebook cell's 
 """
 import copy
 import math
-import os
 import random
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -17,12 +16,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pytorch_utils.errors import ConfigError
+from pytorch_utils.io import PathLike, atomic_write
 from pytorch_utils.utils import get_rng_state, set_rng_state
 
 __all__ = ["denormalize", "show_batch", "show_augmentations", "SAVE_DPI"]
 
 SAVE_DPI = 120  # enough for 32x32 thumbnails and tick labels, small enough for notebooks and git
-PathLike = Union[str, os.PathLike]
 
 
 def new_figure(figsize: Tuple[float, float]) -> Figure:
@@ -42,10 +41,12 @@ def axes_and_figure(ax, figsize: Tuple[float, float]):
 
 
 def finish(fig: Figure, save: Optional[PathLike]) -> Figure:
-    """Save ``fig`` as PNG when ``save`` is a path (parent directories created) and return it."""
+    """Save ``fig`` as PNG when ``save`` is a path (its folder created: plots are saved by a user's call or
+    before training, never mid-run; through ``io.atomic_write``, so a symlink at ``save`` is replaced) and return it."""
     if save is not None:
         Path(save).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(save, dpi=SAVE_DPI, bbox_inches="tight", facecolor="white")
+        atomic_write(save, lambda tmp: fig.savefig(tmp, format="png", dpi=SAVE_DPI, bbox_inches="tight",
+                                                   facecolor="white"))
     return fig
 
 

@@ -7,16 +7,8 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from pytorch_utils.errors import ConfigError
-from pytorch_utils.viz.images import (
-    PathLike,
-    empty_figure,
-    finish,
-    image_grid,
-    imshow,
-    to_display,
-    to_numpy,
-    true_pred_title,
-)
+from pytorch_utils.io import PathLike
+from pytorch_utils.viz.images import empty_figure, finish, image_grid, imshow, to_display, to_numpy, true_pred_title
 
 __all__ = ["find_misclassified", "plot_misclassified", "select_misclassified"]
 
@@ -63,11 +55,9 @@ def plot_misclassified(images, targets, preds, classes: Optional[Sequence[str]],
     idx = find_misclassified(preds_np, targets_np, probs=probs, k=k, order=order)
     if len(idx) == 0:
         return empty_figure("no misclassified images", save)
-    if isinstance(images, torch.Tensor):  # only the chosen rows are converted, not the whole set
-        images = images[torch.as_tensor(idx, device=images.device)]
-    else:
-        images = np.asarray(images)[idx]
-    imgs = to_display(images, mean, std)
+    # Only the chosen rows are converted, not the whole set.
+    chosen = images[torch.as_tensor(idx, device=images.device)] if torch.is_tensor(images) else np.asarray(images)[idx]
+    imgs = to_display(chosen, mean, std)
     probs_np = to_numpy(probs)[idx] if probs is not None else None
     fig, axes = image_grid(len(idx), ncols, (1.9, 2.05), 0.3)
     for j, (ax, i) in enumerate(zip(axes, idx)):

@@ -7,6 +7,7 @@ import base64
 import dataclasses
 import html
 import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple
@@ -37,7 +38,6 @@ SECTIONS = (
     ("confusion_matrix_normalized", "Confusion matrix (normalized by true class)"),
     ("per_class_accuracy", "Per-class accuracy"),
 )
-GRADCAM_TARGETS = {"pred": "predicted", "true": "true"}
 
 
 def _fmt_pct(value) -> str:
@@ -48,13 +48,14 @@ def _md_cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _index_md(title, rows, pairs, images: Dict[str, Path], notes: List[str], sections: Sequence[tuple],
+def _index_md(title, rows, pairs, images: Dict[str, Path], notes: List[str], target: str,
               table: Sequence[dict]) -> str:
-    """``index.md``: summary rows, images in SECTIONS order, per-class table, most confused pairs, notes."""
+    """``index.md``: summary rows, the ``images`` in SECTIONS order (GradCAM explaining the ``target`` class),
+    per-class table, most confused pairs, notes."""
     md = [f"# {title}", "", "| metric | value |", "|---|---|"] + [f"| {_md_cell(k)} | {_md_cell(v)} |" for k, v in rows]
-    for key, caption in sections:
+    for key, caption in SECTIONS:
         if key in images:
-            md += ["", f"## {caption}", "", f"![{key}]({images[key].name})"]
+            md += ["", f"## {caption.format(target=target)}", "", f"![{key}]({images[key].name})"]
     md += ["", "## Per-class precision, recall and F1", "", confusion.per_class_markdown(table)]
     md += ["## Most confused pairs", ""]
     md += ["| true | predicted | count |", "|---|---|---:|"] + [f"| {_md_cell(t)} | {_md_cell(p)} | {c} |"
@@ -95,12 +96,6 @@ def _style(root: str) -> str:
     return (f"{root}{{font-family:sans-serif;max-width:1100px;margin:auto}}{root} img{{max-width:100%}}"
             f"{root} table{{border-collapse:collapse}}"
             f"{root} th,{root} td{{border:1px solid #ccc;padding:3px 8px;text-align:left}}")
-
-
-def _brief(exc: BaseException, limit: int = 300) -> str:
-    """``"Type: message"`` on one line, cut to ``limit`` characters (torch errors can run to pages)."""
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @dataclass
@@ -163,11 +158,12 @@ def _stats(data: ReportData, num_classes: int, notes: List[str]):
 
 
 def _try(name: str, what: str, draw, save, notes: List[str], errors=(Exception,)) -> None:
-    """Draw one optional plot; a failure becomes the note "<what> skipped: <error>" instead of a failed report."""
+    """Draw one optional plot; a failure becomes the note "<what> skipped: <Type: message>" (on one line, cut to 300
+    characters: torch errors can run to pages) instead of a failed report."""
     try:
         save(name, draw)
     except errors as exc:
-        notes.append(f"{what} skipped: {_brief(exc)}")
+        notes.append(f"{what} skipped: " + textwrap.shorten(f"{type(exc).__name__}: {exc}", 300, placeholder="..."))
 
 
 def _draw(data: ReportData, cfg: ReportSettings, stats, mis, cm, save, notes: List[str]) -> None:
@@ -261,10 +257,9 @@ def report(data: ReportData, out_dir: PathLike, settings: Optional[ReportSetting
     table = confusion.per_class_report(res["targets"], res["preds"], stats[0])
     paths["per_class_md"] = atomic_write_text(out / "per_class.md", confusion.per_class_markdown(table))
     paths["per_class_csv"] = atomic_write_text(out / "per_class.csv", confusion.per_class_csv(table))
-    images = {k: v for k, v in paths.items() if v.suffix == ".png"}
-    sections = [(key, caption.format(target=GRADCAM_TARGETS[cfg.gradcam_target])) for key, caption in SECTIONS]
+    target = "predicted" if cfg.gradcam_target == "pred" else "true"
     md = _index_md(cfg.title, _summary_rows(res, mis, history, stats[0], cm),
-                   confusion.most_confused_pairs(cm, stats[0], k=cfg.top_pairs), images, notes, sections, table)
+                   confusion.most_confused_pairs(cm, stats[0], k=cfg.top_pairs), paths, notes, target, table)
     paths["index_md"] = atomic_write_text(out / "index.md", md)
     paths["index_html"] = atomic_write_text(out / "index.html", "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
                                             f"<title>{html.escape(cfg.title)}</title><style>{_style('body')}</style>"

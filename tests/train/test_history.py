@@ -56,7 +56,7 @@ def test_csv_cells_for_missing_values_and_nested_values():
 def test_read_history_errors(tmp_path):
     with pytest.raises(ConfigError, match="is not a history .*pass a run folder holding history.json or history.csv"):
         read_history(tmp_path)
-    for text in ('{"not": "a list"}', "[1, 2]", "{broken"):
+    for text in ('{"not": "a list"}', "[1, 2]", "{broken", "[" * 100_000 + "]" * 100_000):  # the last: a nesting bomb
         (tmp_path / "history.json").write_text(text)
         with pytest.raises(ConfigError, match="is not a history"):
             read_history(tmp_path / "history.json")

@@ -241,6 +241,7 @@ def test_report_takes_results_and_never_evaluates(tmp_path, tiny_model, norm_ima
 def test_report_history_from_a_run_folder(tmp_path, tiny_model, norm_images):
     from pytorch_utils.train.history import write_history
 
+    (tmp_path / "run").mkdir()  # write_history runs every epoch: it never re-creates a vanished run folder
     write_history(HISTORY, tmp_path / "run")
     paths = report(_data(tiny_model, _loader(norm_images), history=tmp_path / "run"), tmp_path / "r", gradcam=False)
     assert "curves" in paths and "Best test accuracy | 48.00% (epoch 5)" in paths["index_md"].read_text()
