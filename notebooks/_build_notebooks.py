@@ -324,12 +324,14 @@ def after_training_cells() -> list:
 
             `export` writes a TorchScript file (or ONNX with `format="onnx"`, after `pip install
             "pytorch_utils[onnx]"`) plus `model.pt.json` with the classes and normalization, and checks that the
-            exported model gives the eager model's outputs (within 1e-4). `predict` reads the exported file too.
+            exported model gives the eager model's outputs (within 1e-4). `predict` reads the exported file too. A
+            TorchScript file is a program that runs when it is loaded, so `predict` asks for `trust_code=True`: give
+            it only for files you made yourself (a run folder or an ONNX file needs no such trust).
             CLI: `python -m pytorch_utils export --run <out-dir> --format onnx`.
             """),
         code("""
             exported = export(run, OUT_DIR / "model.pt", format="torchscript")
-            predict(exported, photo, top_k=3)
+            predict(exported, photo, top_k=3, trust_code=True)  # our own file: we trust the code in it
             """),
     ]
 

@@ -28,6 +28,7 @@ EPILOG = """examples:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs); flag choices read the package's name lists."""
     from pytorch_utils.data.transforms import list_presets
+    from pytorch_utils.exporting import EXPORT_FORMATS
     from pytorch_utils.recipes.base import LOADER_KINDS, OPTIMIZERS
     from pytorch_utils.train.schedules import SCHEDULES
     from pytorch_utils.train.tta import TTA_MODES
@@ -56,50 +57,35 @@ def build_parser() -> argparse.ArgumentParser:
                       "or --epochs on 256/128 images or the limits, batch 32 or --batch-size, a 20-step LR sweep; "
                       "schedules and phases scaled to fit), data synthetic unless --data")
     how = t.add_argument_group("how (each overrides the recipe field of the same name)")
-    how.add_argument("--epochs", type=int, help="number of epochs (default: the recipe's, e.g. 24 for s10, 20 for "
-                                                "the default recipe)")
-    how.add_argument("--batch-size", type=int, help="batch size per step (per rank under torchrun; default: the "
-                                                    "recipe's)")
+    how.add_argument("--epochs", type=int, help="number of epochs (default: the recipe's, e.g. 24 for s10)")
+    how.add_argument("--batch-size", type=int, help="batch size per step (per rank under torchrun; default: recipe's)")
     how.add_argument("--lr", type=float, help="peak learning rate set by hand: replaces the LR finder and sets the "
                                               "schedule's max_lr (min_lr = lr / 10 for One Cycle)")
     how.add_argument("--optimizer", choices=OPTIMIZERS.names())
     how.add_argument("--augmentation", choices=list_presets(), help="train preset (default: the recipe's)")
     how.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation (default: the recipe's)")
     how.add_argument("--amp", choices=AMP_MODES, help="mixed precision (auto: bf16/fp16 on CUDA, fp32 on the CPU)")
-    how.add_argument("--loader", choices=LOADER_KINDS,
-                     help="gpu = whole data set on the GPU with batched augmentation (auto: on CUDA)")
+    how.add_argument("--loader", choices=LOADER_KINDS, help="gpu: data on the GPU, batched augmentation (auto: CUDA)")
     how.add_argument("--num-workers", type=int, help="DataLoader workers (default: min(cpus, 8))")
     how.add_argument("--seed", type=int)
-    how.add_argument("--accumulate-steps", type=int,
-                     help="one optimizer step per N batches (an effective batch of N x --batch-size)")
-    how.add_argument("--no-lr-finder", action="store_true",
-                     help="skip the recipe's LR finder; the schedule peaks at --lr (or the recipe's lr)")
+    how.add_argument("--accumulate-steps", type=int, help="one step per N batches (effective batch: N x --batch-size)")
+    how.add_argument("--no-lr-finder", action="store_true", help="skip the LR finder; peak at --lr (or recipe's lr)")
     how.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any recipe field, "
-                     f"value as JSON or text (repeatable); scheduler names (also inside phases): "
-                     f"{', '.join(SCHEDULES)}")
+                     f"value as JSON or text (repeatable); schedules (also in phases): {', '.join(SCHEDULES)}")
     run = t.add_argument_group("run")
     run.add_argument("--out-dir", default=None, help="output folder (default runs/<recipe>)")
     run.add_argument("--device", default=None, help="cpu | cuda | cuda:1 | mps (default: best available)")
-    run.add_argument("--strict-device", action="store_true",
-                     help="fail when the requested device is missing instead of falling back to the CPU")
-    run.add_argument("--resume", action="store_true",
-                     help="continue from the newest intact checkpoint in <out-dir>/checkpoints (error if none)")
+    run.add_argument("--strict-device", action="store_true", help="fail when --device is missing (no CPU fallback)")
+    run.add_argument("--resume", action="store_true", help="continue from <out-dir>/checkpoints' newest intact file "
+                     "(error if none)")
     run.add_argument("--no-progress", action="store_true", help="no tqdm bars (epoch lines are still printed)")
     run.add_argument("--quiet", action="store_true", help="print only the final result")
-    run.add_argument("--tensorboard", action="store_true", help="also write TensorBoard scalars to "
+    run.add_argument("--tensorboard", action="store_true", default=None, help="also write TensorBoard scalars to "
                      "<out-dir>/tensorboard (pip install \"pytorch_utils[tensorboard]\")")
 
     m = sub.add_parser("models", help="list registered models with parameter counts")
     m.add_argument("--num-classes", type=int, default=10)
     sub.add_parser("recipes", help="list registered recipes")
-    _add_after_training(sub)
-    return parser
-
-
-def _add_after_training(sub) -> None:
-    """The ``predict`` and ``export`` subcommands (use a finished run)."""
-    from pytorch_utils.exporting import EXPORT_FORMATS
-    from pytorch_utils.train.tta import TTA_MODES
 
     p = sub.add_parser("predict", help="top-k classes for image files or folders, with a trained run", description=(
         "Load a run (best checkpoint, EMA weights when it kept an EMA) or an exported file and print the top-k "
@@ -111,6 +97,8 @@ def _add_after_training(sub) -> None:
     p.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation: softmax averaged over "
                    "mirrored (flip) and shifted (flip_translate) copies, as evaluation does (default none)")
     p.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
+    p.add_argument("--trust-code", action="store_true", help="also load TorchScript (.pt from export), a program that "
+                   "runs when loaded: only a file you trust (run folders and ONNX files need no trust)")
     e = sub.add_parser("export", help="export a trained run to TorchScript or ONNX (plus a metadata .json)",
                        description="Write the run's model (EMA weights when it kept an EMA) and <file>.json with its "
                                    "classes, mean/std and input size, checked against the eager model's outputs.")
@@ -118,6 +106,7 @@ def _add_after_training(sub) -> None:
     e.add_argument("--format", choices=EXPORT_FORMATS, default="torchscript")
     e.add_argument("--out", default=None, help="file to write (default <run>/model.pt or <run>/model.onnx)")
     e.add_argument("--last", action="store_true", help="use the newest checkpoint instead of best.pt")
+    return parser
 
 
 def _cmd_models(args) -> int:
@@ -145,20 +134,17 @@ def _cmd_recipes(args) -> int:
 def _cmd_train(args) -> int:
     from pytorch_utils.recipes import get_recipe, run_recipe, smoke_recipe
     from pytorch_utils.recipes.base import parse_override
+    from pytorch_utils.train.distributed import cleanup_distributed, is_main_process
 
     recipe = get_recipe(args.recipe or "default")
-    overrides = {}
-    if args.model:
-        overrides["model"] = args.model
-        if not args.recipe:
-            overrides["name"] = args.model
+    overrides = {"model": args.model} if args.model else {}
+    if args.model and not args.recipe:  # a model without a recipe names the run
+        overrides["name"] = args.model
     for flag in ("epochs", "batch_size", "optimizer", "augmentation", "amp", "tta", "loader", "num_workers", "seed",
-                 "train_limit", "test_limit", "accumulate_steps"):
+                 "train_limit", "test_limit", "accumulate_steps", "tensorboard"):  # None: the recipe's own value
         value = getattr(args, flag)
         if value is not None:
             overrides[flag] = None if value == "none" else value
-    if args.tensorboard:
-        overrides["tensorboard"] = True
     for item in args.set:
         overrides.update(parse_override(recipe, item))
     smoke = {k: overrides.pop(k) for k in ("epochs", "train_limit", "test_limit", "batch_size") if k in overrides}
@@ -173,8 +159,6 @@ def _cmd_train(args) -> int:
     result = run_recipe(recipe, data=args.data, out_dir=args.out_dir, device=args.device,
                         device_fallback=not args.strict_device, resume="required" if args.resume else False,
                         root=args.root, download=args.download, progress=not (args.no_progress or args.quiet))
-    from pytorch_utils.train.distributed import cleanup_distributed, is_main_process
-
     main_process = is_main_process()
     cleanup_distributed()  # a no-op outside torchrun
     if not main_process:  # under torchrun only rank 0 reports
@@ -193,15 +177,15 @@ def _cmd_predict(args) -> int:
 
     # With --json stdout holds only the JSON: notes (e.g. resizing) go to stderr for this command.
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-        run = load_run(args.run, which="last" if args.last else "best")
+        run = load_run(args.run, which="last" if args.last else "best", trust_code=args.trust_code)
         results = predict(run, args.images, top_k=args.top_k, tta=args.tta)
-    if args.json:
+    if args.json:  # JSON escapes control characters itself
         print(json.dumps(results, indent=2))
         return 0
-    width = max(len(r["input"]) for r in results)
+    width = max(len(printable(r["input"])) for r in results)
     for r in results:
-        top = "  ".join(f"{c} {p * 100:5.1f}%" for c, p in zip(r["classes"], r["probs"]))
-        print(f"{r['input']:<{width}}  {top}")
+        top = "  ".join(f"{printable(c)} {p * 100:5.1f}%" for c, p in zip(r["classes"], r["probs"]))
+        print(f"{printable(r['input']):<{width}}  {top}")
     return 0
 
 
@@ -216,6 +200,15 @@ def _cmd_export(args) -> int:
     return 0
 
 
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}  # C0, DEL and C1 control characters
+
+
+def printable(text: str) -> str:
+    """``text`` (a class name, a path, a message) with control characters escaped (ESC -> ``\\x1b``, newline ->
+    ``\\x0a``): text from files cannot move the cursor, clear the screen or start a line of its own."""
+    return str(text).translate(_CONTROLS)
+
+
 # A Python argument in a library message (``out_dir``, ``amp='bf16'``), not inside quotes or a path ('runs/out_dir').
 _ARGUMENT = re.compile(r"(?<![\w/.'\"-])([a-z][a-z0-9_]*)"  # a name, not inside a path or quotes
                        r"(?:=('[^']*'|\"[^\"]*\"|[^\s,;)]*))?(?![\w/.-])")  # optionally =value
@@ -226,8 +219,7 @@ def cli_message(text: str, parser: argparse.ArgumentParser) -> str:
     ``--train-limit``, ``download=True`` -> ``--download``, ``resume=False`` -> ``without --resume``,
     ``amp='bf16'`` -> ``--amp bf16``, a field with no flag ``num_classes=10`` -> ``--set num_classes=10``,
     ``recipe field 'seed'`` -> ``--seed`` (``--set grad_clip`` without a flag). Plain words without ``_`` or ``=``
-    are left alone ("device").
-    """
+    are left alone ("device")."""
     from pytorch_utils.recipes.base import Recipe
 
     flags = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "version")}
@@ -266,7 +258,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     command = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
 
     def rewrite(record: logging.LogRecord) -> bool:  # the package's log notes name flags too
-        record.msg, record.args = cli_message(record.getMessage(), command), None
+        record.msg, record.args = printable(cli_message(record.getMessage(), command)), None
         return True
 
     package_log = logging.getLogger("pytorch_utils")
@@ -278,7 +270,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except PytorchUtilsError as exc:
-        print(f"error: {cli_message(str(exc), command)}", file=sys.stderr)
+        print(f"error: {printable(cli_message(str(exc), command))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: checkpoints already written are kept; continue with --resume", file=sys.stderr)

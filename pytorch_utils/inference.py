@@ -2,21 +2,24 @@
 from a run folder or from a file written by :func:`pytorch_utils.exporting.export` (TorchScript or ONNX, with its
 metadata JSON); ``predict`` gives top-k classes for images. The writer (``exporting``) imports from here, never back."""
 import contextlib
+import itertools
 import json
 import logging
+import math
+import reprlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from pytorch_utils.data.folders import image_extensions, to_rgb
-from pytorch_utils.errors import CheckpointError, ConfigError, DatasetError
+from pytorch_utils.data.folders import image_extensions, open_image, to_rgb
+from pytorch_utils.errors import CheckpointError, ConfigError, DatasetError, PytorchUtilsError
 from pytorch_utils.io import PathLike
 from pytorch_utils.train.tta import get_tta
 from pytorch_utils.utils import eval_mode, model_device
@@ -26,6 +29,7 @@ __all__ = ["LoadedRun", "load_run", "predict", "load_images", "as_loaded_run"]
 log = logging.getLogger(__name__)
 
 METADATA_KEYS = ("classes", "mean", "std", "input_size")
+INPUT_SIZE_RANGE = (8, 1024)  # pixels per side a file's metadata may ask for (1024: 12 MB per image)
 
 
 @dataclass
@@ -48,20 +52,40 @@ class LoadedRun:
                 "input_size": list(self.input_size), "recipe": self.recipe}
 
 
-def _checked(meta: Dict[str, Any], what: str, redo: str) -> Dict[str, Any]:
-    """The LoadedRun fields from a checkpoint's config or an export's metadata; CheckpointError (``what`` lacks ...:
-    ``redo``) when one is missing."""
-    missing = [k for k in METADATA_KEYS if meta.get(k) is None]
-    if missing:
-        raise CheckpointError(f"{what} lacks {', '.join(missing)} (class names, normalization, size): {redo}")
-    return {"classes": [str(c) for c in meta["classes"]], "mean": tuple(meta["mean"]), "std": tuple(meta["std"]),
-            "input_size": tuple(int(v) for v in meta["input_size"])}
+def _numbers(value: Any, n: int, kind=(int, float)) -> bool:
+    """``value`` is a list of ``n`` finite numbers of ``kind`` (booleans are not numbers here)."""
+    return isinstance(value, (list, tuple)) and len(value) == n and all(
+        isinstance(x, kind) and not isinstance(x, bool) and math.isfinite(x) for x in value)
+
+
+def _checked(meta: Any, what: str, redo: str, head: Optional[int] = None) -> Dict[str, Any]:
+    """The LoadedRun fields from a checkpoint's config or an export's metadata, checked before anything is built from
+    them: class names (strings; as many as the weights' ``head`` outputs when known), mean/std (3 finite numbers,
+    std > 0), input size (2 integers in ``INPUT_SIZE_RANGE``). CheckpointError ("``what`` <problem>; ``redo``")."""
+    classes, mean, std, size = values = [meta.get(k) for k in METADATA_KEYS] if isinstance(meta, dict) else [None] * 4
+    missing, (low, high) = [k for k, v in zip(METADATA_KEYS, values) if v is None], INPUT_SIZE_RANGE
+    problem = (f"lacks {', '.join(missing)} (class names, normalization, size)" if missing
+               else "has classes that are not a list of names" if not isinstance(classes, (list, tuple))
+               or not classes or not all(isinstance(c, str) for c in classes)
+               else f"has {len(classes)} class names for weights with {head} outputs" if head and head != len(classes)
+               else "needs mean and std of 3 finite numbers each, std > 0" if not (
+                   _numbers(mean, 3) and _numbers(std, 3) and min(std) > 0)
+               else f"needs an input_size of 2 integers from {low} to {high}" if not (
+                   _numbers(size, 2, int) and all(low <= v <= high for v in size)) else None)
+    if problem:
+        raise CheckpointError(f"{what} {problem} (got {reprlib.repr(dict(zip(METADATA_KEYS, values)))}); {redo}")
+    return {"classes": list(classes), "mean": tuple(mean), "std": tuple(std), "input_size": tuple(size),
+            "recipe": meta.get("recipe") if isinstance(meta.get("recipe"), dict) else {}}
+
+
+def head_width(weights: Dict[str, Any]) -> Optional[int]:
+    """Outputs of a state dict's classifier (every head is a Linear): its last 2-D tensor's first dimension, or None."""
+    return next((int(t.shape[0]) for t in reversed(list(weights.values())) if getattr(t, "ndim", 0) == 2), None)
 
 
 def metadata_path(path: PathLike) -> Path:
     """The metadata JSON beside an exported model: its file name + ``.json``."""
-    path = Path(path)
-    return path.with_name(path.name + ".json")
+    return Path(f"{path}.json")
 
 
 @contextlib.contextmanager
@@ -86,168 +110,198 @@ def require_onnx(exporting: bool = False):
 
 class OnnxModel:
     """An ONNX file called like a model (float32 (N, 3, H, W) -> logits (N, C), CPU): onnxruntime when installed,
-    else ``onnx.reference.ReferenceEvaluator`` (pure Python, slower, exact ONNX semantics)."""
+    else ``onnx.reference.ReferenceEvaluator`` (pure Python, exact). ``outputs``: logits per image the file declares
+    (0: left open). Weights in other files (ONNX external data, which export never writes) are refused: ValueError."""
 
     def __init__(self, path: PathLike):
         onnx = require_onnx()
+        from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+        proto = onnx.load(str(path), load_external_data=False)
+        if any(uses_external_data(t) for t in _get_all_tensors(proto)):
+            raise ValueError("its weights point to other files (ONNX external data), which export never writes")
+        dims = proto.graph.output[0].type.tensor_type.shape.dim
+        self.outputs = dims[-1].dim_value if dims else 0
         try:
             import onnxruntime
 
-            self._session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self._session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
         except ImportError:
             from onnx.reference import ReferenceEvaluator
 
-            self._session = ReferenceEvaluator(onnx.load(str(path)))
+            self._session = ReferenceEvaluator(proto)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(np.asarray(self._session.run(None, {"input": x.detach().cpu().float().numpy()})[0]))
 
 
-def load_exported_model(path: Path) -> Tuple[Callable, str]:
-    """(model, "onnx" or "torchscript") from a file written by ``export`` (on the CPU); CheckpointError otherwise."""
-    if path.suffix.lower() == ".onnx":
-        return OnnxModel(path), "onnx"
+def _load_exported(path: Path, trust_code: bool) -> LoadedRun:
+    """A file written by ``export``, on the CPU: metadata checked before the model is opened, TorchScript on trust."""
+    meta_file, redo = metadata_path(path), "export the run again (export writes it), or pass the run folder"
+    what = f"the metadata {str(meta_file)!r}" if meta_file.is_file() else \
+        f"{str(path)!r} has no metadata file {meta_file.name!r} beside it, or it"
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+    except (ValueError, RecursionError) as exc:  # not UTF-8 JSON, or nested past Python's limit
+        raise CheckpointError(f"{what} is not readable JSON ({type(exc).__name__}); {redo}") from None
+    _checked(meta, what, redo)  # before the model file is opened
+    kind = "onnx" if path.suffix.lower() == ".onnx" else "torchscript"
+    if kind == "onnx":
+        require_onnx()  # a missing extra is a ConfigError, not a broken file
+    elif not trust_code:
+        raise CheckpointError(f"{str(path)!r} is TorchScript, a program that runs when loaded: pass trust_code=True "
+                              "only for a file you trust; the run folder (weights-only) or an ONNX export are safe")
     try:
         with quiet_jit():
-            return torch.jit.load(str(path), map_location="cpu").eval(), "torchscript"
-    except (RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"{str(path)!r} is not a TorchScript model written by export ({exc}); pass a run "
-                              "folder, or a .pt/.onnx file from export") from None
+            model = OnnxModel(path) if kind == "onnx" else torch.jit.load(str(path), map_location="cpu").eval()
+    except Exception as exc:  # protobuf, onnx, onnxruntime and torch.jit raise many types; the message is what helps
+        raise CheckpointError(f"{str(path)!r} is no {kind} model written by export ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:300]}); export the run again") from None
+    head = (model.outputs or None) if kind == "onnx" else head_width(model.state_dict())
+    return LoadedRun(model=model, **_checked(meta, what, redo, head=head), source=path, weights=kind)
 
 
-def _load_exported(path: Path) -> LoadedRun:
-    meta_file = metadata_path(path)
-    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
-    fields = _checked(meta, f"{str(path)!r} has no metadata file {meta_file.name!r} beside it, or it",
-                      "export the run again (export writes it), or pass the run folder")
-    model, kind = load_exported_model(path)
-    return LoadedRun(model=model, **fields, recipe=meta.get("recipe") or {}, source=path, weights=kind)
-
-
-def load_run(out_dir: PathLike, which: Literal["best", "last"] = "best", device=None) -> LoadedRun:
-    """A :class:`LoadedRun` (EMA weights when the run kept an EMA) from a run folder or an exported file.
-    ``which``: "best" (``best.pt``, else the newest checkpoint) or "last"; ``device``: default CPU. Raises
-    CheckpointError (no run, no intact checkpoint, another model, missing metadata) or ConfigError (ONNX extra)."""
+def _from_checkpoint(ckpt: Dict[str, Any], where: str) -> Tuple[nn.Module, Dict[str, Any]]:
+    """(model with the weights, LoadedRun fields) from a loaded checkpoint. Its config is checked against sane bounds
+    and the weights, and the model it names is built on the meta device (no memory) and compared with the weights'
+    shapes before it is built for real: a file's config never decides a large allocation."""
     from pytorch_utils.models import create_model
-    from pytorch_utils.train.checkpoints import latest_checkpoint, load_checkpoint, restore_model
+    from pytorch_utils.train.checkpoints import check_model_name, restore_model
+
+    ema, redo = ckpt.get("ema"), "train the run again with this version"
+    weights = ema.get("module") if isinstance(ema, dict) else ckpt["model"]
+    weights = weights if isinstance(weights, dict) else {}  # then nothing fits, below
+    fields = _checked(ckpt.get("config"), where, redo, head=head_width(weights))
+    recipe, n = fields["recipe"], len(fields["classes"])
+    name, kwargs = recipe.get("model") or ckpt.get("model_name"), recipe.get("model_kwargs") or {}
+    check_model_name(ckpt, name, where)
+    try:
+        with torch.device("meta"):
+            shapes = {k: t.shape for k, t in create_model(name, num_classes=n, **kwargs).state_dict().items()}
+    except (PytorchUtilsError, TypeError) as exc:  # an unknown name, a kwarg out of its bounds, a wrong type
+        raise CheckpointError(f"{where}: its config's model cannot be built ({str(exc)[:300]}); {redo}") from None
+    if shapes != {k: getattr(t, "shape", None) for k, t in weights.items()}:
+        raise CheckpointError(f"{where}: its config's model {name!r} {reprlib.repr(kwargs)} does not fit its weights")
+    model = create_model(name, num_classes=n, **kwargs)
+    restore_model(model, {"model": weights, "model_name": ckpt.get("model_name")}, source=where)
+    return model, {**fields, "weights": "ema" if isinstance(ema, dict) else "model"}
+
+
+def load_run(out_dir: PathLike, which: Literal["best", "last"] = "best", device=None,
+             trust_code: bool = False) -> LoadedRun:
+    """A :class:`LoadedRun` (EMA weights when the run kept one) from a run folder or an exported file. ``which``:
+    "best" (``best.pt``, else the newest checkpoint) or "last"; ``device``: default CPU; ``trust_code``: also load
+    TorchScript, a program that runs when loaded (only from someone you trust; run folders and ONNX run no code).
+    Raises CheckpointError (no run or intact checkpoint, another model, metadata out of its bounds or not fitting the
+    weights, TorchScript without ``trust_code``) or ConfigError (ONNX extra)."""
+    from pytorch_utils.train.checkpoints import latest_checkpoint, load_checkpoint
 
     assert which in ("best", "last"), which
     path = Path(out_dir)
     if path.is_file():
-        return _load_exported(path)
+        return _load_exported(path, trust_code)
     best = path / "checkpoints" / "best.pt"
     ckpt = {**load_checkpoint(best), "_path": str(best)} if which == "best" and best.is_file() else \
         latest_checkpoint(path / "checkpoints")
     if ckpt is None:
         raise CheckpointError(f"{str(path)!r} holds no training run with an intact checkpoint (not a run folder, or "
-                              "the run stopped before its first epoch ended); pass the --out-dir / out_dir of a run, "
-                              "e.g. runs/<recipe>, or train it (again) or resume it with --resume")
-    config, source = ckpt.get("config") or {}, Path(ckpt["_path"])
-    recipe, ema = config.get("recipe") or {}, ckpt.get("ema")
-    fields = _checked(config, f"the checkpoint {str(source)!r}", "train the run again with this version")
-    model = create_model(recipe.get("model") or ckpt.get("model_name"), num_classes=len(fields["classes"]),
-                         **(recipe.get("model_kwargs") or {}))
-    restore_model(model, {"model": ema["module"], "model_name": ckpt.get("model_name")} if ema else ckpt,
-                  source=str(source))
-    return LoadedRun(model=model.to(device or "cpu").eval(), **fields, recipe=recipe, source=source,
-                     weights="ema" if ema else "model")
+                              "it stopped in its first epoch); pass a run's out_dir (runs/<recipe>), or train it")
+    source = Path(ckpt["_path"])
+    try:
+        model, fields = _from_checkpoint(ckpt, f"the checkpoint {str(source)!r}")
+    except RecursionError:  # weights_only pickles may nest lists deeper than Python compares or prints
+        raise CheckpointError(f"the checkpoint {str(source)!r} holds a config nested too deeply") from None
+    return LoadedRun(model=model.to(device or "cpu").eval(), **fields, source=source)
 
 
-def as_loaded_run(model_or_run) -> LoadedRun:
-    """A :class:`LoadedRun` from a LoadedRun, a path or a ``run_recipe`` result; ConfigError for a bare model."""
+def as_loaded_run(model_or_run, trust_code: bool = False) -> LoadedRun:
+    """A :class:`LoadedRun` from a LoadedRun, a path (``trust_code``: see :func:`load_run`) or a ``run_recipe``
+    result; ConfigError for a bare model."""
     if isinstance(model_or_run, LoadedRun):
         return model_or_run
     if isinstance(model_or_run, (str, Path)):
-        return load_run(model_or_run)
+        return load_run(model_or_run, trust_code=trust_code)
     if hasattr(model_or_run, "eval_model") and hasattr(model_or_run, "classes"):  # a RunResult
-        result = model_or_run
-        return LoadedRun(model=result.eval_model, classes=list(result.classes), mean=tuple(result.mean),
-                         std=tuple(result.std), input_size=tuple(result.input_size), recipe=result.recipe.to_dict(),
-                         source=Path(result.out_dir), weights="model" if result.eval_model is result.model else "ema")
+        r = model_or_run
+        return LoadedRun(model=r.eval_model, classes=list(r.classes), mean=tuple(r.mean), std=tuple(r.std),
+                         input_size=tuple(r.input_size), recipe=r.recipe.to_dict(), source=Path(r.out_dir),
+                         weights="model" if r.eval_model is r.model else "ema")
     raise ConfigError(f"expected a run folder, an exported file, load_run(...) or run_recipe(...)'s result, got "
                       f"{type(model_or_run).__name__}; a bare model carries no class names or normalization")
-
-
-def _open_image(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            return to_rgb(im)  # as the data loader does: 16-bit scaled to 8 bits, not clipped white
-    except (UnidentifiedImageError, OSError, ValueError) as exc:  # a missing file too (FileNotFoundError)
-        raise DatasetError(f"cannot read image {str(path)!r} ({type(exc).__name__}: {exc}); pass .jpg/.png "
-                           "files or a folder of them") from None
 
 
 def _as_rgb(array: np.ndarray, what: str) -> np.ndarray:
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
         raise DatasetError(f"{what}: expected an image path, a folder, a PIL image or a uint8 array (H, W), "
                            f"(H, W, 3) or (H, W, 4), got {array.dtype} {tuple(array.shape)}")
-    if array.ndim == 2 or array.shape[2] == 1:
-        return np.repeat(array.reshape(array.shape[0], array.shape[1], 1), 3, axis=2)
-    return array[..., :3]  # RGBA: drop alpha, as PIL's convert("RGB") does
+    array = array.reshape(*array.shape[:2], -1)  # (H, W) -> (H, W, 1)
+    return np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array[..., :3]  # RGBA: alpha dropped, as by PIL
 
 
-def load_images(inputs) -> Tuple[List[str], List[np.ndarray]]:
-    """Names and uint8 RGB (H, W, 3) arrays for paths, folders (their images, by name), PIL images, uint8 arrays
-    (one image or a batch (N, H, W, C)), or a list of those. Raises DatasetError for anything unreadable."""
-    names: List[str] = []
-    images: List[np.ndarray] = []
+def load_images(inputs) -> Iterator[Tuple[str, np.ndarray]]:
+    """(name, uint8 RGB (H, W, 3) array) for each image of paths, folders (their images, by name), PIL images, uint8
+    arrays (one image or a batch (N, H, W, C)), or a list of those, one at a time: a file is opened only when its
+    turn comes. Raises DatasetError for anything unreadable."""
     for i, item in enumerate(inputs if isinstance(inputs, (list, tuple)) else [inputs]):
         if isinstance(item, (str, Path)):
             path = Path(item)
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in image_extensions()) \
                 if path.is_dir() else [path]
             if not files:
-                raise DatasetError(f"folder {str(path)!r} holds no images (any format Pillow reads)")
-            names += [str(f) for f in files]
-            images += [_open_image(f) for f in files]
+                raise DatasetError(f"folder {str(path)!r} holds no images (.jpg, .png, .webp, .bmp, .gif, .tif)")
+            yield from ((str(f), open_image(f)) for f in files)  # accepted formats only
         elif isinstance(item, Image.Image):
-            names.append(f"image {i}")
-            images.append(to_rgb(item))
+            yield f"image {i}", to_rgb(item)
         else:  # arrays; anything else is refused by _as_rgb
             item = np.asarray(item)
             batch = {f"image {i}.{j}": a for j, a in enumerate(item)} if item.ndim == 4 else {f"image {i}": item}
-            names += list(batch)
-            images += [_as_rgb(a, name) for name, a in batch.items()]
-    return names, images
+            yield from ((name, _as_rgb(a, name)) for name, a in batch.items())
 
 
-def _to_batch(run: LoadedRun, images: Sequence[np.ndarray]) -> torch.Tensor:
-    """uint8 RGB images -> the normalized float32 batch (N, 3, H, W) the run's test transform produced."""
+def _normalized(run: LoadedRun, images: Iterator[Tuple[str, np.ndarray]], resized: List[Tuple[int, int]]):
+    """(name, normalized float32 (3, H, W)) per image, as the run's test transform made them: each resized to the
+    training size as it comes (the full-size array is then released); the sizes changed are appended to ``resized``."""
     from pytorch_utils.data.transforms import test_preset
 
     h, w = run.input_size
-    resized = [im.shape[:2] for im in images if im.shape[:2] != (h, w)]
-    if resized:
-        sizes = ", ".join(sorted({f"{a}x{b}" for a, b in resized}))
-        log.info(f"resized {len(resized)} of {len(images)} image(s) ({sizes}, HxW) to the training size {h}x{w}")
-    # PIL's bilinear filter widens with the scale factor, so a large photo is averaged down, not aliased.
-    images = [im if im.shape[:2] == (h, w) else np.asarray(Image.fromarray(im).resize((w, h), Image.BILINEAR))
-              for im in images]
     transform = test_preset(run.mean, run.std, size=h)  # the same normalization the run was tested with
-    return torch.stack([transform(im) for im in images])
+    for name, im in images:
+        if im.shape[:2] != (h, w):
+            resized.append(im.shape[:2])
+            # PIL's bilinear filter widens with the scale factor, so a large photo is averaged down, not aliased.
+            im = np.asarray(Image.fromarray(im).resize((w, h), Image.BILINEAR))
+        yield name, transform(im)
 
 
-def predict(model_or_run, inputs, top_k: int = 5, tta=None, batch_size: int = 256) -> List[Dict[str, Any]]:
+def predict(model_or_run, inputs, top_k: int = 5, tta=None, batch_size: int = 256,
+            trust_code: bool = False) -> List[Dict[str, Any]]:
     """Top-k classes with probabilities for each image, converted as the run's test transform did (RGB, resized to
     the training size with a log note, normalized); a float tensor (N, 3, H, W) is taken as normalized input.
-    ``model_or_run``: see :func:`as_loaded_run`; ``inputs``: see :func:`load_images`; ``tta``: as ``evaluate``'s
-    (:func:`pytorch_utils.train.tta.get_tta`: None, "flip", "flip_translate": softmax averaged over the views).
-    Returns one dict per image, in order: ``{"input", "classes", "probs", "index"}``, top_k each, most probable
-    first. Raises DatasetError, ConfigError, UnknownNameError or CheckpointError."""
+    ``model_or_run``: see :func:`as_loaded_run` (``trust_code``: :func:`load_run`); ``inputs``: see :func:`load_images`,
+    read one image at a time (at most ``batch_size`` resized images, and 2**22 pixels, in memory at once); ``tta``:
+    as ``evaluate``'s (:func:`~pytorch_utils.train.tta.get_tta`: None, "flip", "flip_translate": softmax averaged over
+    the views). Returns one dict per image, in order: ``{"input", "classes", "probs", "index"}``, top_k each, most
+    probable first. Raises DatasetError, ConfigError, UnknownNameError or CheckpointError."""
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ConfigError(f"top_k must be an integer >= 1, got {top_k!r}")
-    forward, run = get_tta(tta) or (lambda model, x: model(x)), as_loaded_run(model_or_run)
+    forward, run = get_tta(tta) or (lambda model, x: model(x)), as_loaded_run(model_or_run, trust_code)
+    resized: List[Tuple[int, int]] = []
     if isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
-        names, batch = [f"image {i}" for i in range(len(inputs))], inputs.float()
+        items = ((f"image {i}", x) for i, x in enumerate(inputs.float()))
     else:  # uint8 tensors are images, as arrays are
-        names, images = load_images(inputs.numpy() if isinstance(inputs, torch.Tensor) else inputs)
-        batch = _to_batch(run, images)
-    model = run.model
+        items = _normalized(run, load_images(inputs.numpy() if isinstance(inputs, torch.Tensor) else inputs), resized)
+    h, w = run.input_size
+    chunk, model, results = max(1, min(batch_size, 2**22 // (h * w))), run.model, []  # <= 50 MB of input at once
     with eval_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext(), torch.no_grad():
         device = model_device(model) if isinstance(model, nn.Module) else "cpu"
-        # TTA as evaluate applies it: the mean softmax over the views, as log-probabilities.
-        logits = torch.cat([forward(model, batch[i:i + batch_size].to(device)).float().cpu()
-                            for i in range(0, len(batch), batch_size)])
-    values, indices = F.softmax(logits, dim=1).topk(min(top_k, logits.shape[1]), dim=1)
-    return [{"input": n, "classes": [run.classes[j] for j in idx.tolist()], "probs": v.tolist(),
-             "index": idx.tolist()} for n, v, idx in zip(names, values, indices)]
+        while batch := list(itertools.islice(items, chunk)):
+            names, x = zip(*batch)
+            # TTA as evaluate applies it: the mean softmax over the views, as log-probabilities.
+            logits = forward(model, torch.stack(x).to(device)).float().cpu()
+            values, indices = F.softmax(logits, dim=1).topk(min(top_k, logits.shape[1]), dim=1)
+            results += [{"input": n, "classes": [run.classes[j] for j in idx.tolist()], "probs": v.tolist(),
+                         "index": idx.tolist()} for n, v, idx in zip(names, values, indices)]
+    if resized:
+        sizes = ", ".join(sorted({f"{a}x{b}" for a, b in resized})[:8])
+        log.info(f"resized {len(resized)} of {len(results)} image(s) ({sizes}, HxW) to the training size {h}x{w}")
+    return results

@@ -78,8 +78,7 @@ def preserved(model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = Non
               rng: bool = True, train: Optional[bool] = None):
     """Run a block, then put back exactly (also after an error) every submodule's train/eval flag, the weights and
     buffers (``weights``: costs one copy), the ``optimizer``'s state and the RNG states (``rng``). ``train``
-    switches the model to train/eval mode for the block. Yields ``model``.
-    """
+    switches the model to train/eval mode for the block. Yields ``model``."""
     # Per-module flags: ``model.train(was)`` alone would unfreeze a BatchNorm a caller had left in eval mode.
     modes = [(m, m.training) for m in model.modules()]
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()} if weights else None
@@ -107,8 +106,7 @@ def eval_mode(model: nn.Module):
 
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter (CPU for a parameter-free module)."""
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 # The amp modes, listed once: the CLI's --amp choices and Recipe.validate read AMP_MODES (None means "none").
@@ -122,9 +120,8 @@ def amp_dtype_for(amp: Optional[AmpMode], device: torch.device) -> Optional[torc
     if amp == "auto" and device.type == "cuda":
         # Emulated bf16 (a T4, compute capability 7.5) has no cuDNN conv kernels: such GPUs get fp16 + GradScaler.
         return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-    if amp == "fp16" and device.type == "cpu":
-        raise ConfigError("amp='fp16' needs a GPU; use amp='bf16' or amp=None on the CPU")
     dtypes = {None: None, "none": None, "auto": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if amp not in dtypes:
-        raise ConfigError(f"unknown amp option {amp!r}; valid: None, {', '.join(map(repr, AMP_MODES))}")
+    if amp not in dtypes or (amp == "fp16" and device.type == "cpu"):
+        raise ConfigError(f"unknown amp option {amp!r} on {device.type}; valid: None, "
+                          f"{', '.join(map(repr, AMP_MODES))} ('fp16' needs a GPU: use 'bf16' or None on the CPU)")
     return dtypes[amp]

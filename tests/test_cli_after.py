@@ -44,7 +44,7 @@ def test_predict_errors_are_one_line(run_dir, tmp_path, capsys):
     assert "holds no training run" in capsys.readouterr().err
     (tmp_path / "x.jpg").write_text("no")
     assert main(["predict", "--run", str(run_dir), str(tmp_path / "x.jpg")]) == 2
-    assert "cannot read image" in capsys.readouterr().err
+    assert "cannot decode image" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("fmt, name", [("torchscript", "model.pt"), ("onnx", "model.onnx")])
@@ -53,8 +53,37 @@ def test_export_then_predict_on_the_file(run_dir, tmp_path, capsys, fmt, name):
     assert (run_dir / name).is_file() and (run_dir / f"{name}.json").is_file()
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "z.png")
     capsys.readouterr()
-    assert main(["predict", "--run", str(run_dir / name), str(tmp_path / "z.png"), "--json"]) == 0
+    trust = ["--trust-code"] if fmt == "torchscript" else []  # ONNX runs no code from the file: no opt-in
+    if trust:
+        assert main(["predict", "--run", str(run_dir / name), str(tmp_path / "z.png")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and "a program that runs when loaded" in err
+        assert "pass --trust-code only for a file you trust" in err and "run folder (weights-only) or an ONNX" in err
+    assert main(["predict", "--run", str(run_dir / name), str(tmp_path / "z.png"), "--json", *trust]) == 0
     assert json.loads(capsys.readouterr().out)[0]["input"].endswith("z.png")
+    meta = json.loads((run_dir / f"{name}.json").read_text())
+    (run_dir / f"{name}.json").write_text(json.dumps({**meta, "classes": ["a", "b"], "input_size": [32, 32]}))
+    assert main(["predict", "--run", str(run_dir / name), str(tmp_path / "z.png"), *trust]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "2 class names for weights with 10 outputs" in err
+
+
+def test_text_from_files_is_printed_with_control_characters_escaped(run_dir, tmp_path, capsys):
+    import torch
+
+    ckpt = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    ckpt["config"]["classes"] = ["\x1b[2Jcat\nfinal test accuracy: 99.99%"] * 10
+    (tmp_path / "evil" / "checkpoints").mkdir(parents=True)
+    torch.save(ckpt, tmp_path / "evil" / "checkpoints" / "best.pt")
+    (tmp_path / "in\x1b[2J\nx").mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "in\x1b[2J\nx" / "a\nb.png")
+    capsys.readouterr()
+    assert main(["predict", "--run", str(tmp_path / "evil"), str(tmp_path / "in\x1b[2J\nx"), "--top-k", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "\x1b" not in out and "\\x1b[2Jcat\\x0afinal test accuracy" in out
+    assert main(["predict", "--run", str(tmp_path / "evil\x1b[2J"), str(tmp_path)]) == 2  # paths in errors too
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and "evil\\x1b[2J" in err
 
 
 def test_tensorboard_flag(tmp_path):

@@ -1,6 +1,9 @@
 """load_run / predict on a tiny trained run: metadata saved, EMA weights, image kinds, resizing, clear errors."""
+import functools
 import json
 import logging
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,10 +97,13 @@ def test_clear_errors(run, tmp_path):
             load_run(folder)
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
-    with pytest.raises(DatasetError, match="cannot read image .*broken.jpg"):
+    with pytest.raises(DatasetError, match="cannot decode image .*broken.jpg"):
         predict(out, bad)
+    (tmp_path / "x.jpg").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    with pytest.raises(DatasetError, match="cannot decode image .*x.jpg .*accepted formats: JPEG, PNG"):
+        predict(out, tmp_path / "x.jpg")  # PostScript is refused by name: no Ghostscript is started
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DatasetError, match="cannot read image .*missing.png"):
+    with pytest.raises(DatasetError, match="cannot decode image .*missing.png"):
         predict(out, [tmp_path / "missing.png"])
     with pytest.raises(DatasetError, match="holds no images"):
         predict(out, tmp_path / "empty")
@@ -153,6 +159,115 @@ def test_predict_tta_equals_evaluates_tta(run):
 def test_16_bit_images_and_run_results_are_read_as_the_run_did(run, tmp_path):
     out, result = run
     Image.fromarray(np.full((32, 32), 30000, dtype=np.uint16)).save(tmp_path / "deep.png")
-    _, (image,) = load_images(tmp_path / "deep.png")
+    ((_, image),) = load_images(tmp_path / "deep.png")
     assert image.shape == (32, 32, 3) and abs(int(image[0, 0, 0]) - 117) <= 1  # 30000 / 257, not clipped to 255
     assert as_loaded_run(result).input_size == load_run(out).input_size == (32, 32)
+
+
+# ---- files from strangers (issue 20): code runs only on opt-in, metadata is checked before anything is built ----
+
+@pytest.fixture(scope="module")
+def script_file(run, tmp_path_factory):
+    from pytorch_utils import export
+
+    return export(run[0], tmp_path_factory.mktemp("export") / "model.pt", format="torchscript")
+
+
+def test_torchscript_loads_only_with_trust_code(run, script_file, monkeypatch):
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    trusted = predict(script_file, images, top_k=2, trust_code=True)
+    assert load_run(script_file, trust_code=True).weights == "torchscript"
+    loads = []
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: loads.append(a))
+    for attempt in (lambda: load_run(script_file), lambda: predict(script_file, images)):
+        with pytest.raises(CheckpointError, match="is TorchScript, a program that runs when loaded: pass "
+                                                  "trust_code=True .*run folder.*ONNX") as info:
+            attempt()
+        assert "\n" not in str(info.value)
+    assert loads == []  # refused before the file is opened as a program
+    assert [p["index"] for p in predict(run[0], images, top_k=2)] == [p["index"] for p in trusted]
+
+
+def _bad_checkpoint(run, tmp_path, change):
+    ckpt = torch.load(run[0] / "checkpoints" / "best.pt", weights_only=True)
+    change(ckpt)
+    (tmp_path / "bad" / "checkpoints").mkdir(parents=True, exist_ok=True)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20000)  # torch.save recurses; torch.load(weights_only=True) reads any depth
+    try:
+        torch.save(ckpt, tmp_path / "bad" / "checkpoints" / "best.pt")
+    finally:
+        sys.setrecursionlimit(limit)
+    return tmp_path / "bad"
+
+
+def _wide(**kwargs):
+    """An attacker's change: the checkpoint (name and config) claims a Wide ResNet with ``kwargs``."""
+    return lambda c: (c.update(model_name="wide_resnet"), c["config"]["recipe"].update(model="wide_resnet",
+                                                                                      model_kwargs=kwargs))
+
+
+@pytest.mark.parametrize("change, message", [
+    (_wide(depth=1000, widen_factor=100), "'depth' must be >= 10 and <= 40, got 1000"),
+    (_wide(depth=40, widen_factor=20), "'wide_resnet'.*does not fit its weights"),
+    (lambda c: c["config"]["recipe"].update(model_kwargs=[[[1]]]), "model cannot be built"),
+    (lambda c: c["config"].update(input_size=[60000, 60000]), "input_size of 2 integers from 8 to 1024"),
+    (lambda c: c["config"].update(classes=["cat", "dog"]), "2 class names for weights with 10 outputs"),
+    (lambda c: c["config"].update(classes=list(range(10))), "classes that are not a list of names"),
+    (lambda c: c["config"].update(mean=[0.5, float("nan"), 0.5]), "mean and std of 3 finite numbers"),
+    (lambda c: c["config"].update(std=[0.5, 0.0, 0.5]), "std > 0"),
+    (lambda c: c.update(config=[1, 2]), "lacks classes"),
+    (lambda c: c["config"]["recipe"].update(model=functools.reduce(lambda a, _: [a], range(5000), [])),
+     "nested too deeply"),
+])
+def test_a_checkpoint_config_is_checked_before_any_model_is_built(run, tmp_path, monkeypatch, change, message):
+    import pytorch_utils.models as models
+
+    built, real = [], models.create_model
+    monkeypatch.setattr(models, "create_model", lambda *a, **k: built.append(torch.empty(0).device.type) or
+                        real(*a, **k))
+    with pytest.raises(CheckpointError, match=f"checkpoint .*best.pt.*{message}") as info:
+        load_run(_bad_checkpoint(run, tmp_path, change))
+    assert "\n" not in str(info.value) and set(built) <= {"meta"}  # nothing built at full size
+
+
+@pytest.mark.parametrize("meta, message", [
+    ('[' * 100000 + ']' * 100000, "not readable JSON"),
+    ("[1, 2]", "lacks classes"),
+    ({"classes": functools.reduce(lambda a, _: [a], range(500), ["x"])}, "classes that are not a list of names"),
+    ({"input_size": [0, 0]}, "input_size of 2 integers from 8 to 1024"),
+    ({"input_size": [60000, 60000]}, "input_size of 2 integers from 8 to 1024"),
+    ({"input_size": "32"}, "input_size of 2 integers"),
+    ({"mean": [0.5, 0.5]}, "mean and std of 3 finite numbers"),
+    ({"classes": ["cat", "dog"]}, "2 class names for weights with 10 outputs"),
+])
+def test_malformed_export_metadata_is_one_line(script_file, tmp_path, meta, message):
+    import shutil
+
+    path = Path(shutil.copy(script_file, tmp_path / "m.pt"))
+    good = json.loads(Path(f"{script_file}.json").read_text())
+    Path(f"{path}.json").write_text(meta if isinstance(meta, str) else json.dumps({**good, **meta}))
+    with pytest.raises(CheckpointError, match=f"metadata .*m.pt.json.*{message}") as info:
+        load_run(path, trust_code=True)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 1000
+
+
+def test_predict_reads_a_folder_one_image_at_a_time(run, tmp_path, monkeypatch):
+    import weakref
+
+    import pytorch_utils.inference as inference
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    alive, real = [], inference.open_image
+
+    def spy(path):
+        image = real(path)
+        assert sum(ref() is not None for ref in alive) == 0  # every earlier full-size image already released
+        alive.append(weakref.ref(image))
+        return image
+
+    monkeypatch.setattr(inference, "open_image", spy)
+    preds = predict(run[0], tmp_path, top_k=1, batch_size=4)
+    assert len(alive) == len(preds) == 6 and [p["input"] for p in preds] == sorted(p["input"] for p in preds)
