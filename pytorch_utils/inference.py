@@ -53,9 +53,9 @@ class LoadedRun:
 
 
 def _numbers(value: Any, n: int, kind=(int, float)) -> bool:
-    """``value`` is a list of ``n`` finite numbers of ``kind`` (booleans are not numbers here)."""
-    return isinstance(value, (list, tuple)) and len(value) == n and all(
-        isinstance(x, kind) and not isinstance(x, bool) and math.isfinite(x) for x in value)
+    """``value`` is a list of ``n`` finite numbers of ``kind`` (booleans are not; integers within +-2**53)."""
+    return isinstance(value, (list, tuple)) and len(value) == n and all(isinstance(x, kind) and not isinstance(
+        x, bool) and (abs(x) < 2**53 if isinstance(x, int) else math.isfinite(x)) for x in value)
 
 
 def _checked(meta: Any, what: str, redo: str, head: Optional[int] = None) -> Dict[str, Any]:
@@ -162,9 +162,8 @@ def _load_exported(path: Path, trust_code: bool) -> LoadedRun:
 
 
 def _from_checkpoint(ckpt: Dict[str, Any], where: str) -> Tuple[nn.Module, Dict[str, Any]]:
-    """(model with the weights, LoadedRun fields) from a loaded checkpoint. Its config is checked against sane bounds
-    and the weights, and the model it names is built on the meta device (no memory) and compared with the weights'
-    shapes before it is built for real: a file's config never decides a large allocation."""
+    """(model with the weights, LoadedRun fields) from a loaded checkpoint. Its config is checked against bounds and
+    the weights, its model built on the meta device and compared with the weights first: no large allocation."""
     from pytorch_utils.models import create_model
     from pytorch_utils.train.checkpoints import check_model_name, restore_model
 
@@ -189,11 +188,10 @@ def _from_checkpoint(ckpt: Dict[str, Any], where: str) -> Tuple[nn.Module, Dict[
 
 def load_run(out_dir: PathLike, which: Literal["best", "last"] = "best", device=None,
              trust_code: bool = False) -> LoadedRun:
-    """A :class:`LoadedRun` (EMA weights when the run kept one) from a run folder or an exported file. ``which``:
-    "best" (``best.pt``, else the newest checkpoint) or "last"; ``device``: default CPU; ``trust_code``: also load
-    TorchScript, a program that runs when loaded (only from someone you trust; run folders and ONNX run no code).
-    Raises CheckpointError (no run or intact checkpoint, another model, metadata out of its bounds or not fitting the
-    weights, TorchScript without ``trust_code``) or ConfigError (ONNX extra)."""
+    """A :class:`LoadedRun` (EMA weights if kept) from a run folder or an exported file. ``which``: "best" (``best.pt``,
+    else the newest checkpoint) or "last"; ``device``: default CPU; ``trust_code``: also load TorchScript, a program
+    that runs when loaded (only from someone you trust). Raises CheckpointError (no intact checkpoint, another model,
+    metadata out of bounds or not fitting the weights, untrusted TorchScript) or ConfigError (ONNX extra)."""
     from pytorch_utils.train.checkpoints import latest_checkpoint, load_checkpoint
 
     assert which in ("best", "last"), which
@@ -221,8 +219,7 @@ def as_loaded_run(model_or_run, trust_code: bool = False) -> LoadedRun:
         return model_or_run
     if isinstance(model_or_run, (str, Path)):
         return load_run(model_or_run, trust_code=trust_code)
-    if hasattr(model_or_run, "eval_model") and hasattr(model_or_run, "classes"):  # a RunResult
-        r = model_or_run
+    if hasattr(r := model_or_run, "eval_model") and hasattr(r, "classes"):  # a RunResult
         return LoadedRun(model=r.eval_model, classes=list(r.classes), mean=tuple(r.mean), std=tuple(r.std),
                          input_size=tuple(r.input_size), recipe=r.recipe.to_dict(), source=Path(r.out_dir),
                          weights="model" if r.eval_model is r.model else "ema")
@@ -239,16 +236,17 @@ def _as_rgb(array: np.ndarray, what: str) -> np.ndarray:
 
 
 def load_images(inputs) -> Iterator[Tuple[str, np.ndarray]]:
-    """(name, uint8 RGB (H, W, 3) array) for each image of paths, folders (their images, by name), PIL images, uint8
-    arrays (one image or a batch (N, H, W, C)), or a list of those, one at a time: a file is opened only when its
-    turn comes. Raises DatasetError for anything unreadable."""
+    """(name, uint8 RGB (H, W, 3) array) for each image of paths, folders (their regular image files, by name: a FIFO
+    or device would block), PIL images, uint8 arrays (one image or a batch (N, H, W, C)), or a list of those, one at a
+    time: a file is opened only when its turn comes. Raises DatasetError for anything unreadable."""
     for i, item in enumerate(inputs if isinstance(inputs, (list, tuple)) else [inputs]):
         if isinstance(item, (str, Path)):
             path = Path(item)
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in image_extensions()) \
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in image_extensions() and p.is_file()) \
                 if path.is_dir() else [path]
-            if not files:
-                raise DatasetError(f"folder {str(path)!r} holds no images (.jpg, .png, .webp, .bmp, .gif, .tif)")
+            if not files or path.exists() and not (path.is_dir() or path.is_file()):  # is_file: S_ISREG
+                raise DatasetError(f"folder {str(path)!r} holds no images (.jpg, .png, .webp, .bmp, .gif, .tif)" if
+                                   not files else f"{str(path)!r} is no regular file (a FIFO or device): pass images")
             yield from ((str(f), open_image(f)) for f in files)  # accepted formats only
         elif isinstance(item, Image.Image):
             yield f"image {i}", to_rgb(item)
@@ -277,11 +275,10 @@ def predict(model_or_run, inputs, top_k: int = 5, tta=None, batch_size: int = 25
             trust_code: bool = False) -> List[Dict[str, Any]]:
     """Top-k classes with probabilities for each image, converted as the run's test transform did (RGB, resized to
     the training size with a log note, normalized); a float tensor (N, 3, H, W) is taken as normalized input.
-    ``model_or_run``: see :func:`as_loaded_run` (``trust_code``: :func:`load_run`); ``inputs``: see :func:`load_images`,
-    read one image at a time (at most ``batch_size`` resized images, and 2**22 pixels, in memory at once); ``tta``:
-    as ``evaluate``'s (:func:`~pytorch_utils.train.tta.get_tta`: None, "flip", "flip_translate": softmax averaged over
-    the views). Returns one dict per image, in order: ``{"input", "classes", "probs", "index"}``, top_k each, most
-    probable first. Raises DatasetError, ConfigError, UnknownNameError or CheckpointError."""
+    ``model_or_run``: :func:`as_loaded_run`; ``inputs``: :func:`load_images`, read one at a time (at most ``batch_size``
+    resized images and 2**22 pixels in memory); ``tta``: as ``evaluate``'s (None, "flip", "flip_translate": softmax
+    averaged over the views). Returns one dict per image, in order: ``{"input", "classes", "probs", "index"}``, top_k
+    each, most probable first. Raises DatasetError, ConfigError, UnknownNameError or CheckpointError."""
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ConfigError(f"top_k must be an integer >= 1, got {top_k!r}")
     forward, run = get_tta(tta) or (lambda model, x: model(x)), as_loaded_run(model_or_run, trust_code)
@@ -298,6 +295,9 @@ def predict(model_or_run, inputs, top_k: int = 5, tta=None, batch_size: int = 25
             names, x = zip(*batch)
             # TTA as evaluate applies it: the mean softmax over the views, as log-probabilities.
             logits = forward(model, torch.stack(x).to(device)).float().cpu()
+            if logits.ndim != 2 or logits.shape[1] != len(run.classes):  # an ONNX file may leave its width open
+                raise CheckpointError(f"{str(run.source)!r} gives logits of shape {tuple(logits.shape)} for "
+                                      f"{len(run.classes)} class names; export the run again")
             values, indices = F.softmax(logits, dim=1).topk(min(top_k, logits.shape[1]), dim=1)
             results += [{"input": n, "classes": [run.classes[j] for j in idx.tolist()], "probs": v.tolist(),
                          "index": idx.tolist()} for n, v, idx in zip(names, values, indices)]

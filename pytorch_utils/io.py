@@ -33,11 +33,10 @@ def ensure_writable_dir(path: PathLike) -> Path:
 
 
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a fresh temporary file in ``path``'s folder, then rename it over ``path``; return
-    ``path``. The temporary is created exclusively under an unguessable name (``mkstemp``: no link is followed) and
-    the rename replaces a symlink at ``path`` instead of writing through it. The folder must exist: none is created
-    (an unmounted Drive folder is not re-created on the local disk). Raises ConfigError (folder missing or read-only)
-    or DiskFullError (no space left); on any failure the temporary is removed and the file at ``path`` untouched."""
+    """Call ``write(tmp_path)`` on a fresh temporary in ``path``'s folder (``mkstemp``: exclusive, unguessable name,
+    no link followed), then rename it over ``path`` (a symlink there is replaced, never written through); return
+    ``path``. The folder must exist: none is created (an unmounted Drive is not re-created locally). Raises ConfigError
+    (folder missing or read-only, a folder at ``path``) or DiskFullError; on failure the temporary is removed."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -54,10 +53,11 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)  # the half-written copy; the file at ``path`` was never touched
-        full = disk_full_error(exc, path)
-        if full is None:
+        error = disk_full_error(exc, path) or isinstance(exc, IsADirectoryError) and ConfigError(
+            f"{str(path)!r} is a folder, where a file must be written: remove or rename that folder")
+        if not error:
             raise
-        raise full from None
+        raise error from None
     return path
 
 

@@ -1,11 +1,12 @@
-"""A lock on a run's output folder, so two runs never write into one folder at once: ``<out_dir>/.lock``, created
-exclusively, holding JSON ``{"pid", "host", "started"}``. A lock whose process is gone is stale (this host: no such
-pid; another host sharing the folder, e.g. Drive: its holder stopped touching it) and is replaced, with a log line."""
+"""A lock on a run's output folder so two runs never write into it at once: ``<out_dir>/.lock``, created exclusively,
+JSON ``{"pid", "host", "started"}``. One whose process is gone (this host: no such pid; another host sharing the folder,
+e.g. Drive: not touched lately) is stale and replaced, with a log line."""
 import contextlib
 import json
 import logging
 import os
 import socket
+import stat
 import threading
 import time
 from pathlib import Path
@@ -19,9 +20,10 @@ HEARTBEAT_S = 30.0  # the holder touches its lock this often; one from another h
 
 
 def _holder(path: Path) -> dict:
-    """The run recorded in the lock ``path``; {} when gone or unreadable (a kill mid-write)."""
+    """The run in ``path`` (first 4 KiB, no link followed); {} if gone, garbled (killed mid-write) or not a file."""
     with contextlib.suppress(OSError, ValueError):
-        info = json.loads(path.read_text())
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as fh:
+            info = json.loads(fh.read(4096)) if stat.S_ISREG(os.fstat(fh.fileno()).st_mode) else {}
         return info if isinstance(info, dict) else {}
     return {}
 
@@ -29,16 +31,14 @@ def _holder(path: Path) -> dict:
 def _alive(path: Path, info: dict) -> bool:
     pid = info.get("pid")
     if not isinstance(pid, int) or info.get("host") != socket.gethostname():
-        # Half-written (a run is writing it this instant, or was killed doing so) or another machine's (a folder on
-        # Drive): alive while recently touched.
+        # half-written (being written now, or killed doing so) or another machine's (Drive): alive while touched lately
         with contextlib.suppress(OSError):
-            return time.time() - path.stat().st_mtime < (4 * HEARTBEAT_S if isinstance(pid, int) else 10)
+            return time.time() - path.lstat().st_mtime < (4 * HEARTBEAT_S if isinstance(pid, int) else 10)
         return False
     try:
-        os.kill(pid, 0)  # signal 0 only asks whether the process exists
+        return os.kill(pid, 0) is None  # signal 0 only asks whether the process exists
     except OSError as exc:
         return isinstance(exc, PermissionError)  # it exists, owned by another user
-    return True
 
 
 def _replace_stale(path: Path) -> None:

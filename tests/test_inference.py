@@ -271,3 +271,41 @@ def test_predict_reads_a_folder_one_image_at_a_time(run, tmp_path, monkeypatch):
     monkeypatch.setattr(inference, "open_image", spy)
     preds = predict(run[0], tmp_path, top_k=1, batch_size=4)
     assert len(alive) == len(preds) == 6 and [p["input"] for p in preds] == sorted(p["input"] for p in preds)
+
+
+@pytest.mark.parametrize("size", [[10**400, 32], [32, -10**400]])
+def test_huge_integers_in_metadata_are_refused_in_one_line(run, script_file, tmp_path, size):
+    import shutil
+
+    path = Path(shutil.copy(script_file, tmp_path / "m.pt"))
+    Path(f"{path}.json").write_text(json.dumps({**json.loads(Path(f"{script_file}.json").read_text()),
+                                                "input_size": size, "mean": [10**400, 0.5, 0.5]}))
+    with pytest.raises(CheckpointError, match="metadata .*m.pt.json.*mean and std of 3 finite") as info:
+        load_run(path, trust_code=True)
+    assert "\n" not in str(info.value)
+    with pytest.raises(CheckpointError, match=r"best.pt.*input_size of 2 integers") as info:
+        load_run(_bad_checkpoint(run, tmp_path, lambda c: c["config"].update(input_size=size)))
+    assert "\n" not in str(info.value)
+
+
+def test_logits_wider_than_the_class_names_are_one_line(run, tmp_path):
+    loaded = load_run(run[0])
+    loaded.classes, loaded.source = ["cat", "dog"], tmp_path / "m.onnx"  # an ONNX file left its output width open
+    with pytest.raises(CheckpointError, match=r"m.onnx' gives logits of shape \(1, 10\) for 2 class names") as info:
+        predict(loaded, np.zeros((1, 32, 32, 3), np.uint8))
+    assert "\n" not in str(info.value)
+
+
+def test_a_fifo_is_never_opened(run, tmp_path, monkeypatch):
+    import os
+
+    import pytorch_utils.inference as inference
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "b.png")  # opening it would block until a writer comes
+    real = inference.open_image
+    monkeypatch.setattr(inference, "open_image", lambda p: real(p) if Path(p).name != "b.png" else pytest.fail(p))
+    assert [p["input"] for p in predict(run[0], tmp_path, top_k=1)] == [str(tmp_path / "a.png")]
+    with pytest.raises(DatasetError, match=r"b.png. is no regular file \(a FIFO") as info:
+        predict(run[0], tmp_path / "b.png")
+    assert "\n" not in str(info.value)

@@ -133,3 +133,10 @@ def test_a_saved_plot_replaces_a_symlink_and_is_a_png(tmp_path):
     finish(new_figure((2, 2)), tmp_path / "curves.png")
     assert (tmp_path / "important.txt").read_text() == "keep me" and not (tmp_path / "curves.png").is_symlink()
     assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG") and len(os.listdir(tmp_path)) == 2
+
+
+def test_a_folder_at_the_final_name_is_one_config_error(tmp_path):
+    (tmp_path / "history.json").mkdir()
+    with pytest.raises(ConfigError, match=r"history.json' is a folder.*remove or rename that folder") as info:
+        atomic_write_text(tmp_path / "history.json", "[]")
+    assert "\n" not in str(info.value) and os.listdir(tmp_path) == ["history.json"]  # the temporary removed

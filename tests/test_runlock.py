@@ -92,6 +92,27 @@ def test_a_lock_being_written_this_instant_counts_as_held(tmp_path):
             pass
 
 
+@pytest.mark.parametrize("plant", ["dev_zero_link", "fifo", "huge"])
+def test_a_planted_link_fifo_or_huge_lock_is_never_followed_nor_read_whole(tmp_path, plant, caplog):
+    path = tmp_path / LOCK_NAME
+    if plant == "dev_zero_link":
+        path.symlink_to("/dev/zero")  # read whole: gigabytes, then MemoryError
+    elif plant == "fifo":
+        os.mkfifo(path)  # a plain open waits for a writer forever
+    else:
+        with open(path, "wb") as fh:
+            fh.truncate(3 << 30)  # 3 GB (sparse)
+    with pytest.raises(RunLockedError) as info:  # fresh: counted as a lock being written this instant
+        with run_lock(tmp_path):
+            pass
+    assert f"delete {str(path)!r}" in str(info.value) and "\n" not in str(info.value)
+    old = time.time() - 60
+    os.utime(path, (old, old), follow_symlinks=False)
+    with caplog.at_level(logging.INFO, logger="pytorch_utils.runlock"), run_lock(tmp_path):
+        assert json.loads(path.read_text())["pid"] == os.getpid()  # replaced by a real lock, the link's target kept
+    assert "replaced a stale lock" in caplog.text and os.path.exists("/dev/zero")
+
+
 def test_a_lock_from_another_host_counts_while_its_heartbeat_is_fresh(tmp_path, monkeypatch):
     path = tmp_path / LOCK_NAME
     path.write_text(json.dumps({"pid": 1, "host": "other-colab-vm", "started": "today"}))

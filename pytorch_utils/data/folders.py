@@ -30,6 +30,7 @@ MAX_PIXELS = 8192 * 8192  # pixels an image may declare in its header (a 48-mega
 MAX_SIDE = 256  # longest side of a data set's images: the set is held decoded (N x side^2 x 3 bytes), trained at it
 MAX_MEMBER_BYTES = 64 << 20  # declared uncompressed size of one zip member
 MAX_RATIO = 100  # declared uncompressed / compressed size of a zip member over 1 MiB (images barely compress)
+MAX_TOTAL_PIXELS = 60000 * 32 * 32 * 4  # pixels of a whole (split of a) data set, held decoded: 737 MB
 # Decoding shows a progress bar only when it takes longer than this (seconds): small sets stay quiet.
 PROGRESS_DELAY = 2.0
 
@@ -125,7 +126,8 @@ class _Source:
                      f"max_member_bytes={self.max_member_bytes:,} and {MAX_RATIO}x compression above 1 MiB",
                      "remove it from the zip")
         try:
-            return io.BytesIO(self.zip.read(info))
+            with self.zip.open(info) as member:  # inflates no more than declared (zip.read: all, then CRC)
+                return io.BytesIO(member.read(info.file_size + 1))
         except _ZIP_ERRORS as exc:
             what = "is encrypted" if info.flag_bits & 1 else "uses a compression Python cannot read (Deflate64?)" \
                 if isinstance(exc, NotImplementedError) else f"is damaged ({type(exc).__name__}: {exc})"
@@ -136,8 +138,7 @@ class _Source:
 
 
 def _refuse_over(declared, name: str, limit: str, fix: str) -> None:
-    """The one check of the sizes a file declares, before it is read: DatasetError naming the file and the limit
-    when ``declared`` (what the file declares, in words; falsy: within the limits)."""
+    """Before reading: DatasetError naming the file and the limit when ``declared`` (the sizes, in words) is set."""
     if declared:
         raise DatasetError(f"{name} declares {declared}; the limit is {limit}: {fix}")
 
@@ -189,9 +190,10 @@ def open_image(path: PathLike, max_pixels: int = MAX_PIXELS, max_side: Optional[
     return _decode(path, str(path), max_pixels, max_side)[0]
 
 
-def _decode_images(source: _Source, files: Sequence[str], max_side: int) -> Tuple[np.ndarray, Counter]:
+def _decode_images(source: _Source, files: Sequence[str], max_side: int,
+                   max_total_pixels: int) -> Tuple[np.ndarray, Counter]:
     """``files`` as one uint8 (N, H, W, 3) RGB array, and a count of the converted files per original mode;
-    DatasetError names an undecodable, oversized or differently sized file."""
+    DatasetError names an undecodable, oversized or differently sized file, or a set over ``max_total_pixels``."""
     from tqdm.auto import tqdm
 
     images, first = None, None
@@ -200,7 +202,11 @@ def _decode_images(source: _Source, files: Sequence[str], max_side: int) -> Tupl
               leave=False) as bar:
         for i, rel in enumerate(files):
             pixels, mode = _decode(source.open(rel), source.describe(rel), MAX_PIXELS, max_side)
-            if first is None:  # every image is at most max_side, so this allocation is bounded
+            if first is None:  # all images must have the first one's size: the set's size is known here
+                n = len(files) * pixels.shape[0] * pixels.shape[1]
+                _refuse_over(n > max_total_pixels and f"{len(files):,} images of {pixels.shape[1]}x{pixels.shape[0]}"
+                             f" = {n:,} pixels", f"data set {source.path}", f"max_total_pixels={max_total_pixels:,}",
+                             "load a subset (limit=, train_limit=) or smaller images, or raise the limit")
                 first, images = rel, np.empty((len(files), *pixels.shape), dtype=np.uint8)
             elif pixels.shape != images.shape[1:]:
                 (h0, w0), (h, w) = images.shape[1:3], pixels.shape[:2]
@@ -268,21 +274,21 @@ def _list_split(source: _Source, path: Path, split: str,
 
 
 def load_image_folder(path: PathLike, split: str = "train", classes: Optional[Sequence[str]] = None,
-                      limit: Optional[int] = None, seed: int = 0,
-                      transform: Optional[Callable] = None, stats: str = "auto", max_side: int = MAX_SIDE,
-                      max_member_bytes: int = MAX_MEMBER_BYTES) -> ArrayDataset:
+                      limit: Optional[int] = None, seed: int = 0, transform: Optional[Callable] = None,
+                      stats: str = "auto", max_side: int = MAX_SIDE, max_member_bytes: int = MAX_MEMBER_BYTES,
+                      max_total_pixels: int = MAX_TOTAL_PIXELS) -> ArrayDataset:
     """Images laid out as ``split/<class>/<image>`` in a folder or a zip (splits may sit in one top-level folder),
-    decoded once into memory as RGB, each read as ``open_image`` reads it (sides at most ``max_side``, a zip
-    member's declared size at most ``max_member_bytes``); ``limit``: a stratified seeded subset, picked before
-    decoding. The arrays are cached per (path, mtime, arguments) and shared: do not modify ``ds.images`` in place;
-    ``clear_image_cache()`` frees them. ``classes``: names in label order (an evaluation split's: the training
-    classes, one without images is a warning and in ``ds.empty_classes``); default: the sorted class folders.
-    ``stats`` (checked by ``load_datasets``): "auto": CIFAR-10's published mean/std for a folder with exactly its
-    class names (a JPEG export normalizes like torchvision's copy), else computed; "compute": always computed.
+    decoded once into memory as RGB, each read as ``open_image`` reads it (sides at most ``max_side``, a zip member's
+    declared size at most ``max_member_bytes``, all at most ``max_total_pixels``); ``limit``: a stratified seeded
+    subset, picked before decoding. Arrays are cached per (path, mtime, arguments) and shared: do not modify
+    ``ds.images`` in place; ``clear_image_cache()`` frees them. ``classes``: names in label order (an evaluation
+    split's: the training classes, one without images is a warning and in ``ds.empty_classes``); default: the sorted
+    class folders. ``stats`` (checked by ``load_datasets``): "auto": CIFAR-10's published mean/std for a folder with
+    exactly its class names (a JPEG export normalizes like torchvision's copy), else computed; "compute": computed.
 
     DatasetNotFoundError: no ``path``. DatasetError: no split folder, class folders or images, a class folder without
     images (``classes=None``), class folders the training classes lack, an undecodable, oversized or differently
-    sized file or zip member (named), a zip that is damaged, encrypted or compressed in a way Python cannot read.
+    sized file or zip member (named), a set over ``max_total_pixels``, a damaged, encrypted or Deflate64 zip.
     """
     assert stats in ("auto", "compute"), stats
     path = Path(path).expanduser()
@@ -291,20 +297,21 @@ def load_image_folder(path: PathLike, split: str = "train", classes: Optional[Se
                                    f"<path>/{split}/<class>/<image>")
     path = path.resolve()
     images, targets, names, mean, std = _decoded(path, path.stat().st_mtime_ns, split, limit, seed, stats, max_side,
-                                                 max_member_bytes, None if classes is None else tuple(classes))
+                                                 (max_member_bytes, max_total_pixels),
+                                                 None if classes is None else tuple(classes))
     return ArrayDataset(images, targets, names, transform=transform, mean=mean, std=std)
 
 
 @lru_cache(maxsize=6)  # a few entries hold train+test of one or two data sets; a CIFAR-sized split is ~150 MB
 def _decoded(path: Path, mtime_ns: int, split: str, limit: Optional[int], seed: int, stats: str, max_side: int,
-             max_member_bytes: int, classes: Optional[Tuple[str, ...]]) -> tuple:
+             limits: Tuple[int, int], classes: Optional[Tuple[str, ...]]) -> tuple:
     """(images, targets, class names, mean, std) of one split, cached per file version (``mtime_ns``) and arguments."""
-    with closing(_Source(path, max_member_bytes)) as source:
+    with closing(_Source(path, limits[0])) as source:
         files, targets, names = _list_split(source, path, split, classes)
         if limit is not None:
             keep = stratified_indices(targets, limit, seed)
             files, targets = [files[i] for i in keep], targets[keep]
-        images, converted = _decode_images(source, files, max_side)
+        images, converted = _decode_images(source, files, max_side, limits[1])
     if converted:
         log.info("converted %d of %d images in %s/%s to RGB (%s)", sum(converted.values()), len(files), path, split,
                  ", ".join(f"{m}: {n}" for m, n in sorted(converted.items())))

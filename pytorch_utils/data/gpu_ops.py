@@ -23,12 +23,10 @@ def _fill_tensor(fill: Fill, x: torch.Tensor) -> torch.Tensor:
 def random_crop_with_padding(x: torch.Tensor, size: int, pad: int, fill: Fill, generator: Optional[torch.Generator]
                              = None, return_offsets: bool = False):
     """Pad each side by ``pad`` pixels of ``fill`` (one value or one per channel, in ``x``'s units), then take one
-    random ``size`` x ``size`` crop per image.
-
-    Offsets (top, left) are uniform integers in ``[0, 2 * pad + H - size]`` (likewise W), as PadIfNeeded >
-    RandomCrop; one gather, no loop. ``generator``: on ``x.device`` (None: torch's default). Returns (N, C, size,
-    size), or ``(crops, (top, left))`` ((N,) int64 each) with ``return_offsets``. The crop must fit.
-    """
+    random ``size`` x ``size`` crop per image (it must fit) at offsets (top, left) uniform in ``[0, 2 * pad + H -
+    size]`` (likewise W), as PadIfNeeded > RandomCrop; one gather, no loop. ``generator``: on ``x.device`` (None:
+    torch's default). Returns (N, C, size, size), or ``(crops, (top, left))`` ((N,) int64 each) with
+    ``return_offsets``."""
     n, c, h, w = x.shape
     hp, wp = h + 2 * pad, w + 2 * pad
     assert 1 <= size <= min(hp, wp) and pad >= 0, f"no {size}x{size} crop in {h}x{w} images padded by {pad}"
@@ -58,12 +56,9 @@ def random_flip(x: torch.Tensor, p: float = 0.5, generator: Optional[torch.Gener
 
 def cutout(x: torch.Tensor, size: int, fill: Fill, p: float = 0.5, generator: Optional[torch.Generator] = None,
            return_boxes: bool = False):
-    """Fill one ``size`` x ``size`` square per image with ``fill``, with probability ``p`` (0 size: unchanged).
-
-    Like CoarseDropout with one hole fully inside the image, its top-left corner uniform in ``[0, H - size] x
-    [0, W - size]``. With ``return_boxes`` also ``(top, left, applied)``: (N,) int64, int64 and bool tensors.
-    The hole must fit the image.
-    """
+    """Fill one ``size`` x ``size`` square per image with ``fill``, with probability ``p`` (0 size: unchanged), as
+    CoarseDropout with one hole that must fit inside the image, its top-left corner uniform in ``[0, H - size] x
+    [0, W - size]``. With ``return_boxes`` also ``(top, left, applied)``: (N,) int64, int64 and bool tensors."""
     n, _, h, w = x.shape
     assert 0 <= size <= min(h, w), f"a {size}x{size} cutout hole does not fit {h}x{w} images"
     # Always draw, so the random stream (and every later augmentation) does not depend on p or size.
@@ -118,11 +113,9 @@ def random_resized_crop_rotate(x: torch.Tensor, size: int, fill: Fill, scale: Tu
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear resize of a (N, C, H, W) batch to ``size`` x ``size`` (float32 out for integer input).
-
+    """Bilinear resize of a (N, C, H, W) batch to ``size`` x ``size`` (float32 out for integer input),
     ``align_corners=False``; upscaling without antialiasing matches cv2's INTER_LINEAR used by ``A.Resize``,
-    downscaling antialiases, as the CPU presets' ``A.Resize(area_for_downscale="image")`` (INTER_AREA) averages.
-    """
+    downscaling antialiases, as the CPU presets' ``A.Resize(area_for_downscale="image")`` (INTER_AREA) averages."""
     if tuple(x.shape[-2:]) == (size, size):
         return x
     if not x.dtype.is_floating_point:

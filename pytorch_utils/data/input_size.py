@@ -15,10 +15,8 @@ FALLBACK_SIZE = 32
 
 
 def forward_error(model: nn.Module, size: int) -> Optional[str]:
-    """None when ``model`` accepts one (1, 3, size, size) input, else the first line of the error it raised.
-
-    Runs in eval mode without gradients on the model's device; ``utils.preserved`` restores flags and RNG.
-    """
+    """None when ``model`` accepts one (1, 3, size, size) input, else the first line of the error it raised; runs in
+    eval mode without gradients on the model's device (``utils.preserved`` restores flags and RNG)."""
     param = next(model.parameters(), None)
     x = torch.zeros(1, 3, size, size, device=param.device if param is not None else "cpu")
     try:

@@ -157,9 +157,7 @@ class EpochDataLoader(LoaderContract, DataLoader):
         ds.transform = get_preset(name, ds.mean, ds.std, seed=self.worker_init_fn.seed, **dataclasses.asdict(settings))
 
     def __iter__(self):
-        # Read from the sampler so a bare loader.sampler.set_epoch(e) call is honoured too.
-        epoch = self.sampler.epoch
-        self.worker_init_fn.epoch = epoch
+        self.worker_init_fn.epoch = epoch = self.sampler.epoch  # the sampler's: loader.sampler.set_epoch(e) counts
         if self.num_workers == 0:
             _reseed_transform(self.dataset, derive_seed(self.worker_init_fn.seed, epoch, 0))
         return super().__iter__()

@@ -8,6 +8,7 @@ import numpy as np
 from pytorch_utils.errors import DatasetError
 
 Stats = Tuple[float, float, float]
+CHUNK_PIXELS = 1 << 22  # pixels summed at a time by compute_mean_std
 
 
 def check_images(images, who: str, min_n: int = 0) -> None:
@@ -25,16 +26,19 @@ def compute_mean_std(data, batch: int = 2048) -> Tuple[Stats, Stats]:
     (H, W, 3) image, or an ``ArrayDataset``; DatasetError for a wrong dtype/shape or no images.
 
     The population std over the whole data set (what ``Normalize`` needs), = ``images.reshape(-1, 3).std(0) / 255``:
-    exact integer sums of the pixels and their squares, ``batch`` images at a time (no float copy of all images).
+    exact integer sums of the pixels and their squares over chunks of at most ``batch`` images and ``CHUNK_PIXELS``
+    pixels (rows of one image for larger images): at most ~9 bytes x ``CHUNK_PIXELS`` (38 MB) of extra memory.
     """
     images = getattr(data, "images", data)
     images = images[None] if getattr(images, "ndim", 0) == 3 else images  # a single HWC image
     check_images(images, "compute_mean_std", min_n=1)
-    batch, total, squares = max(1, int(batch)), np.zeros(3, np.int64), np.zeros(3, np.int64)  # exact to 10^14 pixels
-    for start in range(0, len(images), batch):
-        chunk = images[start:start + batch].reshape(-1, 3).astype(np.int64)
-        total += chunk.sum(axis=0)
-        squares += (chunk * chunk).sum(axis=0)
+    h, w = images.shape[1:3]
+    step, rows = max(1, min(int(batch), CHUNK_PIXELS // (h * w))), max(1, min(h, CHUNK_PIXELS // w))
+    total, squares = np.zeros(3, np.int64), np.zeros(3, np.int64)  # exact to 10^14 pixels
+    for start, top in ((s, t) for s in range(0, len(images), step) for t in range(0, h, rows)):
+        chunk = images[start:start + step, top:top + rows].reshape(-1, 3)
+        total += chunk.sum(axis=0, dtype=np.int64)
+        squares += np.square(chunk, dtype=np.uint16).sum(axis=0, dtype=np.int64)  # 255^2 fits 16 bits
     n = images.size // 3
     # Python integers: n * sum(x^2) - sum(x)^2 = n^2 var exactly; one division by 255 at the end for the [0, 1] scale.
     var = [(n * int(q) - int(t) ** 2) / n ** 2 for t, q in zip(total, squares)]

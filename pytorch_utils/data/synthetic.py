@@ -61,9 +61,8 @@ def make_synthetic(n: int = 2000, num_classes: int = 10, size: int = 32, seed=0,
 
     Each class has a fixed colour, stripe angle and frequency; every image adds a random stripe phase, a shifted
     blob, brightness jitter and noise; the cues survive pad-crop-flip-cutout. ``seed``: anything
-    ``np.random.default_rng`` takes (an int, a list of ints). ConfigError: ``n`` or
-    ``num_classes`` below 1, ``size < 4``, or ``n`` above ``MAX_SYNTHETIC_SIZE``.
-    """
+    ``np.random.default_rng`` takes (an int, a list of ints). ConfigError: ``n`` or ``num_classes`` below 1,
+    ``size < 4``, or ``n`` above ``MAX_SYNTHETIC_SIZE``."""
     if not (1 <= n <= MAX_SYNTHETIC_SIZE and num_classes >= 1 and size >= 4):
         raise ConfigError(f"make_synthetic needs 1 <= n <= {MAX_SYNTHETIC_SIZE:,}, num_classes >= 1 and size >= 4, got "
                           f"n={n}, num_classes={num_classes}, size={size}")

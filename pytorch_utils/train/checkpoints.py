@@ -1,5 +1,6 @@
 """Checkpoints that survive a Colab disconnect: atomic writes, keep-last-N + best, exact resume, optional Hub push.
 A checkpoint is one dict of tensors and plain values, so it loads with ``torch.load(weights_only=True)``."""
+import contextlib
 import copy
 import json
 import logging
@@ -7,6 +8,7 @@ import os
 import re
 import shutil
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -50,32 +52,25 @@ def make_checkpoint(state: TrainState, config: Optional[Dict[str, Any]] = None,
     """The checkpoint dict for the current :class:`TrainState`."""
     model = unwrap_model(state.model)
     return {
-        "format": FORMAT,
-        "version": __version__,
+        "format": FORMAT, "version": __version__,
         "model_name": getattr(model, "model_name", type(model).__name__),
         "model": model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         **{key: part.state_dict() if hasattr(part, "state_dict") else None
            for key, part in (("scheduler", state.scheduler), ("scaler", state.scaler), ("ema", state.ema))},
-        "epoch": state.epoch,
-        "step": state.step,
-        "steps_per_epoch": state.steps_per_epoch,
-        "history": _plain(list(state.history)),
-        "rng": _rng_to_plain(get_rng_state()),
-        "config": _plain(config or {}),
-        "best": best,
+        "epoch": state.epoch, "step": state.step, "steps_per_epoch": state.steps_per_epoch,
+        "history": _plain(list(state.history)), "rng": _rng_to_plain(get_rng_state()),
+        "config": _plain(config or {}), "best": best,
     }
 
 
 def save_checkpoint(checkpoint: Dict[str, Any], path) -> Path:
-    """Write ``checkpoint`` to ``path`` through ``io.atomic_write`` (fresh temporary + rename: a kill mid-write
-    leaves the old file, a symlink at ``path`` is replaced); the folder must exist."""
+    """``torch.save`` via ``io.atomic_write`` (a kill mid-write keeps the old file; replaces a link); dir must exist."""
     return atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
-    """Make ``dst`` hold ``src``'s bytes through ``io.atomic_write``: a hard link (no second write of a large file)
-    or, where the file system has none (some mounted drives), a copy."""
+    """``dst`` gets ``src``'s bytes via ``io.atomic_write``: a hard link (no 2nd write), or a copy on mounted drives."""
     def fill(tmp: str) -> None:
         try:
             os.unlink(tmp)  # the fresh temporary's name goes to the link; os.link refuses an existing name
@@ -94,6 +89,7 @@ def repair_best(directory, checkpoint: Dict[str, Any]) -> Optional[Path]:
         return None
     best_path = Path(directory) / "best.pt"
     try:  # mmap: only the small "epoch" entry is read, not a 146 MB WRN state
+        _check_file(best_path)
         held = torch.load(best_path, map_location="cpu", weights_only=True, mmap=True).get("epoch")
     except Exception:  # missing, truncated or not ours: all mean "rewrite it"
         held = None
@@ -105,16 +101,25 @@ def repair_best(directory, checkpoint: Dict[str, Any]) -> Optional[Path]:
                      "it is replaced at the next improvement")
         return None
     link_or_copy(source, best_path)
-    _log.info(f"{str(best_path)!r} held epoch {held}; restored it to the best epoch {epoch} (a kill before it was "
-              "updated)")
+    _log.info(f"{str(best_path)!r} held epoch {held}; restored it to the best epoch {epoch} (killed before updating)")
     return best_path
 
 
+def _check_file(path: Path) -> None:
+    """CheckpointError unless ``path`` is a regular file (a FIFO hangs a load) with no compressed zip member."""
+    if not path.is_file():  # os.stat (following links) + S_ISREG
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a regular file")
+    packed = False
+    with contextlib.suppress(Exception), zipfile.ZipFile(path) as archive:  # not a zip or broken: torch.load refuses
+        packed = any(member.compress_type != zipfile.ZIP_STORED for member in archive.infolist())
+    if packed:
+        raise CheckpointError(f"checkpoint {str(path)!r} has compressed members, which torch.save never writes (they "
+                              "could expand to any size on load): delete it")
+
+
 def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
-    """Load a checkpoint of this module; CheckpointError (naming the file) when missing, corrupt or not ours."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    """Load a checkpoint of this module; CheckpointError (naming the file) when missing, unsafe, corrupt or not ours."""
+    _check_file(path := Path(path))
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated zip, bad pickle, disk error: all mean "unusable"
@@ -148,9 +153,8 @@ def restore_model(model: torch.nn.Module, checkpoint: Dict[str, Any], source: st
 
 
 def restore_state(state: TrainState, checkpoint: Dict[str, Any], source: str = "checkpoint") -> None:
-    """Put a checkpoint back into a :class:`TrainState` (``fit`` calls this before any callback hook). When the steps
-    per epoch differ from the checkpoint's (another batch size or data size), the step count is rescaled so the
-    schedule continues from the same fraction of the run, and that is logged."""
+    """Put a checkpoint back into a :class:`TrainState` (``fit`` does, before any callback hook); other steps per
+    epoch than the checkpoint's (batch or data size) rescale the step count to the same point of the run (logged)."""
     restore_model(state.model, checkpoint, source)
     state.optimizer.load_state_dict(checkpoint["optimizer"])
     for key, part in (("scheduler", state.scheduler), ("scaler", state.scaler), ("ema", state.ema)):
@@ -183,17 +187,15 @@ def latest_checkpoint(directory, skipped: Optional[List[str]] = None) -> Optiona
                 skipped.append(str(path))
             warnings.warn(f"{str(exc).splitlines()[0]}; trying the previous checkpoint", RuntimeWarning, stacklevel=2)
             continue
-        ckpt["_path"] = str(path)
-        return ckpt
+        return {**ckpt, "_path": str(path)}
     return None
 
 
 class CheckpointManager(Callback):
-    """Writes ``epoch-0007.pt`` files (the last ``keep_last``) and ``best.pt`` (by ``monitor``, ``mode`` "max" or
-    "min") in ``directory``; only rank 0 writes. It only writes: a run resumes by handing ``fit`` a loaded checkpoint
-    (``resume=``), whose history gives back the best so far. ``config`` (dict or dataclass) is stored in each
-    checkpoint. ``every``: epochs between epoch checkpoints (the last always saved); a best in between waits in
-    memory for the next save."""
+    """Writes ``epoch-0007.pt`` files (the last ``keep_last``; every ``every`` epochs and the last) and ``best.pt`` (by
+    ``monitor``, ``mode`` "max"/"min"; a best between saves waits in memory for the next) in ``directory``, rank 0
+    only, storing ``config`` (dict or dataclass) in each. It only writes: a run resumes by handing ``fit`` a loaded
+    checkpoint (``resume=``), whose history gives back the best so far."""
 
     def __init__(self, directory, keep_last: int = 5, monitor: str = "test_acc", mode: str = "max",
                  config: Any = None, hub: "HubPusher" = None, every: int = 1):
@@ -203,8 +205,7 @@ class CheckpointManager(Callback):
             ensure_writable_dir(self.directory)
         self.keep_last, self.monitor, self.mode = keep_last, monitor, mode
         self.config, self.hub, self.every = config, hub, every
-        self.best: Optional[Dict[str, Any]] = None
-        self._pending_best: Optional[Dict[str, Any]] = None
+        self.best = self._pending_best = None  # {"monitor", "value", "epoch"} so far; a best checkpoint not yet saved
 
     def _is_better(self, value: Optional[float]) -> bool:
         if value is None or self.best is None:
@@ -253,8 +254,7 @@ class CheckpointManager(Callback):
         self._pending_best = None
 
     def on_exception(self, state: TrainState, exc: BaseException) -> None:
-        # NaN loss, Ctrl-C: the best weights seen so far are still worth keeping.
-        self.write_pending_best()
+        self.write_pending_best()  # NaN loss, Ctrl-C: the best weights seen so far are still worth keeping
 
 
 class HubPusher:

@@ -166,3 +166,51 @@ def test_zips_python_cannot_read_are_one_error_naming_the_zip(tmp_path, damage, 
         load_image_folder(archive, "train")
     msg = str(err.value)
     assert str(archive) in msg and what in msg and "\n" not in msg
+
+
+def test_zip_member_lying_about_its_size_is_read_no_further_than_declared(tmp_path):
+    archive = tmp_path / "liar.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("train/a/0.png", bytes(64 << 20))  # 64 MiB of zeros, declared below as 1000 bytes
+    raw = bytearray(archive.read_bytes())
+    for header, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # local and central uncompressed size
+        struct.pack_into("<I", raw, raw.index(header) + offset, 1000)
+    archive.write_bytes(bytes(raw))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetError) as err:
+            load_image_folder(archive, "train")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert f"{archive}!train/a/0.png" in str(err.value) and "\n" not in str(err.value)
+    assert peak < 4 << 20  # zipfile.read would inflate all 64 MiB (twice) before its CRC check
+
+
+def test_data_set_over_max_total_pixels_is_refused_in_one_line_before_allocating(tmp_path):
+    for i in range(4):
+        path = tmp_path / "train" / f"c{i % 2}" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png_bytes(i, size=16))
+    with pytest.raises(DatasetError) as err:
+        load_image_folder(tmp_path, "train", max_total_pixels=1000)
+    msg = str(err.value)
+    assert "4 images of 16x16 = 1,024 pixels" in msg and "max_total_pixels=1,000" in msg and str(tmp_path) in msg
+    assert "\n" not in msg
+    assert len(load_image_folder(tmp_path, "train", max_total_pixels=1024)) == 4
+
+
+def test_compute_mean_std_chunks_large_images_by_pixels_exactly(monkeypatch):
+    from pytorch_utils.data import stats
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 300, 200, 3), dtype=np.uint8)
+    flat = images.reshape(-1, 3).astype(np.float64)
+    monkeypatch.setattr(stats, "CHUNK_PIXELS", 7000)  # rows of one image at a time (35 rows of 200 pixels)
+    for data in (images, images[:, ::2, ::3]):  # also a view that is not contiguous
+        mean, std = stats.compute_mean_std(data)
+        ref = data.reshape(-1, 3).astype(np.float64)
+        np.testing.assert_allclose(mean, ref.mean(0) / 255, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(std, ref.std(0) / 255, rtol=0, atol=1e-12)
+    monkeypatch.undo()
+    assert stats.compute_mean_std(images) == stats.compute_mean_std(images, batch=1)
+    np.testing.assert_allclose(stats.compute_mean_std(images)[1], flat.std(0) / 255, rtol=0, atol=1e-12)

@@ -1,4 +1,5 @@
 import os
+import zipfile
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from pytorch_utils.train.checkpoints import (
     latest_checkpoint,
     link_or_copy,
     load_checkpoint,
+    repair_best,
     restore_model,
     save_checkpoint,
 )
@@ -116,6 +118,34 @@ def test_a_checkpoint_of_a_newer_format_is_refused_naming_its_version_and_an_old
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_a_deflate_compressed_checkpoint_is_refused_before_torch_load(tmp_path):
+    save_checkpoint({"format": FORMAT, "model": {"w": torch.zeros(100_000)}}, tmp_path / "plain.pt")
+    bomb = tmp_path / "epoch-0001.pt"  # the same members re-zipped with Deflate: 400 kB of zeros in about 1 kB
+    with zipfile.ZipFile(tmp_path / "plain.pt") as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for member in src.infolist():
+            dst.writestr(member.filename, src.read(member))
+    assert bomb.stat().st_size < 20_000 and load_checkpoint(tmp_path / "plain.pt")["model"]["w"].numel() == 100_000
+    with pytest.raises(CheckpointError, match="compressed members") as info:
+        load_checkpoint(bomb)
+    assert str(bomb) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("plant", ["fifo", "dev_zero_link"])
+def test_a_fifo_or_device_at_a_checkpoint_name_is_refused_without_being_opened(tmp_path, plant):
+    best = tmp_path / "best.pt"
+    if plant == "fifo":
+        os.mkfifo(best)  # a plain open waits for a writer forever
+    else:
+        best.symlink_to("/dev/zero")  # a read never ends
+    with pytest.raises(CheckpointError, match="not a regular file") as info:
+        load_checkpoint(best)
+    assert str(best) in str(info.value) and "\n" not in str(info.value)
+    ckpt = {"format": FORMAT, "model": {}, "epoch": 1, "best": {"monitor": "test_acc", "value": 1.0, "epoch": 1}}
+    save_checkpoint(ckpt, tmp_path / "epoch-0001.pt")
+    assert repair_best(tmp_path, ckpt) == best  # what resume does with best.pt: replaced by the best epoch's file
+    assert load_checkpoint(best)["epoch"] == 1 and (tmp_path / "epoch-0001.pt").is_file()
 
 
 def test_checkpoint_from_other_model_is_refused(tmp_path):
