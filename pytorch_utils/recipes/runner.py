@@ -187,6 +187,10 @@ def _prepare(recipe: Union[Recipe, str], overrides: Dict[str, Any], data, out_di
     data = data or recipe.data
     if rank == 0:
         cleanup.enter_context(run_lock(out_dir))  # a second run into this folder is refused while this one runs
+        planted = [p for p in map(out_dir.joinpath, ("checkpoints", "previous", "tensorboard"))
+                   if p.is_symlink() or (p.exists() and not p.is_dir())]  # writes would land outside out_dir
+        if planted:
+            raise ConfigError(f"{str(planted[0])!r} must be a folder of the run, not a link or a file: remove it")
     else:  # under torchrun only rank 0 reports progress (a worker process: its package logger is ours to set)
         logging.getLogger("pytorch_utils").setLevel(logging.WARNING)
     checkpoint = find_resume_checkpoint(resume, out_dir, recipe, data)

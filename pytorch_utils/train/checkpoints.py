@@ -117,6 +117,11 @@ def _check_file(path: Path) -> None:
                               "could expand to any size on load): delete it")
 
 
+def _not_stored(t: Any) -> bool:
+    """An expanded or overlapping view: a huge shape from a tiny file (torch.save of a model never writes one)."""
+    return isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() < t.numel() * t.element_size()
+
+
 def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
     """Load a checkpoint of this module; CheckpointError (naming the file) when missing, unsafe, corrupt or not ours."""
     _check_file(path := Path(path))
@@ -125,8 +130,10 @@ def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
     except Exception as exc:  # truncated zip, bad pickle, disk error: all mean "unusable"
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated "
                               f"({type(exc).__name__}: {exc})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or not isinstance(ckpt.get("format"), int):
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt.get("format"), int):
         raise CheckpointError(f"{str(path)!r} is not a pytorch_utils checkpoint (format {FORMAT})")
+    if any(map(_not_stored, ckpt["model"].values())):
+        raise CheckpointError(f"{str(path)!r} holds expanded weight views (more weights than stored data): retrain")
     if ckpt["format"] > FORMAT:  # format 1 (no steps_per_epoch) is read as written at today's steps per epoch
         raise CheckpointError(f"{str(path)!r} was written by pytorch_utils {ckpt.get('version')} (checkpoint format "
                               f"{ckpt['format']}, this version reads up to {FORMAT}): use that version or newer")

@@ -357,3 +357,16 @@ def test_every_listed_name_works_where_it_is_used():
         assert (fn is None) == (mode == "none") and (fn is None or fn(conv, x).shape == (3, 2))
     cpu = torch.device("cpu")
     assert [amp_dtype_for(m, cpu) for m in AMP_MODES if m != "fp16"] == [None, None, torch.bfloat16]
+
+
+@pytest.mark.parametrize("sub", ["checkpoints", "previous"])
+def test_a_run_subfolder_planted_as_a_link_is_refused(tmp_path, sub):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / ".notes.tmp").write_text("mine")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / sub).symlink_to(outside)
+    with pytest.raises(ConfigError, match=f"'{sub}' must be a folder of the run|{sub}.* must be a folder"):
+        run_recipe("strixbee_l1", "synthetic", run, epochs=1, **TINY)
+    assert [p.name for p in outside.iterdir()] == [".notes.tmp"]  # nothing written or deleted outside the run
