@@ -155,7 +155,6 @@ def _cmd_train(args) -> int:
         recipe = recipe.replace(**smoke)
     if args.lr is not None or args.no_lr_finder:
         recipe = recipe.with_peak_lr(args.lr if args.lr is not None else recipe.lr)
-    recipe.validate()  # every name and value, before any data is read
     result = run_recipe(recipe, data=args.data, out_dir=args.out_dir, device=args.device,
                         device_fallback=not args.strict_device, resume="required" if args.resume else False,
                         root=args.root, download=args.download, progress=not (args.no_progress or args.quiet))

@@ -44,6 +44,17 @@ def peak_rss_growth_mb(fn) -> float:
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
 
 
+
+def _refused_load_and_peak(archive):
+    """The DatasetError loading ``archive`` raises, and the peak Python memory (bytes) it took to get there."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetError) as err:
+            load_image_folder(archive, "train")
+        return err, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
 def test_postscript_saved_as_jpg_is_refused_by_name_without_starting_ghostscript(tmp_path, monkeypatch):
     started = []
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a))
@@ -118,13 +129,7 @@ def test_zip_member_over_the_declared_size_limit_is_refused_before_reading(tmp_p
             for _ in range(200):  # 200 MB of zeros: a few hundred KB compressed
                 f.write(bytes(1 << 20))
     assert archive.stat().st_size < 1 << 20
-    tracemalloc.start()
-    try:
-        with pytest.raises(DatasetError) as err:
-            load_image_folder(archive, "train")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    err, peak = _refused_load_and_peak(archive)
     assert f"{archive}!train/a/0.png" in str(err.value) and "max_member_bytes=67,108,864" in str(err.value)
     assert peak < 10 << 20  # nothing was decompressed
 
@@ -176,13 +181,7 @@ def test_zip_member_lying_about_its_size_is_read_no_further_than_declared(tmp_pa
     for header, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # local and central uncompressed size
         struct.pack_into("<I", raw, raw.index(header) + offset, 1000)
     archive.write_bytes(bytes(raw))
-    tracemalloc.start()
-    try:
-        with pytest.raises(DatasetError) as err:
-            load_image_folder(archive, "train")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    err, peak = _refused_load_and_peak(archive)
     assert f"{archive}!train/a/0.png" in str(err.value) and "\n" not in str(err.value)
     assert peak < 4 << 20  # zipfile.read would inflate all 64 MiB (twice) before its CRC check
 
