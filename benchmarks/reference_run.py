@@ -9,6 +9,8 @@ Example (what produced assets/strixbee_l1_cpu/ on a 2-core CPU):
     python -m benchmarks.reference_run --recipe strixbee_l1 --data ../shared/data/cifar10-jpeg.zip --epochs 15 \\
         --assets assets/strixbee_l1_cpu --out-dir runs/strixbee_l1_cpu
 
+A run that was cut off continues from its newest checkpoint: the same command with ``--resume`` added.
+
 CPU smoke run (a few seconds):
 
     python benchmarks/reference_run.py --recipe strixbee_l1 --data synthetic --epochs 1 --train-limit 64 \\
@@ -61,6 +63,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out-dir", default=None, help="run folder (history, checkpoints)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default=None, help="also append the JSON line to this file")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the cut-off run in --out-dir from its newest checkpoint (same arguments otherwise)")
     args = p.parse_args(argv)
 
     recipe = get_recipe(args.recipe)
@@ -76,7 +80,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     start = time.perf_counter()
     log_package_to_stderr()  # progress on stderr: stdout holds the JSON line
     with contextlib.redirect_stdout(sys.stderr):  # torch-lr-finder prints a line of its own
-        result = run_recipe(recipe, data=args.data, out_dir=args.out_dir, device=args.device, progress=False)
+        result = run_recipe(recipe, data=args.data, out_dir=args.out_dir, device=args.device, progress=False,
+                            resume="required" if args.resume else False)
     wall = time.perf_counter() - start
     device = device_name(result.device)
     title = report_title(recipe.name, data, device, len(result.history))
@@ -87,7 +92,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     run_json = Path(args.assets) / "run.json"
     record = emit({
         "bench": "reference_run", "variant": recipe.name, "device": device, "data": data_label(data),
-        "epochs": len(result.history), "wall_s": wall, "wall_s_without_startup": epochs, "startup_s": wall - epochs,
+        "epochs": len(result.history), "resumed": args.resume, "wall_s": wall, "wall_s_without_startup": epochs,
+        "startup_s": None if args.resume else wall - epochs,  # a resumed run's wall time covers only its last part
         "test_acc": result.final["test_acc"], "best_test_acc": result.final["best_test_acc"],
         "train_acc": result.final["train_acc"], "report_s": report_s, "data_description": data_description(data),
         "data_arg": data, "title": title, "recipe": recipe.name, "model": recipe.model,
