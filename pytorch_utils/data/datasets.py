@@ -8,7 +8,7 @@ from typing import Literal, Optional, Tuple
 from pytorch_utils.data.arrays import ArrayDataset, PathLike
 from pytorch_utils.data.cifar import load_cifar
 from pytorch_utils.data.constants import DATASET_STATS
-from pytorch_utils.data.folders import MAX_SIDE, find_eval_split, load_image_folder
+from pytorch_utils.data.folders import MAX_SIDE, MAX_TOTAL_PIXELS, find_eval_split, load_image_folder
 from pytorch_utils.data.synthetic import MAX_SYNTHETIC_SIZE, SYNTHETIC_DEFAULT_SIZES, make_synthetic
 from pytorch_utils.errors import ConfigError, DatasetError, UnknownNameError, bounded, check_fields
 
@@ -23,15 +23,23 @@ class _Arguments:
     num_classes: Optional[int] = bounded(None, ge=2)  # None: taken from the data (synthetic: 10)
     stats: Literal["auto", "compute"] = "auto"
     max_side: int = bounded(MAX_SIDE, ge=1)
+    max_total_pixels: int = bounded(MAX_TOTAL_PIXELS, ge=1)
 
     def __post_init__(self):
         check_fields(self, "load_datasets argument")
 
 
+@dataclass(frozen=True)
+class _SyntheticArguments(_Arguments):
+    """Synthetic images are generated in memory one by one: a typo (test_limit=999999) would run for minutes."""
+    train_limit: Optional[int] = bounded(None, ge=1, le=MAX_SYNTHETIC_SIZE)
+    test_limit: Optional[int] = bounded(None, ge=1, le=MAX_SYNTHETIC_SIZE)
+
+
 def load_datasets(data: PathLike, root: PathLike = "./data", download: bool = False,
                   train_limit: Optional[int] = None, test_limit: Optional[int] = None, seed: int = 0,
-                  num_classes: Optional[int] = None, stats: str = "auto",
-                  max_side: int = MAX_SIDE) -> Tuple[ArrayDataset, ArrayDataset]:
+                  num_classes: Optional[int] = None, stats: str = "auto", max_side: int = MAX_SIDE,
+                  max_total_pixels: int = MAX_TOTAL_PIXELS) -> Tuple[ArrayDataset, ArrayDataset]:
     """Resolve a data set name or path into ``(train_ds, test_ds)`` (no transform; test carries train's mean/std).
 
     Args:
@@ -40,14 +48,15 @@ def load_datasets(data: PathLike, root: PathLike = "./data", download: bool = Fa
         root, download: torchvision's CIFAR folder, and whether to download there (needs internet).
         train_limit, test_limit: stratified seeded subset sizes (synthetic: the set sizes, default 2000 / 500).
         num_classes: synthetic: number of classes (default 10); otherwise checked against the data.
-        stats, max_side: folders/zips only (the longest image side accepted), see ``load_image_folder``.
+        stats, max_side, max_total_pixels: folders/zips only (limits on the images), see ``load_image_folder``.
     Raises:
         UnknownNameError, DatasetNotFoundError (missing path or CIFAR files), DatasetError (torchvision's CIFAR
-        folder given as a path, or a folder problem), ConfigError (an argument outside ``_Arguments``' declaration,
-        ``num_classes`` contradicting the data, a synthetic size above ``MAX_SYNTHETIC_SIZE``).
+        folder given as a path, a folder of one class or another problem), ConfigError (an argument outside
+        ``_Arguments``' declaration, ``num_classes`` contradicting the data, a synthetic size over the limit).
     """
-    _Arguments(train_limit, test_limit, num_classes, stats, max_side)  # before any loading
     key = str(data).lower() if isinstance(data, str) else None
+    arguments = _SyntheticArguments if key == "synthetic" else _Arguments
+    arguments(train_limit, test_limit, num_classes, stats, max_side, max_total_pixels)  # before any loading
     if key == "synthetic":
         train_ds, test_ds = _load_synthetic(train_limit, test_limit, seed, num_classes)
     elif key in DATASET_STATS:
@@ -56,10 +65,13 @@ def load_datasets(data: PathLike, root: PathLike = "./data", download: bool = Fa
         train_ds = train_ds if train_limit is None else train_ds.limit(train_limit, seed=seed)
         test_ds = test_ds if test_limit is None else test_ds.limit(test_limit, seed=seed)
     else:
-        path = _image_path(data)
-        train_ds = load_image_folder(path, "train", limit=train_limit, seed=seed, stats=stats, max_side=max_side)
+        path, limits = _image_path(data), {"stats": stats, "max_side": max_side, "max_total_pixels": max_total_pixels}
+        train_ds = load_image_folder(path, "train", limit=train_limit, seed=seed, **limits)
         test_ds = load_image_folder(path, find_eval_split(path), classes=train_ds.classes, limit=test_limit,
-                                    seed=seed, stats=stats, max_side=max_side)
+                                    seed=seed, **limits)
+    if train_ds.num_classes < 2:  # a folder of one class would train, and test at 100%
+        raise DatasetError(f"{data}/train: found 1 class ({train_ds.classes[0]!r}); a classifier needs at least 2 "
+                           "class folders")
     if num_classes is not None and num_classes != train_ds.num_classes:
         raise ConfigError(f"num_classes={num_classes} does not match {str(data)!r}, which has {train_ds.num_classes} "
                           "classes; drop num_classes or pick the matching data set")
@@ -70,12 +82,8 @@ def load_datasets(data: PathLike, root: PathLike = "./data", download: bool = Fa
 def _load_synthetic(train_limit: Optional[int], test_limit: Optional[int], seed: int,
                     num_classes: Optional[int]) -> Tuple[ArrayDataset, ArrayDataset]:
     """The synthetic train/test pair of the given sizes (default ``SYNTHETIC_DEFAULT_SIZES``)."""
-    k = num_classes or 10  # limits and num_classes are None or >= 1 (checked at the door)
+    k = num_classes or 10  # limits and num_classes are None or in range (checked at the door)
     n_train, n_test = train_limit or SYNTHETIC_DEFAULT_SIZES[0], test_limit or SYNTHETIC_DEFAULT_SIZES[1]
-    for name, n in (("train_limit", n_train), ("test_limit", n_test)):
-        if n > MAX_SYNTHETIC_SIZE:  # before generating anything: a typo would otherwise run for minutes
-            raise ConfigError(f"{name} must be at most {MAX_SYNTHETIC_SIZE} for the synthetic data set, got {n}; "
-                              "synthetic images are generated in memory one by one: use a smaller size")
     # A separate seed stream: test images are new draws from the same class templates.
     return make_synthetic(n_train, num_classes=k, seed=seed), make_synthetic(n_test, num_classes=k, seed=[seed, 1])
 

@@ -1,8 +1,10 @@
 """Image folders and zips laid out as ``<root>/<split>/<class>/<image>``, decoded once into an ArrayDataset."""
+import hashlib
 import io
 import logging
 import os
 import struct
+import warnings
 import zipfile
 import zlib
 from collections import Counter
@@ -167,12 +169,14 @@ def _decode(file, name: str, max_pixels: int, max_side: Optional[int]) -> Tuple[
 
     pixels = mode = too_big = None
     try:
-        with Image.open(file, formats=IMAGE_FORMATS) as im:
-            (w, h), mode = im.size, im.mode
-            if w * h > max_pixels or max(w, h) > (max_side or max(w, h)):
-                too_big = f"{w}x{h} pixels (WxH)"
-            else:
-                pixels = to_rgb(im)
+        with warnings.catch_warnings():  # Pillow warns from 89 megapixels on; max_pixels, checked first, governs
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(file, formats=IMAGE_FORMATS) as im:
+                (w, h), mode = im.size, im.mode
+                if w * h > max_pixels or max(w, h) > (max_side or max(w, h)):
+                    too_big = f"{w}x{h} pixels (WxH)"
+                else:
+                    pixels = to_rgb(im)
     except Image.DecompressionBombError:  # Pillow's own limit, checked when opening
         too_big = f"more than Pillow's decompression-bomb limit of {2 * Image.MAX_IMAGE_PIXELS:,} pixels"
     except _DECODE_ERRORS as exc:
@@ -205,7 +209,7 @@ def _decode_images(source: _Source, files: Sequence[str], max_side: int,
             if first is None:  # all images must have the first one's size: the set's size is known here
                 n = len(files) * pixels.shape[0] * pixels.shape[1]
                 _refuse_over(n > max_total_pixels and f"{len(files):,} images of {pixels.shape[1]}x{pixels.shape[0]}"
-                             f" = {n:,} pixels", f"data set {source.path}", f"max_total_pixels={max_total_pixels:,}",
+                             f" = {n:,} pixels", f"data set {source.path}", f"max_total_pixels={max_total_pixels}",
                              "load a subset (limit=, train_limit=) or smaller images, or raise the limit")
                 first, images = rel, np.empty((len(files), *pixels.shape), dtype=np.uint8)
             elif pixels.shape != images.shape[1:]:
@@ -280,15 +284,16 @@ def load_image_folder(path: PathLike, split: str = "train", classes: Optional[Se
     """Images laid out as ``split/<class>/<image>`` in a folder or a zip (splits may sit in one top-level folder),
     decoded once into memory as RGB, each read as ``open_image`` reads it (sides at most ``max_side``, a zip member's
     declared size at most ``max_member_bytes``, all at most ``max_total_pixels``); ``limit``: a stratified seeded
-    subset, picked before decoding. Arrays are cached per (path, mtime, arguments) and shared: do not modify
-    ``ds.images`` in place; ``clear_image_cache()`` frees them. ``classes``: names in label order (an evaluation
-    split's: the training classes, one without images is a warning and in ``ds.empty_classes``); default: the sorted
-    class folders. ``stats`` (checked by ``load_datasets``): "auto": CIFAR-10's published mean/std for a folder with
-    exactly its class names (a JPEG export normalizes like torchvision's copy), else computed; "compute": computed.
+    subset, picked before decoding. Arrays are cached per (path, files' names, sizes and times, arguments), shared:
+    do not modify ``ds.images`` in place; ``clear_image_cache()`` frees them. ``classes``: names in label order (an
+    evaluation split's: the training classes, one without images is a warning and in ``ds.empty_classes``); default:
+    the sorted class folders. ``stats`` (checked by ``load_datasets``): "auto": CIFAR-10's published mean/std for a
+    folder with exactly its class names (a JPEG export normalizes like torchvision's), otherwise or "compute": computed.
 
     DatasetNotFoundError: no ``path``. DatasetError: no split folder, class folders or images, a class folder without
-    images (``classes=None``), class folders the training classes lack, an undecodable, oversized or differently
-    sized file or zip member (named), a set over ``max_total_pixels``, a damaged, encrypted or Deflate64 zip.
+    images (``classes=None``), class folders the training classes lack, a symbolic link in the folder, an
+    undecodable, oversized or differently sized file or zip member (named), a set over ``max_total_pixels``, a
+    damaged, encrypted or Deflate64 zip.
     """
     assert stats in ("auto", "compute"), stats
     path = Path(path).expanduser()
@@ -296,16 +301,38 @@ def load_image_folder(path: PathLike, split: str = "train", classes: Optional[Se
         raise DatasetNotFoundError(f"data path {str(path)!r} does not exist; pass a folder or .zip laid out as "
                                    f"<path>/{split}/<class>/<image>")
     path = path.resolve()
-    images, targets, names, mean, std = _decoded(path, path.stat().st_mtime_ns, split, limit, seed, stats, max_side,
+    images, targets, names, mean, std = _decoded(path, _version(path, split), split, limit, seed, stats, max_side,
                                                  (max_member_bytes, max_total_pixels),
                                                  None if classes is None else tuple(classes))
     return ArrayDataset(images, targets, names, transform=transform, mean=mean, std=std)
 
 
+def _version(path: Path, split: str):
+    """What the decoded cache is keyed on, so that it sees every change: a zip's size and modification time; for a
+    folder, a digest of the path, size and modification time of each file in the split's folder (hidden ones aside:
+    never read). DatasetError names a symbolic link there or on the way: it could point outside the data folder."""
+    if path.is_file():
+        return path.stat().st_size, path.stat().st_mtime_ns
+    split_dir = _split_dir(_Source(path), split)  # None: no such split (_list_split says so)
+    files, folders, wanted = [], [path] if split_dir else [], f"{path / (split_dir or '')}{os.sep}"
+    while folders:
+        for entry in os.scandir(folders.pop()):
+            here = entry.path + os.sep
+            if _is_hidden(entry.name) or not (here.startswith(wanted) or wanted.startswith(here)):
+                continue  # neither in the split's folder nor a folder on the way to it
+            if entry.is_symlink():
+                raise DatasetError(f"{entry.path} is a symbolic link: a data folder must hold its files; copy them in")
+            if entry.is_dir():
+                folders.append(entry.path)
+            else:  # DirEntry.stat() caches: one system call
+                files.append((entry.path, entry.stat().st_size, entry.stat().st_mtime_ns))
+    return hashlib.sha256(repr(sorted(files)).encode()).digest()
+
+
 @lru_cache(maxsize=6)  # a few entries hold train+test of one or two data sets; a CIFAR-sized split is ~150 MB
-def _decoded(path: Path, mtime_ns: int, split: str, limit: Optional[int], seed: int, stats: str, max_side: int,
+def _decoded(path: Path, version, split: str, limit: Optional[int], seed: int, stats: str, max_side: int,
              limits: Tuple[int, int], classes: Optional[Tuple[str, ...]]) -> tuple:
-    """(images, targets, class names, mean, std) of one split, cached per file version (``mtime_ns``) and arguments."""
+    """(images, targets, class names, mean, std) of one split, cached per ``_version`` of the files and arguments."""
     with closing(_Source(path, limits[0])) as source:
         files, targets, names = _list_split(source, path, split, classes)
         if limit is not None:

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Literal, Optional, Union
 import torch
 import torch.nn as nn
 
+from pytorch_utils.data.folders import MAX_SIDE, MAX_TOTAL_PIXELS
 from pytorch_utils.errors import ConfigError, UnknownNameError, bounded, check_fields
 from pytorch_utils.registry import Registry
 from pytorch_utils.train.callbacks import Phase, validate_phases
@@ -36,6 +37,8 @@ class Recipe:
     num_classes: Optional[int] = bounded(None, ge=2)  # None: taken from the data
     train_limit: Optional[int] = bounded(None, ge=1)  # stratified subsets for quick runs
     test_limit: Optional[int] = bounded(None, ge=1)
+    max_side: int = bounded(MAX_SIDE, ge=1)  # image folders/zips: limits on the images, see load_image_folder
+    max_total_pixels: int = bounded(MAX_TOTAL_PIXELS, ge=1)
     epochs: int = bounded(20, ge=1)
     batch_size: int = bounded(128, ge=1)
     optimizer: str = "sgd"  # a name in OPTIMIZERS: sgd | adam | adamw
@@ -246,10 +249,7 @@ def parse_override(recipe: Recipe, text: str) -> Dict[str, Any]:
         raise ConfigError(f"override {text!r} must look like key=value")
     key, raw = text.split("=", 1)
     key = key.strip().replace("-", "_")
-    names = {f.name: f for f in dataclasses.fields(recipe)}
-    if key not in names:
-        raise ConfigError(f"unknown recipe field {key!r}; valid fields: {', '.join(sorted(names))}")
-    hint = typing.get_type_hints(Recipe)[key]
+    hint = typing.get_type_hints(Recipe).get(key, str)  # an unknown field is named by recipe.replace, below
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -263,6 +263,6 @@ def parse_override(recipe: Recipe, text: str) -> Dict[str, Any]:
         value = _from_plain(key, value)
     except TypeError as exc:
         raise ConfigError(f"override {text!r}: {exc}") from None
-    dataclasses.replace(recipe, **{key: value})  # checks the field (Recipe.__post_init__)
+    recipe.replace(**{key: value})  # checks the name and the value (Recipe.__post_init__)
     return {key: value}
 

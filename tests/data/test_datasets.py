@@ -202,6 +202,34 @@ def test_grayscale_image_is_converted_to_rgb_not_refused(tmp_path):
     assert ds.images.shape[1:] == (8, 8, 3) and (ds.images == 77).all(axis=(1, 2, 3)).sum() == 1
 
 
+def test_a_folder_of_one_class_is_refused_at_load(tmp_path):
+    for split in ("train", "test"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / split / "a" / "0.png")
+    with pytest.raises(DatasetError) as err:  # it would train, and report a test accuracy of 100%
+        load_datasets(str(tmp_path))
+    assert str(err.value) == f"{tmp_path}/train: found 1 class ('a'); a classifier needs at least 2 class folders"
+
+
+def test_labels_are_checked_where_a_data_set_is_loaded(tmp_path, monkeypatch):
+    import torchvision
+
+    write_tree(tmp_path)
+    for data in ("synthetic", str(tmp_path)):
+        train, test = load_datasets(data, train_limit=6, test_limit=4)
+        assert test.classes == train.classes
+        assert 0 <= min(train.targets.min(), test.targets.min()) and max(train.targets.max(), test.targets.max()) \
+            < train.num_classes
+
+    class BadLabels:  # torchvision's CIFAR-10 as it would load a damaged copy
+        def __init__(self, root, train, download):
+            self.data, self.targets = rgb(4, 32), [0, 1, 10, 2]
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", BadLabels)
+    with pytest.raises(DatasetError, match=r"label 10 is out of range for num_classes=10 .*\[0, 9\]"):
+        load_datasets("cifar10")
+
+
 # ------------------------------------------------------------------------------------------------ synthetic
 
 
@@ -302,6 +330,7 @@ def test_cifar10_class_names_get_cifar10_stats_unless_compute_is_asked(tmp_path)
     ({"num_classes": 0}, ">= 2, got 0"),
     ({"num_classes": 1}, ">= 2, got 1"),
     ({"max_side": 0}, ">= 1, got 0"),
+    ({"max_total_pixels": 0}, ">= 1, got 0"),
     ({"stats": "cifar"}, "one of 'auto', 'compute'"),
 ])
 def test_load_datasets_rejects_bad_limits_and_class_counts(tmp_path, kwargs, expected):
@@ -311,7 +340,8 @@ def test_load_datasets_rejects_bad_limits_and_class_counts(tmp_path, kwargs, exp
         with pytest.raises(ConfigError) as err:
             load_datasets(data, **kwargs)
         msg = str(err.value)
-        assert f"load_datasets argument {name!r}" in msg and expected in msg  # the library names its argument
+        assert f"load_datasets argument {name!r}" in msg  # the library names its argument
+        assert all(part in msg for part in expected.split(", "))  # synthetic sizes: also "and <= 200000"
         assert "make_synthetic" not in msg
 
 

@@ -1,5 +1,6 @@
 """Image folders and zips as students bring them: any Pillow format, non-RGB modes, zip name encodings, splits."""
 import logging
+import os
 import zipfile
 from pathlib import Path
 
@@ -168,3 +169,31 @@ def test_decoding_shows_progress_only_after_a_delay(tmp_path, monkeypatch):
     two_class_tree(tmp_path / "p")
     load_image_folder(tmp_path / "p", "train")
     assert seen["total"] == 2 and seen["delay"] == folders.PROGRESS_DELAY >= 1.0
+
+
+def test_cache_sees_added_moved_and_overwritten_files_not_only_the_root(tmp_path):
+    two_class_tree(tmp_path)
+    first = load_image_folder(tmp_path, "train")
+    assert load_image_folder(tmp_path, "train").images is first.images  # unchanged: not decoded again
+    root_mtime = tmp_path.stat().st_mtime_ns
+    save(tmp_path / "train" / "a" / "1.png", rgb_image(7))  # a notebook cell adds an image to a class folder
+    assert tmp_path.stat().st_mtime_ns == root_mtime  # the premise: the root's own time did not change
+    assert load_image_folder(tmp_path, "train").class_counts().tolist() == [2, 1]
+    (tmp_path / "train" / "a" / "1.png").rename(tmp_path / "train" / "b" / "1.png")  # moved
+    assert load_image_folder(tmp_path, "train").class_counts().tolist() == [1, 2]
+    target = tmp_path / "train" / "b" / "1.png"
+    stat = target.stat()
+    save(target, rgb_image(9))  # overwritten in place: same name, same size, the time put back...
+    assert target.stat().st_size == stat.st_size
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # ...but for one nanosecond
+    assert (load_image_folder(tmp_path, "train").images[2] == 9).all()
+
+
+def test_cache_of_a_zip_sees_it_rewritten_at_the_same_time(tmp_path):
+    image, archive = save(tmp_path / "0.png", rgb_image(3)), tmp_path / "data.zip"
+    for n in (1, 2):
+        with zipfile.ZipFile(archive, "w") as zf:
+            for i in range(n):
+                zf.write(image, f"train/a/{i}.png")
+        os.utime(archive, ns=(0, 10**18))  # the same modification time both times: only the size differs
+        assert len(load_image_folder(archive, "train")) == n

@@ -15,7 +15,7 @@ from PIL import Image
 
 from pytorch_utils.data import load_datasets
 from pytorch_utils.data.folders import IMAGE_FORMATS, MAX_SIDE, load_image_folder, open_image
-from pytorch_utils.errors import DatasetError
+from pytorch_utils.errors import ConfigError, DatasetError
 
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n"
 
@@ -194,7 +194,7 @@ def test_data_set_over_max_total_pixels_is_refused_in_one_line_before_allocating
     with pytest.raises(DatasetError) as err:
         load_image_folder(tmp_path, "train", max_total_pixels=1000)
     msg = str(err.value)
-    assert "4 images of 16x16 = 1,024 pixels" in msg and "max_total_pixels=1,000" in msg and str(tmp_path) in msg
+    assert "4 images of 16x16 = 1,024 pixels" in msg and "max_total_pixels=1000" in msg and str(tmp_path) in msg
     assert "\n" not in msg
     assert len(load_image_folder(tmp_path, "train", max_total_pixels=1024)) == 4
 
@@ -213,3 +213,61 @@ def test_compute_mean_std_chunks_large_images_by_pixels_exactly(monkeypatch):
     monkeypatch.undo()
     assert stats.compute_mean_std(images) == stats.compute_mean_std(images, batch=1)
     np.testing.assert_allclose(stats.compute_mean_std(images)[1], flat.std(0) / 255, rtol=0, atol=1e-12)
+
+
+def test_images_pillow_only_warns_about_are_refused_by_max_pixels_without_a_warning(tmp_path):
+    import warnings
+
+    big = gray_png_bomb(tmp_path / "big.png", 10000, 10000)  # 100 megapixels: Pillow warns (89 to 179), does not stop
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's DecompressionBombWarning would surface here as an exception
+        with pytest.raises(DatasetError, match=r"big\.png declares 10000x10000 pixels.*max_pixels=67,108,864"):
+            open_image(big)
+
+
+@pytest.mark.parametrize("link", ["train/b", "train/a/1.png", "test"])
+def test_a_symbolic_link_in_a_data_folder_is_refused_naming_it(tmp_path, link):
+    data, outside = tmp_path / "data", tmp_path / "outside"  # the link points outside the data folder
+    for root in (data, outside):
+        for rel in ("train/a/0.png", "train/b/0.png", "test/a/0.png", "test/b/0.png"):
+            if root == outside or not rel.startswith(link):
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                (root / rel).write_bytes(png_bytes())
+    (data / link).symlink_to(outside / (link if "." not in link else "train/a/0.png"))
+    (data / "unused").symlink_to(outside)  # beside the splits: never read, never walked
+    with pytest.raises(DatasetError) as err:
+        load_datasets(str(data))
+    msg = str(err.value)
+    assert f"{data / link} is a symbolic link" in msg and "\n" not in msg
+
+
+def test_a_symbolic_link_stored_in_a_zip_is_not_followed(tmp_path):
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(png_bytes(200))
+    archive = tmp_path / "links.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("train/a/0.png", png_bytes())
+        link = zipfile.ZipInfo("train/a/1.png")
+        link.external_attr = 0o120777 << 16  # a Unix symbolic link whose stored data is the target's path
+        zf.writestr(link, str(outside))
+    with pytest.raises(DatasetError, match=rf"cannot decode image {archive}!train/a/1\.png"):
+        load_image_folder(archive, "train")  # its stored text is read as the image: not an image, never the target
+
+
+def test_data_limits_are_arguments_of_load_datasets_and_recipe_fields(tmp_path):
+    from pytorch_utils.recipes.base import get_recipe, parse_override
+
+    for i in range(4):
+        path = tmp_path / ("train" if i < 2 else "test") / f"c{i % 2}" / "0.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png_bytes(i, size=16))
+    with pytest.raises(DatasetError, match="max_total_pixels=500"):
+        load_datasets(str(tmp_path), max_total_pixels=500)
+    with pytest.raises(DatasetError, match="16x16 pixels.*max_side=8"):
+        load_datasets(str(tmp_path), max_side=8)
+    assert len(load_datasets(str(tmp_path), max_side=16, max_total_pixels=512)[0]) == 2
+    recipe = get_recipe("default")
+    assert parse_override(recipe, "max_side=64") == {"max_side": 64}  # the CLI's --set max_side=64
+    assert parse_override(recipe, "max_total_pixels=1000000") == {"max_total_pixels": 1000000}
+    with pytest.raises(ConfigError, match="recipe field 'max_side' must be >= 1, got 0"):
+        recipe.replace(max_side=0)
