@@ -14,21 +14,21 @@ _UMASK = os.umask(0o022)  # read once (setting it is process-wide): new files ge
 os.umask(_UMASK)
 
 
-def _not_writable(folder: Path, exc: OSError) -> ConfigError:
+def not_writable_error(folder: Path, exc: OSError) -> ConfigError:
     return ConfigError(f"output directory {str(folder)!r} is not writable ({exc.strerror or exc}); "
                        "choose another out_dir")
 
 
-def ensure_writable_dir(path: PathLike) -> Path:
-    """Create ``path`` (and parents) if needed; ConfigError (path and OS reason) when it cannot be written. Called
-    once where a run or report starts: later writes never create folders."""
+def ensure_writable_dir(path: PathLike, parents: bool = True) -> Path:
+    """Create ``path`` (and, with ``parents``, its parents) if needed; ConfigError (path and OS reason) when it cannot
+    be written. Called once where a run or report starts: later writes never create folders."""
     path = Path(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=parents, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise _not_writable(path, exc) from None
+        raise not_writable_error(path, exc) from None
     return path
 
 
@@ -41,7 +41,7 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        raise (disk_full_error(exc, path) or _not_writable(path.parent, exc)) from None
+        raise (disk_full_error(exc, path) or not_writable_error(path.parent, exc)) from None
     try:
         with contextlib.suppress(OSError):  # some mounted drives refuse chmod; the file is still ours
             os.fchmod(fd, 0o666 & ~_UMASK)

@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 from pytorch_utils.errors import RunLockedError
-from pytorch_utils.io import ensure_writable_dir
+from pytorch_utils.io import disk_full_error, ensure_writable_dir, not_writable_error
 
 log = logging.getLogger(__name__)
 LOCK_NAME = ".lock"
 HEARTBEAT_S = 30.0  # the holder touches its lock this often; one from another host untouched 4x as long is stale
+_HELD: set = set()  # the locks (real paths) this process holds now
 
 
 def _holder(path: Path) -> dict:
@@ -30,6 +31,8 @@ def _holder(path: Path) -> dict:
 
 def _alive(path: Path, info: dict) -> bool:
     pid = info.get("pid")
+    if pid == os.getpid() and info.get("host") == socket.gethostname():  # this process: held now, or left by a stop
+        return os.path.realpath(path) in _HELD  # whose unlink failed (a Drive gone); then a resume here takes it over
     if not isinstance(pid, int) or info.get("host") != socket.gethostname():
         # half-written (being written now, or killed doing so) or another machine's (Drive): alive while touched lately
         with contextlib.suppress(OSError):
@@ -47,7 +50,7 @@ def _replace_stale(path: Path) -> None:
         raise RunLockedError(f"{str(path.parent)!r} is in use by a running run (pid {holder.get('pid', '?')} on "
                              f"{holder.get('host', '?')}, started {holder.get('started')}); wait for it to finish, "
                              f"stop it, or choose another out_dir (if no such run exists, delete {str(path)!r})")
-    log.info(f"replaced a stale lock in {str(path.parent)!r} (pid {holder.get('pid', '?')} is no longer running)")
+    log.info(f"replaced a stale lock in {str(path.parent)!r} (the run of pid {holder.get('pid', '?')} has ended)")
     path.unlink(missing_ok=True)  # (two runs replacing one stale lock in the same instant could both go on)
 
 
@@ -59,8 +62,10 @@ def _heartbeat(path: Path, stop: threading.Event) -> None:
 
 @contextlib.contextmanager
 def run_lock(out_dir):
-    """``with run_lock(out_dir):`` holds ``<out_dir>/.lock`` (RunLockedError while a live run holds it) and removes
-    it however the block ends, with the folders it created if the run left them empty. Yields the lock's path."""
+    """``with run_lock(out_dir):`` holds ``<out_dir>/.lock`` (RunLockedError while a live run holds it; DiskFullError
+    or ConfigError, no lock left, when it cannot be written) and removes it however the block ends, with the folders
+    it created if the run left them empty; a failed removal (a Drive gone) is logged, never hides the run's error.
+    Yields the lock's path."""
     out_dir = Path(out_dir)
     path, made = out_dir / LOCK_NAME, [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # deepest first
     ensure_writable_dir(out_dir)  # ConfigError naming the folder when it cannot be created or written
@@ -70,17 +75,25 @@ def run_lock(out_dir):
             break
         except FileExistsError:
             _replace_stale(path)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M")}, fh)
-    stop = threading.Event()
-    threading.Thread(target=_heartbeat, args=(path, stop), daemon=True).start()
+    key, stop = os.path.realpath(path), threading.Event()
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M")}
+    _HELD.add(key)
     try:
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(info, fh)
+        except OSError as exc:  # a full disk: the file was created, not written (so it goes below)
+            raise (disk_full_error(exc, path) or not_writable_error(out_dir, exc)) from None
+        threading.Thread(target=_heartbeat, args=(path, stop), daemon=True).start()
         yield path
     finally:
         stop.set()
-        if _holder(path).get("pid") == os.getpid():
-            path.unlink(missing_ok=True)
+        _HELD.discard(key)
+        try:
+            if _holder(path).get("pid") in (os.getpid(), None):  # ours, or ours left empty by a full disk
+                path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning(f"could not remove {str(path)!r} ({exc.strerror}); a run from this process takes it over")
         for folder in made:
             with contextlib.suppress(OSError):  # only an empty folder goes
                 folder.rmdir()
-

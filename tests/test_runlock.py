@@ -1,4 +1,5 @@
 """The run-folder lock: a live run's folder is refused, a stale lock (killed run) is taken over, always released."""
+import errno
 import json
 import logging
 import os
@@ -11,7 +12,7 @@ import pytest
 
 import pytorch_utils.runlock as runlock
 from pytorch_utils.cli import main
-from pytorch_utils.errors import DatasetNotFoundError, RunLockedError
+from pytorch_utils.errors import DatasetNotFoundError, DiskFullError, RunLockedError
 from pytorch_utils.recipes import run_recipe
 from pytorch_utils.runlock import LOCK_NAME, run_lock
 
@@ -151,3 +152,34 @@ def test_run_recipe_releases_the_lock_when_it_fails(tmp_path):
     assert not (tmp_path / "run").exists()  # lock released, and the folder it made for it removed
     with run_lock(tmp_path / "run"):
         pass
+
+
+def test_a_failed_release_never_hides_the_error_and_this_process_may_take_the_lock_over(tmp_path, monkeypatch,
+                                                                                          caplog):
+    def disconnected(*args, **kwargs):  # a Drive gone mid-run: every unlink fails
+        raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+    with caplog.at_level(logging.WARNING, logger="pytorch_utils.runlock"), pytest.raises(ZeroDivisionError):
+        with run_lock(tmp_path):
+            monkeypatch.setattr(os, "unlink", disconnected)
+            1 / 0  # the run's own error is what surfaces, not the lock's
+    monkeypatch.undo()
+    assert f"could not remove {str(tmp_path / LOCK_NAME)!r} (Transport endpoint is not connected)" in caplog.text
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()  # left behind, naming this process
+    with run_lock(tmp_path):  # a resume from the same kernel: no run here holds it, so it is stale
+        with pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):  # while held, still refused
+            with run_lock(tmp_path):
+                pass
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_full_disk_at_the_lock_write_is_one_line_and_leaves_no_lock(tmp_path, monkeypatch):
+    def full(obj, fh):  # the empty file was created; its text does not fit
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runlock.json, "dump", full)
+    with pytest.raises(DiskFullError, match=rf"^no space left on the disk holding {str(tmp_path / 'run')!r} while "
+                                            r"writing '\.lock'"):
+        with run_lock(tmp_path / "run"):
+            pass
+    assert list(tmp_path.iterdir()) == []  # no lock, and the folder made for it is gone

@@ -2,6 +2,7 @@
 import contextlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from pytorch_utils.data import load_datasets, make_loader
 from pytorch_utils.data.gpu import GPULoader
 from pytorch_utils.data.input_size import choose_input_size
 from pytorch_utils.errors import CheckpointError, ConfigError
-from pytorch_utils.io import atomic_write_text, ensure_writable_dir
+from pytorch_utils.io import atomic_write_text
 from pytorch_utils.models import count_parameters, create_model
 from pytorch_utils.recipes.base import Recipe, build_optimizer, get_recipe
 from pytorch_utils.runlock import run_lock
@@ -85,8 +86,9 @@ def _make_loaders(recipe: Recipe, train_ds, test_ds, device: torch.device, rank:
 
 # Recipe fields a resumed run may change: bookkeeping and speed settings that do not change what is trained.
 RESUME_FREE_FIELDS = ("name", "description", "num_workers", "hub_repo", "hub_every", "compile", "keep_last",
-                      "checkpoint_every", "tensorboard")
-RUN_FILES = ("run.json", "history.json", "history.csv", "summary.json", "lr_finder.png", "checkpoints", "tensorboard")
+                      "checkpoint_every", "tensorboard", "max_side", "max_total_pixels")  # limits: same data
+RUN_FILES = ("run.json", "history.json", "history.csv", "summary.json", "lr_finder.png", "checkpoints", "tensorboard",
+             "model.pt", "model.pt.json", "model.onnx", "model.onnx.json")  # + the CLI export's default files
 
 
 def check_resume_compatible(checkpoint: Dict[str, Any], recipe: Recipe, data: str) -> None:
@@ -148,7 +150,8 @@ def archive_previous_run(out_dir: Path) -> Optional[Path]:
     while dest.exists():
         n += 1
         dest = dest.with_name(f"{time.strftime('%Y%m%d-%H%M%S')}-{n}")
-    dest.mkdir(parents=True)
+    dest.parent.mkdir(exist_ok=True)  # never parents: an out_dir gone since the start is not re-created
+    dest.mkdir()
     for path in present:
         path.rename(dest / path.name)
     log.info(f"an earlier run's files in {str(out_dir)!r} were moved to {str(dest)!r} (resume=True continues a run)")
@@ -204,7 +207,8 @@ def _build(run: _Run, root: str, download: bool):
     ``fit``)."""
     recipe, device = run.recipe, run.device
     train_ds, test_ds = load_datasets(run.data, root=root, download=download, train_limit=recipe.train_limit,
-                                      test_limit=recipe.test_limit, seed=recipe.seed, num_classes=recipe.num_classes)
+                                      test_limit=recipe.test_limit, seed=recipe.seed, num_classes=recipe.num_classes,
+                                      max_side=recipe.max_side, max_total_pixels=recipe.max_total_pixels)
     num_classes = train_ds.num_classes
     model = create_model(recipe.model, num_classes=num_classes, **recipe.model_kwargs)
     check_model_data(model, num_classes)
@@ -217,11 +221,10 @@ def _build(run: _Run, root: str, download: bool):
     per_rank = f" per rank, {recipe.batch_size * run.world} in all over {run.world} ranks" if run.world > 1 else ""
     log.info(f"recipe {recipe.name}: {recipe.model} ({count_parameters(model):,} params) on {run.data} "
              f"({len(train_ds)} train / {len(test_ds)} test, {num_classes} classes), device {device}, "
-             f"loader {kind}, {recipe.epochs} epochs of batch {recipe.batch_size}{per_rank}")
+             f"loader {kind}, {recipe.epochs} epoch{'s' * (recipe.epochs != 1)} of batch {recipe.batch_size}{per_rank}")
     if run.main:
         if run.checkpoint is None:
             archive_previous_run(run.out_dir)
-        ensure_writable_dir(run.out_dir)
     dist_utils.barrier()  # every rank waits until rank 0 has moved an earlier run aside
     model = model.to(device)
     if run.world > 1 and recipe.sync_bn and device.type == "cuda":
@@ -254,7 +257,7 @@ def _choose_lrs(run: _Run, model, optimizer, criterion, train_loader) -> Tuple[O
     # Under torchrun every rank swept its own shard: all ranks follow rank 0's schedule.
     lr_values = dist_utils.broadcast_object(lr_values)
     if lr_result is not None:
-        if run.main:
+        if run.main and run.out_dir.is_dir():  # a vanished folder is not re-created: the next write stops the run
             from pytorch_utils.viz.lr_finder import plot_lr_finder  # the plot lives in viz: train never draws
 
             plot_lr_finder(lr_result, save=run.out_dir / "lr_finder.png")
@@ -298,10 +301,24 @@ def run_recipe(recipe: Union[Recipe, str], data: Optional[str] = None, out_dir: 
     ``runs/<recipe name>``; ``device``: None picks the best, with ``device_fallback`` to the CPU; ``resume``: True
     continues from the newest intact checkpoint if any, "required" raises CheckpointError without one; ``root``,
     ``download``: torchvision's CIFAR. Returns a :class:`RunResult`. ConfigError, UnknownNameError and
-    CheckpointError are raised before any data is loaded."""
+    CheckpointError are raised before any data is loaded; CheckpointError when ``out_dir`` vanishes or turns read-only
+    mid-run (an unmounted Drive: the run stops, nothing is written elsewhere)."""
     with contextlib.ExitStack() as cleanup:  # the run-folder lock taken in _prepare is released however it ends
         run = _prepare(recipe, overrides, data, out_dir, device, device_fallback, resume, progress, cleanup)
-        return _train(run, root, download)
+        try:
+            return _train(run, root, download)
+        except Exception as exc:
+            raise _lost_folder(run) or exc
+
+
+def _lost_folder(run: _Run) -> Optional[CheckpointError]:
+    """The error to report when the run folder vanished or turned read-only since the start (an unmounted Drive: what
+    failed then is a consequence), else None."""
+    state = "read-only" if os.path.isdir(run.out_dir) else "gone"  # also gone: a lost mount (ENOTCONN)
+    if run.main and (state == "gone" or not os.access(run.out_dir, os.W_OK | os.X_OK)):
+        return CheckpointError(f"run folder {str(run.out_dir)!r} vanished or is not writable ({state}); nothing was "
+                               "written elsewhere; when it is back, resume with resume=True")
+    return None
 
 
 def _train(run: _Run, root: str, download: bool) -> RunResult:

@@ -127,9 +127,12 @@ def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
     _check_file(path := Path(path))
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, bad pickle, disk error: all mean "unusable"
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated "
-                              f"({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # truncated zip, bad pickle, disk error, TorchScript: all mean "unusable"
+        # One sentence of torch's message: its advice to allow more (weights_only=False) would run the file's code.
+        lines = str(exc).strip().splitlines() or [""]
+        reason = next((x.strip() for x in lines if "error:" in x), lines[0]).split(". ")[0][:300]
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated, or not a weights-only checkpoint "
+                              f"({type(exc).__name__}: {reason})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt.get("format"), int):
         raise CheckpointError(f"{str(path)!r} is not a pytorch_utils checkpoint (format {FORMAT})")
     if any(map(_not_stored, ckpt["model"].values())):
@@ -200,16 +203,16 @@ def latest_checkpoint(directory, skipped: Optional[List[str]] = None) -> Optiona
 
 class CheckpointManager(Callback):
     """Writes ``epoch-0007.pt`` files (the last ``keep_last``; every ``every`` epochs and the last) and ``best.pt`` (by
-    ``monitor``, ``mode`` "max"/"min"; a best between saves waits in memory for the next) in ``directory``, rank 0
-    only, storing ``config`` (dict or dataclass) in each. It only writes: a run resumes by handing ``fit`` a loaded
-    checkpoint (``resume=``), whose history gives back the best so far."""
+    ``monitor``, ``mode`` "max"/"min"; a best between saves waits in memory for the next) in ``directory`` (created
+    here; its parent must exist), rank 0 only, storing ``config`` (dict or dataclass) in each. It only writes: a run
+    resumes by handing ``fit`` a loaded checkpoint (``resume=``), whose history gives back the best so far."""
 
     def __init__(self, directory, keep_last: int = 5, monitor: str = "test_acc", mode: str = "max",
                  config: Any = None, hub: "HubPusher" = None, every: int = 1):
         assert every >= 1 and keep_last >= 1 and mode in ("max", "min")
         self.directory, self.best_path = Path(directory), Path(directory) / "best.pt"
         if dist_utils.is_main_process():
-            ensure_writable_dir(self.directory)
+            ensure_writable_dir(self.directory, parents=False)  # an unmounted Drive is not re-created locally
         self.keep_last, self.monitor, self.mode = keep_last, monitor, mode
         self.config, self.hub, self.every = config, hub, every
         self.best = self._pending_best = None  # {"monitor", "value", "epoch"} so far; a best checkpoint not yet saved

@@ -24,6 +24,7 @@ from pytorch_utils.train.state import Callback, History, TrainConfig, TrainState
 from pytorch_utils.utils import amp_dtype_for, model_device, preserved, resolve_device
 
 log = logging.getLogger(__name__)
+ADVICE = "Lower the learning rate, check the inputs for NaNs, or use amp=None; the last good checkpoint is untouched."
 
 
 def _inputs(inputs: torch.Tensor, model: nn.Module, device, amp_dtype, channels_last: bool) -> torch.Tensor:
@@ -60,10 +61,32 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
 
 
 class _Meter:
-    """Loss / accuracy / count sums kept on the device, shared by training and evaluation (read once at the end)."""
+    """Loss / accuracy / count sums kept on the device, shared by training and evaluation (read once at the end), and
+    flags read at the sync points: the first step with a non-finite loss, the range of the hard labels."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, num_classes: Optional[int]):
         self.sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss * n, correct, n
+        self.bad_step, self.num_classes = torch.full((), -1, device=device, dtype=torch.long), num_classes
+        self.extremes = torch.full((2,), -2**62, device=device, dtype=torch.long)  # -lowest, highest hard label
+
+    def labels(self, targets: torch.Tensor) -> torch.Tensor:
+        """``targets`` with hard labels outside 0..C-1 clamped into it, so the loss never sees them (torch's own check
+        is a device assert on a GPU); their range is kept for :meth:`check`. Soft (N, C) targets pass as they are."""
+        if self.num_classes is None or targets.dim() != 1 or targets.numel() == 0:
+            return targets
+        self.extremes = torch.maximum(self.extremes, torch.stack([-targets.min().long(), targets.max().long()]))
+        return targets.clamp(0, self.num_classes - 1)
+
+    def check(self, epoch: Optional[int], what: str = "train") -> None:
+        """The one host read of the flags: ConfigError for labels outside the classes, NonFiniteLossError for a
+        non-finite loss (at the sync points; none per step)."""
+        step, minus_low, high = torch.cat([self.bad_step.view(1), self.extremes]).tolist()
+        low, n, where = -minus_low, self.num_classes, f"epoch {epoch}, " if epoch is not None else ""
+        if n is not None and (low < 0 or high >= n):
+            raise ConfigError(f"{what} labels range over [{low}, {high}] ({where}the model has {n} classes: "
+                              f"0..{n - 1}); build the model with num_classes={high + 1} or more, or fix the labels")
+        if step >= 0:
+            raise NonFiniteLossError(f"train loss became NaN/inf at {where}step {step}; training stopped. {ADVICE}")
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """Add one batch: ``loss`` is the batch mean; soft (N, C) targets count their argmax as the label."""
@@ -86,23 +109,12 @@ def model_output_classes(model: nn.Module) -> Optional[int]:
     return heads[-1].out_features if heads else None
 
 
-def _check_labels(targets: torch.Tensor, num_classes: Optional[int]) -> None:
-    """Labels must index the model's outputs (the door for a user's own loader)."""
-    if num_classes is None or targets.dim() != 1 or targets.numel() == 0:
-        return
-    lo, hi = torch.stack([targets.min(), targets.max()]).tolist()
-    if lo < 0 or hi >= num_classes:
-        raise ConfigError(f"labels range over [{lo}, {hi}] but the model outputs {num_classes} classes; build "
-                          f"the model with num_classes={hi + 1} or more, or fix the labels")
-
-
-def _check_finite(bad_step: torch.Tensor, epoch: Optional[int]) -> None:
-    step = int(bad_step.item())
-    if step >= 0:
-        where = f"epoch {epoch}, " if epoch is not None else ""
-        raise NonFiniteLossError(
-            f"train loss became NaN/inf at {where}step {step}; training stopped. Lower the learning rate, check the "
-            "inputs for NaNs, or use amp=None; the last good checkpoint (if any) is untouched.")
+def _check_diverged(model: nn.Module, test_loss: float, epoch: int) -> None:
+    """NonFiniteLossError when the test loss or a weight is NaN/inf (one host read per epoch, before any save)."""
+    finite = torch.stack([t.isfinite().all() for t in model.state_dict().values() if t.is_floating_point()]).all()
+    if not (math.isfinite(test_loss) and finite):
+        what = "a weight" if math.isfinite(test_loss) else f"the test loss ({test_loss:g})"
+        raise NonFiniteLossError(f"{what} became NaN/inf in epoch {epoch}; stopped before saving it. " + ADVICE)
 
 
 def _optimizer_step(model: nn.Module, optimizer, scaler, grad_clip: Optional[float], schedule, step: int) -> bool:
@@ -137,17 +149,14 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     device = model_device(model)
     amp_dtype = amp_dtype_for(cfg.amp, device)
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    n_acc, num_batches, num_classes = cfg.accumulate_steps, _num_batches(loader), model_output_classes(model)
+    n_acc, num_batches = cfg.accumulate_steps, _num_batches(loader)
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    meter, start, applied = _Meter(device), time.perf_counter(), 0
-    bad = torch.full((), -1, device=device, dtype=torch.long)
+    meter, start, applied = _Meter(device, model_output_classes(model)), time.perf_counter(), 0
     bar = _progress_bar(loader, f"epoch {epoch}" if epoch else "train", cfg.progress)
     for i, (inputs, targets) in enumerate(loader):
         inputs = _inputs(inputs, model, device, amp_dtype, cfg.channels_last)
-        targets = targets.to(device, non_blocking=True)
-        if i == 0:  # one host sync per epoch
-            _check_labels(targets, num_classes)
+        targets = meter.labels(targets.to(device, non_blocking=True))
         if cfg.mixer is not None:
             inputs, targets = cfg.mixer(inputs, targets)
         boundary = (i + 1) % n_acc == 0 or i + 1 == num_batches
@@ -160,17 +169,18 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
             scaler.scale(loss / n_acc).backward()
         meter.add(loss, logits, targets)
         # The first non-finite batch, remembered without a host sync; read at the sync points.
-        bad = torch.where((bad < 0) & ~torch.isfinite(loss.detach()), torch.full_like(bad, i), bad)
+        meter.bad_step = torch.where((meter.bad_step < 0) & ~torch.isfinite(loss.detach()),
+                                     torch.full_like(meter.bad_step, i), meter.bad_step)
         if boundary and _optimizer_step(model, optimizer, scaler, cfg.grad_clip, schedule, step + applied):
             applied += 1
             if cfg.ema is not None:
                 cfg.ema.update(model)
         bar.update(1)
         if (i + 1) % cfg.sync_every == 0:
-            _check_finite(bad, epoch)
+            meter.check(epoch)
             bar.set_postfix(loss=f"{(meter.sums[0] / meter.sums[2]).item():.4f}", lr=f"{current_lr(optimizer):.2e}")
     bar.close()
-    _check_finite(bad, epoch)
+    meter.check(epoch)
     return {**meter.result("training"), "lr": current_lr(optimizer), "steps": applied,
             "seconds": time.perf_counter() - start}
 
@@ -185,17 +195,19 @@ def evaluate(model: nn.Module, loader, *, criterion: Optional[Callable] = None, 
     ``fit``; ``tta``: None, "flip", "flip_translate" or ``(model, inputs) -> logits``.
     Returns ``{"loss", "acc" (percent), "samples", "seconds"}``, plus CPU tensors ``logits`` (N, C), ``probs``,
     ``preds``, ``targets`` with ``return_outputs`` and the normalized ``inputs`` with ``return_inputs`` (small sets).
+    Raises ConfigError for hard labels outside the model's classes.
     """
     from pytorch_utils.train.tta import get_tta  # tta imports nothing from here; kept local to stay import-light
 
     device = torch.device(device) if device is not None else model_device(model)
     criterion, tta_fn, amp_dtype = criterion or nn.CrossEntropyLoss(), get_tta(tta), amp_dtype_for(amp, device)
-    start, meter, kept = time.perf_counter(), _Meter(device), {"logits": [], "targets": [], "inputs": []}
+    start, kept = time.perf_counter(), {"logits": [], "targets": [], "inputs": []}
+    meter = _Meter(device, model_output_classes(model))
     bar = _progress_bar(loader, "test", progress)
     with preserved(model, weights=False, rng=False, train=False):
         for inputs, targets in loader:
             inputs = _inputs(inputs, model, device, amp_dtype, channels_last)
-            targets = targets.to(device, non_blocking=True)
+            targets = meter.labels(targets.to(device, non_blocking=True))
             with _autocast(device, amp_dtype):
                 logits = (tta_fn(model, inputs) if tta_fn is not None else model(inputs)).float()
             meter.add(criterion(logits, targets), logits, targets)
@@ -206,6 +218,7 @@ def evaluate(model: nn.Module, loader, *, criterion: Optional[Callable] = None, 
             if return_inputs:
                 kept["inputs"].append(inputs.float().cpu())
     bar.close()
+    meter.check(None, "test")
     result: Dict[str, Any] = {**meter.result("evaluation"), "seconds": time.perf_counter() - start}
     if return_outputs:
         logits = torch.cat(kept["logits"])
@@ -228,8 +241,8 @@ def fit(model: nn.Module, train_loader, test_loader=None, *, epochs: int, optimi
     restored before any hook runs; when the steps per epoch changed since it was written (batch or data size), the
     schedule continues from the same fraction of the run. Returns the :class:`History`, one record per epoch (also
     logged at INFO on rank 0). Raises ConfigError (``epochs < 1``, a scheduler with a loader that has no length, a
-    schedule built for fewer steps than the run, labels outside the model's classes) or CheckpointError (a checkpoint
-    that does not fit).
+    schedule built for fewer steps than the run, labels outside the model's classes), CheckpointError (a checkpoint
+    that does not fit) or NonFiniteLossError (a NaN/inf train or test loss or weight: that epoch is never saved).
     """
     cfg = config or TrainConfig()
     if epochs < 1 or (scheduler is not None and _num_batches(train_loader, None) is None):
@@ -297,6 +310,7 @@ def _run_epoch(state: TrainState) -> Dict[str, Any]:
                         channels_last=cfg.channels_last, tta=cfg.tta)
         record.update(test_loss=test["loss"], test_acc=test["acc"], test_samples=test["samples"])
         record["seconds"] += test["seconds"]
+    _check_diverged(state.model, record.get("test_loss", 0.0), epoch)
     if plateau:
         state.scheduler.step(record.get("test_loss", record["train_loss"]))
     state.epoch = epoch

@@ -215,6 +215,14 @@ def test_save_checkpoint_never_creates_a_folder(tmp_path):
     assert not (tmp_path / "gone").exists()
 
 
+def test_the_manager_makes_its_folder_but_never_a_missing_run_folder(tmp_path):
+    with pytest.raises(ConfigError, match=r"'.*gone/checkpoints' is not writable \(No such file or directory\)"):
+        CheckpointManager(tmp_path / "gone" / "checkpoints")  # an unmounted Drive: not re-created on the local disk
+    assert not (tmp_path / "gone").exists()
+    CheckpointManager(tmp_path / "checkpoints")
+    assert (tmp_path / "checkpoints").is_dir()
+
+
 def test_unwritable_directory(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a dir")

@@ -1,5 +1,6 @@
 import logging
 import math
+import sys
 
 import pytest
 import torch
@@ -9,7 +10,9 @@ from _helpers import TinyNet, plain_loader, synthetic_loaders, tensor_data
 from pytorch_utils.errors import ConfigError, NonFiniteLossError
 from pytorch_utils.models import create_model
 from pytorch_utils.train import Callback, TrainConfig, evaluate, fit, train_one_epoch
+from pytorch_utils.train.checkpoints import CheckpointManager, load_checkpoint
 from pytorch_utils.train.loop import format_record
+from pytorch_utils.train.mixing import Mixer, SoftTargetCrossEntropy
 from pytorch_utils.train.schedules import StepSchedule
 from pytorch_utils.train.state import History
 from pytorch_utils.utils import seed_everything
@@ -242,3 +245,68 @@ def test_train_config_refuses_values_that_would_train_wrongly(field, value, mess
     # Issue 19: grad_clip=-1 was accepted and reversed every gradient; TrainConfig is the door of a user's own code.
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("bad, mixed", [(7, False), (-1, True)])
+def test_labels_outside_the_head_in_any_batch_stop_the_epoch_before_the_loss_sees_them(bad, mixed):
+    # Issue 21: only batch 1 was checked; a bad label later reached the loss (or the mixer's one-hot): torch's own
+    # error on the CPU, a device assert that ends the process on a GPU.
+    x, y = tensor_data(64, num_classes=4)
+    y[50] = bad  # in the last of 4 batches
+    low, high = int(y.min()), int(y.max())
+    model = TinyNet(num_classes=4)
+    config = TrainConfig(progress=False, mixer=Mixer(4, mixup_alpha=1.0) if mixed else None)
+    expected = rf"labels range over \[{low}, {high}\] \(%sthe model has 4 classes: 0\.\.3\); build the model with "
+    expected += rf"num_classes={high + 1} or more, or fix the labels$"
+    with pytest.raises(ConfigError, match="^train " + expected % "epoch 3, "):
+        train_one_epoch(model, plain_loader(x, y, 16), torch.optim.SGD(model.parameters(), lr=0.1),
+                        SoftTargetCrossEntropy() if mixed else nn.CrossEntropyLoss(), config, epoch=3)
+    with pytest.raises(ConfigError, match="^test " + expected % ""):
+        evaluate(model, plain_loader(x, y, 16))
+
+
+def test_labels_are_checked_without_a_host_read_per_step(monkeypatch):
+    x, y = tensor_data(128)
+    model = TinyNet()
+    reads = []
+
+    def counted(real):
+        def read(tensor):
+            if "pytorch_utils" in sys._getframe(1).f_code.co_filename:  # the package's reads, not the DataLoader's
+                reads.append(real.__name__)
+            return real(tensor)
+        return read
+
+    for name in ("item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, counted(getattr(torch.Tensor, name)))
+    train_one_epoch(model, plain_loader(x, y, 8), torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(),
+                    QUIET, epoch=1)
+    assert reads == ["tolist", "tolist"]  # 16 steps: the flags and the sums, each read once at the end of the epoch
+
+
+@pytest.mark.parametrize("what", ["test_loss", "weight"])
+def test_a_nan_test_loss_or_weight_stops_the_run_and_that_epoch_is_never_saved(tmp_path, what):
+    # Issue 21: only a NaN train loss was caught; diverged epochs were saved as the newest checkpoints.
+    train, test = synthetic_loaders(n=64, test_n=32)
+    model, poisoned = TinyNet(), []
+
+    def test_criterion(logits, targets):
+        loss = nn.functional.cross_entropy(logits, targets)
+        return loss * float("nan") if poisoned else loss
+
+    class Diverge(Callback):
+        def on_epoch_start(self, state):
+            if state.epoch + 1 == 2:
+                poisoned.append(True)
+                if what == "weight":  # the train loss stays finite (batch statistics), the saved state would not
+                    state.model.features[1].running_var.fill_(float("nan"))
+
+    message = "a weight" if what == "weight" else r"the test loss \(nan\)"
+    with pytest.raises(NonFiniteLossError, match=rf"^{message} became NaN/inf in epoch 2; stopped before saving it"):
+        fit(model, train, test if what == "test_loss" else None, epochs=3,
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1), callbacks=[
+                CheckpointManager(tmp_path, monitor="train_loss", mode="min"), Diverge()],
+            config=TrainConfig(progress=False, eval_criterion=test_criterion))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "epoch-0001.pt"]
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["epoch"] == 1 and all(v.isfinite().all() for v in best["model"].values() if v.is_floating_point())
