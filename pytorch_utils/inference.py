@@ -2,6 +2,8 @@
 from a run folder or from a file written by :func:`pytorch_utils.exporting.export` (TorchScript or ONNX, with its
 metadata JSON); ``predict`` gives top-k classes for images. The writer (``exporting``) imports from here, never back."""
 import contextlib
+import hashlib
+import io
 import itertools
 import json
 import logging
@@ -29,7 +31,11 @@ __all__ = ["LoadedRun", "load_run", "predict", "load_images", "as_loaded_run"]
 log = logging.getLogger(__name__)
 
 METADATA_KEYS = ("classes", "mean", "std", "input_size")
-INPUT_SIZE_RANGE = (8, 1024)  # pixels per side a file's metadata may ask for (1024: 12 MB per image)
+INPUT_SIZE_RANGE = (8, 1024)  # pixels per side a file's metadata may ask for (Phase.input_size's bounds)
+METADATA_BYTES = 2**20  # bytes of an export's metadata JSON read at most (export writes a few KB)
+# The operators of the ONNX exports of all registered models (torch.onnx dynamo, opset 20): any other is refused
+ONNX_OPS = frozenset({"Add", "BatchNormalization", "Conv", "Gemm", "MaxPool", "ReduceMean", "Relu", "Reshape"})
+ONNX_VALUES = 2**28  # values an ONNX run may make, all kept by the reference evaluator (WRN-28-10: 8M per 32-px image)
 
 
 @dataclass
@@ -58,10 +64,11 @@ def _numbers(value: Any, n: int, kind=(int, float)) -> bool:
         x, bool) and (abs(x) < 2**53 if isinstance(x, int) else math.isfinite(x)) for x in value)
 
 
-def _checked(meta: Any, what: str, redo: str, head: Optional[int] = None) -> Dict[str, Any]:
+def _checked(meta: Any, what: str, redo: str, head: Optional[int] = None, shape=None) -> Dict[str, Any]:
     """The LoadedRun fields from a checkpoint's config or an export's metadata, checked before anything is built from
     them: class names (strings; as many as the weights' ``head`` outputs when known), mean/std (3 finite numbers,
-    std > 0), input size (2 integers in ``INPUT_SIZE_RANGE``). CheckpointError ("``what`` <problem>; ``redo``")."""
+    std > 0), input size (2 integers in ``INPUT_SIZE_RANGE``; an ONNX graph's input ``shape`` ["batch", 3, H, W] when
+    given). CheckpointError ("``what`` <problem>; ``redo``")."""
     classes, mean, std, size = values = [meta.get(k) for k in METADATA_KEYS] if isinstance(meta, dict) else [None] * 4
     missing, (low, high) = [k for k, v in zip(METADATA_KEYS, values) if v is None], INPUT_SIZE_RANGE
     problem = (f"lacks {', '.join(missing)} (class names, normalization, size)" if missing
@@ -71,7 +78,9 @@ def _checked(meta: Any, what: str, redo: str, head: Optional[int] = None) -> Dic
                else "needs mean and std of 3 finite numbers each, std > 0" if not (
                    _numbers(mean, 3) and _numbers(std, 3) and min(std) > 0)
                else f"needs an input_size of 2 integers from {low} to {high}" if not (
-                   _numbers(size, 2, int) and all(low <= v <= high for v in size)) else None)
+                   _numbers(size, 2, int) and all(low <= v <= high for v in size))
+               else f"has input_size {list(size)} for a graph whose input is {shape}" if shape is not None and (
+                   shape[1:] != [3, *size] or not isinstance(shape[0], str)) else None)
     if problem:
         raise CheckpointError(f"{what} {problem} (got {reprlib.repr(dict(zip(METADATA_KEYS, values)))}); {redo}")
     return {"classes": list(classes), "mean": tuple(mean), "std": tuple(std), "input_size": tuple(size),
@@ -88,11 +97,19 @@ def metadata_path(path: PathLike) -> Path:
     return Path(f"{path}.json")
 
 
+def fingerprint(path: Path) -> Optional[str]:
+    """16 hex digits of a regular file's SHA-256 (None for no such file): which checkpoint an export came from."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None  # a checkpoint: some MB
+
+
 @contextlib.contextmanager
 def quiet_jit():
-    """Hide torch >= 2.9's torch.jit deprecation notice: TorchScript files still load everywhere (C++, mobile)."""
+    """Hide torch's TorchScript notices: the torch.jit deprecation (the files load everywhere), torch.load's on an
+    archive (refused in one line), TracerWarnings (S10's shape check traced as a constant; export compares outputs)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
+        warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         yield
 
 
@@ -110,16 +127,33 @@ def require_onnx(exporting: bool = False):
 
 class OnnxModel:
     """An ONNX file called like a model (float32 (N, 3, H, W) -> logits (N, C), CPU): onnxruntime when installed,
-    else ``onnx.reference.ReferenceEvaluator`` (pure Python, exact). ``outputs``: logits per image the file declares
-    (0: left open). Weights in other files (ONNX external data, which export never writes) are refused: ValueError."""
+    else ``onnx.reference.ReferenceEvaluator`` (pure Python, exact). ``outputs``: logits per image (0: left open);
+    ``input_shape``: ``["batch", 3, H, W]``; ``max_batch``: images per run within ``ONNX_VALUES``. ValueError, before
+    anything runs, for a graph export never writes (other operators or weights, shapes left open or over the bound)."""
 
     def __init__(self, path: PathLike):
         onnx = require_onnx()
         from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
         proto = onnx.load(str(path), load_external_data=False)
-        if any(uses_external_data(t) for t in _get_all_tensors(proto)):
-            raise ValueError("its weights point to other files (ONNX external data), which export never writes")
+        (graph_input,) = proto.graph.input  # one input: the images
+        self.input_shape = [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim]
+        alien = next((f"operator {n.op_type}" for n in proto.graph.node if n.op_type not in ONNX_OPS or n.domain not in
+                      ("", "ai.onnx")), None) or ("local functions" if proto.functions else "sparse weights" if
+                      proto.graph.sparse_initializer else "weights in other files (external data)" if
+                      any(map(uses_external_data, _get_all_tensors(proto))) else None)
+        one = onnx.ModelProto.FromString(proto.SerializeToString())  # for one image, every size is a number
+        one.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+        del one.graph.value_info[:]  # inferred anew, not taken from the file
+        graph = None if alien else onnx.shape_inference.infer_shapes(one, strict_mode=True).graph
+        shapes = {v.name: v.type.tensor_type.shape for v in (*graph.value_info, *graph.output)
+                  if v.type.tensor_type.HasField("shape")} if graph else {}
+        values = sum(math.prod(max(d.dim_value, 0) for d in shapes[o].dim) or math.inf if o in shapes else math.inf
+                     for n in one.graph.node for o in n.output)
+        if alien or values > ONNX_VALUES:
+            raise ValueError(f"it uses {alien}, which pytorch_utils exports never contain" if alien else
+                             f"its tensors leave a shape open or hold over {ONNX_VALUES:,} values per image")
+        self.max_batch, self._input = ONNX_VALUES // max(values, 1), graph_input.name
         dims = proto.graph.output[0].type.tensor_type.shape.dim
         self.outputs = dims[-1].dim_value if dims else 0
         try:
@@ -132,19 +166,27 @@ class OnnxModel:
             self._session = ReferenceEvaluator(proto)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(self._session.run(None, {"input": x.detach().cpu().float().numpy()})[0]))
+        return torch.from_numpy(np.asarray(self._session.run(None, {self._input: x.detach().cpu().float().numpy()})[0]))
 
 
 def _load_exported(path: Path, trust_code: bool) -> LoadedRun:
-    """A file written by ``export``, on the CPU: metadata checked before the model is opened, TorchScript on trust."""
+    """A file written by ``export``, on the CPU: metadata checked before the model is opened, TorchScript on trust,
+    refused when the run it came from (a folder with a run.json) holds another checkpoint at the same path now."""
     meta_file, redo = metadata_path(path), "export the run again (export writes it), or pass the run folder"
     what = f"the metadata {str(meta_file)!r}" if meta_file.is_file() else \
         f"{str(path)!r} has no metadata file {meta_file.name!r} beside it, or it"
+    with open(meta_file, "rb") if meta_file.is_file() else io.BytesIO(b"{}") as fh:
+        raw = fh.read(METADATA_BYTES)  # export writes a few KB: a longer file is cut, then fails to parse
     try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+        meta = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # not UTF-8 JSON, or nested past Python's limit
-        raise CheckpointError(f"{what} is not readable JSON ({type(exc).__name__}); {redo}") from None
+        raise CheckpointError(f"{what} is not readable JSON of at most {METADATA_BYTES:,} bytes "
+                              f"({type(exc).__name__}); {redo}") from None
     _checked(meta, what, redo)  # before the model file is opened
+    source = meta.get("checkpoint") if isinstance(meta.get("checkpoint"), dict) else {}
+    ckpt = path.parent / str(source.get("path"))  # its run: the export's own folder for export --run R
+    if source and (ckpt.parent.parent / "run.json").is_file() and fingerprint(ckpt) != source.get("sha256"):
+        raise CheckpointError(f"{str(path)!r} was exported from {str(ckpt)!r}, changed since: export the run again")
     kind = "onnx" if path.suffix.lower() == ".onnx" else "torchscript"
     if kind == "onnx":
         require_onnx()  # a missing extra is a ConfigError, not a broken file
@@ -158,12 +200,14 @@ def _load_exported(path: Path, trust_code: bool) -> LoadedRun:
         raise CheckpointError(f"{str(path)!r} is no {kind} model written by export ({type(exc).__name__}: "
                               f"{' '.join(str(exc).split())[:300]}); export the run again") from None
     head = (model.outputs or None) if kind == "onnx" else head_width(model.state_dict())
-    return LoadedRun(model=model, **_checked(meta, what, redo, head=head), source=path, weights=kind)
+    shape = model.input_shape if kind == "onnx" else None
+    return LoadedRun(model=model, **_checked(meta, what, redo, head, shape), source=path, weights=kind)
 
 
 def _from_checkpoint(ckpt: Dict[str, Any], where: str) -> Tuple[nn.Module, Dict[str, Any]]:
     """(model with the weights, LoadedRun fields) from a loaded checkpoint. Its config is checked against bounds and
-    the weights, its model built on the meta device and compared with the weights first: no large allocation."""
+    the weights, its model built and run at its input size on the meta device and compared with the weights first: no
+    large allocation."""
     from pytorch_utils.models import create_model
     from pytorch_utils.train.checkpoints import check_model_name, restore_model
 
@@ -174,11 +218,13 @@ def _from_checkpoint(ckpt: Dict[str, Any], where: str) -> Tuple[nn.Module, Dict[
     recipe, n = fields["recipe"], len(fields["classes"])
     name, kwargs = recipe.get("model") or ckpt.get("model_name"), recipe.get("model_kwargs") or {}
     check_model_name(ckpt, name, where)
-    try:
+    try:  # an unknown name, a kwarg out of its bounds or of a wrong type, an input size the model cannot take
         with torch.device("meta"):
-            shapes = {k: t.shape for k, t in create_model(name, num_classes=n, **kwargs).state_dict().items()}
-    except (PytorchUtilsError, TypeError) as exc:  # an unknown name, a kwarg out of its bounds, a wrong type
-        raise CheckpointError(f"{where}: its config's model cannot be built ({str(exc)[:300]}); {redo}") from None
+            (probe := create_model(name, num_classes=n, **kwargs).eval())(torch.empty(1, 3, *fields["input_size"]))
+    except (PytorchUtilsError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"{where}: its config's model cannot be built or take its input_size "
+                              f"({str(exc)[:300]}); {redo}") from None
+    shapes = {k: t.shape for k, t in probe.state_dict().items()}
     if shapes != {k: getattr(t, "shape", None) for k, t in weights.items()}:
         raise CheckpointError(f"{where}: its config's model {name!r} {reprlib.repr(kwargs)} does not fit its weights")
     model = create_model(name, num_classes=n, **kwargs)
@@ -191,7 +237,8 @@ def load_run(out_dir: PathLike, which: Literal["best", "last"] = "best", device=
     """A :class:`LoadedRun` (EMA weights if kept) from a run folder or an exported file. ``which``: "best" (``best.pt``,
     else the newest checkpoint) or "last"; ``device``: default CPU; ``trust_code``: also load TorchScript, a program
     that runs when loaded (only from someone you trust). Raises CheckpointError (no intact checkpoint, another model,
-    metadata out of bounds or not fitting the weights, untrusted TorchScript) or ConfigError (ONNX extra)."""
+    metadata out of bounds or not fitting the weights or graph, untrusted TorchScript, an ONNX graph export never
+    writes, a stale export: the checkpoint it came from changed since, its run still there) or ConfigError."""
     from pytorch_utils.train.checkpoints import latest_checkpoint, load_checkpoint
 
     assert which in ("best", "last"), which
@@ -199,8 +246,9 @@ def load_run(out_dir: PathLike, which: Literal["best", "last"] = "best", device=
     if path.is_file():
         return _load_exported(path, trust_code)
     best = path / "checkpoints" / "best.pt"
-    ckpt = {**load_checkpoint(best), "_path": str(best)} if which == "best" and best.is_file() else \
-        latest_checkpoint(path / "checkpoints")
+    with quiet_jit():  # a TorchScript file as a checkpoint is refused in one line, without torch's notice
+        ckpt = {**load_checkpoint(best), "_path": str(best)} if which == "best" and best.is_file() else \
+            latest_checkpoint(path / "checkpoints")
     if ckpt is None:
         raise CheckpointError(f"{str(path)!r} holds no training run with an intact checkpoint (not a run folder, or "
                               "it stopped in its first epoch); pass a run's out_dir (runs/<recipe>), or train it")
@@ -229,16 +277,18 @@ def as_loaded_run(model_or_run, trust_code: bool = False) -> LoadedRun:
 
 def _as_rgb(array: np.ndarray, what: str) -> np.ndarray:
     if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
-        raise DatasetError(f"{what}: expected an image path, a folder, a PIL image or a uint8 array (H, W), "
-                           f"(H, W, 3) or (H, W, 4), got {array.dtype} {tuple(array.shape)}")
+        raise DatasetError(f"{what}: expected an image path, a folder, a PIL image, a uint8 array (H, W), (H, W, 3) "
+                           f"or (H, W, 4) or a uint8 tensor (C, H, W), got {array.dtype} {tuple(array.shape)}")
     array = array.reshape(*array.shape[:2], -1)  # (H, W) -> (H, W, 1)
     return np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array[..., :3]  # RGBA: alpha dropped, as by PIL
 
 
 def load_images(inputs) -> Iterator[Tuple[str, np.ndarray]]:
     """(name, uint8 RGB (H, W, 3) array) for each image of paths, folders (their regular image files, by name: a FIFO
-    or device would block), PIL images, uint8 arrays (one image or a batch (N, H, W, C)), or a list of those, one at a
-    time: a file is opened only when its turn comes. Raises DatasetError for anything unreadable."""
+    or device would block), PIL images, uint8 arrays (one image or a batch (N, H, W, C)), uint8 tensors (C, H, W) or
+    (N, C, H, W) as torchvision's ``read_image`` gives them, or a list of those, one at a time: a file is opened only
+    when its turn comes. Raises DatasetError for anything unreadable, except a folder's files: one that cannot be
+    read is skipped with a warning naming it."""
     for i, item in enumerate(inputs if isinstance(inputs, (list, tuple)) else [inputs]):
         if isinstance(item, (str, Path)):
             path = Path(item)
@@ -247,11 +297,16 @@ def load_images(inputs) -> Iterator[Tuple[str, np.ndarray]]:
             if not files or path.exists() and not (path.is_dir() or path.is_file()):  # is_file: S_ISREG
                 raise DatasetError(f"folder {str(path)!r} holds no images (.jpg, .png, .webp, .bmp, .gif, .tif)" if
                                    not files else f"{str(path)!r} is no regular file (a FIFO or device): pass images")
-            yield from ((str(f), open_image(f)) for f in files)  # accepted formats only
+            for f in files:  # accepted formats only; the image is not kept once the caller has it
+                try:
+                    yield str(f), open_image(f)
+                except DatasetError if path.is_dir() else () as exc:  # a folder's broken photo is named and skipped
+                    log.warning(f"skipped: {exc}")
         elif isinstance(item, Image.Image):
             yield f"image {i}", to_rgb(item)
-        else:  # arrays; anything else is refused by _as_rgb
-            item = np.asarray(item)
+        else:  # arrays and tensors (channels first, torchvision's order); anything else is refused by _as_rgb
+            tensor = isinstance(item, torch.Tensor) and item.ndim > 2
+            item = item.movedim(-3, -1).cpu().numpy() if tensor else np.asarray(item)
             batch = {f"image {i}.{j}": a for j, a in enumerate(item)} if item.ndim == 4 else {f"image {i}": item}
             yield from ((name, _as_rgb(a, name)) for name, a in batch.items())
 
@@ -283,24 +338,29 @@ def predict(model_or_run, inputs, top_k: int = 5, tta=None, batch_size: int = 25
         raise ConfigError(f"top_k must be an integer >= 1, got {top_k!r}")
     forward, run = get_tta(tta) or (lambda model, x: model(x)), as_loaded_run(model_or_run, trust_code)
     resized: List[Tuple[int, int]] = []
-    if isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
-        items = ((f"image {i}", x) for i, x in enumerate(inputs.float()))
-    else:  # uint8 tensors are images, as arrays are
-        items = _normalized(run, load_images(inputs.numpy() if isinstance(inputs, torch.Tensor) else inputs), resized)
+    floats = isinstance(inputs, torch.Tensor) and inputs.is_floating_point()  # uint8 tensors are images, as arrays are
+    items = ((f"image {i}", x) for i, x in enumerate(inputs.float())) if floats else \
+        _normalized(run, load_images(inputs), resized)
     h, w = run.input_size
-    chunk, model, results = max(1, min(batch_size, 2**22 // (h * w))), run.model, []  # <= 50 MB of input at once
+    model, results = run.model, []  # <= 50 MB of input at once; an ONNX file's own bound on the images per run
+    chunk = max(1, min(batch_size, 2**22 // (h * w), getattr(model, "max_batch", batch_size)))
     with eval_mode(model) if isinstance(model, nn.Module) else contextlib.nullcontext(), torch.no_grad():
         device = model_device(model) if isinstance(model, nn.Module) else "cpu"
         while batch := list(itertools.islice(items, chunk)):
             names, x = zip(*batch)
             # TTA as evaluate applies it: the mean softmax over the views, as log-probabilities.
             logits = forward(model, torch.stack(x).to(device)).float().cpu()
-            if logits.ndim != 2 or logits.shape[1] != len(run.classes):  # an ONNX file may leave its width open
-                raise CheckpointError(f"{str(run.source)!r} gives logits of shape {tuple(logits.shape)} for "
-                                      f"{len(run.classes)} class names; export the run again")
+            problem = (f"logits of shape {tuple(logits.shape)} for {len(run.classes)} class names; export the run "
+                       "again" if logits.ndim != 2 or logits.shape[1] != len(run.classes)  # ONNX may leave it open
+                       else "NaN or infinite logits (its training diverged): use an earlier checkpoint (which='last' "
+                       "or an epoch file), or train again" if not logits.isfinite().all() else None)
+            if problem:
+                raise CheckpointError(f"{str(run.source)!r} gives {problem}")
             values, indices = F.softmax(logits, dim=1).topk(min(top_k, logits.shape[1]), dim=1)
             results += [{"input": n, "classes": [run.classes[j] for j in idx.tolist()], "probs": v.tolist(),
                          "index": idx.tolist()} for n, v, idx in zip(names, values, indices)]
+    if not results:
+        raise DatasetError("no image could be read (the files skipped are named above)")
     if resized:
         sizes = ", ".join(sorted({f"{a}x{b}" for a, b in resized})[:8])
         log.info(f"resized {len(resized)} of {len(results)} image(s) ({sizes}, HxW) to the training size {h}x{w}")

@@ -7,6 +7,7 @@ from PIL import Image
 
 from pytorch_utils import predict
 from pytorch_utils.cli import main
+from pytorch_utils.train.tta import TTA_MODES
 
 SMOKE = ["--data", "synthetic", "--epochs", "1", "--train-limit", "32", "--test-limit", "16", "--batch-size", "16",
          "--num-workers", "0", "--no-progress", "--quiet", "--device", "cpu"]
@@ -31,9 +32,23 @@ def test_predict_prints_a_table_and_json(run_dir, tmp_path, capsys):
     assert main(["predict", "--run", str(run_dir), str(tmp_path / "a.png"), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)  # only JSON on stdout (the resize note goes to stderr)
     assert data[0]["input"].endswith("a.png") and len(data[0]["classes"]) == 3
-    assert main(["predict", "--run", str(run_dir), str(tmp_path / "a.png"), "--json", "--tta", "flip"]) == 0
-    flipped = json.loads(capsys.readouterr().out)
-    assert flipped == predict(str(run_dir), [str(tmp_path / "a.png")], top_k=3, tta="flip")
+    for mode in TTA_MODES:  # the library's modes, each giving the library's answer
+        want, _ = predict(str(run_dir), tmp_path / "a.png", top_k=3, tta=mode), capsys.readouterr()
+        assert main(["predict", "--run", str(run_dir), str(tmp_path / "a.png"), "--json", "--tta", mode]) == 0
+        assert json.loads(capsys.readouterr().out) == want
+
+
+def test_predict_skips_an_unreadable_file_of_a_folder_and_fails_only_when_none_is_read(run_dir, tmp_path, capsys):
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "b\u202e.jpg").write_bytes(b"not a jpeg")
+    capsys.readouterr()
+    assert main(["predict", "--run", str(run_dir), str(tmp_path), "--json"]) == 0
+    out = capsys.readouterr()
+    assert [r["input"] for r in json.loads(out.out)] == [str(tmp_path / "a.png")]
+    assert out.err.count("\n") == 1 and "skipped: cannot decode image" in out.err and "b\\u202e.jpg" in out.err
+    (tmp_path / "a.png").unlink()
+    assert main(["predict", "--run", str(run_dir), str(tmp_path)]) == 2
+    assert capsys.readouterr().err.endswith("error: no image could be read (the files skipped are named above)\n")
 
 
 def test_predict_errors_are_one_line(run_dir, tmp_path, capsys):

@@ -163,3 +163,30 @@ def test_onnx_weights_that_need_a_second_data_file_are_refused(run_dir, tmp_path
                                           "file, which export does not write; use format='torchscript'"):
         export(run_dir, tmp_path / "m.onnx", format="onnx")
     assert not list(tmp_path.iterdir())
+
+
+def test_exporting_s10_prints_no_tracer_warning_and_the_cli_one_line(run_dir, tmp_path, capsys):
+    import warnings
+
+    from pytorch_utils.models import create_model
+
+    run = LoadedRun(model=create_model("s10_resnet"), classes=list("abcdefghij"), mean=(0.5,) * 3, std=(0.25,) * 3,
+                    input_size=(32, 32))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export(run, tmp_path / "s10.pt")
+    assert [str(w.message) for w in caught] == []  # its input-shape check traced as a constant, as it should
+    capsys.readouterr()
+    assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "m.pt")]) == 0
+    out = capsys.readouterr()
+    assert out.out.count("\n") == 1 and "exported torchscript model to" in out.out and not out.err
+
+
+def test_an_onnx_graph_over_the_load_bound_is_refused_at_export(run_dir, tmp_path, monkeypatch):
+    import pytorch_utils.inference as inference
+
+    monkeypatch.setattr(inference, "ONNX_VALUES", 1000)  # strixbee_l1 makes 277k values per image
+    with pytest.raises(ExportError, match=r"graph is refused on loading \(its tensors .* hold over 1,000 values per "
+                                          r"image\); use format='torchscript'"):
+        export(run_dir, tmp_path / "m.onnx", format="onnx")
+    assert not list(tmp_path.iterdir())

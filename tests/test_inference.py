@@ -309,3 +309,42 @@ def test_a_fifo_is_never_opened(run, tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match=r"b.png. is no regular file \(a FIFO") as info:
         predict(run[0], tmp_path / "b.png")
     assert "\n" not in str(info.value)
+
+
+# ---- runs that survive Colab (issue 21) ----------------------------------------------------------------------------
+
+def test_uint8_tensors_from_torchvision_read_image_are_images(run, tmp_path):
+    from torchvision.io import read_image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8), mode="L").save(tmp_path / "g.png")
+    color, gray = read_image(str(tmp_path / "a.png")), read_image(str(tmp_path / "g.png"))
+    assert color.shape == (3, 40, 30) and gray.shape == (1, 32, 32) and color.dtype == torch.uint8
+    want = predict(run[0], [tmp_path / "a.png", tmp_path / "g.png"], top_k=3)
+    strip = [{k: v for k, v in p.items() if k != "input"} for p in want]
+    assert [{k: v for k, v in p.items() if k != "input"} for p in predict(run[0], [color, gray], top_k=3)] == strip
+    batch = predict(run[0], torch.stack([color[:, :32, :30]] * 2), top_k=3)  # (N, 3, H, W)
+    assert [p["input"] for p in batch] == ["image 0.0", "image 0.1"] and batch[0]["index"] == batch[1]["index"]
+
+
+def test_a_diverged_model_is_refused_instead_of_nan_percentages(run):
+    loaded = load_run(run[0])
+    with torch.no_grad():
+        next(loaded.model.parameters()).fill_(float("nan"))
+    with pytest.raises(CheckpointError, match=r"best.pt' gives NaN or infinite logits \(its training diverged\)"):
+        predict(loaded, np.zeros((2, 32, 32, 3), np.uint8))
+
+
+def test_an_unreadable_file_in_a_folder_is_skipped_and_named(run, tmp_path, caplog):
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "b.jpg").write_bytes(b"not a jpeg")
+    with caplog.at_level(logging.WARNING, logger="pytorch_utils"):
+        preds = predict(run[0], tmp_path, top_k=1)
+    assert [p["input"] for p in preds] == [str(tmp_path / "a.png")]
+    assert "skipped: cannot decode image" in caplog.text and "b.jpg" in caplog.text
+    (tmp_path / "a.png").unlink()
+    with pytest.raises(DatasetError, match="no image could be read"):
+        predict(run[0], tmp_path)
+    with pytest.raises(DatasetError, match="cannot decode image .*b.jpg"):  # a file named on its own still fails
+        predict(run[0], [tmp_path / "b.jpg"])
