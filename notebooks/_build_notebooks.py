@@ -126,7 +126,9 @@ DATA_LABEL = """
     if recipe.train_limit or recipe.test_limit:
         DATA_LABEL += f", subsets of {recipe.train_limit} train / {recipe.test_limit} test images"
     print(f"{recipe.name}: {recipe.description}\\ndata: {DATA_LABEL}\\noutputs: {OUT_DIR} | report: {ASSETS}")
-    pd.Series({k: v for k, v in recipe.to_dict().items() if k != "phases"}, dtype=object).to_frame(recipe.name)
+    settings = pd.Series({k: v for k, v in recipe.to_dict().items() if k != "phases"}, dtype=object)
+    with pd.option_context("display.max_colwidth", None):  # every setting in full (long ones wrap), none cut to "..."
+        display(settings.to_frame(recipe.name))
 """
 
 
@@ -283,7 +285,8 @@ def report_cells(title: str) -> list:
             as `per_class.md` / `per_class.csv`, plus `index.md` / `index.html`: under
             `assets/<system>/` for a real run (in Colab that is `/content/assets/...`: download it and commit it to
             the repo's `assets/` for the README), inside the run's temporary folder in smoke mode.
-            `viz.show_report(paths)` shows the whole page inline.
+            `viz.show_report(paths)` shows the whole page inline. After a restart (no `result` in memory), or for a
+            run cut off mid-way, `viz.report_run(OUT_DIR)` rebuilds the same report from the run folder alone.
             """),
         code(f"""
             paths = viz.report(report_data(result), ASSETS, gradcam_k=4 if SMOKE else 8,

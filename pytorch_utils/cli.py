@@ -1,12 +1,14 @@
-"""Command line: ``python -m pytorch_utils {train,models,recipes,predict,export}``; flags become Recipe fields and
-library errors are printed as one line (exit code 2) instead of a traceback."""
+"""Command line: ``python -m pytorch_utils {train,models,recipes,predict,export,report}``; flags become Recipe
+fields and library errors are printed as one line (exit code 2) instead of a traceback."""
 import argparse
 import contextlib
 import dataclasses
 import json
 import logging
+import os
 import re
 import sys
+import unicodedata
 from pathlib import Path
 from typing import List, Optional
 
@@ -22,6 +24,7 @@ EPILOG = """examples:
   python -m pytorch_utils models
   python -m pytorch_utils predict --run runs/s10 photo.jpg my_images/ --top-k 3
   python -m pytorch_utils export --run runs/s10 --format onnx
+  python -m pytorch_utils report --run runs/s10
 """
 
 
@@ -38,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Train CIFAR-10/100 classifiers with the pytorch_utils recipes, or list models and recipes."),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"pytorch_utils {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,models,recipes,predict,export}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,models,recipes,predict,export,report}")
 
     t = sub.add_parser("train", help="train a recipe or a model", epilog=EPILOG, description=(
         "Train a registered recipe (--recipe) or a model with the default recipe (--model). Prints one line per "
@@ -89,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="top-k classes for image files or folders, with a trained run", description=(
         "Load a run (best checkpoint, EMA weights when it kept an EMA) or an exported file and print the top-k "
-        "classes of each image (resized to the training size)."))
+        "classes of each image (resized to the training size). A folder's unreadable file is skipped with a warning; "
+        "the exit code is 2 when no image could be read."))
     p.add_argument("--run", required=True, help="run folder (--out-dir of train) or a file written by export")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders of images")
     p.add_argument("--top-k", type=int, default=3, help="classes per image (default 3)")
@@ -106,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", choices=EXPORT_FORMATS, default="torchscript")
     e.add_argument("--out", default=None, help="file to write (default <run>/model.pt or <run>/model.onnx)")
     e.add_argument("--last", action="store_true", help="use the newest checkpoint instead of best.pt")
+    r = sub.add_parser("report", help="rebuild a run's report (plots, per-class table) from its folder", description=(
+        "Write the report of a run folder, also of a run cut off mid-way (its newest checkpoint): curves, LR-finder "
+        "plot, misclassified and GradCAM grids, confusion matrix, per-class precision/recall/F1, index.html."))
+    r.add_argument("--run", required=True, help="run folder (--out-dir of train)")
+    r.add_argument("--out", default=None, help="folder to write (default <run>/report)")
+    r.add_argument("--data", default=None, help="where the run's test set is now (default: run.json's data)")
+    r.add_argument("--root", default="./data", help="folder for torchvision CIFAR files (default ./data)")
+    r.add_argument("--last", action="store_true", help="use the newest checkpoint instead of best.pt")
     return parser
 
 
@@ -192,20 +204,25 @@ def _cmd_export(args) -> int:
     from pytorch_utils.exporting import export
     from pytorch_utils.inference import load_run
 
-    run = load_run(args.run, which="last" if args.last else "best")
-    out = args.out or Path(args.run) / ("model.onnx" if args.format == "onnx" else "model.pt")
-    path = export(run, out, format=args.format)
-    print(f"exported {args.format}: {path} (metadata: {path.name}.json)")
+    run = load_run(args.run, which="last") if args.last and Path(args.run).is_dir() else args.run  # a file: refused
+    export(run, args.out or Path(args.run) / ("model.onnx" if args.format == "onnx" else "model.pt"), args.format)
+    return 0  # export logs the one line naming both files
+
+
+def _cmd_report(args) -> int:
+    from pytorch_utils.viz import report_run
+
+    paths = report_run(args.run, args.out, data=args.data, last=args.last, root=args.root)
+    print(f"report: {printable(paths.get('index_html') or ', '.join(map(str, paths.values())) or 'nothing written')}")
     return 0
 
 
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}  # C0, DEL and C1 control characters
-
-
 def printable(text: str) -> str:
-    """``text`` (a class name, a path, a message) with control characters escaped (ESC -> ``\\x1b``, newline ->
-    ``\\x0a``): text from files cannot move the cursor, clear the screen or start a line of its own."""
-    return str(text).translate(_CONTROLS)
+    """``text`` (a class name, a path, a message) with control, format (bidi, zero-width), line/paragraph separator and
+    surrogate characters escaped (ESC -> ``\\x1b``, newline -> ``\\x0a``, U+202E -> ``\\u202e``): text from files can
+    neither move the cursor, start a line of its own, reorder or hide what is printed, nor fail to encode."""
+    return "".join((f"\\x{ord(c):02x}" if ord(c) < 0x100 else c.encode("unicode_escape").decode())
+                   if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") else c for c in str(text))
 
 
 # A Python argument in a library message (``out_dir``, ``amp='bf16'``), not inside quotes or a path ('runs/out_dir').
@@ -246,11 +263,12 @@ def cli_message(text: str, parser: argparse.ArgumentParser) -> str:
 
 
 COMMANDS = {"train": _cmd_train, "models": _cmd_models, "recipes": _cmd_recipes, "predict": _cmd_predict,
-            "export": _cmd_export}  # subcommand -> function
+            "export": _cmd_export, "report": _cmd_report}  # subcommand -> function
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """CLI entry point; returns the exit code (0 ok, 2 for a clear user error, 130 when interrupted)."""
+    """CLI entry point; returns the exit code (0 ok, 2 for a clear user error, 130 when interrupted, 141 when the
+    reader of the output went away, as in ``models | head``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     # Messages name the flags of the subcommand the user typed (`models` has a --num-classes, `train` has not).
@@ -267,7 +285,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     for handler in handlers:
         handler.addFilter(rewrite)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit, where it could no longer be caught
+        return code
+    except BrokenPipeError:  # quiet, as Unix tools are; stdout goes to devnull so Python's exit flush cannot fail
+        with contextlib.suppress(OSError, ValueError):  # (a stdout without a file descriptor: tests, notebooks)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except PytorchUtilsError as exc:
         print(f"error: {printable(cli_message(str(exc), command))}", file=sys.stderr)
         return 2

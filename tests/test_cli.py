@@ -143,3 +143,31 @@ def test_an_out_of_range_seed_and_the_meta_device_are_one_line_errors(flags, mes
     assert main(["train", "--data", "synthetic", "--epochs", "1", "--out-dir", str(tmp_path), *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_report_rebuilds_a_runs_report_and_names_the_flag_when_its_data_moved(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--recipe", "strixbee_l1", "--data", "synthetic", "--epochs", "1", "--train-limit", "32",
+                 "--test-limit", "16", "--batch-size", "16", "--num-workers", "0", "--quiet", "--out-dir",
+                 str(run)]) == 0
+    capsys.readouterr()
+    assert main(["report", "--run", str(run)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"report: {run / 'report' / 'index.html'}"
+    assert (run / "report" / "per_class.csv").is_file() and (run / "report" / "misclassified.png").is_file()
+    (run / "run.json").write_text(json.dumps({"data": str(tmp_path / "moved")}))
+    assert main(["report", "--run", str(run), "--out", str(tmp_path / "again")]) == 0
+    out = capsys.readouterr().out
+    assert "GradCAM pass --data where that test set is now (--root for CIFAR)" in out
+    assert out.splitlines()[-1] == f"report: {tmp_path / 'again' / 'curves.png'}"
+    assert main(["report", "--run", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "holds no training run" in err and err.count("\n") == 1
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly():
+    """`python -m pytorch_utils models | head` ended in a BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "pytorch_utils", "models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""

@@ -31,7 +31,8 @@ def confusion_matrix(targets, preds, num_classes: int) -> np.ndarray:
 
 
 def _names(classes: Optional[Sequence[str]], n: int) -> List[str]:
-    return [class_name(classes, i) for i in range(n)]
+    """The ``n`` class names as written (tables; plots draw :func:`class_name`), numbers where names are missing."""
+    return [str(classes[i]) if classes is not None and i < len(classes) else str(i) for i in range(n)]
 
 
 def per_class_accuracy(cm) -> np.ndarray:
@@ -73,7 +74,7 @@ def plot_confusion_matrix(cm, classes: Optional[Sequence[str]] = None, normalize
 
     cm = to_numpy(cm)
     n = cm.shape[0]
-    names = _names(classes, n)
+    names = [class_name(classes, i) for i in range(n)]
     hide_diagonal = n > ANNOTATE_MAX_CLASSES if hide_diagonal is None else hide_diagonal
     if normalize:
         support = cm.sum(axis=1, keepdims=True).astype(np.float64)

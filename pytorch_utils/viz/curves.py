@@ -9,7 +9,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from pytorch_utils.errors import ConfigError
 from pytorch_utils.train.history import as_records
-from pytorch_utils.viz.images import PathLike, finish, new_figure
+from pytorch_utils.viz.images import PathLike, finish, new_figure, plot_text
 
 __all__ = ["plot_history", "clean_history"]
 
@@ -54,7 +54,7 @@ def _mark_events(ax, stops, boundaries, label_phases: bool) -> None:
     for x, name in boundaries:
         ax.axvline(x, color="gray", linestyle=":", linewidth=1)
         if label_phases:
-            ax.annotate(f"phase: {name}", xy=(x, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -2),
+            ax.annotate(f"phase: {plot_text(name)}", xy=(x, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -2),
                         textcoords="offset points", ha="left", va="top", fontsize=7, color="dimgray")
     for x in stops:
         ax.axvline(x, color="crimson", linestyle="--", linewidth=1.2, label=f"early stop (epoch {x})")

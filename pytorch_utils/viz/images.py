@@ -90,10 +90,17 @@ def imshow(ax, img: np.ndarray) -> None:
     ax.spines[:].set_visible(False)
 
 
+def plot_text(text) -> str:
+    """``text`` from a file (a class name, a phase) as matplotlib draws it literally: every ``$`` escaped, since two
+    of them start mathtext (``a$b$c`` drawn in italics, ``$\\frac$`` a crash at save)."""
+    return str(text).replace("$", r"\$")
+
+
 def class_name(classes: Optional[Sequence[str]], label) -> str:
-    """``classes[label]``, or the label itself when names are missing or the label is out of range."""
+    """``classes[label]``, or the label itself when names are missing or the label is out of range, as
+    :func:`plot_text` (for plots; tables take the names as they are)."""
     label = int(label)
-    return str(classes[label]) if classes is not None and 0 <= label < len(classes) else str(label)
+    return plot_text(classes[label] if classes is not None and 0 <= label < len(classes) else label)
 
 
 def image_grid(n: int, ncols: Optional[int], cell: Tuple[float, float], extra_height: float = 0.0):

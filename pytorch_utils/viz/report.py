@@ -1,12 +1,18 @@
 """One call that writes every diagnostic plot of an evaluated model, a per-class table and an index page.
 
 ``report(ReportData(...), out_dir)`` returns ``{name: path}``; for a run, ``report(report_data(result), out_dir)``
-(``pytorch_utils.recipes.report_data`` evaluates; viz only draws). In a notebook ``show_report(paths)`` displays it.
+(``pytorch_utils.recipes.report_data`` evaluates; viz only draws), or from its folder alone, after a restart or a cut,
+``report_run(run_dir)``. In a notebook ``show_report(paths)`` displays it.
 """
 import base64
+import contextlib
 import dataclasses
 import html
+import json
+import logging
 import re
+import reprlib
+import shutil
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,14 +23,16 @@ import torch
 import torch.nn as nn
 
 from pytorch_utils.errors import ConfigError, PytorchUtilsError, bounded, check_fields
-from pytorch_utils.io import atomic_write_text, ensure_writable_dir
+from pytorch_utils.io import atomic_write, atomic_write_text, ensure_writable_dir
 from pytorch_utils.train.history import as_records, summarize
 from pytorch_utils.viz import confusion
 from pytorch_utils.viz.curves import clean_history, plot_history
 from pytorch_utils.viz.images import PathLike, show_augmentations, show_batch, to_display
 from pytorch_utils.viz.misclassified import plot_misclassified, select_misclassified
 
-__all__ = ["report", "show_report", "ReportData", "ReportSettings"]
+__all__ = ["report", "report_run", "show_report", "ReportData", "ReportSettings"]
+
+log = logging.getLogger(__name__)
 
 # Display order and captions of the images in index.md / index.html.
 SECTIONS = (
@@ -103,7 +111,8 @@ class ReportData:
     """What a report shows, gathered by the caller (``recipes.report_data(result)`` for a run).
 
     ``evaluation`` is ``evaluate(model, loader, return_outputs=True, return_inputs=True)``'s dict; ``mean``/``std``
-    default to CIFAR's (with a note); ``history`` may be a run folder; ``model`` is only for GradCAM;
+    default to CIFAR's (with a note); ``history`` may be a run folder; ``lr_finder`` a ``find_lr`` result or the
+    ``Path`` of the PNG a run saved (copied); ``model`` is only for GradCAM;
     ``train_transform`` is previewed on ``train_images`` (uint8 (N, H, W, 3), default: the evaluated images).
     """
 
@@ -171,7 +180,9 @@ def _draw(data: ReportData, cfg: ReportSettings, stats, mis, cm, save, notes: Li
     (classes, mean, std), res = stats, data.evaluation
     if data.history is not None:
         save("curves", lambda p: plot_history(data.history, save=p))
-    if data.lr_finder is not None:
+    if isinstance(data.lr_finder, Path):
+        save("lr_finder", lambda p: atomic_write(p, lambda tmp: shutil.copyfile(data.lr_finder, tmp)))
+    elif data.lr_finder is not None:
         from pytorch_utils.viz.lr_finder import plot_lr_finder
 
         save("lr_finder", lambda p: plot_lr_finder(data.lr_finder, save=p))
@@ -265,6 +276,57 @@ def report(data: ReportData, out_dir: PathLike, settings: Optional[ReportSetting
                                             f"<title>{html.escape(cfg.title)}</title><style>{_style('body')}</style>"
                                             f"</head><body>\n{_md_to_html(md)}\n</body></html>\n")
     return paths
+
+
+def _recorded_data(run_dir: Path) -> Optional[str]:
+    """The ``data`` in a run's run.json; None when it is missing, unreadable or no regular file (a FIFO blocks)."""
+    path = run_dir / "run.json"
+    with contextlib.suppress(OSError, ValueError, LookupError, TypeError, RecursionError):
+        return str(json.loads(path.read_text("utf-8"))["data"]) if path.is_file() else None
+
+
+def report_run(run_dir: PathLike, out: Optional[PathLike] = None, *, data: Optional[PathLike] = None,
+               last: bool = False, root: PathLike = "./data", **overrides) -> Dict[str, Path]:
+    """:func:`report` of a run folder alone, after a restart or a cut: the model of ``best.pt`` (``last`` or no
+    best.pt: the newest intact checkpoint), the saved history and LR-finder plot, and the run's test set (``data``,
+    default run.json's; CIFAR under ``root``) evaluated once. Writes into ``out`` (default ``<run_dir>/report``;
+    ``overrides`` as for :func:`report`); returns ``{name: Path}``. Without the test set only the curves and LR-finder
+    plot are written, with a warning. Raises CheckpointError, DatasetError (other classes than the run's),
+    ConfigError."""
+    from pytorch_utils.data import load_datasets, make_loader
+    from pytorch_utils.errors import DatasetError, DatasetNotFoundError, UnknownNameError
+    from pytorch_utils.inference import load_run
+    from pytorch_utils.train.loop import evaluate
+    from pytorch_utils.utils import resolve_device
+
+    run_dir = Path(run_dir)
+    run = load_run(run_dir, which="last" if last else "best", device=resolve_device())
+    saved = {name: run_dir / f for name, f in (("curves", "history.csv"), ("curves", "history.json"),
+             ("lr_finder", "lr_finder.png")) if (run_dir / f).is_file() and not (run_dir / f).is_symlink()}
+    out, r = ensure_writable_dir(out or run_dir / "report"), run.recipe
+    data = data or _recorded_data(run_dir) or r.get("data")
+    try:
+        _, test = load_datasets(data, root=root, train_limit=r.get("train_limit"), test_limit=r.get("test_limit"),
+                                seed=r.get("seed", 0), num_classes=r.get("num_classes"))
+    except (DatasetNotFoundError, UnknownNameError) as exc:
+        paths = {name: out / f"{name}.png" for name in saved}
+        if "curves" in saved:
+            plot_history(saved["curves"], save=paths["curves"])
+        if "lr_finder" in saved:
+            atomic_write(paths["lr_finder"], lambda tmp: shutil.copyfile(saved["lr_finder"], tmp))
+        log.warning(f"report of {str(run_dir)!r}: its test set was not found ({exc}): wrote only "
+                    f"{' and '.join(paths) or 'nothing'}; for the test images, confusion matrix, per-class table and "
+                    "GradCAM pass data= where that test set is now (root= for CIFAR)")
+        return paths
+    if list(test.classes) != run.classes:
+        raise DatasetError(f"the data {str(data)!r} has the classes {reprlib.repr(list(test.classes))}, the run "
+                           f"{reprlib.repr(run.classes)}; pass data= the data set the run was trained on")
+    test.mean, test.std = run.mean, run.std  # normalized exactly as in training
+    loader = make_loader(test, batch_size=256, train=False, num_workers=0)
+    loader.set_augmentation("test", size=run.input_size[0])
+    res = evaluate(run.model, loader, return_outputs=True, return_inputs=True)
+    found = ReportData(res, run.classes, run.mean, run.std, saved.get("curves"), saved.get("lr_finder"), run.model)
+    return report(found, out, **{"title": f"Report of {run_dir.resolve().name} ({run.source.name})", **overrides})
 
 
 def show_report(paths: Mapping[str, PathLike]):

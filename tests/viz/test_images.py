@@ -97,3 +97,34 @@ def test_plots_leave_no_pyplot_figures_open(uint8_images):
         show_batch(uint8_images, np.zeros(len(uint8_images)), CLASSES, max_images=4)
         plot_history([{"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "train_loss": 0.5}])
     assert plt.get_fignums() == []
+
+
+def test_names_from_files_are_drawn_as_written_never_as_mathtext(tmp_path, norm_images):
+    """Between two `$` matplotlib parses mathtext: a class "a$b$c" came out in italics, "$\\frac$" crashed the save."""
+    from matplotlib.cbook import is_math_text
+    from matplotlib.text import Text
+
+    from pytorch_utils.viz import (
+        confusion_matrix,
+        most_confused_pairs,
+        per_class_report,
+        plot_confusion_matrix,
+        plot_history,
+        plot_misclassified,
+        plot_per_class_accuracy,
+    )
+
+    names, targets, preds = ["a$b$c", "$\\frac$", "plain"], torch.tensor([0, 1, 2, 0]), torch.tensor([1, 1, 0, 2])
+    cm = confusion_matrix(targets, preds, 3)
+    history = [{"epoch": e, "train_loss": 1.0 / e, "phase": phase} for e, phase in ((1, "$\\frac$"), (2, "a$b$c"))]
+    figs = [show_batch(norm_images[:4], targets, names, MEAN, STD, preds=preds, save=tmp_path / "batch.png"),
+            plot_misclassified(norm_images[:4], targets, preds, names, MEAN, STD, save=tmp_path / "wrong.png"),
+            plot_confusion_matrix(cm, names, save=tmp_path / "cm.png"),
+            plot_per_class_accuracy(cm, names, save=tmp_path / "acc.png"),
+            plot_history(history, save=tmp_path / "curves.png")]
+    texts = [t.get_text() for fig in figs for t in fig.findobj(Text)]
+    assert not [t for t in texts if is_math_text(t)]
+    assert sum("a\\$b\\$c" in t for t in texts) >= 5 and "phase: a\\$b\\$c" in texts
+    # Tables and files keep the names as written.
+    assert [r["class"] for r in per_class_report(targets, preds, names)][:3] == names
+    assert most_confused_pairs(cm, names)[0] == ("a$b$c", "$\\frac$", 1)

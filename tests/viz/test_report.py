@@ -1,4 +1,6 @@
+import json
 import re
+import shutil
 import sys
 import types
 
@@ -9,9 +11,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 from viz_helpers import CLASSES, MEAN, STD, TinyCamNet, leftover_hooks, model_flags, partly_frozen
 
-from pytorch_utils.errors import ConfigError
+from pytorch_utils.errors import ConfigError, DatasetError
 from pytorch_utils.train.loop import evaluate
-from pytorch_utils.viz import ReportData, ReportSettings, per_class_report, report, show_report
+from pytorch_utils.viz import ReportData, ReportSettings, per_class_report, report, report_run, show_report
 
 report_mod = sys.modules["pytorch_utils.viz.report"]  # `pytorch_utils.viz.report` the attribute is the function
 
@@ -254,3 +256,76 @@ def test_index_summarizes_the_deduplicated_history(tmp_path, tiny_model, norm_im
     assert "| Final train accuracy | 55.00% |" in md
     paths = report(_data(tiny_model, _loader(norm_images), history=[]), tmp_path / "empty", gradcam=False)
     assert "curves" not in paths and "Epochs" not in paths["index_md"].read_text()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A tiny finished synthetic run (2 epochs) with an LR-finder plot planted where runs save it."""
+    from pytorch_utils.recipes import run_recipe
+
+    out = tmp_path_factory.mktemp("run")
+    run_recipe("strixbee_l1", data="synthetic", out_dir=out, train_limit=64, test_limit=32, epochs=2, batch_size=16,
+               num_workers=0, progress=False)
+    Image.fromarray(np.tile(np.arange(64, dtype=np.uint8), (32, 1))).save(out / "lr_finder.png")
+    return out
+
+
+LIGHT = {"gradcam": False, "k": 0, "batch_k": 0}  # a quicker report where the plots are not the point
+
+
+def _copy_run(run, tmp_path):
+    dest = tmp_path / "run"
+    shutil.copytree(run, dest)
+    return dest
+
+
+def _evaluated_acc(paths) -> float:
+    return float(re.search(r"\| Test accuracy \(this evaluation\) \| ([\d.]+)%", paths["index_md"].read_text())[1])
+
+
+def test_report_run_rebuilds_the_report_from_the_folder_alone(finished_run, tmp_path):
+    history = json.loads((finished_run / "history.json").read_text())
+    best = json.loads((finished_run / "summary.json").read_text())["best_epoch"]
+    paths = report_run(finished_run)
+    for name in ("curves", "lr_finder", "batch", "misclassified", "gradcam", "confusion_matrix", "per_class_accuracy",
+                 "per_class_md", "per_class_csv", "index_md", "index_html"):
+        assert paths[name].is_file() and paths[name].parent == finished_run / "report", name
+    assert paths["lr_finder"].read_bytes() == (finished_run / "lr_finder.png").read_bytes()
+    index = paths["index_md"].read_text()
+    assert index.startswith(f"# Report of {finished_run.name} (best.pt)") and "](lr_finder.png)" in index
+    assert _evaluated_acc(paths) == pytest.approx(history[best - 1]["test_acc"], abs=0.005)  # best.pt's epoch
+    assert len(paths["per_class_csv"].read_text().splitlines()) == 1 + 10 + 2
+
+
+def test_report_run_of_a_cut_off_run_uses_its_newest_checkpoint(finished_run, tmp_path):
+    run = _copy_run(finished_run, tmp_path)
+    for name in ("checkpoints/best.pt", "summary.json"):  # what a run cut off mid-way lacks
+        (run / name).unlink()
+    last_acc = json.loads((run / "history.json").read_text())[-1]["test_acc"]
+    paths = report_run(run)
+    assert paths["index_md"].read_text().startswith("# Report of run (epoch-0002.pt)")
+    assert _evaluated_acc(paths) == pytest.approx(last_acc, abs=0.005)
+    assert "curves" in paths and "gradcam" in paths
+    last = report_run(finished_run, tmp_path / "last", last=True, **LIGHT)  # the newest checkpoint beside best.pt
+    assert last["index_md"].read_text().startswith(f"# Report of {finished_run.name} (epoch-0002.pt)")
+
+
+def test_report_run_without_its_test_set_writes_the_curves_and_says_what_was_skipped(finished_run, tmp_path, capsys):
+    run = _copy_run(finished_run, tmp_path)
+    record = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**record, "data": str(tmp_path / "moved.zip")}))
+    paths = report_run(run)
+    assert sorted(paths) == ["curves", "lr_finder"] and all(p.is_file() for p in paths.values())
+    out = capsys.readouterr().out
+    assert "moved.zip' does not exist" in out and "wrote only curves and lr_finder" in out
+    assert "confusion matrix, per-class table and GradCAM pass data=" in out and len(out.strip().splitlines()) == 1
+    assert "per_class_md" in report_run(run, data="synthetic", **LIGHT)  # data= where the test set is now
+
+
+def test_report_run_refuses_a_test_set_with_other_classes(finished_run, tmp_path):
+    for split in ("train", "test"):
+        for name in ("ant", "bee"):
+            (tmp_path / "other" / split / name).mkdir(parents=True)
+            Image.fromarray(np.full((32, 32, 3), 100, np.uint8)).save(tmp_path / "other" / split / name / "0.png")
+    with pytest.raises(DatasetError, match=r"has the classes \['ant', 'bee'\], the run \['class_0'"):
+        report_run(finished_run, tmp_path / "rep", data=tmp_path / "other")
