@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 ExportFormat = Literal["torchscript", "onnx"]
 EXPORT_FORMATS = get_args(ExportFormat)  # the CLI's --format choices
 ATOL, RTOL = 1e-4, 1e-4  # float32 kernels may differ in summation order; a real export bug is off by far more
-ONNX_MAX_BYTES = 1536 * 2**20  # torch.onnx puts larger weights in a second ".data" file, which export does not write
 
 
 def _torchscript_writer(model: nn.Module, example: torch.Tensor) -> Callable[[str], None]:
@@ -62,7 +61,7 @@ def export(model_or_run, path: PathLike, format: ExportFormat = "torchscript", b
     if format == "onnx":
         require_onnx(exporting=True)
         weights = sum(t.numel() * t.element_size() for t in run.model.state_dict().values())
-        if weights > ONNX_MAX_BYTES:
+        if weights > OnnxModel.MAX_BYTES:
             raise ExportError(f"{weights / 2**30:.1f} GiB of weights: an ONNX file over 1.5 GiB needs a second data "
                               "file, which export does not write; use format='torchscript'")
     path = Path(path)
@@ -94,10 +93,11 @@ def export(model_or_run, path: PathLike, format: ExportFormat = "torchscript", b
             raise ExportError(f"the exported model's outputs differ from the eager model's ({why}; atol={ATOL:g}, "
                               f"rtol={RTOL:g}); branches on the data cannot be traced: try the other format") from None
 
-    atomic_write(path, write_checked)
     source = {"path": os.path.relpath(run.source, path.parent), "sha256": fingerprint(run.source)} \
         if run.source and run.source.is_file() else None  # a checkpoint (from a run result: its folder)
-    atomic_write_text(metadata_path(path), json.dumps({**run.metadata(), "checkpoint": source}, indent=2, default=str))
+    meta = json.dumps({**run.metadata(), "checkpoint": source}, indent=2, default=str)  # before the model is written
+    atomic_write(path, write_checked)
+    atomic_write_text(metadata_path(path), meta)
     log.info(f"exported {format} model to {str(path)!r} (outputs match the eager model within atol={ATOL:g}, "
              f"rtol={RTOL:g}); metadata in {metadata_path(path).name!r}")
     return path

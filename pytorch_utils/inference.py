@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import reprlib
 import warnings
 from dataclasses import dataclass, field
@@ -64,9 +65,17 @@ def _numbers(value: Any, n: int, kind=(int, float)) -> bool:
         x, bool) and (abs(x) < 2**53 if isinstance(x, int) else math.isfinite(x)) for x in value)
 
 
+def _json(value: Any) -> bool:
+    """``value`` can be written as JSON: not nested past Python's limit, no circular reference, string keys."""
+    try:
+        return bool(json.dumps(value, default=str))
+    except (TypeError, ValueError, RecursionError):
+        return False
+
+
 def _checked(meta: Any, what: str, redo: str, head: Optional[int] = None, shape=None) -> Dict[str, Any]:
     """The LoadedRun fields from a checkpoint's config or an export's metadata, checked before anything is built from
-    them: class names (strings; as many as the weights' ``head`` outputs when known), mean/std (3 finite numbers,
+    them: class names (strings; as many as the weights' ``head`` outputs when known), mean/std (3 numbers in [0, 1.5],
     std > 0), input size (2 integers in ``INPUT_SIZE_RANGE``; an ONNX graph's input ``shape`` ["batch", 3, H, W] when
     given). CheckpointError ("``what`` <problem>; ``redo``")."""
     classes, mean, std, size = values = [meta.get(k) for k in METADATA_KEYS] if isinstance(meta, dict) else [None] * 4
@@ -75,12 +84,14 @@ def _checked(meta: Any, what: str, redo: str, head: Optional[int] = None, shape=
                else "has classes that are not a list of names" if not isinstance(classes, (list, tuple))
                or not classes or not all(isinstance(c, str) for c in classes)
                else f"has {len(classes)} class names for weights with {head} outputs" if head and head != len(classes)
-               else "needs mean and std of 3 finite numbers each, std > 0" if not (
-                   _numbers(mean, 3) and _numbers(std, 3) and min(std) > 0)
+               else "needs mean and std of 3 finite numbers each on the [0, 1] scale, std > 0" if not (_numbers(mean, 3)
+                   and _numbers(std, 3) and min(std) > 0 and 0 <= min(mean) and max(*mean, *std) <= 1.5)
                else f"needs an input_size of 2 integers from {low} to {high}" if not (
                    _numbers(size, 2, int) and all(low <= v <= high for v in size))
                else f"has input_size {list(size)} for a graph whose input is {shape}" if shape is not None and (
-                   shape[1:] != [3, *size] or not isinstance(shape[0], str)) else None)
+                   shape[1:] != [3, *size] or not isinstance(shape[0], str))
+               else "has a recipe JSON cannot hold (too deep, circular, odd keys)" if not _json(meta.get("recipe"))
+               else None)
     if problem:
         raise CheckpointError(f"{what} {problem} (got {reprlib.repr(dict(zip(METADATA_KEYS, values)))}); {redo}")
     return {"classes": list(classes), "mean": tuple(mean), "std": tuple(std), "input_size": tuple(size),
@@ -98,8 +109,15 @@ def metadata_path(path: PathLike) -> Path:
 
 
 def fingerprint(path: Path) -> Optional[str]:
-    """16 hex digits of a regular file's SHA-256 (None for no such file): which checkpoint an export came from."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None  # a checkpoint: some MB
+    """16 hex digits of a regular file's SHA-256, read 1 MiB at a time (None for no such file, a name too long, a
+    file over 4 GiB: no checkpoint): which checkpoint an export came from."""
+    if not os.path.isfile(path) or path.stat().st_size > 2**32:  # isfile: False, not OSError, for any name
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 @contextlib.contextmanager
@@ -129,17 +147,23 @@ class OnnxModel:
     """An ONNX file called like a model (float32 (N, 3, H, W) -> logits (N, C), CPU): onnxruntime when installed,
     else ``onnx.reference.ReferenceEvaluator`` (pure Python, exact). ``outputs``: logits per image (0: left open);
     ``input_shape``: ``["batch", 3, H, W]``; ``max_batch``: images per run within ``ONNX_VALUES``. ValueError, before
-    anything runs, for a graph export never writes (other operators or weights, shapes left open or over the bound)."""
+    anything runs, for a graph export never writes (over ``MAX_BYTES``, other operators or weights, shapes left open
+    or over the bound)."""
+
+    MAX_BYTES = 1536 * 2**20  # torch.onnx puts larger weights in a second ".data" file, which export does not write
 
     def __init__(self, path: PathLike):
         onnx = require_onnx()
         from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
+        if os.path.getsize(path) > self.MAX_BYTES:  # onnx.load reads it all into memory
+            raise ValueError(f"it is over the {self.MAX_BYTES / 2**30:.1f} GiB export writes at most")
         proto = onnx.load(str(path), load_external_data=False)
         (graph_input,) = proto.graph.input  # one input: the images
         self.input_shape = [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim]
-        alien = next((f"operator {n.op_type}" for n in proto.graph.node if n.op_type not in ONNX_OPS or n.domain not in
-                      ("", "ai.onnx")), None) or ("local functions" if proto.functions else "sparse weights" if
+        alien = next((f"operator {':'.join(filter(None, (n.domain, n.op_type)))}" for n in proto.graph.node
+                      if n.op_type not in ONNX_OPS or n.domain not in ("", "ai.onnx")), None) or (
+                      "local functions" if proto.functions else "sparse weights" if
                       proto.graph.sparse_initializer else "weights in other files (external data)" if
                       any(map(uses_external_data, _get_all_tensors(proto))) else None)
         one = onnx.ModelProto.FromString(proto.SerializeToString())  # for one image, every size is a number
@@ -185,8 +209,11 @@ def _load_exported(path: Path, trust_code: bool) -> LoadedRun:
     _checked(meta, what, redo)  # before the model file is opened
     source = meta.get("checkpoint") if isinstance(meta.get("checkpoint"), dict) else {}
     ckpt = path.parent / str(source.get("path"))  # its run: the export's own folder for export --run R
-    if source and (ckpt.parent.parent / "run.json").is_file() and fingerprint(ckpt) != source.get("sha256"):
+    if source and os.path.isfile(ckpt.parent.parent / "run.json") and fingerprint(ckpt) != source.get("sha256"):
         raise CheckpointError(f"{str(path)!r} was exported from {str(ckpt)!r}, changed since: export the run again")
+    if source and not os.path.isfile(ckpt.parent.parent / "run.json"):  # a shared file: used, but not vouched for
+        log.warning(f"{str(path)!r} was exported from {str(ckpt)!r}, which is not here: it cannot be "
+                    "checked against its run (export again from the run folder if you have it)")
     kind = "onnx" if path.suffix.lower() == ".onnx" else "torchscript"
     if kind == "onnx":
         require_onnx()  # a missing extra is a ConfigError, not a broken file
@@ -250,8 +277,9 @@ def load_run(out_dir: PathLike, which: Literal["best", "last"] = "best", device=
         ckpt = {**load_checkpoint(best), "_path": str(best)} if which == "best" and best.is_file() else \
             latest_checkpoint(path / "checkpoints")
     if ckpt is None:
-        raise CheckpointError(f"{str(path)!r} holds no training run with an intact checkpoint (not a run folder, or "
-                              "it stopped in its first epoch); pass a run's out_dir (runs/<recipe>), or train it")
+        raise CheckpointError(f"{str(path)!r} " + ("does not exist" if not path.exists() else "holds no training run "
+                              "with an intact checkpoint (not a run folder, or it stopped in its first epoch)")
+                              + "; pass a run folder (runs/<recipe>) or an exported file, or train it")
     source = Path(ckpt["_path"])
     try:
         model, fields = _from_checkpoint(ckpt, f"the checkpoint {str(source)!r}")

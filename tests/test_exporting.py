@@ -158,7 +158,7 @@ def test_export_into_a_read_only_folder_is_one_config_error(run_copy, monkeypatc
 
 
 def test_onnx_weights_that_need_a_second_data_file_are_refused(run_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(ex, "ONNX_MAX_BYTES", 1000)  # the 83k-parameter model stands in for one over 1.5 GiB
+    monkeypatch.setattr(ex.OnnxModel, "MAX_BYTES", 1000)  # the 83k-parameter model stands in for one over 1.5 GiB
     with pytest.raises(ExportError, match="GiB of weights: an ONNX file over 1.5 GiB needs a second data "
                                           "file, which export does not write; use format='torchscript'"):
         export(run_dir, tmp_path / "m.onnx", format="onnx")

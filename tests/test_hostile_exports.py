@@ -1,5 +1,8 @@
+import logging
+
 """Exported files from strangers (issue 20) and exports that outlived their run (issue 21): every refusal is one line,
 made before the file can allocate or run anything."""
+import contextlib
 import json
 import shutil
 import warnings
@@ -173,7 +176,7 @@ def test_export_of_an_exported_file_names_no_python_argument(run_dir, tmp_path, 
     assert err.count("\n") == 1 and "pass the run folder" in err and "trust_code" not in err and not loads
 
 
-def test_an_export_is_refused_once_its_run_has_changed(run_dir, tmp_path, capsys):
+def test_an_export_is_refused_once_its_run_has_changed(run_dir, tmp_path, capsys, caplog):
     run = Path(shutil.copytree(run_dir, tmp_path / "R"))
     assert main(["export", "--run", str(run), "--format", "onnx"]) == 0
     assert json.loads((run / "model.onnx.json").read_text())["checkpoint"]["path"] == "checkpoints/best.pt"
@@ -192,6 +195,9 @@ def test_an_export_is_refused_once_its_run_has_changed(run_dir, tmp_path, capsys
             load_run(stale)
         assert "\n" not in str(info.value)
     assert load_run(lonely).weights == load_run(copied / "model.onnx").weights == "onnx"
+    with caplog.at_level(logging.WARNING, logger="pytorch_utils"):
+        load_run(lonely)  # its run is not here: used, with a line saying it cannot be checked
+    assert "which is not here: it cannot be checked against its run" in caplog.text
     capsys.readouterr()
     assert main(["predict", "--run", str(run / "model.onnx"), str(tmp_path)]) == 2
     assert "was exported from" in capsys.readouterr().err
@@ -201,3 +207,52 @@ def test_printable_escapes_bidi_zero_width_and_separators():
     text = "cat\u202egod\u200b\u2066x\u2069\u2028\u2029\x1b\n\udcff"  # U+DCFF: a path byte that is not UTF-8
     assert printable(text) == "cat\\u202egod\\u200b\\u2066x\\u2069\\u2028\\u2029\\x1b\\x0a\\udcff"
     assert printable("héllo 日本 ok") == "héllo 日本 ok"
+
+
+def test_the_checkpoint_named_in_metadata_is_hashed_in_bounded_memory_and_any_name_is_one_line(onnx_file, tmp_path):
+    import resource
+
+    meta = json.loads(metadata_path(onnx_file).read_text())
+    fake = tmp_path / "r" / "checkpoints"  # a "run" beside the file: run.json and a 300 MB best.pt (sparse on disk)
+    fake.mkdir(parents=True)
+    (tmp_path / "r" / "run.json").write_text("{}")
+    with open(fake / "best.pt", "wb") as fh:
+        fh.truncate(300 << 20)
+    for i, name in enumerate(["r/checkpoints/best.pt", ("a" * 300 + "/") * 3 + "best.pt"]):  # the 2nd: ENAMETOOLONG
+        path = Path(shutil.copy(onnx_file, tmp_path / f"m{i}.onnx"))
+        metadata_path(path).write_text(json.dumps({**meta, "checkpoint": {"path": name, "sha256": "0"}}))
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with pytest.raises(CheckpointError, match="changed since") if i == 0 else contextlib.nullcontext():
+            load_run(path)
+        assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 100  # 300 MB if read at once
+
+
+def test_an_onnx_file_larger_than_export_writes_is_refused_before_it_is_read(onnx_file, monkeypatch):
+    monkeypatch.setattr("pytorch_utils.inference.OnnxModel.MAX_BYTES", onnx_file.stat().st_size - 1)
+    monkeypatch.setattr(onnx, "load", lambda *a, **k: pytest.fail("read"))
+    with pytest.raises(CheckpointError, match=r"m.onnx' is no onnx model .*over the 0.0 GiB export writes at most"):
+        load_run(onnx_file)
+
+
+def test_a_checkpoint_whose_recipe_export_cannot_write_is_refused_before_any_file_is_written(run_dir, tmp_path,
+                                                                                              capsys):
+    run = Path(shutil.copytree(run_dir, tmp_path / "R"))
+    ckpt = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    ckpt["config"]["recipe"]["description"] = {(1, 2): "tuple keys"}  # weights_only pickles hold them; JSON cannot
+    torch.save(ckpt, run / "checkpoints" / "best.pt")
+    assert main(["export", "--run", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "best.pt' has a recipe JSON cannot hold" in err
+    assert not (run / "model.pt").exists()
+
+
+def test_a_missing_path_and_a_report_of_a_file_are_named_as_such(run_dir, tmp_path):
+    from pytorch_utils.errors import ConfigError
+    from pytorch_utils.viz import report_run
+
+    with pytest.raises(CheckpointError, match="model.pt' does not exist; pass a run folder"):
+        load_run(tmp_path / "gone" / "model.pt")
+    exported = export(run_dir, tmp_path / "m.onnx", format="onnx")
+    with pytest.raises(ConfigError, match="m.onnx' is a file: a report is made from a run folder"):
+        report_run(exported)
+    assert not (tmp_path / "report").exists()

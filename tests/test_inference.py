@@ -92,8 +92,8 @@ def test_predict_on_files_of_other_sizes_and_modes_and_a_folder(run, tmp_path, c
 
 def test_clear_errors(run, tmp_path):
     out, _ = run
-    for folder in (tmp_path, tmp_path / "absent"):
-        with pytest.raises(CheckpointError, match="holds no training run"):
+    for folder, problem in ((tmp_path, "holds no training run"), (tmp_path / "absent", "absent' does not exist")):
+        with pytest.raises(CheckpointError, match=problem):
             load_run(folder)
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not a jpeg")
@@ -216,9 +216,11 @@ def _wide(**kwargs):
     (lambda c: c["config"].update(classes=list(range(10))), "classes that are not a list of names"),
     (lambda c: c["config"].update(mean=[0.5, float("nan"), 0.5]), "mean and std of 3 finite numbers"),
     (lambda c: c["config"].update(std=[0.5, 0.0, 0.5]), "std > 0"),
+    (lambda c: c["config"].update(mean=[125.3, 123.0, 113.9]), r"on the \[0, 1\] scale"),  # named here, not later
+    (lambda c: c["config"]["recipe"].update(description={(1, 2): 3}), "recipe JSON cannot hold"),  # for export
     (lambda c: c.update(config=[1, 2]), "lacks classes"),
     (lambda c: c["config"]["recipe"].update(model=functools.reduce(lambda a, _: [a], range(5000), [])),
-     "nested too deeply"),
+     "recipe JSON cannot hold \\(too deep"),
 ])
 def test_a_checkpoint_config_is_checked_before_any_model_is_built(run, tmp_path, monkeypatch, change, message):
     import pytorch_utils.models as models
@@ -239,6 +241,8 @@ def test_a_checkpoint_config_is_checked_before_any_model_is_built(run, tmp_path,
     ({"input_size": [60000, 60000]}, "input_size of 2 integers from 8 to 1024"),
     ({"input_size": "32"}, "input_size of 2 integers"),
     ({"mean": [0.5, 0.5]}, "mean and std of 3 finite numbers"),
+    ({"mean": [-5, -5, -5]}, r"on the \[0, 1\] scale"),
+    ({"std": [63.0, 62.1, 66.7]}, r"on the \[0, 1\] scale"),
     ({"classes": ["cat", "dog"]}, "2 class names for weights with 10 outputs"),
 ])
 def test_malformed_export_metadata_is_one_line(script_file, tmp_path, meta, message):

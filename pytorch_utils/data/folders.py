@@ -29,6 +29,7 @@ EVAL_SPLITS = ("test", "val", "valid", "validation")
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 # Limits on files from strangers, sized for CIFAR-sized work; a refusal names the file and the limit, before decoding.
 MAX_PIXELS = 8192 * 8192  # pixels an image may declare in its header (a 48-megapixel photo passes)
+MAX_PHOTO_SIDE = 65535  # longest side any image may declare (JPEG's): a 1-pixel strip of MAX_PIXELS takes GBs
 MAX_SIDE = 256  # longest side of a data set's images: the set is held decoded (N x side^2 x 3 bytes), trained at it
 MAX_MEMBER_BYTES = 64 << 20  # declared uncompressed size of one zip member
 MAX_RATIO = 100  # declared uncompressed / compressed size of a zip member over 1 MiB (images barely compress)
@@ -163,7 +164,7 @@ def to_rgb(im) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def _decode(file, name: str, max_pixels: int, max_side: Optional[int]) -> Tuple[np.ndarray, str]:
+def _decode(file, name: str, max_pixels: int, max_side: int) -> Tuple[np.ndarray, str]:
     """(uint8 (H, W, 3) RGB pixels, PIL mode) of ``file`` (a path or binary file), see ``open_image``."""
     from PIL import Image
 
@@ -173,7 +174,7 @@ def _decode(file, name: str, max_pixels: int, max_side: Optional[int]) -> Tuple[
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(file, formats=IMAGE_FORMATS) as im:
                 (w, h), mode = im.size, im.mode
-                if w * h > max_pixels or max(w, h) > (max_side or max(w, h)):
+                if w * h > max_pixels or max(w, h) > max_side:
                     too_big = f"{w}x{h} pixels (WxH)"
                 else:
                     pixels = to_rgb(im)
@@ -182,15 +183,15 @@ def _decode(file, name: str, max_pixels: int, max_side: Optional[int]) -> Tuple[
     except _DECODE_ERRORS as exc:
         raise DatasetError(f"cannot decode image {name} ({type(exc).__name__}: {exc}); accepted formats: "
                            f"{', '.join(IMAGE_FORMATS)}: remove or replace the file") from None
-    limit = f"max_pixels={max_pixels:,}" + (f" and max_side={max_side}" if max_side else "")
-    _refuse_over(too_big, f"image {name}", limit, "resize it (e.g. to 32x32 for CIFAR-sized work) or raise the limit")
+    _refuse_over(too_big, f"image {name}", f"max_pixels={max_pixels:,} and max_side={max_side}",
+                 "resize it (e.g. to 32x32 for CIFAR-sized work) or raise the limit")
     return pixels, mode
 
 
-def open_image(path: PathLike, max_pixels: int = MAX_PIXELS, max_side: Optional[int] = None) -> np.ndarray:
+def open_image(path: PathLike, max_pixels: int = MAX_PIXELS, max_side: int = MAX_PHOTO_SIDE) -> np.ndarray:
     """One image file as uint8 (H, W, 3) RGB (``to_rgb``), opened only as one of ``IMAGE_FORMATS`` (whatever its
     extension); DatasetError naming the file when it is none of them, unreadable, or declares more than
-    ``max_pixels`` pixels or (if given) a side over ``max_side``: checked from the header, before decoding."""
+    ``max_pixels`` pixels or a side over ``max_side``: checked from the header, before decoding."""
     return _decode(path, str(path), max_pixels, max_side)[0]
 
 
@@ -309,8 +310,9 @@ def load_image_folder(path: PathLike, split: str = "train", classes: Optional[Se
 
 def _version(path: Path, split: str):
     """What the decoded cache is keyed on, so that it sees every change: a zip's size and modification time; for a
-    folder, a digest of the path, size and modification time of each file in the split's folder (hidden ones aside:
-    never read). DatasetError names a symbolic link there or on the way: it could point outside the data folder."""
+    folder, a digest of the path, size and modification time of each entry of the split's folder and of its class
+    folders (hidden ones and deeper folders aside: never read). DatasetError names a symbolic link there or on the way:
+    it could point outside the data folder."""
     if path.is_file():
         return path.stat().st_size, path.stat().st_mtime_ns
     split_dir = _split_dir(_Source(path), split)  # None: no such split (_list_split says so)
@@ -318,11 +320,12 @@ def _version(path: Path, split: str):
     while folders:
         for entry in os.scandir(folders.pop()):
             here = entry.path + os.sep
-            if _is_hidden(entry.name) or not (here.startswith(wanted) or wanted.startswith(here)):
-                continue  # neither in the split's folder nor a folder on the way to it
+            depth = here[len(wanted):].count(os.sep) if here.startswith(wanted) else 0  # 1: <class>, 2: its image
+            if _is_hidden(entry.name) or depth > 2 or not (depth or wanted.startswith(here)):
+                continue  # neither in the split's folder down to its images nor a folder on the way to it
             if entry.is_symlink():
                 raise DatasetError(f"{entry.path} is a symbolic link: a data folder must hold its files; copy them in")
-            if entry.is_dir():
+            if entry.is_dir() and depth < 2:
                 folders.append(entry.path)
             else:  # DirEntry.stat() caches: one system call
                 files.append((entry.path, entry.stat().st_size, entry.stat().st_mtime_ns))

@@ -119,7 +119,8 @@ def _check_file(path: Path) -> None:
 
 def _not_stored(t: Any) -> bool:
     """An expanded or overlapping view: a huge shape from a tiny file (torch.save of a model never writes one)."""
-    return isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() < t.numel() * t.element_size()
+    return isinstance(t, torch.Tensor) and (t.layout != torch.strided  # sparse: torch.save of a model never writes
+                                            or t.untyped_storage().nbytes() < t.numel() * t.element_size())
 
 
 def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
@@ -136,7 +137,7 @@ def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt.get("format"), int):
         raise CheckpointError(f"{str(path)!r} is not a pytorch_utils checkpoint (format {FORMAT})")
     if any(map(_not_stored, ckpt["model"].values())):
-        raise CheckpointError(f"{str(path)!r} holds expanded weight views (more weights than stored data): retrain")
+        raise CheckpointError(f"{str(path)!r} holds expanded or sparse weight tensors (training never saves them)")
     if ckpt["format"] > FORMAT:  # format 1 (no steps_per_epoch) is read as written at today's steps per epoch
         raise CheckpointError(f"{str(path)!r} was written by pytorch_utils {ckpt.get('version')} (checkpoint format "
                               f"{ckpt['format']}, this version reads up to {FORMAT}): use that version or newer")

@@ -23,7 +23,10 @@ def _number(value) -> Optional[float]:
             return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int too large for a float (a hostile history.json)
+        return None
     return value if math.isfinite(value) else None
 
 
@@ -38,8 +41,8 @@ def clean_history(history: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
     for rec in history:
         epoch = _number(rec.get("epoch"))
         epoch = last_epoch + 1 if epoch is None else epoch
-        if kept and epoch <= kept[-1]["epoch"]:
-            kept = [r for r in kept if r["epoch"] < epoch]
+        while kept and epoch <= kept[-1]["epoch"]:  # kept is in epoch order: drop from the end (linear time)
+            kept.pop()
         kept.append(dict(rec, epoch=int(epoch) if float(epoch).is_integer() else epoch))
         last_epoch = epoch
     return kept
@@ -50,13 +53,16 @@ def _series(records, key):
     return [x for x, y in points if y is not None], [y for _, y in points if y is not None]
 
 
+MAX_MARKS = 20  # phase changes and early stops drawn per plot
+
+
 def _mark_events(ax, stops, boundaries, label_phases: bool) -> None:
-    for x, name in boundaries:
+    for x, name in list(boundaries)[:MAX_MARKS]:  # a history of thousands of phases would take minutes to draw
         ax.axvline(x, color="gray", linestyle=":", linewidth=1)
         if label_phases:
             ax.annotate(f"phase: {plot_text(name)}", xy=(x, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -2),
                         textcoords="offset points", ha="left", va="top", fontsize=7, color="dimgray")
-    for x in stops:
+    for x in list(stops)[:MAX_MARKS]:
         ax.axvline(x, color="crimson", linestyle="--", linewidth=1.2, label=f"early stop (epoch {x})")
 
 

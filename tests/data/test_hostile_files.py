@@ -1,6 +1,7 @@
 """Files from strangers (issue 20): non-raster formats, decompression bombs, oversized images and hostile zips are each
 refused with one DatasetError naming the file and the limit, before anything large is allocated."""
 import io
+import os
 import resource
 import struct
 import subprocess
@@ -94,6 +95,13 @@ def test_image_over_max_pixels_is_refused_from_its_header_before_decoding(tmp_pa
         open_image(big)
     assert peak_rss_growth_mb(lambda: pytest.raises(DatasetError, open_image, big)) < 100  # 243 MB if decoded
     assert open_image(big, max_pixels=10**8).shape == (9000, 9000, 3)  # the limit is an argument
+
+
+def test_a_strip_of_max_pixels_is_refused_from_its_header(tmp_path):
+    strip = gray_png_bomb(tmp_path / "strip.png", 70000, 1)  # at 67 megapixels, 2.8 GB to decode and resize
+    with pytest.raises(DatasetError, match=r"strip\.png declares 70000x1 pixels.*max_side=65535: resize it"):
+        open_image(strip)
+    assert open_image(strip, max_side=70000).shape == (1, 70000, 3)
 
 
 def test_training_images_over_max_side_are_refused_naming_the_limit(tmp_path):
@@ -239,6 +247,23 @@ def test_a_symbolic_link_in_a_data_folder_is_refused_naming_it(tmp_path, link):
         load_datasets(str(data))
     msg = str(err.value)
     assert f"{data / link} is a symbolic link" in msg and "\n" not in msg
+
+
+def test_folders_deeper_than_the_images_are_never_walked(tmp_path):
+    for rel in ("train/a/0.png", "train/b/0.png", "test/a/0.png", "test/b/0.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(png_bytes())
+    deep = tmp_path / "train" / "a" / "sub"
+    deep.mkdir()
+    fd = os.open(deep, os.O_RDONLY)  # beyond PATH_MAX (4096) only relative to an open folder
+    for _ in range(100):
+        os.mkdir("d" * 50, dir_fd=fd)
+        fd, old = os.open("d" * 50, os.O_RDONLY, dir_fd=fd), fd
+        os.close(old)
+    os.symlink("/", "link", dir_fd=fd)  # never read: deeper than any image
+    os.close(fd)
+    train, _ = load_datasets(str(tmp_path))  # was: OSError File name too long
+    assert train.images.shape == (2, 8, 8, 3)
 
 
 def test_a_symbolic_link_stored_in_a_zip_is_not_followed(tmp_path):

@@ -88,3 +88,20 @@ def test_nearly_constant_lr_axis_is_readable():
     fig = plot_history([_rec(e, lr=0.01 * e) for e in range(1, 6)])
     fig.canvas.draw()
     assert fig.axes[2].get_ylim()[1] < 0.06
+
+
+def test_hostile_history_plots_in_bounded_time(tmp_path, check_png):
+    """A 4,000-digit epoch is skipped, 40,000 resumed records clean in linear time, thousands of phases draw 20."""
+    import time
+
+    from pytorch_utils.viz.curves import MAX_MARKS
+
+    records = [{"epoch": 10**4000, "train_loss": 1.0}]
+    records += [{"epoch": 1 + i % 2, "train_loss": 1.0, "phase": f"p{i}"} for i in range(40000)]
+    start = time.perf_counter()
+    assert [r["epoch"] for r in clean_history(records)] == [1, 2]
+    many = [{"epoch": e, "train_loss": 1.0 / e, "test_loss": 1.0, "phase": f"p{e}"} for e in range(1, 2001)]
+    fig = plot_history(many, save=tmp_path / "c.png")
+    assert time.perf_counter() - start < 60
+    assert len([line for line in fig.axes[0].lines if line.get_linestyle() == ":"]) == MAX_MARKS
+    check_png(tmp_path / "c.png", fig)
