@@ -177,8 +177,8 @@ def _cmd_train(args) -> int:
     final = result.final
     if final.get("test_acc") is not None:
         print(f"final test accuracy: {final['test_acc']:.2f}% (best {final['best_test_acc']:.2f}% at epoch "
-              f"{final['best_epoch']}) after {final['epochs_run']} epochs, {final['seconds']:.1f}s on "
-              f"{final['device']}")
+              f"{final['best_epoch']}) after {final['epochs_run']} epoch{'s' * (final['epochs_run'] != 1)}, "
+              f"{final['seconds']:.1f}s on {final['device']}")
     print(f"history: {result.out_dir / 'history.json'}")
     return 0
 
@@ -186,8 +186,8 @@ def _cmd_train(args) -> int:
 def _cmd_predict(args) -> int:
     from pytorch_utils.inference import load_run, predict
 
-    # With --json stdout holds only the JSON: notes (e.g. resizing) go to stderr for this command.
-    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+    # stdout holds the results alone (a table or JSON, for `| head` or a file): notes (resizing, skips) go to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
         run = load_run(args.run, which="last" if args.last else "best", trust_code=args.trust_code)
         results = predict(run, args.images, top_k=args.top_k, tta=args.tta)
     if args.json:  # JSON escapes control characters itself
@@ -239,7 +239,9 @@ def cli_message(text: str, parser: argparse.ArgumentParser) -> str:
     from pytorch_utils.recipes.base import Recipe
 
     flags = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "version")}
-    fields = {f.name for f in dataclasses.fields(Recipe)}
+    if "out" in flags:  # export and report write to --out: the library's out_dir
+        flags["out_dir"] = flags["out"]
+    fields = {f.name for f in dataclasses.fields(Recipe)} if "set" in flags else set()  # only train has --set
 
     def spell(match: "re.Match") -> str:
         name, value = match.group(1), match.group(2)
@@ -284,6 +286,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         package_log.setLevel(logging.WARNING)
     for handler in handlers:
         handler.addFilter(rewrite)
+    raise_exceptions, logging.raiseExceptions = logging.raiseExceptions, False  # a closed pipe: no traceback per line
     try:
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit, where it could no longer be caught
@@ -300,6 +303,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
     finally:  # main() also runs inside notebooks and tests: leave the logger as it was
         package_log.setLevel(level)
+        logging.raiseExceptions = raise_exceptions
         for handler in handlers:
             handler.removeFilter(rewrite)
 

@@ -10,6 +10,7 @@ from typing import Callable, Optional, Union
 from pytorch_utils.errors import ConfigError, DiskFullError
 
 PathLike = Union[str, os.PathLike]
+DRIVE_ROOTS = ("MyDrive", "Shareddrives")  # the folders of a mounted Google Drive (Colab: /content/drive/MyDrive)
 _UMASK = os.umask(0o022)  # read once (setting it is process-wide): new files get 0o666 & ~umask, as open() gives
 os.umask(_UMASK)
 
@@ -21,8 +22,12 @@ def not_writable_error(folder: Path, exc: OSError) -> ConfigError:
 
 def ensure_writable_dir(path: PathLike, parents: bool = True) -> Path:
     """Create ``path`` (and, with ``parents``, its parents) if needed; ConfigError (path and OS reason) when it cannot
-    be written. Called once where a run or report starts: later writes never create folders."""
+    be written, or when it lies in an unmounted Google Drive. Called once where a run or report starts: later writes
+    never create folders."""
     path = Path(path)
+    drive = next((p for p in (path, *path.parents) if p.name in DRIVE_ROOTS and not p.is_dir()), None)
+    if drive is not None:  # a local copy would vanish with the VM, and drive.mount refuses a non-empty mount point
+        raise ConfigError(f"{str(drive)!r} does not exist: mount Google Drive first, or choose another out_dir")
     try:
         path.mkdir(parents=parents, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):

@@ -35,8 +35,9 @@ def _alive(path: Path, info: dict) -> bool:
         return os.path.realpath(path) in _HELD  # whose unlink failed (a Drive gone); then a resume here takes it over
     if not isinstance(pid, int) or info.get("host") != socket.gethostname():
         # half-written (being written now, or killed doing so) or another machine's (Drive): alive while touched lately
-        with contextlib.suppress(OSError):
-            return time.time() - path.lstat().st_mtime < (4 * HEARTBEAT_S if isinstance(pid, int) else 10)
+        with contextlib.suppress(OSError):  # a folder there is no lock, and not ours to delete: held until removed
+            age = time.time() - path.lstat().st_mtime
+            return path.is_dir() or age < (4 * HEARTBEAT_S if isinstance(pid, int) else 10)
         return False
     try:
         return os.kill(pid, 0) is None  # signal 0 only asks whether the process exists

@@ -2,7 +2,9 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from pytorch_utils.cli import build_parser, main
 
@@ -101,6 +103,17 @@ def test_cli_message_maps_python_arguments_to_this_commands_flags(library, cli):
     assert cli_message(library, train) == cli
 
 
+@pytest.mark.parametrize("command", ["export", "report"])
+def test_commands_that_write_to_out_name_that_flag(command):
+    import argparse
+
+    from pytorch_utils.cli import cli_message
+
+    parser = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    assert cli_message("not writable (Read-only file system); choose another out_dir", parser) == \
+        "not writable (Read-only file system); choose another --out"
+
+
 def test_library_errors_name_arguments_and_the_cli_names_flags(tmp_path, capsys):
     from pytorch_utils.errors import ConfigError
     from pytorch_utils.recipes import run_recipe
@@ -150,7 +163,11 @@ def test_report_rebuilds_a_runs_report_and_names_the_flag_when_its_data_moved(tm
     assert main(["train", "--recipe", "strixbee_l1", "--data", "synthetic", "--epochs", "1", "--train-limit", "32",
                  "--test-limit", "16", "--batch-size", "16", "--num-workers", "0", "--quiet", "--out-dir",
                  str(run)]) == 0
-    capsys.readouterr()
+    assert ") after 1 epoch, " in capsys.readouterr().out  # not "1 epochs"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "a.png")
+    assert main(["predict", "--run", str(run), str(tmp_path / "a.png"), "--top-k", "1"]) == 0
+    out = capsys.readouterr()  # stdout holds the results alone (`predict ... | head`); notes go to stderr
+    assert out.out.startswith(str(tmp_path / "a.png")) and out.out.count("\n") == 1 and "resized 1 of 1" in out.err
     assert main(["report", "--run", str(run)]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f"report: {run / 'report' / 'index.html'}"
     assert (run / "report" / "per_class.csv").is_file() and (run / "report" / "misclassified.png").is_file()
@@ -161,7 +178,19 @@ def test_report_rebuilds_a_runs_report_and_names_the_flag_when_its_data_moved(tm
     assert out.splitlines()[-1] == f"report: {tmp_path / 'again' / 'curves.png'}"
     assert main(["report", "--run", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "holds no training run" in err and err.count("\n") == 1
+    assert err.startswith("error: ") and "nothing' does not exist; pass a run folder" in err and err.count("\n") == 1
+
+
+def test_a_reader_that_goes_away_during_training_gets_no_traceback_per_log_line(tmp_path):
+    """`train ... | head -2` printed a "--- Logging error ---" traceback for every later epoch line."""
+    proc = subprocess.Popen([sys.executable, "-m", "pytorch_utils", "train", "--recipe", "strixbee_l1", "--data",
+                             "synthetic", "--epochs", "2", "--train-limit", "32", "--test-limit", "16", "--batch-size",
+                             "16", "--num-workers", "0", "--no-progress", "--out-dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141 and err == ""
+    assert (tmp_path / "checkpoints" / "epoch-0002.pt").is_file()  # the run itself went on to its end
 
 
 def test_a_reader_that_goes_away_ends_the_output_quietly():

@@ -140,3 +140,19 @@ def test_a_folder_at_the_final_name_is_one_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"history.json' is a folder.*remove or rename that folder") as info:
         atomic_write_text(tmp_path / "history.json", "[]")
     assert "\n" not in str(info.value) and os.listdir(tmp_path) == ["history.json"]  # the temporary removed
+
+
+def test_a_run_folder_on_an_unmounted_google_drive_is_refused_not_created_locally(tmp_path):
+    # After a Colab restart without drive.mount, run_recipe(out_dir="/content/drive/MyDrive/run", resume=True) trained
+    # into a local /content/drive/MyDrive (lost with the VM; and drive.mount then refuses the non-empty mount point).
+    from pytorch_utils.recipes import run_recipe
+
+    (tmp_path / "content").mkdir()
+    drive = tmp_path / "content" / "drive"
+    with pytest.raises(ConfigError) as info:
+        run_recipe("strixbee_l1", "synthetic", drive / "MyDrive" / "run", epochs=1, resume=True)
+    assert str(info.value) == (f"{str(drive / 'MyDrive')!r} does not exist: mount Google Drive first, or choose "
+                               "another out_dir")
+    assert not drive.exists()
+    (drive / "MyDrive").mkdir(parents=True)  # mounted: a new run folder inside it is created as usual
+    assert io_module.ensure_writable_dir(drive / "MyDrive" / "runs" / "a").is_dir()

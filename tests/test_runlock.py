@@ -183,3 +183,14 @@ def test_a_full_disk_at_the_lock_write_is_one_line_and_leaves_no_lock(tmp_path, 
         with run_lock(tmp_path / "run"):
             pass
     assert list(tmp_path.iterdir()) == []  # no lock, and the folder made for it is gone
+
+
+def test_a_folder_where_the_lock_goes_is_one_line_and_kept(tmp_path):
+    (tmp_path / LOCK_NAME / "notes").mkdir(parents=True)  # old or new: neither a live run nor a stale lock
+    old = time.time() - 3600
+    os.utime(tmp_path / LOCK_NAME, (old, old))
+    with pytest.raises(RunLockedError) as info:  # an old one was unlinked: an IsADirectoryError traceback
+        with run_lock(tmp_path):
+            pass
+    assert str(info.value).endswith(f"(if no such run exists, delete {str(tmp_path / LOCK_NAME)!r})")
+    assert (tmp_path / LOCK_NAME / "notes").is_dir()

@@ -18,7 +18,7 @@ from pytorch_utils.errors import CheckpointError, ConfigError
 from pytorch_utils.io import atomic_write_text
 from pytorch_utils.models import count_parameters, create_model
 from pytorch_utils.recipes.base import Recipe, build_optimizer, get_recipe
-from pytorch_utils.runlock import run_lock
+from pytorch_utils.runlock import LOCK_NAME, run_lock
 from pytorch_utils.train import distributed as dist_utils
 from pytorch_utils.train.callbacks import EarlyStopping, PhaseSchedule
 from pytorch_utils.train.checkpoints import (
@@ -88,7 +88,7 @@ def _make_loaders(recipe: Recipe, train_ds, test_ds, device: torch.device, rank:
 RESUME_FREE_FIELDS = ("name", "description", "num_workers", "hub_repo", "hub_every", "compile", "keep_last",
                       "checkpoint_every", "tensorboard", "max_side", "max_total_pixels")  # limits: same data
 RUN_FILES = ("run.json", "history.json", "history.csv", "summary.json", "lr_finder.png", "checkpoints", "tensorboard",
-             "model.pt", "model.pt.json", "model.onnx", "model.onnx.json")  # + the CLI export's default files
+             "model.pt", "model.pt.json", "model.onnx", "model.onnx.json", "report")  # + export, report output
 
 
 def check_resume_compatible(checkpoint: Dict[str, Any], recipe: Recipe, data: str) -> None:
@@ -222,9 +222,8 @@ def _build(run: _Run, root: str, download: bool):
     log.info(f"recipe {recipe.name}: {recipe.model} ({count_parameters(model):,} params) on {run.data} "
              f"({len(train_ds)} train / {len(test_ds)} test, {num_classes} classes), device {device}, "
              f"loader {kind}, {recipe.epochs} epoch{'s' * (recipe.epochs != 1)} of batch {recipe.batch_size}{per_rank}")
-    if run.main:
-        if run.checkpoint is None:
-            archive_previous_run(run.out_dir)
+    if run.main and run.checkpoint is None:
+        archive_previous_run(run.out_dir)
     dist_utils.barrier()  # every rank waits until rank 0 has moved an earlier run aside
     model = model.to(device)
     if run.world > 1 and recipe.sync_bn and device.type == "cuda":
@@ -314,7 +313,8 @@ def run_recipe(recipe: Union[Recipe, str], data: Optional[str] = None, out_dir: 
 def _lost_folder(run: _Run) -> Optional[CheckpointError]:
     """The error to report when the run folder vanished or turned read-only since the start (an unmounted Drive: what
     failed then is a consequence), else None."""
-    state = "read-only" if os.path.isdir(run.out_dir) else "gone"  # also gone: a lost mount (ENOTCONN)
+    # Gone: also a lost mount (ENOTCONN), or a folder made anew in its place (no lock of ours in it).
+    state = "read-only" if os.path.isfile(run.out_dir / LOCK_NAME) else "gone"
     if run.main and (state == "gone" or not os.access(run.out_dir, os.W_OK | os.X_OK)):
         return CheckpointError(f"run folder {str(run.out_dir)!r} vanished or is not writable ({state}); nothing was "
                                "written elsewhere; when it is back, resume with resume=True")

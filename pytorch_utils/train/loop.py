@@ -83,8 +83,10 @@ class _Meter:
         step, minus_low, high = torch.cat([self.bad_step.view(1), self.extremes]).tolist()
         low, n, where = -minus_low, self.num_classes, f"epoch {epoch}, " if epoch is not None else ""
         if n is not None and (low < 0 or high >= n):
+            fix = f"build the model with num_classes={high + 1} or more, or fix the labels" if high >= n else \
+                "fix the labels (class indices start at 0)"
             raise ConfigError(f"{what} labels range over [{low}, {high}] ({where}the model has {n} classes: "
-                              f"0..{n - 1}); build the model with num_classes={high + 1} or more, or fix the labels")
+                              f"0..{n - 1}); {fix}")
         if step >= 0:
             raise NonFiniteLossError(f"train loss became NaN/inf at {where}step {step}; training stopped. {ADVICE}")
 

@@ -278,6 +278,9 @@ def report(data: ReportData, out_dir: PathLike, settings: Optional[ReportSetting
     return paths
 
 
+_DATA_FIELDS = ("train_limit", "test_limit", "seed", "num_classes", "max_side", "max_total_pixels")  # of load_datasets
+
+
 def _recorded_data(run_dir: Path) -> Optional[str]:
     """The ``data`` in a run's run.json; None when it is missing, unreadable or no regular file (a FIFO blocks)."""
     path = run_dir / "run.json"
@@ -299,15 +302,15 @@ def report_run(run_dir: PathLike, out: Optional[PathLike] = None, *, data: Optio
     from pytorch_utils.train.loop import evaluate
     from pytorch_utils.utils import resolve_device
 
-    run_dir = Path(run_dir)
+    if (run_dir := Path(run_dir)).is_file():  # an export has no history or data record to report from
+        raise ConfigError(f"{str(run_dir)!r} is a file: a report is made from a run folder (out_dir of the run)")
     run = load_run(run_dir, which="last" if last else "best", device=resolve_device())
     saved = {name: run_dir / f for name, f in (("curves", "history.csv"), ("curves", "history.json"),
              ("lr_finder", "lr_finder.png")) if (run_dir / f).is_file() and not (run_dir / f).is_symlink()}
     out, r = ensure_writable_dir(out or run_dir / "report"), run.recipe
     data = data or _recorded_data(run_dir) or r.get("data")
     try:
-        _, test = load_datasets(data, root=root, train_limit=r.get("train_limit"), test_limit=r.get("test_limit"),
-                                seed=r.get("seed", 0), num_classes=r.get("num_classes"))
+        _, test = load_datasets(data, root=root, **{k: r[k] for k in _DATA_FIELDS if k in r})  # as the run read it
     except (DatasetNotFoundError, UnknownNameError) as exc:
         paths = {name: out / f"{name}.png" for name in saved}
         if "curves" in saved:

@@ -67,6 +67,15 @@ def test_a_run_folder_that_vanishes_mid_run_stops_at_once_and_resumes_here_when_
     assert _leftovers(tmp_path) == []
 
 
+def test_a_run_folder_replaced_by_an_empty_one_mid_run_is_named_as_gone(tmp_path, monkeypatch):
+    # A folder deleted and made again (a Drive sync, another cell) said "output directory '.../checkpoints' is not
+    # writable; choose another out_dir": the run folder it started in is gone, and a resume is what helps.
+    out = tmp_path / "run"
+    _after_epoch(monkeypatch, 1, lambda: (out.rename(tmp_path / "old"), out.mkdir()))
+    with pytest.raises(CheckpointError, match=rf"^run folder {str(out)!r} vanished or is not writable \(gone\); "):
+        run_recipe("strixbee_l1", "synthetic", out, epochs=3, **TINY)
+
+
 def test_a_folder_gone_while_the_data_loads_is_not_re_created(tmp_path, monkeypatch):
     drive = tmp_path / "MyDrive"
     drive.mkdir()
@@ -131,10 +140,13 @@ def test_a_new_run_moves_the_earlier_runs_exports_aside(tmp_path, capsys, caplog
         (tmp_path / name).write_text(name)
     exports = ["model.onnx", "model.onnx.json", "model.pt", "model.pt.json"]
     assert all((tmp_path / name).is_file() for name in exports)
+    (tmp_path / "report").mkdir()  # `report --run`'s default folder: the old run's page must not pass for the new's
+    (tmp_path / "report" / "index.html").write_text("the earlier run")
     run_recipe("strixbee_l1", "synthetic", tmp_path, epochs=1, **TINY)
     (previous,) = (tmp_path / "previous").iterdir()
     assert sorted(p.name for p in previous.iterdir() if p.name.startswith("model")) == exports
-    assert not any((tmp_path / name).exists() for name in exports)
+    assert not any((tmp_path / name).exists() for name in [*exports, "report"])
+    assert (previous / "report" / "index.html").read_text() == "the earlier run"
 
 
 def _plain_file_above(tmp_path):

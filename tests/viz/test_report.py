@@ -329,3 +329,19 @@ def test_report_run_refuses_a_test_set_with_other_classes(finished_run, tmp_path
             Image.fromarray(np.full((32, 32, 3), 100, np.uint8)).save(tmp_path / "other" / split / name / "0.png")
     with pytest.raises(DatasetError, match=r"has the classes \['ant', 'bee'\], the run \['class_0'"):
         report_run(finished_run, tmp_path / "rep", data=tmp_path / "other")
+
+
+def test_report_run_reads_the_images_with_the_runs_own_limits(tmp_path):
+    # A run trained with max_side=300 on 264-pixel images: its report refused them at the default 256.
+    from pytorch_utils.recipes import run_recipe
+
+    for split, n in (("train", 2), ("test", 1)):
+        for i, name in enumerate(("a", "b")):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            for k in range(n):
+                Image.fromarray(np.full((264, 264, 3), 60 + 120 * i + k, np.uint8)).save(
+                    tmp_path / "data" / split / name / f"{k}.png")
+    run_recipe("strixbee_l1", data=str(tmp_path / "data"), out_dir=tmp_path / "run", epochs=1, batch_size=2,
+               max_side=300, num_workers=0, progress=False)
+    paths = report_run(tmp_path / "run", **LIGHT)
+    assert "Test samples | 2 |" in paths["index_md"].read_text()
