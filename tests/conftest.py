@@ -37,3 +37,14 @@ def package_logger_as_shipped():
     logger.handlers[:] = saved[0]
     logger.setLevel(saved[1])
     logger.propagate = saved[2]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A finished one-epoch strixbee_l1 run on 64 synthetic images (one per test module: tests may export into it)."""
+    from pytorch_utils.recipes import run_recipe
+
+    out = tmp_path_factory.mktemp("run")
+    run_recipe("strixbee_l1", out_dir=out, device="cpu", data="synthetic", epochs=1, train_limit=64, test_limit=32,
+               batch_size=16, num_workers=0, progress=False, lr_finder=None)
+    return out

@@ -18,17 +18,6 @@ from pytorch_utils.cli import main
 from pytorch_utils.errors import CheckpointError, ConfigError, DiskFullError, ExportError
 from pytorch_utils.exporting import ATOL, RTOL
 from pytorch_utils.inference import LoadedRun, metadata_path
-from pytorch_utils.recipes import run_recipe
-
-TINY = dict(data="synthetic", epochs=1, train_limit=64, test_limit=32, batch_size=16, num_workers=0, progress=False,
-            lr_finder=None)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    run_recipe("strixbee_l1", out_dir=out, device="cpu", **TINY)
-    return out
 
 
 @pytest.mark.parametrize("fmt, name", [("torchscript", "model.pt"), ("onnx", "model.onnx")])

@@ -17,20 +17,9 @@ from pytorch_utils.cli import main, printable
 from pytorch_utils.errors import CheckpointError, ConfigError
 from pytorch_utils.inference import ONNX_OPS, metadata_path
 from pytorch_utils.models import create_model, list_models
-from pytorch_utils.recipes import run_recipe
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
-
-TINY = dict(data="synthetic", epochs=1, train_limit=64, test_limit=32, batch_size=16, num_workers=0, progress=False,
-            lr_finder=None)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    run_recipe("strixbee_l1", out_dir=out, device="cpu", **TINY)
-    return out
 
 
 @pytest.fixture(scope="module")
