@@ -56,8 +56,7 @@ class ModelEMA:
             self.module.load_state_dict(state["module"])
         except (KeyError, TypeError, RuntimeError) as exc:
             raise CheckpointError(f"not an EMA state of this model (from ModelEMA.state_dict()): {exc}") from None
-        self.updates = int(state.get("updates", 0))
-        self.decay = float(state.get("decay", self.decay))
+        self.updates, self.decay = int(state.get("updates", 0)), float(state.get("decay", self.decay))
         self.warmup = bool(state.get("warmup", self.warmup))
 
     @contextlib.contextmanager

@@ -27,24 +27,6 @@ log = logging.getLogger(__name__)
 ADVICE = "Lower the learning rate, check the inputs for NaNs, or use amp=None; the last good checkpoint is untouched."
 
 
-def _inputs(inputs: torch.Tensor, model: nn.Module, device, amp_dtype, channels_last: bool) -> torch.Tensor:
-    """Move a batch to the device; outside autocast, float inputs take the model's dtype (the GPU loader may hand out
-    bf16 batches, which a plain fp32 ``evaluate(model, loader)`` must still accept)."""
-    inputs = inputs.to(device, non_blocking=True)
-    if channels_last and inputs.dim() == 4:
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
-    p = next((p for p in model.parameters() if p.is_floating_point()), None)
-    if amp_dtype is None and p is not None and inputs.is_floating_point() and inputs.dtype != p.dtype:
-        inputs = inputs.to(p.dtype)
-    return inputs
-
-
-def _progress_bar(loader, desc: str, enabled: bool):
-    """A tqdm bar driven by hand: ``tqdm.auto`` over an iterable calls ``iter()`` once more, which for a DataLoader
-    with workers would start (and throw away) a second set of worker processes every epoch."""
-    return tqdm(total=_num_batches(loader, None), desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
-
-
 def _num_batches(loader, default: Optional[int] = 10**9) -> Optional[int]:
     try:
         return len(loader)
@@ -61,21 +43,40 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
 
 
 class _Meter:
-    """Loss / accuracy / count sums kept on the device, shared by training and evaluation (read once at the end), and
-    flags read at the sync points: the first step with a non-finite loss, the range of the hard labels."""
+    """The batch pass shared by training and evaluation: batches moved to the device, loss / accuracy / count sums
+    kept there (read once at the end), and flags read at the sync points: the first step with a non-finite loss, the
+    range of the hard labels."""
 
-    def __init__(self, device: torch.device, num_classes: Optional[int]):
+    def __init__(self, model: nn.Module, device: torch.device, amp_dtype, channels_last: bool):
+        p = next((p for p in model.parameters() if p.is_floating_point()), None)
+        self.dtype = p.dtype if p is not None and amp_dtype is None else None  # what float inputs are cast to
+        self.device, self.channels_last, self.num_classes = device, channels_last, model_output_classes(model)
         self.sums = torch.zeros(3, device=device, dtype=torch.float64)  # loss * n, correct, n
-        self.bad_step, self.num_classes = torch.full((), -1, device=device, dtype=torch.long), num_classes
+        self.bad_step = torch.full((), -1, device=device, dtype=torch.long)
         self.extremes = torch.full((2,), -2**62, device=device, dtype=torch.long)  # -lowest, highest hard label
 
-    def labels(self, targets: torch.Tensor) -> torch.Tensor:
-        """``targets`` with hard labels outside 0..C-1 clamped into it, so the loss never sees them (torch's own check
-        is a device assert on a GPU); their range is kept for :meth:`check`. Soft (N, C) targets pass as they are."""
-        if self.num_classes is None or targets.dim() != 1 or targets.numel() == 0:
-            return targets
-        self.extremes = torch.maximum(self.extremes, torch.stack([-targets.min().long(), targets.max().long()]))
-        return targets.clamp(0, self.num_classes - 1)
+    def batches(self, loader, desc: str, progress: bool):
+        """``(index, inputs, targets)`` per batch, on the device. Outside autocast, float inputs take the model's dtype
+        (the GPU loader may hand out bf16 batches, which a plain fp32 ``evaluate(model, loader)`` must still accept).
+        Hard labels outside 0..C-1 are clamped into it, so the loss never sees them (torch's own check is a device
+        assert on a GPU); their range is kept for :meth:`check`. Soft (N, C) targets pass as they are. The tqdm bar
+        is driven by hand: ``tqdm.auto`` over an iterable calls ``iter()`` once more, which for a DataLoader with
+        workers would start (and throw away) a second set of worker processes every epoch."""
+        self.bar = tqdm(total=_num_batches(loader, None), desc=desc, leave=False, disable=not progress,
+                        dynamic_ncols=True)
+        for i, (inputs, targets) in enumerate(loader):
+            inputs = inputs.to(self.device, non_blocking=True)
+            if self.channels_last and inputs.dim() == 4:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            if self.dtype is not None and inputs.is_floating_point():
+                inputs = inputs.to(self.dtype)
+            targets = targets.to(self.device, non_blocking=True)
+            if self.num_classes is not None and targets.dim() == 1 and targets.numel() > 0:
+                self.extremes = torch.maximum(self.extremes, torch.stack([-targets.min().long(), targets.max().long()]))
+                targets = targets.clamp(0, self.num_classes - 1)
+            yield i, inputs, targets
+            self.bar.update(1)
+        self.bar.close()
 
     def check(self, epoch: Optional[int], what: str = "train") -> None:
         """The one host read of the flags: ConfigError for labels outside the classes, NonFiniteLossError for a
@@ -90,18 +91,25 @@ class _Meter:
         if step >= 0:
             raise NonFiniteLossError(f"train loss became NaN/inf at {where}step {step}; training stopped. {ADVICE}")
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        """Add one batch: ``loss`` is the batch mean; soft (N, C) targets count their argmax as the label."""
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, step: Optional[int] = None) -> None:
+        """Add one batch: ``loss`` is the batch mean; soft (N, C) targets count their argmax as the label. With a
+        training ``step``, the first one with a non-finite loss is remembered without a host sync."""
         n = targets.shape[0]
         hard = targets.argmax(dim=1) if targets.dim() == 2 else targets
         self.sums[0] += loss.detach().double() * n
         self.sums[1] += (logits.detach().argmax(dim=1) == hard).sum()
         self.sums[2] += n
+        if step is not None:
+            self.bad_step = torch.where((self.bad_step < 0) & ~torch.isfinite(loss.detach()),
+                                        torch.full_like(self.bad_step, step), self.bad_step)
 
-    def result(self, what: str) -> Dict[str, float]:
+    def result(self, epoch: Optional[int], what: str) -> Dict[str, float]:
+        """:meth:`check`, then the sums (over all ranks) as ``{"loss", "acc" (percent), "samples"}``."""
+        self.check(epoch, what)
         loss_sum, correct, count = dist_utils.all_reduce_sum(self.sums).tolist()
         if count == 0:
-            raise ConfigError(f"the {what} loader produced no batches (dataset smaller than one batch with drop_last?)")
+            raise ConfigError(f"the {dict(train='training', test='evaluation')[what]} loader produced no batches "
+                              "(dataset smaller than one batch with drop_last?)")
         return {"loss": loss_sum / count, "acc": 100.0 * correct / count, "samples": int(count)}
 
 
@@ -154,11 +162,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     n_acc, num_batches = cfg.accumulate_steps, _num_batches(loader)
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    meter, start, applied = _Meter(device, model_output_classes(model)), time.perf_counter(), 0
-    bar = _progress_bar(loader, f"epoch {epoch}" if epoch else "train", cfg.progress)
-    for i, (inputs, targets) in enumerate(loader):
-        inputs = _inputs(inputs, model, device, amp_dtype, cfg.channels_last)
-        targets = meter.labels(targets.to(device, non_blocking=True))
+    meter, start, applied = _Meter(model, device, amp_dtype, cfg.channels_last), time.perf_counter(), 0
+    for i, inputs, targets in meter.batches(loader, f"epoch {epoch}" if epoch else "train", cfg.progress):
         if cfg.mixer is not None:
             inputs, targets = cfg.mixer(inputs, targets)
         boundary = (i + 1) % n_acc == 0 or i + 1 == num_batches
@@ -169,21 +174,16 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
                 logits = model(inputs)
                 loss = criterion(logits.float(), targets)
             scaler.scale(loss / n_acc).backward()
-        meter.add(loss, logits, targets)
-        # The first non-finite batch, remembered without a host sync; read at the sync points.
-        meter.bad_step = torch.where((meter.bad_step < 0) & ~torch.isfinite(loss.detach()),
-                                     torch.full_like(meter.bad_step, i), meter.bad_step)
+        meter.add(loss, logits, targets, step=i)
         if boundary and _optimizer_step(model, optimizer, scaler, cfg.grad_clip, schedule, step + applied):
             applied += 1
             if cfg.ema is not None:
                 cfg.ema.update(model)
-        bar.update(1)
         if (i + 1) % cfg.sync_every == 0:
             meter.check(epoch)
-            bar.set_postfix(loss=f"{(meter.sums[0] / meter.sums[2]).item():.4f}", lr=f"{current_lr(optimizer):.2e}")
-    bar.close()
-    meter.check(epoch)
-    return {**meter.result("training"), "lr": current_lr(optimizer), "steps": applied,
+            meter.bar.set_postfix(loss=f"{(meter.sums[0] / meter.sums[2]).item():.4f}",
+                                  lr=f"{current_lr(optimizer):.2e}")
+    return {**meter.result(epoch, "train"), "lr": current_lr(optimizer), "steps": applied,
             "seconds": time.perf_counter() - start}
 
 
@@ -204,24 +204,18 @@ def evaluate(model: nn.Module, loader, *, criterion: Optional[Callable] = None, 
     device = torch.device(device) if device is not None else model_device(model)
     criterion, tta_fn, amp_dtype = criterion or nn.CrossEntropyLoss(), get_tta(tta), amp_dtype_for(amp, device)
     start, kept = time.perf_counter(), {"logits": [], "targets": [], "inputs": []}
-    meter = _Meter(device, model_output_classes(model))
-    bar = _progress_bar(loader, "test", progress)
+    meter = _Meter(model, device, amp_dtype, channels_last)
     with preserved(model, weights=False, rng=False, train=False):
-        for inputs, targets in loader:
-            inputs = _inputs(inputs, model, device, amp_dtype, channels_last)
-            targets = meter.labels(targets.to(device, non_blocking=True))
+        for _, inputs, targets in meter.batches(loader, "test", progress):
             with _autocast(device, amp_dtype):
                 logits = (tta_fn(model, inputs) if tta_fn is not None else model(inputs)).float()
             meter.add(criterion(logits, targets), logits, targets)
-            bar.update(1)
             if return_outputs:
                 kept["logits"].append(logits.cpu())
                 kept["targets"].append(targets.cpu())
             if return_inputs:
                 kept["inputs"].append(inputs.float().cpu())
-    bar.close()
-    meter.check(None, "test")
-    result: Dict[str, Any] = {**meter.result("evaluation"), "seconds": time.perf_counter() - start}
+    result: Dict[str, Any] = {**meter.result(None, "test"), "seconds": time.perf_counter() - start}
     if return_outputs:
         logits = torch.cat(kept["logits"])
         result.update(logits=logits, probs=F.softmax(logits, dim=1), preds=logits.argmax(dim=1),

@@ -33,10 +33,9 @@ class Mixer:
 
     def __init__(self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
                  switch_prob: float = 0.5, prob: float = 1.0, label_smoothing: float = 0.0):
-        self.num_classes = num_classes
+        self.num_classes, self.label_smoothing = num_classes, float(label_smoothing)
         self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
         self.switch_prob, self.prob = float(switch_prob), float(prob)
-        self.label_smoothing = float(label_smoothing)
         self.last = {"method": None, "lam": 1.0}  # what the previous call did, for tests and debugging
 
     @property
