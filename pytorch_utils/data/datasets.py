@@ -57,11 +57,13 @@ def load_datasets(data: PathLike, root: PathLike = "./data", download: bool = Fa
     key = str(data).lower() if isinstance(data, str) else None
     arguments = _SyntheticArguments if key == "synthetic" else _Arguments
     arguments(train_limit, test_limit, num_classes, stats, max_side, max_total_pixels)  # before any loading
-    if key == "synthetic":
-        train_ds, test_ds = _load_synthetic(train_limit, test_limit, seed, num_classes)
+    if key == "synthetic":  # limits and num_classes are None or in range (checked above)
+        k, (n_train, n_test) = num_classes or 10, SYNTHETIC_DEFAULT_SIZES
+        # A separate seed stream: test images are new draws from the same class templates.
+        train_ds = make_synthetic(train_limit or n_train, num_classes=k, seed=seed)
+        test_ds = make_synthetic(test_limit or n_test, num_classes=k, seed=[seed, 1])
     elif key in DATASET_STATS:
-        train_ds = load_cifar(key, root=root, train=True, download=download)
-        test_ds = load_cifar(key, root=root, train=False, download=download)
+        train_ds, test_ds = (load_cifar(key, root=root, train=train, download=download) for train in (True, False))
         train_ds = train_ds if train_limit is None else train_ds.limit(train_limit, seed=seed)
         test_ds = test_ds if test_limit is None else test_ds.limit(test_limit, seed=seed)
     else:
@@ -77,15 +79,6 @@ def load_datasets(data: PathLike, root: PathLike = "./data", download: bool = Fa
                           "classes; drop num_classes or pick the matching data set")
     test_ds.mean, test_ds.std = train_ds.mean, train_ds.std
     return train_ds, test_ds
-
-
-def _load_synthetic(train_limit: Optional[int], test_limit: Optional[int], seed: int,
-                    num_classes: Optional[int]) -> Tuple[ArrayDataset, ArrayDataset]:
-    """The synthetic train/test pair of the given sizes (default ``SYNTHETIC_DEFAULT_SIZES``)."""
-    k = num_classes or 10  # limits and num_classes are None or in range (checked at the door)
-    n_train, n_test = train_limit or SYNTHETIC_DEFAULT_SIZES[0], test_limit or SYNTHETIC_DEFAULT_SIZES[1]
-    # A separate seed stream: test images are new draws from the same class templates.
-    return make_synthetic(n_train, num_classes=k, seed=seed), make_synthetic(n_test, num_classes=k, seed=[seed, 1])
 
 
 # Files that mark torchvision's own CIFAR download folders (they are pickles, not image folders).

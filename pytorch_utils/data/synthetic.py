@@ -16,14 +16,11 @@ _NOISE = 25.0
 def _class_templates(num_classes: int):
     """Fixed per-class (RGB colour, stripe angle, stripe frequency); independent of the seed so that data sets
     made with different seeds (train vs test) share one labelling."""
-    colours, angles, freqs = [], [], []
-    for c in range(num_classes):
-        # Alternate saturation/value so neighbouring hues of many-class sets still differ in colour.
-        colours.append(colorsys.hsv_to_rgb(c / num_classes, (1.0, 0.55)[c % 2], (0.9, 0.65, 0.8)[c % 3]))
-        # Angles within [0, pi/2): a horizontal flip maps angle a to -a, which no other class uses.
-        angles.append((c * 0.61803398875 % 1.0) * np.pi / 2)
-        freqs.append((2.0, 3.0, 4.5)[(c // 2) % 3])
-    return np.asarray(colours) * 255.0, np.asarray(angles), np.asarray(freqs)
+    c = np.arange(num_classes)
+    # Alternate saturation/value so neighbouring hues of many-class sets still differ in colour.
+    colours = [colorsys.hsv_to_rgb(k / num_classes, (1.0, 0.55)[k % 2], (0.9, 0.65, 0.8)[k % 3]) for k in c]
+    # Angles within [0, pi/2): a horizontal flip maps angle a to -a, which no other class uses.
+    return np.asarray(colours) * 255.0, (c * 0.61803398875 % 1.0) * np.pi / 2, np.array([2.0, 3.0, 4.5])[c // 2 % 3]
 
 
 def _synthetic_arrays(n: int, num_classes: int, size: int, rng: np.random.Generator):
