@@ -75,7 +75,7 @@ def summary(model: nn.Module, input_size: Union[Sequence[int], List[Sequence[int
     for _, module, _ in hidden:
         # torchsummary hooks every submodule through ``register_forward_hook``; an instance attribute shadows
         # that method for these layers only, so they run normally but add no row.
-        module.register_forward_hook = _no_hook
+        module.register_forward_hook = lambda *args, **kwargs: types.SimpleNamespace(remove=lambda: None)
     buffer = io.StringIO()
     try:
         with _probe(model, device), contextlib.redirect_stdout(buffer):
@@ -108,11 +108,6 @@ def _probe(model: nn.Module, device: torch.device):
         for m, keys in hooks_before.items():
             for key in set(m._forward_hooks) - keys:
                 del m._forward_hooks[key]
-
-
-def _no_hook(*args, **kwargs):
-    """Stands in for ``register_forward_hook``: registers nothing, returns a handle whose ``remove`` does nothing."""
-    return types.SimpleNamespace(remove=lambda: None)
 
 
 def _untraceable_layers(model, input_size, device) -> List[Tuple[str, nn.Module, str]]:

@@ -29,11 +29,12 @@ from pytorch_utils.train.checkpoints import (
     repair_best,
 )
 from pytorch_utils.train.history import HistoryWriter, summarize
-from pytorch_utils.train.loop import fit, model_output_classes
+from pytorch_utils.train.loop import evaluate, fit, model_output_classes
 from pytorch_utils.train.mixing import Mixer, SoftTargetCrossEntropy
 from pytorch_utils.train.schedules import follows_run_length
 from pytorch_utils.train.state import History, TrainConfig
 from pytorch_utils.utils import amp_dtype_for, resolve_device, seed_everything, unwrap_model
+from pytorch_utils.viz.report import ReportData
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,18 @@ class RunResult:
     lr_finder: Any = None  # LRFinderResult when the recipe ran the range test
     eval_model: Optional[nn.Module] = None  # what the test numbers measured: the EMA copy when kept, else model
     final: Dict[str, Any] = field(default_factory=dict)  # final/best accuracy, seconds, epochs run, stop reason
+
+
+def report_data(result: RunResult, model: Optional[nn.Module] = None, train_transform=None) -> ReportData:
+    """What ``viz.report`` needs from a run (evaluation belongs here, viz only draws): ``result`` evaluated once on
+    its test loader (no TTA, so it can differ a little from the run's final number), with its classes, mean/std,
+    history and LR finder. ``model``: default ``result.eval_model``; ``train_transform``: one to preview (uint8 HWC
+    -> normalized CHW)."""
+    model = model if model is not None else result.eval_model
+    evaluation = evaluate(model, result.test_loader, return_outputs=True, return_inputs=True)
+    return ReportData(evaluation=evaluation, classes=list(result.classes), mean=result.mean, std=result.std,
+                      history=list(result.history), lr_finder=result.lr_finder, model=model,
+                      train_transform=train_transform)
 
 
 def check_model_data(model: nn.Module, num_classes: int) -> None:
@@ -281,16 +294,6 @@ def _callbacks(run: _Run, recipe: Recipe, config: Dict[str, Any]) -> list:
     return callbacks
 
 
-def _finish(run: _Run, history: History, model: nn.Module, seconds: float) -> Dict[str, Any]:
-    """The run's summary numbers; rank 0 writes ``history.json`` and ``summary.json``."""
-    final = {"recipe": run.recipe.name, "model": run.recipe.model, "data": str(run.data), "device": str(run.device),
-             **summarize(history), "seconds": seconds, "parameters": count_parameters(model), "tta": run.recipe.tta}
-    if run.main:
-        history.save_json(run.out_dir / "history.json")
-        atomic_write_text(run.out_dir / "summary.json", json.dumps(final, indent=2))
-    return final
-
-
 def run_recipe(recipe: Union[Recipe, str], data: Optional[str] = None, out_dir: Union[str, Path, None] = None, *,
                device=None, device_fallback: bool = True, resume: Union[bool, str] = False, root: str = "./data",
                download: bool = False, progress: bool = True, **overrides) -> RunResult:
@@ -322,7 +325,8 @@ def _lost_folder(run: _Run) -> Optional[CheckpointError]:
 
 
 def _train(run: _Run, root: str, download: bool) -> RunResult:
-    """Everything after the checks: data, model, LR finder, schedule, ``fit``, summary."""
+    """Everything after the checks: data, model, LR finder, schedule, ``fit``; rank 0 writes ``history.json`` and
+    ``summary.json``."""
     recipe, device, start = run.recipe, run.device, time.perf_counter()
     train_ds, model, train_loader, test_loader, optimizer, criterion, mixer = _build(run, root, download)
     config = {"recipe": recipe.to_dict(), "data": str(run.data), "lr_finder": None,
@@ -356,7 +360,12 @@ def _train(run: _Run, root: str, download: bool) -> RunResult:
     history = fit(train_model, train_loader, test_loader, epochs=recipe.epochs, optimizer=optimizer,
                   criterion=criterion, scheduler=trained.scheduler, callbacks=_callbacks(run, trained, config),
                   resume=run.checkpoint, config=settings)
-    final = _finish(run, history, model, time.perf_counter() - start)
+    final = {"recipe": recipe.name, "model": recipe.model, "data": str(run.data), "device": str(device),
+             **summarize(history), "seconds": time.perf_counter() - start, "parameters": count_parameters(model),
+             "tta": recipe.tta}
+    if run.main:  # the summary numbers: rank 0 writes them
+        history.save_json(run.out_dir / "history.json")
+        atomic_write_text(run.out_dir / "summary.json", json.dumps(final, indent=2))
     model = unwrap_model(model)
     return RunResult(recipe=recipe, model=model, history=history, out_dir=run.out_dir, train_loader=train_loader,
                      test_loader=test_loader, classes=tuple(train_ds.classes), mean=tuple(train_ds.mean),

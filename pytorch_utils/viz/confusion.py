@@ -21,10 +21,8 @@ def _labels(x) -> np.ndarray:
 
 def confusion_matrix(targets, preds, num_classes: int) -> np.ndarray:
     """Counts ``cm[true, pred]``: int64 numpy (num_classes, num_classes) for labels (N,) in ``[0, num_classes)``,
-    as ``sklearn.metrics.confusion_matrix(targets, preds, labels=range(num_classes))`` (a test pins them).
-
-    Raises ValueError (numpy's) for different lengths or a label outside the range.
-    """
+    as ``sklearn.metrics.confusion_matrix(targets, preds, labels=range(num_classes))`` (a test pins them). Raises
+    ValueError (numpy's) for different lengths or a label outside the range."""
     pairs = np.stack([_labels(targets), _labels(preds)])  # different lengths: ValueError
     flat = np.ravel_multi_index(tuple(pairs), (num_classes, num_classes))  # a label out of range: ValueError
     return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes).astype(np.int64)

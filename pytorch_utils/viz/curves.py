@@ -1,4 +1,5 @@
 """Training curves from a ``History`` (a list of per-epoch dicts)."""
+import contextlib
 import math
 import numbers
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
@@ -16,18 +17,13 @@ __all__ = ["plot_history", "clean_history"]
 
 def _number(value) -> Optional[float]:
     """A finite float, or None for missing / None / NaN / non-numeric values."""
-    if hasattr(value, "item"):  # numpy scalars and one-element tensors (a history that stored loss tensors)
-        try:
-            value = value.item()
-        except (ValueError, RuntimeError):  # more than one element: not a per-epoch number
-            return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    try:
-        value = float(value)
-    except OverflowError:  # an int too large for a float (a hostile history.json)
-        return None
-    return value if math.isfinite(value) else None
+    # .item(): numpy scalars and one-element tensors (a history that stored loss tensors); more than one element
+    # (ValueError, RuntimeError) is no per-epoch number; an int too large for a float (OverflowError): a hostile file.
+    with contextlib.suppress(ValueError, RuntimeError, OverflowError):
+        value = value.item() if hasattr(value, "item") else value
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value := float(value)):
+            return value
+    return None
 
 
 def clean_history(history: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:

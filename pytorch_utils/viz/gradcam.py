@@ -104,8 +104,7 @@ def gradcam(model: nn.Module, inputs, target_layer: Union[str, nn.Module, None] 
         raise UnknownNameError(f"unknown CAM method {method!r}; valid methods: {', '.join(CAM_METHODS)}")
     x = torch.as_tensor(inputs)
     x = x[None] if x.dim() == 3 else x
-    if targets is not None:
-        targets = np.broadcast_to(to_numpy(targets).reshape(-1).astype(np.int64), (len(x),))
+    targets = None if targets is None else np.broadcast_to(to_numpy(targets).reshape(-1).astype(np.int64), (len(x),))
     params = list(base.parameters())
     # Inputs follow the model: its device, and its floating dtype (a .half() model gets half inputs).
     device, dtype = model_device(base), next((p.dtype for p in params if p.is_floating_point()), torch.float32)

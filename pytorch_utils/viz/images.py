@@ -81,11 +81,8 @@ def to_display(images, mean=None, std=None) -> np.ndarray:
 
 
 def imshow(ax, img: np.ndarray) -> None:
-    """Show one (H, W, C) image in [0, 1] without axes; grayscale gets a gray colormap."""
-    if img.shape[-1] == 1:
-        ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1)
-    else:
-        ax.imshow(img)
+    """Show one (H, W, C) image in [0, 1] without axes; grayscale gets a gray colormap (RGB ignores it)."""
+    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
     ax.set(xticks=[], yticks=[])
     ax.spines[:].set_visible(False)
 
@@ -197,14 +194,12 @@ def show_augmentations(dataset_images_uint8, transform: Callable, classes: Optio
         set_rng_state(rng_state)
 
     cols = 1 + repeats
-    fig = new_figure((1.6 * cols, 1.6 * len(rows) + 0.3))
-    axes = fig.subplots(len(rows), cols, squeeze=False)
-    for r, row in enumerate(rows):
-        label = class_name(classes, to_numpy(targets)[idx[r]]) if targets is not None else f"#{idx[r]}"
-        axes[r, 0].set_ylabel(label, fontsize=9)
-        for c, img in enumerate(row):
-            imshow(axes[r, c], img)
-    for c, ax in enumerate(axes[0]):
+    fig, axes = image_grid(len(rows) * cols, cols, (1.6, 1.6), 0.3)  # one row per image, in row order
+    for ax, img in zip(axes, [img for row in rows for img in row]):
+        imshow(ax, img)
+    for r, i in enumerate(idx):
+        axes[r * cols].set_ylabel(f"#{i}" if targets is None else class_name(classes, to_numpy(targets)[i]), fontsize=9)
+    for c, ax in enumerate(axes[:cols]):
         ax.set_title(f"augmented {c}" if c else "original", fontsize=9)
     fig.suptitle("before and after augmentation")
     return finish(fig, save)

@@ -32,10 +32,8 @@ def find_misclassified(preds, targets, probs=None, losses=None, k: Optional[int]
         raise ConfigError(f'order must be "first", or "worst" with probs or losses to rank the mistakes; got {order!r}')
     wrong = np.flatnonzero(preds != targets)
     if order == "worst":
-        if losses is not None:
-            score = -to_numpy(losses).reshape(-1).astype(np.float64)[wrong]
-        else:
-            score = to_numpy(probs).astype(np.float64)[wrong, targets[wrong]]
+        score = (-to_numpy(losses).reshape(-1).astype(np.float64)[wrong] if losses is not None
+                 else to_numpy(probs).astype(np.float64)[wrong, targets[wrong]])
         wrong = wrong[np.argsort(score, kind="stable")]
     return wrong[:k]
 
