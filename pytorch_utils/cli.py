@@ -97,7 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run folder (--out-dir of train) or a file written by export")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders of images")
     p.add_argument("--top-k", type=int, default=3, help="classes per image (default 3)")
-    p.add_argument("--last", action="store_true", help="use the newest checkpoint instead of best.pt")
     p.add_argument("--tta", choices=TTA_MODES, default="none", help="test-time augmentation: softmax averaged over "
                    "mirrored (flip) and shifted (flip_translate) copies, as evaluation does (default none)")
     p.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
@@ -109,7 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True, help="run folder (--out-dir of train)")
     e.add_argument("--format", choices=EXPORT_FORMATS, default="torchscript")
     e.add_argument("--out", default=None, help="file to write (default <run>/model.pt or <run>/model.onnx)")
-    e.add_argument("--last", action="store_true", help="use the newest checkpoint instead of best.pt")
     r = sub.add_parser("report", help="rebuild a run's report (plots, per-class table) from its folder", description=(
         "Write the report of a run folder, also of a run cut off mid-way (its newest checkpoint): curves, LR-finder "
         "plot, misclassified and GradCAM grids, confusion matrix, per-class precision/recall/F1, index.html."))
@@ -117,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="folder to write (default <run>/report)")
     r.add_argument("--data", default=None, help="where the run's test set is now (default: run.json's data)")
     r.add_argument("--root", default="./data", help="folder for torchvision CIFAR files (default ./data)")
-    r.add_argument("--last", action="store_true", help="use the newest checkpoint instead of best.pt")
+    for q in (p, e, r):
+        q.add_argument("--last", action="store_true", help="use the newest checkpoint instead of best.pt")
     return parser
 
 
@@ -152,19 +151,14 @@ def _cmd_train(args) -> int:
     overrides = {"model": args.model} if args.model else {}
     if args.model and not args.recipe:  # a model without a recipe names the run
         overrides["name"] = args.model
-    for flag in ("epochs", "batch_size", "optimizer", "augmentation", "amp", "tta", "loader", "num_workers", "seed",
-                 "train_limit", "test_limit", "accumulate_steps", "tensorboard"):  # None: the recipe's own value
-        value = getattr(args, flag)
-        if value is not None:
-            overrides[flag] = None if value == "none" else value
+    flags = ("epochs", "batch_size", "optimizer", "augmentation", "amp", "tta", "loader", "num_workers", "seed",
+             "train_limit", "test_limit", "accumulate_steps", "tensorboard")  # None: the recipe's own value
+    overrides.update({f: None if v == "none" else v for f in flags if (v := getattr(args, f)) is not None})
     for item in args.set:
         overrides.update(parse_override(recipe, item))
     smoke = {k: overrides.pop(k) for k in ("epochs", "train_limit", "test_limit", "batch_size") if k in overrides}
     recipe = recipe.replace(**overrides)
-    if args.smoke:
-        recipe = smoke_recipe(recipe, args.data or "synthetic", **smoke)
-    elif smoke:
-        recipe = recipe.replace(**smoke)
+    recipe = smoke_recipe(recipe, args.data or "synthetic", **smoke) if args.smoke else recipe.replace(**smoke)
     if args.lr is not None or args.no_lr_finder:
         recipe = recipe.with_peak_lr(args.lr if args.lr is not None else recipe.lr)
     result = run_recipe(recipe, data=args.data, out_dir=args.out_dir, device=args.device,

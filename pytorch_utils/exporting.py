@@ -47,11 +47,10 @@ def export(model_or_run, path: PathLike, format: ExportFormat = "torchscript", b
     plus ``<path>.json`` (classes, mean/std, input size, recipe; the checkpoint's path from there and SHA-256, so that
     ``load_run`` refuses a stale export); return ``path``. The written file is re-loaded and its logits on a seeded
     random batch of ``batch`` inputs must match the eager model's: ``|exported - eager| <= 1e-4 + 1e-4 * |eager|``
-    (``ATOL``, ``RTOL``). Both files are written through ``io.atomic_write`` (a symlink at either name is replaced,
-    never written through). Raises ConfigError (unknown format, ONNX without its extra, an exported file given, a
-    folder that cannot be written), DiskFullError, or ExportError (the exporter failed, the outputs differ, ONNX
-    weights over 1.5 GiB or a graph ``load_run`` refuses); on any error an earlier file at ``path`` stays and no
-    temporary is left."""
+    (``ATOL``, ``RTOL``). Both files go through ``io.atomic_write``: on any error an earlier file at ``path`` stays and
+    no temporary is left; a symlink at either name is replaced, never written through. Raises ConfigError (unknown
+    format, ONNX without its extra, an exported file given, a folder that cannot be written), DiskFullError, or
+    ExportError (the exporter failed, the outputs differ, ONNX weights over 1.5 GiB or a graph ``load_run`` refuses)."""
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"format must be one of {', '.join(map(repr, EXPORT_FORMATS))}, got {format!r}")
     exported = isinstance(model_or_run, (str, Path)) and Path(model_or_run).is_file()  # never opened: it may be code

@@ -32,10 +32,9 @@ def resolve_device(device: Union[str, torch.device, None] = None, fallback: bool
     mps = torch.backends.mps.is_available()
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
-    try:
+    dev = None
+    with contextlib.suppress(RuntimeError, TypeError, ValueError):  # torch's own message lists ~20 backend names
         dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        dev = None  # torch's own message lists ~20 backend names
     if dev is None or dev.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"invalid device {device!r}; use 'auto' (or None), 'cpu', 'cuda', 'cuda:0' (GPU 0) or 'mps'")
     if (dev.type == "cuda" and not torch.cuda.is_available()) or (dev.type == "mps" and not mps):
