@@ -64,14 +64,15 @@ def device_name(device: torch.device) -> str:
 
 
 def git_commit() -> Optional[str]:
-    """The checkout's HEAD commit (with ``+dirty`` when files differ), or None outside a git checkout."""
+    """The checkout's HEAD commit (with ``+dirty`` when tracked files differ, outside ``assets/``: a run's own plots
+    are written there before this is read), or None outside a git checkout."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True, text=True,
                               timeout=5)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!assets"],
+                               cwd=REPO, capture_output=True, text=True, timeout=5)
         return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None

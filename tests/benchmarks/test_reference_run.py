@@ -44,3 +44,26 @@ def test_reference_run_writes_report_and_run_json(tmp_path, capsys):
 def test_report_title_names_the_jpeg_copy():
     title = reference_run.report_title("s10", "local-data/cifar10-jpeg.zip", "NVIDIA H100 80GB HBM3", 24)
     assert title == "s10: JPEG CIFAR-10 copy, 24 epochs, NVIDIA H100 80GB HBM3"
+
+
+def test_git_commit_ignores_the_runs_own_assets(tmp_path, monkeypatch):
+    """A run writes its plots under assets/ before the commit is read: that alone is not '+dirty'; code is."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "curves.png").write_bytes(b"old")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "c")
+    monkeypatch.setattr(common, "REPO", tmp_path)
+    clean = common.git_commit()
+    assert clean is not None and not clean.endswith("+dirty")
+    (tmp_path / "assets" / "curves.png").write_bytes(b"new")
+    assert common.git_commit() == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert common.git_commit() == clean + "+dirty"
