@@ -139,10 +139,18 @@ _NESTED = {"scheduler": ScheduleSpec, "lr_finder": LRFinderSpec}
 def _from_plain(key: str, value: Any) -> Any:
     """A field value from plain data (JSON, a notebook): dicts become the dataclasses the fields hold."""
     if key in _NESTED and isinstance(value, dict):
-        return _NESTED[key](**value)
+        return _spec(_NESTED[key], key, value)
     if key == "phases" and isinstance(value, list):
-        return [Phase(**p) if isinstance(p, dict) else p for p in value]
+        return [_spec(Phase, f"phases[{i}]", p) if isinstance(p, dict) else p for i, p in enumerate(value)]
     return value
+
+
+def _spec(cls: type, key: str, value: Dict[str, Any]) -> Any:
+    """``cls(**value)``; TypeError naming the keys ``cls`` takes when ``value`` has others."""
+    keys = [f.name for f in dataclasses.fields(cls)]
+    if set(value) - set(keys):
+        raise TypeError(f"{key} takes the keys {', '.join(keys)}; got {', '.join(sorted(set(value) - set(keys)))}")
+    return cls(**value)
 
 
 def _takes_text(hint: Any) -> bool:

@@ -24,7 +24,7 @@ from pytorch_utils.train.state import Callback, History, TrainConfig, TrainState
 from pytorch_utils.utils import amp_dtype_for, model_device, preserved, resolve_device
 
 log = logging.getLogger(__name__)
-ADVICE = "Lower the learning rate, check the inputs for NaNs, or use amp=None; the last good checkpoint is untouched."
+ADVICE = "Lower the learning rate, check the inputs for NaNs, or use amp=None; checkpoints saved before are untouched."
 
 
 def _num_batches(loader, default: Optional[int] = 10**9) -> Optional[int]:

@@ -231,8 +231,9 @@ def test_recipe_values_are_checked_by_name(override, message):
 @pytest.mark.parametrize("text, message", [
     ("model_kwargs={bad", "not valid JSON"),
     ("epochs=abc", "not valid JSON"),
-    ('scheduler={"foo": 1}', "unexpected keyword argument 'foo'"),
-    ('phases=[{"x": 1}]', "unexpected keyword argument 'x'"),
+    ('scheduler={"foo": 1}', r"scheduler takes the keys name, params; got foo$"),
+    ('scheduler={"name": "plateau", "kwargs": {}}', r"scheduler takes the keys name, params; got kwargs$"),
+    ('phases=[{"start": 1, "end": 2}, {"x": 1}]', r"phases\[1\] takes the keys start, end, name, .*; got x$"),
     ("epochs=2.5", "'epochs' must be int"),
 ])
 def test_bad_cli_overrides_are_clear_errors(text, message):
