@@ -84,8 +84,9 @@ def _type_ok(value: Any, hint: Any) -> bool:
         return isinstance(value, list) and all(_type_ok(v, typing.get_args(hint)[0]) for v in value)
     if origin is not None:  # Dict[...], Tuple[...]: the container type
         return isinstance(value, origin)
-    # True is an int to Python, not an epoch count
-    return (hint is bool or not isinstance(value, bool)) and isinstance(value, (int, float) if hint is float else hint)
+    if isinstance(value, bool) and hint is not bool:  # True is an int to Python, not an epoch count
+        return False
+    return isinstance(value, (int, float)) if hint is float else isinstance(value, hint)
 
 
 def describe_type(hint: Any) -> str:
@@ -104,11 +105,13 @@ def check_fields(obj: Any, where: str) -> None:
     expected: ``recipe field 'lr' must be > 0, got -1``."""
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
-        value, hint, bounds = getattr(obj, f.name), hints[f.name], f.metadata.get("bounds")
+        value = getattr(obj, f.name)
+        if not _type_ok(value, hints[f.name]):
+            raise ConfigError(f"{where} {f.name!r} must be {describe_type(hints[f.name])}, got {value!r}")
+        bounds = f.metadata.get("bounds")
+        if bounds is None or value is None:
+            continue
         finite = not isinstance(value, float) or math.isfinite(value)  # an int of 400 digits is no float
-        expected = (describe_type(hint) if not _type_ok(value, hint)  # the type first, then the bounds, if any
-                    else " and ".join(f"{_OPS[k][1]} {v}" for k, v in bounds.items()) or "finite" if bounds is not None
-                    and value is not None and not (finite and all(_OPS[k][0](value, v) for k, v in bounds.items()))
-                    else None)
-        if expected:
+        if not finite or not all(_OPS[k][0](value, v) for k, v in bounds.items()):
+            expected = " and ".join(f"{_OPS[k][1]} {v}" for k, v in bounds.items()) or "finite"
             raise ConfigError(f"{where} {f.name!r} must be {expected}, got {value!r}")

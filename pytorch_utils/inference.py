@@ -209,19 +209,17 @@ def _load_exported(path: Path, trust_code: bool) -> LoadedRun:
     _checked(meta, what, redo)  # before the model file is opened
     source = meta.get("checkpoint") if isinstance(meta.get("checkpoint"), dict) else {}
     ckpt = path.parent / str(source.get("path"))  # its run: the export's own folder for export --run R
-    in_run = os.path.isfile(ckpt.parent.parent / "run.json")
-    if source and not in_run:  # a shared file: used, but not vouched for
+    if source and os.path.isfile(ckpt.parent.parent / "run.json") and fingerprint(ckpt) != source.get("sha256"):
+        raise CheckpointError(f"{str(path)!r} was exported from {str(ckpt)!r}, changed since: export the run again")
+    if source and not os.path.isfile(ckpt.parent.parent / "run.json"):  # a shared file: used, but not vouched for
         log.warning(f"{str(path)!r} was exported from {str(ckpt)!r}, which is not here: it cannot be "
                     "checked against its run (export again from the run folder if you have it)")
     kind = "onnx" if path.suffix.lower() == ".onnx" else "torchscript"
-    problem = (f"was exported from {str(ckpt)!r}, changed since: export the run again" if source and in_run
-               and fingerprint(ckpt) != source.get("sha256") else "is TorchScript, a program that runs when loaded: "
-               "pass trust_code=True only for a file you trust; the run folder (weights-only) or an ONNX export are "
-               "safe" if kind == "torchscript" and not trust_code else None)
-    if problem:
-        raise CheckpointError(f"{str(path)!r} {problem}")
     if kind == "onnx":
         require_onnx()  # a missing extra is a ConfigError, not a broken file
+    elif not trust_code:
+        raise CheckpointError(f"{str(path)!r} is TorchScript, a program that runs when loaded: pass trust_code=True "
+                              "only for a file you trust; the run folder (weights-only) or an ONNX export are safe")
     try:
         with quiet_jit():
             model = OnnxModel(path) if kind == "onnx" else torch.jit.load(str(path), map_location="cpu").eval()

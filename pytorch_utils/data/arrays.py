@@ -57,15 +57,15 @@ class ArrayDataset(Dataset):
     def __init__(self, images: np.ndarray, targets, classes: Sequence[str], transform: Optional[Callable] = None,
                  mean=None, std=None):
         check_images(images, "ArrayDataset")
-        targets, classes = np.asarray(targets), tuple(str(c) for c in classes)
-        fits = targets.shape == (len(images),) and (not targets.size or np.issubdtype(targets.dtype, np.integer))
-        bad = targets[(targets < 0) | (targets >= len(classes))] if fits else None
-        problem = (f"got {len(images)} images but {targets.size} targets of dtype {targets.dtype}, shape "
-                   f"{targets.shape}; pass one integer class label per image (a 1-D array)" if not fits else
-                   f"label {int(bad[0])} is out of range for num_classes={len(classes)} (labels must be in [0, "
-                   f"{len(classes) - 1}]); check the labels or the class list" if bad.size else None)
-        if problem:
-            raise DatasetError(problem)
+        targets = np.asarray(targets)
+        if targets.shape != (len(images),) or (targets.size and not np.issubdtype(targets.dtype, np.integer)):
+            raise DatasetError(f"got {len(images)} images but {targets.size} targets of dtype {targets.dtype}, shape "
+                               f"{targets.shape}; pass one integer class label per image (a 1-D array)")
+        classes = tuple(str(c) for c in classes)
+        bad = targets[(targets < 0) | (targets >= len(classes))]
+        if bad.size:
+            raise DatasetError(f"label {int(bad[0])} is out of range for num_classes={len(classes)} (labels must be "
+                               f"in [0, {len(classes) - 1}]); check the labels or the class list")
         self.images, self.targets = images, targets.astype(np.int64, copy=False)
         self.classes, self.transform = classes, transform
         self._mean, self._std = as_stats(mean, "mean"), as_stats(std, "std")

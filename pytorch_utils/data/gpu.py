@@ -55,7 +55,9 @@ class GPULoader(LoaderContract):
         return torch.from_numpy(self.sampler.indices(epoch))
 
     def __len__(self) -> int:
-        return (math.floor if self.drop_last else math.ceil)(self.sampler.num_samples / self.batch_size)
+        if self.drop_last:
+            return self.sampler.num_samples // self.batch_size
+        return math.ceil(self.sampler.num_samples / self.batch_size)
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         # Bind the epoch and preset now; nothing runs until the first next(), so a dropped iterator costs nothing.

@@ -37,16 +37,22 @@ def choose_input_size(model: nn.Module, image_size: Union[int, Sequence[int]],
     32x32 inputs). ConfigError: the model takes neither the requested side nor (without one) the data's side or 32.
     """
     h, w = (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
-    name, size = type(model).__name__, max(h, w) if requested is None else int(requested)
-    why, error = "the data's own size" if requested is None else "as requested", forward_error(model, size)
-    if error is not None and requested is None and size != FALLBACK_SIZE:
-        size, why = FALLBACK_SIZE, f"{name} cannot take {max(h, w)}x{max(h, w)} inputs ({error})"
+    name = type(model).__name__
+    if requested is not None:
+        error = forward_error(model, int(requested))
+        if error is not None:
+            raise ConfigError(f"{name} cannot take {requested}x{requested} inputs ({error}); request a size the "
+                              f"model takes (e.g. {FALLBACK_SIZE}) or pick another model")
+        size, why = int(requested), "as requested"
+    else:
+        size, why = max(h, w), "the data's own size"
         error = forward_error(model, size)
-    if error is not None:
-        raise ConfigError(f"{name} takes neither the data's {h}x{w} images nor {FALLBACK_SIZE}x{FALLBACK_SIZE} inputs "
-                          f"({error}); pick another model or resize the images" if requested is None else
-                          f"{name} cannot take {requested}x{requested} inputs ({error}); request a size the model "
-                          f"takes (e.g. {FALLBACK_SIZE}) or pick another model")
+        if error is not None and size != FALLBACK_SIZE:
+            size, why = FALLBACK_SIZE, f"{name} cannot take {max(h, w)}x{max(h, w)} inputs ({error})"
+            error = forward_error(model, size)
+        if error is not None:
+            raise ConfigError(f"{name} takes neither the data's {h}x{w} images nor {FALLBACK_SIZE}x{FALLBACK_SIZE} "
+                              f"inputs ({error}); pick another model or resize the images")
     note = None if (h, w) == (size, size) else f"images are {h}x{w}; training and evaluating at {size}x{size} ({why})"
     if note:
         log.info(note)

@@ -134,15 +134,13 @@ def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
         reason = next((x.strip() for x in lines if "error:" in x), lines[0]).split(". ")[0][:300]
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated, or not a weights-only checkpoint "
                               f"({type(exc).__name__}: {reason})") from None
-    ours = isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) and isinstance(ckpt.get("format"), int)
-    problem = (f"is not a pytorch_utils checkpoint (format {FORMAT})" if not ours
-               else "holds expanded or sparse weight tensors (training never saves them)"
-               if any(map(_not_stored, ckpt["model"].values()))
-               # format 1 (no steps_per_epoch) is read as written at today's steps per epoch
-               else f"was written by pytorch_utils {ckpt.get('version')} (checkpoint format {ckpt['format']}, this "
-               f"version reads up to {FORMAT}): use that version or newer" if ckpt["format"] > FORMAT else None)
-    if problem:
-        raise CheckpointError(f"{str(path)!r} {problem}")
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt.get("format"), int):
+        raise CheckpointError(f"{str(path)!r} is not a pytorch_utils checkpoint (format {FORMAT})")
+    if any(map(_not_stored, ckpt["model"].values())):
+        raise CheckpointError(f"{str(path)!r} holds expanded or sparse weight tensors (training never saves them)")
+    if ckpt["format"] > FORMAT:  # format 1 (no steps_per_epoch) is read as written at today's steps per epoch
+        raise CheckpointError(f"{str(path)!r} was written by pytorch_utils {ckpt.get('version')} (checkpoint format "
+                              f"{ckpt['format']}, this version reads up to {FORMAT}): use that version or newer")
     return ckpt
 
 
@@ -221,8 +219,9 @@ class CheckpointManager(Callback):
         self.best = self._pending_best = None  # {"monitor", "value", "epoch"} so far; a best checkpoint not yet saved
 
     def _is_better(self, value: Optional[float]) -> bool:
-        return value is not None and (self.best is None or (value > self.best["value"] if self.mode == "max"
-                                                            else value < self.best["value"]))
+        if value is None or self.best is None:
+            return value is not None
+        return value > self.best["value"] if self.mode == "max" else value < self.best["value"]
 
     def on_fit_start(self, state: TrainState) -> None:
         self.best = None

@@ -37,15 +37,14 @@ def init_distributed(backend: str = None, device=None) -> Tuple[int, int, torch.
         return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
     local_rank = int(os.environ["LOCAL_RANK"])
     wanted = None if device is None or str(device) == "auto" else torch.device(device)
+    if wanted is not None and wanted.type == "cuda" and wanted.index is not None:
+        raise ConfigError(f"device {str(wanted)!r} names one GPU, but under torchrun each rank takes the GPU of its "
+                          "LOCAL_RANK; pass device='cuda' (or device='cpu')")
     use_cuda = torch.cuda.is_available() and backend != "gloo" and (wanted is None or wanted.type == "cuda")
-    problem = (f"device {str(wanted)!r} names one GPU, but under torchrun each rank takes the GPU of its LOCAL_RANK; "
-               "pass device='cuda' (or device='cpu')" if wanted is not None and wanted.type == "cuda"
-               and wanted.index is not None else f"torchrun started rank {local_rank} on a node with "
-               f"{torch.cuda.device_count()} GPU(s); use torchrun --nproc_per_node <= the number of GPUs, or "
-               "device='cpu'" if use_cuda and local_rank >= torch.cuda.device_count() else None)
-    if problem:
-        raise ConfigError(problem)
     if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"torchrun started rank {local_rank} on a node with {torch.cuda.device_count()} GPU(s); "
+                              "use torchrun --nproc_per_node <= the number of GPUs, or device='cpu'")
         torch.cuda.set_device(local_rank)
     if not is_distributed():
         dist.init_process_group(backend=backend or ("nccl" if use_cuda else "gloo"))

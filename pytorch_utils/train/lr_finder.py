@@ -91,10 +91,11 @@ def suggest(lrs: Sequence[float], losses: Sequence[float], rule: str = "steepest
                 length[i], first[i] = length[j] + 1, first[j]
         end = int(np.argmax(length))
         pick = int(first[end]) + round(VALLEY_FRACTION * (end - first[end]))
-    hint = ("the first candidate: the loss fell fastest or rose already; lower start_lr or use suggestion='valley'"
-            if pick == 0  # also when the loss never fell: the sweep starts too high
-            else "the loss minimum, where training turns unstable; raise end_lr if the loss was still falling there"
-            if pick == minimum else None)
+    hint = None
+    if pick == 0:  # also when the loss never fell: the sweep starts too high
+        hint = "the first candidate: the loss fell fastest or rose already; lower start_lr or use suggestion='valley'"
+    elif pick == minimum:
+        hint = "the loss minimum, where training turns unstable; raise end_lr if the loss was still falling there"
     if hint:
         log.warning(f"LR suggestion {rule!r} landed on the edge of its search range (lr {10 ** x[pick]:.3g}): {hint}")
     return skip_start + pick

@@ -186,15 +186,18 @@ SCHEDULES: Dict[str, Schedule] = {
 
 def follows_run_length(spec: Optional[ScheduleSpec]) -> bool:
     """True when the schedule's shape depends on the length of the span it runs for."""
-    return spec is not None and SCHEDULES[spec.name].sized_unless not in (None, *spec.params)  # "" is no param
+    kind = SCHEDULES[spec.name] if spec is not None else None
+    return kind is not None and kind.sized_unless is not None and (kind.sized_unless == ""
+                                                                   or kind.sized_unless not in spec.params)
 
 
 def with_found_lrs(spec: Optional[ScheduleSpec], lr_max: float, lr_min: float) -> Optional[ScheduleSpec]:
     """``spec`` with the LRs an LR finder (or ``--lr``) found written into the parameters its entry names: max_lr /
     min_lr / base_lr for the cycles, the start ``lr`` for the others (plateau included)."""
+    if spec is None:
+        return None
     found = {"lr_max": lr_max, "lr_min": lr_min}
-    return None if spec is None else ScheduleSpec(spec.name, {**spec.params, **{
-        k: found[v] for k, v in SCHEDULES[spec.name].finder.items()}})
+    return ScheduleSpec(spec.name, {**spec.params, **{k: found[v] for k, v in SCHEDULES[spec.name].finder.items()}})
 
 
 def check_spec(spec: ScheduleSpec, where: str = "scheduler", span: Optional[int] = None) -> None:
