@@ -151,14 +151,19 @@ def _cmd_train(args) -> int:
     overrides = {"model": args.model} if args.model else {}
     if args.model and not args.recipe:  # a model without a recipe names the run
         overrides["name"] = args.model
-    flags = ("epochs", "batch_size", "optimizer", "augmentation", "amp", "tta", "loader", "num_workers", "seed",
-             "train_limit", "test_limit", "accumulate_steps", "tensorboard")  # None: the recipe's own value
-    overrides.update({f: None if v == "none" else v for f in flags if (v := getattr(args, f)) is not None})
+    for flag in ("epochs", "batch_size", "optimizer", "augmentation", "amp", "tta", "loader", "num_workers", "seed",
+                 "train_limit", "test_limit", "accumulate_steps", "tensorboard"):  # None: the recipe's own value
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[flag] = None if value == "none" else value
     for item in args.set:
         overrides.update(parse_override(recipe, item))
     smoke = {k: overrides.pop(k) for k in ("epochs", "train_limit", "test_limit", "batch_size") if k in overrides}
     recipe = recipe.replace(**overrides)
-    recipe = smoke_recipe(recipe, args.data or "synthetic", **smoke) if args.smoke else recipe.replace(**smoke)
+    if args.smoke:
+        recipe = smoke_recipe(recipe, args.data or "synthetic", **smoke)
+    elif smoke:
+        recipe = recipe.replace(**smoke)
     if args.lr is not None or args.no_lr_finder:
         recipe = recipe.with_peak_lr(args.lr if args.lr is not None else recipe.lr)
     result = run_recipe(recipe, data=args.data, out_dir=args.out_dir, device=args.device,

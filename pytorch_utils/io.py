@@ -69,8 +69,10 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
 def disk_full_error(exc: BaseException, path: PathLike) -> Optional[DiskFullError]:
     """A one-line :class:`DiskFullError` when ``exc`` means "no space left" while writing ``path``, else None
     (OSError ENOSPC / EDQUOT, or the RuntimeError of torch's zip writer: torch/csrc/.../inline_container.cc)."""
-    full = exc.errno in (errno.ENOSPC, errno.EDQUOT) if isinstance(exc, OSError) else isinstance(exc, RuntimeError) \
-        and ("unexpected pos" in str(exc) or "file write failed" in str(exc))
+    if isinstance(exc, OSError):
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    else:
+        full = isinstance(exc, RuntimeError) and ("unexpected pos" in str(exc) or "file write failed" in str(exc))
     if not full:
         return None
     path = Path(path)

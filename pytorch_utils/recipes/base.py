@@ -81,13 +81,15 @@ class Recipe:
 
     def replace(self, **overrides) -> "Recipe":
         """A copy with fields replaced; unknown field names raise ConfigError listing the valid ones."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ConfigError(f"unknown recipe field(s) {unknown}; valid fields: {', '.join(sorted(names))}")
         try:
-            return dataclasses.replace(copy.deepcopy(self), **{k: _from_plain(k, v) for k, v in overrides.items()})
-        except TypeError as exc:  # an unknown field, or a nested spec's (Phase(...)'s) unknown argument
-            names = sorted(f.name for f in dataclasses.fields(self))
-            unknown = sorted(set(overrides) - set(names))
-            raise ConfigError(f"unknown recipe field(s) {unknown}; valid fields: {', '.join(names)}" if unknown
-                              else f"recipe override: {exc}") from None
+            overrides = {key: _from_plain(key, value) for key, value in overrides.items()}
+        except TypeError as exc:
+            raise ConfigError(f"recipe override: {exc}") from None
+        return dataclasses.replace(copy.deepcopy(self), **overrides)
 
     def to_dict(self) -> Dict[str, Any]:
         """The recipe as plain data (JSON-serializable)."""
