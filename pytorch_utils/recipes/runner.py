@@ -264,7 +264,8 @@ def _choose_lrs(run: _Run, model, optimizer, criterion, train_loader) -> Tuple[O
     if lr_values is None:
         from pytorch_utils.train.lr_finder import find_lr
 
-        lr_result = find_lr(model, optimizer, criterion, train_loader, spec, device=run.device, amp=run.recipe.amp)
+        lr_result = find_lr(model, optimizer, criterion, train_loader, spec, device=run.device, amp=run.recipe.amp,
+                            progress=run.progress)
         lr_values = {"lr_max": lr_result.lr_max, "lr_min": lr_result.lr_min}
     # Under torchrun every rank swept its own shard: all ranks follow rank 0's schedule.
     lr_values = dist_utils.broadcast_object(lr_values)
@@ -273,8 +274,9 @@ def _choose_lrs(run: _Run, model, optimizer, criterion, train_loader) -> Tuple[O
             from pytorch_utils.viz.lr_finder import plot_lr_finder  # the plot lives in viz: train never draws
 
             plot_lr_finder(lr_result, save=run.out_dir / "lr_finder.png")
+        early = "; the sweep stopped early: the loss diverged" if lr_result.diverged else ""
         log.info(f"LR finder ({spec.suggestion}): LR_max {lr_values['lr_max']:.3e}, LR_min "
-                 f"{lr_values['lr_min']:.3e} (LR_max / {spec.div:g})")
+                 f"{lr_values['lr_min']:.3e} (LR_max / {spec.div:g}){early}")
     return lr_values, lr_result
 
 

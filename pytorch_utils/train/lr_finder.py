@@ -1,9 +1,13 @@
 """LR range test (Smith 2017; fastai's ``lr_find``) with torch-lr-finder: an exponential sweep from ``start_lr`` to
 ``end_lr``, its raw losses smoothed once here, ``lr_max`` suggested and ``lr_min = lr_max / div`` (the S10 One Cycle
 range). The plot is ``pytorch_utils.viz.plot_lr_finder`` (train never imports viz)."""
+import contextlib
+import functools
+import io
 import logging
 from dataclasses import dataclass
 from typing import List, Literal, Optional, Sequence
+from unittest import mock
 
 import numpy as np
 import torch
@@ -101,14 +105,28 @@ def suggest(lrs: Sequence[float], losses: Sequence[float], rule: str = "steepest
     return skip_start + pick
 
 
+def _library_output(progress: bool) -> contextlib.ExitStack:
+    """torch-lr-finder prints two lines of its own (one names ``{finder_name}``, a placeholder of its README) and has
+    no switch for its tqdm bar: its prints are always muted, its bar too when ``progress`` is False."""
+    import torch_lr_finder.lr_finder as library
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    if not progress:
+        stack.enter_context(mock.patch.object(library, "tqdm", functools.partial(library.tqdm, disable=True)))
+    return stack
+
+
 def find_lr(model: nn.Module, optimizer: torch.optim.Optimizer, criterion, loader,
-            spec: Optional[LRFinderSpec] = None, *, device=None, amp: Optional[str] = None) -> LRFinderResult:
+            spec: Optional[LRFinderSpec] = None, *, device=None, amp: Optional[str] = None,
+            progress: bool = True) -> LRFinderResult:
     """LR range test of ``spec`` (None: the defaults) by torch-lr-finder on the live model and optimizer, which come
     back as they were (weights, buffers, modes, pending gradients, optimizer state, RNG), also when the sweep raises.
 
     ``loader``: any iterable of ``(inputs, targets, ...)`` batches, restarted when shorter than the sweep; ``device``:
-    where to sweep (default: the model's); ``amp``: None, "bf16", "fp16" or "auto". torch-lr-finder shows a tqdm bar
-    and prints a line. ConfigError: an empty loader, or too few finite losses to suggest an LR (the loss diverged)."""
+    where to sweep (default: the model's); ``amp``: None, "bf16", "fp16" or "auto"; ``progress``: torch-lr-finder's
+    tqdm bar (its printed lines are muted: ``diverged`` in the result says what they said). ConfigError: an empty
+    loader, or too few finite losses to suggest an LR (the loss diverged)."""
     from torch_lr_finder import LRFinder, TrainDataLoaderIter  # here: it loads pyplot (~1 s); recipes import the spec
 
     spec = spec or LRFinderSpec()
@@ -121,7 +139,7 @@ def find_lr(model: nn.Module, optimizer: torch.optim.Optimizer, criterion, loade
     grads = [p.grad for p in model.parameters()]  # torch-lr-finder sets them to None: the same tensors go back
     attrs = set(vars(optimizer))  # the sweep's torch LR scheduler patches ``step`` onto the optimizer
     try:
-        with preserved(model, optimizer):
+        with preserved(model, optimizer), _library_output(progress):
             for group in optimizer.param_groups:  # left by an attached scheduler; torch-lr-finder refuses it
                 group.pop("initial_lr", None)
             finder = LRFinder(model, optimizer, criterion, device=device, **amp_kwargs)

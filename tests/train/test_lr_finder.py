@@ -195,6 +195,17 @@ def test_diverging_sweep_stops_early_and_restores_everything(trained, loader):
     assert 1e-4 <= result.lr_max <= 1e6
 
 
+def test_progress_switch_mutes_the_bar_and_the_library_lines_are_never_printed(trained, loader, capsys):
+    model, optimizer, criterion = trained
+    quiet = find_lr(model, optimizer, criterion, loader, spec(num_iter=20), progress=False)
+    out, err = capsys.readouterr()
+    assert "20/20" not in err and "search finished" not in out  # no bar, no "See the graph with {finder_name}..."
+    shown = find_lr(model, optimizer, criterion, loader, spec(num_iter=20))
+    out, err = capsys.readouterr()
+    assert "search finished" not in out and "20/20" in err  # the bar counts the 20 sweep steps
+    assert shown.lrs == quiet.lrs and len(shown.raw_losses) == 20
+
+
 class FailingLoader:
     """A loader that raises after a few batches, like a corrupt image mid-epoch."""
 
