@@ -94,7 +94,7 @@ def run_lock(out_dir):
             if _holder(path).get("pid") in (os.getpid(), None):  # ours, or ours left empty by a full disk
                 path.unlink(missing_ok=True)
         except OSError as exc:
-            log.warning(f"could not remove {str(path)!r} ({exc.strerror}); a run from this process takes it over")
+            log.warning(f"could not remove {str(path)!r} ({exc.strerror}); the next run here replaces it as stale")
         for folder in made:
             with contextlib.suppress(OSError):  # only an empty folder goes
                 folder.rmdir()
