@@ -33,6 +33,8 @@ MAX_PHOTO_SIDE = 65535  # longest side any image may declare (JPEG's): a 1-pixel
 MAX_SIDE = 256  # longest side of a data set's images: the set is held decoded (N x side^2 x 3 bytes), trained at it
 MAX_MEMBER_BYTES = 64 << 20  # declared uncompressed size of one zip member
 MAX_RATIO = 100  # declared uncompressed / compressed size of a zip member over 1 MiB (images barely compress)
+MAX_ZIP_DIRECTORY = 32 << 20  # bytes of a zip's member list (CIFAR-10's 60,000 members: 4 MB); zipfile keeps ~1.4 kB
+# per member, and a member needs at least 46 bytes there: at most ~730,000 members, ~1 GB
 MAX_TOTAL_PIXELS = 60000 * 32 * 32 * 4  # pixels of a whole (split of a) data set, held decoded: 737 MB
 # Decoding shows a progress bar only when it takes longer than this (seconds): small sets stay quiet.
 PROGRESS_DELAY = 2.0
@@ -74,12 +76,32 @@ def _zip_name(info: zipfile.ZipInfo) -> str:
         return info.filename
 
 
+def _zip_directory_bytes(path: Path) -> int:
+    """The size of the member list (central directory) that the zip's end record declares, the zip64 record's when
+    there is one (as zipfile reads them), before zipfile builds an object per member; 0 without an end record."""
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, fh.tell() - 22 - (1 << 16)))  # the end record: 22 bytes, then a comment of up to 64 KiB
+        tail = fh.read()
+    end = tail.rfind(b"PK\x05\x06")
+    if end < 0:
+        return 0
+    size = int.from_bytes(tail[end + 12:end + 16], "little")
+    zip64 = end - 20 - 56  # zip64's end record (56 bytes) and its locator (20 bytes) sit just before
+    if zip64 >= 0 and tail[end - 20:end - 16] == b"PK\x06\x07" and tail[zip64:zip64 + 4] == b"PK\x06\x06":
+        size = max(size, int.from_bytes(tail[zip64 + 40:zip64 + 48], "little"))
+    return size
+
+
 class _Source:
     """A directory tree or a zip file, listed and read with names relative to the data root."""
 
     def __init__(self, path: Path, max_member_bytes: int = MAX_MEMBER_BYTES):
         self.path, self.max_member_bytes = path, max_member_bytes
         try:
+            listed = _zip_directory_bytes(path) if path.is_file() else 0
+            _refuse_over(listed > MAX_ZIP_DIRECTORY and f"a member list of {listed:,} bytes", str(path),
+                         f"{MAX_ZIP_DIRECTORY:,} bytes (CIFAR-10's: 4 MB)", "split it into smaller zips or unpack it")
             self.zip = zipfile.ZipFile(path) if path.is_file() else None
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
             raise DatasetError(f"{path} is not a readable zip ({type(exc).__name__}: {exc}); {_REZIP}") from None
@@ -294,7 +316,7 @@ def load_image_folder(path: PathLike, split: str = "train", classes: Optional[Se
     DatasetNotFoundError: no ``path``. DatasetError: no split folder, class folders or images, a class folder without
     images (``classes=None``), class folders the training classes lack, a symbolic link in the folder, an
     undecodable, oversized or differently sized file or zip member (named), a set over ``max_total_pixels``, a
-    damaged, encrypted or Deflate64 zip.
+    damaged, encrypted or Deflate64 zip, a zip whose member list declares over ``MAX_ZIP_DIRECTORY`` bytes.
     """
     assert stats in ("auto", "compute"), stats
     path = Path(path).expanduser()
