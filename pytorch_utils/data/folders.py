@@ -77,20 +77,26 @@ def _zip_name(info: zipfile.ZipInfo) -> str:
 
 
 def _zip_directory_bytes(path: Path) -> int:
-    """The size of the member list (central directory) that the zip's end record declares, the zip64 record's when
-    there is one (as zipfile reads them), before zipfile builds an object per member; 0 without an end record."""
+    """The size of the member list (central directory) that the zip's end records declare, read before zipfile builds
+    an object per member: the largest of the end record's and zip64's (at its locator's offset, as Python 3.13 reads
+    it, and just before the locator, as 3.11 does); 0 without an end record (zipfile then calls it no zip)."""
     with open(path, "rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        fh.seek(max(0, fh.tell() - 22 - (1 << 16)))  # the end record: 22 bytes, then a comment of up to 64 KiB
+        start = max(0, fh.seek(0, os.SEEK_END) - 22 - (1 << 16) - 76)  # end record, comment, zip64 record + locator
+        fh.seek(start)
         tail = fh.read()
-    end = tail.rfind(b"PK\x05\x06")
-    if end < 0:
-        return 0
-    size = int.from_bytes(tail[end + 12:end + 16], "little")
-    zip64 = end - 20 - 56  # zip64's end record (56 bytes) and its locator (20 bytes) sit just before
-    if zip64 >= 0 and tail[end - 20:end - 16] == b"PK\x06\x07" and tail[zip64:zip64 + 4] == b"PK\x06\x06":
-        size = max(size, int.from_bytes(tail[zip64 + 40:zip64 + 48], "little"))
-    return size
+        end = len(tail) - 22  # zipfile's first guess: an end record without a comment
+        if tail[end:end + 4] != b"PK\x05\x06" or tail[-2:] != b"\0\0":
+            end = tail.rfind(b"PK\x05\x06")
+        if end < 0:
+            return 0
+        sizes = [int.from_bytes(tail[end + 12:end + 16], "little")]
+        if end >= 20 and tail[end - 20:end - 16] == b"PK\x06\x07":
+            for where in (int.from_bytes(tail[end - 12:end - 4], "little"), start + end - 20 - 56):
+                fh.seek(max(0, where))
+                record = fh.read(56)
+                if record[:4] == b"PK\x06\x06":
+                    sizes.append(int.from_bytes(record[40:48], "little"))
+    return max(sizes)
 
 
 class _Source:
