@@ -156,3 +156,18 @@ def test_a_run_folder_on_an_unmounted_google_drive_is_refused_not_created_locall
     assert not drive.exists()
     (drive / "MyDrive").mkdir(parents=True)  # mounted: a new run folder inside it is created as usual
     assert io_module.ensure_writable_dir(drive / "MyDrive" / "runs" / "a").is_dir()
+
+
+def test_zip_directory_bytes_is_the_size_zipfile_reads(tmp_path):
+    import zipfile
+
+    plain, commented, other = tmp_path / "plain.zip", tmp_path / "commented.zip", tmp_path / "not.zip"
+    for path, comment in ((plain, b""), (commented, b"c" * 65535)):
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("train/a/0.png", b"x")
+            zf.writestr("train/b/1.png", b"y")
+            zf.comment = comment
+        with open(path, "rb") as fh:
+            assert io_module.zip_directory_bytes(path) == zipfile._EndRecData(fh)[5] == 2 * (46 + 13)
+    other.write_bytes(b"no zip here" * 100)
+    assert io_module.zip_directory_bytes(other) == 0

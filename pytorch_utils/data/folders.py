@@ -19,6 +19,7 @@ from pytorch_utils.data.arrays import ArrayDataset, PathLike, stratified_indices
 from pytorch_utils.data.constants import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
 from pytorch_utils.data.stats import compute_mean_std
 from pytorch_utils.errors import DatasetError, DatasetNotFoundError
+from pytorch_utils.io import MAX_ZIP_DIRECTORY, zip_directory_bytes
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,6 @@ MAX_PHOTO_SIDE = 65535  # longest side any image may declare (JPEG's): a 1-pixel
 MAX_SIDE = 256  # longest side of a data set's images: the set is held decoded (N x side^2 x 3 bytes), trained at it
 MAX_MEMBER_BYTES = 64 << 20  # declared uncompressed size of one zip member
 MAX_RATIO = 100  # declared uncompressed / compressed size of a zip member over 1 MiB (images barely compress)
-MAX_ZIP_DIRECTORY = 32 << 20  # bytes of a zip's member list (CIFAR-10's 60,000 members: 4 MB); zipfile keeps ~1.4 kB
-# per member, and a member needs at least 46 bytes there: at most ~730,000 members, ~1 GB
 MAX_TOTAL_PIXELS = 60000 * 32 * 32 * 4  # pixels of a whole (split of a) data set, held decoded: 737 MB
 # Decoding shows a progress bar only when it takes longer than this (seconds): small sets stay quiet.
 PROGRESS_DELAY = 2.0
@@ -76,39 +75,19 @@ def _zip_name(info: zipfile.ZipInfo) -> str:
         return info.filename
 
 
-def _zip_directory_bytes(path: Path) -> int:
-    """The size of the member list (central directory) that the zip's end records declare, read before zipfile builds
-    an object per member: the largest of the end record's and zip64's (at its locator's offset, as Python 3.13 reads
-    it, and just before the locator, as 3.11 does); 0 without an end record (zipfile then calls it no zip)."""
-    with open(path, "rb") as fh:
-        start = max(0, fh.seek(0, os.SEEK_END) - 22 - (1 << 16) - 76)  # end record, comment, zip64 record + locator
-        fh.seek(start)
-        tail = fh.read()
-        end = len(tail) - 22  # zipfile's first guess: an end record without a comment
-        if tail[end:end + 4] != b"PK\x05\x06" or tail[-2:] != b"\0\0":
-            end = tail.rfind(b"PK\x05\x06")
-        if end < 0:
-            return 0
-        sizes = [int.from_bytes(tail[end + 12:end + 16], "little")]
-        if end >= 20 and tail[end - 20:end - 16] == b"PK\x06\x07":
-            for where in (int.from_bytes(tail[end - 12:end - 4], "little"), start + end - 20 - 56):
-                fh.seek(max(0, where))
-                record = fh.read(56)
-                if record[:4] == b"PK\x06\x06":
-                    sizes.append(int.from_bytes(record[40:48], "little"))
-    return max(sizes)
-
-
 class _Source:
     """A directory tree or a zip file, listed and read with names relative to the data root."""
 
     def __init__(self, path: Path, max_member_bytes: int = MAX_MEMBER_BYTES):
         self.path, self.max_member_bytes = path, max_member_bytes
         try:
-            listed = _zip_directory_bytes(path) if path.is_file() else 0
-            _refuse_over(listed > MAX_ZIP_DIRECTORY and f"a member list of {listed:,} bytes", str(path),
-                         f"{MAX_ZIP_DIRECTORY:,} bytes (CIFAR-10's: 4 MB)", "split it into smaller zips or unpack it")
+            listed = zip_directory_bytes(path) if path.is_file() else 0
+            _refuse_over(listed > MAX_ZIP_DIRECTORY and f"a file list (central directory) of {listed:,} bytes",
+                         str(path), f"{MAX_ZIP_DIRECTORY:,} bytes (CIFAR-10's 60,000 images: 4 MB)",
+                         "split it into smaller zips or unpack it into a folder")
             self.zip = zipfile.ZipFile(path) if path.is_file() else None
+        except DatasetError:
+            raise
         except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
             raise DatasetError(f"{path} is not a readable zip ({type(exc).__name__}: {exc}); {_REZIP}") from None
         self.members = {_zip_name(i): i for i in self.zip.infolist()} if self.zip is not None else {}
@@ -322,7 +301,7 @@ def load_image_folder(path: PathLike, split: str = "train", classes: Optional[Se
     DatasetNotFoundError: no ``path``. DatasetError: no split folder, class folders or images, a class folder without
     images (``classes=None``), class folders the training classes lack, a symbolic link in the folder, an
     undecodable, oversized or differently sized file or zip member (named), a set over ``max_total_pixels``, a
-    damaged, encrypted or Deflate64 zip, a zip whose member list declares over ``MAX_ZIP_DIRECTORY`` bytes.
+    damaged, encrypted or Deflate64 zip, a zip whose file list declares over ``io.MAX_ZIP_DIRECTORY`` bytes.
     """
     assert stats in ("auto", "compute"), stats
     path = Path(path).expanduser()

@@ -17,7 +17,7 @@ import torch
 
 from pytorch_utils import __version__
 from pytorch_utils.errors import CheckpointError, ConfigError
-from pytorch_utils.io import atomic_write, ensure_writable_dir
+from pytorch_utils.io import MAX_ZIP_DIRECTORY, atomic_write, ensure_writable_dir, zip_directory_bytes
 from pytorch_utils.train import distributed as dist_utils
 from pytorch_utils.train.state import Callback, History, TrainState
 from pytorch_utils.utils import get_rng_state, set_rng_state, unwrap_model
@@ -109,6 +109,12 @@ def _check_file(path: Path) -> None:
     """CheckpointError unless ``path`` is a regular file (a FIFO hangs a load) with no compressed zip member."""
     if not path.is_file():  # os.stat (following links) + S_ISREG
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a regular file")
+    listed = 0
+    with contextlib.suppress(OSError):  # unreadable: torch.load below says so, naming the file
+        listed = zip_directory_bytes(path)
+    if listed > MAX_ZIP_DIRECTORY:  # before zipfile spends ~1 kB per entry listed (torch.save writes a few KB)
+        raise CheckpointError(f"checkpoint {str(path)!r} declares a file list of {listed:,} bytes (torch.save writes "
+                              f"a few KB; the limit is {MAX_ZIP_DIRECTORY:,}): delete it")
     packed = False
     with contextlib.suppress(Exception), zipfile.ZipFile(path) as archive:  # not a zip or broken: torch.load refuses
         packed = any(member.compress_type != zipfile.ZIP_STORED for member in archive.infolist())

@@ -1,4 +1,5 @@
 import os
+import struct
 import zipfile
 
 import pytest
@@ -130,6 +131,18 @@ def test_a_deflate_compressed_checkpoint_is_refused_before_torch_load(tmp_path):
     with pytest.raises(CheckpointError, match="compressed members") as info:
         load_checkpoint(bomb)
     assert str(bomb) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_checkpoint_declaring_a_huge_file_list_is_refused_before_zipfile_reads_it(tmp_path):
+    path = tmp_path / "epoch-0001.pt"
+    save_checkpoint({"format": FORMAT, "model": {"w": torch.zeros(3)}}, path)
+    raw = bytearray(path.read_bytes())
+    # torch.save writes zip64's end record, whose size every zipfile reads: a million entries' worth
+    struct.pack_into("<Q", raw, raw.rindex(b"PK\x06\x06") + 40, 200 << 20)
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="declares a file list of 209,715,200 bytes") as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value) and "delete it" in str(info.value)
 
 
 @pytest.mark.parametrize("plant", ["fifo", "dev_zero_link"])
