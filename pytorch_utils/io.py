@@ -12,6 +12,7 @@ from pytorch_utils.errors import ConfigError, DiskFullError
 PathLike = Union[str, os.PathLike]
 MAX_ZIP_DIRECTORY = 32 << 20  # bytes of a zip's file list (central directory) read at most: CIFAR-10's 60,000 images
 # take 4 MB; zipfile keeps 0.4-1.4 kB per entry of at least 46 bytes there, so at most ~730,000 entries, under 1 GB
+RUN_FILE_BYTES = 64 << 20  # a run folder's history or run.json read at most (1,000 epochs of history: about 1 MB)
 DRIVE_ROOTS = ("MyDrive", "Shareddrives")  # the folders of a mounted Google Drive (Colab: /content/drive/MyDrive)
 _UMASK = os.umask(0o022)  # read once (setting it is process-wide): new files get 0o666 & ~umask, as open() gives
 os.umask(_UMASK)
@@ -115,3 +116,13 @@ def zip_directory_bytes(path: PathLike) -> int:
                     if where == before:  # then every version uses zip64's size (Go writes 0xFFFFFFFF in the other)
                         sizes[0] = 0
     return max(sizes)
+
+
+def read_run_file(path: PathLike) -> str:
+    """A run folder's UTF-8 text file (history, run.json), read no further than ``RUN_FILE_BYTES``: a huge file
+    planted in a stranger's folder costs no memory. ValueError: longer, or not UTF-8; OSError: unreadable."""
+    with open(path, "rb") as fh:
+        raw = fh.read(RUN_FILE_BYTES + 1)
+    if len(raw) > RUN_FILE_BYTES:
+        raise ValueError(f"over {RUN_FILE_BYTES:,} bytes, far more than a run writes")
+    return raw.decode("utf-8")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
 from pytorch_utils.errors import ConfigError
-from pytorch_utils.io import PathLike, atomic_write_text, ensure_writable_dir
+from pytorch_utils.io import PathLike, atomic_write_text, ensure_writable_dir, read_run_file
 from pytorch_utils.train.state import Callback, TrainState
 
 __all__ = ["HISTORY_JSON", "HISTORY_CSV", "HistoryWriter", "write_history", "history_csv", "read_history",
@@ -58,7 +58,7 @@ def read_history(path: PathLike) -> List[Dict[str, Any]]:
     if path.is_dir():
         path = next((f for f in (path / HISTORY_JSON, path / HISTORY_CSV) if f.is_file()), path / HISTORY_JSON)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_run_file(path)
         if path.suffix.lower() == ".csv":
             return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(text))]
         return [{**record} for record in json.loads(text)]  # TypeError unless a list of objects

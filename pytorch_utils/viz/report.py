@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from pytorch_utils.errors import ConfigError, PytorchUtilsError, bounded, check_fields
-from pytorch_utils.io import atomic_write, atomic_write_text, ensure_writable_dir
+from pytorch_utils.io import atomic_write, atomic_write_text, ensure_writable_dir, read_run_file
 from pytorch_utils.train.history import as_records, summarize
 from pytorch_utils.viz import confusion
 from pytorch_utils.viz.curves import clean_history, plot_history
@@ -285,7 +285,7 @@ def _recorded_data(run_dir: Path) -> Optional[str]:
     """The ``data`` in a run's run.json; None when it is missing, unreadable or no regular file (a FIFO blocks)."""
     path = run_dir / "run.json"
     with contextlib.suppress(OSError, ValueError, LookupError, TypeError, RecursionError):
-        return str(json.loads(path.read_text("utf-8"))["data"]) if path.is_file() else None
+        return str(json.loads(read_run_file(path))["data"]) if path.is_file() else None
 
 
 def report_run(run_dir: PathLike, out: Optional[PathLike] = None, *, data: Optional[PathLike] = None,

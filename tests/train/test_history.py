@@ -64,6 +64,20 @@ def test_read_history_errors(tmp_path):
     assert read_history(tmp_path / "history.csv") == [{"epoch": 1, "early_stop": True}]
 
 
+def test_a_huge_planted_history_is_refused_without_reading_it(tmp_path):
+    import tracemalloc
+
+    with open(tmp_path / "history.json", "wb") as fh:  # sparse: 3 GB on paper, nothing on disk
+        fh.truncate(3 << 30)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError, match=r"is not a history \(ValueError: over 67,108,864 bytes"):
+            read_history(tmp_path)
+        assert tracemalloc.get_traced_memory()[1] < 80 << 20  # read to the limit, not the 3 GB
+    finally:
+        tracemalloc.stop()
+
+
 def test_tensorboard_scalars(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
