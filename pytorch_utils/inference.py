@@ -3,7 +3,6 @@ from a run folder or from a file written by :func:`pytorch_utils.exporting.expor
 metadata JSON); ``predict`` gives top-k classes for images. The writer (``exporting``) imports from here, never back."""
 import contextlib
 import hashlib
-import io
 import itertools
 import json
 import logging
@@ -23,7 +22,7 @@ from PIL import Image
 
 from pytorch_utils.data.folders import image_extensions, open_image, to_rgb
 from pytorch_utils.errors import CheckpointError, ConfigError, DatasetError, PytorchUtilsError
-from pytorch_utils.io import PathLike
+from pytorch_utils.io import PathLike, read_run_file
 from pytorch_utils.train.tta import get_tta
 from pytorch_utils.utils import eval_mode, model_device
 
@@ -199,11 +198,9 @@ def _load_exported(path: Path, trust_code: bool) -> LoadedRun:
     meta_file, redo = metadata_path(path), "export the run again (export writes it), or pass the run folder"
     what = f"the metadata {str(meta_file)!r}" if meta_file.is_file() else \
         f"{str(path)!r} has no metadata file {meta_file.name!r} beside it, or it"
-    with open(meta_file, "rb") if meta_file.is_file() else io.BytesIO(b"{}") as fh:
-        raw = fh.read(METADATA_BYTES)  # export writes a few KB: a longer file is cut, then fails to parse
     try:
-        meta = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # not UTF-8 JSON, or nested past Python's limit
+        meta = json.loads(read_run_file(meta_file, METADATA_BYTES)) if meta_file.is_file() else {}
+    except (ValueError, RecursionError) as exc:  # too long, not UTF-8 JSON, or nested past Python's limit
         raise CheckpointError(f"{what} is not readable JSON of at most {METADATA_BYTES:,} bytes "
                               f"({type(exc).__name__}); {redo}") from None
     _checked(meta, what, redo)  # before the model file is opened

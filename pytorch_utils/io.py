@@ -118,11 +118,12 @@ def zip_directory_bytes(path: PathLike) -> int:
     return max(sizes)
 
 
-def read_run_file(path: PathLike) -> str:
-    """A run folder's UTF-8 text file (history, run.json), read no further than ``RUN_FILE_BYTES``: a huge file
-    planted in a stranger's folder costs no memory. ValueError: longer, or not UTF-8; OSError: unreadable."""
+def read_run_file(path: PathLike, limit: int = RUN_FILE_BYTES) -> str:
+    """A small UTF-8 file the package wrote (history, run.json, an export's metadata), read no further than ``limit``
+    bytes: a huge file planted in a stranger's folder costs no memory. ValueError: longer, or not UTF-8; OSError:
+    unreadable."""
     with open(path, "rb") as fh:
-        raw = fh.read(RUN_FILE_BYTES + 1)
-    if len(raw) > RUN_FILE_BYTES:
-        raise ValueError(f"over {RUN_FILE_BYTES:,} bytes, far more than a run writes")
+        raw = fh.read(limit + 1)
+    if len(raw) > limit:
+        raise ValueError(f"over {limit:,} bytes, far more than the package writes")
     return raw.decode("utf-8")

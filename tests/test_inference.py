@@ -235,6 +235,7 @@ def test_a_checkpoint_config_is_checked_before_any_model_is_built(run, tmp_path,
 
 @pytest.mark.parametrize("meta, message", [
     ('[' * 100000 + ']' * 100000, "not readable JSON"),
+    ("{}" + " " * 2**20, "not readable JSON of at most 1,048,576 bytes"),  # valid JSON, but longer than export writes
     ("[1, 2]", "lacks classes"),
     ({"classes": functools.reduce(lambda a, _: [a], range(500), ["x"])}, "classes that are not a list of names"),
     ({"input_size": [0, 0]}, "input_size of 2 integers from 8 to 1024"),
