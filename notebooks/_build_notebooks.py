@@ -801,8 +801,8 @@ STRIXBEE = {
             - Close the train/test gap of levels 1-2 and raise the test accuracy without adding parameters.
 
             **What to look for:** the train accuracy should now be *lower* than at level 2 (training images are harder
-            and change every epoch) while the test accuracy is higher; the test loss should keep falling (or stay
-            flat) after the LR cuts instead of creeping up.
+            and change every epoch, and dropout is on while it is measured) while the test accuracy is higher; the
+            test loss should keep falling (or stay flat) after the LR cuts instead of creeping up.
             """,
         augment="""
             Level 3's augmentation (preset `standard`): pad-crop, flip and one 8x8 Cutout hole. Each row is one image
@@ -814,6 +814,17 @@ STRIXBEE = {
             - Did the gap shrink, and did the test loss stop rising? If the train accuracy is far below the test
               accuracy, the regularization is too strong for 88k parameters (try less dropout); if the gap is still
               large, more augmentation (or more epochs at a lower LR) is the next lever.
+            - Our reference run (JPEG CIFAR-10 copy, 2-core CPU, 50 epochs) did what the target predicts: final 81.1 %
+              test (2.2 points above our level 1, 2.6 above level 2) with train accuracy 79.6 % - *below* the test
+              accuracy by 1.5 points (levels 1-2: 13.7 and 14.5 points above); measuring it on augmented images with
+              dropout on likely explains most of that. The test loss fell after each LR cut and at most stalled
+              (0.618 in epoch 21 after the cut after epoch 20, 0.582 by epoch 33, 0.587-0.594 in epochs 34-37, which
+              brought the second cut, 0.555 in epoch 39, lowest 0.551 at epoch 49) instead of creeping up, so only
+              two cuts came and the LR stayed at 5e-4 from epoch 38; the test accuracy is flat at 80.6-81.1 % from
+              there (best 81.1 % at epoch 50). Whether the network now underfits would need the train accuracy on
+              plain images in eval mode (not measured); more capacity, less dropout or a longer schedule are the
+              candidates (not tried). Cat is still the weakest class (recall 64 %). An epoch costs about 150 s on
+              this CPU against 102-105 s at levels 1-2.
             - *Fill in after your run:* train / test accuracy, best epoch, gap, and the change from levels 1 and 2.
             """,
     ),
