@@ -29,12 +29,12 @@ from benchmarks.common import data_description, data_label, emit, environment, l
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Evaluate the run on both splits, print the JSON line; returns the exit code."""
-    from pytorch_utils.data import load_datasets, make_loader
+    from pytorch_utils.data import load_datasets
     from pytorch_utils.errors import ConfigError, DatasetError
     from pytorch_utils.inference import load_run
     from pytorch_utils.train.loop import evaluate
     from pytorch_utils.utils import resolve_device
-    from pytorch_utils.viz.report import _DATA_FIELDS, _recorded_data
+    from pytorch_utils.viz.report import _DATA_FIELDS, _recorded_data, eval_loader
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="run folder (out_dir of the run)")
@@ -57,10 +57,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise DatasetError(f"{data!r} has other classes than the run {args.run!r}: pass the data it was trained on")
     measured = {}
     for name, ds in zip(("train", "test"), splits):
-        ds.mean, ds.std = run.mean, run.std  # normalized exactly as in training
-        loader = make_loader(ds, batch_size=256, train=False, num_workers=0)
-        loader.set_augmentation("test", size=run.input_size[0])
-        measured[name] = evaluate(run.model, loader, tta=run.recipe.get("tta"))
+        measured[name] = evaluate(run.model, eval_loader(run, ds), tta=run.recipe.get("tta"))
     train, test = measured["train"], measured["test"]
     emit({
         "bench": "fit_gap", "variant": run.recipe.get("name"), "data": data_label(str(data)), "epochs": None,

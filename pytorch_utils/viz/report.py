@@ -288,6 +288,17 @@ def _recorded_data(run_dir: Path) -> Optional[str]:
         return str(json.loads(read_run_file(path))["data"]) if path.is_file() else None
 
 
+def eval_loader(run, ds):
+    """A loader over ``ds`` as ``run`` (a ``LoadedRun``) evaluated its test set: the run's normalization, its input
+    size, no augmentation, in order."""
+    from pytorch_utils.data import make_loader
+
+    ds.mean, ds.std = run.mean, run.std  # normalized exactly as in training
+    loader = make_loader(ds, batch_size=256, train=False, num_workers=0)
+    loader.set_augmentation("test", size=run.input_size[0])
+    return loader
+
+
 def report_run(run_dir: PathLike, out: Optional[PathLike] = None, *, data: Optional[PathLike] = None,
                last: bool = False, root: PathLike = "./data", **overrides) -> Dict[str, Path]:
     """:func:`report` of a run folder alone, after a restart or a cut: the model of ``best.pt`` (``last`` or no
@@ -296,7 +307,7 @@ def report_run(run_dir: PathLike, out: Optional[PathLike] = None, *, data: Optio
     ``overrides`` as for :func:`report`); returns ``{name: Path}``. Without the test set only the curves and LR-finder
     plot are written, with a warning. Raises CheckpointError, DatasetError (other classes than the run's),
     ConfigError."""
-    from pytorch_utils.data import load_datasets, make_loader
+    from pytorch_utils.data import load_datasets
     from pytorch_utils.errors import DatasetError, DatasetNotFoundError, UnknownNameError
     from pytorch_utils.inference import load_run
     from pytorch_utils.train.loop import evaluate
@@ -324,10 +335,7 @@ def report_run(run_dir: PathLike, out: Optional[PathLike] = None, *, data: Optio
     if list(test.classes) != run.classes:
         raise DatasetError(f"the data {str(data)!r} has the classes {reprlib.repr(list(test.classes))}, the run "
                            f"{reprlib.repr(run.classes)}; pass data= the data set the run was trained on")
-    test.mean, test.std = run.mean, run.std  # normalized exactly as in training
-    loader = make_loader(test, batch_size=256, train=False, num_workers=0)
-    loader.set_augmentation("test", size=run.input_size[0])
-    res = evaluate(run.model, loader, return_outputs=True, return_inputs=True)
+    res = evaluate(run.model, eval_loader(run, test), return_outputs=True, return_inputs=True)
     found = ReportData(res, run.classes, run.mean, run.std, saved.get("curves"), saved.get("lr_finder"), run.model)
     return report(found, out, **{"title": f"Report of {run_dir.resolve().name} ({run.source.name})", **overrides})
 
